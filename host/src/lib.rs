@@ -1,0 +1,1 @@
+//! certplane host: control plane library (store, services) behind the `certplane` binary.

@@ -1,0 +1,1 @@
+//! certplane connector runtime.
