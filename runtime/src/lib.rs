@@ -1,1 +1,74 @@
-//! certplane connector runtime.
+//! # certplane-runtime
+//!
+//! The sandboxed WebAssembly runtime that the certplane host and agent use
+//! to run connector plugins (issuers, targets, notifiers).
+//!
+//! * [`Runtime`] owns one wasmtime engine (pooling allocator, epoch
+//!   interruption, compiled-artifact cache) and the linker that defines what
+//!   a connector may import.
+//! * [`Plugin`] is a loaded, verified connector: its [`Manifest`] pins the
+//!   component's SHA-256, kind and contract version.
+//! * [`PluginInstance`] binds a plugin to an operator's settings, secrets,
+//!   [`Grants`] and [`Limits`]; every call runs on a fresh instance, and
+//!   whatever goes wrong in it comes back as a [`CallError`] for that call
+//!   alone.
+//! * [`asyncpoll`] drives asynchronous CA orders with the host's backoff.
+//! * [`harness`] lets connector authors test a component without a host.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use certplane_runtime::{InstanceConfig, PluginInstance, Runtime, RuntimeConfig};
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let plugin = runtime.load_plugin("target/plugins/local-ca.toml".as_ref()).await?;
+//! let config = InstanceConfig::new("issuer-1")
+//!     .with_settings(serde_json::json!({"validity_days": 30}))?
+//!     .with_hosts(&["https://acme.example.com"])?;
+//! let instance = PluginInstance::new(plugin, config)?;
+//! instance.validate_config().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod asyncpoll;
+pub mod bindings;
+mod cache;
+mod call_state;
+mod egress;
+mod engine;
+pub mod error;
+pub mod grants;
+pub mod harness;
+mod instance;
+pub mod limits;
+pub mod manifest;
+mod plugin;
+
+pub use cache::CacheOutcome;
+pub use engine::{Runtime, RuntimeConfig};
+pub use error::{CallError, ConfigError, ConnectorError, LoadError, RateLimit, RuntimeError};
+pub use grants::{DirGrant, Grants, HostGrant, HostGrants};
+pub use instance::{InstanceConfig, PluginInstance, Secret};
+pub use limits::Limits;
+pub use manifest::{CONTRACT_VERSION, ContractVersion, Manifest, PluginKind};
+pub use plugin::Plugin;
+
+/// Types of the issuer contract.
+pub mod issuer {
+    pub use crate::bindings::issuer::exports::certplane::connector::issuer_api::{
+        CertificateRequest, IssueResult, IssuedCertificate, Order, RevocationReason,
+        RevocationRequest,
+    };
+}
+
+/// Types of the target contract.
+pub mod target {
+    pub use crate::bindings::target::exports::certplane::connector::target_api::{
+        CertificateBundle, DeployResult, Endpoint,
+    };
+}
+
+/// Types of the notifier contract.
+pub mod notifier {
+    pub use crate::bindings::notifier::exports::certplane::connector::notifier_api::Event;
+}
+
+pub use bindings::types::{Level, PluginInfo};

@@ -1,0 +1,467 @@
+//! Plugin instances (plugin + operator settings, secrets, grants, limits)
+//! and the per-call machinery: a fresh store and instance per call, the
+//! deadline and memory cap, and the classification of whatever went wrong
+//! into a [`CallError`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use crate::bindings::issuer::exports::certplane::connector::issuer_api::{
+    CertificateRequest, IssueResult, Order, RevocationRequest,
+};
+use crate::bindings::notifier::exports::certplane::connector::notifier_api::Event;
+use crate::bindings::target::exports::certplane::connector::target_api::{
+    CertificateBundle, DeployResult,
+};
+use crate::bindings::types::{ConnectorError, PluginInfo};
+use crate::call_state::CallState;
+use crate::egress::EgressHooks;
+use crate::error::{CallError, ConfigError};
+use crate::grants::{DirGrant, Grants, HostGrants};
+use crate::limits::{Limits, MAX_DEADLINE, MemoryLimiter};
+use crate::manifest::{FilesystemAccess, PluginKind};
+use crate::plugin::{Plugin, PluginPre};
+
+/// Guest stdout/stderr kept per call, for crash reports.
+const CAPTURED_OUTPUT: usize = 16 * 1024;
+
+/// A secret value. Its `Debug` output is redacted so secrets never reach logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Operator configuration of one plugin instance.
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    /// Host-side id of the instance (shows in logs).
+    pub instance_id: String,
+    /// Settings, a JSON object served through `config`.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Secrets served through `config.get-secret`.
+    pub secrets: BTreeMap<String, Secret>,
+    /// HTTP destinations and directories granted.
+    pub grants: Grants,
+    /// Limits overriding the manifest's defaults.
+    pub limits: Option<Limits>,
+}
+
+impl InstanceConfig {
+    /// An instance with no settings, secrets or grants and default limits.
+    pub fn new(instance_id: impl Into<String>) -> Self {
+        InstanceConfig {
+            instance_id: instance_id.into(),
+            settings: serde_json::Map::new(),
+            secrets: BTreeMap::new(),
+            grants: Grants::default(),
+            limits: None,
+        }
+    }
+
+    /// Sets settings from a JSON value, which must be an object.
+    pub fn with_settings(mut self, settings: serde_json::Value) -> Result<Self, ConfigError> {
+        match settings {
+            serde_json::Value::Object(map) => {
+                self.settings = map;
+                Ok(self)
+            }
+            _ => Err(ConfigError::Settings),
+        }
+    }
+
+    /// Adds one secret.
+    pub fn with_secret(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.secrets.insert(name.into(), Secret::new(value));
+        self
+    }
+
+    /// Grants HTTP destinations (grant syntax, see [`crate::HostGrant`]).
+    pub fn with_hosts<S: AsRef<str>>(mut self, hosts: &[S]) -> Result<Self, ConfigError> {
+        self.grants.hosts = HostGrants::parse(hosts)?;
+        Ok(self)
+    }
+
+    /// Grants a directory.
+    pub fn with_dir(
+        mut self,
+        host_path: impl Into<std::path::PathBuf>,
+        guest_path: impl Into<String>,
+        writable: bool,
+    ) -> Self {
+        self.grants.directories.push(DirGrant {
+            host_path: host_path.into(),
+            guest_path: guest_path.into(),
+            writable,
+        });
+        self
+    }
+
+    /// Overrides the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+}
+
+/// A plugin bound to one operator configuration. Every call instantiates
+/// the component afresh, so calls share no guest state.
+#[derive(Debug, Clone)]
+pub struct PluginInstance {
+    plugin: Arc<Plugin>,
+    id: Arc<str>,
+    settings: Arc<serde_json::Map<String, serde_json::Value>>,
+    secrets: Arc<BTreeMap<String, Secret>>,
+    hosts: Arc<HostGrants>,
+    directories: Arc<[DirGrant]>,
+    limits: Limits,
+}
+
+impl PluginInstance {
+    /// Checks `config` against the plugin's manifest and the runtime's
+    /// ceilings and binds it to `plugin`.
+    pub fn new(plugin: Arc<Plugin>, config: InstanceConfig) -> Result<Self, ConfigError> {
+        let runtime_cfg = plugin.runtime.config();
+        let limits = config
+            .limits
+            .unwrap_or_else(|| plugin.manifest.default_limits(runtime_cfg.default_limits));
+        if limits.memory_bytes > runtime_cfg.max_memory_bytes {
+            return Err(ConfigError::Limit(format!(
+                "memory cap {} bytes exceeds this runtime's ceiling of {} bytes",
+                limits.memory_bytes, runtime_cfg.max_memory_bytes
+            )));
+        }
+        if limits.deadline.is_zero() || limits.memory_bytes == 0 {
+            return Err(ConfigError::Limit("limits must be greater than zero".into()));
+        }
+        if limits.deadline > MAX_DEADLINE {
+            return Err(ConfigError::Limit(format!(
+                "deadline {:?} exceeds the maximum of {MAX_DEADLINE:?}",
+                limits.deadline
+            )));
+        }
+        let fs = plugin.manifest.capabilities.filesystem;
+        for dir in &config.grants.directories {
+            dir.validate()?;
+            let allowed = match fs {
+                FilesystemAccess::None => false,
+                FilesystemAccess::ReadOnly => !dir.writable,
+                FilesystemAccess::ReadWrite => true,
+            };
+            if !allowed {
+                return Err(ConfigError::Directory {
+                    path: dir.host_path.clone(),
+                    reason: format!(
+                        "plugin {} requests filesystem access {:?}; this grant asks for more",
+                        plugin.name(),
+                        fs
+                    ),
+                });
+            }
+        }
+        Ok(PluginInstance {
+            id: Arc::from(config.instance_id.as_str()),
+            settings: Arc::new(config.settings),
+            secrets: Arc::new(config.secrets),
+            hosts: Arc::new(config.grants.hosts),
+            directories: config.grants.directories.into(),
+            limits,
+            plugin,
+        })
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn new_store(&self) -> Result<(Store<CallState>, MemoryOutputPipe), CallError> {
+        let output = MemoryOutputPipe::new(CAPTURED_OUTPUT);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(output.clone()).stderr(output.clone());
+        for dir in self.directories.iter() {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&dir.host_path, &dir.guest_path, perms)
+                .map_err(|e| CallError::Instantiate {
+                    plugin: self.plugin.name().to_string(),
+                    message: format!("cannot open granted directory {}: {e}", dir.host_path.display()),
+                })?;
+        }
+        let denials = Arc::new(Mutex::new(Vec::new()));
+        let state = CallState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: EgressHooks {
+                plugin: self.plugin.name.clone(),
+                instance: self.id.clone(),
+                grants: self.hosts.clone(),
+                tls: self.plugin.runtime.inner.tls.clone(),
+                denials: denials.clone(),
+            },
+            limiter: MemoryLimiter::new(self.limits.memory_bytes),
+            settings: self.settings.clone(),
+            secrets: self.secrets.clone(),
+            plugin: self.plugin.name.clone(),
+            instance: self.id.clone(),
+            denials,
+            started: Instant::now(),
+            deadline_hit: false,
+        };
+        let mut store = Store::new(&self.plugin.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let deadline = self.limits.deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if ctx.data().started.elapsed() >= deadline {
+                ctx.data_mut().deadline_hit = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yield each tick so a busy guest cannot starve other tasks
+                // on the same tokio worker.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok((store, output))
+    }
+
+    fn wrong_kind(&self, wanted: PluginKind) -> CallError {
+        CallError::WrongKind {
+            plugin: self.plugin.name().to_string(),
+            actual: self.plugin.kind(),
+            wanted,
+        }
+    }
+
+    /// Turns the raw outcome of one call into the runtime's result type.
+    fn finish<R>(
+        &self,
+        store: Store<CallState>,
+        output: &MemoryOutputPipe,
+        outcome: Result<wasmtime::Result<Result<R, ConnectorError>>, tokio::time::error::Elapsed>,
+    ) -> Result<R, CallError> {
+        let plugin = self.plugin.name().to_string();
+        let state = store.data();
+        let denials = std::mem::take(&mut *state.denials.lock().unwrap_or_else(|p| p.into_inner()));
+        let elapsed = state.started.elapsed();
+        let result = match outcome {
+            Err(_) => Err(CallError::Deadline {
+                plugin,
+                deadline: self.limits.deadline,
+            }),
+            Ok(Err(_)) if state.deadline_hit => Err(CallError::Deadline {
+                plugin,
+                deadline: self.limits.deadline,
+            }),
+            Ok(Err(_)) if state.limiter.hit => Err(CallError::MemoryLimit {
+                plugin,
+                limit_bytes: self.limits.memory_bytes,
+            }),
+            Ok(Err(trap)) => Err(CallError::Trap {
+                plugin,
+                message: describe_trap(&trap, &output.contents()),
+            }),
+            Ok(Ok(Err(error))) if !denials.is_empty() => Err(CallError::CapabilityDenied {
+                plugin,
+                denials,
+                error: Some(error),
+            }),
+            Ok(Ok(Err(error))) => Err(CallError::Connector { plugin, error }),
+            Ok(Ok(Ok(value))) => {
+                if !denials.is_empty() {
+                    tracing::warn!(plugin, instance = %self.id, ?denials, "plugin succeeded after denied requests");
+                }
+                Ok(value)
+            }
+        };
+        match &result {
+            Ok(_) => tracing::debug!(plugin = self.plugin.name(), instance = %self.id, elapsed_us = elapsed.as_micros() as u64, "plugin call ok"),
+            Err(e) => tracing::info!(plugin = self.plugin.name(), instance = %self.id, elapsed_us = elapsed.as_micros() as u64, error = %e, "plugin call failed"),
+        }
+        result
+    }
+
+    fn instantiate_error(&self, store: &Store<CallState>, e: wasmtime::Error) -> CallError {
+        if store.data().limiter.hit {
+            return CallError::MemoryLimit {
+                plugin: self.plugin.name().to_string(),
+                limit_bytes: self.limits.memory_bytes,
+            };
+        }
+        CallError::Instantiate {
+            plugin: self.plugin.name().to_string(),
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+/// Runs one export on a fresh instance of the right world: builds the
+/// store, instantiates from the plugin's `InstancePre`, runs `$call` under
+/// the deadline and classifies the outcome. `$call` evaluates to a future
+/// of `wasmtime::Result<Result<R, ConnectorError>>`.
+macro_rules! call_export {
+    ($self:ident, $variant:ident, $kind:expr, |$store:ident, $exports:ident| $call:expr) => {{
+        let PluginPre::$variant(pre) = &$self.plugin.pre else {
+            return Err($self.wrong_kind($kind));
+        };
+        let (mut store, output) = $self.new_store()?;
+        let bindings = match pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => return Err($self.instantiate_error(&store, e)),
+        };
+        let outcome = {
+            let $store = &mut store;
+            let $exports = &bindings;
+            tokio::time::timeout($self.limits.deadline, $call).await
+        };
+        $self.finish(store, &output, outcome)
+    }};
+}
+
+/// Describes a trap for humans: the trap itself plus the guest's last
+/// output lines (a Rust panic prints its message there).
+fn describe_trap(trap: &wasmtime::Error, output: &[u8]) -> String {
+    let mut message = match trap.downcast_ref::<wasmtime::Trap>() {
+        Some(code) => code.to_string(),
+        None => format!("{trap:#}"),
+    };
+    let text = String::from_utf8_lossy(output);
+    let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if !tail.is_empty() {
+        let start = tail.len().saturating_sub(3);
+        let mut said = tail[start..].join(" | ");
+        if said.len() > 1024 {
+            let mut cut = 1024;
+            while !said.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            said.truncate(cut);
+        }
+        message.push_str(&format!(" (guest output: {said})"));
+    }
+    message
+}
+
+/// Wraps an infallible export result in the shape `finish` expects.
+async fn infallible<T>(
+    fut: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<Result<T, ConnectorError>> {
+    fut.await.map(Ok)
+}
+
+impl PluginInstance {
+    /// Calls `describe()` on whichever world the plugin implements.
+    pub async fn describe(&self) -> Result<PluginInfo, CallError> {
+        match self.plugin.kind() {
+            PluginKind::Issuer => call_export!(self, Issuer, PluginKind::Issuer, |s, e| infallible(
+                e.certplane_connector_issuer_api().call_describe(s)
+            )),
+            PluginKind::Target => call_export!(self, Target, PluginKind::Target, |s, e| infallible(
+                e.certplane_connector_target_api().call_describe(s)
+            )),
+            PluginKind::Notifier => {
+                call_export!(self, Notifier, PluginKind::Notifier, |s, e| infallible(
+                    e.certplane_connector_notifier_api().call_describe(s)
+                ))
+            }
+        }
+    }
+
+    /// Calls `validate-config()` on whichever world the plugin implements.
+    pub async fn validate_config(&self) -> Result<(), CallError> {
+        match self.plugin.kind() {
+            PluginKind::Issuer => call_export!(self, Issuer, PluginKind::Issuer, |s, e| e
+                .certplane_connector_issuer_api()
+                .call_validate_config(s)),
+            PluginKind::Target => call_export!(self, Target, PluginKind::Target, |s, e| e
+                .certplane_connector_target_api()
+                .call_validate_config(s)),
+            PluginKind::Notifier => call_export!(self, Notifier, PluginKind::Notifier, |s, e| e
+                .certplane_connector_notifier_api()
+                .call_validate_config(s)),
+        }
+    }
+
+    /// Issuer: asks the CA for a certificate.
+    pub async fn submit(&self, request: &CertificateRequest) -> Result<IssueResult, CallError> {
+        call_export!(self, Issuer, PluginKind::Issuer, |s, e| e
+            .certplane_connector_issuer_api()
+            .call_submit(s, request))
+    }
+
+    /// Issuer: checks a pending order once.
+    pub async fn poll(&self, order: &Order) -> Result<IssueResult, CallError> {
+        call_export!(self, Issuer, PluginKind::Issuer, |s, e| e
+            .certplane_connector_issuer_api()
+            .call_poll(s, order))
+    }
+
+    /// Issuer: revokes a certificate.
+    pub async fn revoke(&self, request: &RevocationRequest) -> Result<(), CallError> {
+        call_export!(self, Issuer, PluginKind::Issuer, |s, e| e
+            .certplane_connector_issuer_api()
+            .call_revoke(s, request))
+    }
+
+    /// Target: installs a certificate and its key.
+    pub async fn deploy(
+        &self,
+        bundle: &CertificateBundle,
+        key_pem: &str,
+        options: &str,
+    ) -> Result<DeployResult, CallError> {
+        call_export!(self, Target, PluginKind::Target, |s, e| e
+            .certplane_connector_target_api()
+            .call_deploy(s, bundle, key_pem, options))
+    }
+
+    /// Target: removes what `deploy` installed for a certificate.
+    pub async fn remove(&self, certificate_id: &str, options: &str) -> Result<Vec<String>, CallError> {
+        call_export!(self, Target, PluginKind::Target, |s, e| e
+            .certplane_connector_target_api()
+            .call_remove(s, certificate_id, options))
+    }
+
+    /// Notifier: delivers one event.
+    pub async fn notify(&self, event: &Event) -> Result<(), CallError> {
+        call_export!(self, Notifier, PluginKind::Notifier, |s, e| e
+            .certplane_connector_notifier_api()
+            .call_notify(s, event))
+    }
+}
