@@ -63,13 +63,16 @@ impl ComponentCache {
             return Ok((Component::new(engine, bytes)?, CacheOutcome::Uncached));
         };
         let path = self.artifact_path(dir, sha256);
-        if path.exists() {
+        // Read the artifact into memory rather than mmapping the file: a
+        // mapped file truncated behind our back (an operator clearing the
+        // cache) would crash the process with SIGBUS.
+        if let Ok(artifact) = std::fs::read(&path) {
             // SAFETY: the artifact was written by `store` below into a
             // directory only certplane's user may write (see module docs),
             // under a name bound to the verified component digest and this
             // engine's configuration. wasmtime additionally checks the
             // artifact's header for engine compatibility.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled artifact");
