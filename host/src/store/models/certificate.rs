@@ -1,0 +1,138 @@
+//! Managed certificates and their issued versions.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::store::codec::text_enum;
+
+text_enum! {
+    /// Where the private key of a certificate is generated.
+    pub enum KeySource ("key source") {
+        /// On the agent of the certificate's target; never leaves it. Issuance
+        /// and renewal jobs start in `AwaitingCsr`.
+        Agent => "agent",
+        /// By the host (stored encrypted in the version).
+        Host => "host",
+    }
+}
+
+text_enum! {
+    /// Life-cycle state of a managed certificate.
+    pub enum CertificateStatus ("certificate status") {
+        /// Managed: renewed when it enters its renewal window.
+        Active => "active",
+        /// Kept but not renewed.
+        Disabled => "disabled",
+        /// No longer managed.
+        Retired => "retired",
+    }
+}
+
+/// A managed certificate definition.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Certificate {
+    /// UUID text.
+    pub id: String,
+    /// Unique display name.
+    pub name: String,
+    /// Subject common name.
+    pub common_name: String,
+    /// Subject alternative names.
+    #[sqlx(json)]
+    pub sans: Vec<String>,
+    /// Key type, e.g. `"ecdsa-p256"`, `"rsa-2048"`.
+    pub key_type: String,
+    /// Where the key is generated.
+    pub key_source: KeySource,
+    /// Issuer instance.
+    pub issuer_id: String,
+    /// Key-holding target (required for `KeySource::Agent`).
+    pub target_id: Option<String>,
+    /// Renewal window: renew this many seconds before `not_after`.
+    pub renew_before_secs: i64,
+    /// Owner (team, person) for notifications.
+    pub owner: Option<String>,
+    /// Active, disabled or retired.
+    pub status: CertificateStatus,
+    /// Version currently in force.
+    pub current_version_id: Option<String>,
+    /// Expiry of the current version.
+    pub not_after: Option<DateTime<Utc>>,
+    /// When the renewal sweep picks it up (`not_after - renew_before`, or
+    /// creation time before the first issuance).
+    pub renew_at: DateTime<Utc>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Input of [`crate::store::Store::create_certificate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCertificate {
+    /// Unique display name.
+    pub name: String,
+    /// Subject common name.
+    pub common_name: String,
+    /// Subject alternative names.
+    pub sans: Vec<String>,
+    /// Key type.
+    pub key_type: String,
+    /// Where the key is generated.
+    pub key_source: KeySource,
+    /// Issuer instance id.
+    pub issuer_id: String,
+    /// Key-holding target id.
+    pub target_id: Option<String>,
+    /// Renewal window in seconds.
+    pub renew_before_secs: i64,
+    /// Owner.
+    pub owner: Option<String>,
+}
+
+/// An issued version of a certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct CertificateVersion {
+    /// UUID text.
+    pub id: String,
+    /// The certificate.
+    pub certificate_id: String,
+    /// Serial number (hex).
+    pub serial: String,
+    /// Leaf plus chain, PEM.
+    pub pem_chain: String,
+    /// Validity start.
+    pub not_before: DateTime<Utc>,
+    /// Validity end.
+    pub not_after: DateTime<Utc>,
+    /// SHA-256 of the leaf DER, hex.
+    pub fingerprint_sha256: String,
+    /// Encrypted private key (host-generated keys only).
+    #[serde(skip)]
+    pub encrypted_private_key: Option<Vec<u8>>,
+    /// Job that produced it.
+    pub job_id: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Input of [`crate::store::Store::record_certificate_version`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCertificateVersion {
+    /// The certificate.
+    pub certificate_id: String,
+    /// Serial number.
+    pub serial: String,
+    /// Leaf plus chain, PEM.
+    pub pem_chain: String,
+    /// Validity start.
+    pub not_before: DateTime<Utc>,
+    /// Validity end.
+    pub not_after: DateTime<Utc>,
+    /// SHA-256 fingerprint, hex.
+    pub fingerprint_sha256: String,
+    /// Encrypted private key; must be `None` for agent-generated keys.
+    pub encrypted_private_key: Option<Vec<u8>>,
+    /// Producing job.
+    pub job_id: Option<String>,
+}

@@ -1,0 +1,23 @@
+//! Typed rows and inputs of the repository. Rows (`Job`, `Agent`, ...) are
+//! what the repository returns; `New*` structs are what callers pass to
+//! create rows. Statuses and types are enums stored as TEXT.
+
+mod agent;
+mod audit;
+mod certificate;
+mod job;
+mod notification;
+mod plugin;
+
+pub use agent::{
+    Agent, AgentDependencies, AgentStatus, HeartbeatOutcome, NewAgent, RetireAgent, RetireOutcome,
+    SENTINEL_AGENT_ID,
+};
+pub use audit::{ActorType, ApiKey, ApiScope, AuditEvent, LeaderLease, NewApiKey, NewAuditEvent};
+pub use certificate::{
+    Certificate, CertificateStatus, CertificateVersion, KeySource, NewCertificate,
+    NewCertificateVersion,
+};
+pub use job::{Job, JobFailure, JobFilter, JobLease, JobStatus, JobType, JobUpdate, NewJob};
+pub use notification::{NewNotification, Notification, NotificationLease, NotificationStatus};
+pub use plugin::{NewPluginInstance, NewTarget, PluginInstance, Target};

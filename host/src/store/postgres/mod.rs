@@ -1,0 +1,58 @@
+//! PostgreSQL backend: connection set-up. The claim SQL is in `claims.rs`.
+
+pub(crate) mod claims;
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::store::error::{BackendKind, connect_hint, redact_url};
+use crate::store::{StoreError, StoreOptions};
+
+#[derive(Clone)]
+pub(crate) struct PgBackend {
+    pub(crate) pool: PgPool,
+    /// Kept to open the dedicated migration connection.
+    pub(crate) connect_options: std::sync::Arc<PgConnectOptions>,
+    pub(crate) url: String,
+}
+
+impl PgBackend {
+    pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let connect_options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl {
+                url: redact_url(url),
+                reason: e.to_string(),
+            })?
+            .application_name("certplane");
+        let connect_err = |source| StoreError::Connect {
+            backend: BackendKind::Postgres,
+            url: redact_url(url),
+            hint: connect_hint(BackendKind::Postgres),
+            source,
+        };
+        // One direct connection first: the pool would retry until its
+        // acquire timeout and report only "timed out"; this reports the
+        // real cause (refused, unknown database, authentication).
+        let probe = tokio::time::timeout(
+            options.acquire_timeout,
+            PgConnection::connect_with(&connect_options),
+        )
+        .await
+        .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
+        .map_err(connect_err)?;
+        probe.close().await.map_err(connect_err)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect_options.clone())
+            .await
+            .map_err(connect_err)?;
+        Ok(PgBackend {
+            pool,
+            connect_options: std::sync::Arc::new(connect_options),
+            url: redact_url(url),
+        })
+    }
+}

@@ -1,0 +1,232 @@
+//! Agents: registration, heartbeats, dependency counts and retirement.
+
+use crate::store::codec::{now, ts};
+use crate::store::repo::insert_audit;
+use crate::store::{
+    Agent, AgentDependencies, AgentStatus, BeginWrite, HeartbeatOutcome, NewAgent, NewAuditEvent,
+    RetireAgent, RetireOutcome, Store, StoreError, StoreResult, new_id, on_read, on_write,
+};
+
+/// Dependency counts of agent `$1` (see [`AgentDependencies`]).
+const DEPENDENCIES_SQL: &str = "
+SELECT
+  (SELECT COUNT(*) FROM targets WHERE agent_id = $1 AND retired_at IS NULL) AS active_targets,
+  (SELECT COUNT(*) FROM certificates c
+    WHERE c.status = 'active'
+      AND (c.target_id IN (SELECT id FROM targets WHERE agent_id = $1 AND retired_at IS NULL)
+           OR EXISTS (SELECT 1 FROM certificate_targets ct JOIN targets t ON t.id = ct.target_id
+                      WHERE ct.certificate_id = c.id AND t.agent_id = $1
+                        AND t.retired_at IS NULL))) AS active_certificates,
+  (SELECT COUNT(*) FROM jobs j
+    WHERE j.status IN ('pending', 'awaiting_csr', 'awaiting_approval', 'polling', 'running')
+      AND (j.agent_id = $1
+           OR (j.agent_id IS NULL AND j.target_id IN (SELECT id FROM targets WHERE agent_id = $1))
+           OR (j.status = 'awaiting_csr' AND j.certificate_id IN
+                (SELECT c.id FROM certificates c JOIN targets t ON t.id = c.target_id
+                  WHERE t.agent_id = $1)))) AS pending_jobs";
+
+/// Cancels the open jobs routed to agent `$1` (force retirement); `$2` now,
+/// `$3` reason.
+const CANCEL_AGENT_JOBS_SQL: &str = "
+UPDATE jobs SET status = 'cancelled', last_error = $3, lease_expires_at = NULL,
+       finished_at = $2, updated_at = $2
+WHERE status IN ('pending', 'awaiting_csr', 'awaiting_approval', 'polling', 'running')
+  AND (agent_id = $1
+       OR (agent_id IS NULL AND target_id IN (SELECT id FROM targets WHERE agent_id = $1))
+       OR (status = 'awaiting_csr' AND certificate_id IN
+            (SELECT c.id FROM certificates c JOIN targets t ON t.id = c.target_id
+              WHERE t.agent_id = $1)))";
+
+impl Store {
+    /// Registers an agent (status active) and returns it.
+    pub async fn register_agent(&self, agent: NewAgent) -> StoreResult<Agent> {
+        let now = now();
+        on_write!(self, |pool| {
+            sqlx::query_as::<_, Agent>(
+                "INSERT INTO agents (id, name, credential_hash, sentinel, status, created_at)
+                 VALUES ($1, $2, $3, FALSE, 'active', $4) RETURNING *",
+            )
+            .bind(new_id())
+            .bind(&agent.name)
+            .bind(&agent.credential_hash)
+            .bind(ts(now))
+            .fetch_one(pool)
+            .await
+            .map_err(|e| {
+                StoreError::from_insert(format!("agent credential for {:?}", agent.name), e)
+            })
+        })
+    }
+
+    /// One agent by id.
+    pub async fn get_agent(&self, id: &str) -> StoreResult<Option<Agent>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Agent>("SELECT * FROM agents WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// All agents (retired ones only if asked), sentinel first, then by name.
+    pub async fn list_agents(&self, include_retired: bool) -> StoreResult<Vec<Agent>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Agent>(
+                "SELECT * FROM agents WHERE ($1 OR status = 'active')
+                 ORDER BY sentinel DESC, name, id",
+            )
+            .bind(include_retired)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Records a heartbeat. A retired agent's heartbeat is not recorded and
+    /// answers [`HeartbeatOutcome::Retired`] (410 Gone).
+    pub async fn record_heartbeat(&self, agent_id: &str) -> StoreResult<HeartbeatOutcome> {
+        let now = now();
+        let updated = on_write!(self, |pool| {
+            sqlx::query(
+                "UPDATE agents SET last_heartbeat_at = $2 WHERE id = $1 AND status = 'active'",
+            )
+            .bind(agent_id)
+            .bind(ts(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if updated == 1 {
+            return Ok(HeartbeatOutcome::Recorded);
+        }
+        Ok(match self.get_agent(agent_id).await? {
+            Some(a) if a.status == AgentStatus::Retired => HeartbeatOutcome::Retired,
+            Some(_) => HeartbeatOutcome::Recorded,
+            None => HeartbeatOutcome::NotFound,
+        })
+    }
+
+    /// What still depends on the agent (see [`AgentDependencies`]).
+    pub async fn agent_dependencies(&self, agent_id: &str) -> StoreResult<AgentDependencies> {
+        let (t, c, j): (i64, i64, i64) = on_read!(self, |pool| {
+            sqlx::query_as(DEPENDENCIES_SQL)
+                .bind(agent_id)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(AgentDependencies {
+            active_targets: t,
+            active_certificates: c,
+            pending_jobs: j,
+        })
+    }
+
+    /// Soft-retires an agent in one transaction (agent row locked first):
+    ///
+    /// * `force` without a non-empty `reason` → `ReasonRequired`;
+    /// * unknown → `NotFound`; sentinel → `Sentinel` (even with force);
+    /// * already retired → `AlreadyRetired` (idempotent, nothing changes);
+    /// * dependencies and no `force` → `Blocked(counts)`;
+    /// * otherwise `Retired`: the agent gets `retired_at`/`retired_reason`,
+    ///   and with `force` its active targets get the **same** timestamp and
+    ///   reason and its open jobs are cancelled; an audit event is written.
+    pub async fn retire_agent(
+        &self,
+        agent_id: &str,
+        req: RetireAgent,
+    ) -> StoreResult<RetireOutcome> {
+        let reason = req
+            .reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned);
+        if req.force && reason.is_none() {
+            return Ok(RetireOutcome::ReasonRequired);
+        }
+        let now = now();
+        let lock_suffix = match self.backend {
+            crate::store::Backend::Sqlite(_) => "",
+            crate::store::Backend::Postgres(_) => " FOR UPDATE",
+        };
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let agent = sqlx::query_as::<_, Agent>(&format!(
+                "SELECT * FROM agents WHERE id = $1{lock_suffix}"
+            ))
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(agent) = agent else {
+                return Ok(RetireOutcome::NotFound);
+            };
+            if agent.sentinel {
+                return Ok(RetireOutcome::Sentinel);
+            }
+            if agent.status == AgentStatus::Retired {
+                return Ok(RetireOutcome::AlreadyRetired { agent });
+            }
+            let (t, c, j): (i64, i64, i64) = sqlx::query_as(DEPENDENCIES_SQL)
+                .bind(agent_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let deps = AgentDependencies {
+                active_targets: t,
+                active_certificates: c,
+                pending_jobs: j,
+            };
+            if !req.force && !deps.is_empty() {
+                return Ok(RetireOutcome::Blocked(deps));
+            }
+            let agent = sqlx::query_as::<_, Agent>(
+                "UPDATE agents SET status = 'retired', retired_at = $2, retired_reason = $3
+                 WHERE id = $1 AND status = 'active' RETURNING *",
+            )
+            .bind(agent_id)
+            .bind(ts(now))
+            .bind(reason.clone())
+            .fetch_one(&mut *tx)
+            .await?;
+            let (mut targets_retired, mut jobs_cancelled) = (0, 0);
+            if req.force {
+                let why = reason.clone().unwrap_or_default();
+                targets_retired = sqlx::query(
+                    "UPDATE targets SET retired_at = $2, retired_reason = $3, updated_at = $2
+                     WHERE agent_id = $1 AND retired_at IS NULL",
+                )
+                .bind(agent_id)
+                .bind(ts(now))
+                .bind(&why)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                jobs_cancelled = sqlx::query(CANCEL_AGENT_JOBS_SQL)
+                    .bind(agent_id)
+                    .bind(ts(now))
+                    .bind(format!("agent retired: {why}"))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            let event = NewAuditEvent {
+                actor: req.actor.clone(),
+                actor_type: req.actor_type,
+                action: "agent.retire".into(),
+                subject_type: "agent".into(),
+                subject_id: Some(agent_id.to_owned()),
+                details: serde_json::json!({
+                    "force": req.force,
+                    "reason": reason,
+                    "targets_retired": targets_retired,
+                    "jobs_cancelled": jobs_cancelled,
+                }),
+            };
+            insert_audit!(&mut *tx, now, &event)?;
+            tx.commit().await?;
+            Ok(RetireOutcome::Retired {
+                agent,
+                targets_retired,
+                jobs_cancelled,
+            })
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! Managed certificates and their issued versions.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use crate::store::codec::{now, opt_ts, ts};
+use crate::store::{
+    BeginWrite, Certificate, CertificateStatus, CertificateVersion, KeySource, NewCertificate,
+    NewCertificateVersion, Store, StoreError, StoreResult, new_id, on_read, on_write,
+};
+
+impl Store {
+    /// Creates a managed certificate. It is due for issuance at once
+    /// (`renew_at` = now): the next renewal sweep creates its issuance job.
+    pub async fn create_certificate(&self, new: NewCertificate) -> StoreResult<Certificate> {
+        if new.key_source == KeySource::Agent && new.target_id.is_none() {
+            return Err(StoreError::InvalidArgument(
+                "a certificate with agent-generated keys needs a key-holding target".into(),
+            ));
+        }
+        if new.renew_before_secs < 0 {
+            return Err(StoreError::InvalidArgument(
+                "renew_before_secs must be >= 0".into(),
+            ));
+        }
+        let now = now();
+        on_write!(self, |pool| {
+            sqlx::query_as::<_, Certificate>(
+                "INSERT INTO certificates (id, name, common_name, sans, key_type, key_source,
+                     issuer_id, target_id, renew_before_secs, owner, status, renew_at,
+                     created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $11)
+                 RETURNING *",
+            )
+            .bind(new_id())
+            .bind(&new.name)
+            .bind(&new.common_name)
+            .bind(Json(&new.sans))
+            .bind(&new.key_type)
+            .bind(new.key_source)
+            .bind(&new.issuer_id)
+            .bind(new.target_id.clone())
+            .bind(new.renew_before_secs)
+            .bind(new.owner.clone())
+            .bind(ts(now))
+            .fetch_one(pool)
+            .await
+            .map_err(|e| StoreError::from_insert(format!("certificate {:?}", new.name), e))
+        })
+    }
+
+    /// One certificate by id.
+    pub async fn get_certificate(&self, id: &str) -> StoreResult<Option<Certificate>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Certificate>("SELECT * FROM certificates WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// Active certificates whose current version expires before `before`,
+    /// soonest first (the expiry loop's query).
+    pub async fn list_expiring_certificates(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Certificate>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Certificate>(
+                "SELECT * FROM certificates WHERE status = 'active' AND not_after < $1
+                 ORDER BY not_after, id LIMIT $2",
+            )
+            .bind(ts(before))
+            .bind(crate::store::repo::sql_limit(limit))
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Sets a certificate's status; false if unknown.
+    pub async fn set_certificate_status(
+        &self,
+        id: &str,
+        status: CertificateStatus,
+    ) -> StoreResult<bool> {
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query("UPDATE certificates SET status = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(status)
+                .bind(ts(now))
+                .execute(pool)
+                .await?
+                .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Adds a further deployment target to a certificate (idempotent).
+    pub async fn add_certificate_target(
+        &self,
+        certificate_id: &str,
+        target_id: &str,
+    ) -> StoreResult<()> {
+        let now = now();
+        on_write!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO certificate_targets (certificate_id, target_id, created_at)
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(certificate_id)
+            .bind(target_id)
+            .bind(ts(now))
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Records an issued version and makes it current, in one transaction:
+    /// the certificate's `current_version_id`, `not_after` and `renew_at`
+    /// (`not_after - renew_before_secs`) follow. Refuses a private key for a
+    /// certificate whose keys are agent-generated.
+    pub async fn record_certificate_version(
+        &self,
+        new: NewCertificateVersion,
+    ) -> StoreResult<CertificateVersion> {
+        let now = now();
+        let lock_suffix = match self.backend {
+            crate::store::Backend::Sqlite(_) => "",
+            crate::store::Backend::Postgres(_) => " FOR UPDATE",
+        };
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let cert: Option<(i64, KeySource)> = sqlx::query_as(&format!(
+                "SELECT renew_before_secs, key_source FROM certificates WHERE id = $1{lock_suffix}"
+            ))
+            .bind(&new.certificate_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((renew_before, key_source)) = cert else {
+                return Err(StoreError::NotFound {
+                    entity: "certificate",
+                    id: new.certificate_id.clone(),
+                });
+            };
+            if key_source == KeySource::Agent && new.encrypted_private_key.is_some() {
+                return Err(StoreError::InvalidArgument(
+                    "agent-generated private keys are never stored".into(),
+                ));
+            }
+            let version = sqlx::query_as::<_, CertificateVersion>(
+                "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain, not_before,
+                     not_after, fingerprint_sha256, encrypted_private_key, job_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
+            )
+            .bind(new_id())
+            .bind(&new.certificate_id)
+            .bind(&new.serial)
+            .bind(&new.pem_chain)
+            .bind(ts(new.not_before))
+            .bind(ts(new.not_after))
+            .bind(&new.fingerprint_sha256)
+            .bind(new.encrypted_private_key.clone())
+            .bind(new.job_id.clone())
+            .bind(ts(now))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_insert("certificate version with this fingerprint", e))?;
+            let renew_at = new.not_after - chrono::Duration::seconds(renew_before);
+            sqlx::query(
+                "UPDATE certificates SET current_version_id = $2, not_after = $3, renew_at = $4,
+                        updated_at = $5 WHERE id = $1",
+            )
+            .bind(&new.certificate_id)
+            .bind(&version.id)
+            .bind(ts(new.not_after))
+            .bind(ts(renew_at))
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// Versions of a certificate, newest first.
+    pub async fn list_certificate_versions(
+        &self,
+        certificate_id: &str,
+    ) -> StoreResult<Vec<CertificateVersion>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, CertificateVersion>(
+                "SELECT * FROM certificate_versions WHERE certificate_id = $1
+                 ORDER BY created_at DESC, id DESC",
+            )
+            .bind(certificate_id)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Sets `renew_at` directly (operator "renew now", tests). False if
+    /// unknown.
+    pub async fn set_certificate_renew_at(
+        &self,
+        id: &str,
+        renew_at: DateTime<Utc>,
+        not_after: Option<DateTime<Utc>>,
+    ) -> StoreResult<bool> {
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query(
+                "UPDATE certificates SET renew_at = $2, not_after = COALESCE($3, not_after),
+                        updated_at = $4 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(ts(renew_at))
+            .bind(opt_ts(not_after))
+            .bind(ts(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1
+        }))
+    }
+}

@@ -1,0 +1,180 @@
+//! Claims, leases, the reaper and retries: the repository's hot path. The
+//! SQL itself is in `sqlite/claims.rs` and `postgres/claims.rs`.
+
+use crate::store::codec::{now, ts};
+use crate::store::postgres::claims as pg;
+use crate::store::repo::sql_limit;
+use crate::store::sqlite::claims as lite;
+use crate::store::{Job, JobLease, JobType, Store, StoreResult, on_read, on_write};
+
+fn sort_jobs(jobs: &mut [Job]) {
+    jobs.sort_by(|a, b| a.run_at.cmp(&b.run_at).then_with(|| a.id.cmp(&b.id)));
+}
+
+impl Store {
+    /// Claims up to `limit` pending **host** jobs (`agent_id = "host"`) whose
+    /// `run_at` has come, optionally of one type: Pending → Running in one
+    /// statement, attempt counted, leased to this store's `instance_id` for
+    /// `lease_duration`. Concurrent claimants (tasks, replicas) get disjoint
+    /// rows. Returns the claimed rows (status `Running`), oldest `run_at`
+    /// first. Agent work is claimed with [`Store::claim_pending_for_agent`].
+    pub async fn claim_pending_jobs(
+        &self,
+        job_type: Option<JobType>,
+        limit: u32,
+    ) -> StoreResult<Vec<Job>> {
+        let now = now();
+        let owner = self.options.instance_id.as_str();
+        let (lite_sql, pg_sql) = match job_type {
+            None => (lite::CLAIM_HOST, pg::CLAIM_HOST),
+            Some(_) => (lite::CLAIM_HOST_TYPED, pg::CLAIM_HOST_TYPED),
+        };
+        let mut jobs = on_write!(self, lite_sql, pg_sql, |pool, sql| {
+            let mut q = sqlx::query_as::<_, Job>(sql)
+                .bind(owner)
+                .bind(ts(self.lease_expiry(now)))
+                .bind(ts(now))
+                .bind(sql_limit(limit));
+            if let Some(t) = job_type {
+                q = q.bind(t);
+            }
+            q.fetch_all(pool).await?
+        });
+        sort_jobs(&mut jobs);
+        Ok(jobs)
+    }
+
+    /// The seed's agent routing. Returns, for agent `agent_id`:
+    ///
+    /// * up to `limit` pending jobs routed to it — `agent_id` equal to it, or
+    ///   no `agent_id` and a target run by it — flipped to `Running` (attempt
+    ///   counted, leased to the agent id);
+    /// * every `AwaitingCsr` job whose certificate's key-holding target is
+    ///   run by it, **in place** (still `AwaitingCsr`, not leased): the agent
+    ///   answers with [`Store::submit_csr`].
+    ///
+    /// A retired (or unknown) agent gets nothing; jobs of retired targets are
+    /// never returned. Claimed jobs come first, each group in a stable order.
+    pub async fn claim_pending_for_agent(
+        &self,
+        agent_id: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Job>> {
+        let now = now();
+        let mut claimed = on_write!(self, lite::CLAIM_AGENT, pg::CLAIM_AGENT, |pool, sql| {
+            sqlx::query_as::<_, Job>(sql)
+                .bind(agent_id)
+                .bind(ts(self.lease_expiry(now)))
+                .bind(ts(now))
+                .bind(sql_limit(limit))
+                .bind(agent_id)
+                .fetch_all(pool)
+                .await?
+        });
+        sort_jobs(&mut claimed);
+        let awaiting = on_read!(
+            self,
+            lite::AWAITING_CSR_FOR_AGENT,
+            pg::AWAITING_CSR_FOR_AGENT,
+            |pool, sql| {
+                sqlx::query_as::<_, Job>(sql)
+                    .bind(agent_id)
+                    .fetch_all(pool)
+                    .await?
+            }
+        );
+        claimed.extend(awaiting);
+        Ok(claimed)
+    }
+
+    /// Claims up to `limit` `Polling` jobs whose `next_poll_at` has come:
+    /// Polling → Running, leased to this store (polls do not count as
+    /// attempts). After polling, move the job back to `Polling` with a new
+    /// `next_poll_at`, or to `Completed`/`Failed`, with
+    /// [`Store::transition_job`].
+    pub async fn claim_due_polls(&self, limit: u32) -> StoreResult<Vec<Job>> {
+        let now = now();
+        let owner = self.options.instance_id.as_str();
+        let mut jobs = on_write!(
+            self,
+            lite::CLAIM_DUE_POLLS,
+            pg::CLAIM_DUE_POLLS,
+            |pool, sql| {
+                sqlx::query_as::<_, Job>(sql)
+                    .bind(owner)
+                    .bind(ts(self.lease_expiry(now)))
+                    .bind(ts(now))
+                    .bind(sql_limit(limit))
+                    .fetch_all(pool)
+                    .await?
+            }
+        );
+        sort_jobs(&mut jobs);
+        Ok(jobs)
+    }
+
+    /// Extends the lease of a claimed job by `lease_duration` from now.
+    /// False if the lease was lost (reaped, completed, re-claimed).
+    pub async fn renew_job_lease(&self, lease: &JobLease) -> StoreResult<bool> {
+        let now = now();
+        Ok(on_write!(
+            self,
+            lite::RENEW_LEASE,
+            pg::RENEW_LEASE,
+            |pool, sql| {
+                sqlx::query(sql)
+                    .bind(&lease.job_id)
+                    .bind(&lease.owner)
+                    .bind(lease.attempt)
+                    .bind(ts(self.lease_expiry(now)))
+                    .bind(ts(now))
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            }
+        ))
+    }
+
+    /// Reaper: Running jobs whose lease expired → Failed (`last_error` says
+    /// whose lease), next attempt after backoff. At most `limit` per call;
+    /// returns the reaped jobs. Safe to run on every replica.
+    pub async fn reap_expired_leases(&self, limit: u32) -> StoreResult<Vec<Job>> {
+        let now = now();
+        let base = self.options.backoff.base.as_secs_f64();
+        let cap = self.options.backoff.cap.as_secs_f64();
+        Ok(on_write!(
+            self,
+            lite::REAP_EXPIRED,
+            pg::REAP_EXPIRED,
+            |pool, sql| {
+                sqlx::query_as::<_, Job>(sql)
+                    .bind(ts(now))
+                    .bind(sql_limit(limit))
+                    .bind(base)
+                    .bind(cap)
+                    .fetch_all(pool)
+                    .await?
+            }
+        ))
+    }
+
+    /// Retry: Failed jobs below their attempt budget whose backoff has
+    /// passed → Pending. At most `limit` per call; returns how many.
+    pub async fn retry_failed_jobs(&self, limit: u32) -> StoreResult<u64> {
+        let now = now();
+        Ok(on_write!(
+            self,
+            lite::RETRY_FAILED,
+            pg::RETRY_FAILED,
+            |pool, sql| {
+                sqlx::query(sql)
+                    .bind(ts(now))
+                    .bind(sql_limit(limit))
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+        ))
+    }
+}

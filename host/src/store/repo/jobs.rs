@@ -1,0 +1,370 @@
+//! Jobs: creation, reads and conditional transitions.
+
+use std::collections::BTreeMap;
+
+use sqlx::QueryBuilder;
+use sqlx::types::Json;
+
+use crate::store::codec::{now, opt_ts, ts};
+use crate::store::job_state::can_transition;
+use crate::store::repo::{insert_audit, sql_limit};
+use crate::store::{
+    BeginWrite, Job, JobFailure, JobFilter, JobLease, JobStatus, JobUpdate, NewAuditEvent, NewJob,
+    Store, StoreError, StoreResult, new_id, on_read, on_write,
+};
+
+const INSERT_JOB_COLUMNS: &str = "INSERT INTO jobs (id, job_type, status, certificate_id, target_id, agent_id, \
+     parent_job_id, certificate_version_id, payload, attempts, max_attempts, run_at, created_at, updated_at) ";
+
+/// Executor resolution: explicit agent, else the target's agent, else host.
+const AGENT_EXPR: &str = "COALESCE(";
+
+fn check_new_job(job: &NewJob) -> StoreResult<()> {
+    if !matches!(
+        job.status,
+        JobStatus::Pending | JobStatus::AwaitingCsr | JobStatus::AwaitingApproval
+    ) {
+        return Err(StoreError::InvalidArgument(format!(
+            "a new job cannot start as {}",
+            job.status
+        )));
+    }
+    if job.max_attempts < 1 {
+        return Err(StoreError::InvalidArgument(
+            "max_attempts must be >= 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Inserts one job and returns it. `agent_id` left `None` is resolved to
+    /// the target's agent, or `"host"` when there is no target.
+    pub async fn create_job(&self, job: NewJob) -> StoreResult<Job> {
+        check_new_job(&job)?;
+        let now = now();
+        let id = new_id();
+        on_write!(self, |pool| {
+            let mut qb = QueryBuilder::new(INSERT_JOB_COLUMNS);
+            qb.push("VALUES (");
+            push_job_values(&mut qb, &id, &job, now);
+            qb.push(") RETURNING *");
+            qb.build_query_as::<Job>()
+                .fetch_one(pool)
+                .await
+                .map_err(|e| {
+                    StoreError::from_insert(
+                        format!("open job for certificate {:?}", job.certificate_id),
+                        e,
+                    )
+                })
+        })
+    }
+
+    /// Inserts many jobs in chunks (one statement per chunk); returns how
+    /// many were inserted. For seeding, fan-out and benchmarks.
+    pub async fn create_jobs(&self, jobs: &[NewJob]) -> StoreResult<u64> {
+        for job in jobs {
+            check_new_job(job)?;
+        }
+        let now = now();
+        let mut total = 0;
+        // 14 binds per row; stay below SQLite's 32766 variable limit.
+        for chunk in jobs.chunks(1000) {
+            total += on_write!(self, |pool| {
+                let mut tx = pool.begin_write().await?;
+                let mut qb = QueryBuilder::new(INSERT_JOB_COLUMNS);
+                qb.push("VALUES ");
+                for (i, job) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        qb.push(", ");
+                    }
+                    qb.push("(");
+                    push_job_values(&mut qb, &new_id(), job, now);
+                    qb.push(")");
+                }
+                let n = qb
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::from_insert("open job for a certificate", e))?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            });
+        }
+        Ok(total)
+    }
+
+    /// One job by id.
+    pub async fn get_job(&self, id: &str) -> StoreResult<Option<Job>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Job>("SELECT * FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
+        Ok(on_read!(self, |pool| {
+            let mut qb = QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
+            if let Some(s) = filter.status {
+                qb.push(" AND status = ").push_bind(s);
+            }
+            if let Some(t) = filter.job_type {
+                qb.push(" AND job_type = ").push_bind(t);
+            }
+            if let Some(c) = &filter.certificate_id {
+                qb.push(" AND certificate_id = ").push_bind(c.clone());
+            }
+            if let Some(a) = &filter.agent_id {
+                qb.push(" AND agent_id = ").push_bind(a.clone());
+            }
+            qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                .push_bind(sql_limit(filter.limit.unwrap_or(100)));
+            qb.build_query_as::<Job>().fetch_all(pool).await?
+        }))
+    }
+
+    /// Number of jobs per status (statuses without jobs are absent).
+    pub async fn job_status_counts(&self) -> StoreResult<BTreeMap<JobStatus, i64>> {
+        let rows: Vec<(JobStatus, i64)> = on_read!(self, |pool| {
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Moves job `id` from `from` to `to` if, and only if, it is in `from`
+    /// now (one conditional UPDATE). Returns whether this caller won. The
+    /// transition must be legal ([`crate::store::job_state`]). Columns in
+    /// `update` are set in the same statement; leaving `Running` clears the
+    /// lease expiry, reaching Completed/Failed/Cancelled sets `finished_at`.
+    /// `audit`, if given, is written in the same transaction, only when won.
+    pub async fn transition_job(
+        &self,
+        id: &str,
+        from: JobStatus,
+        to: JobStatus,
+        update: JobUpdate,
+        audit: Option<NewAuditEvent>,
+    ) -> StoreResult<bool> {
+        if !can_transition(from, to) {
+            return Err(StoreError::IllegalTransition { from, to });
+        }
+        let now = now();
+        on_write!(self, |pool| {
+            let mut qb = QueryBuilder::new("UPDATE jobs SET status = ");
+            qb.push_bind(to).push(", updated_at = ").push_bind(ts(now));
+            if from == JobStatus::Running {
+                qb.push(", lease_expires_at = NULL");
+            }
+            if matches!(
+                to,
+                JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+            ) {
+                qb.push(", finished_at = ").push_bind(ts(now));
+            }
+            if to == JobStatus::Pending {
+                qb.push(", lease_owner = NULL, finished_at = NULL");
+            }
+            let JobUpdate {
+                last_error,
+                run_at,
+                csr_pem,
+                order_id,
+                order_state,
+                next_poll_at,
+                poll_deadline_at,
+                verification_result,
+                certificate_version_id,
+                payload,
+            } = update;
+            if let Some(v) = last_error {
+                qb.push(", last_error = ").push_bind(v);
+            }
+            if let Some(v) = run_at {
+                qb.push(", run_at = ").push_bind(ts(v));
+            }
+            if let Some(v) = csr_pem {
+                qb.push(", csr_pem = ").push_bind(v);
+            }
+            if let Some(v) = order_id {
+                qb.push(", order_id = ").push_bind(v);
+            }
+            if let Some(v) = order_state {
+                qb.push(", order_state = ").push_bind(v);
+            }
+            if let Some(v) = next_poll_at {
+                qb.push(", next_poll_at = ").push_bind(ts(v));
+            }
+            if let Some(v) = poll_deadline_at {
+                qb.push(", poll_deadline_at = ").push_bind(ts(v));
+            }
+            if let Some(v) = verification_result {
+                qb.push(", verification_result = ").push_bind(Json(v));
+            }
+            if let Some(v) = certificate_version_id {
+                qb.push(", certificate_version_id = ").push_bind(v);
+            }
+            if let Some(v) = payload {
+                qb.push(", payload = ").push_bind(Json(v));
+            }
+            qb.push(" WHERE id = ").push_bind(id.to_owned());
+            qb.push(" AND status = ").push_bind(from);
+            match audit {
+                None => Ok(qb.build().execute(pool).await?.rows_affected() == 1),
+                Some(event) => {
+                    let mut tx = pool.begin_write().await?;
+                    let won = qb.build().execute(&mut *tx).await?.rows_affected() == 1;
+                    if won {
+                        insert_audit!(&mut *tx, now, &event)?;
+                    }
+                    tx.commit().await?;
+                    Ok(won)
+                }
+            }
+        })
+    }
+
+    /// Running → Completed for the holder of `lease`. False if the lease was
+    /// lost (reaped, re-claimed, cancelled).
+    pub async fn complete_job(&self, lease: &JobLease) -> StoreResult<bool> {
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query(
+                "UPDATE jobs SET status = 'completed', lease_expires_at = NULL, finished_at = $4,
+                        updated_at = $4
+                 WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3",
+            )
+            .bind(&lease.job_id)
+            .bind(&lease.owner)
+            .bind(lease.attempt)
+            .bind(ts(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Running → Failed for the holder of `lease`. The next attempt time is
+    /// `failure.retry_at`, else exponential backoff on the attempt count; a
+    /// permanent failure spends the budget. Returns the failed job, or `None`
+    /// if the lease was lost.
+    pub async fn fail_job(
+        &self,
+        lease: &JobLease,
+        failure: JobFailure,
+    ) -> StoreResult<Option<Job>> {
+        let now = now();
+        let base = self.options.backoff.base.as_secs_f64();
+        let cap = self.options.backoff.cap.as_secs_f64();
+        Ok(on_write!(
+            self,
+            crate::store::sqlite::claims::FAIL_JOB,
+            crate::store::postgres::claims::FAIL_JOB,
+            |pool, sql| {
+                sqlx::query_as::<_, Job>(sql)
+                    .bind(&lease.job_id)
+                    .bind(&lease.owner)
+                    .bind(lease.attempt)
+                    .bind(ts(now))
+                    .bind(&failure.error)
+                    .bind(base)
+                    .bind(cap)
+                    .bind(failure.permanent)
+                    .bind(opt_ts(failure.retry_at))
+                    .fetch_optional(pool)
+                    .await?
+            }
+        ))
+    }
+
+    /// Any non-terminal status → Cancelled. Returns whether it was cancelled
+    /// by this call.
+    pub async fn cancel_job(&self, id: &str, reason: &str) -> StoreResult<bool> {
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query(
+                "UPDATE jobs SET status = 'cancelled', last_error = $2, lease_expires_at = NULL,
+                        finished_at = $3, updated_at = $3
+                 WHERE id = $1 AND status NOT IN ('completed', 'cancelled')",
+            )
+            .bind(id)
+            .bind(reason)
+            .bind(ts(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1
+        }))
+    }
+
+    /// AwaitingCsr → Pending with the agent's CSR stored; false if the job
+    /// was not awaiting a CSR (e.g. a replayed submission).
+    pub async fn submit_csr(&self, job_id: &str, csr_pem: &str) -> StoreResult<bool> {
+        self.transition_job(
+            job_id,
+            JobStatus::AwaitingCsr,
+            JobStatus::Pending,
+            JobUpdate {
+                csr_pem: Some(csr_pem.to_owned()),
+                run_at: Some(now()),
+                ..JobUpdate::default()
+            },
+            None,
+        )
+        .await
+    }
+}
+
+/// Pushes the 14 VALUES of one job row.
+fn push_job_values<'a, DB: sqlx::Database>(
+    qb: &mut QueryBuilder<'a, DB>,
+    id: &str,
+    job: &NewJob,
+    now: chrono::DateTime<chrono::Utc>,
+) where
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    crate::store::JobType: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    JobStatus: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<Json<serde_json::Value>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    crate::store::codec::DbTime: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let run_at = job.run_at.unwrap_or(now);
+    qb.push_bind(id.to_owned())
+        .push(", ")
+        .push_bind(job.job_type)
+        .push(", ")
+        .push_bind(job.status)
+        .push(", ")
+        .push_bind(job.certificate_id.clone())
+        .push(", ")
+        .push_bind(job.target_id.clone())
+        .push(", ");
+    // agent: explicit, else the target's agent, else the host.
+    qb.push(AGENT_EXPR)
+        .push_bind(job.agent_id.clone())
+        .push(", (SELECT agent_id FROM targets WHERE id = ")
+        .push_bind(job.target_id.clone())
+        .push("), 'host'), ")
+        .push_bind(job.parent_job_id.clone())
+        .push(", ")
+        .push_bind(job.certificate_version_id.clone())
+        .push(", ")
+        .push_bind(job.payload.clone().map(Json))
+        .push(", 0, ")
+        .push_bind(job.max_attempts)
+        .push(", ")
+        .push_bind(crate::store::codec::ts(run_at))
+        .push(", ")
+        .push_bind(crate::store::codec::ts(now))
+        .push(", ")
+        .push_bind(crate::store::codec::ts(now));
+}

@@ -1,0 +1,46 @@
+//! The repository methods of [`crate::store::Store`], one file per
+//! aggregate. SQL that is identical on both backends is written here with
+//! `$n` placeholders (SQLite accepts them too); SQL that differs lives in
+//! `sqlite/claims.rs` / `postgres/claims.rs`.
+
+mod agents;
+mod audit;
+mod certificates;
+mod claims;
+mod jobs;
+pub(crate) mod leader;
+mod notifications;
+mod plugins;
+mod renewals;
+
+/// Clamps a caller's limit to a positive SQL LIMIT.
+pub(crate) fn sql_limit(limit: u32) -> i64 {
+    i64::from(limit.max(1))
+}
+
+/// Inserts an audit event on an executor (`$tx` is `&mut *tx` or a pool).
+macro_rules! insert_audit {
+    ($exec:expr, $now:expr, $event:expr) => {{
+        let event: &$crate::store::NewAuditEvent = $event;
+        let details = if event.details.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            event.details.clone()
+        };
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, actor, actor_type, action, subject_type, subject_id, details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind($crate::store::new_id())
+        .bind($crate::store::codec::ts($now))
+        .bind(event.actor.clone())
+        .bind(event.actor_type)
+        .bind(event.action.clone())
+        .bind(event.subject_type.clone())
+        .bind(event.subject_id.clone())
+        .bind(sqlx::types::Json(details))
+        .execute($exec)
+        .await
+    }};
+}
+pub(crate) use insert_audit;

@@ -1,0 +1,150 @@
+//! Notifications: enqueued by the host, claimed like jobs by the dispatch
+//! loop (so two replicas never send one twice), retried with backoff.
+
+use sqlx::types::Json;
+
+use crate::store::codec::{now, ts};
+use crate::store::postgres::claims as pg;
+use crate::store::repo::sql_limit;
+use crate::store::sqlite::claims as lite;
+use crate::store::{
+    NewNotification, Notification, NotificationLease, Store, StoreError, StoreResult, new_id,
+    on_write,
+};
+
+impl Store {
+    /// Queues a notification, deliverable now.
+    pub async fn enqueue_notification(&self, new: NewNotification) -> StoreResult<Notification> {
+        if new.max_attempts < 1 {
+            return Err(StoreError::InvalidArgument(
+                "max_attempts must be >= 1".into(),
+            ));
+        }
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query_as::<_, Notification>(
+                "INSERT INTO notifications (id, notifier_id, event_type, subject, payload, status,
+                     attempts, max_attempts, run_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $7, $7) RETURNING *",
+            )
+            .bind(new_id())
+            .bind(&new.notifier_id)
+            .bind(&new.event_type)
+            .bind(new.subject.clone())
+            .bind(Json(&new.payload))
+            .bind(new.max_attempts)
+            .bind(ts(now))
+            .fetch_one(pool)
+            .await?
+        }))
+    }
+
+    /// Claims up to `limit` due notifications: Pending → Sending, attempt
+    /// counted, leased to this store. Disjoint across concurrent callers.
+    pub async fn claim_notifications(&self, limit: u32) -> StoreResult<Vec<Notification>> {
+        let now = now();
+        let owner = self.options.instance_id.as_str();
+        let mut rows = on_write!(
+            self,
+            lite::CLAIM_NOTIFICATIONS,
+            pg::CLAIM_NOTIFICATIONS,
+            |pool, sql| {
+                sqlx::query_as::<_, Notification>(sql)
+                    .bind(owner)
+                    .bind(ts(self.lease_expiry(now)))
+                    .bind(ts(now))
+                    .bind(sql_limit(limit))
+                    .fetch_all(pool)
+                    .await?
+            }
+        );
+        rows.sort_by(|a, b| a.run_at.cmp(&b.run_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(rows)
+    }
+
+    /// Sending → Sent for the lease holder; false if the lease was lost.
+    pub async fn mark_notification_sent(&self, lease: &NotificationLease) -> StoreResult<bool> {
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query(
+                "UPDATE notifications SET status = 'sent', sent_at = $4, lease_expires_at = NULL,
+                        updated_at = $4
+                 WHERE id = $1 AND status = 'sending' AND lease_owner = $2 AND attempts = $3",
+            )
+            .bind(&lease.notification_id)
+            .bind(&lease.owner)
+            .bind(lease.attempt)
+            .bind(ts(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1
+        }))
+    }
+
+    /// A failed delivery: back to Pending after backoff while the budget
+    /// lasts, else (or if `permanent`) Failed. False if the lease was lost.
+    pub async fn mark_notification_failed(
+        &self,
+        lease: &NotificationLease,
+        error: &str,
+        permanent: bool,
+    ) -> StoreResult<bool> {
+        let now = now();
+        let base = self.options.backoff.base.as_secs_f64();
+        let cap = self.options.backoff.cap.as_secs_f64();
+        Ok(on_write!(
+            self,
+            lite::FAIL_NOTIFICATION,
+            pg::FAIL_NOTIFICATION,
+            |pool, sql| {
+                sqlx::query(sql)
+                    .bind(&lease.notification_id)
+                    .bind(&lease.owner)
+                    .bind(lease.attempt)
+                    .bind(ts(now))
+                    .bind(error)
+                    .bind(base)
+                    .bind(cap)
+                    .bind(permanent)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            }
+        ))
+    }
+
+    /// Sending notifications whose lease expired → Pending after backoff
+    /// (Failed when out of budget). At most `limit`; returns how many.
+    pub async fn reap_expired_notification_leases(&self, limit: u32) -> StoreResult<u64> {
+        let now = now();
+        let base = self.options.backoff.base.as_secs_f64();
+        let cap = self.options.backoff.cap.as_secs_f64();
+        Ok(on_write!(
+            self,
+            lite::REAP_NOTIFICATIONS,
+            pg::REAP_NOTIFICATIONS,
+            |pool, sql| {
+                sqlx::query(sql)
+                    .bind(ts(now))
+                    .bind(sql_limit(limit))
+                    .bind(base)
+                    .bind(cap)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+        ))
+    }
+
+    /// One notification by id.
+    pub async fn get_notification(&self, id: &str) -> StoreResult<Option<Notification>> {
+        Ok(crate::store::on_read!(self, |pool| {
+            sqlx::query_as::<_, Notification>("SELECT * FROM notifications WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+}

@@ -1,0 +1,68 @@
+//! SQLite backend: connection set-up. The claim SQL is in `claims.rs`.
+//!
+//! One writer connection (a pool of size 1, so in-process writers queue on
+//! the pool instead of spinning on SQLITE_BUSY) and a pool of readers. WAL
+//! journal, `synchronous = NORMAL`, foreign keys on, a busy timeout for
+//! writers in other processes (e.g. `certplane migrate`).
+
+pub(crate) mod claims;
+
+use std::str::FromStr;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::store::error::{BackendKind, connect_hint, redact_url};
+use crate::store::{StoreError, StoreOptions};
+
+#[derive(Clone)]
+pub(crate) struct SqliteBackend {
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
+}
+
+impl SqliteBackend {
+    pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let connect_options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl {
+                url: redact_url(url),
+                reason: e.to_string(),
+            })?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let connect_err = |source| StoreError::Connect {
+            backend: BackendKind::Sqlite,
+            url: redact_url(url),
+            hint: connect_hint(BackendKind::Sqlite),
+            source,
+        };
+        let mut writer_options = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout);
+        if in_memory {
+            // An in-memory database lives as long as its one connection.
+            writer_options = writer_options
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let writer = writer_options
+            .connect_with(connect_options.clone())
+            .await
+            .map_err(connect_err)?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(options.max_connections.max(1))
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect_options)
+                .await
+                .map_err(connect_err)?
+        };
+        Ok(SqliteBackend { writer, reader })
+    }
+}

@@ -1,0 +1,687 @@
+//! Claim repository: the seed's three claim tests plus leases, reaper,
+//! retries, polls and notifications, on SQLite and PostgreSQL.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use certplane_host::store::*;
+use common::{Backend, TestDb, count, exec, fixtures, test_options};
+
+/// Seed test 1: claimed jobs flip to Running (attempt counted, leased) and a
+/// residual claim returns nothing.
+async fn claim_flips_to_running_and_residual_is_empty(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let jobs: Vec<NewJob> = (0..25).map(|_| NewJob::new(JobType::Issuance)).collect();
+    assert_eq!(store.create_jobs(&jobs).await.unwrap(), 25);
+    // A future job and an agent job are never claimed by the host queue.
+    let later = now() + chrono::Duration::hours(1);
+    store
+        .create_job(NewJob::new(JobType::Issuance).run_at(later))
+        .await
+        .unwrap();
+
+    let claimed = store.claim_pending_jobs(None, 100).await.unwrap();
+    assert_eq!(claimed.len(), 25);
+    for job in &claimed {
+        assert_eq!(job.status, JobStatus::Running);
+        assert_eq!(job.attempts, 1);
+        assert_eq!(job.lease_owner.as_deref(), Some(store.instance_id()));
+        assert!(job.lease_expires_at.is_some_and(|t| t > now()));
+        let stored = store.get_job(&job.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Running);
+    }
+    assert!(
+        store
+            .claim_pending_jobs(None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let counts = store.job_status_counts().await.unwrap();
+    assert_eq!(counts.get(&JobStatus::Running), Some(&25));
+    assert_eq!(counts.get(&JobStatus::Pending), Some(&1));
+}
+
+/// Claims filtered by type only take that type, within the limit.
+async fn claim_by_type_respects_type_and_limit(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        let t = if i % 3 == 0 {
+            JobType::Revocation
+        } else {
+            JobType::Renewal
+        };
+        jobs.push(NewJob::new(t));
+    }
+    store.create_jobs(&jobs).await.unwrap();
+    let first = store
+        .claim_pending_jobs(Some(JobType::Revocation), 4)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 4);
+    let rest = store
+        .claim_pending_jobs(Some(JobType::Revocation), 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 6);
+    assert!(
+        first
+            .iter()
+            .chain(&rest)
+            .all(|j| j.job_type == JobType::Revocation)
+    );
+    assert_eq!(
+        store.claim_pending_jobs(None, 1000).await.unwrap().len(),
+        20
+    );
+}
+
+/// Seed test 2 at scale: 8 claimants on two store instances (two replicas)
+/// drain 10,000 jobs; no job is claimed twice, the claims add up to the
+/// total, and every row ends Running with exactly one attempt.
+async fn concurrent_claimants_get_disjoint_jobs(b: Backend) {
+    const TOTAL: usize = 10_000;
+    const CLAIMANTS: usize = 8;
+    let db = TestDb::new(b).await;
+    let store_a = db.migrated().await;
+    let store_b = db.store().await;
+    let jobs: Vec<NewJob> = (0..TOTAL)
+        .map(|i| {
+            NewJob::new(if i % 2 == 0 {
+                JobType::Renewal
+            } else {
+                JobType::Issuance
+            })
+        })
+        .collect();
+    assert_eq!(store_a.create_jobs(&jobs).await.unwrap(), TOTAL as u64);
+
+    let mut tasks = Vec::new();
+    for c in 0..CLAIMANTS {
+        let store = if c % 2 == 0 {
+            store_a.clone()
+        } else {
+            store_b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim_pending_jobs(None, 50).await.expect("claim");
+                if batch.is_empty() {
+                    break;
+                }
+                assert!(batch.len() <= 50, "claim returned more than its limit");
+                mine.extend(batch.into_iter().map(|j| (j.id, j.status, j.attempts)));
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut sum = 0;
+    for t in tasks {
+        let mine = t.await.unwrap();
+        sum += mine.len();
+        for (id, status, attempts) in mine {
+            assert_eq!(status, JobStatus::Running);
+            assert_eq!(attempts, 1);
+            assert!(seen.insert(id.clone()), "job {id} claimed twice");
+        }
+    }
+    assert_eq!(sum, TOTAL);
+    assert_eq!(seen.len(), TOTAL);
+    assert_eq!(
+        count(
+            &store_a,
+            "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND attempts = 1"
+        )
+        .await,
+        TOTAL as i64
+    );
+    assert_eq!(
+        count(
+            &store_a,
+            "SELECT COUNT(*) FROM jobs WHERE status <> 'running'"
+        )
+        .await,
+        0
+    );
+}
+
+/// Seed test 3: agent scope. Direct and target-fallback jobs are flipped to
+/// Running; AwaitingCSR jobs reached through certificate → target → agent
+/// come back in place; another agent's jobs and retired targets' jobs never.
+async fn agent_claim_scope(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let issuer = fixtures::issuer(&store).await;
+    let a = fixtures::agent(&store, "agent-a").await;
+    let other = fixtures::agent(&store, "agent-b").await;
+    let ta = fixtures::target(&store, &a.id, "ta").await;
+    let ta_retired = fixtures::target(&store, &a.id, "ta-retired").await;
+    let tb = fixtures::target(&store, &other.id, "tb").await;
+
+    let direct = store
+        .create_job(NewJob::new(JobType::Deployment).agent(&a.id))
+        .await
+        .unwrap();
+    assert_eq!(direct.agent_id.as_deref(), Some(a.id.as_str()));
+    // Resolved from the target at insert.
+    let via_target = store
+        .create_job(NewJob::new(JobType::Deployment).target(&ta.id))
+        .await
+        .unwrap();
+    assert_eq!(via_target.agent_id.as_deref(), Some(a.id.as_str()));
+    // Seed fallback: a row without agent_id is routed through its target.
+    let fallback = store
+        .create_job(NewJob::new(JobType::Renewal).target(&ta.id))
+        .await
+        .unwrap();
+    exec(
+        &store,
+        &format!(
+            "UPDATE jobs SET agent_id = NULL WHERE id = '{}'",
+            fallback.id
+        ),
+    )
+    .await;
+    let retired_target_job = store
+        .create_job(NewJob::new(JobType::Deployment).target(&ta_retired.id))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .retire_target(&ta_retired.id, "decommissioned")
+            .await
+            .unwrap()
+    );
+    let others_job = store
+        .create_job(NewJob::new(JobType::Deployment).target(&tb.id))
+        .await
+        .unwrap();
+    let others_fallback = store
+        .create_job(NewJob::new(JobType::Deployment).target(&tb.id))
+        .await
+        .unwrap();
+    exec(
+        &store,
+        &format!(
+            "UPDATE jobs SET agent_id = NULL WHERE id = '{}'",
+            others_fallback.id
+        ),
+    )
+    .await;
+    // AwaitingCSR: a host job reached through certificate → target → agent.
+    let cert = fixtures::certificate(&store, &issuer.id, Some(&ta.id), KeySource::Agent).await;
+    let csr_job = store
+        .create_job(
+            NewJob::new(JobType::Issuance)
+                .certificate(&cert.id)
+                .status(JobStatus::AwaitingCsr),
+        )
+        .await
+        .unwrap();
+    assert_eq!(csr_job.agent_id.as_deref(), Some(SENTINEL_AGENT_ID));
+    let other_cert =
+        fixtures::certificate(&store, &issuer.id, Some(&tb.id), KeySource::Agent).await;
+    let other_csr = store
+        .create_job(
+            NewJob::new(JobType::Issuance)
+                .certificate(&other_cert.id)
+                .status(JobStatus::AwaitingCsr),
+        )
+        .await
+        .unwrap();
+
+    let got = store.claim_pending_for_agent(&a.id, 100).await.unwrap();
+    let ids: HashSet<&str> = got.iter().map(|j| j.id.as_str()).collect();
+    let expected: HashSet<&str> = [&direct.id, &via_target.id, &fallback.id, &csr_job.id]
+        .into_iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ids, expected);
+    for job in &got {
+        if job.id == csr_job.id {
+            assert_eq!(
+                job.status,
+                JobStatus::AwaitingCsr,
+                "AwaitingCSR is returned in place"
+            );
+            assert_eq!(job.attempts, 0);
+        } else {
+            assert_eq!(job.status, JobStatus::Running);
+            assert_eq!(job.lease_owner.as_deref(), Some(a.id.as_str()));
+            assert_eq!(job.attempts, 1);
+        }
+    }
+    for never in [
+        &retired_target_job.id,
+        &others_job.id,
+        &others_fallback.id,
+        &other_csr.id,
+    ] {
+        assert!(!ids.contains(never.as_str()));
+    }
+    let stored = store.get_job(&csr_job.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, JobStatus::AwaitingCsr);
+
+    // Second call: only the AwaitingCSR job again (still in place).
+    let again = store.claim_pending_for_agent(&a.id, 100).await.unwrap();
+    assert_eq!(
+        again.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        vec![csr_job.id.as_str()]
+    );
+
+    // The CSR arrives once; a replay loses.
+    assert!(
+        store
+            .submit_csr(&csr_job.id, "-----BEGIN CERTIFICATE REQUEST-----")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .submit_csr(&csr_job.id, "-----BEGIN CERTIFICATE REQUEST-----")
+            .await
+            .unwrap()
+    );
+    let pending = store.get_job(&csr_job.id).await.unwrap().unwrap();
+    assert_eq!(pending.status, JobStatus::Pending);
+    assert!(pending.csr_pem.is_some());
+
+    // The other agent gets its own jobs; a retired agent gets nothing.
+    let b_jobs = store.claim_pending_for_agent(&other.id, 100).await.unwrap();
+    assert_eq!(b_jobs.len(), 3);
+    let c = fixtures::agent(&store, "agent-c").await;
+    let tc = fixtures::target(&store, &c.id, "tc").await;
+    store
+        .create_job(NewJob::new(JobType::Deployment).target(&tc.id))
+        .await
+        .unwrap();
+    let out = store
+        .retire_agent(
+            &c.id,
+            RetireAgent {
+                force: true,
+                reason: Some("gone".into()),
+                actor: "test".into(),
+                actor_type: ActorType::User,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out, RetireOutcome::Retired { .. }));
+    exec(
+        &store,
+        &format!(
+            "UPDATE jobs SET status = 'pending' WHERE target_id = '{}'",
+            tc.id
+        ),
+    )
+    .await;
+    assert!(
+        store
+            .claim_pending_for_agent(&c.id, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_pending_for_agent("no-such-agent", 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Leases: renewal by the holder, completion only with the current lease,
+/// the reaper fails expired leases and the retry loop brings them back.
+async fn leases_reaper_and_retry(b: Backend) {
+    let db = TestDb::new(b).await;
+    let short = db
+        .store_with(StoreOptions {
+            lease_duration: Duration::from_millis(1),
+            ..test_options()
+        })
+        .await;
+    short.migrate().await.unwrap();
+    let store = db.store().await;
+
+    store
+        .create_job(NewJob::new(JobType::Revocation))
+        .await
+        .unwrap();
+    let job = short.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    let stale = job.lease().unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let reaped = store.reap_expired_leases(100).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].status, JobStatus::Failed);
+    assert!(
+        reaped[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("lease expired")
+    );
+    assert!(
+        !short.complete_job(&stale).await.unwrap(),
+        "a reaped lease cannot complete"
+    );
+    assert!(!short.renew_job_lease(&stale).await.unwrap());
+
+    assert_eq!(store.retry_failed_jobs(100).await.unwrap(), 1);
+    let job = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    assert_eq!(job.attempts, 2);
+    let lease = job.lease().unwrap();
+    assert!(
+        !short.complete_job(&stale).await.unwrap(),
+        "an older attempt cannot complete"
+    );
+    assert!(store.renew_job_lease(&lease).await.unwrap());
+    assert!(store.reap_expired_leases(100).await.unwrap().is_empty());
+
+    // Transient failure → retried; permanent failure → stays failed.
+    let failed = store
+        .fail_job(&lease, JobFailure::transient("CA busy"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(failed.last_error.as_deref(), Some("CA busy"));
+    assert!(
+        store
+            .fail_job(&lease, JobFailure::transient("again"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.retry_failed_jobs(100).await.unwrap(), 1);
+    let job = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    assert_eq!(job.attempts, 3);
+    store
+        .fail_job(&job.lease().unwrap(), JobFailure::permanent("rejected"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.retry_failed_jobs(100).await.unwrap(), 0);
+
+    // Budget exhausted by attempts.
+    let j = store
+        .create_job(NewJob {
+            max_attempts: 1,
+            ..NewJob::new(JobType::Revocation)
+        })
+        .await
+        .unwrap();
+    let c = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    assert_eq!(c.id, j.id);
+    store
+        .fail_job(&c.lease().unwrap(), JobFailure::transient("x"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.retry_failed_jobs(100).await.unwrap(), 0);
+
+    // retry_at override and backoff keep the job away until then.
+    store
+        .create_job(NewJob::new(JobType::Revocation))
+        .await
+        .unwrap();
+    let c = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    let later = now() + chrono::Duration::hours(1);
+    let f = store
+        .fail_job(
+            &c.lease().unwrap(),
+            JobFailure {
+                retry_at: Some(later),
+                ..JobFailure::transient("rate limited")
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.run_at, later);
+    assert_eq!(store.retry_failed_jobs(100).await.unwrap(), 0);
+
+    // Completion with the live lease.
+    store
+        .create_job(NewJob::new(JobType::Revocation))
+        .await
+        .unwrap();
+    let c = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    assert!(store.complete_job(&c.lease().unwrap()).await.unwrap());
+    let done = store.get_job(&c.id).await.unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert!(done.finished_at.is_some());
+}
+
+/// The backoff puts a transient failure's next attempt in the future.
+async fn backoff_delays_retry(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db
+        .store_with(StoreOptions {
+            backoff: Backoff {
+                base: Duration::from_secs(60),
+                cap: Duration::from_secs(600),
+            },
+            ..test_options()
+        })
+        .await;
+    store.migrate().await.unwrap();
+    store
+        .create_job(NewJob::new(JobType::Revocation))
+        .await
+        .unwrap();
+    let c = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    let before = now();
+    let f = store
+        .fail_job(&c.lease().unwrap(), JobFailure::transient("x"))
+        .await
+        .unwrap()
+        .unwrap();
+    let delay = (f.run_at - before).num_milliseconds();
+    assert!(
+        (50_000..=70_000).contains(&delay),
+        "delay {delay} ms not 60 s ± 10 %"
+    );
+    assert_eq!(store.retry_failed_jobs(100).await.unwrap(), 0);
+}
+
+/// Async CA orders: Polling jobs are claimed when due, once.
+async fn due_polls_are_claimed_once(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    store
+        .create_job(NewJob::new(JobType::Issuance))
+        .await
+        .unwrap();
+    let job = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    let won = store
+        .transition_job(
+            &job.id,
+            JobStatus::Running,
+            JobStatus::Polling,
+            JobUpdate {
+                order_id: Some("order-1".into()),
+                order_state: Some(r#"{"url":"https://ca.test/order/1"}"#.into()),
+                next_poll_at: Some(now()),
+                poll_deadline_at: Some(now() + chrono::Duration::minutes(10)),
+                ..JobUpdate::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(won);
+    let (a, b2) = tokio::join!(store.claim_due_polls(10), store.claim_due_polls(10));
+    let (a, b2) = (a.unwrap(), b2.unwrap());
+    assert_eq!(a.len() + b2.len(), 1);
+    let polled = a.into_iter().chain(b2).next().unwrap();
+    assert_eq!(polled.status, JobStatus::Running);
+    assert_eq!(polled.order_id.as_deref(), Some("order-1"));
+    assert_eq!(polled.attempts, 1, "polls do not count as attempts");
+    assert!(store.claim_due_polls(10).await.unwrap().is_empty());
+}
+
+/// Notifications are claimed like jobs: disjoint, retried, sent once.
+async fn notifications_claimed_once(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store_a = db.migrated().await;
+    let store_b = db.store().await;
+    let notifier = store_a
+        .create_notifier(NewPluginInstance::new("hook", "webhook", "1.0.0"))
+        .await
+        .unwrap();
+    for i in 0..200 {
+        store_a
+            .enqueue_notification(NewNotification {
+                notifier_id: notifier.id.clone(),
+                event_type: "certificate.expiring".into(),
+                subject: Some(format!("cert {i}")),
+                payload: serde_json::json!({ "i": i }),
+                max_attempts: 2,
+            })
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for s in [
+        store_a.clone(),
+        store_b.clone(),
+        store_a.clone(),
+        store_b.clone(),
+    ] {
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let batch = s.claim_notifications(7).await.unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                for n in batch {
+                    assert_eq!(n.status, NotificationStatus::Sending);
+                    ids.push(n.id.clone());
+                    assert!(s.mark_notification_sent(&n.lease().unwrap()).await.unwrap());
+                }
+            }
+            ids
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(seen.insert(id), "notification sent twice");
+        }
+    }
+    assert_eq!(seen.len(), 200);
+    assert_eq!(
+        count(
+            &store_a,
+            "SELECT COUNT(*) FROM notifications WHERE status = 'sent'"
+        )
+        .await,
+        200
+    );
+
+    // Failure: back to pending while budget lasts, then failed.
+    let n = store_a
+        .enqueue_notification(NewNotification {
+            notifier_id: notifier.id.clone(),
+            event_type: "job.failed".into(),
+            subject: None,
+            payload: serde_json::json!({}),
+            max_attempts: 2,
+        })
+        .await
+        .unwrap();
+    let c = store_a.claim_notifications(10).await.unwrap().remove(0);
+    assert!(
+        store_a
+            .mark_notification_failed(&c.lease().unwrap(), "503", false)
+            .await
+            .unwrap()
+    );
+    let c = store_a.claim_notifications(10).await.unwrap().remove(0);
+    assert_eq!(c.attempts, 2);
+    assert!(
+        store_a
+            .mark_notification_failed(&c.lease().unwrap(), "503", false)
+            .await
+            .unwrap()
+    );
+    let n = store_a.get_notification(&n.id).await.unwrap().unwrap();
+    assert_eq!(n.status, NotificationStatus::Failed);
+    assert!(store_a.claim_notifications(10).await.unwrap().is_empty());
+}
+
+/// Leader leases: one holder at a time, renewal, takeover after expiry.
+async fn leader_lease(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let ttl = Duration::from_millis(300);
+    let (x, y) = tokio::join!(
+        store.try_acquire_leader("renewal-loop", "replica-1", ttl),
+        store.try_acquire_leader("renewal-loop", "replica-2", ttl)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x.is_leader() ^ y.is_leader(), "exactly one leader");
+    let (leader, follower) = if x.is_leader() {
+        ("replica-1", "replica-2")
+    } else {
+        ("replica-2", "replica-1")
+    };
+    assert!(
+        store
+            .try_acquire_leader("renewal-loop", leader, ttl)
+            .await
+            .unwrap()
+            .is_leader()
+    );
+    assert!(
+        !store
+            .try_acquire_leader("renewal-loop", follower, ttl)
+            .await
+            .unwrap()
+            .is_leader()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        store
+            .try_acquire_leader("renewal-loop", follower, ttl)
+            .await
+            .unwrap()
+            .is_leader()
+    );
+    assert!(!store.release_leader("renewal-loop", leader).await.unwrap());
+    assert!(
+        store
+            .release_leader("renewal-loop", follower)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .current_leader("renewal-loop")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+both_backends!(
+    claim_flips_to_running_and_residual_is_empty,
+    claim_by_type_respects_type_and_limit,
+    concurrent_claimants_get_disjoint_jobs,
+    agent_claim_scope,
+    leases_reaper_and_retry,
+    backoff_delays_retry,
+    due_polls_are_claimed_once,
+    notifications_claimed_once,
+    leader_lease,
+);

@@ -1,0 +1,359 @@
+//! Conditional transitions under contention, audit and the renewal enqueue,
+//! on SQLite and PostgreSQL.
+
+mod common;
+
+use certplane_host::store::*;
+use common::{Backend, TestDb, count, fixtures};
+
+fn audit(action: &str, job_id: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: "tester".into(),
+        actor_type: ActorType::System,
+        action: action.into(),
+        subject_type: "job".into(),
+        subject_id: Some(job_id.to_owned()),
+        details: serde_json::json!({}),
+    }
+}
+
+/// 16 concurrent callers race for the same transition (two store instances):
+/// exactly one wins, and only the winner's audit event is written.
+async fn conditional_transition_has_one_winner(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store_a = db.migrated().await;
+    let store_b = db.store().await;
+    for round in 0..5 {
+        let job = store_a
+            .create_job(NewJob::new(JobType::Issuance).status(JobStatus::AwaitingApproval))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let s = if i % 2 == 0 {
+                store_a.clone()
+            } else {
+                store_b.clone()
+            };
+            let id = job.id.clone();
+            tasks.push(tokio::spawn(async move {
+                s.transition_job(
+                    &id,
+                    JobStatus::AwaitingApproval,
+                    JobStatus::Pending,
+                    JobUpdate {
+                        last_error: Some(format!("approved by {i}")),
+                        ..JobUpdate::default()
+                    },
+                    Some(audit("job.approve", &id)),
+                )
+                .await
+                .unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            if t.await.unwrap() {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1, "round {round}: exactly one winner");
+        let stored = store_a.get_job(&job.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Pending);
+        let events = store_a
+            .list_audit_events(Some("job"), Some(&job.id), 100)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "only the winner audits");
+        assert_eq!(events[0].action, "job.approve");
+    }
+}
+
+/// Racing the claim against a cancel: one of them wins, never both.
+async fn claim_and_cancel_race(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    for _ in 0..20 {
+        let job = store
+            .create_job(NewJob::new(JobType::Revocation))
+            .await
+            .unwrap();
+        let (claimed, cancelled) = tokio::join!(
+            store.claim_pending_jobs(None, 10),
+            store.transition_job(
+                &job.id,
+                JobStatus::Pending,
+                JobStatus::Cancelled,
+                JobUpdate::default(),
+                None
+            )
+        );
+        let claimed = !claimed.unwrap().is_empty();
+        let cancelled = cancelled.unwrap();
+        assert!(
+            claimed ^ cancelled,
+            "claimed={claimed} cancelled={cancelled}"
+        );
+    }
+}
+
+/// Illegal moves are refused before touching the database; a lost race
+/// returns false; terminal states stay terminal.
+async fn illegal_and_stale_transitions(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let job = store
+        .create_job(NewJob::new(JobType::Issuance))
+        .await
+        .unwrap();
+    let err = store
+        .transition_job(
+            &job.id,
+            JobStatus::Pending,
+            JobStatus::Completed,
+            JobUpdate::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IllegalTransition { .. }), "{err}");
+    assert!(
+        !store
+            .transition_job(
+                &job.id,
+                JobStatus::Running,
+                JobStatus::Completed,
+                JobUpdate::default(),
+                None
+            )
+            .await
+            .unwrap()
+    );
+    assert!(store.cancel_job(&job.id, "operator").await.unwrap());
+    assert!(!store.cancel_job(&job.id, "operator").await.unwrap());
+    let j = store.get_job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Cancelled);
+    assert!(j.finished_at.is_some());
+    assert!(
+        StoreError::IllegalTransition {
+            from: JobStatus::Cancelled,
+            to: JobStatus::Pending
+        }
+        .to_string()
+        .contains("cancelled -> pending")
+    );
+    let bad = store
+        .create_job(NewJob::new(JobType::Issuance).status(JobStatus::Running))
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, StoreError::InvalidArgument(_)));
+}
+
+/// Renewal enqueue: one set-based statement, idempotent under 4 concurrent
+/// callers (two store instances), the right type and initial status.
+async fn renewal_enqueue_idempotent_under_concurrency(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store_a = db.migrated().await;
+    let store_b = db.store().await;
+    let issuer = fixtures::issuer(&store_a).await;
+    let agent = fixtures::agent(&store_a, "edge").await;
+    let target = fixtures::target(&store_a, &agent.id, "edge-pem").await;
+    let mut host_keyed = Vec::new();
+    for _ in 0..150 {
+        host_keyed.push(fixtures::certificate(&store_a, &issuer.id, None, KeySource::Host).await);
+    }
+    let mut agent_keyed = Vec::new();
+    for _ in 0..50 {
+        agent_keyed.push(
+            fixtures::certificate(&store_a, &issuer.id, Some(&target.id), KeySource::Agent).await,
+        );
+    }
+    // 20 issued certificates far from their window, 10 inside it.
+    let far = now() + chrono::Duration::days(90);
+    let near = now() + chrono::Duration::days(10);
+    for (i, c) in host_keyed.iter().take(30).enumerate() {
+        let not_after = if i < 20 { far } else { near };
+        store_a
+            .record_certificate_version(NewCertificateVersion {
+                certificate_id: c.id.clone(),
+                serial: format!("{i:x}"),
+                pem_chain: "-----BEGIN CERTIFICATE-----".into(),
+                not_before: now(),
+                not_after,
+                fingerprint_sha256: format!("{:064x}", i),
+                encrypted_private_key: Some(vec![1, 2, 3]),
+                job_id: None,
+            })
+            .await
+            .unwrap();
+    }
+    // One disabled certificate is never renewed.
+    store_a
+        .set_certificate_status(&host_keyed[149].id, CertificateStatus::Disabled)
+        .await
+        .unwrap();
+    // One certificate already has an open job.
+    store_a
+        .create_job(NewJob::new(JobType::Renewal).certificate(&host_keyed[148].id))
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let s = if i % 2 == 0 {
+            store_a.clone()
+        } else {
+            store_b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            s.enqueue_due_renewals(5, 100_000).await.unwrap()
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        created += t.await.unwrap();
+    }
+    // 200 - 20 far - 1 disabled - 1 with an open job.
+    assert_eq!(created, 178);
+    assert_eq!(store_a.enqueue_due_renewals(5, 100_000).await.unwrap(), 0);
+    assert_eq!(
+        count(&store_a, "SELECT COUNT(*) FROM (SELECT certificate_id FROM jobs GROUP BY certificate_id HAVING COUNT(*) > 1) d").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &store_a,
+            "SELECT COUNT(*) FROM jobs WHERE job_type = 'renewal'"
+        )
+        .await,
+        11
+    );
+    assert_eq!(
+        count(
+            &store_a,
+            "SELECT COUNT(*) FROM jobs WHERE status = 'awaiting_csr' AND job_type = 'issuance'"
+        )
+        .await,
+        50
+    );
+    assert_eq!(
+        count(
+            &store_a,
+            "SELECT COUNT(*) FROM jobs WHERE agent_id <> 'host'"
+        )
+        .await,
+        0
+    );
+
+    // A completed job re-opens the certificate for the next window.
+    let cert = &host_keyed[25];
+    let jobs = store_a
+        .list_jobs(&JobFilter {
+            certificate_id: Some(cert.id.clone()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].job_type, JobType::Renewal);
+    assert!(store_a.cancel_job(&jobs[0].id, "test").await.unwrap());
+    assert_eq!(store_a.enqueue_due_renewals(5, 100_000).await.unwrap(), 1);
+    // Limit bounds one call.
+    exec_cancel_all(&store_a).await;
+    assert_eq!(store_a.enqueue_due_renewals(5, 7).await.unwrap(), 7);
+}
+
+async fn exec_cancel_all(store: &Store) {
+    common::exec(store, "UPDATE jobs SET status = 'cancelled'").await;
+}
+
+/// Issued versions move `renew_at`; agent keys are never stored.
+async fn certificate_versions(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let issuer = fixtures::issuer(&store).await;
+    let agent = fixtures::agent(&store, "edge").await;
+    let target = fixtures::target(&store, &agent.id, "edge-pem").await;
+    let cert = fixtures::certificate(&store, &issuer.id, Some(&target.id), KeySource::Agent).await;
+    let not_after = now() + chrono::Duration::days(90);
+    let v = NewCertificateVersion {
+        certificate_id: cert.id.clone(),
+        serial: "01".into(),
+        pem_chain: "pem".into(),
+        not_before: now(),
+        not_after,
+        fingerprint_sha256: "ab".repeat(32),
+        encrypted_private_key: Some(vec![1]),
+        job_id: None,
+    };
+    let err = store
+        .record_certificate_version(v.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+    let version = store
+        .record_certificate_version(NewCertificateVersion {
+            encrypted_private_key: None,
+            ..v.clone()
+        })
+        .await
+        .unwrap();
+    let c = store.get_certificate(&cert.id).await.unwrap().unwrap();
+    assert_eq!(c.current_version_id.as_deref(), Some(version.id.as_str()));
+    assert_eq!(c.not_after, Some(not_after));
+    assert_eq!(c.renew_at, not_after - chrono::Duration::days(30));
+    assert_eq!(c.sans, cert.sans);
+    assert_eq!(version.not_after, not_after);
+    let dup = store
+        .record_certificate_version(NewCertificateVersion {
+            encrypted_private_key: None,
+            ..v
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(dup, StoreError::AlreadyExists(_)), "{dup}");
+    let expiring = store
+        .list_expiring_certificates(now() + chrono::Duration::days(100), 10)
+        .await
+        .unwrap();
+    assert_eq!(expiring.len(), 1);
+}
+
+/// API keys and audit listing round-trip.
+async fn api_keys(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let key = store
+        .create_api_key(NewApiKey {
+            name: "ci".into(),
+            key_hash: "h1".into(),
+            scopes: vec![ApiScope::Operator, ApiScope::ReadOnly],
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let found = store.find_api_key_by_hash("h1").await.unwrap().unwrap();
+    assert_eq!(found, key);
+    assert!(found.is_usable(now()));
+    store.touch_api_key(&key.id).await.unwrap();
+    assert!(store.revoke_api_key(&key.id).await.unwrap());
+    assert!(!store.revoke_api_key(&key.id).await.unwrap());
+    assert!(
+        !store
+            .find_api_key_by_hash("h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_usable(now())
+    );
+    assert!(store.find_api_key_by_hash("nope").await.unwrap().is_none());
+}
+
+both_backends!(
+    conditional_transition_has_one_winner,
+    claim_and_cancel_race,
+    illegal_and_stale_transitions,
+    renewal_enqueue_idempotent_under_concurrency,
+    certificate_versions,
+    api_keys,
+);

@@ -1,0 +1,6 @@
+-- The built-in sentinel agent: the host itself. Host-executed jobs carry
+-- agent_id = 'host' and targets the host deploys to itself belong to it. It
+-- can never be retired (CHECK on agents and refused by the repository).
+INSERT INTO agents (id, name, credential_hash, sentinel, status, created_at)
+VALUES ('host', 'host (built-in)', NULL, TRUE, 'active', now())
+ON CONFLICT (id) DO NOTHING;
