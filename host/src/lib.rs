@@ -1,3 +1,20 @@
-//! certplane host: control plane library (store, services) behind the `certplane` binary.
+//! certplane host: the control plane library behind the `certplane` binary.
+//!
+//! * [`store`]: the database (SQLite or PostgreSQL), migrations and the job
+//!   claim repository.
+//! * [`api`]: the REST API.
+//! * [`config`]: configuration loading.
+//! * [`plugins`]: the connector plugin registry.
+//! * [`demo`]: the `certplane demo` walk-through.
 
+pub mod api;
+pub mod config;
+
+pub mod pipeline;
+pub mod plugins;
+pub mod scheduler;
+pub mod secrets;
+pub mod server;
 pub mod store;
+pub mod tls;
+pub mod wake;

@@ -4,6 +4,8 @@
 //! PostgreSQL tests never skip: an unreachable server fails them.
 #![allow(dead_code)]
 
+pub mod app;
+
 use std::time::Duration;
 
 use certplane_host::store::{PoolRef, Store, StoreOptions};

@@ -1,0 +1,168 @@
+//! The REST API under `/api/v1` (axum), plus `/healthz`, `/readyz` and
+//! `/metrics` at the root.
+//!
+//! Cross-cutting behaviour lives here: request ids (`x-request-id`, echoed
+//! and quoted in every error), the error envelope on every 4xx/5xx (also for
+//! responses produced by layers and axum itself), body size limits and
+//! request tracing. Each resource module exposes `routes()` returning an
+//! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
+
+pub mod auth;
+pub mod error;
+pub mod listing;
+mod system;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::HostConfig;
+use crate::plugins::PluginRegistry;
+use crate::store::Store;
+use crate::wake::Wake;
+use auth::RateLimits;
+use error::{ApiError, REQUEST_ID, code_for_status, envelope};
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Configuration in force.
+    pub config: Arc<HostConfig>,
+    /// Loaded connector plugins.
+    pub plugins: Arc<PluginRegistry>,
+    /// Per-caller rate limits.
+    pub rate_limits: Arc<RateLimits>,
+    /// Wake-up signals for loops and long-polls.
+    pub wake: Arc<Wake>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State from its parts, with rate limits from the configuration.
+    pub fn new(store: Store, config: Arc<HostConfig>, plugins: Arc<PluginRegistry>) -> Self {
+        let rate_limits = Arc::new(RateLimits::new(
+            config.api.rate_limit_per_second,
+            config.api.rate_limit_burst,
+        ));
+        AppState {
+            store,
+            config,
+            plugins,
+            rate_limits,
+            wake: Arc::new(Wake::default()),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "certplane API", description = "certplane control plane, API v1"),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The `/api/v1` routes with their OpenAPI document.
+pub fn v1_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().merge(system::routes())
+}
+
+/// The OpenAPI document of the whole API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", v1_routes())
+        .into_openapi()
+}
+
+/// The complete HTTP application.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.api.max_body_bytes;
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", v1_routes())
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    api.route(
+        "/api/v1/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json((*doc).clone()) }
+        }),
+    )
+    .merge(system::root_routes())
+    .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+    .layer(DefaultBodyLimit::max(max_body))
+    .layer(middleware::from_fn(envelope_and_request_id))
+    .layer(tower_http::trace::TraceLayer::new_for_http())
+    .with_state(state)
+}
+
+/// Assigns the request id (the client's `x-request-id` when sane, else a
+/// fresh one), runs the handler with it in scope, echoes it, and wraps any
+/// bare 4xx/5xx (from layers or axum's own rejections) in the envelope.
+async fn envelope_and_request_id(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    REQUEST_ID
+        .scope(id.clone(), async move {
+            let mut response = next.run(request).await;
+            let status = response.status();
+            let is_json = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if (status.is_client_error() || status.is_server_error()) && !is_json {
+                let message = status.canonical_reason().unwrap_or("error");
+                let body = envelope(code_for_status(status), message, None);
+                let mut wrapped = (status, axum::Json(body)).into_response();
+                for (name, value) in response.headers() {
+                    if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                        wrapped.headers_mut().insert(name.clone(), value.clone());
+                    }
+                }
+                response = wrapped;
+            }
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert("x-request-id", value);
+            }
+            response
+        })
+        .await
+}
+
+/// Collects a body for tests and tools.
+pub async fn body_bytes(body: Body) -> Result<bytes::Bytes, axum::Error> {
+    use http_body_util::BodyExt;
+    Ok(body.collect().await?.to_bytes())
+}

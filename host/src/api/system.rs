@@ -1,0 +1,104 @@
+//! Health, readiness and the plugin list.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::auth::ReadAccess;
+use super::error::{ApiError, ApiResult};
+use super::listing::conditional_json;
+
+/// Routes under `/api/v1`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_plugins))
+}
+
+/// Routes at the root (not part of the versioned API).
+pub fn root_routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.check_schema().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("database not ready: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// A loaded connector plugin.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginView {
+    /// Machine name.
+    pub name: String,
+    /// `issuer`, `target` or `notifier`.
+    pub kind: String,
+    /// Connector version.
+    pub version: String,
+    /// SHA-256 of the component, verified at load.
+    pub sha256: String,
+    /// `certplane:connector` version it was built against.
+    pub world_version: String,
+    /// One line for operators.
+    pub description: String,
+    /// JSON Schema of its settings.
+    pub settings_schema: serde_json::Value,
+    /// Secrets it reads.
+    pub secret_names: Vec<String>,
+}
+
+/// The plugin list with load failures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginList {
+    /// Loaded plugins, by name.
+    pub items: Vec<PluginView>,
+    /// Plugins that failed to load, one message each.
+    pub failures: Vec<String>,
+}
+
+/// List loaded connector plugins.
+#[utoipa::path(get, path = "/plugins", tag = "plugins",
+    responses((status = 200, body = PluginList), (status = 304, description = "unchanged")),
+    security(("bearer" = [])))]
+async fn list_plugins(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let items = state
+        .plugins
+        .list()
+        .map(|p| PluginView {
+            name: p.name().to_string(),
+            kind: p.kind().to_string(),
+            version: p.version().to_string(),
+            sha256: p.sha256().to_string(),
+            world_version: p.manifest().world.to_string(),
+            description: p.info().description.clone(),
+            settings_schema: serde_json::from_str(&p.info().settings_schema)
+                .unwrap_or(serde_json::Value::Null),
+            secret_names: p.info().secret_names.clone(),
+        })
+        .collect();
+    let list = PluginList {
+        items,
+        failures: state.plugins.failures().to_vec(),
+    };
+    Ok(conditional_json(&headers, &list))
+}

@@ -1,0 +1,302 @@
+//! Host configuration: built-in defaults, then an optional TOML file, then
+//! `CERTPLANE_*` environment variables (nested keys joined with `__`, e.g.
+//! `CERTPLANE_API__MAX_BODY_BYTES=2097152`), layered with figment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or variable has a bad value; figment's message names it.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// The named configuration file does not exist.
+    #[error("configuration file {0} not found")]
+    Missing(PathBuf),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `certplane=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain; when absent a self-signed development
+    /// certificate is generated in the data directory.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Serve plain HTTP. Only when explicitly asked for (behind a TLS proxy,
+    /// tests).
+    pub plain_http: bool,
+}
+
+/// API limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Sustained requests per second allowed per API key and per agent.
+    pub rate_limit_per_second: u32,
+    /// Burst allowance on top of the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Longest an agent's work long-poll is held open, in seconds.
+    pub long_poll_max_secs: u64,
+    /// Per-request timeout in seconds (long-polls excepted).
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_body_bytes: 1024 * 1024,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 200,
+            long_poll_max_secs: 30,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+/// Scheduler loop intervals, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Set-based renewal enqueue.
+    pub renewal_ms: u64,
+    /// Host job processor (issuance, renewal, host-side deployments).
+    pub jobs_ms: u64,
+    /// Failed → Pending retries.
+    pub retry_ms: u64,
+    /// Expired leases and TTLs.
+    pub reaper_ms: u64,
+    /// Marking silent agents offline.
+    pub agent_health_ms: u64,
+    /// Notification dispatch.
+    pub notifications_ms: u64,
+    /// Async CA order polling.
+    pub order_poll_ms: u64,
+    /// Certificate expiry bookkeeping.
+    pub expiry_ms: u64,
+    /// Bound on any one tick.
+    pub tick_timeout_ms: u64,
+    /// How long shutdown waits for ticks in flight.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            renewal_ms: 60_000,
+            jobs_ms: 5_000,
+            retry_ms: 10_000,
+            reaper_ms: 15_000,
+            agent_health_ms: 30_000,
+            notifications_ms: 5_000,
+            order_poll_ms: 5_000,
+            expiry_ms: 300_000,
+            tick_timeout_ms: 60_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Agent management.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Tokens that let an agent register (compared in constant time).
+    pub bootstrap_tokens: Vec<String>,
+    /// An agent silent this long is marked offline.
+    pub offline_after_secs: u64,
+    /// How long an AwaitingCSR job waits for its agent.
+    pub csr_ttl_secs: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            bootstrap_tokens: Vec::new(),
+            offline_after_secs: 90,
+            csr_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+/// Everything the host reads at start-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// Where the host keeps its state (SQLite file, keys, TLS material,
+    /// compiled plugin cache).
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Directory of packaged connector plugins (`*.toml` + `*.wasm`).
+    pub plugin_dir: PathBuf,
+    /// Name of this replica (lease owner); default: a random id per start.
+    pub instance_id: Option<String>,
+    /// HTTPS.
+    pub tls: TlsSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// API limits.
+    pub api: ApiSettings,
+    /// Scheduler intervals.
+    pub scheduler: SchedulerSettings,
+    /// Agents.
+    pub agents: AgentSettings,
+    /// Default MaxWait of one async-CA polling session, in seconds.
+    pub order_max_wait_secs: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            data_dir: PathBuf::from("certplane-data"),
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            plugin_dir: PathBuf::from("plugins"),
+            instance_id: None,
+            tls: TlsSettings::default(),
+            log: LogSettings::default(),
+            api: ApiSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            agents: AgentSettings::default(),
+            order_max_wait_secs: 600,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Loads defaults, then `file` (which must exist when given), then the
+    /// `CERTPLANE_*` environment.
+    pub fn load(file: Option<&Path>) -> Result<HostConfig, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(HostConfig::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("CERTPLANE_").split("__"));
+        let config: HostConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key must be set together");
+        }
+        if self.api.max_body_bytes == 0 || self.api.rate_limit_per_second == 0 {
+            return bad("api.max_body_bytes and api.rate_limit_per_second must be positive");
+        }
+        let s = &self.scheduler;
+        if [s.renewal_ms, s.jobs_ms, s.retry_ms, s.reaper_ms, s.agent_health_ms, s.notifications_ms, s.order_poll_ms, s.expiry_ms, s.tick_timeout_ms]
+            .contains(&0)
+        {
+            return bad("scheduler intervals must be positive");
+        }
+        Ok(())
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("certplane.db").display()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_and_environment_layer_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "host.toml",
+                r#"
+                data_dir = "/var/lib/certplane"
+                [api]
+                max_body_bytes = 2048
+                "#,
+            )?;
+            jail.set_env("CERTPLANE_API__MAX_BODY_BYTES", "4096");
+            jail.set_env("CERTPLANE_LISTEN", "0.0.0.0:9443");
+            let c = HostConfig::load(Some(Path::new("host.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.data_dir, PathBuf::from("/var/lib/certplane"));
+            assert_eq!(c.api.max_body_bytes, 4096);
+            assert_eq!(c.listen.port(), 9443);
+            assert_eq!(c.api.rate_limit_per_second, 50);
+            assert_eq!(
+                c.database_url(),
+                "sqlite:///var/lib/certplane/certplane.db?mode=rwc"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("host.toml", "listen = \"not an address\"\n")?;
+            let err = HostConfig::load(Some(Path::new("host.toml"))).unwrap_err();
+            assert!(err.to_string().contains("listen"), "{err}");
+            jail.create_file("host.toml", "unknown_key = 1\n")?;
+            let err = HostConfig::load(Some(Path::new("host.toml"))).unwrap_err();
+            assert!(err.to_string().contains("unknown_key"), "{err}");
+            jail.create_file("host.toml", "[tls]\ncert = \"/x.pem\"\n")?;
+            assert!(HostConfig::load(Some(Path::new("host.toml"))).is_err());
+            Ok(())
+        });
+        assert!(matches!(
+            HostConfig::load(Some(Path::new("/nonexistent/certplane.toml"))),
+            Err(ConfigError::Missing(_))
+        ));
+    }
+}

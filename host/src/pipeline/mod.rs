@@ -1,0 +1,11 @@
+//! The host's issuance pipeline: pure building blocks used between asking a
+//! connector for a certificate and storing or deploying what it returned.
+//!
+//! - [`keygen`]: private key and CSR generation for "host key mode" (the
+//!   host, not an agent, holds the key), reusable by the agent;
+//! - [`certcheck`]: checks on an issued certificate (parse, key match,
+//!   SANs, profile, validity, chain) before anything is stored, since
+//!   nothing a connector returns is trusted.
+
+pub mod certcheck;
+pub mod keygen;

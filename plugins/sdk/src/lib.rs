@@ -1,0 +1,212 @@
+//! # certplane-sdk
+//!
+//! Everything a certplane connector needs on the guest side: the generated
+//! bindings of the `certplane:connector@1.0.0` worlds (`issuer`, `target`,
+//! `notifier`), and small helpers for what every connector does:
+//!
+//! - [`http`]: a blocking HTTP client over `wasi:http/outgoing-handler`, with
+//!   JSON, `Retry-After` parsing, a body size cap and a mapping from statuses
+//!   and transport errors to [`ConnectorError`];
+//! - [`pem`]: split PEM bundles, order chains leaf-first, SHA-256
+//!   fingerprints;
+//! - [`settings`]: the instance's settings (typed with serde) and secrets;
+//! - [`log`]: `log::info!(...)` and friends into the host's log pipeline.
+//!
+//! A connector is a `cdylib` crate built for `wasm32-wasip2`; rustc then
+//! produces a WebAssembly component directly. It implements the trait of one
+//! world ([`issuer::Issuer`], [`target::Target`] or [`notifier::Notifier`])
+//! and exports it with the matching macro ([`export_issuer!`],
+//! [`export_target!`], [`export_notifier!`]).
+//!
+//! The host calls every export on a fresh instance, so nothing kept in
+//! memory survives between calls; it also enforces a CPU deadline and a
+//! memory cap per call, lets the connector reach only the hosts and
+//! directories the operator granted, and turns a panic or trap into an error
+//! for that one call. Return errors instead of panicking: they carry
+//! messages the operator sees.
+//!
+//! ## A minimal connector
+//!
+//! ```no_run
+//! use certplane_sdk::notifier::{Event, Notifier};
+//! use certplane_sdk::{ConnectorError, PluginInfo, http, log, settings};
+//!
+//! struct Webhook;
+//!
+//! impl Notifier for Webhook {
+//!     fn describe() -> PluginInfo {
+//!         PluginInfo {
+//!             name: "tiny-webhook".into(),
+//!             version: env!("CARGO_PKG_VERSION").into(),
+//!             description: "POSTs every event as JSON to one URL".into(),
+//!             settings_schema: r#"{"type":"object","required":["url"],
+//!                 "properties":{"url":{"type":"string","format":"uri"}}}"#
+//!                 .into(),
+//!             secret_names: vec![],
+//!         }
+//!     }
+//!
+//!     fn validate_config() -> Result<(), ConnectorError> {
+//!         http::parse_url(&settings::required_setting("url")?)?;
+//!         Ok(())
+//!     }
+//!
+//!     fn notify(event: Event) -> Result<(), ConnectorError> {
+//!         let url = settings::required_setting("url")?;
+//!         log::debug!("delivering {} ({})", event.id, event.kind);
+//!         http::Request::post(url)
+//!             .header("webhook-id", event.id.as_str())
+//!             .json(&serde_json::json!({
+//!                 "kind": event.kind,
+//!                 "summary": event.summary,
+//!                 "subject": event.subject,
+//!             }))?
+//!             .send()?
+//!             .error_for_status()?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! certplane_sdk::export_notifier!(Webhook);
+//! ```
+//!
+//! with a `Cargo.toml` holding
+//!
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! certplane-sdk = { path = "../sdk" }
+//! serde_json = "1"
+//! ```
+//!
+//! and built with `cargo build --release --target wasm32-wasip2`. Ship the
+//! `.wasm` with a manifest (`plugin.toml`) naming the world, the capabilities
+//! it asks for and its SHA-256; see `scripts/build-plugins` in the certplane
+//! repository.
+//!
+//! ## What a built component imports
+//!
+//! Only what it uses, from this list: the contract's `certplane:connector`
+//! `config`, `log` and `types`; `wasi:http/outgoing-handler` and
+//! `wasi:http/types` (when it sends requests); `wasi:filesystem/preopens` and
+//! `wasi:filesystem/types` (targets that touch files); `wasi:io`,
+//! `wasi:clocks` and `wasi:random`; and, from Rust's standard library,
+//! `wasi:cli/environment`, `exit`, `stdin`, `stdout`, `stderr` and the
+//! `terminal-*` interfaces. Never `wasi:sockets`: the host does not provide
+//! it, so do not use `std::net` sockets or crates that open connections
+//! themselves; talk HTTP through [`http`]. Only pure-Rust dependencies build
+//! for `wasm32-wasip2` here (no C compiler for wasm): prefer the RustCrypto
+//! crates to `ring`.
+//!
+//! ## Native unit tests
+//!
+//! The crate also compiles for the host target, so connector logic can be
+//! unit-tested with plain `cargo test`. There the contract's imports do not
+//! exist: [`log`] writes to standard error, [`http::Request::send`] fails
+//! with `unsupported`, and [`settings`] functions that reach the host panic
+//! (use [`settings::settings_from_json`] in tests).
+
+#![warn(missing_docs)]
+
+// Lets the generated code and the exported macros name this crate as
+// `certplane_sdk` from inside it too.
+extern crate self as certplane_sdk;
+
+pub mod bindings;
+mod error;
+pub mod http;
+pub mod log;
+pub mod pem;
+pub mod settings;
+
+pub use bindings::target::certplane::connector::types::{
+    ConnectorError, Level, PluginInfo, RateLimit,
+};
+
+/// Re-exported so connectors can use the SDK's `serde_json` without naming
+/// it in their own manifest.
+pub use serde_json;
+
+pub mod issuer {
+    //! The contract's `issuer` world: get certificates signed by a CA.
+    //!
+    //! Implement [`Issuer`] and export it with [`export_issuer!`](crate::export_issuer).
+    //! `submit` returns the certificate or a pending [`Order`] whose `state`
+    //! the host persists and hands back to `poll`; never sleep or loop
+    //! waiting inside a call.
+    pub use crate::bindings::issuer::exports::certplane::connector::issuer_api::{
+        CertificateRequest, Guest as Issuer, IssueResult, IssuedCertificate, Order,
+        RevocationReason, RevocationRequest,
+    };
+}
+
+pub mod target {
+    //! The contract's `target` world: install certificates where TLS is served.
+    //!
+    //! Implement [`Target`] and export it with [`export_target!`](crate::export_target).
+    //! Targets also see the directories the agent granted, through `std::fs`
+    //! (paths under the granted guest path) or
+    //! [`crate::bindings::target::wasi::filesystem`]. `deploy` must be
+    //! idempotent.
+    pub use crate::bindings::target::exports::certplane::connector::target_api::{
+        CertificateBundle, DeployResult, Endpoint, Guest as Target,
+    };
+}
+
+pub mod notifier {
+    //! The contract's `notifier` world: tell people about events.
+    //!
+    //! Implement [`Notifier`] and export it with
+    //! [`export_notifier!`](crate::export_notifier). The host retries
+    //! `transient` and `rate-limited` failures with the same `event.id`: use
+    //! it as an idempotency key upstream.
+    pub use crate::bindings::notifier::exports::certplane::connector::notifier_api::{
+        Event, Guest as Notifier,
+    };
+}
+
+/// Exports a type implementing [`issuer::Issuer`] as this component's
+/// `issuer-api`: `certplane_sdk::export_issuer!(MyIssuer);` at the crate root
+/// of a `cdylib`.
+///
+/// The export only exists when compiling for WebAssembly, so the same crate
+/// also builds natively for unit tests (export names such as
+/// `certplane:connector/issuer-api@1.0.0#submit` are not valid native symbols).
+#[macro_export]
+macro_rules! export_issuer {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::issuer::export_issuer!($ty);
+    };
+}
+
+/// Exports a type implementing [`target::Target`] as this component's
+/// `target-api`: `certplane_sdk::export_target!(MyTarget);` at the crate root
+/// of a `cdylib`. Like [`export_issuer!`], only when compiling for
+/// WebAssembly.
+#[macro_export]
+macro_rules! export_target {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::target::export_target!($ty);
+    };
+}
+
+/// Exports a type implementing [`notifier::Notifier`] as this component's
+/// `notifier-api`: `certplane_sdk::export_notifier!(MyNotifier);` at the
+/// crate root of a `cdylib`. Like [`export_issuer!`], only when compiling for
+/// WebAssembly.
+#[macro_export]
+macro_rules! export_notifier {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::notifier::export_notifier!($ty);
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+}
