@@ -170,7 +170,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         leaf_pem: &issued.certificate_pem,
         chain_pem: &issued.chain_pem,
         now: chrono::Utc::now(),
-        requested_validity_days: Some(30),
+        validity_days: Some(30),
         trust_anchor_pem: Some(ca_cert.as_str()),
     })?;
     p.say(format!(
@@ -212,7 +212,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         fingerprint_sha256: checked.fingerprint_sha256.clone(),
     };
     let result = target
-        .deploy(&bundle, generated.private_key_pem.expose(), "{}")
+        .deploy(&bundle, generated.private_key_pem.expose_secret(), "{}")
         .await?;
     p.say(format!(
         "deployed by the pem-files connector into its granted directory: {}",
@@ -221,7 +221,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
     let written = std::fs::read_to_string(deploy_dir.join(&cert_row.id).join("cert.pem"))
         .context("reading the deployed certificate")?;
-    let on_disk = crate::pipeline::certcheck::fingerprint_of_pem(&written)?;
+    let der = rustls_pemfile::certs(&mut written.as_bytes())
+        .next()
+        .context("the deployed cert.pem holds no certificate")??;
+    let on_disk = crate::tls::fingerprint_sha256(&der);
     if on_disk != checked.fingerprint_sha256 {
         bail!("deployed file has fingerprint {on_disk}, expected {}", checked.fingerprint_sha256);
     }

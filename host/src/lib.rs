@@ -9,11 +9,13 @@
 
 pub mod api;
 pub mod config;
-
+pub mod demo;
+pub mod jobs;
 pub mod pipeline;
 pub mod plugins;
 pub mod scheduler;
 pub mod secrets;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -3,24 +3,62 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use certplane_host::store::{MigrationStatus, Store};
+use std::path::PathBuf;
+
+use certplane_host::config::{HostConfig, LogFormat};
+use certplane_host::store::{ApiScope, MigrationStatus, NewApiKey, Store};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
-/// certplane control plane.
+/// certplane control plane: certificate lifecycle with sandboxed
+/// WebAssembly connectors.
 #[derive(Debug, Parser)]
 #[command(name = "certplane", version, about)]
 struct Cli {
+    /// Configuration file (TOML). `CERTPLANE_*` environment variables
+    /// override it (nested keys joined with `__`).
+    #[arg(long, global = true, env = "CERTPLANE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the control plane: API, scheduler and connectors.
+    Serve,
+    /// Walk through issuance on the embedded defaults: a local CA connector
+    /// signs a certificate that a PEM-files connector deploys.
+    Demo {
+        /// Directory of packaged plugins.
+        #[arg(long, default_value = "target/plugins")]
+        plugin_dir: PathBuf,
+        /// Keep the temporary data directory.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Operator API keys.
+    Apikey {
+        #[command(subcommand)]
+        action: ApikeyAction,
+    },
     /// Database schema migrations.
     Migrate {
         #[command(subcommand)]
         action: MigrateAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApikeyAction {
+    /// Create an API key; its plaintext is printed once.
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// `admin`, `operator` or `read_only`.
+        #[arg(long, default_value = "operator")]
+        scope: ApiScope,
     },
 }
 
@@ -63,6 +101,31 @@ fn print_status(status: &MigrationStatus) {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve => {
+            let config = HostConfig::load(cli.config.as_deref())?;
+            certplane_host::serve::run(config).await?;
+        }
+        Command::Demo { plugin_dir, keep } => {
+            certplane_host::demo::run(certplane_host::demo::DemoOptions { plugin_dir, keep }).await?;
+        }
+        Command::Apikey {
+            action: ApikeyAction::Create { name, scope },
+        } => {
+            let config = HostConfig::load(cli.config.as_deref())?;
+            certplane_host::serve::prepare_data_dir(&config.data_dir)?;
+            let store = certplane_host::serve::open_store(&config).await?;
+            let (key, hash) = certplane_host::api::auth::new_api_key();
+            store
+                .create_api_key(NewApiKey {
+                    name: name.clone(),
+                    key_hash: hash,
+                    scopes: vec![scope],
+                    expires_at: None,
+                })
+                .await?;
+            store.close().await;
+            println!("API key {name} ({scope}), shown once:\n  {key}");
+        }
         Command::Migrate { action } => match action {
             MigrateAction::Status { database_url } => {
                 let store = Store::connect(&database_url).await?;
@@ -110,14 +173,27 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The demo prints its own progress lines; keep library logs to warnings
+    // there unless RUST_LOG asks for more. `serve` follows its configuration.
+    let (default_level, json) = match &cli.command {
+        Command::Demo { .. } => ("warn".to_string(), false),
+        Command::Serve => match HostConfig::load(cli.config.as_deref()) {
+            Ok(c) => (c.log.level.clone(), c.log.format == LogFormat::Json),
+            Err(_) => ("info".to_string(), false),
+        },
+        _ => ("info".to_string(), false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

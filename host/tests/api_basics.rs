@@ -101,7 +101,7 @@ async fn openapi_document_lists_every_route() {
     // Every documented path answers something other than the 404 fallback
     // (methods and auth aside), so the document cannot drift from the router.
     for (path, item) in paths {
-        let concrete = path.replace('{', "").replace('}', "");
+        let concrete = path.replace(['{', '}'], "");
         for method in item.as_object().unwrap().keys() {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = app.call(m.clone(), &concrete, None, None).await;

@@ -7,6 +7,7 @@
 //! request tracing. Each resource module exposes `routes()` returning an
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
+mod agents;
 pub mod auth;
 pub mod error;
 pub mod listing;
@@ -25,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::HostConfig;
 use crate::plugins::PluginRegistry;
+use crate::secrets::SecretBox;
 use crate::store::Store;
 use crate::wake::Wake;
 use auth::RateLimits;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub rate_limits: Arc<RateLimits>,
     /// Wake-up signals for loops and long-polls.
     pub wake: Arc<Wake>,
+    /// Encrypts connector secrets at rest.
+    pub secrets: Arc<SecretBox>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -53,7 +57,12 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// State from its parts, with rate limits from the configuration.
-    pub fn new(store: Store, config: Arc<HostConfig>, plugins: Arc<PluginRegistry>) -> Self {
+    pub fn new(
+        store: Store,
+        config: Arc<HostConfig>,
+        plugins: Arc<PluginRegistry>,
+        secrets: Arc<SecretBox>,
+    ) -> Self {
         let rate_limits = Arc::new(RateLimits::new(
             config.api.rate_limit_per_second,
             config.api.rate_limit_burst,
@@ -64,6 +73,7 @@ impl AppState {
             plugins,
             rate_limits,
             wake: Arc::new(Wake::default()),
+            secrets,
         }
     }
 }
@@ -91,7 +101,9 @@ impl utoipa::Modify for BearerAuth {
 
 /// The `/api/v1` routes with their OpenAPI document.
 pub fn v1_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(system::routes())
+    OpenApiRouter::new()
+        .merge(system::routes())
+        .merge(agents::routes())
 }
 
 /// The OpenAPI document of the whole API.

@@ -19,9 +19,10 @@
 //!   that returns an error or panics is logged at `warn` too and the loop
 //!   carries on.
 //! * **Wake-ups.** A loop may be given an `Arc<Notify>`: `notify_one()`
-//!   ends the current wait at once. A wake-up that arrives while a tick is
-//!   running is kept by `Notify` as a single permit, so exactly one more tick
-//!   follows the running one (many wake-ups during a tick coalesce into one).
+//!   ends the current wait at once. Every wake-up is followed by a tick that
+//!   *starts* after it: wake-ups issued before a tick starts are all served
+//!   by that tick, and wake-ups issued while a tick runs are kept by `Notify`
+//!   as a single permit, so exactly one more tick follows the running one.
 //!   A tick that returns [`TickReport::more`] `= true` (it claimed a full
 //!   batch, say) runs again without waiting.
 //! * **Shutdown.** [`Scheduler::shutdown`] cancels every loop: no loop starts
@@ -304,6 +305,13 @@ async fn run_loop<T: Tick>(
     debug!("loop" = spec.name, "loop started");
     let mut delay = spec.initial_delay;
     while wait(delay, wake.as_deref(), &cancel).await {
+        if let Some(notify) = &wake {
+            // Wake-ups issued before this tick starts are served by it: drop
+            // a stored permit so they do not cause a redundant tick later.
+            // One issued while the tick runs stores a new permit, so exactly
+            // one more tick follows.
+            let _ = notify.notified().now_or_never();
+        }
         let report = run_tick(&spec, &tick).await;
         delay = if report.more {
             // Let other tasks run even if a tick keeps reporting more work.

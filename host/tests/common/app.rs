@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use certplane_host::api::{self, AppState, auth};
 use certplane_host::config::HostConfig;
 use certplane_host::plugins::PluginRegistry;
+use certplane_host::secrets::SecretBox;
 use certplane_host::store::{ApiScope, NewApiKey, Store};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -78,7 +79,8 @@ impl TestApp {
         let plugins = PluginRegistry::load(&config.plugin_dir, Some(&cache))
             .await
             .expect("plugins load");
-        let state = AppState::new(store.clone(), Arc::new(config), Arc::new(plugins));
+        let secrets = Arc::new(SecretBox::generate());
+        let state = AppState::new(store.clone(), Arc::new(config), Arc::new(plugins), secrets);
         let router = api::router(state.clone());
         let mut app = TestApp {
             db,

@@ -225,4 +225,132 @@ impl Store {
                 == 1
         }))
     }
+
+    /// Creates a certificate and its further deployment targets in one
+    /// transaction (see [`Store::create_certificate`]); `extra_targets` are
+    /// the targets beyond the key-holding `new.target_id`.
+    pub async fn create_certificate_with_targets(
+        &self,
+        new: NewCertificate,
+        extra_targets: &[String],
+    ) -> StoreResult<Certificate> {
+        if new.key_source == KeySource::Agent && new.target_id.is_none() {
+            return Err(StoreError::InvalidArgument(
+                "a certificate with agent-generated keys needs a key-holding target".into(),
+            ));
+        }
+        if new.renew_before_secs < 0 {
+            return Err(StoreError::InvalidArgument(
+                "renew_before_secs must be >= 0".into(),
+            ));
+        }
+        let now = now();
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let cert = sqlx::query_as::<_, Certificate>(
+                "INSERT INTO certificates (id, name, common_name, sans, key_type, key_source,
+                     issuer_id, target_id, renew_before_secs, owner, status, renew_at,
+                     created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $11)
+                 RETURNING *",
+            )
+            .bind(new_id())
+            .bind(&new.name)
+            .bind(&new.common_name)
+            .bind(Json(&new.sans))
+            .bind(&new.key_type)
+            .bind(new.key_source)
+            .bind(&new.issuer_id)
+            .bind(new.target_id.clone())
+            .bind(new.renew_before_secs)
+            .bind(new.owner.clone())
+            .bind(ts(now))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_insert(format!("certificate {:?}", new.name), e))?;
+            for target in extra_targets {
+                sqlx::query(
+                    "INSERT INTO certificate_targets (certificate_id, target_id, created_at)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(&cert.id)
+                .bind(target)
+                .bind(ts(now))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(cert)
+        })
+    }
+
+    /// Certificates by name, optionally only those in `status` and/or whose
+    /// current version expires before `expiring_before`, one page
+    /// (`offset`, `limit`).
+    pub async fn list_certificates(
+        &self,
+        status: Option<CertificateStatus>,
+        expiring_before: Option<DateTime<Utc>>,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Certificate>> {
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Certificate>(
+                "SELECT * FROM certificates
+                 WHERE ($1 IS NULL OR status = $1)
+                   AND ($2 IS NULL OR (not_after IS NOT NULL AND not_after < $2))
+                 ORDER BY name, id LIMIT $3 OFFSET $4",
+            )
+            .bind(status)
+            .bind(opt_ts(expiring_before))
+            .bind(crate::store::repo::sql_limit(limit))
+            .bind(offset)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// How many certificates [`Store::list_certificates`] would list over all
+    /// pages.
+    pub async fn count_certificates(
+        &self,
+        status: Option<CertificateStatus>,
+        expiring_before: Option<DateTime<Utc>>,
+    ) -> StoreResult<u64> {
+        let n: i64 = on_read!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM certificates
+                 WHERE ($1 IS NULL OR status = $1)
+                   AND ($2 IS NULL OR (not_after IS NOT NULL AND not_after < $2))",
+            )
+            .bind(status)
+            .bind(opt_ts(expiring_before))
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The targets a certificate deploys to: the key-holding one first, then
+    /// the further ones in the order they were added.
+    pub async fn certificate_target_ids(&self, certificate_id: &str) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = on_read!(self, |pool| {
+            sqlx::query_as(
+                "SELECT target_id FROM (
+                     SELECT target_id, 0 AS ord, created_at FROM certificates
+                     WHERE id = $1 AND target_id IS NOT NULL
+                     UNION ALL
+                     SELECT ct.target_id, 1 AS ord, ct.created_at FROM certificate_targets ct
+                     JOIN certificates c ON c.id = ct.certificate_id
+                     WHERE ct.certificate_id = $1
+                       AND (c.target_id IS NULL OR ct.target_id <> c.target_id)
+                 ) t ORDER BY ord, created_at, target_id",
+            )
+            .bind(certificate_id)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
 }

@@ -7,6 +7,7 @@ mod agents;
 mod audit;
 mod certificates;
 mod claims;
+mod deployments;
 mod jobs;
 pub(crate) mod leader;
 mod notifications;

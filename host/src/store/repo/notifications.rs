@@ -8,8 +8,8 @@ use crate::store::postgres::claims as pg;
 use crate::store::repo::sql_limit;
 use crate::store::sqlite::claims as lite;
 use crate::store::{
-    NewNotification, Notification, NotificationLease, Store, StoreError, StoreResult, new_id,
-    on_write,
+    NewNotification, Notification, NotificationLease, NotificationStatus, Store, StoreError,
+    StoreResult, new_id, on_read, on_write,
 };
 
 impl Store {
@@ -138,9 +138,40 @@ impl Store {
         ))
     }
 
+    /// One page of notifications, newest first (`created_at DESC, id DESC`),
+    /// only in `status` if given: skips `offset` rows, returns at most
+    /// `limit`, with the number of matching notifications in total.
+    pub async fn list_notifications(
+        &self,
+        status: Option<NotificationStatus>,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<(Vec<Notification>, u64)> {
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let (items, total): (Vec<Notification>, i64) = on_read!(self, |pool| {
+            let items = sqlx::query_as::<_, Notification>(
+                "SELECT * FROM notifications WHERE ($1 IS NULL OR status = $1)
+                 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+            )
+            .bind(status)
+            .bind(sql_limit(limit))
+            .bind(offset)
+            .fetch_all(pool)
+            .await?;
+            let total = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM notifications WHERE ($1 IS NULL OR status = $1)",
+            )
+            .bind(status)
+            .fetch_one(pool)
+            .await?;
+            (items, total)
+        });
+        Ok((items, u64::try_from(total).unwrap_or(0)))
+    }
+
     /// One notification by id.
     pub async fn get_notification(&self, id: &str) -> StoreResult<Option<Notification>> {
-        Ok(crate::store::on_read!(self, |pool| {
+        Ok(on_read!(self, |pool| {
             sqlx::query_as::<_, Notification>("SELECT * FROM notifications WHERE id = $1")
                 .bind(id)
                 .fetch_optional(pool)

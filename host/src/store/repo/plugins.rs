@@ -1,12 +1,24 @@
 //! Issuer, notifier and target instances.
 
+use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::store::codec::{now, ts};
 use crate::store::{
-    NewPluginInstance, NewTarget, PluginInstance, Store, StoreError, StoreResult, Target, new_id,
-    on_read, on_write,
+    BeginWrite, NewPluginInstance, NewTarget, PluginInstance, Store, StoreError, StoreResult,
+    Target, new_id, on_read, on_write,
 };
+
+/// Certificates that are not retired and use a target, as key holder or as
+/// a further deployment target (`$1` is the target id).
+const TARGET_CERTIFICATES_SQL: &str = "SELECT COUNT(*) FROM certificates c
+     WHERE c.status <> 'retired'
+       AND (c.target_id = $1 OR EXISTS (SELECT 1 FROM certificate_targets ct
+                                        WHERE ct.certificate_id = c.id AND ct.target_id = $1))";
+
+/// Open jobs (any state but completed/cancelled) of a target (`$1`).
+const TARGET_OPEN_JOBS_SQL: &str = "SELECT COUNT(*) FROM jobs
+     WHERE target_id = $1 AND status NOT IN ('completed', 'cancelled')";
 
 /// Which table an issuer/notifier lives in.
 #[derive(Clone, Copy)]
@@ -28,6 +40,7 @@ impl Store {
     async fn create_instance(
         &self,
         table: InstanceTable,
+        id: String,
         new: NewPluginInstance,
     ) -> StoreResult<PluginInstance> {
         let now = now();
@@ -39,7 +52,7 @@ impl Store {
         );
         on_write!(self, |pool| {
             sqlx::query_as::<_, PluginInstance>(&sql)
-                .bind(new_id())
+                .bind(&id)
                 .bind(&new.name)
                 .bind(&new.plugin_name)
                 .bind(&new.plugin_version)
@@ -69,7 +82,19 @@ impl Store {
 
     /// Creates an issuer instance.
     pub async fn create_issuer(&self, new: NewPluginInstance) -> StoreResult<PluginInstance> {
-        self.create_instance(InstanceTable::Issuers, new).await
+        self.create_instance(InstanceTable::Issuers, new_id(), new)
+            .await
+    }
+
+    /// Creates an issuer instance with a caller-chosen id (so secrets can be
+    /// sealed for the id before the row exists).
+    pub async fn create_issuer_with_id(
+        &self,
+        id: &str,
+        new: NewPluginInstance,
+    ) -> StoreResult<PluginInstance> {
+        self.create_instance(InstanceTable::Issuers, id.to_owned(), new)
+            .await
     }
 
     /// One issuer instance by id.
@@ -79,7 +104,162 @@ impl Store {
 
     /// Creates a notifier instance.
     pub async fn create_notifier(&self, new: NewPluginInstance) -> StoreResult<PluginInstance> {
-        self.create_instance(InstanceTable::Notifiers, new).await
+        self.create_instance(InstanceTable::Notifiers, new_id(), new)
+            .await
+    }
+
+    /// Creates a notifier instance with a caller-chosen id.
+    pub async fn create_notifier_with_id(
+        &self,
+        id: &str,
+        new: NewPluginInstance,
+    ) -> StoreResult<PluginInstance> {
+        self.create_instance(InstanceTable::Notifiers, id.to_owned(), new)
+            .await
+    }
+
+    async fn list_instances(&self, table: InstanceTable) -> StoreResult<Vec<PluginInstance>> {
+        let sql = format!("SELECT * FROM {} ORDER BY name, id", table.name());
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, PluginInstance>(&sql)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// Every issuer instance, by name.
+    pub async fn list_issuers(&self) -> StoreResult<Vec<PluginInstance>> {
+        self.list_instances(InstanceTable::Issuers).await
+    }
+
+    /// Every notifier instance, by name.
+    pub async fn list_notifiers(&self) -> StoreResult<Vec<PluginInstance>> {
+        self.list_instances(InstanceTable::Notifiers).await
+    }
+
+    async fn update_instance(
+        &self,
+        table: InstanceTable,
+        id: &str,
+        settings: &Value,
+        encrypted_secrets: Option<Vec<u8>>,
+        grants: &Value,
+    ) -> StoreResult<Option<PluginInstance>> {
+        let sql = format!(
+            "UPDATE {} SET settings = $2, encrypted_secrets = $3, grants = $4, updated_at = $5
+             WHERE id = $1 RETURNING *",
+            table.name()
+        );
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query_as::<_, PluginInstance>(&sql)
+                .bind(id)
+                .bind(Json(settings))
+                .bind(encrypted_secrets.clone())
+                .bind(Json(grants))
+                .bind(ts(now))
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// Replaces an issuer's settings, encrypted secrets and grants; `None`
+    /// if unknown.
+    pub async fn update_issuer(
+        &self,
+        id: &str,
+        settings: &Value,
+        encrypted_secrets: Option<Vec<u8>>,
+        grants: &Value,
+    ) -> StoreResult<Option<PluginInstance>> {
+        self.update_instance(InstanceTable::Issuers, id, settings, encrypted_secrets, grants)
+            .await
+    }
+
+    /// Replaces a notifier's settings, encrypted secrets and grants; `None`
+    /// if unknown.
+    pub async fn update_notifier(
+        &self,
+        id: &str,
+        settings: &Value,
+        encrypted_secrets: Option<Vec<u8>>,
+        grants: &Value,
+    ) -> StoreResult<Option<PluginInstance>> {
+        self.update_instance(InstanceTable::Notifiers, id, settings, encrypted_secrets, grants)
+            .await
+    }
+
+    /// How many certificates (in any status) name this issuer.
+    pub async fn issuer_certificate_count(&self, id: &str) -> StoreResult<i64> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM certificates WHERE issuer_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+
+    /// Deletes an issuer that no certificate references (checked in the same
+    /// statement). False if it is unknown or still referenced.
+    pub async fn delete_issuer(&self, id: &str) -> StoreResult<bool> {
+        Ok(on_write!(self, |pool| {
+            sqlx::query(
+                "DELETE FROM issuers WHERE id = $1
+                 AND NOT EXISTS (SELECT 1 FROM certificates WHERE issuer_id = $1)",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Notifications of a notifier that are still to be delivered (pending
+    /// or being sent).
+    pub async fn notifier_open_notifications(&self, id: &str) -> StoreResult<i64> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM notifications
+                 WHERE notifier_id = $1 AND status IN ('pending', 'sending')",
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await?
+        }))
+    }
+
+    /// Deletes a notifier and its finished notifications in one transaction,
+    /// unless notifications are still pending or being sent. False if it is
+    /// unknown or has open notifications (nothing is changed then).
+    pub async fn delete_notifier(&self, id: &str) -> StoreResult<bool> {
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            // The finished notifications go first (they reference the row).
+            sqlx::query(
+                "DELETE FROM notifications WHERE notifier_id = $1
+                 AND NOT EXISTS (SELECT 1 FROM notifications
+                                 WHERE notifier_id = $1 AND status IN ('pending', 'sending'))",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let done = sqlx::query(
+                "DELETE FROM notifiers WHERE id = $1
+                 AND NOT EXISTS (SELECT 1 FROM notifications WHERE notifier_id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if done {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(done)
+        })
     }
 
     /// One notifier instance by id.
@@ -90,6 +270,12 @@ impl Store {
     /// Creates a target run by `new.agent_id` (which must exist and be
     /// active).
     pub async fn create_target(&self, new: NewTarget) -> StoreResult<Target> {
+        self.create_target_with_id(&new_id(), new).await
+    }
+
+    /// Creates a target with a caller-chosen id (see
+    /// [`Store::create_issuer_with_id`]).
+    pub async fn create_target_with_id(&self, id: &str, new: NewTarget) -> StoreResult<Target> {
         let now = now();
         let inst = &new.instance;
         let created = on_write!(self, |pool| {
@@ -100,7 +286,7 @@ impl Store {
                  WHERE EXISTS (SELECT 1 FROM agents WHERE id = $3 AND status = 'active')
                  RETURNING *",
             )
-            .bind(new_id())
+            .bind(id)
             .bind(&inst.name)
             .bind(&new.agent_id)
             .bind(&inst.plugin_name)
@@ -161,6 +347,84 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Every target (retired ones only if asked), by name.
+    pub async fn list_targets(&self, include_retired: bool) -> StoreResult<Vec<Target>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Target>(
+                "SELECT * FROM targets WHERE ($1 OR retired_at IS NULL) ORDER BY name, id",
+            )
+            .bind(include_retired)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Replaces a target's settings, encrypted secrets and grants; `None` if
+    /// it is unknown or retired.
+    pub async fn update_target(
+        &self,
+        id: &str,
+        settings: &Value,
+        encrypted_secrets: Option<Vec<u8>>,
+        grants: &Value,
+    ) -> StoreResult<Option<Target>> {
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query_as::<_, Target>(
+                "UPDATE targets SET settings = $2, encrypted_secrets = $3, grants = $4,
+                        updated_at = $5
+                 WHERE id = $1 AND retired_at IS NULL RETURNING *",
+            )
+            .bind(id)
+            .bind(Json(settings))
+            .bind(encrypted_secrets.clone())
+            .bind(Json(grants))
+            .bind(ts(now))
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// What keeps a target in use: (certificates not retired that deploy to
+    /// it, open jobs of it).
+    pub async fn target_usage(&self, id: &str) -> StoreResult<(i64, i64)> {
+        let certificates = on_read!(self, |pool| {
+            sqlx::query_scalar::<_, i64>(TARGET_CERTIFICATES_SQL)
+                .bind(id)
+                .fetch_one(pool)
+                .await?
+        });
+        let jobs = on_read!(self, |pool| {
+            sqlx::query_scalar::<_, i64>(TARGET_OPEN_JOBS_SQL)
+                .bind(id)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok((certificates, jobs))
+    }
+
+    /// Retires a target unless it is in use (see [`Store::target_usage`]),
+    /// checked in the same statement. False if it is unknown, already
+    /// retired or in use.
+    pub async fn retire_unused_target(&self, id: &str, reason: &str) -> StoreResult<bool> {
+        let now = now();
+        let sql = format!(
+            "UPDATE targets SET retired_at = $2, retired_reason = $3, updated_at = $2
+             WHERE id = $1 AND retired_at IS NULL
+               AND ({TARGET_CERTIFICATES_SQL}) = 0 AND ({TARGET_OPEN_JOBS_SQL}) = 0"
+        );
+        Ok(on_write!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(ts(now))
+                .bind(reason)
+                .execute(pool)
+                .await?
+                .rows_affected()
                 == 1
         }))
     }

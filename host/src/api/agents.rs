@@ -1,0 +1,1102 @@
+//! Agents: registration (bootstrap token), heartbeats, the work long-poll,
+//! CSR submission and result reporting (agent credential), and the operator
+//! side: listing and retirement.
+//!
+//! A job of another agent is indistinguishable from a missing job (404), so
+//! one agent's credential reveals nothing about another agent's work.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer as _;
+use x509_parser::public_key::PublicKey;
+
+use super::AppState;
+use super::auth::{
+    AGENT_CREDENTIAL_PREFIX, AdminAccess, AgentCaller, ReadAccess, hash_token, is_bootstrap_token,
+    random_secret,
+};
+use super::error::{ApiError, ApiResult};
+use super::listing::{Page, PageQuery, conditional_json};
+use crate::store::{
+    ActorType, Agent, AgentDependencies, AgentStatus, Certificate, HeartbeatOutcome, Job,
+    JobFailure, JobStatus, JobUpdate, NewAgent, NewAuditEvent, RetireAgent, RetireOutcome, Target,
+};
+
+/// Jobs handed out per work poll unless the agent asks for fewer/more.
+const DEFAULT_WORK_LIMIT: u32 = 10;
+/// Most jobs one work poll may claim.
+const MAX_WORK_LIMIT: u32 = 100;
+/// Longest agent name accepted.
+const MAX_NAME_LEN: usize = 200;
+/// Error classes that make a failure permanent (no retry).
+const PERMANENT_ERROR_CLASSES: [&str; 4] =
+    ["rejected", "invalid-config", "unauthorized", "unsupported"];
+
+/// Routes under `/api/v1`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register_agent))
+        .routes(routes!(heartbeat))
+        .routes(routes!(poll_work))
+        .routes(routes!(submit_csr))
+        .routes(routes!(report_result))
+        .routes(routes!(list_agents))
+        .routes(routes!(list_retired_agents))
+        .routes(routes!(get_agent, retire_agent))
+}
+
+// ---------------------------------------------------------------- views
+
+/// An agent as the API shows it (never its credential).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentView {
+    /// Agent id (`host` for the built-in sentinel).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Built-in agent that can never be retired.
+    pub sentinel: bool,
+    /// `active` or `retired`.
+    pub status: String,
+    /// Last heartbeat received.
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Registration time.
+    pub created_at: DateTime<Utc>,
+    /// Retirement time.
+    pub retired_at: Option<DateTime<Utc>>,
+    /// Why it was retired.
+    pub retired_reason: Option<String>,
+}
+
+impl From<&Agent> for AgentView {
+    fn from(a: &Agent) -> Self {
+        AgentView {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            sentinel: a.sentinel,
+            status: a.status.to_string(),
+            last_heartbeat_at: a.last_heartbeat_at,
+            created_at: a.created_at,
+            retired_at: a.retired_at,
+            retired_reason: a.retired_reason.clone(),
+        }
+    }
+}
+
+/// What still depends on an agent (blocks a plain retirement).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct DependencyCounts {
+    /// Targets of the agent not retired.
+    pub active_targets: i64,
+    /// Active certificates deployed through those targets.
+    pub active_certificates: i64,
+    /// Open jobs routed to the agent.
+    pub pending_jobs: i64,
+}
+
+impl From<AgentDependencies> for DependencyCounts {
+    fn from(d: AgentDependencies) -> Self {
+        DependencyCounts {
+            active_targets: d.active_targets,
+            active_certificates: d.active_certificates,
+            pending_jobs: d.pending_jobs,
+        }
+    }
+}
+
+/// One agent with its dependency counts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentDetail {
+    /// The agent.
+    #[serde(flatten)]
+    pub agent: AgentView,
+    /// What depends on it.
+    pub dependencies: DependencyCounts,
+}
+
+// ---------------------------------------------------------- registration
+
+/// Body of `POST /agents/register`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Display name of the agent (usually its host name).
+    pub name: String,
+    /// One of the host's configured bootstrap tokens.
+    pub bootstrap_token: String,
+}
+
+/// Answer of a registration: the credential is shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    /// The new agent's id.
+    pub agent_id: String,
+    /// `cpa_<agent-id>.<secret>`: send as `Authorization: Bearer ...`.
+    pub credential: String,
+}
+
+/// Register an agent with a bootstrap token; returns its credential once.
+#[utoipa::path(post, path = "/agents/register", tag = "agents",
+    request_body = RegisterRequest,
+    responses((status = 201, body = Registered),
+        (status = 401, description = "unknown bootstrap token", body = super::error::ErrorBody),
+        (status = 422, description = "invalid name", body = super::error::ErrorBody)))]
+async fn register_agent(
+    State(state): State<AppState>,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    // Unauthenticated endpoint: one shared bucket bounds token guessing.
+    state.rate_limits.check("agent-registration")?;
+    let Json(req) = body?;
+    if !is_bootstrap_token(&state.config.agents.bootstrap_tokens, &req.bootstrap_token) {
+        return Err(ApiError::unauthorized("unknown bootstrap token"));
+    }
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::validation(format!(
+            "name must be 1 to {MAX_NAME_LEN} printable characters"
+        )));
+    }
+    // The credential is `cpa_<id>.<secret>` and only the secret's hash is
+    // stored, so the secret can be drawn before the id exists.
+    let secret = random_secret();
+    let agent = state
+        .store
+        .register_agent(NewAgent {
+            name: name.to_owned(),
+            credential_hash: hash_token(&secret),
+        })
+        .await?;
+    state
+        .store
+        .record_audit(NewAuditEvent {
+            actor: agent.id.clone(),
+            actor_type: ActorType::Agent,
+            action: "agent.register".into(),
+            subject_type: "agent".into(),
+            subject_id: Some(agent.id.clone()),
+            details: json!({ "name": agent.name }),
+        })
+        .await?;
+    let body = Registered {
+        credential: format!("{AGENT_CREDENTIAL_PREFIX}{}.{secret}", agent.id),
+        agent_id: agent.id,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+// ------------------------------------------------------------- heartbeat
+
+/// Answer of a heartbeat.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatReply {
+    /// The caller.
+    pub agent_id: String,
+    /// The host's clock, for the agent to detect skew.
+    pub server_time: DateTime<Utc>,
+}
+
+fn gone(agent_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "agent_retired",
+        format!("agent {agent_id} was retired; stop polling"),
+    )
+}
+
+/// Record a heartbeat of the calling agent.
+#[utoipa::path(post, path = "/agents/heartbeat", tag = "agents",
+    responses((status = 200, body = HeartbeatReply),
+        (status = 401, body = super::error::ErrorBody),
+        (status = 410, description = "the agent is retired", body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn heartbeat(State(state): State<AppState>, caller: AgentCaller) -> ApiResult<Response> {
+    let id = caller.agent.id;
+    match state.store.record_heartbeat(&id).await? {
+        HeartbeatOutcome::Recorded => Ok(Json(HeartbeatReply {
+            agent_id: id,
+            server_time: Utc::now(),
+        })
+        .into_response()),
+        HeartbeatOutcome::Retired => Err(gone(&id)),
+        HeartbeatOutcome::NotFound => Err(ApiError::unauthorized("unknown agent credential")),
+    }
+}
+
+// ------------------------------------------------------------------ work
+
+/// `GET /agents/work` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkQuery {
+    /// Hold the request open up to this many seconds while there is no work
+    /// (default 0; capped at the host's `api.long_poll_max_secs`).
+    pub wait_secs: Option<u64>,
+    /// Most jobs to claim (1–100, default 10).
+    pub limit: Option<u32>,
+}
+
+/// The certificate a job is about.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobCertificate {
+    /// Certificate id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Subject common name.
+    pub common_name: String,
+    /// Subject alternative names the CSR must request.
+    pub sans: Vec<String>,
+    /// Key type to generate (`ecdsa-p256`, `rsa-2048`, ...).
+    pub key_type: String,
+}
+
+/// The certificate version a job deploys or verifies.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobCertificateVersion {
+    /// Version id.
+    pub id: String,
+    /// Serial number (hex).
+    pub serial: String,
+    /// Leaf plus chain, PEM.
+    pub pem_chain: String,
+    /// SHA-256 of the leaf DER (hex): what the endpoint must serve.
+    pub fingerprint_sha256: String,
+    /// Validity start.
+    pub not_before: DateTime<Utc>,
+    /// Validity end.
+    pub not_after: DateTime<Utc>,
+}
+
+/// The target connector instance a job runs.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobTarget {
+    /// Target id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Connector plugin name.
+    pub plugin_name: String,
+    /// Connector plugin version.
+    pub plugin_version: String,
+    /// SHA-256 of the component the host has loaded under that name and
+    /// version (`null` when the host does not have it): the agent should run
+    /// only a component with this digest.
+    pub plugin_sha256: Option<String>,
+    /// Non-secret settings.
+    pub settings: Value,
+    /// Capability grants (directories, hosts).
+    pub grants: Value,
+    /// Decrypted secrets of the instance.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// One job handed to an agent.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentJob {
+    /// Job id.
+    pub id: String,
+    /// `issuance`, `renewal`, `deployment`, `verification`, `revocation`.
+    pub job_type: String,
+    /// `running` (claimed, leased to the agent) or `awaiting_csr` (answer
+    /// with `POST /agents/jobs/{id}/csr`).
+    pub status: String,
+    /// Attempt number of the lease (running jobs).
+    pub attempt: i32,
+    /// When the lease lapses unless the result arrives (running jobs).
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Free-form job input.
+    pub payload: Option<Value>,
+    /// The certificate concerned.
+    pub certificate: Option<JobCertificate>,
+    /// The certificate version to deploy or verify.
+    pub certificate_version: Option<JobCertificateVersion>,
+    /// The target to run.
+    pub target: Option<JobTarget>,
+}
+
+/// Answer of a work poll.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkReply {
+    /// Claimed jobs first, then jobs awaiting a CSR; possibly empty.
+    pub jobs: Vec<AgentJob>,
+}
+
+/// Long-poll for work: claims the caller's pending jobs and returns them
+/// with its jobs awaiting a CSR; waits up to `wait_secs` when there is none.
+#[utoipa::path(get, path = "/agents/work", tag = "agents", params(WorkQuery),
+    responses((status = 200, body = WorkReply),
+        (status = 400, body = super::error::ErrorBody),
+        (status = 401, body = super::error::ErrorBody),
+        (status = 410, description = "the agent is retired", body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn poll_work(
+    State(state): State<AppState>,
+    caller: AgentCaller,
+    query: Result<Query<WorkQuery>, QueryRejection>,
+) -> ApiResult<Json<WorkReply>> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(DEFAULT_WORK_LIMIT);
+    if limit == 0 || limit > MAX_WORK_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_WORK_LIMIT}"
+        )));
+    }
+    let wait = query
+        .wait_secs
+        .unwrap_or(0)
+        .min(state.config.api.long_poll_max_secs);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let agent_id = caller.agent.id;
+    let signal = state.wake.agent(&agent_id);
+    loop {
+        let jobs = state.store.claim_pending_for_agent(&agent_id, limit).await?;
+        if !jobs.is_empty() {
+            return Ok(Json(WorkReply {
+                jobs: job_views(&state, jobs).await?,
+            }));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Json(WorkReply { jobs: Vec::new() }));
+        }
+        // A wake-up sent since the claim is kept as a permit by `Notify`,
+        // so work created in between is not missed. On timeout the loop
+        // checks once more and then returns.
+        if tokio::time::timeout_at(deadline, signal.notified())
+            .await
+            .is_ok()
+        {
+            // Woken: a retirement also wakes the poll, which then returns
+            // (the agent's next call gets 410).
+            let active = state
+                .store
+                .get_agent(&agent_id)
+                .await?
+                .is_some_and(|a| a.status == AgentStatus::Active);
+            if !active {
+                return Ok(Json(WorkReply { jobs: Vec::new() }));
+            }
+        }
+    }
+}
+
+/// Builds the views of handed-out jobs. A claimed job whose view cannot be
+/// built (its target's secrets do not open) is failed permanently and left
+/// out, instead of sitting leased to an agent that never saw it.
+async fn job_views(state: &AppState, jobs: Vec<Job>) -> ApiResult<Vec<AgentJob>> {
+    let mut views = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match job_view(state, &job).await? {
+            Ok(view) => views.push(view),
+            Err(problem) => {
+                tracing::warn!(job_id = %job.id, %problem, "cannot hand job to its agent");
+                if let Some(lease) = job.lease() {
+                    state
+                        .store
+                        .fail_job(&lease, JobFailure::permanent(problem))
+                        .await?;
+                }
+            }
+        }
+    }
+    Ok(views)
+}
+
+/// The view of one job; the inner error is a problem with the job's data.
+async fn job_view(state: &AppState, job: &Job) -> ApiResult<Result<AgentJob, String>> {
+    let certificate = match &job.certificate_id {
+        Some(id) => state.store.get_certificate(id).await?,
+        None => None,
+    };
+    let certificate_version = match (&job.certificate_version_id, &job.certificate_id) {
+        (Some(version_id), Some(cert_id)) => state
+            .store
+            .list_certificate_versions(cert_id)
+            .await?
+            .into_iter()
+            .find(|v| &v.id == version_id)
+            .map(|v| JobCertificateVersion {
+                id: v.id,
+                serial: v.serial,
+                pem_chain: v.pem_chain,
+                fingerprint_sha256: v.fingerprint_sha256,
+                not_before: v.not_before,
+                not_after: v.not_after,
+            }),
+        _ => None,
+    };
+    // Jobs awaiting a CSR only need the certificate; the others run a target.
+    let target = match (&job.target_id, job.status) {
+        (Some(id), JobStatus::Running) => match state.store.get_target(id).await? {
+            Some(t) => match target_view(state, t) {
+                Ok(view) => Some(view),
+                Err(problem) => return Ok(Err(problem)),
+            },
+            None => None,
+        },
+        _ => None,
+    };
+    let running = job.status == JobStatus::Running;
+    Ok(Ok(AgentJob {
+        id: job.id.clone(),
+        job_type: job.job_type.to_string(),
+        status: job.status.to_string(),
+        attempt: job.attempts,
+        lease_expires_at: if running { job.lease_expires_at } else { None },
+        payload: job.payload.clone(),
+        certificate: certificate.map(|c| JobCertificate {
+            id: c.id,
+            name: c.name,
+            common_name: c.common_name,
+            sans: c.sans,
+            key_type: c.key_type,
+        }),
+        certificate_version,
+        target,
+    }))
+}
+
+fn target_view(state: &AppState, target: Target) -> Result<JobTarget, String> {
+    let owner = format!("target/{}", target.id);
+    let secrets = match target.encrypted_secrets.as_deref() {
+        None | Some([]) => BTreeMap::new(),
+        Some(bytes) => {
+            let sealed = std::str::from_utf8(bytes)
+                .map_err(|_| format!("secrets of target {} are not sealed text", target.id))?;
+            state
+                .secrets
+                .open_map(sealed, &owner)
+                .map_err(|e| format!("secrets of target {}: {e}", target.id))?
+                .into_iter()
+                .map(|(name, value)| (name, value.as_str().to_owned()))
+                .collect()
+        }
+    };
+    let plugin_sha256 = state
+        .plugins
+        .get(&target.plugin_name)
+        .filter(|p| p.version() == target.plugin_version)
+        .map(|p| p.sha256().to_string());
+    Ok(JobTarget {
+        id: target.id,
+        name: target.name,
+        plugin_name: target.plugin_name,
+        plugin_version: target.plugin_version,
+        plugin_sha256,
+        settings: target.settings,
+        grants: target.grants,
+        secrets,
+    })
+}
+
+// ------------------------------------------------------------------- CSR
+
+/// Body of `POST /agents/jobs/{id}/csr`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsrRequest {
+    /// PKCS#10 CSR, PEM, signed with the key the agent generated.
+    pub csr_pem: String,
+}
+
+/// Answer of a CSR submission.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CsrAccepted {
+    /// The job.
+    pub job_id: String,
+    /// Its new status (`pending`: the host issues next).
+    pub status: String,
+}
+
+/// The job, if the calling agent holds the key of its certificate (the
+/// certificate's key-holding target is one of its active targets).
+async fn key_holder_job(
+    state: &AppState,
+    agent_id: &str,
+    job_id: &str,
+) -> ApiResult<(Job, Certificate)> {
+    let missing = || ApiError::not_found(format!("job {job_id}"));
+    let job = state.store.get_job(job_id).await?.ok_or_else(missing)?;
+    let Some(cert_id) = job.certificate_id.as_deref() else {
+        return Err(missing());
+    };
+    let cert = state
+        .store
+        .get_certificate(cert_id)
+        .await?
+        .ok_or_else(missing)?;
+    let Some(target_id) = cert.target_id.as_deref() else {
+        return Err(missing());
+    };
+    let target = state
+        .store
+        .get_target(target_id)
+        .await?
+        .ok_or_else(missing)?;
+    if target.agent_id != agent_id || target.retired_at.is_some() {
+        return Err(missing());
+    }
+    Ok((job, cert))
+}
+
+/// Submit the CSR of a job awaiting one (the key stays on the agent).
+#[utoipa::path(post, path = "/agents/jobs/{id}/csr", tag = "agents",
+    params(("id" = String, Path, description = "job id")),
+    request_body = CsrRequest,
+    responses((status = 200, body = CsrAccepted),
+        (status = 404, description = "no such job of this agent", body = super::error::ErrorBody),
+        (status = 409, description = "the job is not awaiting a CSR (e.g. replay)", body = super::error::ErrorBody),
+        (status = 410, body = super::error::ErrorBody),
+        (status = 422, description = "CSR invalid or for other names", body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn submit_csr(
+    State(state): State<AppState>,
+    caller: AgentCaller,
+    Path(job_id): Path<String>,
+    body: Result<Json<CsrRequest>, JsonRejection>,
+) -> ApiResult<Json<CsrAccepted>> {
+    let agent_id = caller.agent.id;
+    let (job, cert) = key_holder_job(&state, &agent_id, &job_id).await?;
+    let Json(req) = body?;
+    if job.status != JobStatus::AwaitingCsr {
+        return Err(ApiError::conflict(format!(
+            "job {job_id} is {}, not awaiting a CSR",
+            job.status
+        )));
+    }
+    check_csr(&req.csr_pem, &cert).map_err(ApiError::validation)?;
+    let audit = NewAuditEvent {
+        actor: agent_id.clone(),
+        actor_type: ActorType::Agent,
+        action: "job.csr_submitted".into(),
+        subject_type: "job".into(),
+        subject_id: Some(job_id.clone()),
+        details: json!({ "certificate_id": cert.id, "from": "awaiting_csr", "to": "pending" }),
+    };
+    // What `Store::submit_csr` does, with the audit row in the same
+    // transaction.
+    let won = state
+        .store
+        .transition_job(
+            &job_id,
+            JobStatus::AwaitingCsr,
+            JobStatus::Pending,
+            JobUpdate {
+                csr_pem: Some(req.csr_pem),
+                run_at: Some(Utc::now()),
+                ..JobUpdate::default()
+            },
+            Some(audit),
+        )
+        .await?;
+    if !won {
+        return Err(ApiError::conflict(format!(
+            "job {job_id} is no longer awaiting a CSR"
+        )));
+    }
+    state.wake.jobs.notify_one();
+    Ok(Json(CsrAccepted {
+        job_id,
+        status: JobStatus::Pending.to_string(),
+    }))
+}
+
+/// Parses a CSR and checks it against the certificate: valid signature,
+/// exactly the certificate's names, and the certificate's key type.
+fn check_csr(pem: &str, cert: &Certificate) -> Result<(), String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| format!("csr_pem is not PEM: {e}"))?;
+    if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
+        return Err(format!(
+            "csr_pem holds a {:?} block, not a CERTIFICATE REQUEST",
+            pem.label
+        ));
+    }
+    let (_, csr) = X509CertificationRequest::from_der(&pem.contents)
+        .map_err(|e| format!("csr_pem is not a PKCS#10 request: {e}"))?;
+    csr.verify_signature()
+        .map_err(|e| format!("the CSR's signature does not verify: {e}"))?;
+
+    let mut requested = BTreeSet::new();
+    if let Some(extensions) = csr.requested_extensions() {
+        for ext in extensions {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for name in &san.general_names {
+                    requested.insert(match name {
+                        GeneralName::DNSName(d) => d.to_ascii_lowercase(),
+                        GeneralName::IPAddress(bytes) => ip_text(bytes)?,
+                        other => return Err(format!("the CSR requests an unsupported name {other}")),
+                    });
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<String> = if cert.sans.is_empty() {
+        BTreeSet::from([cert.common_name.to_ascii_lowercase()])
+    } else {
+        cert.sans.iter().map(|s| normalise_name(s)).collect()
+    };
+    if requested != expected {
+        return Err(format!(
+            "the CSR requests {requested:?}; the certificate needs exactly {expected:?}"
+        ));
+    }
+    for cn in csr.certification_request_info.subject.iter_common_name() {
+        let cn = cn
+            .as_str()
+            .map_err(|e| format!("the CSR's common name is not text: {e}"))?;
+        let cn = cn.to_ascii_lowercase();
+        if !expected.contains(&cn) && cn != cert.common_name.to_ascii_lowercase() {
+            return Err(format!(
+                "the CSR's common name {cn:?} is not one of the certificate's names"
+            ));
+        }
+    }
+    check_key_type(&csr, &cert.key_type)
+}
+
+fn normalise_name(name: &str) -> String {
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.to_ascii_lowercase(),
+    }
+}
+
+fn ip_text(bytes: &[u8]) -> Result<String, String> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Ok(IpAddr::from(v4).to_string());
+    }
+    if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
+        return Ok(IpAddr::from(v6).to_string());
+    }
+    Err("the CSR requests a malformed IP address".into())
+}
+
+fn check_key_type(csr: &X509CertificationRequest<'_>, key_type: &str) -> Result<(), String> {
+    let spki = &csr.certification_request_info.subject_pki;
+    let key = spki.parsed().ok();
+    let ok = match key_type {
+        "ecdsa-p256" => matches!(&key, Some(PublicKey::EC(p)) if p.key_size() == 256),
+        "ecdsa-p384" => matches!(&key, Some(PublicKey::EC(p)) if p.key_size() == 384),
+        "ed25519" => spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519,
+        other => match other
+            .strip_prefix("rsa-")
+            .and_then(|b| b.parse::<usize>().ok())
+        {
+            Some(bits) => matches!(&key, Some(PublicKey::RSA(k)) if k.key_size() == bits),
+            // A key type this host does not know: do not second-guess it.
+            None => true,
+        },
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("the CSR's key is not a {key_type} key"))
+    }
+}
+
+// ---------------------------------------------------------------- result
+
+/// How a job ended on the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done.
+    Success,
+    /// Failed (see `error`).
+    Failure,
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultError {
+    /// Connector error class: `rejected`, `invalid-config`, `unauthorized`
+    /// and `unsupported` are permanent, any other is retried.
+    pub class: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What the endpoint probe saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationStatus {
+    /// The endpoint serves the expected certificate.
+    Verified,
+    /// The endpoint serves another certificate.
+    Mismatch,
+    /// The endpoint could not be reached.
+    Unreachable,
+}
+
+/// Result of the endpoint probe after a deployment.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Verification {
+    /// Verdict.
+    pub status: VerificationStatus,
+    /// SHA-256 (hex) of the leaf certificate the endpoint served.
+    pub observed_fingerprint: Option<String>,
+    /// Details for operators.
+    pub detail: Option<String>,
+}
+
+/// Body of `POST /agents/jobs/{id}/result`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultRequest {
+    /// Success or failure.
+    pub outcome: Outcome,
+    /// What the connector changed (files written, services reloaded, ...).
+    #[serde(default)]
+    pub changed: Vec<String>,
+    /// Required with `failure`, refused with `success`.
+    pub error: Option<ResultError>,
+    /// Endpoint probe result, if one ran.
+    pub verification: Option<Verification>,
+    /// The lease attempt the result belongs to (from the work poll); when
+    /// given, a result of an older attempt is refused with 409.
+    pub attempt: Option<i32>,
+}
+
+/// Answer of a result report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultAccepted {
+    /// The job.
+    pub job_id: String,
+    /// Its new status (`completed` or `failed`).
+    pub status: String,
+    /// Whether it will be retried (failures below the attempt budget).
+    pub will_retry: bool,
+}
+
+/// Report the result of a claimed job.
+#[utoipa::path(post, path = "/agents/jobs/{id}/result", tag = "agents",
+    params(("id" = String, Path, description = "job id")),
+    request_body = ResultRequest,
+    responses((status = 200, body = ResultAccepted),
+        (status = 404, description = "no such job of this agent", body = super::error::ErrorBody),
+        (status = 409, description = "the agent holds no live lease on the job", body = super::error::ErrorBody),
+        (status = 410, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn report_result(
+    State(state): State<AppState>,
+    caller: AgentCaller,
+    Path(job_id): Path<String>,
+    body: Result<Json<ResultRequest>, JsonRejection>,
+) -> ApiResult<Json<ResultAccepted>> {
+    let agent_id = caller.agent.id;
+    let missing = || ApiError::not_found(format!("job {job_id}"));
+    let job = state.store.get_job(&job_id).await?.ok_or_else(missing)?;
+    let executor = match (&job.agent_id, &job.target_id) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(t)) => state.store.get_target(t).await?.map(|t| t.agent_id),
+        (None, None) => None,
+    };
+    if executor.as_deref() != Some(agent_id.as_str()) {
+        return Err(missing());
+    }
+    let Json(req) = body?;
+    let lease = job
+        .lease()
+        .filter(|l| l.owner == agent_id && req.attempt.is_none_or(|a| a == l.attempt))
+        .ok_or_else(|| {
+            ApiError::conflict(format!(
+                "job {job_id} is {} and not leased to this agent{}",
+                job.status,
+                req.attempt
+                    .map(|a| format!(" for attempt {a}"))
+                    .unwrap_or_default()
+            ))
+        })?;
+    let failure = match (req.outcome, &req.error) {
+        (Outcome::Success, None) => None,
+        (Outcome::Failure, Some(e)) => {
+            let text = format!("{}: {}", e.class, e.message);
+            Some(if PERMANENT_ERROR_CLASSES.contains(&e.class.as_str()) {
+                JobFailure::permanent(text)
+            } else {
+                JobFailure::transient(text)
+            })
+        }
+        (Outcome::Success, Some(_)) => {
+            return Err(ApiError::validation("a successful result carries no error"));
+        }
+        (Outcome::Failure, None) => {
+            return Err(ApiError::validation("a failed result needs an error"));
+        }
+    };
+    let lost = || ApiError::conflict(format!("the lease on job {job_id} was lost"));
+
+    let mut verification_json = None;
+    if let Some(v) = &req.verification {
+        let expected = match (&job.certificate_id, &job.certificate_version_id) {
+            (Some(c), Some(vid)) => state
+                .store
+                .list_certificate_versions(c)
+                .await?
+                .into_iter()
+                .find(|x| &x.id == vid)
+                .map(|x| x.fingerprint_sha256),
+            _ => None,
+        };
+        let observed = v.observed_fingerprint.as_deref().map(normalise_fingerprint);
+        let value = json!({
+            "status": v.status,
+            "observed_fingerprint": observed,
+            "expected_fingerprint": expected,
+            "fingerprint_matches": match (&observed, &expected) {
+                (Some(o), Some(e)) => Some(o == &normalise_fingerprint(e)),
+                _ => None,
+            },
+            "detail": v.detail,
+            "reported_by": agent_id,
+            "reported_at": Utc::now(),
+        });
+        if !state
+            .store
+            .set_job_verification(&lease, value.clone())
+            .await?
+        {
+            return Err(lost());
+        }
+        verification_json = Some(value);
+    }
+
+    let (status, will_retry) = match failure {
+        None => {
+            if !state.store.complete_job(&lease).await? {
+                return Err(lost());
+            }
+            (JobStatus::Completed, false)
+        }
+        Some(f) => {
+            let failed = state.store.fail_job(&lease, f).await?.ok_or_else(lost)?;
+            (JobStatus::Failed, failed.attempts < failed.max_attempts)
+        }
+    };
+    state
+        .store
+        .record_audit(NewAuditEvent {
+            actor: agent_id,
+            actor_type: ActorType::Agent,
+            action: if status == JobStatus::Completed {
+                "job.complete".into()
+            } else {
+                "job.fail".into()
+            },
+            subject_type: "job".into(),
+            subject_id: Some(job_id.clone()),
+            details: json!({
+                "attempt": lease.attempt,
+                "changed": req.changed,
+                "error": req.error,
+                "verification": verification_json,
+                "will_retry": will_retry,
+            }),
+        })
+        .await?;
+    // The host may have follow-up work (verification, notifications).
+    state.wake.jobs.notify_one();
+    Ok(Json(ResultAccepted {
+        job_id,
+        status: status.to_string(),
+        will_retry,
+    }))
+}
+
+fn normalise_fingerprint(f: &str) -> String {
+    f.chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+// ------------------------------------------------------------- operators
+
+/// `GET /agents` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AgentListQuery {
+    /// 1-based page number.
+    pub page: Option<u32>,
+    /// Items per page (1–500, default 50).
+    pub per_page: Option<u32>,
+    /// Include retired agents (default false).
+    pub include_retired: Option<bool>,
+}
+
+fn page_of(agents: &[Agent], page: Option<u32>, per_page: Option<u32>) -> ApiResult<Page<AgentView>> {
+    let views: Vec<AgentView> = agents.iter().map(AgentView::from).collect();
+    Page::of(&views, PageQuery { page, per_page })
+}
+
+/// List agents (active ones unless `include_retired=true`).
+#[utoipa::path(get, path = "/agents", tag = "agents", params(AgentListQuery),
+    responses((status = 200, body = Page<AgentView>), (status = 304, description = "unchanged")),
+    security(("bearer" = [])))]
+async fn list_agents(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    query: Result<Query<AgentListQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let agents = state
+        .store
+        .list_agents(q.include_retired.unwrap_or(false))
+        .await?;
+    let page = page_of(&agents, q.page, q.per_page)?;
+    Ok(conditional_json(&headers, &page))
+}
+
+/// List retired agents.
+#[utoipa::path(get, path = "/agents/retired", tag = "agents", params(PageQuery),
+    responses((status = 200, body = Page<AgentView>), (status = 304, description = "unchanged")),
+    security(("bearer" = [])))]
+async fn list_retired_agents(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let retired: Vec<Agent> = state
+        .store
+        .list_agents(true)
+        .await?
+        .into_iter()
+        .filter(|a| a.status == AgentStatus::Retired)
+        .collect();
+    let page = page_of(&retired, q.page, q.per_page)?;
+    Ok(conditional_json(&headers, &page))
+}
+
+/// One agent with its dependency counts.
+#[utoipa::path(get, path = "/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "agent id")),
+    responses((status = 200, body = AgentDetail), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_agent(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let agent = state
+        .store
+        .get_agent(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("agent {id}")))?;
+    let dependencies = state.store.agent_dependencies(&id).await?.into();
+    let detail = AgentDetail {
+        agent: AgentView::from(&agent),
+        dependencies,
+    };
+    Ok(conditional_json(&headers, &detail))
+}
+
+/// `DELETE /agents/{id}` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RetireQuery {
+    /// Retire despite dependencies: also retires the agent's targets and
+    /// cancels its open jobs. Requires `reason`.
+    pub force: Option<bool>,
+    /// Why (required with `force`; recorded on the agent and its targets).
+    pub reason: Option<String>,
+}
+
+/// Answer of a fresh retirement.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Retired {
+    /// The agent as retired.
+    pub agent: AgentView,
+    /// Targets retired with it (force only).
+    pub targets_retired: u64,
+    /// Open jobs cancelled with it (force only).
+    pub jobs_cancelled: u64,
+}
+
+/// Retire an agent (soft; never a hard delete).
+#[utoipa::path(delete, path = "/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "agent id"), RetireQuery),
+    responses((status = 200, body = Retired),
+        (status = 204, description = "already retired; nothing changed"),
+        (status = 400, description = "force without a reason", body = super::error::ErrorBody),
+        (status = 403, description = "sentinel agent", body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody),
+        (status = 409, description = "dependencies block it; body has `counts`", body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn retire_agent(
+    State(state): State<AppState>,
+    caller: AdminAccess,
+    Path(id): Path<String>,
+    query: Result<Query<RetireQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let outcome = state
+        .store
+        .retire_agent(
+            &id,
+            RetireAgent {
+                force: q.force.unwrap_or(false),
+                reason: q.reason,
+                actor: caller.0.actor(),
+                actor_type: ActorType::ApiKey,
+            },
+        )
+        .await?;
+    match outcome {
+        RetireOutcome::Retired {
+            agent,
+            targets_retired,
+            jobs_cancelled,
+        } => {
+            // A parked long-poll returns now; its next call gets 410.
+            // (The signal is kept: forgetting it could let a poll that
+            // raced the retirement miss this wake-up.)
+            state.wake.wake_agent(&id);
+            Ok(Json(Retired {
+                agent: AgentView::from(&agent),
+                targets_retired,
+                jobs_cancelled,
+            })
+            .into_response())
+        }
+        RetireOutcome::AlreadyRetired { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
+        RetireOutcome::ReasonRequired => Err(ApiError::bad_request(
+            "force=true requires a non-empty reason",
+        )),
+        RetireOutcome::Sentinel => Err(ApiError::forbidden(format!(
+            "agent {id} is a built-in sentinel and can never be retired"
+        ))),
+        RetireOutcome::NotFound => Err(ApiError::not_found(format!("agent {id}"))),
+        RetireOutcome::Blocked(deps) => Err(ApiError::conflict(format!(
+            "agent {id} still has {} active target(s), {} active certificate(s) and {} open job(s); \
+             move them or retire with force=true and a reason",
+            deps.active_targets, deps.active_certificates, deps.pending_jobs
+        ))
+        .with_extra(json!({ "counts": DependencyCounts::from(deps) }))),
+    }
+}

@@ -1,0 +1,1015 @@
+//! Connector instances: `/issuers`, `/targets` and `/notifiers`.
+//!
+//! An instance binds a loaded plugin of the right kind to settings, secrets
+//! and capability grants. Before anything is saved (on create and on every
+//! update) the plugin's `validate-config` runs on an instance built from
+//! exactly the submitted configuration; the connector's verdict decides:
+//! `invalid-config`, `unauthorized`, `rejected`, `unsupported` and sandbox
+//! violations are 422, transient failures (and deadlines) 503.
+//!
+//! Targets run by a remote agent are validated by that agent (their
+//! directory grants name paths on the agent's machine), so the host skips
+//! `validate-config` for them and only checks the grants' shape.
+//!
+//! Secrets are sealed with the host's [`crate::secrets::SecretBox`] for the
+//! owner `<kind>/<id>` and never returned: responses list `secret_names`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use certplane_runtime::{CallError, ConnectorError, InstanceConfig, Plugin, PluginKind};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::auth::{OperatorAccess, ReadAccess};
+use super::error::{ApiError, ApiResult};
+use super::listing::{Page, PageQuery, conditional_json, json as json_response};
+use crate::store::{
+    ActorType, AgentStatus, NewAuditEvent, NewPluginInstance, NewTarget, PluginInstance,
+    SENTINEL_AGENT_ID, Target, new_id,
+};
+
+/// Longest instance or certificate name.
+pub const MAX_NAME_LEN: usize = 128;
+/// Largest serialised `settings` object, in bytes.
+pub const MAX_SETTINGS_BYTES: usize = 64 * 1024;
+/// Most secrets per instance.
+pub const MAX_SECRETS: usize = 32;
+/// Largest secret value, in bytes.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Most host grants per instance.
+pub const MAX_HOST_GRANTS: usize = 64;
+/// Most directory grants per instance.
+pub const MAX_DIR_GRANTS: usize = 16;
+
+/// A JSON body whose rejections (malformed JSON, wrong types, unknown
+/// fields, wrong content type, too large) become envelope errors.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::from(rejection)),
+        }
+    }
+}
+
+/// Maps a JSON rejection to the envelope (used where a handler needs the
+/// rejection itself).
+pub fn json_rejection(rejection: JsonRejection) -> ApiError {
+    ApiError::from(rejection)
+}
+
+/// Whether `name` is a valid display name: 1–128 characters of ASCII
+/// letters, digits, `.`, `_` and `-`, starting with a letter or digit.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Checks a display name, as a 422.
+pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::validation(format!(
+            "{what} must be 1-{MAX_NAME_LEN} characters of letters, digits, '.', '_' and '-', \
+             starting with a letter or digit"
+        )))
+    }
+}
+
+/// The three kinds of connector instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Issuer,
+    Target,
+    Notifier,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Issuer => "issuer",
+            Kind::Target => "target",
+            Kind::Notifier => "notifier",
+        }
+    }
+
+    fn plugin_kind(self) -> PluginKind {
+        match self {
+            Kind::Issuer => PluginKind::Issuer,
+            Kind::Target => PluginKind::Target,
+            Kind::Notifier => PluginKind::Notifier,
+        }
+    }
+
+    /// Owner string the secrets are sealed for.
+    fn owner(self, id: &str) -> String {
+        format!("{}/{id}", self.as_str())
+    }
+}
+
+/// One directory grant (targets only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryGrant {
+    /// Absolute path on the machine that runs the connector (the host, or
+    /// the target's agent).
+    pub path: String,
+    /// Absolute path the connector sees.
+    pub guest_path: String,
+    /// Whether the connector may write.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// Capability grants of an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsBody {
+    /// Allowed HTTP destinations (`host`, `host:port`, `*.domain`, ...).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Preopened directories (targets only).
+    #[serde(default)]
+    pub directories: Vec<DirectoryGrant>,
+}
+
+/// Body of `POST /issuers`, `/targets`, `/notifiers`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    /// Unique display name.
+    pub name: String,
+    /// Name of a loaded plugin of the right kind.
+    pub plugin: String,
+    /// Non-secret settings (a JSON object; the plugin's schema).
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub settings: Value,
+    /// Named secrets (write-only).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Capability grants.
+    #[serde(default)]
+    pub grants: GrantsBody,
+    /// Targets only: the agent that runs it (default `host`).
+    #[serde(default)]
+    pub agent_id: Option<String>,
+}
+
+/// Body of `PATCH /issuers/{id}` (and targets, notifiers). Absent fields
+/// keep their value; `settings` and `grants` are replaced as a whole;
+/// `secrets` are merged (a `null` value removes that secret).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateInstance {
+    /// New settings object.
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<Value>,
+    /// Secrets to set (string) or remove (`null`).
+    pub secrets: Option<BTreeMap<String, Option<String>>>,
+    /// New grants.
+    pub grants: Option<GrantsBody>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+/// A connector instance as the API shows it (never its secrets).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InstanceView {
+    /// Id.
+    pub id: String,
+    /// `issuer`, `target` or `notifier`.
+    pub kind: String,
+    /// Display name.
+    pub name: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version at creation / last update.
+    pub plugin_version: String,
+    /// Settings.
+    #[schema(value_type = Object)]
+    pub settings: Value,
+    /// Names of the secrets set (values are never returned).
+    pub secret_names: Vec<String>,
+    /// Grants.
+    #[schema(value_type = Object)]
+    pub grants: Value,
+    /// Targets: the agent that runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Issuers and notifiers: disabled since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Targets: retired since (deleted targets are retired, not erased).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+/// Kind-independent row.
+struct Row {
+    id: String,
+    name: String,
+    plugin_name: String,
+    plugin_version: String,
+    settings: Value,
+    encrypted_secrets: Option<Vec<u8>>,
+    grants: Value,
+    agent_id: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    disabled_at: Option<DateTime<Utc>>,
+    retired_at: Option<DateTime<Utc>>,
+}
+
+impl From<PluginInstance> for Row {
+    fn from(p: PluginInstance) -> Row {
+        Row {
+            id: p.id,
+            name: p.name,
+            plugin_name: p.plugin_name,
+            plugin_version: p.plugin_version,
+            settings: p.settings,
+            encrypted_secrets: p.encrypted_secrets,
+            grants: p.grants,
+            agent_id: None,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+            disabled_at: p.disabled_at,
+            retired_at: None,
+        }
+    }
+}
+
+impl From<Target> for Row {
+    fn from(t: Target) -> Row {
+        Row {
+            id: t.id,
+            name: t.name,
+            plugin_name: t.plugin_name,
+            plugin_version: t.plugin_version,
+            settings: t.settings,
+            encrypted_secrets: t.encrypted_secrets,
+            grants: t.grants,
+            agent_id: Some(t.agent_id),
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            disabled_at: None,
+            retired_at: t.retired_at,
+        }
+    }
+}
+
+impl Row {
+    fn view(&self, kind: Kind) -> InstanceView {
+        InstanceView {
+            id: self.id.clone(),
+            kind: kind.as_str().to_string(),
+            name: self.name.clone(),
+            plugin: self.plugin_name.clone(),
+            plugin_version: self.plugin_version.clone(),
+            settings: self.settings.clone(),
+            secret_names: sealed_names(self.encrypted_secrets.as_deref()),
+            grants: self.grants.clone(),
+            agent_id: self.agent_id.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            disabled_at: self.disabled_at,
+            retired_at: self.retired_at,
+        }
+    }
+}
+
+/// Names in a sealed secret map (the JSON object's keys; values stay
+/// sealed).
+fn sealed_names(sealed: Option<&[u8]>) -> Vec<String> {
+    sealed
+        .and_then(|b| serde_json::from_slice::<BTreeMap<String, Value>>(b).ok())
+        .map(|m| m.into_keys().collect())
+        .unwrap_or_default()
+}
+
+/// Routes under `/api/v1`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_issuers, create_issuer))
+        .routes(routes!(get_issuer, update_issuer, delete_issuer))
+        .routes(routes!(list_targets, create_target))
+        .routes(routes!(get_target, update_target, delete_target))
+        .routes(routes!(list_notifiers, create_notifier))
+        .routes(routes!(get_notifier, update_notifier, delete_notifier))
+}
+
+/// `?page=&per_page=&include_retired=` of `GET /targets`.
+#[derive(Debug, Clone, Copy, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TargetListQuery {
+    /// 1-based page number.
+    pub page: Option<u32>,
+    /// Items per page (1–500, default 50).
+    pub per_page: Option<u32>,
+    /// Also list retired (deleted) targets.
+    #[serde(default)]
+    pub include_retired: bool,
+}
+
+// ---------------------------------------------------------------- handlers
+
+/// List issuers.
+#[utoipa::path(get, path = "/issuers", tag = "issuers", params(PageQuery),
+    responses((status = 200, body = Page<InstanceView>), (status = 304, description = "unchanged")),
+    security(("bearer" = [])))]
+async fn list_issuers(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query?;
+    list(&state, Kind::Issuer, &headers, query, false).await
+}
+
+/// Create an issuer (its plugin validates the configuration first).
+#[utoipa::path(post, path = "/issuers", tag = "issuers", request_body = CreateInstance,
+    responses((status = 201, body = InstanceView), (status = 409, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_issuer(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    ApiJson(body): ApiJson<CreateInstance>,
+) -> ApiResult<Response> {
+    create(&state, Kind::Issuer, &caller, body).await
+}
+
+/// One issuer.
+#[utoipa::path(get, path = "/issuers/{id}", tag = "issuers", params(("id" = String, Path)),
+    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_issuer(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    get(&state, Kind::Issuer, &id).await
+}
+
+/// Update an issuer's settings, secrets or grants (re-validated).
+#[utoipa::path(patch, path = "/issuers/{id}", tag = "issuers", params(("id" = String, Path)),
+    request_body = UpdateInstance,
+    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn update_issuer(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateInstance>,
+) -> ApiResult<Response> {
+    update(&state, Kind::Issuer, &caller, &id, body).await
+}
+
+/// Delete an issuer (409 while certificates reference it).
+#[utoipa::path(delete, path = "/issuers/{id}", tag = "issuers", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn delete_issuer(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    delete(&state, Kind::Issuer, &caller, &id).await
+}
+
+/// List targets (retired ones with `include_retired=true`).
+#[utoipa::path(get, path = "/targets", tag = "targets", params(TargetListQuery),
+    responses((status = 200, body = Page<InstanceView>), (status = 304, description = "unchanged")),
+    security(("bearer" = [])))]
+async fn list_targets(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    query: Result<Query<TargetListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let page = PageQuery {
+        page: q.page,
+        per_page: q.per_page,
+    };
+    list(&state, Kind::Target, &headers, page, q.include_retired).await
+}
+
+/// Create a target (run by `agent_id`, default the host).
+#[utoipa::path(post, path = "/targets", tag = "targets", request_body = CreateInstance,
+    responses((status = 201, body = InstanceView), (status = 409, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_target(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    ApiJson(body): ApiJson<CreateInstance>,
+) -> ApiResult<Response> {
+    create(&state, Kind::Target, &caller, body).await
+}
+
+/// One target (also a retired one).
+#[utoipa::path(get, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
+    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_target(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    get(&state, Kind::Target, &id).await
+}
+
+/// Update a target's settings, secrets or grants (re-validated).
+#[utoipa::path(patch, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
+    request_body = UpdateInstance,
+    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn update_target(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateInstance>,
+) -> ApiResult<Response> {
+    update(&state, Kind::Target, &caller, &id, body).await
+}
+
+/// Delete (retire) a target: 409 while certificates deploy to it or it has
+/// open jobs.
+#[utoipa::path(delete, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn delete_target(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    delete(&state, Kind::Target, &caller, &id).await
+}
+
+/// List notifiers.
+#[utoipa::path(get, path = "/notifiers", tag = "notifiers", params(PageQuery),
+    responses((status = 200, body = Page<InstanceView>), (status = 304, description = "unchanged")),
+    security(("bearer" = [])))]
+async fn list_notifiers(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query?;
+    list(&state, Kind::Notifier, &headers, query, false).await
+}
+
+/// Create a notifier.
+#[utoipa::path(post, path = "/notifiers", tag = "notifiers", request_body = CreateInstance,
+    responses((status = 201, body = InstanceView), (status = 409, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_notifier(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    ApiJson(body): ApiJson<CreateInstance>,
+) -> ApiResult<Response> {
+    create(&state, Kind::Notifier, &caller, body).await
+}
+
+/// One notifier.
+#[utoipa::path(get, path = "/notifiers/{id}", tag = "notifiers", params(("id" = String, Path)),
+    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_notifier(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    get(&state, Kind::Notifier, &id).await
+}
+
+/// Update a notifier's settings, secrets or grants (re-validated).
+#[utoipa::path(patch, path = "/notifiers/{id}", tag = "notifiers", params(("id" = String, Path)),
+    request_body = UpdateInstance,
+    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn update_notifier(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateInstance>,
+) -> ApiResult<Response> {
+    update(&state, Kind::Notifier, &caller, &id, body).await
+}
+
+/// Delete a notifier and its delivery history (409 while notifications are
+/// pending or being sent).
+#[utoipa::path(delete, path = "/notifiers/{id}", tag = "notifiers", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn delete_notifier(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    delete(&state, Kind::Notifier, &caller, &id).await
+}
+
+// ---------------------------------------------------------------- logic
+
+async fn load_row(state: &AppState, kind: Kind, id: &str) -> ApiResult<Row> {
+    let row = match kind {
+        Kind::Issuer => state.store.get_issuer(id).await?.map(Row::from),
+        Kind::Target => state.store.get_target(id).await?.map(Row::from),
+        Kind::Notifier => state.store.get_notifier(id).await?.map(Row::from),
+    };
+    row.ok_or_else(|| ApiError::not_found(format!("{} {id:?}", kind.as_str())))
+}
+
+async fn list(
+    state: &AppState,
+    kind: Kind,
+    headers: &HeaderMap,
+    query: PageQuery,
+    include_retired: bool,
+) -> ApiResult<Response> {
+    let rows: Vec<Row> = match kind {
+        Kind::Issuer => state.store.list_issuers().await?.into_iter().map(Row::from).collect(),
+        Kind::Target => state
+            .store
+            .list_targets(include_retired)
+            .await?
+            .into_iter()
+            .map(Row::from)
+            .collect(),
+        Kind::Notifier => state.store.list_notifiers().await?.into_iter().map(Row::from).collect(),
+    };
+    let views: Vec<InstanceView> = rows.iter().map(|r| r.view(kind)).collect();
+    Ok(conditional_json(headers, &Page::of(&views, query)?))
+}
+
+async fn get(state: &AppState, kind: Kind, id: &str) -> ApiResult<Response> {
+    let row = load_row(state, kind, id).await?;
+    Ok(json_response(StatusCode::OK, row.view(kind)))
+}
+
+/// A configuration checked for shape, ready to validate and store.
+struct Checked {
+    settings: Value,
+    secrets: BTreeMap<String, String>,
+    grants: GrantsBody,
+}
+
+/// Shape checks that need no plugin call.
+fn check_config(
+    kind: Kind,
+    plugin: &Plugin,
+    settings: Value,
+    secrets: BTreeMap<String, String>,
+    grants: GrantsBody,
+) -> ApiResult<Checked> {
+    if !settings.is_object() {
+        return Err(ApiError::validation("settings must be a JSON object"));
+    }
+    let settings_len = serde_json::to_vec(&settings)
+        .map_err(ApiError::internal)?
+        .len();
+    if settings_len > MAX_SETTINGS_BYTES {
+        return Err(ApiError::validation(format!(
+            "settings are {settings_len} bytes; at most {MAX_SETTINGS_BYTES} are allowed"
+        )));
+    }
+    if secrets.len() > MAX_SECRETS {
+        return Err(ApiError::validation(format!("at most {MAX_SECRETS} secrets are allowed")));
+    }
+    let known = &plugin.info().secret_names;
+    for (name, value) in &secrets {
+        if !known.iter().any(|k| k == name) {
+            return Err(ApiError::validation(format!(
+                "plugin {} reads no secret named {name:?} (it reads: {})",
+                plugin.name(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )));
+        }
+        if value.len() > MAX_SECRET_BYTES {
+            return Err(ApiError::validation(format!(
+                "secret {name:?} is larger than {MAX_SECRET_BYTES} bytes"
+            )));
+        }
+    }
+    if grants.hosts.len() > MAX_HOST_GRANTS {
+        return Err(ApiError::validation(format!("at most {MAX_HOST_GRANTS} host grants are allowed")));
+    }
+    if grants.directories.len() > MAX_DIR_GRANTS {
+        return Err(ApiError::validation(format!(
+            "at most {MAX_DIR_GRANTS} directory grants are allowed"
+        )));
+    }
+    if kind != Kind::Target && !grants.directories.is_empty() {
+        return Err(ApiError::validation(format!(
+            "directory grants only apply to targets, not to a {}",
+            kind.as_str()
+        )));
+    }
+    for dir in &grants.directories {
+        for (field, path) in [("path", &dir.path), ("guest_path", &dir.guest_path)] {
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(ApiError::validation(format!(
+                    "directory grant {field} {path:?} must be absolute and must not contain '..'"
+                )));
+            }
+        }
+    }
+    // Host grant syntax is checked without running anything.
+    InstanceConfig::new("check")
+        .with_hosts(&grants.hosts)
+        .map_err(|e| ApiError::validation(e.to_string()))?;
+    Ok(Checked {
+        settings,
+        secrets,
+        grants,
+    })
+}
+
+/// Builds the runtime instance from exactly this configuration and runs the
+/// plugin's `validate-config`.
+async fn validate_with_plugin(
+    plugin: &std::sync::Arc<Plugin>,
+    instance_id: &str,
+    checked: &Checked,
+) -> ApiResult<()> {
+    let mut config = InstanceConfig::new(instance_id)
+        .with_settings(checked.settings.clone())
+        .map_err(|e| ApiError::validation(e.to_string()))?
+        .with_hosts(&checked.grants.hosts)
+        .map_err(|e| ApiError::validation(e.to_string()))?;
+    for (name, value) in &checked.secrets {
+        config = config.with_secret(name.clone(), value.clone());
+    }
+    for dir in &checked.grants.directories {
+        config = config.with_dir(&dir.path, dir.guest_path.clone(), dir.writable);
+    }
+    let instance = certplane_runtime::PluginInstance::new(plugin.clone(), config)
+        .map_err(|e| ApiError::validation(e.to_string()))?;
+    instance.validate_config().await.map_err(call_error)
+}
+
+/// How a failed `validate-config` call is answered.
+fn call_error(err: CallError) -> ApiError {
+    let unavailable = |message: String| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "connector_unavailable", message)
+    };
+    match err {
+        CallError::Connector { plugin, error } => match error {
+            ConnectorError::InvalidConfig(m) => {
+                ApiError::validation(format!("plugin {plugin}: invalid configuration: {m}"))
+            }
+            ConnectorError::Unauthorized(m) => {
+                ApiError::validation(format!("plugin {plugin}: unauthorized: {m}"))
+            }
+            ConnectorError::Rejected(m) => {
+                ApiError::validation(format!("plugin {plugin}: rejected: {m}"))
+            }
+            ConnectorError::Unsupported(m) => {
+                ApiError::validation(format!("plugin {plugin}: unsupported: {m}"))
+            }
+            ConnectorError::Transient(m) => unavailable(format!(
+                "plugin {plugin} could not validate the configuration now: {m}; retry later"
+            )),
+            ConnectorError::RateLimited(limit) => unavailable(format!(
+                "plugin {plugin} was rate limited upstream{}; retry later",
+                limit
+                    .retry_after_secs
+                    .map(|s| format!(" (retry after {s} s)"))
+                    .unwrap_or_default()
+            )),
+        },
+        e @ (CallError::Deadline { .. } | CallError::Instantiate { .. }) => {
+            unavailable(format!("{e}; retry later"))
+        }
+        e => ApiError::validation(format!("validating the configuration failed: {e}")),
+    }
+}
+
+fn seal(
+    state: &AppState,
+    kind: Kind,
+    id: &str,
+    secrets: &BTreeMap<String, String>,
+) -> ApiResult<Option<Vec<u8>>> {
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    let sealed = state
+        .secrets
+        .seal_map(secrets, &kind.owner(id))
+        .map_err(ApiError::internal)?;
+    Ok(Some(sealed.into_bytes()))
+}
+
+fn grants_json(grants: &GrantsBody) -> ApiResult<Value> {
+    serde_json::to_value(grants).map_err(ApiError::internal)
+}
+
+async fn audit(
+    state: &AppState,
+    caller: &OperatorAccess,
+    action: String,
+    subject_type: &str,
+    subject_id: &str,
+    details: Value,
+) -> ApiResult<()> {
+    state
+        .store
+        .record_audit(NewAuditEvent {
+            actor: caller.0.actor(),
+            actor_type: ActorType::ApiKey,
+            action,
+            subject_type: subject_type.to_string(),
+            subject_id: Some(subject_id.to_string()),
+            details,
+        })
+        .await?;
+    Ok(())
+}
+
+async fn create(
+    state: &AppState,
+    kind: Kind,
+    caller: &OperatorAccess,
+    body: CreateInstance,
+) -> ApiResult<Response> {
+    check_name("name", &body.name)?;
+    if kind != Kind::Target && body.agent_id.is_some() {
+        return Err(ApiError::validation(format!(
+            "agent_id only applies to targets, not to a {}",
+            kind.as_str()
+        )));
+    }
+    let plugin = state
+        .plugins
+        .get_kind(&body.plugin, kind.plugin_kind())
+        .map_err(ApiError::validation)?
+        .clone();
+    let agent_id = body
+        .agent_id
+        .clone()
+        .unwrap_or_else(|| SENTINEL_AGENT_ID.to_string());
+    if kind == Kind::Target {
+        match state.store.get_agent(&agent_id).await? {
+            Some(agent) if agent.status == AgentStatus::Active => {}
+            Some(_) => {
+                return Err(ApiError::validation(format!("agent {agent_id:?} is retired")));
+            }
+            None => return Err(ApiError::validation(format!("no agent {agent_id:?}"))),
+        }
+    }
+    let checked = check_config(kind, &plugin, body.settings, body.secrets, body.grants)?;
+    let id = new_id();
+    let runs_on_host = kind != Kind::Target || agent_id == SENTINEL_AGENT_ID;
+    if runs_on_host {
+        validate_with_plugin(&plugin, &id, &checked).await?;
+    }
+    let encrypted_secrets = seal(state, kind, &id, &checked.secrets)?;
+    let new = NewPluginInstance {
+        name: body.name.clone(),
+        plugin_name: plugin.name().to_string(),
+        plugin_version: plugin.version().to_string(),
+        settings: checked.settings.clone(),
+        encrypted_secrets,
+        grants: grants_json(&checked.grants)?,
+    };
+    let row: Row = match kind {
+        Kind::Issuer => state.store.create_issuer_with_id(&id, new).await?.into(),
+        Kind::Notifier => state.store.create_notifier_with_id(&id, new).await?.into(),
+        Kind::Target => state
+            .store
+            .create_target_with_id(
+                &id,
+                NewTarget {
+                    agent_id: agent_id.clone(),
+                    instance: new,
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::NotFound { .. } => {
+                    ApiError::validation(format!("agent {agent_id:?} is not active"))
+                }
+                other => other.into(),
+            })?
+            .into(),
+    };
+    audit(
+        state,
+        caller,
+        format!("{}.create", kind.as_str()),
+        kind.as_str(),
+        &row.id,
+        json!({
+            "name": row.name,
+            "plugin": row.plugin_name,
+            "plugin_version": row.plugin_version,
+            "secret_names": checked.secrets.keys().collect::<Vec<_>>(),
+            "agent_id": row.agent_id,
+            "validated_on_host": runs_on_host,
+        }),
+    )
+    .await?;
+    Ok(json_response(StatusCode::CREATED, row.view(kind)))
+}
+
+async fn update(
+    state: &AppState,
+    kind: Kind,
+    caller: &OperatorAccess,
+    id: &str,
+    body: UpdateInstance,
+) -> ApiResult<Response> {
+    let row = load_row(state, kind, id).await?;
+    if row.retired_at.is_some() {
+        return Err(ApiError::conflict(format!("{} {id:?} is retired", kind.as_str())));
+    }
+    let plugin = state
+        .plugins
+        .get_kind(&row.plugin_name, kind.plugin_kind())
+        .map_err(|e| ApiError::conflict(format!("cannot validate the new configuration: {e}")))?
+        .clone();
+    let mut changed = Vec::new();
+    let settings = match body.settings {
+        Some(s) => {
+            changed.push("settings");
+            s
+        }
+        None => row.settings.clone(),
+    };
+    let grants = match body.grants {
+        Some(g) => {
+            changed.push("grants");
+            g
+        }
+        None => serde_json::from_value(row.grants.clone()).unwrap_or_default(),
+    };
+    let mut secrets: BTreeMap<String, String> = match row.encrypted_secrets.as_deref() {
+        None => BTreeMap::new(),
+        Some(bytes) => {
+            let text = std::str::from_utf8(bytes).map_err(ApiError::internal)?;
+            state
+                .secrets
+                .open_map(text, &kind.owner(id))
+                .map_err(ApiError::internal)?
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect()
+        }
+    };
+    let mut secret_changes = Vec::new();
+    if let Some(patch) = body.secrets {
+        changed.push("secrets");
+        for (name, value) in patch {
+            match value {
+                Some(v) => {
+                    secrets.insert(name.clone(), v);
+                }
+                None => {
+                    secrets.remove(&name);
+                }
+            }
+            secret_changes.push(name);
+        }
+    }
+    let checked = check_config(kind, &plugin, settings, secrets, grants)?;
+    let runs_on_host = row.agent_id.as_deref().is_none_or(|a| a == SENTINEL_AGENT_ID);
+    if runs_on_host {
+        validate_with_plugin(&plugin, id, &checked).await?;
+    }
+    let encrypted_secrets = seal(state, kind, id, &checked.secrets)?;
+    let grants = grants_json(&checked.grants)?;
+    let updated: Option<Row> = match kind {
+        Kind::Issuer => state
+            .store
+            .update_issuer(id, &checked.settings, encrypted_secrets, &grants)
+            .await?
+            .map(Row::from),
+        Kind::Notifier => state
+            .store
+            .update_notifier(id, &checked.settings, encrypted_secrets, &grants)
+            .await?
+            .map(Row::from),
+        Kind::Target => state
+            .store
+            .update_target(id, &checked.settings, encrypted_secrets, &grants)
+            .await?
+            .map(Row::from),
+    };
+    let updated =
+        updated.ok_or_else(|| ApiError::not_found(format!("{} {id:?}", kind.as_str())))?;
+    audit(
+        state,
+        caller,
+        format!("{}.update", kind.as_str()),
+        kind.as_str(),
+        id,
+        json!({ "changed": changed, "secrets_changed": secret_changes,
+                "validated_on_host": runs_on_host }),
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, updated.view(kind)))
+}
+
+async fn delete(
+    state: &AppState,
+    kind: Kind,
+    caller: &OperatorAccess,
+    id: &str,
+) -> ApiResult<Response> {
+    let row = load_row(state, kind, id).await?;
+    let done = match kind {
+        Kind::Issuer => {
+            if state.store.delete_issuer(id).await? {
+                true
+            } else {
+                let n = state.store.issuer_certificate_count(id).await?;
+                return Err(ApiError::conflict(format!(
+                    "issuer {id:?} is used by {n} certificate(s); retire or move them first"
+                ))
+                .with_extra(json!({ "counts": { "certificates": n } })));
+            }
+        }
+        Kind::Target => {
+            if row.retired_at.is_some() {
+                // Already deleted: nothing changes.
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            if state
+                .store
+                .retire_unused_target(id, &format!("deleted by {}", caller.0.actor()))
+                .await?
+            {
+                true
+            } else {
+                let (certificates, jobs) = state.store.target_usage(id).await?;
+                return Err(ApiError::conflict(format!(
+                    "target {id:?} is in use by {certificates} certificate(s) and {jobs} open \
+                     job(s)"
+                ))
+                .with_extra(json!({ "counts": { "certificates": certificates, "open_jobs": jobs } })));
+            }
+        }
+        Kind::Notifier => {
+            if state.store.delete_notifier(id).await? {
+                true
+            } else {
+                let n = state.store.notifier_open_notifications(id).await?;
+                return Err(ApiError::conflict(format!(
+                    "notifier {id:?} has {n} notification(s) pending delivery"
+                ))
+                .with_extra(json!({ "counts": { "open_notifications": n } })));
+            }
+        }
+    };
+    debug_assert!(done);
+    audit(
+        state,
+        caller,
+        format!("{}.delete", kind.as_str()),
+        kind.as_str(),
+        id,
+        json!({ "name": row.name, "plugin": row.plugin_name }),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,152 @@
+//! Outgoing notifications and their delivery state.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::auth::ReadAccess;
+use super::error::{ApiError, ApiResult};
+use super::listing::{Page, PageQuery, conditional_json};
+use crate::store::{Notification, NotificationStatus};
+
+/// Routes under `/api/v1`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_notifications))
+        .routes(routes!(get_notification))
+}
+
+/// A notification as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationView {
+    /// Notification id.
+    pub id: String,
+    /// Notifier instance delivering it.
+    pub notifier_id: String,
+    /// Event type, e.g. `certificate.expiring`.
+    pub event_type: String,
+    /// Subject line.
+    pub subject: Option<String>,
+    /// Event payload.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// `pending`, `sending`, `sent`, `failed` or `cancelled`.
+    #[schema(value_type = String, example = "sent")]
+    pub status: NotificationStatus,
+    /// Delivery attempts so far.
+    pub attempts: i32,
+    /// Attempt budget.
+    pub max_attempts: i32,
+    /// Next attempt time.
+    pub run_at: DateTime<Utc>,
+    /// Last delivery error.
+    pub last_error: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Delivery time.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl From<Notification> for NotificationView {
+    fn from(n: Notification) -> Self {
+        NotificationView {
+            id: n.id,
+            notifier_id: n.notifier_id,
+            event_type: n.event_type,
+            subject: n.subject,
+            payload: n.payload,
+            status: n.status,
+            attempts: n.attempts,
+            max_attempts: n.max_attempts,
+            run_at: n.run_at,
+            last_error: n.last_error,
+            created_at: n.created_at,
+            updated_at: n.updated_at,
+            sent_at: n.sent_at,
+        }
+    }
+}
+
+/// `GET /notifications` query: filter and pagination.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NotificationQuery {
+    /// Only notifications in this delivery state.
+    #[param(value_type = Option<String>, example = "failed")]
+    pub status: Option<NotificationStatus>,
+    /// 1-based page number.
+    pub page: Option<u32>,
+    /// Items per page (1–500, default 50).
+    pub per_page: Option<u32>,
+}
+
+/// List notifications, newest first.
+#[utoipa::path(get, path = "/notifications", tag = "notifications", params(NotificationQuery),
+    responses(
+        (status = 200, body = Page<NotificationView>),
+        (status = 304, description = "unchanged (If-None-Match)"),
+        (status = 400, description = "bad filter or page", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn list_notifications(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    query: Result<Query<NotificationQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let (page, per_page) = PageQuery {
+        page: q.page,
+        per_page: q.per_page,
+    }
+    .resolve()?;
+    let offset = u64::from(page - 1) * u64::from(per_page);
+    let (items, total) = state
+        .store
+        .list_notifications(q.status, offset, per_page)
+        .await?;
+    let body = Page {
+        items: items.into_iter().map(NotificationView::from).collect(),
+        page,
+        per_page,
+        total,
+    };
+    Ok(conditional_json(&headers, &body))
+}
+
+/// One notification.
+#[utoipa::path(get, path = "/notifications/{id}", tag = "notifications",
+    params(("id" = String, Path, description = "notification id")),
+    responses(
+        (status = 200, body = NotificationView),
+        (status = 304, description = "unchanged (If-None-Match)"),
+        (status = 404, body = super::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn get_notification(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let notification = state
+        .store
+        .get_notification(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("notification {id}")))?;
+    Ok(conditional_json(
+        &headers,
+        &NotificationView::from(notification),
+    ))
+}

@@ -1,0 +1,136 @@
+//! Building runtime plugin instances from stored instance rows, and mapping
+//! connector failures onto job outcomes.
+
+use std::collections::BTreeMap;
+
+use certplane_runtime::{CallError, ConnectorError, InstanceConfig, PluginInstance, PluginKind};
+use chrono::{DateTime, Utc};
+
+use crate::api::AppState;
+use crate::store::JobFailure;
+
+/// Grants as stored in the `grants` JSON column.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct StoredGrants {
+    hosts: Vec<String>,
+    directories: Vec<StoredDir>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StoredDir {
+    path: std::path::PathBuf,
+    guest_path: String,
+    #[serde(default)]
+    writable: bool,
+}
+
+/// Builds the runtime instance of a stored issuer/target/notifier row.
+/// `owner` is the secrets' sealing owner, e.g. `issuer/<id>`.
+pub fn build_instance(
+    state: &AppState,
+    kind: PluginKind,
+    owner: &str,
+    plugin_name: &str,
+    settings: &serde_json::Value,
+    encrypted_secrets: Option<&[u8]>,
+    grants: &serde_json::Value,
+) -> Result<PluginInstance, String> {
+    let plugin = state.plugins.get_kind(plugin_name, kind)?.clone();
+    let mut config = InstanceConfig::new(owner)
+        .with_settings(settings.clone())
+        .map_err(|e| format!("{owner}: {e}"))?;
+    if let Some(sealed) = encrypted_secrets {
+        let sealed = std::str::from_utf8(sealed).map_err(|_| format!("{owner}: secrets are not sealed text"))?;
+        let opened: BTreeMap<String, _> = state
+            .secrets
+            .open_map(sealed, owner)
+            .map_err(|e| format!("{owner}: cannot open secrets: {e}"))?;
+        for (name, value) in opened {
+            config = config.with_secret(name, value.as_str());
+        }
+    }
+    let grants: StoredGrants = serde_json::from_value(grants.clone())
+        .map_err(|e| format!("{owner}: malformed grants: {e}"))?;
+    config = config
+        .with_hosts(&grants.hosts)
+        .map_err(|e| format!("{owner}: {e}"))?;
+    for dir in grants.directories {
+        config = config.with_dir(dir.path, dir.guest_path, dir.writable);
+    }
+    PluginInstance::new(plugin, config).map_err(|e| format!("{owner}: {e}"))
+}
+
+/// How a failed connector call ends the job: `rejected`, `invalid-config`,
+/// `unauthorized`, `unsupported`, sandbox violations and memory-limit hits
+/// fail for good; `transient`, traps and deadlines retry with backoff;
+/// `rate-limited` retries after the connector's hint.
+pub fn failure_for(err: &CallError, now: DateTime<Utc>) -> JobFailure {
+    let message = err.to_string();
+    if let CallError::Connector {
+        error: ConnectorError::RateLimited(limit),
+        ..
+    } = err
+    {
+        let mut failure = JobFailure::transient(message);
+        failure.retry_at = limit
+            .retry_after_secs
+            .map(|s| now + chrono::Duration::seconds(i64::from(s)));
+        return failure;
+    }
+    if err.is_retryable() {
+        JobFailure::transient(message)
+    } else {
+        JobFailure::permanent(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certplane_runtime::RateLimit;
+
+    fn connector(error: ConnectorError) -> CallError {
+        CallError::Connector {
+            plugin: "p".into(),
+            error,
+        }
+    }
+
+    #[test]
+    fn connector_error_classes_map_to_job_outcomes() {
+        let now = Utc::now();
+        for (err, permanent) in [
+            (connector(ConnectorError::Rejected("no".into())), true),
+            (connector(ConnectorError::InvalidConfig("bad".into())), true),
+            (connector(ConnectorError::Unauthorized("key".into())), true),
+            (connector(ConnectorError::Unsupported("x".into())), true),
+            (connector(ConnectorError::Transient("net".into())), false),
+            (
+                CallError::Trap {
+                    plugin: "p".into(),
+                    message: "unreachable".into(),
+                },
+                false,
+            ),
+            (
+                CallError::Deadline {
+                    plugin: "p".into(),
+                    deadline: std::time::Duration::from_secs(5),
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(failure_for(&err, now).permanent, permanent, "{err}");
+        }
+        let limited = failure_for(
+            &connector(ConnectorError::RateLimited(RateLimit {
+                retry_after_secs: Some(120),
+                message: "slow down".into(),
+            })),
+            now,
+        );
+        assert!(!limited.permanent);
+        assert_eq!(limited.retry_at, Some(now + chrono::Duration::seconds(120)));
+    }
+}

@@ -1,0 +1,140 @@
+//! Deployment jobs for targets the host itself reaches (targets of the
+//! built-in `host` agent, e.g. a remote Caddy admin API). Agent targets are
+//! deployed by their agents through the agent API.
+
+use certplane_runtime::PluginKind;
+use certplane_runtime::target::CertificateBundle;
+use serde_json::json;
+
+use super::connectors::{build_instance, failure_for};
+use super::issuance::version_key_owner;
+use crate::api::AppState;
+use crate::store::{ActorType, Job, JobFailure, NewAuditEvent};
+
+/// Runs one claimed host-side deployment job.
+pub async fn process(state: &AppState, job: Job) {
+    let Some(lease) = job.lease() else { return };
+    match deploy(state, &job).await {
+        Ok(changed) => {
+            match state.store.complete_job(&lease).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(job = %job.id, "lost the lease before completing the deployment"),
+                Err(e) => tracing::error!(job = %job.id, error = %e, "cannot complete deployment job"),
+            }
+            let event = NewAuditEvent {
+                actor: "host".into(),
+                actor_type: ActorType::System,
+                action: "deployment.completed".into(),
+                subject_type: "job".into(),
+                subject_id: Some(job.id.clone()),
+                details: json!({ "target_id": job.target_id, "changed": changed }),
+            };
+            if let Err(e) = state.store.record_audit(event).await {
+                tracing::error!(job = %job.id, error = %e, "cannot audit deployment");
+            }
+        }
+        Err(failure) => {
+            tracing::warn!(job = %job.id, error = %failure.error, "deployment failed");
+            if let Err(e) = state.store.fail_job(&lease, failure).await {
+                tracing::error!(job = %job.id, error = %e, "cannot record deployment failure");
+            }
+        }
+    }
+}
+
+async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> {
+    let store_err = |e: crate::store::StoreError| JobFailure::transient(format!("database: {e}"));
+    let target_id = job
+        .target_id
+        .as_deref()
+        .ok_or_else(|| JobFailure::permanent("deployment job without a target"))?;
+    let target = state
+        .store
+        .get_target(target_id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| JobFailure::permanent(format!("target {target_id} no longer exists")))?;
+    if target.retired_at.is_some() {
+        return Err(JobFailure::permanent(format!("target {target_id} is retired")));
+    }
+    let cert_id = job
+        .certificate_id
+        .as_deref()
+        .ok_or_else(|| JobFailure::permanent("deployment job without a certificate"))?;
+    let version_id = job
+        .certificate_version_id
+        .as_deref()
+        .ok_or_else(|| JobFailure::permanent("deployment job without a certificate version"))?;
+    let version = state
+        .store
+        .list_certificate_versions(cert_id)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .find(|v| v.id == version_id)
+        .ok_or_else(|| JobFailure::permanent(format!("certificate version {version_id} not found")))?;
+    let cert = state
+        .store
+        .get_certificate(cert_id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| JobFailure::permanent(format!("certificate {cert_id} not found")))?;
+    let sealed = version.encrypted_private_key.as_deref().ok_or_else(|| {
+        JobFailure::permanent("the host holds no private key for this version (agent-held key)")
+    })?;
+    let sealed = std::str::from_utf8(sealed)
+        .map_err(|_| JobFailure::permanent("stored private key is not sealed text"))?;
+    let key = state
+        .secrets
+        .open_str(sealed, &version_key_owner(cert_id, &version.fingerprint_sha256))
+        .map_err(|e| JobFailure::permanent(format!("cannot open the private key: {e}")))?;
+    let mut blocks = split_pem(&version.pem_chain);
+    if blocks.is_empty() {
+        return Err(JobFailure::permanent("stored version has no certificate"));
+    }
+    let leaf = blocks.remove(0);
+    let instance = build_instance(
+        state,
+        PluginKind::Target,
+        &format!("target/{}", target.id),
+        &target.plugin_name,
+        &target.settings,
+        target.encrypted_secrets.as_deref(),
+        &target.grants,
+    )
+    .map_err(JobFailure::permanent)?;
+    let bundle = CertificateBundle {
+        certificate_id: cert.id.clone(),
+        dns_names: cert.sans.clone(),
+        certificate_pem: leaf,
+        chain_pem: blocks,
+        fingerprint_sha256: version.fingerprint_sha256.clone(),
+    };
+    let result = instance
+        .deploy(&bundle, &key, "{}")
+        .await
+        .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
+    Ok(result.changed)
+}
+
+/// Splits a PEM bundle into its blocks, each with its armour.
+fn split_pem(bundle: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    bundle
+        .split_inclusive(END)
+        .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
+        .map(|b| format!("{}\n", b.trim_start()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pem_bundles_split_into_blocks() {
+        let a = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
+        let b = "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        let blocks = super::split_pem(&format!("{a}{b}"));
+        assert_eq!(blocks, vec![a.to_string(), b.to_string()]);
+        assert!(super::split_pem("junk").is_empty());
+    }
+}

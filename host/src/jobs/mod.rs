@@ -1,0 +1,135 @@
+//! The host's work loops, wired onto the scheduler: the job processor
+//! (issuance, renewal, host-side deployments), async-CA order polling, the
+//! set-based renewal sweep, retries of failed jobs and the lease reaper.
+//! Each loop is woken at once by the API or by the loop that created its
+//! work, and otherwise runs on its jittered interval.
+
+pub mod connectors;
+pub mod deploy;
+pub mod issuance;
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::scheduler::ticker::{LoopSpec, Scheduler, TickReport};
+use crate::store::JobType;
+
+/// Jobs one tick of the processor claims at most.
+const BATCH: u32 = 16;
+/// Renewal jobs one sweep statement creates at most (bounds the transaction).
+const RENEWAL_BATCH: u32 = 10_000;
+/// Attempts a renewal job gets.
+const RENEWAL_ATTEMPTS: i32 = 5;
+
+fn spec(name: &'static str, interval_ms: u64, state: &AppState) -> LoopSpec {
+    LoopSpec::new(name, Duration::from_millis(interval_ms))
+        .with_tick_timeout(Duration::from_millis(state.config.scheduler.tick_timeout_ms))
+}
+
+fn report(processed: usize, limit: u32) -> TickReport {
+    if processed as u64 >= u64::from(limit) {
+        TickReport::more_pending(processed as u64)
+    } else {
+        TickReport::done(processed as u64)
+    }
+}
+
+/// Starts every loop; cancel `token` (or call `shutdown`) to stop them.
+pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
+    let mut scheduler = Scheduler::with_cancellation(token);
+    let s = &state.config.scheduler;
+
+    let st = state.clone();
+    scheduler.spawn_loop(spec("jobs", s.jobs_ms, &state), Some(state.wake.jobs.clone()), move || {
+        let st = st.clone();
+        async move {
+            let jobs = st.store.claim_pending_jobs(None, BATCH).await?;
+            let n = jobs.len();
+            join_all(jobs.into_iter().map(|job| {
+                let st = st.clone();
+                async move {
+                    match job.job_type {
+                        JobType::Issuance | JobType::Renewal => issuance::process(&st, job).await,
+                        JobType::Deployment => deploy::process(&st, job).await,
+                        other => {
+                            if let Some(lease) = job.lease() {
+                                let failure = crate::store::JobFailure::permanent(format!(
+                                    "{other} jobs are not run by the host"
+                                ));
+                                if let Err(e) = st.store.fail_job(&lease, failure).await {
+                                    tracing::error!(job = %job.id, error = %e, "cannot fail job");
+                                }
+                            }
+                        }
+                    }
+                }
+            }))
+            .await;
+            Ok(report(n, BATCH))
+        }
+    });
+
+    let st = state.clone();
+    scheduler.spawn_loop(
+        spec("order-poll", s.order_poll_ms, &state),
+        Some(state.wake.orders.clone()),
+        move || {
+            let st = st.clone();
+            async move {
+                let jobs = st.store.claim_due_polls(BATCH).await?;
+                let n = jobs.len();
+                join_all(jobs.into_iter().map(|job| {
+                    let st = st.clone();
+                    async move { issuance::process_poll(&st, job).await }
+                }))
+                .await;
+                Ok(report(n, BATCH))
+            }
+        },
+    );
+
+    let st = state.clone();
+    scheduler.spawn_loop(spec("renewals", s.renewal_ms, &state), None, move || {
+        let st = st.clone();
+        async move {
+            let created = st
+                .store
+                .enqueue_due_renewals(RENEWAL_ATTEMPTS, RENEWAL_BATCH)
+                .await?;
+            if created > 0 {
+                tracing::info!(created, "renewal jobs enqueued");
+                st.wake.jobs.notify_one();
+            }
+            Ok(report(created as usize, RENEWAL_BATCH))
+        }
+    });
+
+    let st = state.clone();
+    scheduler.spawn_loop(spec("retry", s.retry_ms, &state), None, move || {
+        let st = st.clone();
+        async move {
+            let retried = st.store.retry_failed_jobs(500).await?;
+            if retried > 0 {
+                st.wake.jobs.notify_one();
+            }
+            Ok(report(retried as usize, 500))
+        }
+    });
+
+    let st = state.clone();
+    scheduler.spawn_loop(spec("reaper", s.reaper_ms, &state), None, move || {
+        let st = st.clone();
+        async move {
+            let reaped = st.store.reap_expired_leases(500).await?;
+            for job in &reaped {
+                tracing::warn!(job = %job.id, error = ?job.last_error, "expired lease reaped");
+            }
+            Ok(report(reaped.len(), 500))
+        }
+    });
+
+    scheduler
+}
