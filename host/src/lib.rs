@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod demo;
 pub mod jobs;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 pub mod scheduler;

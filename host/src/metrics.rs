@@ -10,6 +10,7 @@
 //! * recorded in process by the code that does the work, through
 //!   [`Metrics`]: claim latency, plugin call latency and plugin call errors.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -204,40 +205,42 @@ pub fn error_class(err: &CallError) -> &'static str {
 }
 
 /// Expiry buckets, in order: label and upper bound (days from now).
-const EXPIRY_BUCKETS: [(&str, i64); 4] = [("expired", 0), ("lt_7d", 7), ("lt_30d", 30), ("lt_90d", 90)];
+const EXPIRY_BUCKETS: [(&str, i64); 4] =
+    [("expired", 0), ("lt_7d", 7), ("lt_30d", 30), ("lt_90d", 90)];
 /// Label of certificates with 90 days or more left.
 const EXPIRY_LAST: &str = "ge_90d";
 
 /// A registry holding the gauges computed from the database for one scrape.
 async fn scrape_registry(store: &Store) -> StoreResult<Registry> {
+    let counts: HashMap<(JobStatus, JobType), i64> = job_counts(store)
+        .await?
+        .into_iter()
+        .map(|(status, job_type, n)| ((status, job_type), n))
+        .collect();
     let jobs = Family::<JobLabels, Gauge>::default();
     for &status in JobStatus::ALL {
         for &job_type in JobType::ALL {
+            let n = counts.get(&(status, job_type)).copied().unwrap_or(0);
             jobs.get_or_create(&JobLabels {
                 status: status.as_str().to_string(),
                 r#type: job_type.as_str().to_string(),
-            });
+            })
+            .set(n);
         }
     }
-    for (status, job_type, n) in job_counts(store).await? {
-        jobs.get_or_create(&JobLabels {
-            status: status.as_str().to_string(),
-            r#type: job_type.as_str().to_string(),
-        })
-        .set(n);
-    }
+    let counts: HashMap<String, i64> = expiry_counts(store, now()).await?.into_iter().collect();
     let expiry = Family::<ExpiryLabels, Gauge>::default();
     let labels = EXPIRY_BUCKETS
         .iter()
         .map(|(label, _)| *label)
         .chain([EXPIRY_LAST]);
     for label in labels {
-        expiry.get_or_create(&ExpiryLabels {
-            bucket: label.to_string(),
-        });
-    }
-    for (bucket, n) in expiry_counts(store, now()).await? {
-        expiry.get_or_create(&ExpiryLabels { bucket }).set(n);
+        let n = counts.get(label).copied().unwrap_or(0);
+        expiry
+            .get_or_create(&ExpiryLabels {
+                bucket: label.to_string(),
+            })
+            .set(n);
     }
     let mut registry = Registry::default();
     registry.register(

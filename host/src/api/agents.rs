@@ -366,7 +366,10 @@ async fn poll_work(
     let agent_id = caller.agent.id;
     let signal = state.wake.agent(&agent_id);
     loop {
-        let jobs = state.store.claim_pending_for_agent(&agent_id, limit).await?;
+        let jobs = state
+            .store
+            .claim_pending_for_agent(&agent_id, limit)
+            .await?;
         if !jobs.is_empty() {
             return Ok(Json(WorkReply {
                 jobs: job_views(&state, jobs).await?,
@@ -641,7 +644,9 @@ fn check_csr(pem: &str, cert: &Certificate) -> Result<(), String> {
                     requested.insert(match name {
                         GeneralName::DNSName(d) => d.to_ascii_lowercase(),
                         GeneralName::IPAddress(bytes) => ip_text(bytes)?,
-                        other => return Err(format!("the CSR requests an unsupported name {other}")),
+                        other => {
+                            return Err(format!("the CSR requests an unsupported name {other}"));
+                        }
                     });
                 }
             }
@@ -945,7 +950,11 @@ pub struct AgentListQuery {
     pub include_retired: Option<bool>,
 }
 
-fn page_of(agents: &[Agent], page: Option<u32>, per_page: Option<u32>) -> ApiResult<Page<AgentView>> {
+fn page_of(
+    agents: &[Agent],
+    page: Option<u32>,
+    per_page: Option<u32>,
+) -> ApiResult<Page<AgentView>> {
     let views: Vec<AgentView> = agents.iter().map(AgentView::from).collect();
     Page::of(&views, PageQuery { page, per_page })
 }

@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,12 +64,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Err(rejection) => Err(ApiError::from(rejection)),
         }
     }
-}
-
-/// Maps a JSON rejection to the envelope (used where a handler needs the
-/// rejection itself).
-pub fn json_rejection(rejection: JsonRejection) -> ApiError {
-    ApiError::from(rejection)
 }
 
 /// Whether `name` is a valid display name: 1–128 characters of ASCII
@@ -567,7 +560,13 @@ async fn list(
     include_retired: bool,
 ) -> ApiResult<Response> {
     let rows: Vec<Row> = match kind {
-        Kind::Issuer => state.store.list_issuers().await?.into_iter().map(Row::from).collect(),
+        Kind::Issuer => state
+            .store
+            .list_issuers()
+            .await?
+            .into_iter()
+            .map(Row::from)
+            .collect(),
         Kind::Target => state
             .store
             .list_targets(include_retired)
@@ -575,7 +574,13 @@ async fn list(
             .into_iter()
             .map(Row::from)
             .collect(),
-        Kind::Notifier => state.store.list_notifiers().await?.into_iter().map(Row::from).collect(),
+        Kind::Notifier => state
+            .store
+            .list_notifiers()
+            .await?
+            .into_iter()
+            .map(Row::from)
+            .collect(),
     };
     let views: Vec<InstanceView> = rows.iter().map(|r| r.view(kind)).collect();
     Ok(conditional_json(headers, &Page::of(&views, query)?))
@@ -613,7 +618,9 @@ fn check_config(
         )));
     }
     if secrets.len() > MAX_SECRETS {
-        return Err(ApiError::validation(format!("at most {MAX_SECRETS} secrets are allowed")));
+        return Err(ApiError::validation(format!(
+            "at most {MAX_SECRETS} secrets are allowed"
+        )));
     }
     let known = &plugin.info().secret_names;
     for (name, value) in &secrets {
@@ -621,7 +628,11 @@ fn check_config(
             return Err(ApiError::validation(format!(
                 "plugin {} reads no secret named {name:?} (it reads: {})",
                 plugin.name(),
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             )));
         }
         if value.len() > MAX_SECRET_BYTES {
@@ -631,7 +642,9 @@ fn check_config(
         }
     }
     if grants.hosts.len() > MAX_HOST_GRANTS {
-        return Err(ApiError::validation(format!("at most {MAX_HOST_GRANTS} host grants are allowed")));
+        return Err(ApiError::validation(format!(
+            "at most {MAX_HOST_GRANTS} host grants are allowed"
+        )));
     }
     if grants.directories.len() > MAX_DIR_GRANTS {
         return Err(ApiError::validation(format!(
@@ -690,7 +703,11 @@ async fn validate_with_plugin(
 /// How a failed `validate-config` call is answered.
 fn call_error(err: CallError) -> ApiError {
     let unavailable = |message: String| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "connector_unavailable", message)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connector_unavailable",
+            message,
+        )
     };
     match err {
         CallError::Connector { plugin, error } => match error {
@@ -792,7 +809,9 @@ async fn create(
         match state.store.get_agent(&agent_id).await? {
             Some(agent) if agent.status == AgentStatus::Active => {}
             Some(_) => {
-                return Err(ApiError::validation(format!("agent {agent_id:?} is retired")));
+                return Err(ApiError::validation(format!(
+                    "agent {agent_id:?} is retired"
+                )));
             }
             None => return Err(ApiError::validation(format!("no agent {agent_id:?}"))),
         }
@@ -861,7 +880,10 @@ async fn update(
 ) -> ApiResult<Response> {
     let row = load_row(state, kind, id).await?;
     if row.retired_at.is_some() {
-        return Err(ApiError::conflict(format!("{} {id:?} is retired", kind.as_str())));
+        return Err(ApiError::conflict(format!(
+            "{} {id:?} is retired",
+            kind.as_str()
+        )));
     }
     let plugin = state
         .plugins
@@ -912,7 +934,10 @@ async fn update(
         }
     }
     let checked = check_config(kind, &plugin, settings, secrets, grants)?;
-    let runs_on_host = row.agent_id.as_deref().is_none_or(|a| a == SENTINEL_AGENT_ID);
+    let runs_on_host = row
+        .agent_id
+        .as_deref()
+        .is_none_or(|a| a == SENTINEL_AGENT_ID);
     if runs_on_host {
         validate_with_plugin(&plugin, id, &checked).await?;
     }
@@ -957,12 +982,15 @@ async fn delete(
     id: &str,
 ) -> ApiResult<Response> {
     let row = load_row(state, kind, id).await?;
-    let done = match kind {
+    // Each store call checks "in use" in the same statement / transaction as
+    // the change; the counts are read only to explain a refusal.
+    match kind {
         Kind::Issuer => {
-            if state.store.delete_issuer(id).await? {
-                true
-            } else {
+            if !state.store.delete_issuer(id).await? {
                 let n = state.store.issuer_certificate_count(id).await?;
+                if n == 0 {
+                    return Err(ApiError::not_found(format!("issuer {id:?}")));
+                }
                 return Err(ApiError::conflict(format!(
                     "issuer {id:?} is used by {n} certificate(s); retire or move them first"
                 ))
@@ -974,34 +1002,35 @@ async fn delete(
                 // Already deleted: nothing changes.
                 return Ok(StatusCode::NO_CONTENT.into_response());
             }
-            if state
-                .store
-                .retire_unused_target(id, &format!("deleted by {}", caller.0.actor()))
-                .await?
-            {
-                true
-            } else {
+            let reason = format!("deleted by {}", caller.0.actor());
+            if !state.store.retire_unused_target(id, &reason).await? {
                 let (certificates, jobs) = state.store.target_usage(id).await?;
+                if certificates == 0 && jobs == 0 {
+                    // Retired or gone meanwhile.
+                    return Ok(StatusCode::NO_CONTENT.into_response());
+                }
                 return Err(ApiError::conflict(format!(
                     "target {id:?} is in use by {certificates} certificate(s) and {jobs} open \
                      job(s)"
                 ))
-                .with_extra(json!({ "counts": { "certificates": certificates, "open_jobs": jobs } })));
+                .with_extra(
+                    json!({ "counts": { "certificates": certificates, "open_jobs": jobs } }),
+                ));
             }
         }
         Kind::Notifier => {
-            if state.store.delete_notifier(id).await? {
-                true
-            } else {
+            if !state.store.delete_notifier(id).await? {
                 let n = state.store.notifier_open_notifications(id).await?;
+                if n == 0 {
+                    return Err(ApiError::not_found(format!("notifier {id:?}")));
+                }
                 return Err(ApiError::conflict(format!(
                     "notifier {id:?} has {n} notification(s) pending delivery"
                 ))
                 .with_extra(json!({ "counts": { "open_notifications": n } })));
             }
         }
-    };
-    debug_assert!(done);
+    }
     audit(
         state,
         caller,

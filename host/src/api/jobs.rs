@@ -392,7 +392,13 @@ async fn retry_job(
     };
     let won = state
         .store
-        .transition_job(&id, JobStatus::Failed, JobStatus::Pending, update, Some(event))
+        .transition_job(
+            &id,
+            JobStatus::Failed,
+            JobStatus::Pending,
+            update,
+            Some(event),
+        )
         .await?;
     if !won {
         return Err(ApiError::conflict(format!(

@@ -8,9 +8,14 @@
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
 mod agents;
+mod audit;
 pub mod auth;
+mod certificates;
 pub mod error;
+mod instances;
+mod jobs;
 pub mod listing;
+mod notifications;
 mod system;
 
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::HostConfig;
+use crate::metrics::Metrics;
 use crate::plugins::PluginRegistry;
 use crate::secrets::SecretBox;
 use crate::store::Store;
@@ -47,6 +53,8 @@ pub struct AppState {
     pub wake: Arc<Wake>,
     /// Encrypts connector secrets at rest.
     pub secrets: Arc<SecretBox>,
+    /// Prometheus metrics recorded in process (served at `/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -74,6 +82,7 @@ impl AppState {
             rate_limits,
             wake: Arc::new(Wake::default()),
             secrets,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }
@@ -104,6 +113,11 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(system::routes())
         .merge(agents::routes())
+        .merge(jobs::routes())
+        .merge(audit::routes())
+        .merge(notifications::routes())
+        .merge(instances::routes())
+        .merge(certificates::routes())
 }
 
 /// The OpenAPI document of the whole API.
@@ -128,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         }),
     )
     .merge(system::root_routes())
+    .route("/metrics", axum::routing::get(crate::metrics::serve))
     .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
     .layer(DefaultBodyLimit::max(max_body))
     .layer(middleware::from_fn(envelope_and_request_id))

@@ -135,7 +135,13 @@ impl TestApp {
     }
 
     /// `method path` with an optional bearer token and JSON body.
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut builder = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));
@@ -169,7 +175,10 @@ pub fn error_code(reply: &Reply) -> String {
         reply.text
     );
     assert_eq!(
-        reply.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+        reply
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
         err["request_id"].as_str(),
         "request id header and envelope differ"
     );

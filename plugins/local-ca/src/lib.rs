@@ -226,6 +226,7 @@ impl Issuer for LocalCaIssuer {
     }
 }
 
+#[cfg(feature = "component")]
 certplane_sdk::export_issuer!(LocalCaIssuer);
 
 #[cfg(test)]

@@ -172,8 +172,14 @@ impl Store {
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
     ) -> StoreResult<Option<PluginInstance>> {
-        self.update_instance(InstanceTable::Issuers, id, settings, encrypted_secrets, grants)
-            .await
+        self.update_instance(
+            InstanceTable::Issuers,
+            id,
+            settings,
+            encrypted_secrets,
+            grants,
+        )
+        .await
     }
 
     /// Replaces a notifier's settings, encrypted secrets and grants; `None`
@@ -185,8 +191,14 @@ impl Store {
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
     ) -> StoreResult<Option<PluginInstance>> {
-        self.update_instance(InstanceTable::Notifiers, id, settings, encrypted_secrets, grants)
-            .await
+        self.update_instance(
+            InstanceTable::Notifiers,
+            id,
+            settings,
+            encrypted_secrets,
+            grants,
+        )
+        .await
     }
 
     /// How many certificates (in any status) name this issuer.

@@ -1,0 +1,661 @@
+//! Managed certificates: `/certificates`, "renew now" and revocation.
+//!
+//! Creating a certificate makes it due for issuance at once (the renewal
+//! sweep turns it into an issuance job). Private keys are never returned:
+//! versions show the chain, validity and fingerprint only.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::auth::{OperatorAccess, ReadAccess};
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::instances::{ApiJson, check_name};
+use super::listing::{Page, PageQuery, conditional_json, json as json_response};
+use crate::pipeline::keygen::KeyType;
+use crate::store::{
+    ActorType, Certificate, CertificateStatus, CertificateVersion, JobStatus, JobType, KeySource,
+    NewAuditEvent, NewCertificate, NewJob, SENTINEL_AGENT_ID, now,
+};
+
+/// Most subject alternative names per certificate.
+pub const MAX_SANS: usize = 100;
+/// Most deployment targets per certificate.
+pub const MAX_TARGETS: usize = 50;
+/// Longest renewal window, in days.
+pub const MAX_RENEW_BEFORE_DAYS: u32 = 3650;
+/// Default renewal window, in days.
+pub const DEFAULT_RENEW_BEFORE_DAYS: u32 = 30;
+/// Longest owner string.
+pub const MAX_OWNER_LEN: usize = 128;
+/// Longest common name (X.509 `ub-common-name`).
+pub const MAX_COMMON_NAME_LEN: usize = 64;
+
+const SECS_PER_DAY: i64 = 86_400;
+
+/// Body of `POST /certificates`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCertificate {
+    /// Unique display name.
+    pub name: String,
+    /// Subject common name: a DNS name or IP address (also added to the
+    /// SANs when missing there).
+    pub common_name: String,
+    /// Subject alternative names: DNS names (`*.` allowed as the first
+    /// label) or IP addresses; at most 100, no duplicates.
+    #[serde(default)]
+    pub sans: Vec<String>,
+    /// `ecdsa-p256` (default), `ecdsa-p384`, `rsa-2048`, `rsa-3072`,
+    /// `rsa-4096` or `ed25519`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub key_type: Option<KeyType>,
+    /// Issuer instance id.
+    pub issuer_id: String,
+    /// Deployment targets; the first one holds the key when it is
+    /// agent-generated.
+    #[serde(default)]
+    pub target_ids: Vec<String>,
+    /// `agent` (the key is generated on the first target's agent and never
+    /// leaves it) or `host`. Default: `agent` when the first target belongs
+    /// to an agent, else `host`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub key_source: Option<KeySource>,
+    /// Renew this many days before expiry (default 30, at most 3650).
+    #[serde(default)]
+    pub renew_before_days: Option<u32>,
+    /// Owner (team, person) for notifications.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// Why a certificate is revoked (RFC 5280 CRLReason subset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevocationReason {
+    /// No reason given.
+    #[default]
+    Unspecified,
+    /// The private key was compromised.
+    KeyCompromise,
+    /// The CA was compromised.
+    CaCompromise,
+    /// The subject's affiliation changed.
+    AffiliationChanged,
+    /// Replaced by another certificate.
+    Superseded,
+    /// No longer needed.
+    CessationOfOperation,
+}
+
+/// Body of `POST /certificates/{id}/revoke`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCertificate {
+    /// Why (default `unspecified`).
+    #[serde(default)]
+    pub reason: RevocationReason,
+}
+
+/// A managed certificate.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CertificateView {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Subject common name.
+    pub common_name: String,
+    /// Subject alternative names.
+    pub sans: Vec<String>,
+    /// Key type.
+    pub key_type: String,
+    /// `agent` or `host`.
+    pub key_source: String,
+    /// Issuer instance id.
+    pub issuer_id: String,
+    /// Deployment targets, key-holding one first.
+    pub target_ids: Vec<String>,
+    /// Renewal window in days.
+    pub renew_before_days: i64,
+    /// Owner.
+    pub owner: Option<String>,
+    /// `active`, `disabled` or `retired`.
+    pub status: String,
+    /// Version in force.
+    pub current_version_id: Option<String>,
+    /// Expiry of the version in force.
+    pub not_after: Option<DateTime<Utc>>,
+    /// When the renewal sweep picks it up next.
+    pub renew_at: DateTime<Utc>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An issued version (never its private key).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VersionView {
+    /// Id.
+    pub id: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Leaf and chain, PEM.
+    pub pem_chain: String,
+    /// Validity start.
+    pub not_before: DateTime<Utc>,
+    /// Validity end.
+    pub not_after: DateTime<Utc>,
+    /// SHA-256 of the leaf DER, hex.
+    pub fingerprint_sha256: String,
+    /// Producing job.
+    pub job_id: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<CertificateVersion> for VersionView {
+    fn from(v: CertificateVersion) -> Self {
+        VersionView {
+            id: v.id,
+            serial: v.serial,
+            pem_chain: v.pem_chain,
+            not_before: v.not_before,
+            not_after: v.not_after,
+            fingerprint_sha256: v.fingerprint_sha256,
+            job_id: v.job_id,
+            created_at: v.created_at,
+        }
+    }
+}
+
+/// A certificate with its versions, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CertificateDetail {
+    /// The certificate.
+    #[serde(flatten)]
+    pub certificate: CertificateView,
+    /// Issued versions, newest first.
+    pub versions: Vec<VersionView>,
+}
+
+/// Answer of `POST /certificates/{id}/revoke`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RevocationAccepted {
+    /// The revocation job.
+    pub job_id: String,
+    /// The version being revoked.
+    pub certificate_version_id: String,
+    /// Why.
+    pub reason: RevocationReason,
+}
+
+/// `?status=&expiring_within_days=&page=&per_page=` of `GET /certificates`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateListQuery {
+    /// 1-based page number.
+    pub page: Option<u32>,
+    /// Items per page (1–500, default 50).
+    pub per_page: Option<u32>,
+    /// Only certificates in this status (`active`, `disabled`, `retired`).
+    pub status: Option<String>,
+    /// Only certificates whose current version expires within this many
+    /// days (at most 36500).
+    pub expiring_within_days: Option<u32>,
+}
+
+/// Routes under `/api/v1`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_certificates, create_certificate))
+        .routes(routes!(get_certificate))
+        .routes(routes!(renew_certificate))
+        .routes(routes!(revoke_certificate))
+}
+
+// ---------------------------------------------------------------- names
+
+/// Whether `name` is a DNS name a certificate may carry: labels of 1–63
+/// letters, digits and hyphens (not at either end), at most 253 characters,
+/// optionally `*.` as the whole first label, and not all-numeric at the end
+/// (that would be a mistyped IP address).
+pub fn valid_dns_name(name: &str) -> bool {
+    let base = name.strip_prefix("*.").unwrap_or(name);
+    if base.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let labels: Vec<&str> = base.split('.').collect();
+    let labels_ok = labels.iter().all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    let last_numeric = labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    labels_ok && !last_numeric
+}
+
+/// A SAN in canonical form (lower-case DNS name or canonical IP text), or
+/// why it is refused.
+pub fn canonical_name(name: &str) -> Result<String, String> {
+    if let Ok(ip) = IpAddr::from_str(name) {
+        return Ok(ip.to_string());
+    }
+    if valid_dns_name(name) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{name:?} is neither a valid DNS name nor an IP address"
+        ))
+    }
+}
+
+/// Validates the common name and SANs: canonical forms, no duplicates, at
+/// most [`MAX_SANS`], the common name included.
+pub fn check_names(common_name: &str, sans: &[String]) -> ApiResult<(String, Vec<String>)> {
+    if common_name.len() > MAX_COMMON_NAME_LEN {
+        return Err(ApiError::validation(format!(
+            "common_name is longer than {MAX_COMMON_NAME_LEN} characters"
+        )));
+    }
+    let cn = canonical_name(common_name)
+        .map_err(|e| ApiError::validation(format!("common_name: {e}")))?;
+    if sans.len() > MAX_SANS {
+        return Err(ApiError::validation(format!(
+            "{} SANs given; at most {MAX_SANS} are allowed",
+            sans.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(sans.len() + 1);
+    for san in sans {
+        let c = canonical_name(san).map_err(|e| ApiError::validation(format!("sans: {e}")))?;
+        if !seen.insert(c.clone()) {
+            return Err(ApiError::validation(format!(
+                "sans: {san:?} is listed twice"
+            )));
+        }
+        out.push(c);
+    }
+    if !seen.contains(&cn) {
+        if out.len() >= MAX_SANS {
+            return Err(ApiError::validation(format!(
+                "the common name must be among the SANs, which would make more than {MAX_SANS}"
+            )));
+        }
+        out.insert(0, cn.clone());
+    }
+    Ok((cn, out))
+}
+
+// ---------------------------------------------------------------- handlers
+
+async fn view(state: &AppState, cert: Certificate) -> ApiResult<CertificateView> {
+    let target_ids = state.store.certificate_target_ids(&cert.id).await?;
+    Ok(CertificateView {
+        id: cert.id,
+        name: cert.name,
+        common_name: cert.common_name,
+        sans: cert.sans,
+        key_type: cert.key_type,
+        key_source: cert.key_source.to_string(),
+        issuer_id: cert.issuer_id,
+        target_ids,
+        renew_before_days: cert.renew_before_secs / SECS_PER_DAY,
+        owner: cert.owner,
+        status: cert.status.to_string(),
+        current_version_id: cert.current_version_id,
+        not_after: cert.not_after,
+        renew_at: cert.renew_at,
+        created_at: cert.created_at,
+        updated_at: cert.updated_at,
+    })
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<Certificate> {
+    state
+        .store
+        .get_certificate(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("certificate {id:?}")))
+}
+
+async fn audit(
+    state: &AppState,
+    caller: &OperatorAccess,
+    action: &str,
+    id: &str,
+    details: Value,
+) -> ApiResult<()> {
+    state
+        .store
+        .record_audit(NewAuditEvent {
+            actor: caller.0.actor(),
+            actor_type: ActorType::ApiKey,
+            action: action.to_string(),
+            subject_type: "certificate".to_string(),
+            subject_id: Some(id.to_string()),
+            details,
+        })
+        .await?;
+    Ok(())
+}
+
+/// List certificates, optionally filtered.
+#[utoipa::path(get, path = "/certificates", tag = "certificates", params(CertificateListQuery),
+    responses((status = 200, body = Page<CertificateView>), (status = 304, description = "unchanged"),
+        (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_certificates(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    query: Result<Query<CertificateListQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let (page, per_page) = PageQuery {
+        page: q.page,
+        per_page: q.per_page,
+    }
+    .resolve()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(CertificateStatus::from_str)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let expiring_before = match q.expiring_within_days {
+        Some(d) if d > 36_500 => {
+            return Err(ApiError::bad_request(
+                "expiring_within_days must be at most 36500",
+            ));
+        }
+        Some(d) => Some(now() + chrono::Duration::days(i64::from(d))),
+        None => None,
+    };
+    let offset = u64::from(page - 1) * u64::from(per_page);
+    let total = state
+        .store
+        .count_certificates(status, expiring_before)
+        .await?;
+    let rows = state
+        .store
+        .list_certificates(status, expiring_before, offset, per_page)
+        .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for cert in rows {
+        items.push(view(&state, cert).await?);
+    }
+    let body = Page {
+        items,
+        page,
+        per_page,
+        total,
+    };
+    Ok(conditional_json(&headers, &body))
+}
+
+/// Create a managed certificate (due for issuance at once).
+#[utoipa::path(post, path = "/certificates", tag = "certificates", request_body = CreateCertificate,
+    responses((status = 201, body = CertificateView), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_certificate(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    ApiJson(body): ApiJson<CreateCertificate>,
+) -> ApiResult<Response> {
+    check_name("name", &body.name)?;
+    let (common_name, sans) = check_names(&body.common_name, &body.sans)?;
+    let key_type = body.key_type.unwrap_or_default();
+    let renew_before_days = body.renew_before_days.unwrap_or(DEFAULT_RENEW_BEFORE_DAYS);
+    if renew_before_days > MAX_RENEW_BEFORE_DAYS {
+        return Err(ApiError::validation(format!(
+            "renew_before_days must be at most {MAX_RENEW_BEFORE_DAYS}"
+        )));
+    }
+    if let Some(owner) = &body.owner
+        && (owner.is_empty() || owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control))
+    {
+        return Err(ApiError::validation(format!(
+            "owner must be 1-{MAX_OWNER_LEN} printable characters"
+        )));
+    }
+    match state.store.get_issuer(&body.issuer_id).await? {
+        Some(i) if i.disabled_at.is_none() => {}
+        Some(_) => {
+            return Err(ApiError::validation(format!(
+                "issuer {:?} is disabled",
+                body.issuer_id
+            )));
+        }
+        None => {
+            return Err(ApiError::validation(format!(
+                "no issuer {:?}",
+                body.issuer_id
+            )));
+        }
+    }
+    if body.target_ids.len() > MAX_TARGETS {
+        return Err(ApiError::validation(format!(
+            "at most {MAX_TARGETS} targets are allowed"
+        )));
+    }
+    let mut agents = Vec::with_capacity(body.target_ids.len());
+    let mut seen = BTreeSet::new();
+    for id in &body.target_ids {
+        if !seen.insert(id.as_str()) {
+            return Err(ApiError::validation(format!(
+                "target {id:?} is listed twice"
+            )));
+        }
+        match state.store.get_target(id).await? {
+            Some(t) if t.retired_at.is_none() => agents.push(t.agent_id),
+            Some(_) => return Err(ApiError::validation(format!("target {id:?} is retired"))),
+            None => return Err(ApiError::validation(format!("no target {id:?}"))),
+        }
+    }
+    let first_agent = agents.first().cloned();
+    let on_agent = first_agent
+        .as_deref()
+        .is_some_and(|a| a != SENTINEL_AGENT_ID);
+    let key_source = body.key_source.unwrap_or(if on_agent {
+        KeySource::Agent
+    } else {
+        KeySource::Host
+    });
+    if key_source == KeySource::Agent {
+        if !on_agent {
+            return Err(ApiError::validation(
+                "key_source agent needs a first target that an agent runs",
+            ));
+        }
+        if agents.iter().any(|a| Some(a) != first_agent.as_ref()) {
+            return Err(ApiError::validation(
+                "with key_source agent every target must be run by the same agent (the key \
+                 never leaves it)",
+            ));
+        }
+    }
+    let new = NewCertificate {
+        name: body.name.clone(),
+        common_name,
+        sans,
+        key_type: key_type.as_str().to_string(),
+        key_source,
+        issuer_id: body.issuer_id.clone(),
+        target_id: body.target_ids.first().cloned(),
+        renew_before_secs: i64::from(renew_before_days) * SECS_PER_DAY,
+        owner: body.owner.clone(),
+    };
+    let extra: Vec<String> = body.target_ids.iter().skip(1).cloned().collect();
+    let cert = state
+        .store
+        .create_certificate_with_targets(new, &extra)
+        .await?;
+    audit(
+        &state,
+        &caller,
+        "certificate.create",
+        &cert.id,
+        json!({
+            "name": cert.name,
+            "common_name": cert.common_name,
+            "sans": cert.sans,
+            "key_type": cert.key_type,
+            "key_source": cert.key_source,
+            "issuer_id": cert.issuer_id,
+            "target_ids": body.target_ids,
+        }),
+    )
+    .await?;
+    state.wake.jobs.notify_one();
+    let view = view(&state, cert).await?;
+    Ok(json_response(StatusCode::CREATED, view))
+}
+
+/// One certificate with its versions (never private keys).
+#[utoipa::path(get, path = "/certificates/{id}", tag = "certificates",
+    params(("id" = String, Path)),
+    responses((status = 200, body = CertificateDetail), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_certificate(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let cert = load(&state, &id).await?;
+    let versions = state
+        .store
+        .list_certificate_versions(&id)
+        .await?
+        .into_iter()
+        .map(VersionView::from)
+        .collect();
+    let detail = CertificateDetail {
+        certificate: view(&state, cert).await?,
+        versions,
+    };
+    Ok(json_response(StatusCode::OK, detail))
+}
+
+/// Renew now: makes the certificate due at once and wakes the job
+/// processor. 409 unless it is active.
+#[utoipa::path(post, path = "/certificates/{id}/renew", tag = "certificates",
+    params(("id" = String, Path)),
+    responses((status = 202, body = CertificateView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn renew_certificate(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let cert = load(&state, &id).await?;
+    if cert.status != CertificateStatus::Active {
+        return Err(ApiError::conflict(format!(
+            "certificate {id:?} is {}; only active certificates are renewed",
+            cert.status
+        )));
+    }
+    let at = now();
+    if !state.store.set_certificate_renew_at(&id, at, None).await? {
+        return Err(ApiError::not_found(format!("certificate {id:?}")));
+    }
+    audit(
+        &state,
+        &caller,
+        "certificate.renew_now",
+        &id,
+        json!({ "renew_at": at, "previous_renew_at": cert.renew_at }),
+    )
+    .await?;
+    state.wake.jobs.notify_one();
+    let cert = load(&state, &id).await?;
+    let view = view(&state, cert).await?;
+    Ok(json_response(StatusCode::ACCEPTED, view))
+}
+
+/// Revoke the version in force: creates a revocation job. 409 when nothing
+/// was issued yet or a revocation of that version is already open.
+#[utoipa::path(post, path = "/certificates/{id}/revoke", tag = "certificates",
+    params(("id" = String, Path)), request_body = RevokeCertificate,
+    responses((status = 202, body = RevocationAccepted), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn revoke_certificate(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RevokeCertificate>,
+) -> ApiResult<Response> {
+    let cert = load(&state, &id).await?;
+    let Some(version_id) = cert.current_version_id.clone() else {
+        return Err(ApiError::conflict(format!(
+            "certificate {id:?} has no issued version to revoke"
+        )));
+    };
+    let open = state
+        .store
+        .list_jobs(&crate::store::JobFilter {
+            job_type: Some(JobType::Revocation),
+            certificate_id: Some(id.clone()),
+            limit: Some(500),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .find(|j| {
+            j.certificate_version_id.as_deref() == Some(version_id.as_str())
+                && !matches!(j.status, JobStatus::Completed | JobStatus::Cancelled)
+        });
+    if let Some(job) = open {
+        return Err(ApiError::conflict(format!(
+            "revocation of version {version_id} is already under way (job {})",
+            job.id
+        ))
+        .with_extra(json!({ "job_id": job.id })));
+    }
+    let mut new = NewJob::new(JobType::Revocation)
+        .certificate(id.clone())
+        .agent(SENTINEL_AGENT_ID)
+        .payload(json!({ "reason": body.reason }));
+    new.certificate_version_id = Some(version_id.clone());
+    let job = state.store.create_job(new).await?;
+    audit(
+        &state,
+        &caller,
+        "certificate.revoke",
+        &id,
+        json!({ "job_id": job.id, "certificate_version_id": version_id, "reason": body.reason }),
+    )
+    .await?;
+    state.wake.jobs.notify_one();
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        RevocationAccepted {
+            job_id: job.id,
+            certificate_version_id: version_id,
+            reason: body.reason,
+        },
+    ))
+}

@@ -1,0 +1,689 @@
+//! `/certificates`: create with name validation, list filters, pagination
+//! and ETags, detail with versions (never keys), renew now, revoke, scopes,
+//! and a property test over the create body parser. Every scenario runs on
+//! SQLite and PostgreSQL.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use certplane_host::store::{
+    JobFilter, JobStatus, JobType, NewCertificateVersion, Store, new_id, now,
+};
+use common::app::{Reply, TestApp, error_code};
+use common::{Backend, count, fixtures};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+async fn total(app: &TestApp, path: &str) -> u64 {
+    let r = app.get(path, &app.reader).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.json["total"].as_u64().expect("total")
+}
+
+async fn certificate_rows(store: &Store) -> i64 {
+    count(store, "SELECT COUNT(*) FROM certificates").await
+}
+
+/// Issuer and a host-run target, as rows.
+async fn setup(app: &TestApp) -> (String, String) {
+    let issuer = fixtures::issuer(&app.store).await;
+    let target = fixtures::target(&app.store, "host", "local").await;
+    (issuer.id, target.id)
+}
+
+fn body(name: &str, issuer_id: &str) -> Value {
+    json!({ "name": name, "common_name": "www.example.com", "issuer_id": issuer_id })
+}
+
+async fn issue(store: &Store, certificate_id: &str, days: i64) -> String {
+    let t = now();
+    store
+        .record_certificate_version(NewCertificateVersion {
+            certificate_id: certificate_id.to_string(),
+            serial: "0a1b".into(),
+            pem_chain: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            not_before: t,
+            not_after: t + chrono::Duration::days(days),
+            fingerprint_sha256: new_id(),
+            encrypted_private_key: Some(b"sealed-private-key-bytes".to_vec()),
+            job_id: None,
+        })
+        .await
+        .expect("version")
+        .id
+}
+
+async fn create_ok(app: &TestApp, body: Value) -> Reply {
+    let r = app.post("/api/v1/certificates", &app.operator, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r
+}
+
+async fn certificate_crud(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, target) = setup(&app).await;
+    let extra = fixtures::target(&app.store, "host", "extra").await.id;
+    let r = create_ok(
+        &app,
+        json!({
+            "name": "web",
+            "common_name": "WWW.Example.com",
+            "sans": ["api.example.com", "10.0.0.1", "*.example.org", "::1"],
+            "key_type": "rsa-3072",
+            "issuer_id": issuer,
+            "target_ids": [target, extra],
+            "renew_before_days": 20,
+            "owner": "team-web",
+        }),
+    )
+    .await;
+    assert_eq!(r.json["common_name"], "www.example.com");
+    assert_eq!(
+        r.json["sans"],
+        json!([
+            "www.example.com",
+            "api.example.com",
+            "10.0.0.1",
+            "*.example.org",
+            "::1"
+        ])
+    );
+    assert_eq!(r.json["key_type"], "rsa-3072");
+    assert_eq!(r.json["key_source"], "host");
+    assert_eq!(r.json["target_ids"], json!([target, extra]));
+    assert_eq!(r.json["renew_before_days"], 20);
+    assert_eq!(r.json["status"], "active");
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/certificates/{id}");
+
+    // Defaults.
+    let r = create_ok(&app, body("plain", &issuer)).await;
+    assert_eq!(r.json["key_type"], "ecdsa-p256");
+    assert_eq!(r.json["key_source"], "host");
+    assert_eq!(r.json["renew_before_days"], 30);
+    assert_eq!(r.json["target_ids"], json!([]));
+
+    // Duplicate name: 409.
+    let r = app
+        .post(
+            "/api/v1/certificates",
+            &app.operator,
+            body("plain", &issuer),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(total(&app, "/api/v1/certificates").await, 2);
+
+    // Detail with versions, never the private key.
+    let r = app.get(&path, &app.reader).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json["versions"], json!([]));
+    issue(&app.store, &id, 10).await;
+    let r = app.get(&path, &app.reader).await;
+    assert_eq!(r.json["versions"].as_array().unwrap().len(), 1);
+    assert!(r.json["not_after"].is_string());
+    assert!(!r.text.contains("private"), "{}", r.text);
+    assert!(!r.text.contains("sealed-private-key"), "{}", r.text);
+    let r = app.get("/api/v1/certificates/nope", &app.reader).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    error_code(&r);
+
+    // Filters.
+    assert_eq!(total(&app, "/api/v1/certificates?status=active").await, 2);
+    assert_eq!(total(&app, "/api/v1/certificates?status=retired").await, 0);
+    assert_eq!(
+        total(&app, "/api/v1/certificates?expiring_within_days=30").await,
+        1
+    );
+    assert_eq!(
+        total(&app, "/api/v1/certificates?expiring_within_days=5").await,
+        0
+    );
+    let r = app
+        .get("/api/v1/certificates?status=bogus", &app.reader)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    error_code(&r);
+    let r = app
+        .get("/api/v1/certificates?expiring_within_days=-1", &app.reader)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = app
+        .get("/api/v1/certificates?per_page=1&page=2", &app.reader)
+        .await;
+    assert_eq!(r.json["total"], 2);
+    assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json["items"][0]["name"], "web");
+
+    let audited = count(
+        &app.store,
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'certificate.create'
+         AND actor = 'apikey:operator'",
+    )
+    .await;
+    assert_eq!(audited, 2);
+}
+
+async fn key_source_follows_the_target(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, host_target) = setup(&app).await;
+    let agent = fixtures::agent(&app.store, "edge").await;
+    let other = fixtures::agent(&app.store, "edge-2").await;
+    let on_agent = fixtures::target(&app.store, &agent.id, "edge-files")
+        .await
+        .id;
+    let on_other = fixtures::target(&app.store, &other.id, "other-files")
+        .await
+        .id;
+
+    let mut b = body("agent-key", &issuer);
+    b["target_ids"] = json!([on_agent]);
+    let r = create_ok(&app, b).await;
+    assert_eq!(r.json["key_source"], "agent");
+
+    let mut b = body("host-key", &issuer);
+    b["target_ids"] = json!([on_agent]);
+    b["key_source"] = json!("host");
+    assert_eq!(create_ok(&app, b).await.json["key_source"], "host");
+
+    for (what, targets) in [
+        ("agent key on a host target", json!([host_target])),
+        ("agent key without target", json!([])),
+        ("agent key across agents", json!([on_agent, on_other])),
+    ] {
+        let mut b = body("refused", &issuer);
+        b["target_ids"] = targets;
+        b["key_source"] = json!("agent");
+        let r = app.post("/api/v1/certificates", &app.operator, b).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{what}: {}",
+            r.text
+        );
+        error_code(&r);
+    }
+    assert_eq!(certificate_rows(&app.store).await, 2);
+}
+
+async fn invalid_bodies_change_nothing(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, target) = setup(&app).await;
+    app.store.retire_target(&target, "gone").await.unwrap();
+    let with = |patch: Value| {
+        let mut b = body("cert", &issuer);
+        for (k, v) in patch.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let many: Vec<String> = (0..101).map(|i| format!("h{i}.example.com")).collect();
+    let hundred: Vec<String> = (0..100).map(|i| format!("h{i}.example.com")).collect();
+    let long_label = format!("{}.example.com", "a".repeat(64));
+    let cases: Vec<(&str, Value, StatusCode)> = vec![
+        (
+            "bad certificate name",
+            with(json!({ "name": "no spaces" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "empty name",
+            with(json!({ "name": "" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "bad common name",
+            with(json!({ "common_name": "bad_name!" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "empty common name",
+            with(json!({ "common_name": "" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "hyphen label",
+            with(json!({ "sans": ["-a.example.com"] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "double wildcard",
+            with(json!({ "sans": ["*.*.example.com"] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "inner wildcard",
+            with(json!({ "sans": ["a.*.example.com"] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "bad ip",
+            with(json!({ "sans": ["10.0.0.256"] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "long label",
+            with(json!({ "sans": [long_label] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "trailing dot",
+            with(json!({ "sans": ["a.example.com."] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "duplicate sans",
+            with(json!({ "sans": ["a.example.com", "A.example.com"] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "duplicate ips",
+            with(json!({ "sans": ["::1", "0:0::1"] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "101 sans",
+            with(json!({ "sans": many })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "100 sans plus cn",
+            with(json!({ "sans": hundred })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown key type",
+            with(json!({ "key_type": "rsa-1024" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown key source",
+            with(json!({ "key_source": "hsm" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "renew window too long",
+            with(json!({ "renew_before_days": 5000 })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "negative renew window",
+            with(json!({ "renew_before_days": -1 })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown issuer",
+            with(json!({ "issuer_id": "nope" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown target",
+            with(json!({ "target_ids": ["nope"] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "retired target",
+            with(json!({ "target_ids": [target] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "wrong type",
+            with(json!({ "sans": "a.example.com" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown field",
+            with(json!({ "colour": "blue" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "missing field",
+            json!({ "name": "x" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "not an object",
+            json!([1, 2, 3]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "bad owner",
+            with(json!({ "owner": "" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (what, b, status) in cases {
+        let r = app.post("/api/v1/certificates", &app.operator, b).await;
+        assert_eq!(r.status, status, "{what}: {}", r.text);
+        error_code(&r);
+        assert_eq!(
+            total(&app, "/api/v1/certificates").await,
+            0,
+            "{what} created a row"
+        );
+    }
+    let send_raw = |text: String| {
+        axum::http::Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/certificates")
+            .header("authorization", format!("Bearer {}", app.operator))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(text))
+            .unwrap()
+    };
+    let r = app.send(send_raw("{\"name\": \"x\",".into())).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(error_code(&r), "bad_request");
+    let huge = format!(
+        "{{\"name\":\"x\",\"common_name\":\"a.example.com\",\"issuer_id\":\"{issuer}\",\"sans\":[{}]}}",
+        vec!["\"a.example.com\""; 200_000].join(",")
+    );
+    let r = app.send(send_raw(huge)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    error_code(&r);
+    // Readers cannot create.
+    let r = app
+        .post("/api/v1/certificates", &app.reader, body("cert", &issuer))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(&r), "forbidden");
+    assert_eq!(certificate_rows(&app.store).await, 0);
+    assert_eq!(
+        count(&app.store, "SELECT COUNT(*) FROM certificate_targets").await,
+        0
+    );
+
+    // Accepted edge cases.
+    let ok = |name: &str, sans: Value| {
+        let mut b = body(name, &issuer);
+        b["sans"] = sans;
+        b
+    };
+    create_ok(&app, ok("ips", json!(["192.0.2.1", "2001:db8::1"]))).await;
+    create_ok(&app, ok("wild", json!(["*.example.com"]))).await;
+    let r = create_ok(&app, ok("ninety-nine", json!(hundred[..99]))).await;
+    assert_eq!(r.json["sans"].as_array().unwrap().len(), 100);
+}
+
+async fn renew_now(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, _) = setup(&app).await;
+    let r = create_ok(&app, body("web", &issuer)).await;
+    let id = r.json["id"].as_str().unwrap().to_string();
+    issue(&app.store, &id, 90).await;
+    let before = app.store.get_certificate(&id).await.unwrap().unwrap();
+    assert!(before.renew_at > now() + chrono::Duration::days(50));
+
+    let path = format!("/api/v1/certificates/{id}/renew");
+    let r = app.post(&path, &app.reader, json!({})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .call(Method::POST, &path, Some(&app.operator), None)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let after = app.store.get_certificate(&id).await.unwrap().unwrap();
+    assert!(after.renew_at <= now(), "{:?}", after.renew_at);
+    assert_eq!(after.not_after, before.not_after);
+    // The sweep now sees it as due.
+    let due = app.store.enqueue_due_renewals(5, 10).await.unwrap();
+    assert_eq!(due, 1);
+    let audited = count(
+        &app.store,
+        &format!("SELECT COUNT(*) FROM audit_events WHERE action = 'certificate.renew_now' AND subject_id = '{id}'"),
+    )
+    .await;
+    assert_eq!(audited, 1);
+
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/certificates/nope/renew",
+            Some(&app.operator),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    app.store
+        .set_certificate_status(&id, certplane_host::store::CertificateStatus::Disabled)
+        .await
+        .unwrap();
+    let r = app
+        .call(Method::POST, &path, Some(&app.operator), None)
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    error_code(&r);
+}
+
+async fn revoke(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, _) = setup(&app).await;
+    let r = create_ok(&app, body("web", &issuer)).await;
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/certificates/{id}/revoke");
+
+    let r = app
+        .post(&path, &app.operator, json!({ "reason": "key-compromise" }))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(error_code(&r), "conflict");
+    let jobs = |store: Store, id: String| async move {
+        store
+            .list_jobs(&JobFilter {
+                job_type: Some(JobType::Revocation),
+                certificate_id: Some(id),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    assert!(jobs(app.store.clone(), id.clone()).await.is_empty());
+
+    let version = issue(&app.store, &id, 30).await;
+    let r = app.post(&path, &app.reader, json!({})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .post(&path, &app.operator, json!({ "reason": "because" }))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let r = app
+        .post(
+            &path,
+            &app.operator,
+            json!({ "reason": "superseded", "x": 1 }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert!(jobs(app.store.clone(), id.clone()).await.is_empty());
+
+    let r = app
+        .post(&path, &app.operator, json!({ "reason": "key-compromise" }))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.json["certificate_version_id"], version.as_str());
+    assert_eq!(r.json["reason"], "key-compromise");
+    let created = jobs(app.store.clone(), id.clone()).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].id, r.json["job_id"].as_str().unwrap());
+    assert_eq!(created[0].status, JobStatus::Pending);
+    assert_eq!(created[0].agent_id.as_deref(), Some("host"));
+    assert_eq!(
+        created[0].certificate_version_id.as_deref(),
+        Some(version.as_str())
+    );
+    assert_eq!(
+        created[0].payload.as_ref().unwrap()["reason"],
+        "key-compromise"
+    );
+
+    // A second request while the first is open: 409, no second job.
+    let r = app.post(&path, &app.operator, json!({})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(jobs(app.store.clone(), id.clone()).await.len(), 1);
+    let r = app
+        .post("/api/v1/certificates/nope/revoke", &app.operator, json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+async fn list_etag_changes(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, _) = setup(&app).await;
+    let first = app.get("/api/v1/certificates", &app.reader).await;
+    let etag = first.headers["etag"].to_str().unwrap().to_string();
+    let conditional = |etag: String| {
+        axum::http::Request::builder()
+            .uri("/api/v1/certificates")
+            .header("authorization", format!("Bearer {}", app.reader))
+            .header("if-none-match", etag)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        app.send(conditional(etag.clone())).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    let r = create_ok(&app, body("web", &issuer)).await;
+    let second = app.send(conditional(etag)).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.json["total"], 1);
+    let etag = second.headers["etag"].to_str().unwrap().to_string();
+    assert_eq!(
+        app.send(conditional(etag.clone())).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    // Renew now changes the item, so the list's ETag.
+    let id = r.json["id"].as_str().unwrap();
+    let renew = format!("/api/v1/certificates/{id}/renew");
+    let r = app
+        .call(Method::POST, &renew, Some(&app.operator), None)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(app.send(conditional(etag)).await.status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------- property
+
+const FIELDS: &[&str] = &[
+    "name",
+    "common_name",
+    "sans",
+    "key_type",
+    "issuer_id",
+    "target_ids",
+    "key_source",
+    "renew_before_days",
+    "owner",
+];
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        "[a-z0-9.*-]{0,30}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    prop::sample::select(FIELDS).prop_map(String::from),
+                    ".{0,12}"
+                ],
+                inner,
+                0..8
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Bodies shaped like a create request with arbitrary field values.
+fn certificate_like(issuer: String) -> impl Strategy<Value = String> {
+    prop::collection::btree_map(prop::sample::select(FIELDS), json_value(), 0..10).prop_map(
+        move |fields| {
+            let mut m: serde_json::Map<String, Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            // Keep the issuer unknown so that no body can be valid by
+            // chance... except through this exact id, which is never used.
+            if m.get("issuer_id")
+                .is_some_and(|v| v.as_str() == Some(issuer.as_str()))
+            {
+                m.insert("issuer_id".into(), Value::from("other"));
+            }
+            Value::Object(m).to_string()
+        },
+    )
+}
+
+fn any_body(issuer: String) -> impl Strategy<Value = String> {
+    prop_oneof![
+        json_value().prop_map(|v| v.to_string()),
+        certificate_like(issuer),
+        ".{0,200}",
+        prop::collection::vec(any::<u8>(), 0..200)
+            .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+    ]
+}
+
+async fn create_parser_never_fails_badly(backend: Backend) {
+    let app = TestApp::with_config(backend, |c| {
+        c.api.rate_limit_per_second = 100_000;
+        c.api.rate_limit_burst = 100_000;
+    })
+    .await;
+    let (issuer, _) = setup(&app).await;
+    let handle = tokio::runtime::Handle::current();
+    let config = ProptestConfig {
+        cases: 192,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = tokio::task::block_in_place(|| {
+        runner.run(&any_body(issuer.clone()), |text| {
+            let (status, body) = handle.block_on(async {
+                let req = axum::http::Request::builder()
+                    .method(Method::POST)
+                    .uri("/api/v1/certificates")
+                    .header("authorization", format!("Bearer {}", app.operator))
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(text.clone()))
+                    .unwrap();
+                let r = app.send(req).await;
+                (r.status, r.json)
+            });
+            prop_assert!(!status.is_server_error(), "{status} for {text:?}: {body}");
+            prop_assert!(status.is_client_error(), "{status} for {text:?}: {body}");
+            prop_assert!(
+                body["error"]["code"].is_string(),
+                "no envelope for {text:?}: {body}"
+            );
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert_eq!(certificate_rows(&app.store).await, 0);
+    assert_eq!(
+        count(&app.store, "SELECT COUNT(*) FROM certificate_targets").await,
+        0
+    );
+}
+
+both_backends!(
+    certificate_crud,
+    key_source_follows_the_target,
+    invalid_bodies_change_nothing,
+    renew_now,
+    revoke,
+    list_etag_changes,
+    create_parser_never_fails_badly,
+);
