@@ -37,6 +37,30 @@ pub fn plugin_dir() -> PathBuf {
     dir
 }
 
+/// A plugin directory with the packaged connectors plus the named test
+/// fixtures from `target/test-plugins`.
+pub fn plugin_dir_with_fixtures(fixtures: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let test_plugins = repo_root().join("target/test-plugins");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(plugin_dir())
+        .expect("plugin dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    for name in fixtures {
+        for ext in ["toml", "wasm"] {
+            let f = test_plugins.join(format!("{name}.{ext}"));
+            assert!(f.exists(), "{} is missing: run scripts/build-plugins first", f.display());
+            files.push(f);
+        }
+    }
+    for f in files {
+        if let Some(file_name) = f.file_name() {
+            std::fs::copy(&f, dir.path().join(file_name)).expect("copy plugin");
+        }
+    }
+    dir
+}
+
 /// One response, body parsed as JSON (`Null` when empty or not JSON).
 #[derive(Debug)]
 pub struct Reply {

@@ -1,0 +1,262 @@
+//! The issuance pipeline against an asynchronous CA (the `slow-ca` test
+//! connector): the order is persisted and polled with the asyncpoll backoff
+//! and the connector's retry-after hint, a host restart mid-polling resumes
+//! the same order, and each connector error class ends the job as the
+//! contract says.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certplane_host::api::AppState;
+use certplane_host::jobs;
+use certplane_host::plugins::PluginRegistry;
+use certplane_host::store::{
+    Certificate, Job, JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewPluginInstance,
+    Store, StoreOptions,
+};
+use common::Backend;
+use common::app::{TestApp, plugin_dir_with_fixtures};
+use tokio_util::sync::CancellationToken;
+
+fn test_ca() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "slow test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+struct Setup {
+    app: TestApp,
+    cert: Certificate,
+    _plugins: tempfile::TempDir,
+}
+
+/// A slow-ca issuer with `settings` merged in, and one host-key certificate.
+async fn setup(backend: Backend, settings: serde_json::Value) -> Setup {
+    let plugins = plugin_dir_with_fixtures(&["slow-ca"]);
+    let dir = plugins.path().to_path_buf();
+    let app = TestApp::with_config(backend, |c| {
+        c.plugin_dir = dir;
+        c.scheduler.jobs_ms = 100;
+        c.scheduler.order_poll_ms = 100;
+        c.scheduler.renewal_ms = 100;
+    })
+    .await;
+    let (ca_cert, ca_key) = test_ca();
+    let mut all = serde_json::json!({ "ca_certificate_pem": ca_cert, "validity_days": 30 });
+    for (k, v) in settings.as_object().unwrap() {
+        all[k] = v.clone();
+    }
+    let issuer = app
+        .store
+        .create_issuer(NewPluginInstance {
+            settings: all,
+            ..NewPluginInstance::new("slow", "slow-ca", "0.1.0")
+        })
+        .await
+        .unwrap();
+    let sealed = app
+        .state
+        .secrets
+        .seal_map(
+            &BTreeMap::from([("ca_private_key_pem".to_string(), ca_key)]),
+            &format!("issuer/{}", issuer.id),
+        )
+        .unwrap();
+    let hex_bytes = hex::encode(sealed.as_bytes());
+    let literal = match backend {
+        Backend::Sqlite => format!("X'{hex_bytes}'"),
+        Backend::Postgres => format!("'\\x{hex_bytes}'::bytea"),
+    };
+    common::exec(
+        &app.store,
+        &format!("UPDATE issuers SET encrypted_secrets = {literal} WHERE id = '{}'", issuer.id),
+    )
+    .await;
+    let cert = app
+        .store
+        .create_certificate(NewCertificate {
+            name: "slow".into(),
+            common_name: "slow.pipeline.test".into(),
+            sans: vec!["slow.pipeline.test".into()],
+            key_type: "ecdsa-p256".into(),
+            key_source: KeySource::Host,
+            issuer_id: issuer.id,
+            target_id: None,
+            renew_before_secs: 86_400,
+            owner: None,
+        })
+        .await
+        .unwrap();
+    Setup {
+        app,
+        cert,
+        _plugins: plugins,
+    }
+}
+
+async fn issuance_job(store: &Store, cert: &Certificate) -> Option<Job> {
+    store
+        .list_jobs(&JobFilter {
+            job_type: Some(JobType::Issuance),
+            certificate_id: Some(cert.id.clone()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+}
+
+async fn wait_for(store: &Store, cert: &Certificate, what: &str, done: impl Fn(&Job) -> bool) -> Job {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(job) = issuance_job(store, cert).await {
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; job is {:?} ({:?})",
+                job.status,
+                job.last_error
+            );
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: no job");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn orders_placed(store: &Store, job: &Job) -> i64 {
+    common::count(
+        store,
+        &format!(
+            "SELECT COUNT(*) FROM audit_events WHERE subject_id = '{}' AND action = 'issuance.order_placed'",
+            job.id
+        ),
+    )
+    .await
+}
+
+async fn async_order_is_polled_until_issued(backend: Backend) {
+    let s = setup(backend, serde_json::json!({ "pending_polls": 2, "retry_after_secs": 1 })).await;
+    let scheduler = jobs::start(s.app.state.clone(), CancellationToken::new());
+    let polling = wait_for(&s.app.store, &s.cert, "Polling", |j| j.status == JobStatus::Polling).await;
+    let order_id = polling.order_id.clone().expect("order persisted");
+    assert!(polling.order_state.is_some() && polling.csr_pem.is_some());
+    let next = polling.next_poll_at.expect("next poll time");
+    let delay = next - polling.updated_at;
+    assert!(
+        delay >= chrono::Duration::milliseconds(900) && delay <= chrono::Duration::milliseconds(1100),
+        "the connector's 1 s retry-after hint replaces the 5 s backoff: {delay}"
+    );
+    let done = wait_for(&s.app.store, &s.cert, "Completed", |j| j.status == JobStatus::Completed).await;
+    assert_eq!(done.order_id.as_deref(), Some(order_id.as_str()), "same order throughout");
+    assert_eq!(done.attempts, 1);
+    assert_eq!(orders_placed(&s.app.store, &done).await, 1, "one order placed");
+    let cert = s.app.store.get_certificate(&s.cert.id).await.unwrap().unwrap();
+    assert!(cert.current_version_id.is_some());
+    scheduler.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn restart_mid_polling_resumes_the_same_order(backend: Backend) {
+    // Three polls one second apart: time enough to stop the first host.
+    let s = setup(backend, serde_json::json!({ "pending_polls": 3, "retry_after_secs": 1 })).await;
+    let first = jobs::start(s.app.state.clone(), CancellationToken::new());
+    let polling = wait_for(&s.app.store, &s.cert, "Polling", |j| j.status == JobStatus::Polling).await;
+    let report = first.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_clean(), "{report:?}");
+    let order_id = polling.order_id.clone().unwrap();
+
+    // A new host process: new store pool (another lease owner), new plugin
+    // registry and secrets from the same key, same database.
+    let store2 = Store::connect_with(
+        &s.app.db.url,
+        StoreOptions {
+            instance_id: "second-host".into(),
+            ..common::test_options()
+        },
+    )
+    .await
+    .unwrap();
+    let registry = PluginRegistry::load(&s.app.state.config.plugin_dir, None).await.unwrap();
+    let state2 = AppState::new(
+        store2.clone(),
+        s.app.state.config.clone(),
+        Arc::new(registry),
+        s.app.state.secrets.clone(),
+    );
+    let second = jobs::start(state2, CancellationToken::new());
+    let done = wait_for(&store2, &s.cert, "Completed after restart", |j| j.status == JobStatus::Completed).await;
+    assert_eq!(done.order_id.as_deref(), Some(order_id.as_str()), "the restarted host polled the same order");
+    assert_eq!(orders_placed(&store2, &done).await, 1, "no second order after the restart");
+    assert_eq!(done.attempts, 1);
+    second.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn connector_error_classes_end_jobs_as_specified(backend: Backend) {
+    for (class, permanent) in [
+        ("rejected", true),
+        ("invalid-config", true),
+        ("unauthorized", true),
+        ("unsupported", true),
+        ("transient", false),
+        ("rate-limited", false),
+    ] {
+        let s = setup(backend, serde_json::json!({ "fail_with": class, "retry_after_secs": 120 })).await;
+        let scheduler = jobs::start(s.app.state.clone(), CancellationToken::new());
+        let failed = wait_for(&s.app.store, &s.cert, class, |j| j.status == JobStatus::Failed).await;
+        scheduler.shutdown(Duration::from_secs(5)).await;
+        assert!(failed.last_error.as_deref().unwrap_or("").contains(class), "{class}: {:?}", failed.last_error);
+        if permanent {
+            assert_eq!(failed.attempts, failed.max_attempts, "{class} spends the attempt budget");
+        } else {
+            assert!(failed.attempts < failed.max_attempts, "{class} keeps its budget for retries");
+        }
+        if class == "rate-limited" {
+            let wait = failed.run_at - failed.updated_at;
+            assert!(
+                wait >= chrono::Duration::seconds(119) && wait <= chrono::Duration::seconds(121),
+                "rate-limited retries after the connector's hint: {wait}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_async_order_is_polled_until_issued() {
+    async_order_is_polled_until_issued(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_async_order_is_polled_until_issued() {
+    async_order_is_polled_until_issued(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_restart_mid_polling_resumes_the_same_order() {
+    restart_mid_polling_resumes_the_same_order(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_mid_polling_resumes_the_same_order() {
+    restart_mid_polling_resumes_the_same_order(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_connector_error_classes_end_jobs_as_specified() {
+    connector_error_classes_end_jobs_as_specified(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connector_error_classes_end_jobs_as_specified() {
+    connector_error_classes_end_jobs_as_specified(Backend::Postgres).await;
+}
