@@ -232,8 +232,18 @@ impl HostConfig {
             return bad("api.max_body_bytes and api.rate_limit_per_second must be positive");
         }
         let s = &self.scheduler;
-        if [s.renewal_ms, s.jobs_ms, s.retry_ms, s.reaper_ms, s.agent_health_ms, s.notifications_ms, s.order_poll_ms, s.expiry_ms, s.tick_timeout_ms]
-            .contains(&0)
+        if [
+            s.renewal_ms,
+            s.jobs_ms,
+            s.retry_ms,
+            s.reaper_ms,
+            s.agent_health_ms,
+            s.notifications_ms,
+            s.order_poll_ms,
+            s.expiry_ms,
+            s.tick_timeout_ms,
+        ]
+        .contains(&0)
         {
             return bad("scheduler intervals must be positive");
         }

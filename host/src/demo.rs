@@ -82,7 +82,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let data_dir = data.path().to_path_buf();
     p.say(format!("data directory {}", data_dir.display()));
 
-    let url = format!("sqlite://{}?mode=rwc", data_dir.join("certplane.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("certplane.db").display()
+    );
     let store = Store::connect(&url).await?;
     let report = store.migrate().await?;
     p.say(format!(
@@ -132,7 +135,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .await?;
     p.say("issuer instance validated by the connector and saved");
 
-    let names = vec!["demo.certplane.test".to_string(), "www.demo.certplane.test".to_string()];
+    let names = vec![
+        "demo.certplane.test".to_string(),
+        "www.demo.certplane.test".to_string(),
+    ];
     let cert_row = store
         .create_certificate(NewCertificate {
             name: "demo".into(),
@@ -161,7 +167,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     };
     let issued = match issuer.submit(&request).await? {
         IssueResult::Issued(issued) => issued,
-        IssueResult::Pending(order) => bail!("the local CA unexpectedly returned pending order {}", order.id),
+        IssueResult::Pending(order) => bail!(
+            "the local CA unexpectedly returned pending order {}",
+            order.id
+        ),
     };
     let checked = check_issued(&IssuedInput {
         csr_pem: &generated.csr_pem,
@@ -226,7 +235,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .context("the deployed cert.pem holds no certificate")??;
     let on_disk = crate::tls::fingerprint_sha256(&der);
     if on_disk != checked.fingerprint_sha256 {
-        bail!("deployed file has fingerprint {on_disk}, expected {}", checked.fingerprint_sha256);
+        bail!(
+            "deployed file has fingerprint {on_disk}, expected {}",
+            checked.fingerprint_sha256
+        );
     }
     p.say(format!(
         "verified: the deployed file carries fingerprint {}…",

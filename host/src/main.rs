@@ -106,7 +106,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             certplane_host::serve::run(config).await?;
         }
         Command::Demo { plugin_dir, keep } => {
-            certplane_host::demo::run(certplane_host::demo::DemoOptions { plugin_dir, keep }).await?;
+            certplane_host::demo::run(certplane_host::demo::DemoOptions { plugin_dir, keep })
+                .await?;
         }
         Command::Apikey {
             action: ApikeyAction::Create { name, scope },

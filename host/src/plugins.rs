@@ -95,7 +95,10 @@ impl PluginRegistry {
     pub fn get_kind(&self, name: &str, kind: PluginKind) -> Result<&Arc<Plugin>, String> {
         match self.plugins.get(name) {
             Some(p) if p.kind() == kind => Ok(p),
-            Some(p) => Err(format!("plugin {name} is a {} connector, not a {kind}", p.kind())),
+            Some(p) => Err(format!(
+                "plugin {name} is a {} connector, not a {kind}",
+                p.kind()
+            )),
             None => Err(format!("no {kind} plugin named {name} is loaded")),
         }
     }

@@ -14,7 +14,9 @@ async fn unknown_routes_and_methods_get_the_envelope() {
     let r = app.get("/api/v1/nope", &app.admin).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&r), "not_found");
-    let r = app.call(Method::DELETE, "/api/v1/plugins", Some(&app.admin), None).await;
+    let r = app
+        .call(Method::DELETE, "/api/v1/plugins", Some(&app.admin), None)
+        .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_code(&r), "method_not_allowed");
 }
@@ -61,8 +63,16 @@ async fn plugin_list_has_etags() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"local-ca") && names.contains(&"pem-files"), "{names:?}");
-    let local_ca = r.json["items"].as_array().unwrap().iter().find(|p| p["name"] == "local-ca").unwrap();
+    assert!(
+        names.contains(&"local-ca") && names.contains(&"pem-files"),
+        "{names:?}"
+    );
+    let local_ca = r.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "local-ca")
+        .unwrap();
     assert_eq!(local_ca["kind"], "issuer");
     assert_eq!(local_ca["world_version"], "1.0.0");
     assert_eq!(local_ca["sha256"].as_str().unwrap().len(), 64);
@@ -81,7 +91,9 @@ async fn oversized_bodies_are_refused_with_413() {
     let app = TestApp::with_config(Backend::Sqlite, |c| c.api.max_body_bytes = 1024).await;
     let big = json!({ "padding": "x".repeat(4096) });
     // Any JSON-accepting endpoint: agent registration is public.
-    let r = app.call(Method::POST, "/api/v1/agents/register", None, Some(big)).await;
+    let r = app
+        .call(Method::POST, "/api/v1/agents/register", None, Some(big))
+        .await;
     assert!(
         r.status == StatusCode::PAYLOAD_TOO_LARGE || r.status == StatusCode::NOT_FOUND,
         "{}: {}",
@@ -94,10 +106,16 @@ async fn oversized_bodies_are_refused_with_413() {
 #[tokio::test]
 async fn openapi_document_lists_every_route() {
     let app = TestApp::new(Backend::Sqlite).await;
-    let r = app.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    let r = app
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let paths = r.json["paths"].as_object().expect("paths");
-    assert!(paths.contains_key("/api/v1/plugins"), "{:?}", paths.keys().collect::<Vec<_>>());
+    assert!(
+        paths.contains_key("/api/v1/plugins"),
+        "{:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
     // Every documented path answers something other than the 404 fallback
     // (methods and auth aside), so the document cannot drift from the router.
     for (path, item) in paths {
@@ -106,7 +124,8 @@ async fn openapi_document_lists_every_route() {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = app.call(m.clone(), &concrete, None, None).await;
             assert!(
-                !(r.status == StatusCode::NOT_FOUND && r.json["error"]["message"] == "no such endpoint"),
+                !(r.status == StatusCode::NOT_FOUND
+                    && r.json["error"]["message"] == "no such endpoint"),
                 "{m} {path} is documented but not routed"
             );
         }

@@ -100,7 +100,10 @@ async fn issue_and_deploy(backend: Backend) {
         })
         .await
         .unwrap();
-    store.add_certificate_target(&cert.id, &target.id).await.unwrap();
+    store
+        .add_certificate_target(&cert.id, &target.id)
+        .await
+        .unwrap();
 
     let started = Instant::now();
     let token = CancellationToken::new();
@@ -123,7 +126,10 @@ async fn issue_and_deploy(backend: Backend) {
         if let Some(job) = done.iter().find(|j| j.status == JobStatus::Failed) {
             panic!("deployment failed: {:?}", job.last_error);
         }
-        assert!(Instant::now() < deadline, "no deployment within 30 s: {done:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no deployment within 30 s: {done:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = started.elapsed();
@@ -133,12 +139,22 @@ async fn issue_and_deploy(backend: Backend) {
 
     let cert = store.get_certificate(&cert.id).await.unwrap().unwrap();
     let version_id = cert.current_version_id.clone().expect("a current version");
-    assert_eq!(deployed.certificate_version_id.as_deref(), Some(version_id.as_str()));
+    assert_eq!(
+        deployed.certificate_version_id.as_deref(),
+        Some(version_id.as_str())
+    );
     let versions = store.list_certificate_versions(&cert.id).await.unwrap();
     let version = versions.iter().find(|v| v.id == version_id).unwrap();
-    assert!(version.encrypted_private_key.is_some(), "host-held key is stored sealed");
-    let on_disk = std::fs::read_to_string(deploy_dir.path().join(&cert.id).join("cert.pem")).unwrap();
-    assert!(version.pem_chain.starts_with(on_disk.trim_end()), "deployed leaf is the recorded one");
+    assert!(
+        version.encrypted_private_key.is_some(),
+        "host-held key is stored sealed"
+    );
+    let on_disk =
+        std::fs::read_to_string(deploy_dir.path().join(&cert.id).join("cert.pem")).unwrap();
+    assert!(
+        version.pem_chain.starts_with(on_disk.trim_end()),
+        "deployed leaf is the recorded one"
+    );
     let issuance = store
         .list_jobs(&JobFilter {
             job_type: Some(JobType::Issuance),
@@ -150,6 +166,42 @@ async fn issue_and_deploy(backend: Backend) {
     assert_eq!(issuance.len(), 1);
     assert_eq!(issuance[0].status, JobStatus::Completed);
     assert_eq!(issuance[0].attempts, 1, "issued exactly once");
+
+    // Revocation goes to the issuer connector; the local CA keeps no CRL, so
+    // it answers `unsupported`, which fails the job for good.
+    let r = app
+        .post(
+            &format!("/api/v1/certificates/{}/revoke", cert.id),
+            &app.operator,
+            serde_json::json!({ "reason": "superseded" }),
+        )
+        .await;
+    assert_eq!(r.status, axum::http::StatusCode::ACCEPTED, "{}", r.text);
+    let job_id = r.json["job_id"].as_str().unwrap().to_string();
+    let scheduler = jobs::start(state.clone(), CancellationToken::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let revocation = loop {
+        let job = store.get_job(&job_id).await.unwrap().unwrap();
+        if job.status == JobStatus::Failed {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "revocation not run: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        revocation
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("revocation list"),
+        "{:?}",
+        revocation.last_error
+    );
+    assert_eq!(
+        revocation.attempts, revocation.max_attempts,
+        "unsupported is permanent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

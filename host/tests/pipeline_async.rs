@@ -78,7 +78,10 @@ async fn setup(backend: Backend, settings: serde_json::Value) -> Setup {
     };
     common::exec(
         &app.store,
-        &format!("UPDATE issuers SET encrypted_secrets = {literal} WHERE id = '{}'", issuer.id),
+        &format!(
+            "UPDATE issuers SET encrypted_secrets = {literal} WHERE id = '{}'",
+            issuer.id
+        ),
     )
     .await;
     let cert = app
@@ -116,7 +119,12 @@ async fn issuance_job(store: &Store, cert: &Certificate) -> Option<Job> {
         .next()
 }
 
-async fn wait_for(store: &Store, cert: &Certificate, what: &str, done: impl Fn(&Job) -> bool) -> Job {
+async fn wait_for(
+    store: &Store,
+    cert: &Certificate,
+    what: &str,
+    done: impl Fn(&Job) -> bool,
+) -> Job {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         if let Some(job) = issuance_job(store, cert).await {
@@ -130,7 +138,10 @@ async fn wait_for(store: &Store, cert: &Certificate, what: &str, done: impl Fn(&
                 job.last_error
             );
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: no job");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: no job"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -147,31 +158,63 @@ async fn orders_placed(store: &Store, job: &Job) -> i64 {
 }
 
 async fn async_order_is_polled_until_issued(backend: Backend) {
-    let s = setup(backend, serde_json::json!({ "pending_polls": 2, "retry_after_secs": 1 })).await;
+    let s = setup(
+        backend,
+        serde_json::json!({ "pending_polls": 2, "retry_after_secs": 1 }),
+    )
+    .await;
     let scheduler = jobs::start(s.app.state.clone(), CancellationToken::new());
-    let polling = wait_for(&s.app.store, &s.cert, "Polling", |j| j.status == JobStatus::Polling).await;
+    let polling = wait_for(&s.app.store, &s.cert, "Polling", |j| {
+        j.status == JobStatus::Polling
+    })
+    .await;
     let order_id = polling.order_id.clone().expect("order persisted");
     assert!(polling.order_state.is_some() && polling.csr_pem.is_some());
     let next = polling.next_poll_at.expect("next poll time");
     let delay = next - polling.updated_at;
     assert!(
-        delay >= chrono::Duration::milliseconds(900) && delay <= chrono::Duration::milliseconds(1100),
+        delay >= chrono::Duration::milliseconds(900)
+            && delay <= chrono::Duration::milliseconds(1100),
         "the connector's 1 s retry-after hint replaces the 5 s backoff: {delay}"
     );
-    let done = wait_for(&s.app.store, &s.cert, "Completed", |j| j.status == JobStatus::Completed).await;
-    assert_eq!(done.order_id.as_deref(), Some(order_id.as_str()), "same order throughout");
+    let done = wait_for(&s.app.store, &s.cert, "Completed", |j| {
+        j.status == JobStatus::Completed
+    })
+    .await;
+    assert_eq!(
+        done.order_id.as_deref(),
+        Some(order_id.as_str()),
+        "same order throughout"
+    );
     assert_eq!(done.attempts, 1);
-    assert_eq!(orders_placed(&s.app.store, &done).await, 1, "one order placed");
-    let cert = s.app.store.get_certificate(&s.cert.id).await.unwrap().unwrap();
+    assert_eq!(
+        orders_placed(&s.app.store, &done).await,
+        1,
+        "one order placed"
+    );
+    let cert = s
+        .app
+        .store
+        .get_certificate(&s.cert.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(cert.current_version_id.is_some());
     scheduler.shutdown(Duration::from_secs(5)).await;
 }
 
 async fn restart_mid_polling_resumes_the_same_order(backend: Backend) {
     // Three polls one second apart: time enough to stop the first host.
-    let s = setup(backend, serde_json::json!({ "pending_polls": 3, "retry_after_secs": 1 })).await;
+    let s = setup(
+        backend,
+        serde_json::json!({ "pending_polls": 3, "retry_after_secs": 1 }),
+    )
+    .await;
     let first = jobs::start(s.app.state.clone(), CancellationToken::new());
-    let polling = wait_for(&s.app.store, &s.cert, "Polling", |j| j.status == JobStatus::Polling).await;
+    let polling = wait_for(&s.app.store, &s.cert, "Polling", |j| {
+        j.status == JobStatus::Polling
+    })
+    .await;
     let report = first.shutdown(Duration::from_secs(5)).await;
     assert!(report.is_clean(), "{report:?}");
     let order_id = polling.order_id.clone().unwrap();
@@ -187,7 +230,9 @@ async fn restart_mid_polling_resumes_the_same_order(backend: Backend) {
     )
     .await
     .unwrap();
-    let registry = PluginRegistry::load(&s.app.state.config.plugin_dir, None).await.unwrap();
+    let registry = PluginRegistry::load(&s.app.state.config.plugin_dir, None)
+        .await
+        .unwrap();
     let state2 = AppState::new(
         store2.clone(),
         s.app.state.config.clone(),
@@ -195,9 +240,20 @@ async fn restart_mid_polling_resumes_the_same_order(backend: Backend) {
         s.app.state.secrets.clone(),
     );
     let second = jobs::start(state2, CancellationToken::new());
-    let done = wait_for(&store2, &s.cert, "Completed after restart", |j| j.status == JobStatus::Completed).await;
-    assert_eq!(done.order_id.as_deref(), Some(order_id.as_str()), "the restarted host polled the same order");
-    assert_eq!(orders_placed(&store2, &done).await, 1, "no second order after the restart");
+    let done = wait_for(&store2, &s.cert, "Completed after restart", |j| {
+        j.status == JobStatus::Completed
+    })
+    .await;
+    assert_eq!(
+        done.order_id.as_deref(),
+        Some(order_id.as_str()),
+        "the restarted host polled the same order"
+    );
+    assert_eq!(
+        orders_placed(&store2, &done).await,
+        1,
+        "no second order after the restart"
+    );
     assert_eq!(done.attempts, 1);
     second.shutdown(Duration::from_secs(5)).await;
 }
@@ -211,15 +267,32 @@ async fn connector_error_classes_end_jobs_as_specified(backend: Backend) {
         ("transient", false),
         ("rate-limited", false),
     ] {
-        let s = setup(backend, serde_json::json!({ "fail_with": class, "retry_after_secs": 120 })).await;
+        let s = setup(
+            backend,
+            serde_json::json!({ "fail_with": class, "retry_after_secs": 120 }),
+        )
+        .await;
         let scheduler = jobs::start(s.app.state.clone(), CancellationToken::new());
-        let failed = wait_for(&s.app.store, &s.cert, class, |j| j.status == JobStatus::Failed).await;
+        let failed = wait_for(&s.app.store, &s.cert, class, |j| {
+            j.status == JobStatus::Failed
+        })
+        .await;
         scheduler.shutdown(Duration::from_secs(5)).await;
-        assert!(failed.last_error.as_deref().unwrap_or("").contains(class), "{class}: {:?}", failed.last_error);
+        assert!(
+            failed.last_error.as_deref().unwrap_or("").contains(class),
+            "{class}: {:?}",
+            failed.last_error
+        );
         if permanent {
-            assert_eq!(failed.attempts, failed.max_attempts, "{class} spends the attempt budget");
+            assert_eq!(
+                failed.attempts, failed.max_attempts,
+                "{class} spends the attempt budget"
+            );
         } else {
-            assert!(failed.attempts < failed.max_attempts, "{class} keeps its budget for retries");
+            assert!(
+                failed.attempts < failed.max_attempts,
+                "{class} keeps its budget for retries"
+            );
         }
         if class == "rate-limited" {
             let wait = failed.run_at - failed.updated_at;

@@ -65,7 +65,10 @@ fn render_setting(value: &serde_json::Value) -> String {
 
 impl config::Host for CallState {
     fn get_setting(&mut self, name: String) -> Option<String> {
-        self.settings.get(&name).filter(|v| !v.is_null()).map(render_setting)
+        self.settings
+            .get(&name)
+            .filter(|v| !v.is_null())
+            .map(render_setting)
     }
 
     fn settings_json(&mut self) -> String {
@@ -83,11 +86,21 @@ impl log::Host for CallState {
         let plugin = &*self.plugin;
         let instance = &*self.instance;
         match level {
-            Level::Trace => tracing::trace!(target: "certplane::plugin", plugin, instance, "{message}"),
-            Level::Debug => tracing::debug!(target: "certplane::plugin", plugin, instance, "{message}"),
-            Level::Info => tracing::info!(target: "certplane::plugin", plugin, instance, "{message}"),
-            Level::Warn => tracing::warn!(target: "certplane::plugin", plugin, instance, "{message}"),
-            Level::Error => tracing::error!(target: "certplane::plugin", plugin, instance, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "certplane::plugin", plugin, instance, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "certplane::plugin", plugin, instance, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "certplane::plugin", plugin, instance, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "certplane::plugin", plugin, instance, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "certplane::plugin", plugin, instance, "{message}")
+            }
         }
     }
 }
@@ -114,7 +127,10 @@ mod tests {
         assert_eq!(render_setting(&serde_json::json!("x")), "x");
         assert_eq!(render_setting(&serde_json::json!(42)), "42");
         assert_eq!(render_setting(&serde_json::json!(true)), "true");
-        assert_eq!(render_setting(&serde_json::json!({"a": [1]})), r#"{"a":[1]}"#);
+        assert_eq!(
+            render_setting(&serde_json::json!({"a": [1]})),
+            r#"{"a":[1]}"#
+        );
     }
 
     #[test]

@@ -211,7 +211,9 @@ impl CallError {
             CallError::Connector {
                 error: ConnectorError::RateLimited(r),
                 ..
-            } => r.retry_after_secs.map(|s| Duration::from_secs(u64::from(s))),
+            } => r
+                .retry_after_secs
+                .map(|s| Duration::from_secs(u64::from(s))),
             _ => None,
         }
     }

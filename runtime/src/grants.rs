@@ -125,13 +125,18 @@ impl FromStr for HostGrant {
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('@') || rest.contains('?') {
-            return Err(err("a grant names scheme, host and port only (no path or user)"));
+            return Err(err(
+                "a grant names scheme, host and port only (no path or user)",
+            ));
         }
         let (host, port) = split_host_port(rest).ok_or_else(|| err("malformed host or port"))?;
         let port = match port {
             None => Some(scheme.default_port()),
             Some("*") => None,
-            Some(p) => Some(p.parse::<u16>().map_err(|_| err("port must be 1-65535 or *"))?),
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| err("port must be 1-65535 or *"))?,
+            ),
         };
         if port == Some(0) {
             return Err(err("port must be 1-65535 or *"));
@@ -142,7 +147,9 @@ impl FromStr for HostGrant {
             HostPattern::Ip(ip)
         } else if let Some(suffix) = host.strip_prefix("*.") {
             if !valid_dns_name(suffix) || !suffix.contains('.') {
-                return Err(err("wildcards need a registrable suffix, e.g. *.example.com"));
+                return Err(err(
+                    "wildcards need a registrable suffix, e.g. *.example.com",
+                ));
             }
             HostPattern::Subdomains(suffix.to_string())
         } else if valid_dns_name(host) {
@@ -391,7 +398,11 @@ mod tests {
 
     #[test]
     fn matching_respects_scheme_host_port_and_wildcards() {
-        let g = grants(&["https://*.example.com", "http://127.0.0.1:2019", "https://api.test:*"]);
+        let g = grants(&[
+            "https://*.example.com",
+            "http://127.0.0.1:2019",
+            "https://api.test:*",
+        ]);
         assert!(g.check("https", "a.example.com", 443).is_ok());
         assert!(g.check("https", "a.b.example.com", 443).is_ok());
         assert!(g.check("HTTPS", "A.Example.Com.", 443).is_ok());
@@ -428,8 +439,15 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(HostGrants::check_resolved(ip, false).is_err(), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"] {
-            assert!(HostGrants::check_resolved(ip.parse().unwrap(), false).is_ok(), "{ip}");
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "8.8.8.8",
+        ] {
+            assert!(
+                HostGrants::check_resolved(ip.parse().unwrap(), false).is_ok(),
+                "{ip}"
+            );
         }
         // `localhost` granted by name may resolve to loopback, nothing else.
         assert!(HostGrants::check_resolved("127.0.0.1".parse().unwrap(), true).is_ok());

@@ -183,7 +183,9 @@ pub struct TestServer {
 
 impl std::fmt::Debug for TestServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestServer").field("addr", &self.addr).finish()
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -212,7 +214,8 @@ impl TestServer {
                 let token = token.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| serve(req, handler.clone(), log.clone()));
-                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let conn =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = token.cancelled() => {}
                         _ = conn => {}
@@ -278,14 +281,17 @@ async fn serve(
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body,
     };
     let response = handler(&recorded);
-    log.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(recorded);
+    log.lock().unwrap_or_else(|p| p.into_inner()).push(recorded);
     let mut builder = hyper::Response::builder().status(response.status);
     for (k, v) in &response.headers {
         builder = builder.header(k, v);
@@ -293,7 +299,8 @@ async fn serve(
     Ok(builder
         .body(Full::new(Bytes::from(response.body)))
         .unwrap_or_else(|_| {
-            let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"bad scripted response")));
+            let mut r =
+                hyper::Response::new(Full::new(Bytes::from_static(b"bad scripted response")));
             *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
             r
         }))

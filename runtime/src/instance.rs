@@ -154,7 +154,9 @@ impl PluginInstance {
             )));
         }
         if limits.deadline.is_zero() || limits.memory_bytes == 0 {
-            return Err(ConfigError::Limit("limits must be greater than zero".into()));
+            return Err(ConfigError::Limit(
+                "limits must be greater than zero".into(),
+            ));
         }
         if limits.deadline > MAX_DEADLINE {
             return Err(ConfigError::Limit(format!(
@@ -220,7 +222,10 @@ impl PluginInstance {
             wasi.preopened_dir(&dir.host_path, &dir.guest_path, perms)
                 .map_err(|e| CallError::Instantiate {
                     plugin: self.plugin.name().to_string(),
-                    message: format!("cannot open granted directory {}: {e}", dir.host_path.display()),
+                    message: format!(
+                        "cannot open granted directory {}: {e}",
+                        dir.host_path.display()
+                    ),
                 })?;
         }
         let denials = Arc::new(Mutex::new(Vec::new()));
@@ -311,8 +316,12 @@ impl PluginInstance {
             }
         };
         match &result {
-            Ok(_) => tracing::debug!(plugin = self.plugin.name(), instance = %self.id, elapsed_us = elapsed.as_micros() as u64, "plugin call ok"),
-            Err(e) => tracing::info!(plugin = self.plugin.name(), instance = %self.id, elapsed_us = elapsed.as_micros() as u64, error = %e, "plugin call failed"),
+            Ok(_) => {
+                tracing::debug!(plugin = self.plugin.name(), instance = %self.id, elapsed_us = elapsed.as_micros() as u64, "plugin call ok")
+            }
+            Err(e) => {
+                tracing::info!(plugin = self.plugin.name(), instance = %self.id, elapsed_us = elapsed.as_micros() as u64, error = %e, "plugin call failed")
+            }
         }
         result
     }
@@ -389,12 +398,16 @@ impl PluginInstance {
     /// Calls `describe()` on whichever world the plugin implements.
     pub async fn describe(&self) -> Result<PluginInfo, CallError> {
         match self.plugin.kind() {
-            PluginKind::Issuer => call_export!(self, Issuer, PluginKind::Issuer, |s, e| infallible(
-                e.certplane_connector_issuer_api().call_describe(s)
-            )),
-            PluginKind::Target => call_export!(self, Target, PluginKind::Target, |s, e| infallible(
-                e.certplane_connector_target_api().call_describe(s)
-            )),
+            PluginKind::Issuer => {
+                call_export!(self, Issuer, PluginKind::Issuer, |s, e| infallible(
+                    e.certplane_connector_issuer_api().call_describe(s)
+                ))
+            }
+            PluginKind::Target => {
+                call_export!(self, Target, PluginKind::Target, |s, e| infallible(
+                    e.certplane_connector_target_api().call_describe(s)
+                ))
+            }
             PluginKind::Notifier => {
                 call_export!(self, Notifier, PluginKind::Notifier, |s, e| infallible(
                     e.certplane_connector_notifier_api().call_describe(s)
@@ -452,7 +465,11 @@ impl PluginInstance {
     }
 
     /// Target: removes what `deploy` installed for a certificate.
-    pub async fn remove(&self, certificate_id: &str, options: &str) -> Result<Vec<String>, CallError> {
+    pub async fn remove(
+        &self,
+        certificate_id: &str,
+        options: &str,
+    ) -> Result<Vec<String>, CallError> {
         call_export!(self, Target, PluginKind::Target, |s, e| e
             .certplane_connector_target_api()
             .call_remove(s, certificate_id, options))

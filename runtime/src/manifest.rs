@@ -250,10 +250,7 @@ impl Manifest {
             .map_err(|e| format!("world: {e}"))?;
         let sha256 = raw.sha256.to_ascii_lowercase();
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "sha256 {:?} is not 64 hex digits",
-                raw.sha256
-            ));
+            return Err(format!("sha256 {:?} is not 64 hex digits", raw.sha256));
         }
         let component = Path::new(&raw.component);
         if raw.component.is_empty() || component.is_absolute() || raw.component.contains("..") {
@@ -347,9 +344,15 @@ hosts = ["https://example.com"]
             (GOOD.replace("\"1.0.0\"", "\"one\""), "world"),
             (GOOD.replace("AB00", "ZZ00"), "not 64 hex digits"),
             (GOOD.replace("local-ca.wasm", "../evil.wasm"), "relative"),
-            (GOOD.replace("name = \"local-ca\"", "name = \"Local CA\""), "a-z"),
+            (
+                GOOD.replace("name = \"local-ca\"", "name = \"Local CA\""),
+                "a-z",
+            ),
             (format!("{GOOD}\nextra = 1\n"), "unknown field"),
-            (GOOD.replace("memory_mib = 32", "memory_mib = 0"), "greater than zero"),
+            (
+                GOOD.replace("memory_mib = 32", "memory_mib = 0"),
+                "greater than zero",
+            ),
         ];
         for (text, needle) in cases {
             let err = Manifest::parse(&text, Path::new("/p")).unwrap_err();
@@ -359,7 +362,11 @@ hosts = ["https://example.com"]
 
     #[test]
     fn contract_compatibility_rules() {
-        let host = ContractVersion { major: 1, minor: 2, patch: 0 };
+        let host = ContractVersion {
+            major: 1,
+            minor: 2,
+            patch: 0,
+        };
         let v = |s: &str| s.parse::<ContractVersion>().unwrap();
         assert!(v("1.0.0").runs_on(host));
         assert!(v("1.2.9").runs_on(host));

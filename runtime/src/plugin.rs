@@ -105,18 +105,17 @@ impl Plugin {
         // async workers.
         let inner = runtime.inner.clone();
         let digest = manifest.sha256.clone();
-        let (component, cache) = tokio::task::spawn_blocking(move || {
-            inner.cache.load(&inner.engine, &digest, &bytes)
-        })
-        .await
-        .map_err(|e| LoadError::Compile {
-            plugin: manifest.name.clone(),
-            reason: e.to_string(),
-        })?
-        .map_err(|e| LoadError::Compile {
-            plugin: manifest.name.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let (component, cache) =
+            tokio::task::spawn_blocking(move || inner.cache.load(&inner.engine, &digest, &bytes))
+                .await
+                .map_err(|e| LoadError::Compile {
+                    plugin: manifest.name.clone(),
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| LoadError::Compile {
+                    plugin: manifest.name.clone(),
+                    reason: format!("{e:#}"),
+                })?;
 
         let instance_pre = runtime
             .inner
@@ -135,8 +134,12 @@ impl Plugin {
             ),
         };
         let pre = match manifest.kind {
-            PluginKind::Issuer => PluginPre::Issuer(IssuerPre::new(instance_pre).map_err(wrong_kind)?),
-            PluginKind::Target => PluginPre::Target(TargetPre::new(instance_pre).map_err(wrong_kind)?),
+            PluginKind::Issuer => {
+                PluginPre::Issuer(IssuerPre::new(instance_pre).map_err(wrong_kind)?)
+            }
+            PluginKind::Target => {
+                PluginPre::Target(TargetPre::new(instance_pre).map_err(wrong_kind)?)
+            }
             PluginKind::Notifier => {
                 PluginPre::Notifier(NotifierPre::new(instance_pre).map_err(wrong_kind)?)
             }
@@ -179,7 +182,9 @@ impl Plugin {
             )));
         }
         if serde_json::from_str::<serde_json::Value>(&info.settings_schema).is_err() {
-            return Err(describe_err("describe().settings-schema is not valid JSON".into()));
+            return Err(describe_err(
+                "describe().settings-schema is not valid JSON".into(),
+            ));
         }
         let mut plugin = Arc::try_unwrap(plugin)
             .map_err(|_| describe_err("internal: plugin still shared after load check".into()))?;

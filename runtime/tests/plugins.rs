@@ -68,7 +68,10 @@ async fn local_ca_signs_csrs_of_every_key_type() {
             .iter()
             .map(|n| n.to_string())
             .collect();
-        assert_eq!(sans, vec!["DNSName(www.example.com)", "DNSName(example.com)"]);
+        assert_eq!(
+            sans,
+            vec!["DNSName(www.example.com)", "DNSName(example.com)"]
+        );
         // The leaf certifies the CSR's key.
         let csr_der = der_of(&csr);
         let (_, parsed_csr) = X509CertificationRequest::from_der(&csr_der).unwrap();
@@ -96,7 +99,13 @@ async fn local_ca_reports_config_and_request_errors_by_class() {
     let bad = instance(&plugin, local_ca_config(&ca_cert, &other_key));
     let err = bad.validate_config().await.unwrap_err();
     assert!(
-        matches!(&err, CallError::Connector { error: ConnectorError::InvalidConfig(_), .. }),
+        matches!(
+            &err,
+            CallError::Connector {
+                error: ConnectorError::InvalidConfig(_),
+                ..
+            }
+        ),
         "{err:?}"
     );
     // Missing secret → invalid-config.
@@ -108,21 +117,34 @@ async fn local_ca_reports_config_and_request_errors_by_class() {
     );
     assert!(matches!(
         missing.validate_config().await.unwrap_err(),
-        CallError::Connector { error: ConnectorError::InvalidConfig(_), .. }
+        CallError::Connector {
+            error: ConnectorError::InvalidConfig(_),
+            ..
+        }
     ));
     // Garbage CSR → rejected.
     let ca = instance(&plugin, local_ca_config(&ca_cert, &ca_key));
     let err = ca
-        .submit(&request("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &["a.example.com"]))
+        .submit(&request(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            &["a.example.com"],
+        ))
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, CallError::Connector { error: ConnectorError::Rejected(_), .. }),
+        matches!(
+            &err,
+            CallError::Connector {
+                error: ConnectorError::Rejected(_),
+                ..
+            }
+        ),
         "{err:?}"
     );
     // Revocation is not something a CRL-less CA does.
     let (csr, _) = test_csr(&["a.example.com"], &rcgen::PKCS_ECDSA_P256_SHA256);
-    let IssueResult::Issued(issued) = ca.submit(&request(&csr, &["a.example.com"])).await.unwrap() else {
+    let IssueResult::Issued(issued) = ca.submit(&request(&csr, &["a.example.com"])).await.unwrap()
+    else {
         panic!("pending");
     };
     let err = ca
@@ -136,7 +158,10 @@ async fn local_ca_reports_config_and_request_errors_by_class() {
         .unwrap_err();
     assert!(matches!(
         err,
-        CallError::Connector { error: ConnectorError::Unsupported(_), .. }
+        CallError::Connector {
+            error: ConnectorError::Unsupported(_),
+            ..
+        }
     ));
 }
 
@@ -144,7 +169,10 @@ async fn local_ca_reports_config_and_request_errors_by_class() {
 async fn pem_files_writes_only_into_its_granted_directory() {
     let (ca_cert, ca_key) = test_ca();
     let harness = Harness::new().unwrap();
-    let ca = instance(&load(&harness, "local-ca").await, local_ca_config(&ca_cert, &ca_key));
+    let ca = instance(
+        &load(&harness, "local-ca").await,
+        local_ca_config(&ca_cert, &ca_key),
+    );
     let names = ["www.example.com"];
     let (csr, key) = test_csr(&names, &rcgen::PKCS_ECDSA_P256_SHA256);
     let IssueResult::Issued(issued) = ca.submit(&request(&csr, &names)).await.unwrap() else {
@@ -176,8 +204,16 @@ async fn pem_files_writes_only_into_its_granted_directory() {
     let cert = std::fs::read_to_string(written.join("cert.pem")).unwrap();
     assert_eq!(der_of(&cert), der_of(&issued.certificate_pem));
     let fullchain = std::fs::read_to_string(written.join("fullchain.pem")).unwrap();
-    assert!(fullchain.starts_with(issued.certificate_pem.trim_end()) || der_of(&fullchain) == der_of(&issued.certificate_pem));
-    assert_eq!(std::fs::read_to_string(written.join("privkey.pem")).unwrap().trim(), key.trim());
+    assert!(
+        fullchain.starts_with(issued.certificate_pem.trim_end())
+            || der_of(&fullchain) == der_of(&issued.certificate_pem)
+    );
+    assert_eq!(
+        std::fs::read_to_string(written.join("privkey.pem"))
+            .unwrap()
+            .trim(),
+        key.trim()
+    );
     // Idempotent.
     target.deploy(&bundle, &key, "{}").await.unwrap();
     // Remove cleans up; removing again is fine.
@@ -195,13 +231,22 @@ async fn pem_files_writes_only_into_its_granted_directory() {
     .await
     .unwrap_err();
     assert!(
-        matches!(&err, CallError::Connector { error: ConnectorError::InvalidConfig(_), .. }),
+        matches!(
+            &err,
+            CallError::Connector {
+                error: ConnectorError::InvalidConfig(_),
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
 
 /// Copies a packaged plugin into a temp dir with its manifest edited.
-fn tampered(name: &str, edit: impl Fn(String) -> String) -> (tempfile::TempDir, std::path::PathBuf) {
+fn tampered(
+    name: &str,
+    edit: impl Fn(String) -> String,
+) -> (tempfile::TempDir, std::path::PathBuf) {
     let src = manifest(name);
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(&src).unwrap();
@@ -216,7 +261,11 @@ fn tampered(name: &str, edit: impl Fn(String) -> String) -> (tempfile::TempDir, 
 async fn loading_refuses_bad_plugins_and_says_why() {
     let harness = Harness::new().unwrap();
     let bad_digest = |t: String| {
-        let line = t.lines().find(|l| l.starts_with("sha256")).unwrap().to_string();
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("sha256"))
+            .unwrap()
+            .to_string();
         t.replace(&line, &format!("sha256 = \"{}\"", "0".repeat(64)))
     };
     let (_d, path) = tampered("local-ca", bad_digest);
@@ -224,16 +273,22 @@ async fn loading_refuses_bad_plugins_and_says_why() {
     assert!(matches!(err, LoadError::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains("SHA-256"), "{err}");
 
-    let (_d, path) = tampered("pem-files", |t| t.replace("kind = \"target\"", "kind = \"issuer\""));
+    let (_d, path) = tampered("pem-files", |t| {
+        t.replace("kind = \"target\"", "kind = \"issuer\"")
+    });
     let err = harness.runtime().load_plugin(&path).await.unwrap_err();
     assert!(matches!(err, LoadError::WrongKind { .. }), "{err}");
     assert!(err.to_string().contains("issuer-api"), "{err}");
 
-    let (_d, path) = tampered("local-ca", |t| t.replace("world = \"1.0.0\"", "world = \"2.0.0\""));
+    let (_d, path) = tampered("local-ca", |t| {
+        t.replace("world = \"1.0.0\"", "world = \"2.0.0\"")
+    });
     let err = harness.runtime().load_plugin(&path).await.unwrap_err();
     assert!(matches!(err, LoadError::IncompatibleWorld { .. }), "{err}");
 
-    let (_d, path) = tampered("local-ca", |t| t.replace("name = \"local-ca\"", "name = \"imposter\""));
+    let (_d, path) = tampered("local-ca", |t| {
+        t.replace("name = \"local-ca\"", "name = \"imposter\"")
+    });
     let err = harness.runtime().load_plugin(&path).await.unwrap_err();
     assert!(matches!(err, LoadError::Describe { .. }), "{err}");
 
@@ -303,12 +358,18 @@ async fn plugin_logs_land_in_tracing_with_plugin_and_instance() {
             .unwrap(),
     );
     // The guard is per-thread: run the call on this thread.
-    let changed = i.deploy(&common::dummy_bundle(), "k", "{}").await.unwrap().changed;
+    let changed = i
+        .deploy(&common::dummy_bundle(), "k", "{}")
+        .await
+        .unwrap()
+        .changed;
     assert_eq!(changed, vec!["logged".to_string()]);
     let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     for level in ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"] {
         assert!(
-            out.lines().any(|l| l.contains(level) && l.contains("plugin=\"hostile\"") || l.contains(level) && l.contains("plugin=hostile")),
+            out.lines()
+                .any(|l| l.contains(level) && l.contains("plugin=\"hostile\"")
+                    || l.contains(level) && l.contains("plugin=hostile")),
             "no {level} line from the plugin in:\n{out}"
         );
     }

@@ -16,7 +16,9 @@ fn hostile(mode: &str) -> InstanceConfig {
 }
 
 async fn deploy(i: &PluginInstance) -> Result<Vec<String>, CallError> {
-    i.deploy(&dummy_bundle(), "key", "{}").await.map(|r| r.changed)
+    i.deploy(&dummy_bundle(), "key", "{}")
+        .await
+        .map(|r| r.changed)
 }
 
 /// After any failure, a well-behaved call on the same plugin still works.
@@ -40,7 +42,10 @@ async fn infinite_loop_hits_the_deadline() {
     let took = started.elapsed();
     assert!(matches!(err, CallError::Deadline { .. }), "{err:?}");
     assert!(err.is_retryable());
-    assert!(took >= Duration::from_millis(300), "stopped early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "stopped early: {took:?}"
+    );
     assert!(took < Duration::from_secs(2), "stopped late: {took:?}");
     next_call_succeeds(&harness).await;
 }
@@ -74,7 +79,10 @@ fn busy_guest_does_not_starve_other_tasks() {
         assert!(matches!(err, CallError::Deadline { .. }), "{err:?}");
         ticker.await.unwrap()
     });
-    assert!(ticks >= 5, "other task ran only {ticks} times beside a busy guest");
+    assert!(
+        ticks >= 5,
+        "other task ran only {ticks} times beside a busy guest"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +130,10 @@ async fn panic_trap_and_stack_overflow_are_traps() {
         // call-stack exhaustion, depending on frame sizes: a trap either way.
         assert!(!message.is_empty(), "{mode}");
         if mode == "panic" {
-            assert!(message.contains("panicked"), "panic message not surfaced: {message}");
+            assert!(
+                message.contains("panicked"),
+                "panic message not surfaced: {message}"
+            );
         }
         next_call_succeeds(&harness).await;
     }
@@ -151,7 +162,10 @@ async fn request_to_ungranted_host_is_denied_not_trapped() {
         "{error:?}"
     );
     assert!(!err.is_retryable());
-    assert!(server.requests().is_empty(), "the refused request reached the server");
+    assert!(
+        server.requests().is_empty(),
+        "the refused request reached the server"
+    );
     next_call_succeeds(&harness).await;
 }
 
@@ -163,7 +177,9 @@ async fn granted_loopback_address_is_reachable() {
     let harness = Harness::new().unwrap();
     let plugin = load(&harness, "hostile").await;
     let config = InstanceConfig::new("hostile-net")
-        .with_settings(serde_json::json!({"mode": "forbidden-host", "url": format!("{}/ok", server.url())}))
+        .with_settings(
+            serde_json::json!({"mode": "forbidden-host", "url": format!("{}/ok", server.url())}),
+        )
         .unwrap()
         .with_hosts(&[server.grant()])
         .unwrap();
@@ -182,7 +198,8 @@ fn loopback_alias() -> String {
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let ip: std::net::IpAddr = f.next()?.parse().ok()?;
-            ip.is_loopback().then(|| f.find(|n| *n != "localhost" && !n.starts_with("ip6-")))?
+            ip.is_loopback()
+                .then(|| f.find(|n| *n != "localhost" && !n.starts_with("ip6-")))?
         })
         .map(str::to_string)
         .next()
@@ -219,14 +236,23 @@ async fn reads_outside_preopens_fail() {
     std::fs::write(&secret, "top secret").unwrap();
     let harness = Harness::new().unwrap();
     let plugin = load(&harness, "hostile").await;
-    for path in [secret.to_string_lossy().to_string(), "/etc/passwd".to_string()] {
+    for path in [
+        secret.to_string_lossy().to_string(),
+        "/etc/passwd".to_string(),
+    ] {
         let config = InstanceConfig::new("hostile-fs")
             .with_settings(serde_json::json!({"mode": "path-escape", "path": path}))
             .unwrap()
             .with_dir(granted.path(), "/certs", false);
         let err = deploy(&instance(&plugin, config)).await.unwrap_err();
         assert!(
-            matches!(&err, CallError::Connector { error: ConnectorError::Rejected(_), .. }),
+            matches!(
+                &err,
+                CallError::Connector {
+                    error: ConnectorError::Rejected(_),
+                    ..
+                }
+            ),
             "{path}: expected every read to fail, got {err:?}"
         );
     }
@@ -263,6 +289,9 @@ async fn calls_share_no_state_and_see_only_their_config() {
     let settings: serde_json::Value = serde_json::from_str(&ra[0]).unwrap();
     assert_eq!(settings["n"], 1);
     // Debug output of the config never shows secrets.
-    let shown = format!("{:?}", InstanceConfig::new("x").with_secret("token", "alpha"));
+    let shown = format!(
+        "{:?}",
+        InstanceConfig::new("x").with_secret("token", "alpha")
+    );
     assert!(!shown.contains("alpha"), "{shown}");
 }

@@ -51,7 +51,10 @@ pub fn new_api_key() -> (String, String) {
 pub fn new_agent_credential(agent_id: &str) -> (String, String) {
     let secret = random_secret();
     let hash = hash_token(&secret);
-    (format!("{AGENT_CREDENTIAL_PREFIX}{agent_id}.{secret}"), hash)
+    (
+        format!("{AGENT_CREDENTIAL_PREFIX}{agent_id}.{secret}"),
+        hash,
+    )
 }
 
 /// Constant-time comparison of two hex digests.
@@ -67,9 +70,9 @@ fn digest_eq(a: &str, b: &str) -> bool {
 /// per comparison).
 pub fn is_bootstrap_token(configured: &[String], token: &str) -> bool {
     let presented = hash_token(token);
-    configured
-        .iter()
-        .fold(false, |found, t| found | digest_eq(&hash_token(t), &presented))
+    configured.iter().fold(false, |found, t| {
+        found | digest_eq(&hash_token(t), &presented)
+    })
 }
 
 /// Per-caller rate limits.
@@ -202,9 +205,21 @@ macro_rules! scoped_extractor {
     };
 }
 
-scoped_extractor!(ReadAccess, ApiScope::ReadOnly, "A caller with at least the `read_only` scope.");
-scoped_extractor!(OperatorAccess, ApiScope::Operator, "A caller with at least the `operator` scope.");
-scoped_extractor!(AdminAccess, ApiScope::Admin, "A caller with the `admin` scope.");
+scoped_extractor!(
+    ReadAccess,
+    ApiScope::ReadOnly,
+    "A caller with at least the `read_only` scope."
+);
+scoped_extractor!(
+    OperatorAccess,
+    ApiScope::Operator,
+    "A caller with at least the `operator` scope."
+);
+scoped_extractor!(
+    AdminAccess,
+    ApiScope::Admin,
+    "A caller with the `admin` scope."
+);
 
 /// An authenticated agent. Retired agents are refused with 410 Gone.
 #[derive(Debug, Clone)]

@@ -96,7 +96,10 @@ pub fn conditional_json<T: Serialize>(request_headers: &HeaderMap, body: &T) -> 
     (
         [
             (header::ETAG, etag_value),
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
         ],
         bytes,
     )
@@ -115,12 +118,44 @@ mod tests {
     #[test]
     fn pages_are_cut_and_bounds_checked() {
         let all: Vec<u32> = (1..=120).collect();
-        let p = Page::of(&all, PageQuery { page: Some(3), per_page: Some(50) }).unwrap();
+        let p = Page::of(
+            &all,
+            PageQuery {
+                page: Some(3),
+                per_page: Some(50),
+            },
+        )
+        .unwrap();
         assert_eq!(p.items, (101..=120).collect::<Vec<_>>());
         assert_eq!(p.total, 120);
-        assert!(Page::of(&all, PageQuery { page: Some(0), per_page: None }).is_err());
-        assert!(Page::of(&all, PageQuery { page: None, per_page: Some(501) }).is_err());
-        let past = Page::of(&all, PageQuery { page: Some(9), per_page: None }).unwrap();
+        assert!(
+            Page::of(
+                &all,
+                PageQuery {
+                    page: Some(0),
+                    per_page: None
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            Page::of(
+                &all,
+                PageQuery {
+                    page: None,
+                    per_page: Some(501)
+                }
+            )
+            .is_err()
+        );
+        let past = Page::of(
+            &all,
+            PageQuery {
+                page: Some(9),
+                per_page: None,
+            },
+        )
+        .unwrap();
         assert!(past.items.is_empty());
     }
 
@@ -132,7 +167,10 @@ mod tests {
         let etag = first.headers()[header::ETAG].clone();
         let mut h = HeaderMap::new();
         h.insert(header::IF_NONE_MATCH, etag);
-        assert_eq!(conditional_json(&h, &body).status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            conditional_json(&h, &body).status(),
+            StatusCode::NOT_MODIFIED
+        );
         let changed = serde_json::json!({"a": 2});
         assert_eq!(conditional_json(&h, &changed).status(), StatusCode::OK);
     }

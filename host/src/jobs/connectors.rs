@@ -41,7 +41,8 @@ pub fn build_instance(
         .with_settings(settings.clone())
         .map_err(|e| format!("{owner}: {e}"))?;
     if let Some(sealed) = encrypted_secrets {
-        let sealed = std::str::from_utf8(sealed).map_err(|_| format!("{owner}: secrets are not sealed text"))?;
+        let sealed = std::str::from_utf8(sealed)
+            .map_err(|_| format!("{owner}: secrets are not sealed text"))?;
         let opened: BTreeMap<String, _> = state
             .secrets
             .open_map(sealed, owner)

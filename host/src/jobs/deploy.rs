@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::connectors::{build_instance, failure_for};
 use super::issuance::version_key_owner;
+use super::versions::{load_version, split_pem};
 use crate::api::AppState;
 use crate::store::{ActorType, Job, JobFailure, NewAuditEvent};
 
@@ -18,8 +19,12 @@ pub async fn process(state: &AppState, job: Job) {
         Ok(changed) => {
             match state.store.complete_job(&lease).await {
                 Ok(true) => {}
-                Ok(false) => tracing::warn!(job = %job.id, "lost the lease before completing the deployment"),
-                Err(e) => tracing::error!(job = %job.id, error = %e, "cannot complete deployment job"),
+                Ok(false) => {
+                    tracing::warn!(job = %job.id, "lost the lease before completing the deployment")
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, "cannot complete deployment job")
+                }
             }
             let event = NewAuditEvent {
                 actor: "host".into(),
@@ -55,30 +60,12 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
         .map_err(store_err)?
         .ok_or_else(|| JobFailure::permanent(format!("target {target_id} no longer exists")))?;
     if target.retired_at.is_some() {
-        return Err(JobFailure::permanent(format!("target {target_id} is retired")));
+        return Err(JobFailure::permanent(format!(
+            "target {target_id} is retired"
+        )));
     }
-    let cert_id = job
-        .certificate_id
-        .as_deref()
-        .ok_or_else(|| JobFailure::permanent("deployment job without a certificate"))?;
-    let version_id = job
-        .certificate_version_id
-        .as_deref()
-        .ok_or_else(|| JobFailure::permanent("deployment job without a certificate version"))?;
-    let version = state
-        .store
-        .list_certificate_versions(cert_id)
-        .await
-        .map_err(store_err)?
-        .into_iter()
-        .find(|v| v.id == version_id)
-        .ok_or_else(|| JobFailure::permanent(format!("certificate version {version_id} not found")))?;
-    let cert = state
-        .store
-        .get_certificate(cert_id)
-        .await
-        .map_err(store_err)?
-        .ok_or_else(|| JobFailure::permanent(format!("certificate {cert_id} not found")))?;
+    let (cert, version) = load_version(state, job).await?;
+    let cert_id = cert.id.as_str();
     let sealed = version.encrypted_private_key.as_deref().ok_or_else(|| {
         JobFailure::permanent("the host holds no private key for this version (agent-held key)")
     })?;
@@ -86,7 +73,10 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
         .map_err(|_| JobFailure::permanent("stored private key is not sealed text"))?;
     let key = state
         .secrets
-        .open_str(sealed, &version_key_owner(cert_id, &version.fingerprint_sha256))
+        .open_str(
+            sealed,
+            &version_key_owner(cert_id, &version.fingerprint_sha256),
+        )
         .map_err(|e| JobFailure::permanent(format!("cannot open the private key: {e}")))?;
     let mut blocks = split_pem(&version.pem_chain);
     if blocks.is_empty() {
@@ -115,26 +105,4 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
         .await
         .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
     Ok(result.changed)
-}
-
-/// Splits a PEM bundle into its blocks, each with its armour.
-fn split_pem(bundle: &str) -> Vec<String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    bundle
-        .split_inclusive(END)
-        .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
-        .map(|b| format!("{}\n", b.trim_start()))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pem_bundles_split_into_blocks() {
-        let a = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
-        let b = "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
-        let blocks = super::split_pem(&format!("{a}{b}"));
-        assert_eq!(blocks, vec![a.to_string(), b.to_string()]);
-        assert!(super::split_pem("junk").is_empty());
-    }
 }

@@ -86,7 +86,12 @@ pub async fn process_poll(state: &AppState, job: Job) {
             state: st.clone(),
         },
         _ => {
-            finish(state, &job, Err(permanent("polling job has no persisted order"))).await;
+            finish(
+                state,
+                &job,
+                Err(permanent("polling job has no persisted order")),
+            )
+            .await;
             return;
         }
     };
@@ -159,13 +164,19 @@ async fn step(state: &AppState, job: &Job, order: Option<Order>) -> Result<(), S
                 .parse()
                 .map_err(|e| permanent(format!("{e}")))?;
             let (cn, dns, ip) = (cert.common_name.clone(), dns_names.clone(), ips.clone());
-            let generated = tokio::task::spawn_blocking(move || generate_key_and_csr(key_type, &cn, &dns, &ip))
-                .await
-                .map_err(|e| Stop::Fail(JobFailure::transient(format!("key generation task: {e}"))))?
-                .map_err(|e| permanent(format!("key generation: {e}")))?;
+            let generated =
+                tokio::task::spawn_blocking(move || generate_key_and_csr(key_type, &cn, &dns, &ip))
+                    .await
+                    .map_err(|e| {
+                        Stop::Fail(JobFailure::transient(format!("key generation task: {e}")))
+                    })?
+                    .map_err(|e| permanent(format!("key generation: {e}")))?;
             let sealed = state
                 .secrets
-                .seal_str(generated.private_key_pem.expose_secret(), &job_key_owner(&job.id))
+                .seal_str(
+                    generated.private_key_pem.expose_secret(),
+                    &job_key_owner(&job.id),
+                )
                 .map_err(|e| permanent(format!("sealing the private key: {e}")))?;
             (generated.csr_pem, Some(sealed))
         }
@@ -192,7 +203,10 @@ async fn step(state: &AppState, job: &Job, order: Option<Order>) -> Result<(), S
             persist_order(state, job, &csr_pem, sealed_key, new_order, now).await
         }
         Ok(IssueResult::Issued(issued)) => {
-            record_issued(state, job, &cert, &csr_pem, sealed_key, &dns_names, &ips, issued, now).await
+            record_issued(
+                state, job, &cert, &csr_pem, sealed_key, &dns_names, &ips, issued, now,
+            )
+            .await
         }
     }
 }
@@ -208,7 +222,10 @@ async fn persist_order(
     now: DateTime<Utc>,
 ) -> Result<(), Stop> {
     let payload = job.payload.clone().unwrap_or_else(|| json!({}));
-    let step = payload.get("poll_step").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let step = payload
+        .get("poll_step")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as u32;
     let first_poll = job.order_id.is_none();
     let max_wait = chrono::Duration::seconds(state.config.order_max_wait_secs as i64);
     let mut deadline = job.poll_deadline_at.unwrap_or(now + max_wait);
@@ -253,7 +270,11 @@ async fn persist_order(
             },
             Some(audit(
                 job,
-                if first_poll { "issuance.order_placed" } else { "issuance.order_pending" },
+                if first_poll {
+                    "issuance.order_placed"
+                } else {
+                    "issuance.order_pending"
+                },
                 json!({ "order_id": order.id, "next_poll_at": next }),
             )),
         )
@@ -288,7 +309,11 @@ async fn record_issued(
         now,
         validity_days: None,
     })
-    .map_err(|e| permanent(format!("the issuer returned a certificate that fails the host's checks: {e}")))?;
+    .map_err(|e| {
+        permanent(format!(
+            "the issuer returned a certificate that fails the host's checks: {e}"
+        ))
+    })?;
 
     // Host key mode: re-seal the key for the certificate version it belongs
     // to (deployments open it with that owner).
@@ -300,7 +325,10 @@ async fn record_issued(
                 .map_err(|e| permanent(format!("opening the persisted key: {e}")))?;
             let resealed = state
                 .secrets
-                .seal_str(&key, &version_key_owner(&cert.id, &checked.fingerprint_sha256))
+                .seal_str(
+                    &key,
+                    &version_key_owner(&cert.id, &checked.fingerprint_sha256),
+                )
                 .map_err(|e| permanent(format!("sealing the private key: {e}")))?;
             Some(resealed.into_bytes())
         }

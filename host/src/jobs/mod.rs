@@ -1,5 +1,5 @@
 //! The host's work loops, wired onto the scheduler: the job processor
-//! (issuance, renewal, host-side deployments), async-CA order polling, the
+//! (issuance, renewal, revocation, host-side deployments), async-CA order polling, the
 //! set-based renewal sweep, retries of failed jobs and the lease reaper.
 //! Each loop is woken at once by the API or by the loop that created its
 //! work, and otherwise runs on its jittered interval.
@@ -7,6 +7,8 @@
 pub mod connectors;
 pub mod deploy;
 pub mod issuance;
+pub mod revoke;
+pub mod versions;
 
 use std::time::Duration;
 
@@ -25,8 +27,9 @@ const RENEWAL_BATCH: u32 = 10_000;
 const RENEWAL_ATTEMPTS: i32 = 5;
 
 fn spec(name: &'static str, interval_ms: u64, state: &AppState) -> LoopSpec {
-    LoopSpec::new(name, Duration::from_millis(interval_ms))
-        .with_tick_timeout(Duration::from_millis(state.config.scheduler.tick_timeout_ms))
+    LoopSpec::new(name, Duration::from_millis(interval_ms)).with_tick_timeout(
+        Duration::from_millis(state.config.scheduler.tick_timeout_ms),
+    )
 }
 
 fn report(processed: usize, limit: u32) -> TickReport {
@@ -43,17 +46,21 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
     let s = &state.config.scheduler;
 
     let st = state.clone();
-    scheduler.spawn_loop(spec("jobs", s.jobs_ms, &state), Some(state.wake.jobs.clone()), move || {
-        let st = st.clone();
-        async move {
-            let jobs = st.store.claim_pending_jobs(None, BATCH).await?;
-            let n = jobs.len();
-            join_all(jobs.into_iter().map(|job| {
+    scheduler.spawn_loop(
+        spec("jobs", s.jobs_ms, &state),
+        Some(state.wake.jobs.clone()),
+        move || {
+            let st = st.clone();
+            async move {
+                let jobs = st.store.claim_pending_jobs(None, BATCH).await?;
+                let n = jobs.len();
+                join_all(jobs.into_iter().map(|job| {
                 let st = st.clone();
                 async move {
                     match job.job_type {
                         JobType::Issuance | JobType::Renewal => issuance::process(&st, job).await,
                         JobType::Deployment => deploy::process(&st, job).await,
+                        JobType::Revocation => revoke::process(&st, job).await,
                         other => {
                             if let Some(lease) = job.lease() {
                                 let failure = crate::store::JobFailure::permanent(format!(
@@ -68,9 +75,10 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
                 }
             }))
             .await;
-            Ok(report(n, BATCH))
-        }
-    });
+                Ok(report(n, BATCH))
+            }
+        },
+    );
 
     let st = state.clone();
     scheduler.spawn_loop(

@@ -49,7 +49,11 @@ pub fn plugin_dir_with_fixtures(fixtures: &[&str]) -> tempfile::TempDir {
     for name in fixtures {
         for ext in ["toml", "wasm"] {
             let f = test_plugins.join(format!("{name}.{ext}"));
-            assert!(f.exists(), "{} is missing: run scripts/build-plugins first", f.display());
+            assert!(
+                f.exists(),
+                "{} is missing: run scripts/build-plugins first",
+                f.display()
+            );
             files.push(f);
         }
     }

@@ -16,8 +16,15 @@ pub fn repo_root() -> PathBuf {
 /// Manifest of a packaged connector; panics with the fix when it is missing
 /// (these tests never skip silently).
 pub fn manifest(name: &str) -> PathBuf {
-    let dir = if name == "hostile" { "test-plugins" } else { "plugins" };
-    let path = repo_root().join("target").join(dir).join(format!("{name}.toml"));
+    let dir = if name == "hostile" {
+        "test-plugins"
+    } else {
+        "plugins"
+    };
+    let path = repo_root()
+        .join("target")
+        .join(dir)
+        .join(format!("{name}.toml"));
     assert!(
         path.exists(),
         "{} is missing: run scripts/build-plugins first",
