@@ -6,8 +6,10 @@
 //! * [`config`]: configuration loading.
 //! * [`plugins`]: the connector plugin registry.
 //! * [`demo`]: the `certplane demo` walk-through.
+//! * [`cli`]: the operator CLI (`certplane certs|agents|jobs|...`).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod jobs;

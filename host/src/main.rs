@@ -47,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
+    /// Operator commands against a running host's API.
+    #[command(flatten)]
+    Operator(Box<certplane_host::cli::Operator>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store.close().await;
             }
         },
+        Command::Operator(operator) => certplane_host::cli::run(*operator).await?,
     }
     Ok(())
 }

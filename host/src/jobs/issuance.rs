@@ -389,6 +389,23 @@ async fn record_issued(
         ))
         .await?;
     tracing::info!(job = %job.id, certificate = %cert.id, version = %version.id, deployments = targets.len(), "certificate issued");
+    let summary = format!(
+        "certificate {} issued (serial {})",
+        cert.name, checked.serial_hex
+    );
+    let details = json!({ "certificate_id": cert.id, "version_id": version.id, "serial": checked.serial_hex, "not_after": checked.not_after });
+    if let Err(e) = super::notify::notify_all(
+        state,
+        "certificate.issued",
+        &format!("certificate/{}", cert.id),
+        &summary,
+        certplane_runtime::Level::Info,
+        details,
+    )
+    .await
+    {
+        tracing::error!(job = %job.id, error = %e, "cannot enqueue the certificate.issued notifications");
+    }
     Ok(())
 }
 

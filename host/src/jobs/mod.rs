@@ -7,6 +7,7 @@
 pub mod connectors;
 pub mod deploy;
 pub mod issuance;
+pub mod notify;
 pub mod revoke;
 pub mod versions;
 
@@ -138,6 +139,19 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
             Ok(report(reaped.len(), 500))
         }
     });
+
+    let st = state.clone();
+    scheduler.spawn_loop(
+        spec("notifications", s.notifications_ms, &state),
+        Some(state.wake.notifications.clone()),
+        move || {
+            let st = st.clone();
+            async move {
+                let n = notify::tick(&st).await?;
+                Ok(report(n, notify::BATCH))
+            }
+        },
+    );
 
     scheduler
 }

@@ -1,0 +1,586 @@
+//! A small HTTP(S) client for the host API: hyper 1 over tokio-rustls (ring
+//! provider), one request per connection.
+//!
+//! The server is trusted either through a PEM file of certificates
+//! ([`Trust::CaFile`], for example the host's development certificate) or
+//! by pinning the SHA-256 fingerprint of its end-entity certificate
+//! ([`Trust::PinSha256`]). There is deliberately no way to skip
+//! verification. Plain `http://` URLs are used as they are, for hosts
+//! configured with `tls.plain_http = true`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Largest response body accepted, in bytes.
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Default limit on one request (connect, handshake, exchange).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Path prefix of the API.
+const API_PREFIX: &str = "/api/v1";
+
+/// How the server's certificate is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Certificates (PEM) to trust as roots; the server name is verified.
+    CaFile(PathBuf),
+    /// Trust exactly the end-entity certificate with this SHA-256
+    /// fingerprint (hex, colons allowed); name and chain are not checked.
+    PinSha256(String),
+}
+
+/// What an [`ApiClient`] needs.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Base URL of the host, e.g. `https://127.0.0.1:8443`.
+    pub base_url: String,
+    /// API key sent as `Authorization: Bearer`.
+    pub api_key: String,
+    /// How to trust the server (required for `https`).
+    pub trust: Option<Trust>,
+    /// Limit on one request.
+    pub timeout: Duration,
+}
+
+/// Errors of the API client. Each displays as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The host URL cannot be used.
+    #[error("invalid host URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The `--pin-sha256` value is not a SHA-256 fingerprint.
+    #[error(
+        "invalid --pin-sha256 `{0}`: expected 64 hex digits (colons allowed), as logged by the host at start"
+    )]
+    InvalidPin(String),
+    /// An `https` URL without a way to trust the server.
+    #[error(
+        "cannot verify {0}: pass --ca-file PEM (the host's certificate or its CA) or --pin-sha256 FINGERPRINT (logged by the host at start)"
+    )]
+    NoTrust(String),
+    /// The CA file could not be loaded.
+    #[error("--ca-file: {0}")]
+    CaFile(String),
+    /// The TLS client configuration was refused.
+    #[error("TLS client configuration: {0}")]
+    TlsConfig(#[from] rustls::Error),
+    /// The TCP connection failed.
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        /// `host:port`.
+        authority: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server's certificate does not have the pinned fingerprint.
+    #[error(
+        "TLS: {authority} presented a certificate with SHA-256 fingerprint {observed}, not the pinned {expected}"
+    )]
+    PinMismatch {
+        /// `host:port`.
+        authority: String,
+        /// The fingerprint pinned.
+        expected: String,
+        /// The fingerprint presented.
+        observed: String,
+    },
+    /// The TLS handshake failed (untrusted certificate, wrong name, ...).
+    #[error("TLS handshake with {authority} failed: {source}")]
+    Handshake {
+        /// `host:port`.
+        authority: String,
+        /// The handshake error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("HTTP exchange with {authority} failed: {reason}")]
+    Http {
+        /// `host:port`.
+        authority: String,
+        /// What failed.
+        reason: String,
+    },
+    /// No complete answer in time.
+    #[error("no answer from {authority} within {secs} s")]
+    Timeout {
+        /// `host:port`.
+        authority: String,
+        /// The limit.
+        secs: u64,
+    },
+    /// The API answered with its error envelope.
+    #[error("{code}: {message} (request {request_id})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable code, e.g. `unauthorized`.
+        code: String,
+        /// Human-readable message.
+        message: String,
+        /// The request id the host logged.
+        request_id: String,
+    },
+    /// An error status without the envelope (a proxy in between, say).
+    #[error("HTTP {status} from the server: {snippet}")]
+    UnexpectedStatus {
+        /// HTTP status.
+        status: u16,
+        /// The start of the body.
+        snippet: String,
+    },
+    /// A success answer whose body is not JSON.
+    #[error("the server's answer is not JSON: {0}")]
+    InvalidJson(String),
+}
+
+/// One successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiReply {
+    /// HTTP status (2xx).
+    pub status: u16,
+    /// The JSON body; `None` when empty (204).
+    pub json: Option<Value>,
+}
+
+/// A client of one host's `/api/v1`.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    /// Host to connect to (IPv6 without brackets).
+    connect_host: String,
+    port: u16,
+    /// `host:port` as in the URL, for the `Host` header and messages.
+    authority: String,
+    /// Path prefix before `/api/v1` (a reverse proxy's), without trailing `/`.
+    base_path: String,
+    api_key: String,
+    tls: Option<TlsSetup>,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct TlsSetup {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    pin: Option<Arc<PinnedCertVerifier>>,
+}
+
+impl ApiClient {
+    /// A client from its options: parses the URL and builds the TLS
+    /// configuration (nothing is sent yet).
+    pub fn new(options: ClientOptions) -> Result<ApiClient, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidUrl {
+            url: options.base_url.clone(),
+            reason: reason.to_owned(),
+        };
+        let url = url::Url::parse(&options.base_url).map_err(|e| invalid(&e.to_string()))?;
+        let https = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(invalid("the scheme must be https or http")),
+        };
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(invalid(
+                "it must not carry a query, fragment or credentials",
+            ));
+        }
+        let host = url.host().ok_or_else(|| invalid("no host"))?;
+        let (connect_host, server_name) = match host {
+            url::Host::Domain(d) => (
+                d.to_owned(),
+                ServerName::try_from(d.to_owned()).map_err(|e| invalid(&e.to_string()))?,
+            ),
+            url::Host::Ipv4(ip) => (ip.to_string(), ServerName::IpAddress(ip.into())),
+            url::Host::Ipv6(ip) => (ip.to_string(), ServerName::IpAddress(ip.into())),
+        };
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| invalid("no port"))?;
+        let authority = format!("{}:{port}", url.host_str().unwrap_or(&connect_host));
+        let tls = if https {
+            let Some(trust) = &options.trust else {
+                return Err(ClientError::NoTrust(authority));
+            };
+            let (config, pin) = client_config(trust)?;
+            Some(TlsSetup {
+                config: Arc::new(config),
+                server_name,
+                pin,
+            })
+        } else {
+            None
+        };
+        Ok(ApiClient {
+            connect_host,
+            port,
+            authority,
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            api_key: options.api_key,
+            tls,
+            timeout: options.timeout,
+        })
+    }
+
+    /// `GET` an API path (relative to `/api/v1`) with query parameters.
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<ApiReply, ClientError> {
+        self.send(Method::GET, path, query, None).await
+    }
+
+    /// `POST` a JSON body (or none).
+    pub async fn post(&self, path: &str, body: Option<&Value>) -> Result<ApiReply, ClientError> {
+        self.send(Method::POST, path, &[], body).await
+    }
+
+    /// `DELETE` with query parameters.
+    pub async fn delete(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<ApiReply, ClientError> {
+        self.send(Method::DELETE, path, query, None).await
+    }
+
+    /// Sends one request on a fresh connection. Error statuses become
+    /// [`ClientError::Api`] (or [`ClientError::UnexpectedStatus`]).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<ApiReply, ClientError> {
+        let mut target = format!("{}{API_PREFIX}{path}", self.base_path);
+        if !query.is_empty() {
+            let mut ser = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in query {
+                ser.append_pair(k, v);
+            }
+            target.push('?');
+            target.push_str(&ser.finish());
+        }
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(target)
+            .header(header::HOST, &self.authority)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.api_key))
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONNECTION, "close")
+            .header(
+                header::USER_AGENT,
+                concat!("certplane-cli/", env!("CARGO_PKG_VERSION")),
+            );
+        let bytes = match body {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(bytes))
+            .map_err(|e| self.http_error(e))?;
+        let (status, body) = tokio::time::timeout(self.timeout, self.exchange(request))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                authority: self.authority.clone(),
+                secs: self.timeout.as_secs(),
+            })??;
+        interpret(status, &body)
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let tcp = TcpStream::connect((self.connect_host.as_str(), self.port))
+            .await
+            .map_err(|source| ClientError::Connect {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => self.exchange_on(tcp, request).await,
+            Some(tls) => {
+                let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|source| match tls.pin.as_ref().and_then(|p| p.mismatch()) {
+                        Some((expected, observed)) => ClientError::PinMismatch {
+                            authority: self.authority.clone(),
+                            expected,
+                            observed,
+                        },
+                        None => ClientError::Handshake {
+                            authority: self.authority.clone(),
+                            source,
+                        },
+                    })?;
+                self.exchange_on(stream, request).await
+            }
+        }
+    }
+
+    async fn exchange_on<S>(
+        &self,
+        stream: S,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.http_error(e))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "API connection ended with an error");
+            }
+        });
+        let result = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| self.http_error(e))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| self.http_error(e))?
+                .to_bytes();
+            Ok((status, body))
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    fn http_error(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Http {
+            authority: self.authority.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// A reply from status and body: success JSON, or the envelope as an error.
+fn interpret(status: StatusCode, body: &[u8]) -> Result<ApiReply, ClientError> {
+    if status.is_success() {
+        let json = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(
+                serde_json::from_slice(body)
+                    .map_err(|e| ClientError::InvalidJson(e.to_string()))?,
+            )
+        };
+        return Ok(ApiReply {
+            status: status.as_u16(),
+            json,
+        });
+    }
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let err = parsed.as_ref().map(|v| &v["error"]);
+    if let Some(err) = err
+        && let (Some(code), Some(message)) = (err["code"].as_str(), err["message"].as_str())
+    {
+        return Err(ClientError::Api {
+            status: status.as_u16(),
+            code: code.to_owned(),
+            message: message.to_owned(),
+            request_id: err["request_id"].as_str().unwrap_or("-").to_owned(),
+        });
+    }
+    let text = String::from_utf8_lossy(body);
+    let snippet: String = text.chars().take(200).collect();
+    Err(ClientError::UnexpectedStatus {
+        status: status.as_u16(),
+        snippet: snippet.split_whitespace().collect::<Vec<_>>().join(" "),
+    })
+}
+
+/// The rustls client configuration for a trust choice, with the pinning
+/// verifier when one is used.
+fn client_config(
+    trust: &Trust,
+) -> Result<(ClientConfig, Option<Arc<PinnedCertVerifier>>), ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let (mut config, pin) = match trust {
+        Trust::CaFile(path) => {
+            let certs = crate::tls::load_certificates(path)
+                .map_err(|e| ClientError::CaFile(e.to_string()))?;
+            let mut roots = RootCertStore::empty();
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
+            }
+            (
+                builder.with_root_certificates(roots).with_no_client_auth(),
+                None,
+            )
+        }
+        Trust::PinSha256(hex_pin) => {
+            let verifier = Arc::new(PinnedCertVerifier::new(hex_pin, &provider)?);
+            (
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier.clone())
+                    .with_no_client_auth(),
+                Some(verifier),
+            )
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((config, pin))
+}
+
+/// Parses a SHA-256 fingerprint: 64 hex digits, colons and case ignored.
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], ClientError> {
+    let cleaned: String = pin.trim().chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(&cleaned).map_err(|_| ClientError::InvalidPin(pin.to_owned()))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| ClientError::InvalidPin(pin.to_owned()))
+}
+
+/// Trusts exactly one end-entity certificate, identified by the SHA-256 of
+/// its DER. The server name and chain are not checked (the pin is the
+/// identity), but the handshake signature is verified against the pinned
+/// certificate's key, so the server must hold its private key.
+#[derive(Debug)]
+pub struct PinnedCertVerifier {
+    expected: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+    /// The fingerprint of a refused certificate, for the error message.
+    observed: Mutex<Option<String>>,
+}
+
+impl PinnedCertVerifier {
+    /// A verifier for a hex fingerprint, verifying signatures with
+    /// `provider`'s algorithms.
+    pub fn new(pin: &str, provider: &CryptoProvider) -> Result<Self, ClientError> {
+        Ok(PinnedCertVerifier {
+            expected: parse_pin(pin)?,
+            algorithms: provider.signature_verification_algorithms,
+            observed: Mutex::new(None),
+        })
+    }
+
+    /// `(expected, observed)` fingerprints after a refused certificate.
+    pub fn mismatch(&self) -> Option<(String, String)> {
+        let observed = self.observed.lock().ok()?.clone()?;
+        Some((hex::encode(self.expected), observed))
+    }
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use sha2::{Digest as _, Sha256};
+        let actual: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if actual == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            if let Ok(mut observed) = self.observed.lock() {
+                *observed = Some(hex::encode(actual));
+            }
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_with_colons_and_case() {
+        let hex64 = "AB".repeat(32);
+        let colons = vec!["ab"; 32].join(":");
+        assert_eq!(parse_pin(&hex64).unwrap(), [0xab; 32]);
+        assert_eq!(parse_pin(&colons).unwrap(), [0xab; 32]);
+        assert!(parse_pin("abcd").is_err());
+        assert!(parse_pin(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn envelope_becomes_one_line() {
+        let body = br#"{"error":{"code":"unauthorized","message":"bad key","request_id":"r1"}}"#;
+        let err = interpret(StatusCode::UNAUTHORIZED, body).unwrap_err();
+        assert_eq!(err.to_string(), "unauthorized: bad key (request r1)");
+        let err = interpret(StatusCode::BAD_GATEWAY, b"<html>\n oops</html>").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "HTTP 502 from the server: <html> oops</html>"
+        );
+        let ok = interpret(StatusCode::NO_CONTENT, b"").unwrap();
+        assert_eq!(ok.json, None);
+    }
+
+    #[test]
+    fn https_needs_a_trust_choice() {
+        let options = |url: &str, trust| ClientOptions {
+            base_url: url.into(),
+            api_key: "k".into(),
+            trust,
+            timeout: DEFAULT_TIMEOUT,
+        };
+        let err = ApiClient::new(options("https://127.0.0.1:8443", None)).unwrap_err();
+        assert!(matches!(err, ClientError::NoTrust(_)), "{err}");
+        assert!(ApiClient::new(options("http://[::1]:8080/prefix/", None)).is_ok());
+        assert!(ApiClient::new(options("ftp://x", None)).is_err());
+        let pinned = Some(Trust::PinSha256("00".repeat(32)));
+        assert!(ApiClient::new(options("https://localhost:1", pinned)).is_ok());
+    }
+}

@@ -1,0 +1,952 @@
+//! The operator CLI: `certplane certs|agents|jobs|issuers|targets|plugins|audit
+//! ...` against a running host's `/api/v1`.
+//!
+//! * [`client`]: the HTTP(S) client (CA file or fingerprint pinning).
+//! * [`output`]: table and JSON rendering.
+//!
+//! Results go to stdout, as aligned tables by default or as the server's
+//! JSON with `--output json`; errors are returned as one line
+//! (`<code>: <message> (request <id>)` for API errors) for the binary to
+//! report on stderr with a non-zero exit code.
+
+pub mod client;
+pub mod output;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+
+use client::{ApiClient, ApiReply, ClientOptions, DEFAULT_TIMEOUT, Trust};
+use output::{Column, OutputFormat, col};
+
+/// Options shared by every operator command (also read from the
+/// environment).
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of the host.
+    #[arg(
+        long,
+        global = true,
+        env = "CERTPLANE_URL",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    pub host_url: String,
+    /// API key (see `certplane apikey create`). Required.
+    #[arg(long, global = true, env = "CERTPLANE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// PEM certificates to trust: the host's certificate (for example its
+    /// `<data_dir>/tls/dev-cert.pem`) or the CA that issued it.
+    #[arg(
+        long,
+        global = true,
+        env = "CERTPLANE_CA_FILE",
+        conflicts_with = "pin_sha256"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint
+    /// (hex; the host logs its development certificate's at start).
+    #[arg(long, global = true, env = "CERTPLANE_PIN_SHA256")]
+    pub pin_sha256: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Paging of list commands.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PageArgs {
+    /// Page number, from 1.
+    #[arg(long)]
+    pub page: Option<u32>,
+    /// Items per page (server default 50, at most 500).
+    #[arg(long)]
+    pub per_page: Option<u32>,
+}
+
+impl PageArgs {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(p) = self.page {
+            q.push(("page", p.to_string()));
+        }
+        if let Some(p) = self.per_page {
+            q.push(("per_page", p.to_string()));
+        }
+        q
+    }
+}
+
+/// The operator commands (flattened into the binary's top-level commands).
+#[derive(Debug, Subcommand)]
+pub enum Operator {
+    /// Managed certificates.
+    Certs {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+    /// Agents.
+    Agents {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: AgentsAction,
+    },
+    /// Jobs (issuance, renewal, deployment, verification, revocation).
+    Jobs {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+    /// Issuer connector instances.
+    Issuers {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: IssuersAction,
+    },
+    /// Target connector instances.
+    Targets {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: TargetsAction,
+    },
+    /// Loaded connector plugins.
+    Plugins {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: PluginsAction,
+    },
+    /// The audit log.
+    Audit {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+/// `certplane plugins ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginsAction {
+    /// List loaded plugins (and load failures).
+    List,
+}
+
+/// Fields of a new issuer or target.
+#[derive(Debug, Clone, Args)]
+pub struct InstanceArgs {
+    /// Unique name.
+    #[arg(long)]
+    pub name: String,
+    /// Plugin name (see `certplane plugins list`).
+    #[arg(long)]
+    pub plugin: String,
+    /// Settings as a JSON object, checked against the plugin's schema.
+    #[arg(long, default_value = "{}")]
+    pub settings: String,
+    /// A secret the plugin reads, `NAME=VALUE` (repeatable). Beware that
+    /// command lines are visible to other local users.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secrets: Vec<String>,
+    /// An HTTP origin the connector may reach, e.g. `https://ca.example:443`
+    /// (repeatable).
+    #[arg(long = "grant-host", value_name = "URL")]
+    pub grant_hosts: Vec<String>,
+}
+
+/// `certplane issuers ...`
+#[derive(Debug, Subcommand)]
+pub enum IssuersAction {
+    /// List issuers.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one issuer.
+    Get {
+        /// Issuer id.
+        id: String,
+    },
+    /// Create an issuer.
+    Create {
+        #[command(flatten)]
+        instance: InstanceArgs,
+    },
+    /// Delete an issuer (refused while certificates use it).
+    Delete {
+        /// Issuer id.
+        id: String,
+    },
+}
+
+/// `certplane targets ...`
+#[derive(Debug, Subcommand)]
+pub enum TargetsAction {
+    /// List targets.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        /// Include retired targets.
+        #[arg(long)]
+        include_retired: bool,
+    },
+    /// Show one target.
+    Get {
+        /// Target id.
+        id: String,
+    },
+    /// Create a target.
+    Create {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Agent that runs it (`host` for the host itself).
+        #[arg(long)]
+        agent: Option<String>,
+        /// A directory the connector may use, `PATH:GUEST_PATH[:rw]`
+        /// (repeatable; read-only unless `:rw`).
+        #[arg(long = "grant-dir", value_name = "PATH:GUEST[:rw]")]
+        grant_dirs: Vec<String>,
+    },
+    /// Delete (retire) a target.
+    Delete {
+        /// Target id.
+        id: String,
+    },
+}
+
+/// `certplane certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// List certificates.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        /// Only this status: `active`, `disabled` or `retired`.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only those expiring within this many days.
+        #[arg(long)]
+        expiring_within_days: Option<u32>,
+    },
+    /// Show one certificate with its versions.
+    Get {
+        /// Certificate id.
+        id: String,
+    },
+    /// Create a managed certificate (issued at once).
+    Create {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Common name.
+        #[arg(long)]
+        cn: String,
+        /// A subject alternative name (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Issuer id.
+        #[arg(long)]
+        issuer: String,
+        /// A target to deploy to (repeatable).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// `ecdsa-p256` (default), `ecdsa-p384`, `rsa-2048`, ...
+        #[arg(long)]
+        key_type: Option<String>,
+        /// Where the key is generated: `host` or `agent`.
+        #[arg(long)]
+        key_source: Option<String>,
+        /// Renew this many days before expiry.
+        #[arg(long)]
+        renew_before_days: Option<u32>,
+        /// Owner, free text.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Renew now.
+    Renew {
+        /// Certificate id.
+        id: String,
+    },
+    /// Revoke the version in force.
+    Revoke {
+        /// Certificate id.
+        id: String,
+        /// `unspecified`, `key-compromise`, `ca-compromise`,
+        /// `affiliation-changed`, `superseded` or `cessation-of-operation`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `certplane jobs ...`
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// List jobs, newest first.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this type (`issuance`, `renewal`, `deployment`, ...).
+        #[arg(long = "type")]
+        job_type: Option<String>,
+        /// Only jobs of this certificate.
+        #[arg(long)]
+        certificate: Option<String>,
+        /// Only jobs of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Show one job.
+    Get {
+        /// Job id.
+        id: String,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// Job id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Retry a failed job now.
+    Retry {
+        /// Job id.
+        id: String,
+    },
+    /// Show the verification result of a deployment or verification job.
+    Verification {
+        /// Job id.
+        id: String,
+    },
+}
+
+/// `certplane agents ...`
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// List agents.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        /// Include retired agents.
+        #[arg(long)]
+        include_retired: bool,
+    },
+    /// List retired agents.
+    Retired {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one agent with its dependencies.
+    Get {
+        /// Agent id.
+        id: String,
+    },
+    /// Retire an agent.
+    Retire {
+        /// Agent id.
+        id: String,
+        /// Also retire its targets and cancel its jobs (needs --reason).
+        #[arg(long, requires = "reason")]
+        force: bool,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `certplane audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// List audit events, newest first.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        /// Only this subject type (`certificate`, `agent`, ...).
+        #[arg(long)]
+        subject_type: Option<String>,
+        /// Only this subject.
+        #[arg(long)]
+        subject_id: Option<String>,
+        /// Only this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+const CERT_COLUMNS: &[Column] = &[
+    col("ID", "/id"),
+    col("NAME", "/name"),
+    col("STATUS", "/status"),
+    col("NOT AFTER", "/not_after"),
+    col("ISSUER", "/issuer_id"),
+];
+const VERSION_COLUMNS: &[Column] = &[
+    col("VERSION", "/id"),
+    col("SERIAL", "/serial"),
+    col("NOT BEFORE", "/not_before"),
+    col("NOT AFTER", "/not_after"),
+    col("JOB", "/job_id"),
+];
+const INSTANCE_COLUMNS: &[Column] = &[
+    col("ID", "/id"),
+    col("NAME", "/name"),
+    col("PLUGIN", "/plugin"),
+    col("VERSION", "/plugin_version"),
+    col("CREATED", "/created_at"),
+];
+const TARGET_COLUMNS: &[Column] = &[
+    col("ID", "/id"),
+    col("NAME", "/name"),
+    col("PLUGIN", "/plugin"),
+    col("AGENT", "/agent_id"),
+    col("RETIRED", "/retired_at"),
+];
+const PLUGIN_COLUMNS: &[Column] = &[
+    col("NAME", "/name"),
+    col("KIND", "/kind"),
+    col("VERSION", "/version"),
+    col("DESCRIPTION", "/description"),
+];
+const JOB_COLUMNS: &[Column] = &[
+    col("ID", "/id"),
+    col("TYPE", "/job_type"),
+    col("STATUS", "/status"),
+    col("CERTIFICATE", "/certificate_id"),
+    col("ATTEMPTS", "/attempts"),
+    col("RUN AT", "/run_at"),
+    col("LAST ERROR", "/last_error"),
+];
+const AGENT_COLUMNS: &[Column] = &[
+    col("ID", "/id"),
+    col("NAME", "/name"),
+    col("STATUS", "/status"),
+    col("LAST HEARTBEAT", "/last_heartbeat_at"),
+    col("CREATED", "/created_at"),
+];
+const AUDIT_COLUMNS: &[Column] = &[
+    col("AT", "/at"),
+    col("ACTOR", "/actor"),
+    col("ACTION", "/action"),
+    col("SUBJECT", "/subject_type"),
+    col("SUBJECT ID", "/subject_id"),
+];
+
+/// Runs one operator command; results go to stdout.
+pub async fn run(operator: Operator) -> anyhow::Result<()> {
+    match operator {
+        Operator::Certs { client, action } => certs(&Ctx::new(&client)?, action).await,
+        Operator::Agents { client, action } => agents(&Ctx::new(&client)?, action).await,
+        Operator::Jobs { client, action } => jobs(&Ctx::new(&client)?, action).await,
+        Operator::Issuers { client, action } => issuers(&Ctx::new(&client)?, action).await,
+        Operator::Targets { client, action } => targets(&Ctx::new(&client)?, action).await,
+        Operator::Plugins { client, action } => plugins(&Ctx::new(&client)?, action).await,
+        Operator::Audit { client, action } => audit(&Ctx::new(&client)?, action).await,
+    }
+}
+
+/// A client and the output format.
+struct Ctx {
+    client: ApiClient,
+    output: OutputFormat,
+}
+
+impl Ctx {
+    fn new(args: &ClientArgs) -> anyhow::Result<Ctx> {
+        let Some(api_key) = args.api_key.clone().filter(|k| !k.is_empty()) else {
+            bail!(
+                "an API key is required: pass --api-key or set CERTPLANE_API_KEY \
+                 (create one with `certplane apikey create --name NAME`)"
+            );
+        };
+        let trust = match (&args.ca_file, &args.pin_sha256) {
+            (Some(path), _) => Some(Trust::CaFile(path.clone())),
+            (None, Some(pin)) => Some(Trust::PinSha256(pin.clone())),
+            (None, None) => None,
+        };
+        let client = ApiClient::new(ClientOptions {
+            base_url: args.host_url.clone(),
+            api_key,
+            trust,
+            timeout: DEFAULT_TIMEOUT,
+        })?;
+        Ok(Ctx {
+            client,
+            output: args.output,
+        })
+    }
+
+    /// Prints a list answer as a table (with a paging note) or JSON.
+    async fn list(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        columns: &[Column],
+    ) -> anyhow::Result<()> {
+        let reply = self.client.get(path, query).await?;
+        let body = reply.json.unwrap_or(Value::Null);
+        match self.output {
+            OutputFormat::Json => print!("{}", output::json(&body)),
+            OutputFormat::Table => {
+                let items = body["items"].as_array().cloned().unwrap_or_default();
+                print!("{}", output::table(columns, &items));
+                if let Some(note) = output::page_note(&body) {
+                    println!("({note})");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints one answer: JSON as is, or `render` of it for tables.
+    fn show(&self, reply: ApiReply, render: impl FnOnce(&Value) -> String) {
+        match (self.output, reply.json) {
+            (OutputFormat::Json, Some(body)) => print!("{}", output::json(&body)),
+            (OutputFormat::Json, None) => {}
+            (OutputFormat::Table, body) => print!("{}", render(&body.unwrap_or(Value::Null))),
+        }
+    }
+
+    /// Prints an object answer as `FIELD VALUE` lines (or JSON).
+    fn show_fields(&self, reply: ApiReply, skip: &[&str]) {
+        self.show(reply, |v| output::fields(v, skip));
+    }
+}
+
+/// `?key=value` pairs for the options that are set.
+fn query_of(
+    page: &PageArgs,
+    filters: &[(&'static str, Option<String>)],
+) -> Vec<(&'static str, String)> {
+    let mut q = page.query();
+    for (k, v) in filters {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    q
+}
+
+/// A path segment for an id (ids are opaque; escape them).
+fn seg(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+async fn plugins(ctx: &Ctx, action: PluginsAction) -> anyhow::Result<()> {
+    match action {
+        PluginsAction::List => {
+            let reply = ctx.client.get("/plugins", &[]).await?;
+            ctx.show(reply, |body| {
+                let items = body["items"].as_array().cloned().unwrap_or_default();
+                let mut out = output::table(PLUGIN_COLUMNS, &items);
+                for failure in body["failures"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "failed to load: {}\n",
+                        output::cell(Some(failure))
+                    ));
+                }
+                out
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The create body shared by issuers and targets.
+fn instance_body(args: &InstanceArgs) -> anyhow::Result<Map<String, Value>> {
+    let settings: Value =
+        serde_json::from_str(&args.settings).context("--settings is not valid JSON")?;
+    if !settings.is_object() {
+        bail!("--settings must be a JSON object");
+    }
+    let mut secrets = Map::new();
+    for pair in &args.secrets {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!("a --secret is not NAME=VALUE (its value is not shown)");
+        };
+        secrets.insert(name.to_owned(), Value::String(value.to_owned()));
+    }
+    let mut body = Map::new();
+    body.insert("name".into(), json!(args.name));
+    body.insert("plugin".into(), json!(args.plugin));
+    body.insert("settings".into(), settings);
+    body.insert("secrets".into(), Value::Object(secrets));
+    body.insert(
+        "grants".into(),
+        json!({ "hosts": args.grant_hosts, "directories": [] }),
+    );
+    Ok(body)
+}
+
+/// `PATH:GUEST[:rw|:ro]` as a directory grant.
+fn dir_grant(spec: &str) -> anyhow::Result<Value> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (path, guest, writable) = match parts.as_slice() {
+        [path, guest] => (path, guest, false),
+        [path, guest, "rw"] => (path, guest, true),
+        [path, guest, "ro"] => (path, guest, false),
+        _ => bail!("--grant-dir `{spec}` is not PATH:GUEST_PATH[:rw]"),
+    };
+    if path.is_empty() || guest.is_empty() {
+        bail!("--grant-dir `{spec}` is not PATH:GUEST_PATH[:rw]");
+    }
+    Ok(json!({ "path": path, "guest_path": guest, "writable": writable }))
+}
+
+async fn issuers(ctx: &Ctx, action: IssuersAction) -> anyhow::Result<()> {
+    match action {
+        IssuersAction::List { page } => ctx.list("/issuers", &page.query(), INSTANCE_COLUMNS).await,
+        IssuersAction::Get { id } => {
+            let reply = ctx
+                .client
+                .get(&format!("/issuers/{}", seg(&id)), &[])
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        IssuersAction::Create { instance } => {
+            let body = Value::Object(instance_body(&instance)?);
+            let reply = ctx.client.post("/issuers", Some(&body)).await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        IssuersAction::Delete { id } => {
+            let reply = ctx
+                .client
+                .delete(&format!("/issuers/{}", seg(&id)), &[])
+                .await?;
+            ctx.show(reply, |_| format!("deleted issuer {id}\n"));
+            Ok(())
+        }
+    }
+}
+
+async fn targets(ctx: &Ctx, action: TargetsAction) -> anyhow::Result<()> {
+    match action {
+        TargetsAction::List {
+            page,
+            include_retired,
+        } => {
+            let mut q = page.query();
+            if include_retired {
+                q.push(("include_retired", "true".into()));
+            }
+            ctx.list("/targets", &q, TARGET_COLUMNS).await
+        }
+        TargetsAction::Get { id } => {
+            let reply = ctx
+                .client
+                .get(&format!("/targets/{}", seg(&id)), &[])
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        TargetsAction::Create {
+            instance,
+            agent,
+            grant_dirs,
+        } => {
+            let mut body = instance_body(&instance)?;
+            let dirs = grant_dirs
+                .iter()
+                .map(|d| dir_grant(d))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            body.insert(
+                "grants".into(),
+                json!({ "hosts": instance.grant_hosts, "directories": dirs }),
+            );
+            if let Some(agent) = agent {
+                body.insert("agent_id".into(), json!(agent));
+            }
+            let reply = ctx
+                .client
+                .post("/targets", Some(&Value::Object(body)))
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        TargetsAction::Delete { id } => {
+            let reply = ctx
+                .client
+                .delete(&format!("/targets/{}", seg(&id)), &[])
+                .await?;
+            ctx.show(reply, |_| format!("deleted target {id}\n"));
+            Ok(())
+        }
+    }
+}
+
+/// A certificate detail: its fields, then its versions as a table.
+fn certificate_detail(body: &Value) -> String {
+    let mut out = output::fields(body, &["versions"]);
+    let versions = body["versions"].as_array().cloned().unwrap_or_default();
+    if !versions.is_empty() {
+        out.push('\n');
+        out.push_str(&output::table(VERSION_COLUMNS, &versions));
+    }
+    out
+}
+
+async fn certs(ctx: &Ctx, action: CertsAction) -> anyhow::Result<()> {
+    match action {
+        CertsAction::List {
+            page,
+            status,
+            expiring_within_days,
+        } => {
+            let q = query_of(
+                &page,
+                &[
+                    ("status", status),
+                    (
+                        "expiring_within_days",
+                        expiring_within_days.map(|d| d.to_string()),
+                    ),
+                ],
+            );
+            ctx.list("/certificates", &q, CERT_COLUMNS).await
+        }
+        CertsAction::Get { id } => {
+            let reply = ctx
+                .client
+                .get(&format!("/certificates/{}", seg(&id)), &[])
+                .await?;
+            ctx.show(reply, certificate_detail);
+            Ok(())
+        }
+        CertsAction::Create {
+            name,
+            cn,
+            sans,
+            issuer,
+            targets,
+            key_type,
+            key_source,
+            renew_before_days,
+            owner,
+        } => {
+            let mut body = Map::new();
+            body.insert("name".into(), json!(name));
+            body.insert("common_name".into(), json!(cn));
+            body.insert("sans".into(), json!(sans));
+            body.insert("issuer_id".into(), json!(issuer));
+            body.insert("target_ids".into(), json!(targets));
+            let optional = [
+                ("key_type", key_type.map(Value::from)),
+                ("key_source", key_source.map(Value::from)),
+                ("renew_before_days", renew_before_days.map(Value::from)),
+                ("owner", owner.map(Value::from)),
+            ];
+            for (k, v) in optional {
+                if let Some(v) = v {
+                    body.insert(k.into(), v);
+                }
+            }
+            let reply = ctx
+                .client
+                .post("/certificates", Some(&Value::Object(body)))
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        CertsAction::Renew { id } => {
+            let reply = ctx
+                .client
+                .post(&format!("/certificates/{}/renew", seg(&id)), None)
+                .await?;
+            ctx.show(reply, |v| {
+                format!(
+                    "renewal of {id} requested (due {})\n",
+                    output::cell(v.get("renew_at"))
+                )
+            });
+            Ok(())
+        }
+        CertsAction::Revoke { id, reason } => {
+            let body = match reason {
+                Some(r) => json!({ "reason": r }),
+                None => json!({}),
+            };
+            let reply = ctx
+                .client
+                .post(&format!("/certificates/{}/revoke", seg(&id)), Some(&body))
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+    }
+}
+
+async fn jobs(ctx: &Ctx, action: JobsAction) -> anyhow::Result<()> {
+    match action {
+        JobsAction::List {
+            page,
+            status,
+            job_type,
+            certificate,
+            agent,
+        } => {
+            let q = query_of(
+                &page,
+                &[
+                    ("status", status),
+                    ("type", job_type),
+                    ("certificate_id", certificate),
+                    ("agent_id", agent),
+                ],
+            );
+            ctx.list("/jobs", &q, JOB_COLUMNS).await
+        }
+        JobsAction::Get { id } => {
+            let reply = ctx.client.get(&format!("/jobs/{}", seg(&id)), &[]).await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        JobsAction::Cancel { id, reason } => {
+            let body = reason.map(|r| json!({ "reason": r }));
+            let reply = ctx
+                .client
+                .post(&format!("/jobs/{}/cancel", seg(&id)), body.as_ref())
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        JobsAction::Retry { id } => {
+            let reply = ctx
+                .client
+                .post(&format!("/jobs/{}/retry", seg(&id)), None)
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        JobsAction::Verification { id } => {
+            let reply = ctx
+                .client
+                .get(&format!("/jobs/{}/verification", seg(&id)), &[])
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+    }
+}
+
+async fn agents(ctx: &Ctx, action: AgentsAction) -> anyhow::Result<()> {
+    match action {
+        AgentsAction::List {
+            page,
+            include_retired,
+        } => {
+            let mut q = page.query();
+            if include_retired {
+                q.push(("include_retired", "true".into()));
+            }
+            ctx.list("/agents", &q, AGENT_COLUMNS).await
+        }
+        AgentsAction::Retired { page } => {
+            ctx.list("/agents/retired", &page.query(), AGENT_COLUMNS)
+                .await
+        }
+        AgentsAction::Get { id } => {
+            let reply = ctx
+                .client
+                .get(&format!("/agents/{}", seg(&id)), &[])
+                .await?;
+            ctx.show(reply, |v| {
+                let mut out = output::fields(v, &["dependencies"]);
+                out.push_str(&output::fields(&v["dependencies"], &[]));
+                out
+            });
+            Ok(())
+        }
+        AgentsAction::Retire { id, force, reason } => {
+            let mut q = Vec::new();
+            if force {
+                q.push(("force", "true".to_owned()));
+            }
+            if let Some(r) = reason {
+                q.push(("reason", r));
+            }
+            let reply = ctx
+                .client
+                .delete(&format!("/agents/{}", seg(&id)), &q)
+                .await?;
+            ctx.show(reply, |v| {
+                if v.is_null() {
+                    format!("agent {id} was already retired\n")
+                } else {
+                    format!(
+                        "retired agent {id} ({} target(s) retired, {} job(s) cancelled)\n",
+                        output::cell(v.get("targets_retired")),
+                        output::cell(v.get("jobs_cancelled"))
+                    )
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+async fn audit(ctx: &Ctx, action: AuditAction) -> anyhow::Result<()> {
+    match action {
+        AuditAction::List {
+            page,
+            subject_type,
+            subject_id,
+            actor,
+            since,
+            until,
+        } => {
+            let q = query_of(
+                &page,
+                &[
+                    ("subject_type", subject_type),
+                    ("subject_id", subject_id),
+                    ("actor", actor),
+                    ("since", since),
+                    ("until", until),
+                ],
+            );
+            ctx.list("/audit", &q, AUDIT_COLUMNS).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_grants_parse() {
+        assert_eq!(
+            dir_grant("/srv/certs:/out:rw").unwrap(),
+            json!({"path": "/srv/certs", "guest_path": "/out", "writable": true})
+        );
+        assert_eq!(dir_grant("/a:/b").unwrap()["writable"], json!(false));
+        assert!(dir_grant("/a").is_err());
+        assert!(dir_grant("/a:/b:x").is_err());
+    }
+
+    #[test]
+    fn ids_are_escaped_in_paths() {
+        assert_eq!(seg("abc-1"), "abc-1");
+        assert_eq!(seg("a/b c"), "a%2Fb%20c");
+    }
+}

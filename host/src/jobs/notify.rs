@@ -1,0 +1,256 @@
+//! Notification dispatch: enqueueing one notification per notifier instance
+//! ([`notify_all`]) and the `notifications` loop ([`tick`]) that claims due
+//! notifications (Pending → Sending, disjoint across replicas), runs the
+//! notifier connector's `notify` with the notification's id as the event id
+//! (so retries carry the same idempotency key) and records the outcome.
+//!
+//! A stored notification's `payload` is
+//! `{"summary", "severity", "occurred_at", "details"}` as written by
+//! [`notify_all`]; rows written otherwise are delivered with their whole
+//! payload as `details`.
+
+use certplane_runtime::notifier::Event;
+use certplane_runtime::{Level, PluginKind};
+use chrono::Utc;
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use super::connectors::{build_instance, failure_for};
+use crate::api::AppState;
+use crate::store::{NewNotification, Notification, StoreResult};
+
+/// Notifications one tick claims at most.
+pub const BATCH: u32 = 16;
+/// Expired notification leases one tick reaps at most.
+const REAP_BATCH: u32 = 500;
+/// Attempt budget of a notification enqueued by [`notify_all`].
+pub const MAX_ATTEMPTS: i32 = 8;
+
+/// The severity as stored in a notification's payload.
+pub fn severity_name(level: Level) -> &'static str {
+    match level {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
+}
+
+fn parse_severity(name: Option<&str>) -> Level {
+    match name {
+        Some("trace") => Level::Trace,
+        Some("debug") => Level::Debug,
+        Some("warn") => Level::Warn,
+        Some("error") => Level::Error,
+        _ => Level::Info,
+    }
+}
+
+/// Enqueues one notification of `kind` (e.g. `certificate.issued`) per
+/// enabled notifier instance and wakes the dispatch loop. `subject` names
+/// what the event is about (`certificate/<id>`), `summary` is one line for
+/// humans, `details` a JSON object. Returns how many were enqueued.
+pub async fn notify_all(
+    state: &AppState,
+    kind: &str,
+    subject: &str,
+    summary: &str,
+    severity: Level,
+    details: Value,
+) -> StoreResult<usize> {
+    let notifiers = state.store.list_notifiers().await?;
+    let occurred_at = Utc::now().timestamp();
+    let mut enqueued = 0;
+    for notifier in notifiers.iter().filter(|n| n.disabled_at.is_none()) {
+        state
+            .store
+            .enqueue_notification(NewNotification {
+                notifier_id: notifier.id.clone(),
+                event_type: kind.to_owned(),
+                subject: Some(subject.to_owned()),
+                payload: json!({
+                    "summary": summary,
+                    "severity": severity_name(severity),
+                    "occurred_at": occurred_at,
+                    "details": details,
+                }),
+                max_attempts: MAX_ATTEMPTS,
+            })
+            .await?;
+        enqueued += 1;
+    }
+    if enqueued > 0 {
+        state.wake.notifications.notify_one();
+    }
+    Ok(enqueued)
+}
+
+/// The connector event of a stored notification; its id is the
+/// notification's id.
+pub fn event_of(n: &Notification) -> Event {
+    let payload = &n.payload;
+    let summary = payload
+        .get("summary")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| n.subject.clone())
+        .unwrap_or_else(|| n.event_type.clone());
+    let occurred_at = payload
+        .get("occurred_at")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| u64::try_from(n.created_at.timestamp()).unwrap_or(0));
+    let details = match payload.get("details") {
+        Some(d) => d.to_string(),
+        None => payload.to_string(),
+    };
+    Event {
+        id: n.id.clone(),
+        kind: n.event_type.clone(),
+        severity: parse_severity(payload.get("severity").and_then(Value::as_str)),
+        summary,
+        subject: n.subject.clone().unwrap_or_default(),
+        occurred_at,
+        details,
+    }
+}
+
+/// One tick of the `notifications` loop: reaps expired leases, claims up to
+/// [`BATCH`] due notifications and delivers them concurrently. Returns how
+/// many were claimed.
+pub async fn tick(state: &AppState) -> StoreResult<usize> {
+    let reaped = state
+        .store
+        .reap_expired_notification_leases(REAP_BATCH)
+        .await?;
+    if reaped > 0 {
+        tracing::warn!(reaped, "expired notification leases reaped");
+    }
+    let claimed = state.store.claim_notifications(BATCH).await?;
+    let n = claimed.len();
+    join_all(claimed.into_iter().map(|notification| async move {
+        deliver(state, notification).await;
+    }))
+    .await;
+    Ok(n)
+}
+
+/// Delivers one claimed notification and records the outcome.
+async fn deliver(state: &AppState, notification: Notification) {
+    let Some(lease) = notification.lease() else {
+        return;
+    };
+    let id = notification.id.as_str();
+    let (error, permanent) = match attempt(state, &notification).await {
+        Ok(()) => {
+            match state.store.mark_notification_sent(&lease).await {
+                Ok(true) => tracing::debug!(notification = id, "notification sent"),
+                Ok(false) => {
+                    tracing::warn!(notification = id, "sent, but the lease was lost first")
+                }
+                Err(e) => tracing::error!(notification = id, error = %e, "cannot mark sent"),
+            }
+            return;
+        }
+        Err(failure) => failure,
+    };
+    tracing::warn!(notification = id, error = %error, permanent, "notification delivery failed");
+    match state
+        .store
+        .mark_notification_failed(&lease, &error, permanent)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(notification = id, "the lease was lost before the failure"),
+        Err(e) => tracing::error!(notification = id, error = %e, "cannot record the failure"),
+    }
+}
+
+/// Runs the notifier; `Err((message, permanent))` on failure.
+async fn attempt(state: &AppState, notification: &Notification) -> Result<(), (String, bool)> {
+    let notifier_id = notification.notifier_id.as_str();
+    let row = match state.store.get_notifier(notifier_id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return Err((format!("notifier {notifier_id} no longer exists"), true)),
+        // The database failed: retry later.
+        Err(e) => return Err((format!("loading notifier {notifier_id}: {e}"), false)),
+    };
+    if row.disabled_at.is_some() {
+        return Err((format!("notifier {:?} is disabled", row.name), true));
+    }
+    let instance = build_instance(
+        state,
+        PluginKind::Notifier,
+        &format!("notifier/{}", row.id),
+        &row.plugin_name,
+        &row.settings,
+        row.encrypted_secrets.as_deref(),
+        &row.grants,
+    )
+    .map_err(|e| (e, true))?;
+    instance.notify(&event_of(notification)).await.map_err(|e| {
+        let failure = failure_for(&e, Utc::now());
+        (failure.error, failure.permanent)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NotificationStatus;
+
+    fn row(payload: Value) -> Notification {
+        let now = Utc::now();
+        Notification {
+            id: "n1".into(),
+            notifier_id: "w".into(),
+            event_type: "certificate.issued".into(),
+            subject: Some("certificate/c1".into()),
+            payload,
+            status: NotificationStatus::Sending,
+            attempts: 1,
+            max_attempts: 8,
+            run_at: now,
+            lease_owner: Some("me".into()),
+            lease_expires_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            sent_at: None,
+        }
+    }
+
+    #[test]
+    fn events_from_rows() {
+        let e = event_of(&row(json!({
+            "summary": "issued", "severity": "warn", "occurred_at": 42,
+            "details": {"serial": "01"}
+        })));
+        assert_eq!(e.id, "n1");
+        assert_eq!(e.kind, "certificate.issued");
+        assert_eq!(e.subject, "certificate/c1");
+        assert_eq!(e.summary, "issued");
+        assert_eq!(e.severity, Level::Warn);
+        assert_eq!(e.occurred_at, 42);
+        assert_eq!(e.details, r#"{"serial":"01"}"#);
+
+        let e = event_of(&row(json!({"free": "form"})));
+        assert_eq!(e.summary, "certificate/c1");
+        assert_eq!(e.severity, Level::Info);
+        assert_eq!(e.details, r#"{"free":"form"}"#);
+        assert!(e.occurred_at > 0);
+    }
+
+    #[test]
+    fn severities_round_trip() {
+        for level in [
+            Level::Trace,
+            Level::Debug,
+            Level::Info,
+            Level::Warn,
+            Level::Error,
+        ] {
+            assert_eq!(parse_severity(Some(severity_name(level))), level);
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! Notifications end to end: the `webhook` notifier connector delivering
+//! through the host's `notifications` loop to a local receiver that checks
+//! the Standard Webhooks signature of every request, on SQLite and
+//! PostgreSQL; exactly-once delivery with two hosts on one PostgreSQL
+//! database; and the failure mapping (500 retried, 410 failed for good).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use certplane_host::api::AppState;
+use certplane_host::jobs;
+use certplane_host::plugins::PluginRegistry;
+use certplane_host::store::{
+    KeySource, NewCertificate, NewNotification, NewPluginInstance, Notification,
+    NotificationStatus, Store, StoreOptions,
+};
+use certplane_runtime::Level;
+use certplane_runtime::harness::{RecordedRequest, TestResponse, TestServer};
+use common::Backend;
+use common::app::TestApp;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+fn signing_key() -> Vec<u8> {
+    STANDARD
+        .decode(SECRET.strip_prefix("whsec_").unwrap())
+        .unwrap()
+}
+
+/// What a Standard Webhooks receiver checks: the three headers, a recent
+/// timestamp and one matching `v1` signature over `id.timestamp.body`.
+fn verify(req: &RecordedRequest) -> Result<String, String> {
+    let id = req.header("webhook-id").ok_or("no webhook-id")?;
+    let ts = req
+        .header("webhook-timestamp")
+        .ok_or("no webhook-timestamp")?;
+    let sigs = req
+        .header("webhook-signature")
+        .ok_or("no webhook-signature")?;
+    let ts_num: i64 = ts.parse().map_err(|_| format!("bad timestamp {ts:?}"))?;
+    let now = chrono::Utc::now().timestamp();
+    if (now - ts_num).abs() > 300 {
+        return Err(format!("timestamp {ts} too far from now {now}"));
+    }
+    let mut signed = format!("{id}.{ts}.").into_bytes();
+    signed.extend_from_slice(&req.body);
+    let expected = format!(
+        "v1,{}",
+        STANDARD.encode(hmac_sha256(&signing_key(), &signed))
+    );
+    if !sigs.split(' ').any(|s| s == expected) {
+        return Err(format!("signature {sigs:?} does not match {expected:?}"));
+    }
+    Ok(id.to_owned())
+}
+
+#[test]
+fn receiver_verifier_matches_the_standard_webhooks_vector() {
+    let req = RecordedRequest {
+        method: "POST".into(),
+        path: "/".into(),
+        headers: vec![],
+        body: br#"{"email":"test@example.com","username":"test_user"}"#.to_vec(),
+    };
+    let mut signed = b"msg_27UH4WbU6Z5A5EzD8u03UvzRbpk.1649367553.".to_vec();
+    signed.extend_from_slice(&req.body);
+    assert_eq!(
+        STANDARD.encode(hmac_sha256(&signing_key(), &signed)),
+        "tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+    );
+}
+
+async fn app(backend: Backend) -> TestApp {
+    TestApp::with_config(backend, |c| {
+        c.scheduler.notifications_ms = 100;
+    })
+    .await
+}
+
+/// A `webhook` notifier posting to `server`, its signing secret sealed for
+/// `notifier/<id>`.
+async fn create_webhook(state: &AppState, server: &TestServer) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let sealed = state
+        .secrets
+        .seal_map(
+            &BTreeMap::from([("signing_secret".to_string(), SECRET.to_string())]),
+            &format!("notifier/{id}"),
+        )
+        .unwrap();
+    state
+        .store
+        .create_notifier_with_id(
+            &id,
+            NewPluginInstance {
+                settings: serde_json::json!({ "url": format!("{}/hooks/certplane", server.url()) }),
+                encrypted_secrets: Some(sealed.into_bytes()),
+                grants: serde_json::json!({ "hosts": [server.grant()] }),
+                ..NewPluginInstance::new("hook", "webhook", "0.1.0")
+            },
+        )
+        .await
+        .unwrap();
+    id
+}
+
+async fn enqueue(store: &Store, notifier_id: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let row = store
+            .enqueue_notification(NewNotification {
+                notifier_id: notifier_id.to_owned(),
+                event_type: "certificate.expiring".into(),
+                subject: Some(format!("certificate/c{i}")),
+                payload: serde_json::json!({
+                    "summary": format!("certificate c{i} expires soon"),
+                    "severity": "warn",
+                    "occurred_at": 1_649_367_553,
+                    "details": { "n": i },
+                }),
+                max_attempts: 5,
+            })
+            .await
+            .unwrap();
+        ids.push(row.id);
+    }
+    ids
+}
+
+async fn wait_for(
+    store: &Store,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Notification) -> bool,
+) -> Notification {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = store.get_notification(id).await.unwrap().unwrap();
+        if done(&n) {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?} after {} attempts ({:?})",
+            n.status,
+            n.attempts,
+            n.last_error
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Lets any (wrong) extra delivery arrive before counting requests.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+}
+
+async fn delivered_once_with_a_valid_signature(backend: Backend) {
+    let app = app(backend).await;
+    let server = TestServer::start(|_| TestResponse::text(204, ""))
+        .await
+        .unwrap();
+    let notifier = create_webhook(&app.state, &server).await;
+    let enqueued = jobs::notify::notify_all(
+        &app.state,
+        "certificate.issued",
+        "certificate/web",
+        "certificate web issued",
+        Level::Info,
+        serde_json::json!({ "serial": "01ab" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(enqueued, 1);
+    let (rows, _) = app.store.list_notifications(None, 0, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].notifier_id, notifier);
+    let id = rows[0].id.clone();
+
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let sent = wait_for(&app.store, &id, "sent", |n| {
+        n.status == NotificationStatus::Sent
+    })
+    .await;
+    settle().await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+
+    assert_eq!(sent.attempts, 1);
+    assert!(sent.sent_at.is_some());
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "exactly one delivery");
+    let req = &requests[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/hooks/certplane");
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(
+        verify(req),
+        Ok(id.clone()),
+        "webhook-id is the notification id"
+    );
+    let body = req.json().unwrap();
+    assert_eq!(body["type"], "certificate.issued");
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'), "{body}");
+    assert_eq!(body["data"]["id"], id.as_str());
+    assert_eq!(body["data"]["subject"], "certificate/web");
+    assert_eq!(body["data"]["summary"], "certificate web issued");
+    assert_eq!(body["data"]["severity"], "info");
+    assert_eq!(
+        body["data"]["details"],
+        serde_json::json!({ "serial": "01ab" })
+    );
+}
+
+async fn server_error_is_retried_then_sent_once(backend: Backend) {
+    let app = app(backend).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let server = TestServer::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            TestResponse::text(500, "oops")
+        } else {
+            TestResponse::text(200, "ok")
+        }
+    })
+    .await
+    .unwrap();
+    let notifier = create_webhook(&app.state, &server).await;
+    let id = enqueue(&app.store, &notifier, 1).await.remove(0);
+
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let sent = wait_for(&app.store, &id, "sent after a retry", |n| {
+        n.status == NotificationStatus::Sent
+    })
+    .await;
+    settle().await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+
+    assert_eq!(sent.attempts, 2);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "one failed attempt, one success");
+    for req in &requests {
+        assert_eq!(verify(req), Ok(id.clone()), "same webhook-id on the retry");
+    }
+}
+
+async fn gone_fails_permanently(backend: Backend) {
+    let app = app(backend).await;
+    let server = TestServer::start(|_| TestResponse::text(410, "gone"))
+        .await
+        .unwrap();
+    let notifier = create_webhook(&app.state, &server).await;
+    let id = enqueue(&app.store, &notifier, 1).await.remove(0);
+
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let failed = wait_for(&app.store, &id, "failed", |n| {
+        n.status == NotificationStatus::Failed
+    })
+    .await;
+    settle().await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+
+    assert_eq!(failed.attempts, 1, "not retried");
+    let error = failed.last_error.unwrap_or_default();
+    assert!(error.contains("endpoint gone; disable it"), "{error}");
+    assert_eq!(server.requests().len(), 1);
+    let after = app.store.get_notification(&id).await.unwrap().unwrap();
+    assert_eq!(after.status, NotificationStatus::Failed);
+}
+
+/// A local-ca issuer whose CA key is sealed for `issuer/<id>`.
+async fn create_local_ca(state: &AppState) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "notifications test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca = params.self_signed(&key).unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    let sealed = state
+        .secrets
+        .seal_map(
+            &BTreeMap::from([("ca_private_key_pem".to_string(), key.serialize_pem())]),
+            &format!("issuer/{id}"),
+        )
+        .unwrap();
+    state
+        .store
+        .create_issuer_with_id(
+            &id,
+            NewPluginInstance {
+                settings: serde_json::json!({ "ca_certificate_pem": ca.pem(), "validity_days": 30 }),
+                encrypted_secrets: Some(sealed.into_bytes()),
+                ..NewPluginInstance::new("ca", "local-ca", "0.1.0")
+            },
+        )
+        .await
+        .unwrap();
+    id
+}
+
+async fn issuance_notifies(backend: Backend) {
+    let app = TestApp::with_config(backend, |c| {
+        c.scheduler.notifications_ms = 100;
+        c.scheduler.jobs_ms = 100;
+        c.scheduler.renewal_ms = 100;
+    })
+    .await;
+    let server = TestServer::start(|_| TestResponse::text(200, "ok"))
+        .await
+        .unwrap();
+    create_webhook(&app.state, &server).await;
+    let issuer_id = create_local_ca(&app.state).await;
+    let cert = app
+        .store
+        .create_certificate(NewCertificate {
+            name: "web".into(),
+            common_name: "web.notify.test".into(),
+            sans: vec!["web.notify.test".into()],
+            key_type: "ecdsa-p256".into(),
+            key_source: KeySource::Host,
+            issuer_id,
+            target_id: None,
+            renew_before_secs: 86_400,
+            owner: None,
+        })
+        .await
+        .unwrap();
+
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sent = loop {
+        let (rows, _) = app.store.list_notifications(None, 0, 10).await.unwrap();
+        if let Some(n) = rows.iter().find(|n| n.status == NotificationStatus::Sent) {
+            break n.clone();
+        }
+        assert!(Instant::now() < deadline, "no notification sent: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    settle().await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+
+    assert_eq!(sent.event_type, "certificate.issued");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(verify(&requests[0]), Ok(sent.id.clone()));
+    let body = requests[0].json().unwrap();
+    assert_eq!(body["type"], "certificate.issued");
+    assert_eq!(
+        body["data"]["subject"],
+        format!("certificate/{}", cert.id).as_str()
+    );
+    assert_eq!(body["data"]["details"]["certificate_id"], cert.id.as_str());
+    assert!(body["data"]["details"]["serial"].is_string(), "{body}");
+}
+
+both_backends!(
+    issuance_notifies,
+    delivered_once_with_a_valid_signature,
+    server_error_is_retried_then_sent_once,
+    gone_fails_permanently
+);
+
+/// Two hosts (two pools with their own lease owner, one database, one
+/// secret key) dispatching 50 notifications: each is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_deliver_each_notification_exactly_once() {
+    let app = app(Backend::Postgres).await;
+    let server = TestServer::start(|_| TestResponse::text(200, "ok"))
+        .await
+        .unwrap();
+    let notifier = create_webhook(&app.state, &server).await;
+
+    let store2 = Store::connect_with(
+        &app.db.url,
+        StoreOptions {
+            instance_id: "second-host".into(),
+            ..common::test_options()
+        },
+    )
+    .await
+    .unwrap();
+    let registry = PluginRegistry::load(&app.state.config.plugin_dir, None)
+        .await
+        .unwrap();
+    let state2 = AppState::new(
+        store2.clone(),
+        app.state.config.clone(),
+        Arc::new(registry),
+        app.state.secrets.clone(),
+    );
+    let first = jobs::start(app.state.clone(), CancellationToken::new());
+    let second = jobs::start(state2.clone(), CancellationToken::new());
+
+    let ids = enqueue(&app.store, &notifier, 50).await;
+    app.state.wake.notifications.notify_one();
+    state2.wake.notifications.notify_one();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = common::count(
+            &app.store,
+            "SELECT COUNT(*) FROM notifications WHERE status = 'sent'",
+        )
+        .await;
+        if sent == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {sent} of 50 sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settle().await;
+    first.shutdown(Duration::from_secs(5)).await;
+    second.shutdown(Duration::from_secs(5)).await;
+
+    let requests = server.requests();
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for req in &requests {
+        let id = verify(req).unwrap_or_else(|e| panic!("bad delivery: {e}"));
+        *per_id.entry(id).or_default() += 1;
+    }
+    let dupes: Vec<_> = per_id.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(dupes.is_empty(), "delivered more than once: {dupes:?}");
+    assert_eq!(
+        per_id.keys().cloned().collect::<BTreeSet<_>>(),
+        ids.iter().cloned().collect::<BTreeSet<_>>(),
+        "every notification delivered"
+    );
+    assert_eq!(requests.len(), 50);
+    assert_eq!(
+        common::count(
+            &app.store,
+            "SELECT COUNT(*) FROM notifications WHERE status = 'sent' AND attempts = 1",
+        )
+        .await,
+        50
+    );
+    let by_owner = common::count(
+        &app.store,
+        "SELECT COUNT(DISTINCT lease_owner) FROM notifications",
+    )
+    .await;
+    eprintln!("notifications delivered by {by_owner} host(s)");
+}
