@@ -14,6 +14,8 @@ pub struct Wake {
     pub jobs: Arc<Notify>,
     /// Async CA order polling.
     pub orders: Arc<Notify>,
+    /// The renewal sweep (a certificate became due: created, "renew now").
+    pub renewals: Arc<Notify>,
     /// Notification dispatch.
     pub notifications: Arc<Notify>,
     agents: Mutex<HashMap<String, Arc<Notify>>>,

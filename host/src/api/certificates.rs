@@ -311,7 +311,11 @@ pub fn check_names(common_name: &str, sans: &[String]) -> ApiResult<(String, Vec
 
 async fn view(state: &AppState, cert: Certificate) -> ApiResult<CertificateView> {
     let target_ids = state.store.certificate_target_ids(&cert.id).await?;
-    Ok(CertificateView {
+    Ok(view_with_targets(cert, target_ids))
+}
+
+fn view_with_targets(cert: Certificate, target_ids: Vec<String>) -> CertificateView {
+    CertificateView {
         id: cert.id,
         name: cert.name,
         common_name: cert.common_name,
@@ -328,7 +332,7 @@ async fn view(state: &AppState, cert: Certificate) -> ApiResult<CertificateView>
         renew_at: cert.renew_at,
         created_at: cert.created_at,
         updated_at: cert.updated_at,
-    })
+    }
 }
 
 async fn load(state: &AppState, id: &str) -> ApiResult<Certificate> {
@@ -401,10 +405,16 @@ async fn list_certificates(
         .store
         .list_certificates(status, expiring_before, offset, per_page)
         .await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for cert in rows {
-        items.push(view(&state, cert).await?);
-    }
+    // One query for every row's targets, not one per row.
+    let ids: Vec<String> = rows.iter().map(|c| c.id.clone()).collect();
+    let mut targets = state.store.certificate_target_ids_many(&ids).await?;
+    let items: Vec<CertificateView> = rows
+        .into_iter()
+        .map(|cert| {
+            let target_ids = targets.remove(&cert.id).unwrap_or_default();
+            view_with_targets(cert, target_ids)
+        })
+        .collect();
     let body = Page {
         items,
         page,
@@ -528,7 +538,7 @@ async fn create_certificate(
         }),
     )
     .await?;
-    state.wake.jobs.notify_one();
+    state.wake.renewals.notify_one();
     let view = view(&state, cert).await?;
     Ok(json_response(StatusCode::CREATED, view))
 }
@@ -558,8 +568,8 @@ async fn get_certificate(
     Ok(json_response(StatusCode::OK, detail))
 }
 
-/// Renew now: makes the certificate due at once and wakes the job
-/// processor. 409 unless it is active.
+/// Renew now: makes the certificate due at once and wakes the renewal
+/// sweep. 409 unless it is active.
 #[utoipa::path(post, path = "/certificates/{id}/renew", tag = "certificates",
     params(("id" = String, Path)),
     responses((status = 202, body = CertificateView), (status = 404, body = ErrorBody),
@@ -589,7 +599,7 @@ async fn renew_certificate(
         json!({ "renew_at": at, "previous_renew_at": cert.renew_at }),
     )
     .await?;
-    state.wake.jobs.notify_one();
+    state.wake.renewals.notify_one();
     let cert = load(&state, &id).await?;
     let view = view(&state, cert).await?;
     Ok(json_response(StatusCode::ACCEPTED, view))

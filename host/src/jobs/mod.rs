@@ -101,20 +101,24 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
     );
 
     let st = state.clone();
-    scheduler.spawn_loop(spec("renewals", s.renewal_ms, &state), None, move || {
-        let st = st.clone();
-        async move {
-            let created = st
-                .store
-                .enqueue_due_renewals(RENEWAL_ATTEMPTS, RENEWAL_BATCH)
-                .await?;
-            if created > 0 {
-                tracing::info!(created, "renewal jobs enqueued");
-                st.wake.jobs.notify_one();
+    scheduler.spawn_loop(
+        spec("renewals", s.renewal_ms, &state),
+        Some(state.wake.renewals.clone()),
+        move || {
+            let st = st.clone();
+            async move {
+                let created = st
+                    .store
+                    .enqueue_due_renewals(RENEWAL_ATTEMPTS, RENEWAL_BATCH)
+                    .await?;
+                if created > 0 {
+                    tracing::info!(created, "renewal jobs enqueued");
+                    st.wake.jobs.notify_one();
+                }
+                Ok(report(created as usize, RENEWAL_BATCH))
             }
-            Ok(report(created as usize, RENEWAL_BATCH))
-        }
-    });
+        },
+    );
 
     let st = state.clone();
     scheduler.spawn_loop(spec("retry", s.retry_ms, &state), None, move || {

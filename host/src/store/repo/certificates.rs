@@ -353,4 +353,45 @@ impl Store {
         });
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
+
+    /// [`Store::certificate_target_ids`] for many certificates in one query
+    /// (list pages), keyed by certificate id; certificates without targets
+    /// are absent.
+    pub async fn certificate_target_ids_many(
+        &self,
+        certificate_ids: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, Vec<String>>> {
+        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+        if certificate_ids.is_empty() {
+            return Ok(out);
+        }
+        let rows: Vec<(String, String)> = on_read!(self, |pool| {
+            let mut qb = sqlx::QueryBuilder::new(
+                "SELECT certificate_id, target_id FROM (
+                     SELECT id AS certificate_id, target_id, 0 AS ord, created_at
+                     FROM certificates WHERE target_id IS NOT NULL AND id IN (",
+            );
+            let mut ids = qb.separated(", ");
+            for id in certificate_ids {
+                ids.push_bind(id.clone());
+            }
+            qb.push(
+                ") UNION ALL
+                 SELECT ct.certificate_id, ct.target_id, 1 AS ord, ct.created_at
+                 FROM certificate_targets ct JOIN certificates c ON c.id = ct.certificate_id
+                 WHERE (c.target_id IS NULL OR ct.target_id <> c.target_id)
+                   AND ct.certificate_id IN (",
+            );
+            let mut ids = qb.separated(", ");
+            for id in certificate_ids {
+                ids.push_bind(id.clone());
+            }
+            qb.push(") ) t ORDER BY certificate_id, ord, created_at, target_id");
+            qb.build_query_as().fetch_all(pool).await?
+        });
+        for (certificate_id, target_id) in rows {
+            out.entry(certificate_id).or_default().push(target_id);
+        }
+        Ok(out)
+    }
 }
