@@ -170,6 +170,19 @@ async fn async_order_is_polled_until_issued(backend: Backend) {
     .await;
     let order_id = polling.order_id.clone().expect("order persisted");
     assert!(polling.order_state.is_some() && polling.csr_pem.is_some());
+    // The host keeps the sealed private key in the job; the API never shows it.
+    let shown = s
+        .app
+        .get(&format!("/api/v1/jobs/{}", polling.id), &s.app.reader)
+        .await;
+    assert_eq!(shown.status, axum::http::StatusCode::OK, "{}", shown.text);
+    assert!(!shown.text.contains("sealed_key"), "{}", shown.text);
+    assert!(
+        polling
+            .payload
+            .as_ref()
+            .is_some_and(|p| p.get("sealed_key").is_some())
+    );
     let next = polling.next_poll_at.expect("next poll time");
     let delay = next - polling.updated_at;
     assert!(

@@ -462,7 +462,7 @@ async fn job_view(state: &AppState, job: &Job) -> ApiResult<Result<AgentJob, Str
         status: job.status.to_string(),
         attempt: job.attempts,
         lease_expires_at: if running { job.lease_expires_at } else { None },
-        payload: job.payload.clone(),
+        payload: job.public_payload(),
         certificate: certificate.map(|c| JobCertificate {
             id: c.id,
             name: c.name,

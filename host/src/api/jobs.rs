@@ -97,6 +97,7 @@ pub struct JobView {
 
 impl From<Job> for JobView {
     fn from(job: Job) -> Self {
+        let payload = job.public_payload();
         JobView {
             id: job.id,
             job_type: job.job_type,
@@ -106,7 +107,7 @@ impl From<Job> for JobView {
             agent_id: job.agent_id,
             parent_job_id: job.parent_job_id,
             certificate_version_id: job.certificate_version_id,
-            payload: job.payload,
+            payload,
             attempts: job.attempts,
             max_attempts: job.max_attempts,
             run_at: job.run_at,

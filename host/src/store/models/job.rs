@@ -112,7 +112,22 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// Payload keys the host keeps for itself (a sealed private key while an
+/// order is pending); never shown through the API.
+pub const PRIVATE_PAYLOAD_KEYS: &[&str] = &["sealed_key"];
+
 impl Job {
+    /// The payload without host-private keys, for API views.
+    pub fn public_payload(&self) -> Option<Value> {
+        let mut payload = self.payload.clone()?;
+        if let Value::Object(map) = &mut payload {
+            for key in PRIVATE_PAYLOAD_KEYS {
+                map.remove(*key);
+            }
+        }
+        Some(payload)
+    }
+
     /// The lease token of a claimed job: required to renew, complete or fail
     /// it. `None` unless the job is `Running` with an owner.
     pub fn lease(&self) -> Option<JobLease> {
