@@ -254,22 +254,32 @@ async fn list_jobs(
         page: q.page,
         per_page: q.per_page,
     };
-    page.resolve()?;
+    let (page_no, per_page) = page.resolve()?;
     let filter = JobFilter {
         status: q.status,
         job_type: q.job_type,
         certificate_id: q.certificate_id,
         agent_id: q.agent_id,
-        limit: Some(u32::MAX),
+        limit: Some(per_page),
+        offset: Some(u64::from(page_no - 1) * u64::from(per_page)),
     };
-    let jobs: Vec<JobView> = state
+    let total = state.store.count_jobs(&filter).await?;
+    let items: Vec<JobView> = state
         .store
         .list_jobs(&filter)
         .await?
         .into_iter()
         .map(JobView::from)
         .collect();
-    Ok(conditional_json(&headers, &Page::of(&jobs, page)?))
+    Ok(conditional_json(
+        &headers,
+        &Page {
+            items,
+            page: page_no,
+            per_page,
+            total,
+        },
+    ))
 }
 
 /// One job.
@@ -503,6 +513,7 @@ async fn get_verification(
             agent_id: None,
             status: None,
             limit: Some(u32::MAX),
+            offset: None,
         };
         // Newest first: the first child holding a result is the latest one.
         holder = state

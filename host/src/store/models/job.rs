@@ -307,4 +307,6 @@ pub struct JobFilter {
     pub agent_id: Option<String>,
     /// At most this many rows (default 100), newest first.
     pub limit: Option<u32>,
+    /// Rows to skip first (paging).
+    pub offset: Option<u64>,
 }

@@ -37,6 +37,26 @@ fn check_new_job(job: &NewJob) -> StoreResult<()> {
     Ok(())
 }
 
+/// Appends the WHERE conditions of a [`JobFilter`] (shared by listing and
+/// counting so the two cannot disagree).
+macro_rules! job_conditions {
+    ($qb:ident, $filter:expr) => {{
+        let filter: &JobFilter = $filter;
+        if let Some(s) = filter.status {
+            $qb.push(" AND status = ").push_bind(s);
+        }
+        if let Some(t) = filter.job_type {
+            $qb.push(" AND job_type = ").push_bind(t);
+        }
+        if let Some(c) = &filter.certificate_id {
+            $qb.push(" AND certificate_id = ").push_bind(c.clone());
+        }
+        if let Some(a) = &filter.agent_id {
+            $qb.push(" AND agent_id = ").push_bind(a.clone());
+        }
+    }};
+}
+
 impl Store {
     /// Inserts one job and returns it. `agent_id` left `None` is resolved to
     /// the target's agent, or `"host"` when there is no target.
@@ -106,26 +126,27 @@ impl Store {
         }))
     }
 
-    /// Jobs matching `filter`, newest first.
+    /// Jobs matching `filter`, newest first, `filter.offset` rows skipped.
     pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
         Ok(on_read!(self, |pool| {
             let mut qb = QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
-            if let Some(s) = filter.status {
-                qb.push(" AND status = ").push_bind(s);
-            }
-            if let Some(t) = filter.job_type {
-                qb.push(" AND job_type = ").push_bind(t);
-            }
-            if let Some(c) = &filter.certificate_id {
-                qb.push(" AND certificate_id = ").push_bind(c.clone());
-            }
-            if let Some(a) = &filter.agent_id {
-                qb.push(" AND agent_id = ").push_bind(a.clone());
-            }
+            job_conditions!(qb, filter);
             qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-                .push_bind(sql_limit(filter.limit.unwrap_or(100)));
+                .push_bind(sql_limit(filter.limit.unwrap_or(100)))
+                .push(" OFFSET ")
+                .push_bind(i64::try_from(filter.offset.unwrap_or(0)).unwrap_or(i64::MAX));
             qb.build_query_as::<Job>().fetch_all(pool).await?
         }))
+    }
+
+    /// Number of jobs matching `filter` (its limit and offset ignored).
+    pub async fn count_jobs(&self, filter: &JobFilter) -> StoreResult<u64> {
+        let count: i64 = on_read!(self, |pool| {
+            let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM jobs WHERE 1 = 1");
+            job_conditions!(qb, filter);
+            qb.build_query_scalar::<i64>().fetch_one(pool).await?
+        });
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Number of jobs per status (statuses without jobs are absent).
