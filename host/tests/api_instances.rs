@@ -10,22 +10,7 @@ use common::app::{Reply, TestApp, error_code};
 use common::{Backend, count, fixtures};
 use serde_json::{Value, json};
 
-/// A self-signed CA: (certificate PEM, private key PEM).
-fn test_ca() -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "certplane test CA");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
+use common::test_ca;
 
 fn issuer_body(name: &str, ca: &(String, String)) -> Value {
     json!({

@@ -296,35 +296,9 @@ async fn gone_fails_permanently(backend: Backend) {
 
 /// A local-ca issuer whose CA key is sealed for `issuer/<id>`.
 async fn create_local_ca(state: &AppState) -> String {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "notifications test CA");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    let ca = params.self_signed(&key).unwrap();
-    let id = uuid::Uuid::now_v7().to_string();
-    let sealed = state
-        .secrets
-        .seal_map(
-            &BTreeMap::from([("ca_private_key_pem".to_string(), key.serialize_pem())]),
-            &format!("issuer/{id}"),
-        )
-        .unwrap();
-    state
-        .store
-        .create_issuer_with_id(
-            &id,
-            NewPluginInstance {
-                settings: serde_json::json!({ "ca_certificate_pem": ca.pem(), "validity_days": 30 }),
-                encrypted_secrets: Some(sealed.into_bytes()),
-                ..NewPluginInstance::new("ca", "local-ca", "0.1.0")
-            },
-        )
+    common::ca_issuer(state, "local-ca", serde_json::json!({}))
         .await
-        .unwrap();
-    id
+        .id
 }
 
 async fn issuance_notifies(backend: Backend) {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use certplane_host::jobs;
@@ -17,21 +16,6 @@ use common::Backend;
 use common::app::TestApp;
 use tokio_util::sync::CancellationToken;
 
-fn test_ca() -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "pipeline test CA");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
 async fn issue_and_deploy(backend: Backend) {
     let app = TestApp::with_config(backend, |c| {
         // Loops only run when woken or on these intervals.
@@ -42,35 +26,7 @@ async fn issue_and_deploy(backend: Backend) {
     let store = &app.store;
     let state = &app.state;
 
-    let (ca_cert, ca_key) = test_ca();
-    let issuer_row = store
-        .create_issuer(NewPluginInstance {
-            settings: serde_json::json!({ "ca_certificate_pem": ca_cert, "validity_days": 30 }),
-            ..NewPluginInstance::new("ca", "local-ca", "0.1.0")
-        })
-        .await
-        .unwrap();
-    let sealed = state
-        .secrets
-        .seal_map(
-            &BTreeMap::from([("ca_private_key_pem".to_string(), ca_key)]),
-            &format!("issuer/{}", issuer_row.id),
-        )
-        .unwrap();
-    // The store API seals on create through the API layer; here we write
-    // the sealed form directly, as the API does.
-    common::exec(
-        store,
-        &format!(
-            "UPDATE issuers SET encrypted_secrets = {} WHERE id = '{}'",
-            match backend {
-                Backend::Sqlite => format!("X'{}'", hex::encode(sealed.as_bytes())),
-                Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(sealed.as_bytes())),
-            },
-            issuer_row.id
-        ),
-    )
-    .await;
+    let issuer_row = common::ca_issuer(state, "local-ca", serde_json::json!({})).await;
 
     let deploy_dir = tempfile::tempdir().unwrap();
     let target = store

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,24 +13,11 @@ use certplane_host::api::AppState;
 use certplane_host::jobs;
 use certplane_host::plugins::PluginRegistry;
 use certplane_host::store::{
-    Certificate, Job, JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewPluginInstance,
-    Store, StoreOptions,
+    Certificate, Job, JobFilter, JobStatus, JobType, KeySource, NewCertificate, Store, StoreOptions,
 };
 use common::Backend;
 use common::app::{TestApp, plugin_dir_with_fixtures};
 use tokio_util::sync::CancellationToken;
-
-fn test_ca() -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "slow test CA");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 struct Setup {
     app: TestApp,
@@ -50,40 +36,7 @@ async fn setup(backend: Backend, settings: serde_json::Value) -> Setup {
         c.scheduler.renewal_ms = 100;
     })
     .await;
-    let (ca_cert, ca_key) = test_ca();
-    let mut all = serde_json::json!({ "ca_certificate_pem": ca_cert, "validity_days": 30 });
-    for (k, v) in settings.as_object().unwrap() {
-        all[k] = v.clone();
-    }
-    let issuer = app
-        .store
-        .create_issuer(NewPluginInstance {
-            settings: all,
-            ..NewPluginInstance::new("slow", "slow-ca", "0.1.0")
-        })
-        .await
-        .unwrap();
-    let sealed = app
-        .state
-        .secrets
-        .seal_map(
-            &BTreeMap::from([("ca_private_key_pem".to_string(), ca_key)]),
-            &format!("issuer/{}", issuer.id),
-        )
-        .unwrap();
-    let hex_bytes = hex::encode(sealed.as_bytes());
-    let literal = match backend {
-        Backend::Sqlite => format!("X'{hex_bytes}'"),
-        Backend::Postgres => format!("'\\x{hex_bytes}'::bytea"),
-    };
-    common::exec(
-        &app.store,
-        &format!(
-            "UPDATE issuers SET encrypted_secrets = {literal} WHERE id = '{}'",
-            issuer.id
-        ),
-    )
-    .await;
+    let issuer = common::ca_issuer(&app.state, "slow-ca", settings).await;
     let cert = app
         .store
         .create_certificate(NewCertificate {

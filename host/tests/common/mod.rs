@@ -243,3 +243,57 @@ pub mod fixtures {
             .expect("certificate")
     }
 }
+
+/// A self-signed ECDSA P-256 CA for tests: (certificate PEM, PKCS#8 key PEM).
+pub fn test_ca() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "certplane test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let cert = params.self_signed(&key).expect("CA certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// An issuer instance of `plugin` (local-ca or a fixture that reuses it)
+/// signing with a fresh test CA: `extra` settings are merged over the CA
+/// settings and the CA key is sealed for `issuer/<id>`, as the API stores it.
+pub async fn ca_issuer(
+    state: &certplane_host::api::AppState,
+    plugin: &str,
+    extra: serde_json::Value,
+) -> certplane_host::store::PluginInstance {
+    use certplane_host::store::NewPluginInstance;
+    let (ca_cert, ca_key) = test_ca();
+    let mut settings = serde_json::json!({ "ca_certificate_pem": ca_cert, "validity_days": 30 });
+    if let Some(extra) = extra.as_object() {
+        for (k, v) in extra {
+            settings[k] = v.clone();
+        }
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let sealed = state
+        .secrets
+        .seal_map(
+            &std::collections::BTreeMap::from([("ca_private_key_pem".to_string(), ca_key)]),
+            &format!("issuer/{id}"),
+        )
+        .expect("seal");
+    state
+        .store
+        .create_issuer_with_id(
+            &id,
+            NewPluginInstance {
+                settings,
+                encrypted_secrets: Some(sealed.into_bytes()),
+                ..NewPluginInstance::new(format!("{plugin}-{id}"), plugin, "0.1.0")
+            },
+        )
+        .await
+        .expect("issuer")
+}
