@@ -24,6 +24,9 @@ pub struct DemoOptions {
     pub plugin_dir: PathBuf,
     /// Keep the temporary data directory instead of deleting it.
     pub keep: bool,
+    /// Compiled-plugin cache kept across runs (`None`: inside the temporary
+    /// data directory, so every run compiles).
+    pub cache_dir: Option<PathBuf>,
 }
 
 struct Progress {
@@ -94,7 +97,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     ));
 
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(data_dir.join("plugin-cache")),
+        cache_dir: Some(
+            options
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("plugin-cache")),
+        ),
         ..RuntimeConfig::default()
     })?;
     let issuer_plugin = runtime

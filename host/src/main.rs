@@ -36,6 +36,10 @@ enum Command {
         /// Keep the temporary data directory.
         #[arg(long)]
         keep: bool,
+        /// Compiled-plugin cache kept across runs (a later run loads the
+        /// plugins in milliseconds instead of compiling them).
+        #[arg(long, default_value = "target/plugin-cache")]
+        cache_dir: PathBuf,
     },
     /// Operator API keys.
     Apikey {
@@ -108,9 +112,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = HostConfig::load(cli.config.as_deref())?;
             certplane_host::serve::run(config).await?;
         }
-        Command::Demo { plugin_dir, keep } => {
-            certplane_host::demo::run(certplane_host::demo::DemoOptions { plugin_dir, keep })
-                .await?;
+        Command::Demo {
+            plugin_dir,
+            keep,
+            cache_dir,
+        } => {
+            certplane_host::demo::run(certplane_host::demo::DemoOptions {
+                plugin_dir,
+                keep,
+                cache_dir: Some(cache_dir),
+            })
+            .await?;
         }
         Command::Apikey {
             action: ApikeyAction::Create { name, scope },
