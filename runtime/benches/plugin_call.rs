@@ -58,7 +58,11 @@ fn main() {
             ..RuntimeConfig::default()
         })
         .expect("runtime");
-        let n = 20_000;
+        // CERTPLANE_BENCH_CALLS shortens runs (quick checks, profilers).
+        let n = std::env::var("CERTPLANE_BENCH_CALLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
 
         let hostile = runtime
             .load_plugin(&manifest("test-plugins", "hostile"))
