@@ -123,6 +123,22 @@ async fn issue_and_deploy(backend: Backend) {
     assert_eq!(issuance[0].status, JobStatus::Completed);
     assert_eq!(issuance[0].attempts, 1, "issued exactly once");
 
+    // The connector calls and claims were recorded for /metrics.
+    let metrics = app
+        .call(axum::http::Method::GET, "/metrics", None, None)
+        .await
+        .text;
+    for needle in [
+        "certplane_plugin_call_duration_seconds_count{plugin=\"local-ca\",call=\"submit\"} 1",
+        "certplane_plugin_call_duration_seconds_count{plugin=\"pem-files\",call=\"deploy\"} 1",
+        "certplane_claim_duration_seconds_count{op=\"claim_pending_jobs\"}",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from /metrics:\n{metrics}"
+        );
+    }
+
     // Revocation goes to the issuer connector; the local CA keeps no CRL, so
     // it answers `unsupported`, which fails the job for good.
     let r = app

@@ -366,10 +366,14 @@ async fn poll_work(
     let agent_id = caller.agent.id;
     let signal = state.wake.agent(&agent_id);
     loop {
+        let started = std::time::Instant::now();
         let jobs = state
             .store
             .claim_pending_for_agent(&agent_id, limit)
             .await?;
+        state
+            .metrics
+            .observe_claim("claim_pending_for_agent", started.elapsed());
         if !jobs.is_empty() {
             return Ok(Json(WorkReply {
                 jobs: job_views(&state, jobs).await?,

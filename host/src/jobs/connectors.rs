@@ -62,6 +62,25 @@ pub fn build_instance(
     PluginInstance::new(plugin, config).map_err(|e| format!("{owner}: {e}"))
 }
 
+/// Runs one connector call and records its latency and outcome in the
+/// host's metrics (`certplane_plugin_call_*`), labelled by plugin and call.
+pub async fn observed<T>(
+    state: &AppState,
+    instance: &PluginInstance,
+    call: &str,
+    fut: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    let started = std::time::Instant::now();
+    let result = fut.await;
+    state.metrics.observe_plugin_call(
+        instance.plugin().name(),
+        call,
+        started.elapsed(),
+        result.as_ref().map(|_| ()),
+    );
+    result
+}
+
 /// How a failed connector call ends the job: `rejected`, `invalid-config`,
 /// `unauthorized`, `unsupported`, sandbox violations and memory-limit hits
 /// fail for good; `transient`, traps and deadlines retry with backoff;

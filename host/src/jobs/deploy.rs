@@ -6,7 +6,7 @@ use certplane_runtime::PluginKind;
 use certplane_runtime::target::CertificateBundle;
 use serde_json::json;
 
-use super::connectors::{build_instance, failure_for};
+use super::connectors::{build_instance, failure_for, observed};
 use super::issuance::version_key_owner;
 use super::versions::{load_version, split_pem};
 use crate::api::AppState;
@@ -100,9 +100,13 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
         chain_pem: blocks,
         fingerprint_sha256: version.fingerprint_sha256.clone(),
     };
-    let result = instance
-        .deploy(&bundle, &key, "{}")
-        .await
-        .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
+    let result = observed(
+        state,
+        &instance,
+        "deploy",
+        instance.deploy(&bundle, &key, "{}"),
+    )
+    .await
+    .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
     Ok(result.changed)
 }

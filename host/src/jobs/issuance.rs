@@ -12,7 +12,7 @@ use certplane_runtime::issuer::{CertificateRequest, IssueResult, IssuedCertifica
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::connectors::{build_instance, failure_for};
+use super::connectors::{build_instance, failure_for, observed};
 use crate::api::AppState;
 use crate::pipeline::certcheck::{IssuedInput, check_issued};
 use crate::pipeline::keygen::{KeyType, generate_key_and_csr};
@@ -192,9 +192,9 @@ async fn step(state: &AppState, job: &Job, order: Option<Order>) -> Result<(), S
                 validity_days: None,
                 certificate_id: cert.id.clone(),
             };
-            issuer.submit(&request).await
+            observed(state, &issuer, "submit", issuer.submit(&request)).await
         }
-        Some(order) => issuer.poll(order).await,
+        Some(order) => observed(state, &issuer, "poll", issuer.poll(order)).await,
     };
     let now = Utc::now();
     match call {

@@ -53,7 +53,10 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         move || {
             let st = st.clone();
             async move {
+                let started = std::time::Instant::now();
                 let jobs = st.store.claim_pending_jobs(None, BATCH).await?;
+                st.metrics
+                    .observe_claim("claim_pending_jobs", started.elapsed());
                 let n = jobs.len();
                 join_all(jobs.into_iter().map(|job| {
                 let st = st.clone();
@@ -88,7 +91,10 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         move || {
             let st = st.clone();
             async move {
+                let started = std::time::Instant::now();
                 let jobs = st.store.claim_due_polls(BATCH).await?;
+                st.metrics
+                    .observe_claim("claim_due_polls", started.elapsed());
                 let n = jobs.len();
                 join_all(jobs.into_iter().map(|job| {
                     let st = st.clone();

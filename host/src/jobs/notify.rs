@@ -15,7 +15,7 @@ use chrono::Utc;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use super::connectors::{build_instance, failure_for};
+use super::connectors::{build_instance, failure_for, observed};
 use crate::api::AppState;
 use crate::store::{NewNotification, Notification, StoreResult};
 
@@ -188,10 +188,13 @@ async fn attempt(state: &AppState, notification: &Notification) -> Result<(), (S
         &row.grants,
     )
     .map_err(|e| (e, true))?;
-    instance.notify(&event_of(notification)).await.map_err(|e| {
-        let failure = failure_for(&e, Utc::now());
-        (failure.error, failure.permanent)
-    })
+    let event = event_of(notification);
+    observed(state, &instance, "notify", instance.notify(&event))
+        .await
+        .map_err(|e| {
+            let failure = failure_for(&e, Utc::now());
+            (failure.error, failure.permanent)
+        })
 }
 
 #[cfg(test)]

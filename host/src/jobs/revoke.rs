@@ -5,7 +5,7 @@ use certplane_runtime::PluginKind;
 use certplane_runtime::issuer::{RevocationReason, RevocationRequest};
 use serde_json::json;
 
-use super::connectors::{build_instance, failure_for};
+use super::connectors::{build_instance, failure_for, observed};
 use super::versions::{load_version, split_pem};
 use crate::api::AppState;
 use crate::store::{ActorType, Job, JobFailure, NewAuditEvent};
@@ -79,13 +79,13 @@ async fn revoke(state: &AppState, job: &Job) -> Result<String, JobFailure> {
         .into_iter()
         .next()
         .ok_or_else(|| JobFailure::permanent("stored version has no certificate"))?;
-    issuer
-        .revoke(&RevocationRequest {
-            certificate_pem: leaf,
-            serial_hex: version.serial.clone(),
-            ca_certificate_id: None,
-            reason: reason_of(job),
-        })
+    let request = RevocationRequest {
+        certificate_pem: leaf,
+        serial_hex: version.serial.clone(),
+        ca_certificate_id: None,
+        reason: reason_of(job),
+    };
+    observed(state, &issuer, "revoke", issuer.revoke(&request))
         .await
         .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
     Ok(version.serial)
