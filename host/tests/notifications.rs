@@ -294,6 +294,31 @@ async fn gone_fails_permanently(backend: Backend) {
     assert_eq!(after.status, NotificationStatus::Failed);
 }
 
+async fn rate_limited_waits_for_the_receivers_retry_after(backend: Backend) {
+    let app = app(backend).await;
+    let server =
+        TestServer::start(|_| TestResponse::text(429, "slow down").header("retry-after", "120"))
+            .await
+            .unwrap();
+    let notifier = create_webhook(&app.state, &server).await;
+    let id = enqueue(&app.store, &notifier, 1).await.remove(0);
+
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let pending = wait_for(&app.store, &id, "a failed attempt", |n| {
+        n.attempts == 1 && n.status == NotificationStatus::Pending
+    })
+    .await;
+    settle().await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+
+    let wait = pending.run_at - pending.updated_at;
+    assert!(
+        wait >= chrono::Duration::seconds(119) && wait <= chrono::Duration::seconds(121),
+        "the next attempt waits for Retry-After (120 s), not the backoff: {wait}"
+    );
+    assert_eq!(server.requests().len(), 1, "no early retry");
+}
+
 /// A local-ca issuer whose CA key is sealed for `issuer/<id>`.
 async fn create_local_ca(state: &AppState) -> String {
     common::ca_issuer(state, "local-ca", serde_json::json!({}))
@@ -360,7 +385,8 @@ both_backends!(
     issuance_notifies,
     delivered_once_with_a_valid_signature,
     server_error_is_retried_then_sent_once,
-    gone_fails_permanently
+    gone_fails_permanently,
+    rate_limited_waits_for_the_receivers_retry_after
 );
 
 /// Two hosts (two pools with their own lease owner, one database, one

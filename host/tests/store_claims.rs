@@ -603,7 +603,7 @@ async fn notifications_claimed_once(b: Backend) {
     let c = store_a.claim_notifications(10).await.unwrap().remove(0);
     assert!(
         store_a
-            .mark_notification_failed(&c.lease().unwrap(), "503", false)
+            .mark_notification_failed(&c.lease().unwrap(), "503", false, None)
             .await
             .unwrap()
     );
@@ -611,7 +611,7 @@ async fn notifications_claimed_once(b: Backend) {
     assert_eq!(c.attempts, 2);
     assert!(
         store_a
-            .mark_notification_failed(&c.lease().unwrap(), "503", false)
+            .mark_notification_failed(&c.lease().unwrap(), "503", false, None)
             .await
             .unwrap()
     );

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::connectors::{build_instance, failure_for, observed};
 use crate::api::AppState;
-use crate::store::{NewNotification, Notification, StoreResult};
+use crate::store::{JobFailure, NewNotification, Notification, StoreResult};
 
 /// Notifications one tick claims at most.
 pub const BATCH: u32 = 16;
@@ -141,7 +141,7 @@ async fn deliver(state: &AppState, notification: Notification) {
         return;
     };
     let id = notification.id.as_str();
-    let (error, permanent) = match attempt(state, &notification).await {
+    let failure = match attempt(state, &notification).await {
         Ok(()) => {
             match state.store.mark_notification_sent(&lease).await {
                 Ok(true) => tracing::debug!(notification = id, "notification sent"),
@@ -154,10 +154,15 @@ async fn deliver(state: &AppState, notification: Notification) {
         }
         Err(failure) => failure,
     };
-    tracing::warn!(notification = id, error = %error, permanent, "notification delivery failed");
+    tracing::warn!(
+        notification = id,
+        error = %failure.error,
+        permanent = failure.permanent,
+        "notification delivery failed"
+    );
     match state
         .store
-        .mark_notification_failed(&lease, &error, permanent)
+        .mark_notification_failed(&lease, &failure.error, failure.permanent, failure.retry_at)
         .await
     {
         Ok(true) => {}
@@ -166,17 +171,29 @@ async fn deliver(state: &AppState, notification: Notification) {
     }
 }
 
-/// Runs the notifier; `Err((message, permanent))` on failure.
-async fn attempt(state: &AppState, notification: &Notification) -> Result<(), (String, bool)> {
+/// Runs the notifier; on failure, how to retry (a rate-limited receiver's
+/// Retry-After included).
+async fn attempt(state: &AppState, notification: &Notification) -> Result<(), JobFailure> {
     let notifier_id = notification.notifier_id.as_str();
     let row = match state.store.get_notifier(notifier_id).await {
         Ok(Some(row)) => row,
-        Ok(None) => return Err((format!("notifier {notifier_id} no longer exists"), true)),
+        Ok(None) => {
+            return Err(JobFailure::permanent(format!(
+                "notifier {notifier_id} no longer exists"
+            )));
+        }
         // The database failed: retry later.
-        Err(e) => return Err((format!("loading notifier {notifier_id}: {e}"), false)),
+        Err(e) => {
+            return Err(JobFailure::transient(format!(
+                "loading notifier {notifier_id}: {e}"
+            )));
+        }
     };
     if row.disabled_at.is_some() {
-        return Err((format!("notifier {:?} is disabled", row.name), true));
+        return Err(JobFailure::permanent(format!(
+            "notifier {:?} is disabled",
+            row.name
+        )));
     }
     let instance = build_instance(
         state,
@@ -187,14 +204,11 @@ async fn attempt(state: &AppState, notification: &Notification) -> Result<(), (S
         row.encrypted_secrets.as_deref(),
         &row.grants,
     )
-    .map_err(|e| (e, true))?;
+    .map_err(JobFailure::permanent)?;
     let event = event_of(notification);
     observed(state, &instance, "notify", instance.notify(&event))
         .await
-        .map_err(|e| {
-            let failure = failure_for(&e, Utc::now());
-            (failure.error, failure.permanent)
-        })
+        .map_err(|e| failure_for(&e, Utc::now()))
 }
 
 #[cfg(test)]

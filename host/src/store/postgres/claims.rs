@@ -198,9 +198,9 @@ pub(crate) const FAIL_NOTIFICATION: &str = concat!(
 UPDATE notifications SET
        status = CASE WHEN $8 OR attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
        last_error = $5, lease_expires_at = NULL, updated_at = $4,
-       run_at = ",
+       run_at = COALESCE($9, ",
     backoff!("$4", "$6", "$7"),
-    "
+    ")
 WHERE id = $1 AND status = 'sending' AND lease_owner = $2 AND attempts = $3"
 );
 

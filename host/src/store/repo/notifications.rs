@@ -3,7 +3,7 @@
 
 use sqlx::types::Json;
 
-use crate::store::codec::{now, ts};
+use crate::store::codec::{now, opt_ts, ts};
 use crate::store::postgres::claims as pg;
 use crate::store::repo::sql_limit;
 use crate::store::sqlite::claims as lite;
@@ -82,13 +82,15 @@ impl Store {
         }))
     }
 
-    /// A failed delivery: back to Pending after backoff while the budget
-    /// lasts, else (or if `permanent`) Failed. False if the lease was lost.
+    /// A failed delivery: back to Pending after backoff (or at `retry_at`,
+    /// the receiver's Retry-After) while the budget lasts, else (or if
+    /// `permanent`) Failed. False if the lease was lost.
     pub async fn mark_notification_failed(
         &self,
         lease: &NotificationLease,
         error: &str,
         permanent: bool,
+        retry_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> StoreResult<bool> {
         let now = now();
         let base = self.options.backoff.base.as_secs_f64();
@@ -107,6 +109,7 @@ impl Store {
                     .bind(base)
                     .bind(cap)
                     .bind(permanent)
+                    .bind(opt_ts(retry_at))
                     .execute(pool)
                     .await?
                     .rows_affected()
