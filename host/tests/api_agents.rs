@@ -117,6 +117,11 @@ async fn registration(b: Backend) {
 async fn heartbeat_then_gone(b: Backend) {
     let app = TestApp::new(b).await;
     let (id, cred) = register(&app, "web-1").await;
+    // Health is derived from heartbeats: offline until the first one.
+    let before = app.get(&format!("/api/v1/agents/{id}"), &app.reader).await;
+    assert_eq!(before.json["online"], false, "{}", before.text);
+    let sentinel = app.get("/api/v1/agents/host", &app.reader).await;
+    assert_eq!(sentinel.json["online"], true, "{}", sentinel.text);
     let r = app
         .call(Method::POST, "/api/v1/agents/heartbeat", Some(&cred), None)
         .await;
@@ -125,6 +130,8 @@ async fn heartbeat_then_gone(b: Backend) {
     assert!(r.json["server_time"].is_string());
     let agent = app.store.get_agent(&id).await.unwrap().unwrap();
     assert!(agent.last_heartbeat_at.is_some());
+    let after = app.get(&format!("/api/v1/agents/{id}"), &app.reader).await;
+    assert_eq!(after.json["online"], true, "{}", after.text);
 
     let r = app
         .call(

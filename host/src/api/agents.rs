@@ -81,11 +81,20 @@ pub struct AgentView {
     pub retired_at: Option<DateTime<Utc>>,
     /// Why it was retired.
     pub retired_reason: Option<String>,
+    /// Health, derived rather than stored: an active agent that sent a
+    /// heartbeat within `agents.offline_after_secs`. The built-in `host`
+    /// agent is online while the host runs.
+    pub online: bool,
 }
 
-impl From<&Agent> for AgentView {
-    fn from(a: &Agent) -> Self {
+impl AgentView {
+    /// The view of `a` at `now`.
+    pub fn new(a: &Agent, offline_after_secs: u64, now: DateTime<Utc>) -> Self {
+        let fresh = a.last_heartbeat_at.is_some_and(|t| {
+            now.signed_duration_since(t).num_seconds() < offline_after_secs as i64
+        });
         AgentView {
+            online: a.status == AgentStatus::Active && (a.sentinel || fresh),
             id: a.id.clone(),
             name: a.name.clone(),
             sentinel: a.sentinel,
@@ -955,11 +964,17 @@ pub struct AgentListQuery {
 }
 
 fn page_of(
+    state: &AppState,
     agents: &[Agent],
     page: Option<u32>,
     per_page: Option<u32>,
 ) -> ApiResult<Page<AgentView>> {
-    let views: Vec<AgentView> = agents.iter().map(AgentView::from).collect();
+    let now = Utc::now();
+    let offline_after = state.config.agents.offline_after_secs;
+    let views: Vec<AgentView> = agents
+        .iter()
+        .map(|a| AgentView::new(a, offline_after, now))
+        .collect();
     Page::of(&views, PageQuery { page, per_page })
 }
 
@@ -978,7 +993,7 @@ async fn list_agents(
         .store
         .list_agents(q.include_retired.unwrap_or(false))
         .await?;
-    let page = page_of(&agents, q.page, q.per_page)?;
+    let page = page_of(&state, &agents, q.page, q.per_page)?;
     Ok(conditional_json(&headers, &page))
 }
 
@@ -1000,7 +1015,7 @@ async fn list_retired_agents(
         .into_iter()
         .filter(|a| a.status == AgentStatus::Retired)
         .collect();
-    let page = page_of(&retired, q.page, q.per_page)?;
+    let page = page_of(&state, &retired, q.page, q.per_page)?;
     Ok(conditional_json(&headers, &page))
 }
 
@@ -1022,7 +1037,7 @@ async fn get_agent(
         .ok_or_else(|| ApiError::not_found(format!("agent {id}")))?;
     let dependencies = state.store.agent_dependencies(&id).await?.into();
     let detail = AgentDetail {
-        agent: AgentView::from(&agent),
+        agent: AgentView::new(&agent, state.config.agents.offline_after_secs, Utc::now()),
         dependencies,
     };
     Ok(conditional_json(&headers, &detail))
@@ -1091,7 +1106,7 @@ async fn retire_agent(
             // raced the retirement miss this wake-up.)
             state.wake.wake_agent(&id);
             Ok(Json(Retired {
-                agent: AgentView::from(&agent),
+                agent: AgentView::new(&agent, state.config.agents.offline_after_secs, Utc::now()),
                 targets_retired,
                 jobs_cancelled,
             })
