@@ -185,3 +185,75 @@ async fn sqlite_issue_and_deploy_through_the_loops() {
 async fn postgres_issue_and_deploy_through_the_loops() {
     issue_and_deploy(Backend::Postgres).await;
 }
+
+/// An agent-key certificate whose agent never sends its CSR: the wait
+/// expires after `agents.csr_ttl_secs`, the job fails (one attempt spent),
+/// is retried, and the host asks the agent for a CSR again.
+async fn csr_wait_expires_and_is_asked_again(backend: Backend) {
+    let app = TestApp::with_config(backend, |c| {
+        c.agents.csr_ttl_secs = 1;
+        c.scheduler.reaper_ms = 200;
+        c.scheduler.retry_ms = 200;
+        c.scheduler.jobs_ms = 200;
+        c.scheduler.renewal_ms = 200;
+    })
+    .await;
+    let store = &app.store;
+    let issuer = common::ca_issuer(&app.state, "local-ca", serde_json::json!({})).await;
+    let agent = common::fixtures::agent(store, "edge-1").await;
+    let target = common::fixtures::target(store, &agent.id, "files").await;
+    let cert =
+        common::fixtures::certificate(store, &issuer.id, Some(&target.id), KeySource::Agent).await;
+
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let asked_again = loop {
+        let jobs = store
+            .list_jobs(&JobFilter {
+                certificate_id: Some(cert.id.clone()),
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        if let Some(job) = jobs
+            .iter()
+            .find(|j| j.status == JobStatus::AwaitingCsr && j.attempts >= 2)
+        {
+            break job.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CSR wait did not expire and come back: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        asked_again
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no CSR"),
+        "{:?}",
+        asked_again.last_error
+    );
+    let requested = common::count(
+        store,
+        &format!(
+            "SELECT COUNT(*) FROM audit_events WHERE subject_id = '{}' AND action = 'issuance.csr_requested'",
+            asked_again.id
+        ),
+    )
+    .await;
+    assert_eq!(requested, 1, "the host asked the agent again once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_csr_wait_expires_and_is_asked_again() {
+    csr_wait_expires_and_is_asked_again(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_csr_wait_expires_and_is_asked_again() {
+    csr_wait_expires_and_is_asked_again(Backend::Postgres).await;
+}

@@ -146,7 +146,9 @@ async fn step(state: &AppState, job: &Job, order: Option<Order>) -> Result<(), S
     let (csr_pem, sealed_key) = match (&job.csr_pem, cert.key_source) {
         (Some(csr), KeySource::Agent) => (csr.clone(), None),
         (None, KeySource::Agent) => {
-            return Err(permanent("agent key mode but no CSR was submitted"));
+            // A retried agent-key job (its CSR wait expired, or the agent's
+            // CSR was lost): ask the key-holding agent again.
+            return request_csr(state, job, &cert).await;
         }
         (Some(csr), KeySource::Host) => {
             let sealed = job
@@ -209,6 +211,34 @@ async fn step(state: &AppState, job: &Job, order: Option<Order>) -> Result<(), S
             .await
         }
     }
+}
+
+/// Moves a claimed agent-key job back to AwaitingCsr and wakes the agent
+/// that holds the key.
+async fn request_csr(state: &AppState, job: &Job, cert: &Certificate) -> Result<(), Stop> {
+    let won = state
+        .store
+        .transition_job(
+            &job.id,
+            JobStatus::Running,
+            JobStatus::AwaitingCsr,
+            JobUpdate::default(),
+            Some(audit(
+                job,
+                "issuance.csr_requested",
+                json!({ "certificate_id": cert.id }),
+            )),
+        )
+        .await?;
+    if !won {
+        tracing::warn!(job = %job.id, "lost the job while asking for a CSR");
+    }
+    if let Some(target_id) = &cert.target_id {
+        if let Some(target) = state.store.get_target(target_id).await? {
+            state.wake.wake_agent(&target.agent_id);
+        }
+    }
+    Ok(())
 }
 
 /// Pending at the CA: persist the order (and the CSR and sealed key it was

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
 use crate::scheduler::ticker::{LoopSpec, Scheduler, TickReport};
-use crate::store::JobType;
+use crate::store::{JobStatus, JobType};
 
 /// Jobs one tick of the processor claims at most.
 const BATCH: u32 = 16;
@@ -146,7 +146,25 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
             for job in &reaped {
                 tracing::warn!(job = %job.id, error = ?job.last_error, "expired lease reaped");
             }
-            Ok(report(reaped.len(), 500))
+            let ttl = st.config.agents.csr_ttl_secs;
+            let cutoff = chrono::Utc::now() - chrono::Duration::seconds(ttl as i64);
+            let expired = st
+                .store
+                .expire_waiting_jobs(
+                    JobStatus::AwaitingCsr,
+                    cutoff,
+                    &format!("no CSR from the agent within {ttl} s"),
+                    500,
+                )
+                .await?;
+            if expired > 0 {
+                tracing::warn!(
+                    expired,
+                    ttl_secs = ttl,
+                    "CSR waits expired; the jobs will be retried"
+                );
+            }
+            Ok(report(reaped.len() + expired as usize, 500))
         }
     });
 

@@ -13,6 +13,7 @@ pub(crate) mod leader;
 mod notifications;
 mod plugins;
 mod renewals;
+mod waits;
 
 /// Clamps a caller's limit to a positive SQL LIMIT.
 pub(crate) fn sql_limit(limit: u32) -> i64 {
