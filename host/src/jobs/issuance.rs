@@ -233,10 +233,10 @@ async fn request_csr(state: &AppState, job: &Job, cert: &Certificate) -> Result<
     if !won {
         tracing::warn!(job = %job.id, "lost the job while asking for a CSR");
     }
-    if let Some(target_id) = &cert.target_id {
-        if let Some(target) = state.store.get_target(target_id).await? {
-            state.wake.wake_agent(&target.agent_id);
-        }
+    if let Some(target_id) = &cert.target_id
+        && let Some(target) = state.store.get_target(target_id).await?
+    {
+        state.wake.wake_agent(&target.agent_id);
     }
     Ok(())
 }
