@@ -7,7 +7,7 @@ use certplane_runtime::{CallError, ConnectorError, InstanceConfig, PluginInstanc
 use chrono::{DateTime, Utc};
 
 use crate::api::AppState;
-use crate::store::JobFailure;
+use crate::store::{JobFailure, StoreError};
 
 /// Grants as stored in the `grants` JSON column.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -60,6 +60,27 @@ pub fn build_instance(
         config = config.with_dir(dir.path, dir.guest_path, dir.writable);
     }
     PluginInstance::new(plugin, config).map_err(|e| format!("{owner}: {e}"))
+}
+
+/// The runtime instance of the issuer row `issuer_id`. The outer error is
+/// the database's; the inner one says why the issuer cannot be used (gone,
+/// plugin not loaded, unreadable secrets): a permanent condition.
+pub async fn issuer_instance(
+    state: &AppState,
+    issuer_id: &str,
+) -> Result<Result<PluginInstance, String>, StoreError> {
+    let Some(row) = state.store.get_issuer(issuer_id).await? else {
+        return Ok(Err(format!("issuer {issuer_id} no longer exists")));
+    };
+    Ok(build_instance(
+        state,
+        PluginKind::Issuer,
+        &format!("issuer/{}", row.id),
+        &row.plugin_name,
+        &row.settings,
+        row.encrypted_secrets.as_deref(),
+        &row.grants,
+    ))
 }
 
 /// Runs one connector call and records its latency and outcome in the

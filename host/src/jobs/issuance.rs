@@ -6,13 +6,12 @@
 
 use std::net::IpAddr;
 
-use certplane_runtime::PluginKind;
 use certplane_runtime::asyncpoll::{backoff_delay, jittered};
 use certplane_runtime::issuer::{CertificateRequest, IssueResult, IssuedCertificate, Order};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::connectors::{build_instance, failure_for, observed};
+use super::connectors::{failure_for, issuer_instance, observed};
 use crate::api::AppState;
 use crate::pipeline::certcheck::{IssuedInput, check_issued};
 use crate::pipeline::keygen::{KeyType, generate_key_and_csr};
@@ -126,20 +125,9 @@ async fn step(state: &AppState, job: &Job, order: Option<Order>) -> Result<(), S
         .get_certificate(cert_id)
         .await?
         .ok_or_else(|| permanent(format!("certificate {cert_id} no longer exists")))?;
-    let issuer_row = store
-        .get_issuer(&cert.issuer_id)
+    let issuer = issuer_instance(state, &cert.issuer_id)
         .await?
-        .ok_or_else(|| permanent(format!("issuer {} no longer exists", cert.issuer_id)))?;
-    let issuer = build_instance(
-        state,
-        PluginKind::Issuer,
-        &format!("issuer/{}", issuer_row.id),
-        &issuer_row.plugin_name,
-        &issuer_row.settings,
-        issuer_row.encrypted_secrets.as_deref(),
-        &issuer_row.grants,
-    )
-    .map_err(permanent)?;
+        .map_err(permanent)?;
     let (dns_names, ips) = names_of(&cert);
 
     // The CSR and, in host key mode, the private key.

@@ -1,11 +1,10 @@
 //! Revocation jobs: the issuer connector's `revoke` for one certificate
 //! version.
 
-use certplane_runtime::PluginKind;
 use certplane_runtime::issuer::{RevocationReason, RevocationRequest};
 use serde_json::json;
 
-use super::connectors::{build_instance, failure_for, observed};
+use super::connectors::{failure_for, issuer_instance, observed};
 use super::versions::{load_version, split_pem};
 use crate::api::AppState;
 use crate::store::{ActorType, Job, JobFailure, NewAuditEvent};
@@ -57,24 +56,10 @@ pub async fn process(state: &AppState, job: Job) {
 
 async fn revoke(state: &AppState, job: &Job) -> Result<String, JobFailure> {
     let (cert, version) = load_version(state, job).await?;
-    let issuer_row = state
-        .store
-        .get_issuer(&cert.issuer_id)
+    let issuer = issuer_instance(state, &cert.issuer_id)
         .await
         .map_err(|e| JobFailure::transient(format!("database: {e}")))?
-        .ok_or_else(|| {
-            JobFailure::permanent(format!("issuer {} no longer exists", cert.issuer_id))
-        })?;
-    let issuer = build_instance(
-        state,
-        PluginKind::Issuer,
-        &format!("issuer/{}", issuer_row.id),
-        &issuer_row.plugin_name,
-        &issuer_row.settings,
-        issuer_row.encrypted_secrets.as_deref(),
-        &issuer_row.grants,
-    )
-    .map_err(JobFailure::permanent)?;
+        .map_err(JobFailure::permanent)?;
     let leaf = split_pem(&version.pem_chain)
         .into_iter()
         .next()
