@@ -124,7 +124,7 @@ async fn list_audit(
     {
         return Err(ApiError::bad_request("since must not be after until"));
     }
-    let offset = u64::from(page - 1) * u64::from(per_page);
+    let offset = super::listing::offset(page, per_page);
     let (events, total) = state
         .store
         .list_audit_events_filtered(

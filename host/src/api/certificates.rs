@@ -396,7 +396,7 @@ async fn list_certificates(
         Some(d) => Some(now() + chrono::Duration::days(i64::from(d))),
         None => None,
     };
-    let offset = u64::from(page - 1) * u64::from(per_page);
+    let offset = super::listing::offset(page, per_page);
     let total = state
         .store
         .count_certificates(status, expiring_before)

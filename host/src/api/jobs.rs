@@ -261,7 +261,7 @@ async fn list_jobs(
         certificate_id: q.certificate_id,
         agent_id: q.agent_id,
         limit: Some(per_page),
-        offset: Some(u64::from(page_no - 1) * u64::from(per_page)),
+        offset: Some(super::listing::offset(page_no, per_page)),
     };
     let total = state.store.count_jobs(&filter).await?;
     let items: Vec<JobView> = state

@@ -39,6 +39,12 @@ impl PageQuery {
     }
 }
 
+/// Rows to skip for a resolved (1-based) `page` of `per_page` rows, for
+/// lists paged in SQL.
+pub fn offset(page: u32, per_page: u32) -> u64 {
+    u64::from(page.saturating_sub(1)) * u64::from(per_page)
+}
+
 /// One page of a list.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Page<T> {

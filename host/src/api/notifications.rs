@@ -111,7 +111,7 @@ async fn list_notifications(
         per_page: q.per_page,
     }
     .resolve()?;
-    let offset = u64::from(page - 1) * u64::from(per_page);
+    let offset = super::listing::offset(page, per_page);
     let (items, total) = state
         .store
         .list_notifications(q.status, offset, per_page)
