@@ -1,23 +1,54 @@
 //! `certplane-agent`: runs target connectors on the machines that serve
-//! TLS. This first version verifies the plugins an agent would run; the
-//! registration, work loop and deployments come with the agent issue.
+//! TLS. See the crate documentation of `certplane_agent`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use certplane_agent::state::StateDir;
+use certplane_agent::{AgentConfig, Mode};
 use certplane_runtime::{Runtime, RuntimeConfig};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
 
-/// certplane agent.
+/// certplane agent: registers with a certplane host, generates private keys
+/// locally, deploys certificates through target connectors and verifies
+/// them on the wire.
+///
+/// Without a subcommand it runs until stopped (SIGTERM/Ctrl-C) or retired
+/// by the host (then it exits 0).
 #[derive(Debug, Parser)]
-#[command(name = "certplane-agent", version, about)]
+#[command(name = "certplane-agent", version, about, long_about)]
 struct Cli {
+    /// Configuration file (TOML); `CERTPLANE_AGENT_*` variables override it
+    /// (`__` separates nested keys, e.g. CERTPLANE_AGENT_TRUST__PIN_SHA256).
+    #[arg(long, short, env = "CERTPLANE_AGENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Run one heartbeat + poll + execute cycle, then exit (for cron and tests).
+    #[arg(long)]
+    once: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print the registration and last-contact state from the state
+    /// directory (does not contact the host).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load every plugin in a directory through the sandbox runtime and list
     /// what loaded (name, kind, version, digest) and what did not, and why.
     Plugins {
@@ -27,9 +58,27 @@ enum Command {
     },
 }
 
-async fn run(cli: Cli) -> anyhow::Result<bool> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Plugins { dir } => {
+        None => {
+            let config = AgentConfig::load(cli.config.as_deref())?;
+            let mode = if cli.once {
+                Mode::Once
+            } else {
+                Mode::Continuous
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            let exit = certplane_agent::run(config, mode, shutdown).await?;
+            tracing::info!(?exit, "agent stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Status { json }) => {
+            let config = AgentConfig::load(cli.config.as_deref())?;
+            status(&config, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Plugins { dir }) => {
             let runtime = Runtime::new(RuntimeConfig::default())?;
             let (loaded, failed) = runtime.load_dir(&dir).await?;
             for plugin in &loaded {
@@ -44,21 +93,105 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             for err in &failed {
                 println!("FAILED    {err}");
             }
-            Ok(failed.is_empty())
+            Ok(if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
 
+fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
+    let state = StateDir::open(&config.state_dir)
+        .with_context(|| format!("state directory {}", config.state_dir.display()))?;
+    let credential = state.credential()?;
+    let status = state.status()?;
+    if json {
+        let value = serde_json::json!({
+            "registered": credential.is_some(),
+            "agent_id": credential.as_ref().map(|c| &c.agent_id),
+            "host_url": credential.as_ref().map(|c| &c.host_url).unwrap_or(&config.host_url),
+            "registered_at": credential.as_ref().map(|c| c.registered_at),
+            "last_contact": status.last_contact,
+            "last_error": status.last_error,
+            "last_error_at": status.last_error_at,
+            "jobs_done": status.jobs_done,
+            "retired_at": status.retired_at,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let or_never = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into())
+    };
+    match &credential {
+        Some(c) => {
+            println!("registered:    yes, agent {}", c.agent_id);
+            println!("host:          {}", c.host_url);
+            println!("registered at: {}", c.registered_at.to_rfc3339());
+        }
+        None => {
+            println!("registered:    no");
+            println!("host:          {}", config.host_url);
+        }
+    }
+    println!("last contact:  {}", or_never(status.last_contact));
+    if let Some(err) = &status.last_error {
+        println!(
+            "last error:    {} ({})",
+            err,
+            or_never(status.last_error_at)
+        );
+    }
+    println!("jobs done:     {}", status.jobs_done);
+    if let Some(at) = status.retired_at {
+        println!("RETIRED:       by the host at {}", at.to_rfc3339());
+    }
+    println!("state dir:     {}", state.root().display());
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    // The agent mostly waits on the network: one worker thread is plenty
+    // and keeps the idle footprint small.
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
@@ -69,8 +202,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("certplane-agent: {e:#}");
             ExitCode::FAILURE

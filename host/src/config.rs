@@ -157,6 +157,29 @@ impl Default for AgentSettings {
     }
 }
 
+/// Job leases and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// How long a claimed job (by the host or an agent) stays leased before
+    /// the reaper takes it back and schedules a retry.
+    pub lease_secs: u64,
+    /// Delay before the first retry of a failed job; doubles per attempt.
+    pub retry_base_ms: u64,
+    /// Longest delay between retries.
+    pub retry_cap_secs: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            lease_secs: 300,
+            retry_base_ms: 30_000,
+            retry_cap_secs: 3600,
+        }
+    }
+}
+
 /// Everything the host reads at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -170,6 +193,8 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// Directory of packaged connector plugins (`*.toml` + `*.wasm`).
     pub plugin_dir: PathBuf,
+    /// Compiled-plugin cache; default `<data_dir>/plugin-cache`.
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Name of this replica (lease owner); default: a random id per start.
     pub instance_id: Option<String>,
     /// HTTPS.
@@ -182,6 +207,8 @@ pub struct HostConfig {
     pub scheduler: SchedulerSettings,
     /// Agents.
     pub agents: AgentSettings,
+    /// Job leases and retries.
+    pub jobs: JobSettings,
     /// Default MaxWait of one async-CA polling session, in seconds.
     pub order_max_wait_secs: u64,
 }
@@ -193,12 +220,14 @@ impl Default for HostConfig {
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             plugin_dir: PathBuf::from("plugins"),
+            plugin_cache_dir: None,
             instance_id: None,
             tls: TlsSettings::default(),
             log: LogSettings::default(),
             api: ApiSettings::default(),
             scheduler: SchedulerSettings::default(),
             agents: AgentSettings::default(),
+            jobs: JobSettings::default(),
             order_max_wait_secs: 600,
         }
     }
@@ -246,6 +275,12 @@ impl HostConfig {
         .contains(&0)
         {
             return bad("scheduler intervals must be positive");
+        }
+        let j = &self.jobs;
+        if j.lease_secs == 0 || j.retry_base_ms == 0 || j.retry_cap_secs == 0 {
+            return bad(
+                "jobs.lease_secs, jobs.retry_base_ms and jobs.retry_cap_secs must be positive",
+            );
         }
         Ok(())
     }

@@ -35,6 +35,11 @@ pub async fn open_store(config: &HostConfig) -> anyhow::Result<Store> {
             .instance_id
             .clone()
             .unwrap_or_else(|| format!("host-{}", uuid::Uuid::new_v4().simple())),
+        lease_duration: Duration::from_secs(config.jobs.lease_secs),
+        backoff: crate::store::Backoff {
+            base: Duration::from_millis(config.jobs.retry_base_ms),
+            cap: Duration::from_secs(config.jobs.retry_cap_secs),
+        },
         ..StoreOptions::default()
     };
     let store = Store::connect_with(&config.database_url(), options).await?;
@@ -92,17 +97,26 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
-/// Runs the host until a shutdown signal.
+/// Runs the host until a shutdown signal (SIGTERM, Ctrl-C).
 pub async fn run(config: HostConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    run_until(config, shutdown).await
+}
+
+/// Runs the host until `shutdown` is cancelled, then drains the server and
+/// the scheduler within `scheduler.shutdown_grace_ms` (for embedding: the
+/// demo, end-to-end tests).
+pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     prepare_data_dir(&config.data_dir)?;
     let store = open_store(&config).await?;
     bootstrap_admin_key(&store, &config.data_dir).await?;
     let secrets = SecretBox::load_or_create(&config.data_dir.join("secrets.key"))?;
-    let plugins = PluginRegistry::load(
-        &config.plugin_dir,
-        Some(&config.data_dir.join("plugin-cache")),
-    )
-    .await?;
+    let cache_dir = config
+        .plugin_cache_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("plugin-cache"));
+    let plugins = PluginRegistry::load(&config.plugin_dir, Some(&cache_dir)).await?;
     let tls = if config.tls.plain_http {
         tracing::warn!("serving plain HTTP as configured (tls.plain_http = true)");
         None
@@ -119,7 +133,6 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         Arc::new(plugins),
         Arc::new(secrets),
     );
-    let shutdown = CancellationToken::new();
     let scheduler = crate::jobs::start(state.clone(), shutdown.child_token());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -129,7 +142,6 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         tls = tls.is_some(),
         "certplane host listening"
     );
-    tokio::spawn(shutdown_signal(shutdown.clone()));
     let grace = Duration::from_millis(config.scheduler.shutdown_grace_ms);
     crate::server::serve(listener, api::router(state), tls, shutdown.clone(), grace).await?;
     let report = scheduler.shutdown(grace).await;

@@ -26,7 +26,6 @@ use rcgen::{
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest as _, Sha256};
 
 /// ALPN protocols offered by the listener.
 const ALPN: &[&[u8]] = &[b"http/1.1"];
@@ -121,19 +120,17 @@ pub fn server_config(
 
 /// Every certificate in a PEM file, in file order.
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
+    use certplane_pki::pem::PemError;
+    certplane_pki::pem::load_certificates(path).map_err(|e| match e {
+        PemError::Io { path, source } => TlsError::Io { path, source },
+        PemError::NoCertificate { .. } => TlsError::NoCertificate {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
+        },
+        other => TlsError::Pem {
             path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
+            reason: other.to_string(),
+        },
+    })
 }
 
 /// The first private key in a PEM file.
@@ -163,10 +160,7 @@ fn build_server_config(
     Ok(Arc::new(config))
 }
 
-/// Lowercase hex SHA-256 of a certificate's DER encoding.
-pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
-    hex::encode(Sha256::digest(cert_der))
-}
+pub use certplane_pki::pem::fingerprint_sha256;
 
 /// Makes sure `<data_dir>/tls/dev-cert.pem` and `dev-key.pem` hold a valid
 /// self-signed development certificate for `localhost`, `127.0.0.1`, `::1`

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use certplane_client::{ApiClient, ClientOptions, Trust};
 use certplane_host::api::auth;
-use certplane_host::cli::client::{ApiClient, ClientOptions, Trust};
 use certplane_host::config::HostConfig;
 use certplane_host::store::{ApiScope, NewApiKey, Store};
 use serde_json::{Value, json};
@@ -116,6 +116,7 @@ async fn certificate_is_issued_and_deployed_through_the_https_api() {
         api_key: key,
         trust: Some(Trust::CaFile(data_dir.join("tls/dev-cert.pem"))),
         timeout: Duration::from_secs(30),
+        user_agent: "certplane-e2e".into(),
     })
     .unwrap();
 

@@ -14,6 +14,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use certplane_pki::pem::normalise_fingerprint;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -846,7 +847,22 @@ async fn report_result(
             ))
         })?;
     let failure = match (req.outcome, &req.error) {
-        (Outcome::Success, None) => None,
+        // The connector succeeded but the endpoint does not serve the new
+        // certificate: the deployment failed verification. A mismatch
+        // needs an operator (the server loads other files, or did not
+        // reload); an unreachable endpoint may be restarting, so retry.
+        (Outcome::Success, None) => req.verification.as_ref().and_then(|v| {
+            let detail = v.detail.as_deref().unwrap_or("no detail");
+            match v.status {
+                VerificationStatus::Verified => None,
+                VerificationStatus::Mismatch => Some(JobFailure::permanent(format!(
+                    "failed verification: the endpoint serves another certificate ({detail})"
+                ))),
+                VerificationStatus::Unreachable => Some(JobFailure::transient(format!(
+                    "failed verification: the endpoint is unreachable ({detail})"
+                ))),
+            }
+        }),
         (Outcome::Failure, Some(e)) => {
             let text = format!("{}: {}", e.class, e.message);
             Some(if PERMANENT_ERROR_CLASSES.contains(&e.class.as_str()) {
@@ -939,13 +955,6 @@ async fn report_result(
         status: status.to_string(),
         will_retry,
     }))
-}
-
-fn normalise_fingerprint(f: &str) -> String {
-    f.chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase()
 }
 
 // ------------------------------------------------------------- operators

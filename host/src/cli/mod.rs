@@ -9,7 +9,7 @@
 //! (`<code>: <message> (request <id>)` for API errors) for the binary to
 //! report on stderr with a non-zero exit code.
 
-pub mod client;
+pub use certplane_client as client;
 pub mod output;
 
 use std::path::PathBuf;
@@ -485,6 +485,7 @@ impl Ctx {
             api_key,
             trust,
             timeout: DEFAULT_TIMEOUT,
+            user_agent: concat!("certplane-cli/", env!("CARGO_PKG_VERSION")).into(),
         })?;
         Ok(Ctx {
             client,

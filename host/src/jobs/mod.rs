@@ -113,6 +113,7 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         move || {
             let st = st.clone();
             async move {
+                let started = crate::store::now();
                 let created = st
                     .store
                     .enqueue_due_renewals(RENEWAL_ATTEMPTS, RENEWAL_BATCH)
@@ -120,6 +121,11 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
                 if created > 0 {
                     tracing::info!(created, "renewal jobs enqueued");
                     st.wake.jobs.notify_one();
+                    // Agent-key certificates start out awaiting their
+                    // agent's CSR: wake those agents' long polls.
+                    for agent in st.store.agents_awaiting_csr_since(started).await? {
+                        st.wake.wake_agent(&agent);
+                    }
                 }
                 Ok(report(created as usize, RENEWAL_BATCH))
             }

@@ -40,25 +40,4 @@ pub async fn load_version(
     Ok((cert, version))
 }
 
-/// Splits a PEM bundle into its certificate blocks, each with its armour,
-/// leaf first as stored.
-pub fn split_pem(bundle: &str) -> Vec<String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    bundle
-        .split_inclusive(END)
-        .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
-        .map(|b| format!("{}\n", b.trim_start()))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pem_bundles_split_into_blocks() {
-        let a = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
-        let b = "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
-        let blocks = super::split_pem(&format!("{a}{b}"));
-        assert_eq!(blocks, vec![a.to_string(), b.to_string()]);
-        assert!(super::split_pem("junk").is_empty());
-    }
-}
+pub use certplane_pki::pem::split_pem;

@@ -2,10 +2,11 @@
 //! connector for a certificate and storing or deploying what it returned.
 //!
 //! - [`keygen`]: private key and CSR generation for "host key mode" (the
-//!   host, not an agent, holds the key), reusable by the agent;
+//!   host, not an agent, holds the key); re-exported from `certplane-pki`,
+//!   which the agent uses too;
 //! - [`certcheck`]: checks on an issued certificate (parse, key match,
 //!   SANs, profile, validity, chain) before anything is stored, since
 //!   nothing a connector returns is trusted.
 
 pub mod certcheck;
-pub mod keygen;
+pub use certplane_pki::keygen;

@@ -87,6 +87,26 @@ impl Store {
         Ok(claimed)
     }
 
+    /// Agents that hold the key of a certificate with an `AwaitingCsr` job
+    /// created at or after `since`: the set-based renewal enqueue creates
+    /// such jobs directly, and their agents' long polls should wake.
+    pub async fn agents_awaiting_csr_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<String>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT t.agent_id FROM jobs j
+                 JOIN certificates c ON c.id = j.certificate_id
+                 JOIN targets t ON t.id = c.target_id
+                 WHERE j.status = 'awaiting_csr' AND j.created_at >= $1",
+            )
+            .bind(ts(since))
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     /// Claims up to `limit` `Polling` jobs whose `next_poll_at` has come:
     /// Polling → Running, leased to this store (polls do not count as
     /// attempts). After polling, move the job back to `Polling` with a new

@@ -1,8 +1,7 @@
-//! Private key and CSR generation for "host key mode".
+//! Private key and CSR generation.
 //!
-//! When a certificate's targets are reached by the host itself, the host
-//! generates the private key and the PKCS#10 CSR (the agent does the same
-//! with this module on its side). ECDSA and Ed25519 keys come from `rcgen`
+//! Agents generate the private keys of the certificates they serve; the host
+//! does the same in "host key mode", for targets it reaches itself. ECDSA and Ed25519 keys come from `rcgen`
 //! (ring); ring cannot generate RSA keys, so RSA keys are generated with the
 //! pure-Rust `rsa` crate and handed to `rcgen` as PKCS#8 for signing the CSR.
 //!
@@ -18,6 +17,7 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType, Sign
 use rsa::pkcs8::der::zeroize::Zeroizing;
 use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 /// Key algorithm (and size) of a generated private key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -142,6 +142,10 @@ pub struct GeneratedKey {
     /// The PKCS#10 CSR, PEM (`-----BEGIN CERTIFICATE REQUEST-----`), signed
     /// with the private key and requesting the given SANs.
     pub csr_pem: String,
+    /// Lowercase hex SHA-256 of the DER `SubjectPublicKeyInfo`: equals
+    /// [`crate::pem::certificate_public_key_sha256`] of any certificate
+    /// issued for this key.
+    pub public_key_sha256: String,
 }
 
 /// Why key or CSR generation failed.
@@ -230,6 +234,7 @@ pub fn generate_key_and_csr(
         key_type,
         private_key_pem: PrivateKeyPem(Zeroizing::new(key_pair.serialize_pem())),
         csr_pem,
+        public_key_sha256: hex::encode(Sha256::digest(key_pair.public_key_der())),
     })
 }
 

@@ -1,4 +1,4 @@
-//! A small HTTP(S) client for the host API: hyper 1 over tokio-rustls (ring
+//! The HTTP(S) client of the host API: hyper 1 over tokio-rustls (ring
 //! provider), one request per connection.
 //!
 //! The server is trusted either through a PEM file of certificates
@@ -48,12 +48,15 @@ pub enum Trust {
 pub struct ClientOptions {
     /// Base URL of the host, e.g. `https://127.0.0.1:8443`.
     pub base_url: String,
-    /// API key sent as `Authorization: Bearer`.
+    /// API key or agent credential sent as `Authorization: Bearer`; empty
+    /// for the unauthenticated calls (agent registration).
     pub api_key: String,
     /// How to trust the server (required for `https`).
     pub trust: Option<Trust>,
     /// Limit on one request.
     pub timeout: Duration,
+    /// `User-Agent` sent with every request.
+    pub user_agent: String,
 }
 
 /// Errors of the API client. Each displays as one line.
@@ -176,6 +179,7 @@ pub struct ApiClient {
     api_key: String,
     tls: Option<TlsSetup>,
     timeout: Duration,
+    user_agent: String,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +242,7 @@ impl ApiClient {
             api_key: options.api_key,
             tls,
             timeout: options.timeout,
+            user_agent: options.user_agent,
         })
     }
 
@@ -282,13 +287,12 @@ impl ApiClient {
             .method(method)
             .uri(target)
             .header(header::HOST, &self.authority)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.api_key))
             .header(header::ACCEPT, "application/json")
             .header(header::CONNECTION, "close")
-            .header(
-                header::USER_AGENT,
-                concat!("certplane-cli/", env!("CARGO_PKG_VERSION")),
-            );
+            .header(header::USER_AGENT, &self.user_agent);
+        if !self.api_key.is_empty() {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {}", self.api_key));
+        }
         let bytes = match body {
             Some(v) => {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");
@@ -429,7 +433,7 @@ fn client_config(
         .with_safe_default_protocol_versions()?;
     let (mut config, pin) = match trust {
         Trust::CaFile(path) => {
-            let certs = crate::tls::load_certificates(path)
+            let certs = certplane_pki::pem::load_certificates(path)
                 .map_err(|e| ClientError::CaFile(e.to_string()))?;
             let mut roots = RootCertStore::empty();
             for cert in certs {
@@ -575,6 +579,7 @@ mod tests {
             api_key: "k".into(),
             trust,
             timeout: DEFAULT_TIMEOUT,
+            user_agent: "test".into(),
         };
         let err = ApiClient::new(options("https://127.0.0.1:8443", None)).unwrap_err();
         assert!(matches!(err, ClientError::NoTrust(_)), "{err}");

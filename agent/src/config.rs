@@ -1,0 +1,358 @@
+//! The agent's configuration: one TOML file plus `CERTPLANE_AGENT_*`
+//! environment overrides (`__` separates nested keys, e.g.
+//! `CERTPLANE_AGENT_TRUST__PIN_SHA256`), read with figment.
+//!
+//! Everything an operator must decide is explicit: the host URL, how to
+//! trust it (CA file or pinned fingerprint, never "insecure"), and what
+//! each target connector may touch on this machine. The rest has defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use certplane_client::Trust;
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix of overrides.
+pub const ENV_PREFIX: &str = "CERTPLANE_AGENT_";
+
+/// Errors of loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read into the settings.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is present but unusable.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The agent's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Base URL of the host, e.g. `https://certplane.internal:8443`.
+    pub host_url: String,
+    /// How the host's TLS certificate is trusted.
+    #[serde(default)]
+    pub trust: TrustConfig,
+    /// Bootstrap token for the first registration (not needed once the
+    /// state directory holds a credential).
+    #[serde(default)]
+    pub bootstrap_token: Option<String>,
+    /// Name the agent registers under; defaults to the machine's host name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Directory of the credential, private keys and status (created 0700).
+    pub state_dir: PathBuf,
+    /// Directory of packaged target plugins (`*.toml` + `*.wasm`).
+    pub plugin_dir: PathBuf,
+    /// Compiled-plugin cache; default `<state_dir>/plugin-cache`.
+    #[serde(default)]
+    pub plugin_cache_dir: Option<PathBuf>,
+    /// Seconds between heartbeats.
+    #[serde(default = "defaults::heartbeat_secs")]
+    pub heartbeat_secs: u64,
+    /// Seconds one work poll may wait on the host for work.
+    #[serde(default = "defaults::poll_wait_secs")]
+    pub poll_wait_secs: u64,
+    /// Reconnect backoff while the host is unreachable.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// On-the-wire verification after deployments.
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    /// What each target connector may touch on this machine, by plugin name.
+    /// A connector without an entry gets nothing (no directories, no hosts).
+    #[serde(default)]
+    pub connectors: BTreeMap<String, ConnectorGrants>,
+}
+
+/// Trust anchor for the host's certificate: exactly one of the two.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// PEM file of the host's certificate or of its CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the host's certificate (logged by the host at
+    /// start), hex with or without colons.
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+}
+
+/// Exponential reconnect backoff with full jitter.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay after a failure, in milliseconds.
+    #[serde(default = "defaults::backoff_initial_ms")]
+    pub initial_ms: u64,
+    /// Ceiling of the delay, in seconds.
+    #[serde(default = "defaults::backoff_max_secs")]
+    pub max_secs: u64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial_ms: defaults::backoff_initial_ms(),
+            max_secs: defaults::backoff_max_secs(),
+        }
+    }
+}
+
+/// How the deployed certificate is checked on the wire.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Connection attempts before giving up (servers reload asynchronously).
+    #[serde(default = "defaults::verify_attempts")]
+    pub attempts: u32,
+    /// Milliseconds between attempts.
+    #[serde(default = "defaults::verify_interval_ms")]
+    pub interval_ms: u64,
+    /// Seconds one attempt may take.
+    #[serde(default = "defaults::verify_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            attempts: defaults::verify_attempts(),
+            interval_ms: defaults::verify_interval_ms(),
+            timeout_secs: defaults::verify_timeout_secs(),
+        }
+    }
+}
+
+/// What one target connector may touch on this machine. The host's target
+/// configuration asks for grants; the agent allows only those within these.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorGrants {
+    /// Directories the connector may be given (a requested directory must
+    /// be one of these or inside one).
+    #[serde(default)]
+    pub directories: Vec<AllowedDir>,
+    /// Host patterns the connector may call (`scheme://host:port`, as in the
+    /// runtime's grants); a requested pattern must equal one of these.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Per-call deadline in seconds (the runtime's default when unset).
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
+    /// Per-call memory cap in MiB (the runtime's default when unset).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+}
+
+/// A directory a connector may be granted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedDir {
+    /// Absolute path on this machine.
+    pub path: PathBuf,
+    /// Whether the connector may write there.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+mod defaults {
+    pub fn heartbeat_secs() -> u64 {
+        30
+    }
+    pub fn poll_wait_secs() -> u64 {
+        30
+    }
+    pub fn backoff_initial_ms() -> u64 {
+        1_000
+    }
+    pub fn backoff_max_secs() -> u64 {
+        60
+    }
+    pub fn verify_attempts() -> u32 {
+        5
+    }
+    pub fn verify_interval_ms() -> u64 {
+        1_000
+    }
+    pub fn verify_timeout_secs() -> u64 {
+        5
+    }
+}
+
+impl AgentConfig {
+    /// Reads `file` (when given) and the `CERTPLANE_AGENT_*` environment,
+    /// the environment winning, and checks the result.
+    pub fn load(file: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The figment the configuration is read from (for tests and tools).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Extracts and checks the configuration from a figment.
+    pub fn from_figment(figment: Figment) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig = figment.extract().map_err(Box::new)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// A configuration from values (for embedding the agent, e.g. the demo).
+    pub fn from_value(value: &AgentConfig) -> Result<AgentConfig, ConfigError> {
+        Self::from_figment(Figment::from(Serialized::defaults(value)))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.host_url.trim().is_empty() {
+            return invalid("`host_url` is empty".into());
+        }
+        if self.host_url.starts_with("https://") && self.trust().is_none() {
+            return invalid(
+                "an https `host_url` needs `trust.ca_file` (the host's certificate or CA) or \
+                 `trust.pin_sha256` (its fingerprint, logged by the host at start)"
+                    .into(),
+            );
+        }
+        if self.trust.ca_file.is_some() && self.trust.pin_sha256.is_some() {
+            return invalid("set one of `trust.ca_file` and `trust.pin_sha256`, not both".into());
+        }
+        if let Some(pin) = &self.trust.pin_sha256 {
+            certplane_client::parse_pin(pin).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if self.heartbeat_secs == 0 {
+            return invalid("`heartbeat_secs` must be at least 1".into());
+        }
+        if self.verify.attempts == 0 {
+            return invalid("`verify.attempts` must be at least 1".into());
+        }
+        if self.backoff.initial_ms == 0 || self.backoff.max_secs == 0 {
+            return invalid("`backoff.initial_ms` and `backoff.max_secs` must be positive".into());
+        }
+        for (plugin, grants) in &self.connectors {
+            for dir in &grants.directories {
+                if !dir.path.is_absolute() {
+                    return invalid(format!(
+                        "connectors.{plugin}: directory `{}` must be an absolute path",
+                        dir.path.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The trust anchor, if configured.
+    pub fn trust(&self) -> Option<Trust> {
+        match (&self.trust.ca_file, &self.trust.pin_sha256) {
+            (Some(file), _) => Some(Trust::CaFile(file.clone())),
+            (None, Some(pin)) => Some(Trust::PinSha256(pin.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The name to register under.
+    pub fn agent_name(&self) -> String {
+        self.name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+            })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "certplane-agent".into())
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+}
+
+#[cfg(test)]
+// figment::Jail's closures return figment's (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        host_url = "https://127.0.0.1:8443"
+        state_dir = "/var/lib/certplane-agent"
+        plugin_dir = "/usr/lib/certplane/plugins"
+        [trust]
+        pin_sha256 = "ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB"
+        [connectors.pem-files]
+        directories = [{ path = "/etc/ssl/certplane", writable = true }]
+        hosts = ["http://127.0.0.1:2019"]
+    "#;
+
+    #[test]
+    fn file_and_env_combine_with_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("agent.toml", MINIMAL)?;
+            jail.set_env("CERTPLANE_AGENT_HEARTBEAT_SECS", "7");
+            jail.set_env("CERTPLANE_AGENT_VERIFY__ATTEMPTS", "2");
+            let config = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap();
+            assert_eq!(config.heartbeat_secs, 7);
+            assert_eq!(config.verify.attempts, 2);
+            assert_eq!(config.poll_wait_secs, 30);
+            assert_eq!(config.backoff, BackoffConfig::default());
+            let pem = &config.connectors["pem-files"];
+            assert!(pem.directories[0].writable);
+            assert!(matches!(config.trust(), Some(Trust::PinSha256(_))));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn https_without_trust_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                "host_url = \"https://h:1\"\nstate_dir = \"/s\"\nplugin_dir = \"/p\"\n",
+            )?;
+            let err = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap_err();
+            assert!(err.to_string().contains("trust.ca_file"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("agent.toml", MINIMAL)?;
+            jail.set_env("CERTPLANE_AGENT_TRUST__PIN_SHA256", "nope");
+            let err = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap_err();
+            assert!(err.to_string().contains("pin"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("agent.toml", &format!("{MINIMAL}\nsurprise = 1\n"))?;
+            let err = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap_err();
+            assert!(err.to_string().contains("surprise"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                &MINIMAL.replace("/etc/ssl/certplane", "relative/dir"),
+            )?;
+            let err = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap_err();
+            assert!(err.to_string().contains("absolute"), "{err}");
+            Ok(())
+        });
+    }
+}

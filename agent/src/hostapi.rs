@@ -1,0 +1,395 @@
+//! The host's agent API as the agent uses it: registration, heartbeat, work
+//! poll, CSR submission and result reports, with the answers sorted into
+//! what the agent must do about them ([`HostError`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use certplane_client::{ApiClient, ClientError, ClientOptions, Trust};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// `User-Agent` of the agent's requests.
+const USER_AGENT: &str = concat!("certplane-agent/", env!("CARGO_PKG_VERSION"));
+/// Limit on a request that does not wait on the host.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slack on top of a long poll's wait before the request is given up.
+const POLL_SLACK: Duration = Duration::from_secs(15);
+
+/// What went wrong talking to the host, by what the agent does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// 410 Gone: the agent was retired. Stop, exit 0.
+    #[error("the host retired this agent: {0}")]
+    Retired(String),
+    /// 401/403: the credential or bootstrap token is refused. Retrying will
+    /// not help; the operator must act.
+    #[error("the host refused the agent's credentials: {0}")]
+    Unauthorized(String),
+    /// The host or the network is unavailable (connection, timeout, 5xx,
+    /// 429): retry with backoff.
+    #[error("host unavailable: {0}")]
+    Unavailable(String),
+    /// The host refused this one request (404, 409, 422, ...): the job it
+    /// concerns moved on or the request was wrong; do not retry it as is.
+    #[error("the host refused the request: {0}")]
+    Refused(String),
+    /// The agent's configuration cannot produce a client (URL, trust).
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl HostError {
+    fn from_client(e: ClientError) -> HostError {
+        match &e {
+            ClientError::Api { status, .. } | ClientError::UnexpectedStatus { status, .. } => {
+                match *status {
+                    410 => HostError::Retired(e.to_string()),
+                    401 | 403 => HostError::Unauthorized(e.to_string()),
+                    429 | 500.. => HostError::Unavailable(e.to_string()),
+                    _ => HostError::Refused(e.to_string()),
+                }
+            }
+            ClientError::InvalidUrl { .. }
+            | ClientError::InvalidPin(_)
+            | ClientError::NoTrust(_)
+            | ClientError::CaFile(_)
+            | ClientError::TlsConfig(_) => HostError::Setup(e.to_string()),
+            // A pinned fingerprint that no longer matches is not something
+            // retrying fixes, but the host may be mid-rotation; treat it as
+            // unavailable so the agent keeps trying (and logging why).
+            _ => HostError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The credential the host issued at registration.
+#[derive(Debug, Deserialize)]
+pub struct Registered {
+    /// The agent's id.
+    pub agent_id: String,
+    /// `cpa_<id>.<secret>`.
+    pub credential: String,
+}
+
+/// The certificate a job concerns.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobCertificate {
+    /// Certificate id.
+    pub id: String,
+    /// Subject common name.
+    #[serde(default)]
+    pub common_name: String,
+    /// Names the CSR must request.
+    pub sans: Vec<String>,
+    /// Key type to generate (`ecdsa-p256`, ...).
+    pub key_type: String,
+}
+
+/// The version a job deploys or verifies.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobVersion {
+    /// Version id.
+    pub id: String,
+    /// Leaf then chain, PEM.
+    pub pem_chain: String,
+    /// SHA-256 of the leaf's DER, hex.
+    pub fingerprint_sha256: String,
+}
+
+/// The target connector instance a job runs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobTarget {
+    /// Target id.
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Connector plugin name.
+    pub plugin_name: String,
+    /// Connector plugin version.
+    pub plugin_version: String,
+    /// Digest of the component the host expects (when it has it).
+    pub plugin_sha256: Option<String>,
+    /// Settings of the instance.
+    #[serde(default)]
+    pub settings: Value,
+    /// Grants the host asks for.
+    #[serde(default)]
+    pub grants: Value,
+    /// Secrets of the instance.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// One job handed to the agent.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkJob {
+    /// Job id.
+    pub id: String,
+    /// `deployment`, `verification`, `issuance`, `renewal`, ...
+    pub job_type: String,
+    /// `running` (leased to this agent) or `awaiting_csr`.
+    pub status: String,
+    /// Lease attempt, echoed in the result.
+    #[serde(default)]
+    pub attempt: i32,
+    /// The certificate concerned.
+    pub certificate: Option<JobCertificate>,
+    /// The version to deploy or verify.
+    pub certificate_version: Option<JobVersion>,
+    /// The target to run.
+    pub target: Option<JobTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WorkReply {
+    jobs: Vec<WorkJob>,
+}
+
+/// The heartbeat answer.
+#[derive(Debug, Deserialize)]
+pub struct Heartbeat {
+    /// The host's clock.
+    pub server_time: DateTime<Utc>,
+}
+
+/// What the agent reports at the end of a job.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobReport {
+    /// `success` or `failure`.
+    pub outcome: &'static str,
+    /// What changed.
+    pub changed: Vec<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReportError>,
+    /// The endpoint probe, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<ReportVerification>,
+    /// The lease attempt.
+    pub attempt: i32,
+}
+
+/// A failure: the connector's error class and message.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReportError {
+    /// `rejected`, `invalid-config`, `unauthorized`, `unsupported`
+    /// (permanent) or `transient`, `rate-limited` (retried).
+    pub class: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The endpoint probe's verdict.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReportVerification {
+    /// `verified`, `mismatch` or `unreachable`.
+    pub status: &'static str,
+    /// SHA-256 of the leaf the endpoint served.
+    pub observed_fingerprint: Option<String>,
+    /// One line for operators.
+    pub detail: Option<String>,
+}
+
+impl JobReport {
+    /// A success.
+    pub fn success(attempt: i32, changed: Vec<String>) -> JobReport {
+        JobReport {
+            outcome: "success",
+            changed,
+            error: None,
+            verification: None,
+            attempt,
+        }
+    }
+
+    /// A failure of `class`.
+    pub fn failure(attempt: i32, class: &'static str, message: impl Into<String>) -> JobReport {
+        JobReport {
+            outcome: "failure",
+            changed: Vec::new(),
+            error: Some(ReportError {
+                class,
+                message: message.into(),
+            }),
+            verification: None,
+            attempt,
+        }
+    }
+}
+
+/// An authenticated client of the agent API.
+#[derive(Debug, Clone)]
+pub struct HostApi {
+    client: ApiClient,
+    poll_client: ApiClient,
+}
+
+fn client(
+    base_url: &str,
+    trust: Option<Trust>,
+    token: &str,
+    timeout: Duration,
+) -> Result<ApiClient, HostError> {
+    ApiClient::new(ClientOptions {
+        base_url: base_url.to_owned(),
+        api_key: token.to_owned(),
+        trust,
+        timeout,
+        user_agent: USER_AGENT.to_owned(),
+    })
+    .map_err(HostError::from_client)
+}
+
+/// Registers with a bootstrap token (unauthenticated call).
+pub async fn register(
+    base_url: &str,
+    trust: Option<Trust>,
+    name: &str,
+    bootstrap_token: &str,
+) -> Result<Registered, HostError> {
+    let client = client(base_url, trust, "", REQUEST_TIMEOUT)?;
+    let reply = client
+        .post(
+            "/agents/register",
+            Some(&json!({ "name": name, "bootstrap_token": bootstrap_token })),
+        )
+        .await
+        .map_err(HostError::from_client)?;
+    parse(reply.json)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: Option<Value>) -> Result<T, HostError> {
+    serde_json::from_value(json.unwrap_or(Value::Null))
+        .map_err(|e| HostError::Unavailable(format!("unexpected answer from the host: {e}")))
+}
+
+impl HostApi {
+    /// A client sending `credential`; work polls may wait `poll_wait`.
+    pub fn new(
+        base_url: &str,
+        trust: Option<Trust>,
+        credential: &str,
+        poll_wait: Duration,
+    ) -> Result<HostApi, HostError> {
+        Ok(HostApi {
+            client: client(base_url, trust.clone(), credential, REQUEST_TIMEOUT)?,
+            poll_client: client(base_url, trust, credential, poll_wait + POLL_SLACK)?,
+        })
+    }
+
+    /// `POST /agents/heartbeat`.
+    pub async fn heartbeat(&self) -> Result<Heartbeat, HostError> {
+        let reply = self
+            .client
+            .post("/agents/heartbeat", None)
+            .await
+            .map_err(HostError::from_client)?;
+        parse(reply.json)
+    }
+
+    /// `GET /agents/work`: claims this agent's pending jobs, waiting up to
+    /// `wait` for some.
+    pub async fn work(&self, wait: Duration, limit: u32) -> Result<Vec<WorkJob>, HostError> {
+        let reply = self
+            .poll_client
+            .get(
+                "/agents/work",
+                &[
+                    ("wait_secs", wait.as_secs().to_string()),
+                    ("limit", limit.to_string()),
+                ],
+            )
+            .await
+            .map_err(HostError::from_client)?;
+        Ok(parse::<WorkReply>(reply.json)?.jobs)
+    }
+
+    /// `POST /agents/jobs/{id}/csr`.
+    pub async fn submit_csr(&self, job_id: &str, csr_pem: &str) -> Result<(), HostError> {
+        self.client
+            .post(
+                &format!("/agents/jobs/{job_id}/csr"),
+                Some(&json!({ "csr_pem": csr_pem })),
+            )
+            .await
+            .map_err(HostError::from_client)?;
+        Ok(())
+    }
+
+    /// `POST /agents/jobs/{id}/result`.
+    pub async fn report(&self, job_id: &str, report: &JobReport) -> Result<(), HostError> {
+        let body = serde_json::to_value(report)
+            .map_err(|e| HostError::Setup(format!("cannot encode the report: {e}")))?;
+        self.client
+            .post(&format!("/agents/jobs/{job_id}/result"), Some(&body))
+            .await
+            .map_err(HostError::from_client)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(status: u16) -> ClientError {
+        ClientError::Api {
+            status,
+            code: "c".into(),
+            message: "m".into(),
+            request_id: "r".into(),
+        }
+    }
+
+    #[test]
+    fn statuses_sort_into_what_to_do() {
+        assert!(matches!(
+            HostError::from_client(api_error(410)),
+            HostError::Retired(_)
+        ));
+        assert!(matches!(
+            HostError::from_client(api_error(401)),
+            HostError::Unauthorized(_)
+        ));
+        assert!(matches!(
+            HostError::from_client(api_error(503)),
+            HostError::Unavailable(_)
+        ));
+        assert!(matches!(
+            HostError::from_client(api_error(429)),
+            HostError::Unavailable(_)
+        ));
+        assert!(matches!(
+            HostError::from_client(api_error(409)),
+            HostError::Refused(_)
+        ));
+        let timeout = ClientError::Timeout {
+            authority: "h:1".into(),
+            secs: 1,
+        };
+        assert!(matches!(
+            HostError::from_client(timeout),
+            HostError::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn reports_have_the_host_api_shape() {
+        let mut report = JobReport::failure(3, "transient", "boom");
+        report.verification = Some(ReportVerification {
+            status: "unreachable",
+            observed_fingerprint: None,
+            detail: Some("connection refused".into()),
+        });
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["outcome"], "failure");
+        assert_eq!(v["error"]["class"], "transient");
+        assert_eq!(v["attempt"], 3);
+        assert_eq!(v["verification"]["status"], "unreachable");
+        let ok = serde_json::to_value(JobReport::success(1, vec!["a".into()])).unwrap();
+        assert!(ok.get("error").is_none());
+    }
+}

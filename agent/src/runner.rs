@@ -1,0 +1,388 @@
+//! The agent's life: load plugins, register once, then heartbeat and
+//! long-poll for work until shut down or retired.
+//!
+//! The heartbeat runs on its own task so a long deployment does not make
+//! the agent look offline. The poll loop awaits each job to its end before
+//! polling again, so jobs never overlap and a shutdown request waits for
+//! the job in hand (bounded by the plugin deadline and the probe window)
+//! instead of abandoning it half-reported. Failures to reach the host back
+//! off exponentially with jitter; a 410 Gone ends the agent with success.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certplane_runtime::{Runtime, RuntimeConfig};
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::executor::{Executor, Progress, target_plugins};
+use crate::hostapi::{self, HostApi, HostError};
+use crate::state::{Credential, StateDir, StateError};
+
+/// Most jobs claimed per poll.
+const WORK_LIMIT: u32 = 10;
+/// Instances the agent's runtime may hold at once: jobs run one at a time,
+/// so a small pool keeps the idle footprint down.
+const MAX_INSTANCES: u32 = 8;
+
+/// How long the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Until shut down or retired.
+    Continuous,
+    /// One heartbeat, one poll (no wait), its jobs, then exit.
+    Once,
+}
+
+/// Why the agent stopped (all of these are a clean exit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The shutdown token was cancelled (SIGTERM, Ctrl-C, the embedding
+    /// program).
+    Stopped,
+    /// The host answered 410 Gone: the agent was retired.
+    Retired,
+    /// `--once` finished its cycle.
+    CycleDone,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The state directory is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The plugin runtime could not start or the plugin directory is unreadable.
+    #[error("plugins: {0}")]
+    Plugins(String),
+    /// The agent is not registered and has no bootstrap token.
+    #[error(
+        "this agent is not registered ({}) and no bootstrap token is configured: set `bootstrap_token` (or CERTPLANE_AGENT_BOOTSTRAP_TOKEN)",
+        .0.display()
+    )]
+    NoBootstrapToken(std::path::PathBuf),
+    /// The host refused the credential or bootstrap token, or the client
+    /// cannot be set up.
+    #[error(transparent)]
+    Host(HostError),
+}
+
+/// Runs the agent until `shutdown`, retirement, or (with [`Mode::Once`])
+/// one cycle.
+pub async fn run(
+    config: AgentConfig,
+    mode: Mode,
+    shutdown: CancellationToken,
+) -> Result<Exit, AgentError> {
+    let config = Arc::new(config);
+    let state = StateDir::open(&config.state_dir)?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(
+            config
+                .plugin_cache_dir
+                .clone()
+                .unwrap_or_else(|| state.plugin_cache()),
+        ),
+        max_instances: MAX_INSTANCES,
+        ..RuntimeConfig::default()
+    })
+    .map_err(|e| AgentError::Plugins(e.to_string()))?;
+    let (loaded, failed) = runtime
+        .load_dir(&config.plugin_dir)
+        .await
+        .map_err(|e| AgentError::Plugins(e.to_string()))?;
+    for err in &failed {
+        tracing::warn!(error = %err, "a plugin did not load");
+    }
+    let plugins = target_plugins(loaded);
+    tracing::info!(plugins = ?plugins.keys().collect::<Vec<_>>(),
+        dir = %config.plugin_dir.display(), "target plugins loaded");
+
+    let mut backoff = Backoff::new(config.backoff);
+    let Some(credential) = registered(&config, &state, mode, &shutdown, &mut backoff).await? else {
+        return Ok(Exit::Stopped);
+    };
+    tracing::info!(agent_id = %credential.agent_id, host = %config.host_url, "agent starting");
+    let poll_wait = match mode {
+        Mode::Continuous => Duration::from_secs(config.poll_wait_secs),
+        Mode::Once => Duration::ZERO,
+    };
+    let api = HostApi::new(
+        &config.host_url,
+        config.trust(),
+        &credential.credential,
+        poll_wait,
+    )
+    .map_err(AgentError::Host)?;
+    let executor = Executor::new(config.clone(), state.clone(), api.clone(), plugins);
+    let contact = Contact::new(state.clone());
+
+    let exit = match mode {
+        Mode::Once => once(&api, &executor, &contact).await,
+        Mode::Continuous => {
+            let retired = CancellationToken::new();
+            let heartbeat = tokio::spawn(heartbeat_loop(
+                api.clone(),
+                config.heartbeat_interval(),
+                contact.clone(),
+                shutdown.clone(),
+                retired.clone(),
+            ));
+            let exit = poll_loop(
+                &api,
+                &executor,
+                &contact,
+                &config,
+                poll_wait,
+                &shutdown,
+                &retired,
+                &mut backoff,
+            )
+            .await;
+            heartbeat.abort();
+            exit
+        }
+    };
+    if matches!(exit, Ok(Exit::Retired)) {
+        if let Err(e) = state.update_status(|s| s.retired_at = Some(Utc::now())) {
+            tracing::warn!(error = %e, "cannot record the retirement in the status file");
+        }
+        // The distinct line operators and tests look for.
+        tracing::warn!(agent_id = %credential.agent_id, event = "agent.retired",
+            "agent retired by the host (410 Gone): stopping and exiting cleanly");
+    }
+    exit
+}
+
+/// The stored credential, registering first when there is none. Returns
+/// `None` when shut down while waiting for the host.
+async fn registered(
+    config: &AgentConfig,
+    state: &StateDir,
+    mode: Mode,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<Option<Credential>, AgentError> {
+    if let Some(credential) = state.credential()? {
+        if credential.host_url != config.host_url {
+            tracing::warn!(registered_with = %credential.host_url, configured = %config.host_url,
+                "the credential was issued for another host URL; using it anyway");
+        }
+        return Ok(Some(credential));
+    }
+    let Some(token) = config.bootstrap_token.as_deref() else {
+        return Err(AgentError::NoBootstrapToken(state.root().to_path_buf()));
+    };
+    let name = config.agent_name();
+    loop {
+        match hostapi::register(&config.host_url, config.trust(), &name, token).await {
+            Ok(reg) => {
+                let credential = Credential {
+                    agent_id: reg.agent_id,
+                    credential: reg.credential,
+                    host_url: config.host_url.clone(),
+                    registered_at: Utc::now(),
+                };
+                state.save_credential(&credential)?;
+                tracing::info!(agent_id = %credential.agent_id, %name, "registered with the host");
+                return Ok(Some(credential));
+            }
+            Err(HostError::Unavailable(why)) if mode == Mode::Continuous => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%why, retry_in_ms = delay.as_millis() as u64,
+                    "cannot register yet");
+                if !pause(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(AgentError::Host(e)),
+        }
+    }
+}
+
+/// Records contact with the host in the status file, without rewriting it
+/// for every exchange (the status is for humans; a few seconds is enough).
+#[derive(Clone)]
+struct Contact {
+    state: StateDir,
+    last_write: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+impl Contact {
+    const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(5);
+
+    fn new(state: StateDir) -> Contact {
+        Contact {
+            state,
+            last_write: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn ok(&self) {
+        let due = self.last_write.lock().is_ok_and(|mut last| {
+            let due = last.is_none_or(|t| t.elapsed() >= Self::MIN_WRITE_INTERVAL);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        });
+        if due {
+            self.write(|s| s.last_contact = Some(Utc::now()));
+        }
+    }
+
+    fn failed(&self, why: &str) {
+        self.write(|s| {
+            s.last_error = Some(why.to_owned());
+            s.last_error_at = Some(Utc::now());
+        });
+        if let Ok(mut last) = self.last_write.lock() {
+            *last = None;
+        }
+    }
+
+    fn write(&self, change: impl FnOnce(&mut crate::state::Status)) {
+        if let Err(e) = self.state.update_status(change) {
+            tracing::warn!(error = %e, "cannot update the status file");
+        }
+    }
+}
+
+async fn once(api: &HostApi, executor: &Executor, contact: &Contact) -> Result<Exit, AgentError> {
+    let step = async {
+        api.heartbeat().await?;
+        contact.ok();
+        let jobs = api.work(Duration::ZERO, WORK_LIMIT).await?;
+        contact.ok();
+        tracing::info!(jobs = jobs.len(), "polled once");
+        for job in jobs {
+            executor.execute(job).await?;
+        }
+        Ok::<_, HostError>(())
+    };
+    match step.await {
+        Ok(()) => Ok(Exit::CycleDone),
+        Err(HostError::Retired(_)) => Ok(Exit::Retired),
+        Err(e) => {
+            contact.failed(&e.to_string());
+            Err(AgentError::Host(e))
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    api: HostApi,
+    interval: Duration,
+    contact: Contact,
+    shutdown: CancellationToken,
+    retired: CancellationToken,
+) {
+    loop {
+        match api.heartbeat().await {
+            Ok(beat) => {
+                contact.ok();
+                let skew = (Utc::now() - beat.server_time).num_seconds().abs();
+                if skew > 60 {
+                    tracing::warn!(skew_secs = skew, "the clock differs from the host's");
+                }
+            }
+            Err(HostError::Retired(_)) => {
+                retired.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                contact.failed(&e.to_string());
+            }
+        }
+        if !pause(interval, &shutdown).await {
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn poll_loop(
+    api: &HostApi,
+    executor: &Executor,
+    contact: &Contact,
+    config: &AgentConfig,
+    poll_wait: Duration,
+    shutdown: &CancellationToken,
+    retired: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<Exit, AgentError> {
+    loop {
+        let polled = tokio::select! {
+            () = shutdown.cancelled() => return Ok(Exit::Stopped),
+            () = retired.cancelled() => return Ok(Exit::Retired),
+            r = api.work(poll_wait, WORK_LIMIT) => r,
+        };
+        let delay = match polled {
+            Ok(jobs) => {
+                contact.ok();
+                let mut progressed = jobs.is_empty();
+                for job in jobs {
+                    match executor.execute(job).await {
+                        Ok(Progress::Done) => progressed = true,
+                        Ok(Progress::Skipped) => {}
+                        Err(e) => return stop_or_continue(e, contact, config, backoff),
+                    }
+                    if shutdown.is_cancelled() {
+                        return Ok(Exit::Stopped);
+                    }
+                }
+                if progressed {
+                    backoff.reset();
+                    None
+                } else {
+                    // Only jobs this agent cannot serve came back; the host
+                    // hands them out on every poll until they expire.
+                    Some(backoff.next_delay())
+                }
+            }
+            Err(e) => match stop_or_continue(e, contact, config, backoff) {
+                Ok(Exit::CycleDone) => Some(backoff.next_delay()),
+                other => return other,
+            },
+        };
+        if let Some(delay) = delay
+            && !pause(delay, shutdown).await
+        {
+            return Ok(Exit::Stopped);
+        }
+    }
+}
+
+/// What a host error means for the loop: `Ok(CycleDone)` = keep going
+/// after a backoff; anything else ends the agent.
+fn stop_or_continue(
+    e: HostError,
+    contact: &Contact,
+    config: &AgentConfig,
+    backoff: &Backoff,
+) -> Result<Exit, AgentError> {
+    match e {
+        HostError::Retired(_) => Ok(Exit::Retired),
+        HostError::Unavailable(why) | HostError::Refused(why) => {
+            tracing::warn!(host = %config.host_url, error = %why, step = ?backoff,
+                "cannot reach the host; backing off");
+            contact.failed(&why);
+            Ok(Exit::CycleDone)
+        }
+        e => {
+            contact.failed(&e.to_string());
+            Err(AgentError::Host(e))
+        }
+    }
+}
+
+/// Sleeps `delay` unless shut down first; false when shut down.
+async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}

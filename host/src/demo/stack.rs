@@ -1,0 +1,170 @@
+//! A host running in-process for the demo and end-to-end tests: the real
+//! `serve` start-up (migrations, development TLS certificate, plugins,
+//! scheduler, HTTPS listener) on a loopback port, plus an admin API client
+//! that trusts it by pinned fingerprint.
+//!
+//! `serve::run_until` runs on a thread with its own tokio runtime, as the
+//! process it normally is (its start-up future is also not `Send`).
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use certplane_client::{ApiClient, ClientOptions, Trust};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth;
+use crate::config::HostConfig;
+use crate::store::{ApiScope, NewApiKey};
+
+/// How long start-up may take before it is reported as failed.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running host.
+pub struct LocalHost {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// SHA-256 fingerprint of the host's development certificate.
+    pub pin_sha256: String,
+    /// An admin-scoped client of the API.
+    pub admin: ApiClient,
+    /// The admin key `admin` sends.
+    pub admin_key: String,
+    config: HostConfig,
+    shutdown: CancellationToken,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl LocalHost {
+    /// Starts a host with `config` (its `listen` address must be a free
+    /// loopback port, see [`free_port`]; TLS is the development
+    /// certificate) and waits until it accepts connections. An admin key is
+    /// minted into the store beforehand instead of being printed.
+    pub async fn start(config: HostConfig) -> anyhow::Result<LocalHost> {
+        crate::serve::prepare_data_dir(&config.data_dir)?;
+        let dev = crate::tls::ensure_dev_certificate(&config.data_dir, &[])?;
+        let store = crate::serve::open_store(&config).await?;
+        let (admin_key, hash) = auth::new_api_key();
+        store
+            .create_api_key(NewApiKey {
+                name: "local-admin".into(),
+                key_hash: hash,
+                scopes: vec![ApiScope::Admin],
+                expires_at: None,
+            })
+            .await?;
+        store.close().await;
+        // `serve` prints a first admin key unless one was issued; this one was.
+        std::fs::write(
+            config.data_dir.join("admin-key-issued"),
+            b"issued by the embedding program\n",
+        )?;
+        let mut host = LocalHost {
+            url: format!("https://{}", config.listen),
+            pin_sha256: dev.fingerprint_sha256,
+            admin: client(&config, &admin_key, &dev_trust(&config))?,
+            admin_key,
+            config,
+            shutdown: CancellationToken::new(),
+            thread: None,
+        };
+        host.spawn().await?;
+        Ok(host)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.shutdown = CancellationToken::new();
+        let config = self.config.clone();
+        let token = self.shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("certplane-host".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(crate::serve::run_until(config, token))
+                    .map_err(|e| format!("{e:#}"))
+            })?;
+        self.thread = Some(thread);
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(self.config.listen)
+            .await
+            .is_err()
+        {
+            if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                let outcome = self.join().await;
+                bail!("the host stopped during start-up: {outcome:?}");
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "the host did not listen on {} within {START_TIMEOUT:?}",
+                    self.config.listen
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// A client of the API sending `token` (an API key or agent credential).
+    pub fn client(&self, token: &str) -> anyhow::Result<ApiClient> {
+        client(&self.config, token, &dev_trust(&self.config))
+    }
+
+    /// Stops the host gracefully and waits for it.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.join().await
+    }
+
+    /// Stops and starts the host again on the same port and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.spawn().await
+    }
+
+    async fn join(&mut self) -> anyhow::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .context("waiting for the host thread")?
+            .map_err(|_| anyhow::anyhow!("the host thread panicked"))?
+            .map_err(|e| anyhow::anyhow!("the host failed: {e}"))
+    }
+}
+
+impl Drop for LocalHost {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn dev_trust(config: &HostConfig) -> Trust {
+    Trust::CaFile(config.data_dir.join("tls/dev-cert.pem"))
+}
+
+fn client(config: &HostConfig, token: &str, trust: &Trust) -> anyhow::Result<ApiClient> {
+    Ok(ApiClient::new(ClientOptions {
+        base_url: format!("https://{}", config.listen),
+        api_key: token.to_owned(),
+        trust: Some(trust.clone()),
+        timeout: Duration::from_secs(30),
+        user_agent: concat!("certplane-demo/", env!("CARGO_PKG_VERSION")).into(),
+    })?)
+}
