@@ -1,0 +1,356 @@
+//! Shared harness of the end-to-end tests: a real host (`serve`, over
+//! HTTPS with its development certificate) on SQLite or on a fresh
+//! PostgreSQL database, a local-CA issuer, and agents configured like an
+//! operator would, granted one temporary directory each.
+//! PostgreSQL tests never skip: an unreachable server fails them.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use certplane_agent::AgentConfig;
+use certplane_agent::config::{
+    AllowedDir, BackoffConfig, ConnectorGrants, TrustConfig, VerifyConfig,
+};
+use certplane_host::config::{HostConfig, JobSettings};
+use certplane_host::demo::stack::{LocalHost, free_port};
+use certplane_host::demo::{brisk_scheduler, demo_ca, get, post};
+use serde_json::{Value, json};
+
+/// Backend under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Admin URL of the test PostgreSQL.
+pub fn pg_admin_url() -> String {
+    std::env::var("CERTPLANE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The packaged plugins (built by scripts/build-plugins).
+pub fn plugin_dir() -> PathBuf {
+    let dir = repo_root().join("target/plugins");
+    assert!(
+        dir.join("pem-files.toml").exists(),
+        "run scripts/build-plugins first"
+    );
+    dir
+}
+
+/// A fresh PostgreSQL database, dropped (with force) at the end.
+pub struct PgDb {
+    pub url: String,
+    name: String,
+}
+
+impl PgDb {
+    pub async fn new() -> PgDb {
+        use sqlx::Connection as _;
+        let admin = pg_admin_url();
+        let name = format!("certplane_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::PgConnection::connect(&admin),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("PostgreSQL at {admin} did not answer within 10 s"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is unreachable at {admin} ({e}); start it or set CERTPLANE_TEST_PG_URL"
+            )
+        });
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("cannot create {name}: {e}"));
+        let _ = conn.close().await;
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        PgDb {
+            url: url.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use sqlx::Connection as _;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                    let _ = sqlx::Executor::execute(
+                        &mut conn,
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A host with a local-CA issuer, ready for agents.
+pub struct Stack {
+    pub host: LocalHost,
+    pub root: tempfile::TempDir,
+    pub bootstrap_token: String,
+    pub issuer_id: String,
+    pub backend: Backend,
+    _pg: Option<PgDb>,
+}
+
+impl Stack {
+    /// A host on `backend` with test-friendly timings: brisk scheduler
+    /// loops, `lease_secs` job leases, retries after 200 ms.
+    pub async fn new(backend: Backend, lease_secs: u64) -> Stack {
+        let root = tempfile::tempdir().unwrap();
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDb::new().await),
+        };
+        let bootstrap_token = format!("bt-{}", uuid::Uuid::new_v4().simple());
+        let mut config = HostConfig {
+            data_dir: root.path().join("host"),
+            database_url: pg.as_ref().map(|p| p.url.clone()),
+            plugin_dir: plugin_dir(),
+            plugin_cache_dir: Some(repo_root().join("target/plugin-cache")),
+            listen: format!("127.0.0.1:{}", free_port().unwrap())
+                .parse()
+                .unwrap(),
+            scheduler: brisk_scheduler(),
+            jobs: JobSettings {
+                lease_secs,
+                retry_base_ms: 200,
+                retry_cap_secs: 1,
+            },
+            ..HostConfig::default()
+        };
+        config.scheduler.reaper_ms = 200;
+        config.scheduler.retry_ms = 200;
+        config.agents.bootstrap_tokens = vec![bootstrap_token.clone()];
+        let host = LocalHost::start(config).await.expect("host starts");
+        let (ca_cert, ca_key) = demo_ca().unwrap();
+        let issuer = post(
+            &host.admin,
+            "/issuers",
+            json!({
+                "name": "e2e-ca",
+                "plugin": "local-ca",
+                "settings": { "ca_certificate_pem": ca_cert, "validity_days": 30 },
+                "secrets": { "ca_private_key_pem": ca_key },
+            }),
+        )
+        .await
+        .unwrap();
+        Stack {
+            host,
+            bootstrap_token,
+            issuer_id: issuer["id"].as_str().unwrap().to_owned(),
+            root,
+            backend,
+            _pg: pg,
+        }
+    }
+
+    /// Directory `name` under the test's root (created).
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// An agent configuration named `name`: pinned host certificate,
+    /// bootstrap token, its own state directory, fast verification, and the
+    /// pem-files connector allowed to write `<root>/<name>-certs`.
+    pub fn agent_config(&self, name: &str) -> AgentConfig {
+        let config = AgentConfig {
+            host_url: self.host.url.clone(),
+            trust: TrustConfig {
+                ca_file: None,
+                pin_sha256: Some(self.host.pin_sha256.clone()),
+            },
+            bootstrap_token: Some(self.bootstrap_token.clone()),
+            name: Some(name.to_owned()),
+            state_dir: self.root.path().join(format!("{name}-state")),
+            plugin_dir: plugin_dir(),
+            plugin_cache_dir: Some(repo_root().join("target/plugin-cache")),
+            heartbeat_secs: 2,
+            poll_wait_secs: 5,
+            backoff: BackoffConfig {
+                initial_ms: 100,
+                max_secs: 1,
+            },
+            verify: VerifyConfig {
+                attempts: 5,
+                interval_ms: 100,
+                timeout_secs: 2,
+            },
+            connectors: BTreeMap::from([(
+                "pem-files".to_owned(),
+                ConnectorGrants {
+                    directories: vec![AllowedDir {
+                        path: self.dir(&format!("{name}-certs")),
+                        writable: true,
+                    }],
+                    ..ConnectorGrants::default()
+                },
+            )]),
+        };
+        AgentConfig::from_value(&config).unwrap()
+    }
+
+    /// The id of the (active) agent registered as `name`, once it is.
+    pub async fn agent_id(&self, name: &str) -> String {
+        let agent = wait_for(
+            &format!("agent {name} to register"),
+            Duration::from_secs(30),
+            || async {
+                let agents = get(&self.host.admin, "/agents?per_page=500").await.unwrap();
+                agents["items"]
+                    .as_array()
+                    .and_then(|items| items.iter().find(|a| a["name"] == name))
+                    .cloned()
+            },
+        )
+        .await;
+        agent["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A pem-files target run by `agent_id`, writing into `deploy_dir`
+    /// (granted read-write as `/certs`), verifying at `verify` (port, SNI).
+    pub async fn pem_target(
+        &self,
+        name: &str,
+        agent_id: &str,
+        deploy_dir: &Path,
+        verify: Option<(u16, &str)>,
+    ) -> Value {
+        let mut settings = json!({ "directory": "/certs" });
+        if let Some((port, sni)) = verify {
+            settings["verify_host"] = json!("127.0.0.1");
+            settings["verify_port"] = json!(port);
+            settings["server_name"] = json!(sni);
+        }
+        post(
+            &self.host.admin,
+            "/targets",
+            json!({
+                "name": name,
+                "plugin": "pem-files",
+                "agent_id": agent_id,
+                "settings": settings,
+                "grants": { "directories": [
+                    { "path": deploy_dir, "guest_path": "/certs", "writable": true }
+                ] },
+            }),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A managed certificate for `sans` with `key_type`, deployed to
+    /// `target_id`.
+    pub async fn certificate(
+        &self,
+        name: &str,
+        sans: &[&str],
+        key_type: &str,
+        target_id: &str,
+    ) -> Value {
+        post(
+            &self.host.admin,
+            "/certificates",
+            json!({
+                "name": name,
+                "common_name": sans[0],
+                "sans": sans,
+                "key_type": key_type,
+                "issuer_id": self.issuer_id,
+                "target_ids": [target_id],
+            }),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Jobs of a certificate (newest first).
+    pub async fn jobs(&self, cert_id: &str) -> Vec<Value> {
+        let jobs = get(
+            &self.host.admin,
+            &format!("/jobs?certificate_id={cert_id}&per_page=100"),
+        )
+        .await
+        .unwrap();
+        jobs["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits for a deployment job of `cert_id` in a final state
+    /// (`completed`, or `failed` without retry pending when `failed_ok`).
+    pub async fn deployment_done(&self, cert_id: &str, timeout: Duration) -> Value {
+        wait_for("the deployment", timeout, || async {
+            self.jobs(cert_id).await.into_iter().find(|j| {
+                j["job_type"] == "deployment"
+                    && (j["status"] == "completed" || j["status"] == "failed")
+            })
+        })
+        .await
+    }
+
+    /// The stored verification of a deployment job.
+    pub async fn verification(&self, job_id: &str) -> Value {
+        get(&self.host.admin, &format!("/jobs/{job_id}/verification"))
+            .await
+            .unwrap()
+    }
+
+    /// The current version's leaf fingerprint.
+    pub async fn current_fingerprint(&self, cert_id: &str) -> String {
+        let detail = get(&self.host.admin, &format!("/certificates/{cert_id}"))
+            .await
+            .unwrap();
+        let current = detail["current_version_id"].as_str().unwrap().to_owned();
+        detail["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == current.as_str())
+            .unwrap()["fingerprint_sha256"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// Polls `check` every 25 ms until it yields a value; panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
