@@ -396,6 +396,7 @@ impl Executor {
                 endpoint.port,
                 endpoint.server_name
             )),
+            endpoint: Some(endpoint.clone()),
         }
     }
 }

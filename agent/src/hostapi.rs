@@ -191,6 +191,8 @@ pub struct ReportVerification {
     pub observed_fingerprint: Option<String>,
     /// One line for operators.
     pub detail: Option<String>,
+    /// Where the probe connected.
+    pub endpoint: Option<crate::verify::Endpoint>,
 }
 
 impl JobReport {
@@ -383,6 +385,7 @@ mod tests {
             status: "unreachable",
             observed_fingerprint: None,
             detail: Some("connection refused".into()),
+            endpoint: None,
         });
         let v = serde_json::to_value(&report).unwrap();
         assert_eq!(v["outcome"], "failure");

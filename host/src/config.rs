@@ -180,6 +180,28 @@ impl Default for JobSettings {
     }
 }
 
+/// On-the-wire verification of deployments the host runs itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifySettings {
+    /// Connection attempts before giving up (servers reload asynchronously).
+    pub attempts: u32,
+    /// Milliseconds between attempts.
+    pub interval_ms: u64,
+    /// Seconds one attempt may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for VerifySettings {
+    fn default() -> Self {
+        VerifySettings {
+            attempts: 5,
+            interval_ms: 1000,
+            timeout_secs: 5,
+        }
+    }
+}
+
 /// Everything the host reads at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -209,6 +231,8 @@ pub struct HostConfig {
     pub agents: AgentSettings,
     /// Job leases and retries.
     pub jobs: JobSettings,
+    /// Verification of host-side deployments.
+    pub verify: VerifySettings,
     /// Default MaxWait of one async-CA polling session, in seconds.
     pub order_max_wait_secs: u64,
 }
@@ -228,6 +252,7 @@ impl Default for HostConfig {
             scheduler: SchedulerSettings::default(),
             agents: AgentSettings::default(),
             jobs: JobSettings::default(),
+            verify: VerifySettings::default(),
             order_max_wait_secs: 600,
         }
     }
@@ -275,6 +300,9 @@ impl HostConfig {
         .contains(&0)
         {
             return bad("scheduler intervals must be positive");
+        }
+        if self.verify.attempts == 0 || self.verify.timeout_secs == 0 {
+            return bad("verify.attempts and verify.timeout_secs must be positive");
         }
         let j = &self.jobs;
         if j.lease_secs == 0 || j.retry_base_ms == 0 || j.retry_cap_secs == 0 {

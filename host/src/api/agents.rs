@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::jobs::verification;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use certplane_pki::pem::normalise_fingerprint;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -775,6 +775,19 @@ pub struct Verification {
     pub observed_fingerprint: Option<String>,
     /// Details for operators.
     pub detail: Option<String>,
+    /// Where the probe connected (kept for later re-verification).
+    #[schema(value_type = Option<Object>)]
+    pub endpoint: Option<certplane_agent::verify::Endpoint>,
+}
+
+impl From<VerificationStatus> for verification::Status {
+    fn from(s: VerificationStatus) -> Self {
+        match s {
+            VerificationStatus::Verified => verification::Status::Verified,
+            VerificationStatus::Mismatch => verification::Status::Mismatch,
+            VerificationStatus::Unreachable => verification::Status::Unreachable,
+        }
+    }
 }
 
 /// Body of `POST /agents/jobs/{id}/result`.
@@ -847,22 +860,12 @@ async fn report_result(
             ))
         })?;
     let failure = match (req.outcome, &req.error) {
-        // The connector succeeded but the endpoint does not serve the new
-        // certificate: the deployment failed verification. A mismatch
-        // needs an operator (the server loads other files, or did not
-        // reload); an unreachable endpoint may be restarting, so retry.
-        (Outcome::Success, None) => req.verification.as_ref().and_then(|v| {
-            let detail = v.detail.as_deref().unwrap_or("no detail");
-            match v.status {
-                VerificationStatus::Verified => None,
-                VerificationStatus::Mismatch => Some(JobFailure::permanent(format!(
-                    "failed verification: the endpoint serves another certificate ({detail})"
-                ))),
-                VerificationStatus::Unreachable => Some(JobFailure::transient(format!(
-                    "failed verification: the endpoint is unreachable ({detail})"
-                ))),
-            }
-        }),
+        // The connector succeeded but the endpoint may not serve the new
+        // certificate: the verdict decides (see `verification::failure`).
+        (Outcome::Success, None) => req
+            .verification
+            .as_ref()
+            .and_then(|v| verification::failure(v.status.into(), v.detail.as_deref())),
         (Outcome::Failure, Some(e)) => {
             let text = format!("{}: {}", e.class, e.message);
             Some(if PERMANENT_ERROR_CLASSES.contains(&e.class.as_str()) {
@@ -892,19 +895,14 @@ async fn report_result(
                 .map(|x| x.fingerprint_sha256),
             _ => None,
         };
-        let observed = v.observed_fingerprint.as_deref().map(normalise_fingerprint);
-        let value = json!({
-            "status": v.status,
-            "observed_fingerprint": observed,
-            "expected_fingerprint": expected,
-            "fingerprint_matches": match (&observed, &expected) {
-                (Some(o), Some(e)) => Some(o == &normalise_fingerprint(e)),
-                _ => None,
-            },
-            "detail": v.detail,
-            "reported_by": agent_id,
-            "reported_at": Utc::now(),
-        });
+        let value = verification::record(
+            v.status.into(),
+            v.observed_fingerprint.as_deref(),
+            expected.as_deref(),
+            v.detail.as_deref(),
+            v.endpoint.as_ref(),
+            &agent_id,
+        );
         if !state
             .store
             .set_job_verification(&lease, value.clone())

@@ -185,8 +185,18 @@ pub struct VerificationResult {
     #[serde(default)]
     pub detail: Option<String>,
     /// When the probe ran.
-    #[serde(default)]
+    #[serde(default, alias = "reported_at")]
     pub checked_at: Option<DateTime<Utc>>,
+    /// Whether the served fingerprint is the expected one.
+    #[serde(default)]
+    pub fingerprint_matches: Option<bool>,
+    /// Where the probe connected (`host`, `port`, `server_name`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub endpoint: Option<certplane_agent::verify::Endpoint>,
+    /// Who probed: an agent id, or `host`.
+    #[serde(default)]
+    pub reported_by: Option<String>,
 }
 
 /// `GET /jobs/{id}/verification` answer: the result and the job holding it.
@@ -205,6 +215,13 @@ pub struct VerificationView {
     pub detail: Option<String>,
     /// When the probe ran.
     pub checked_at: Option<DateTime<Utc>>,
+    /// Whether the served fingerprint is the expected one.
+    pub fingerprint_matches: Option<bool>,
+    /// Where the probe connected (`host`, `port`, `server_name`).
+    #[schema(value_type = Option<Object>)]
+    pub endpoint: Option<certplane_agent::verify::Endpoint>,
+    /// Who probed: an agent id, or `host`.
+    pub reported_by: Option<String>,
 }
 
 async fn load_job(state: &AppState, id: &str) -> ApiResult<Job> {
@@ -541,6 +558,9 @@ async fn get_verification(
         expected_fingerprint: result.expected_fingerprint,
         detail: result.detail,
         checked_at: result.checked_at,
+        fingerprint_matches: result.fingerprint_matches,
+        endpoint: result.endpoint,
+        reported_by: result.reported_by,
     };
     Ok(conditional_json(&headers, &view))
 }

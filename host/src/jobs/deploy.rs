@@ -1,4 +1,5 @@
-//! Deployment jobs for targets the host itself reaches (targets of the
+//! Deployment jobs (deploy, then verify on the wire when the connector
+//! names an endpoint) for targets the host itself reaches (targets of the
 //! built-in `host` agent, e.g. a remote Caddy admin API). Agent targets are
 //! deployed by their agents through the agent API.
 
@@ -8,6 +9,7 @@ use serde_json::json;
 
 use super::connectors::{build_instance, failure_for, observed};
 use super::issuance::version_key_owner;
+use super::verification;
 use super::versions::{load_version, split_pem};
 use crate::api::AppState;
 use crate::store::{ActorType, Job, JobFailure, NewAuditEvent};
@@ -108,5 +110,25 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
     )
     .await
     .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
+    if let Some(at) = result.verify_at {
+        let endpoint = certplane_agent::verify::Endpoint {
+            host: at.host,
+            port: at.port,
+            server_name: at.server_name,
+        };
+        let (record, failure) =
+            verification::probe(state, &endpoint, &version.fingerprint_sha256).await;
+        let lease = job
+            .lease()
+            .ok_or_else(|| JobFailure::transient("the job holds no lease"))?;
+        match state.store.set_job_verification(&lease, record).await {
+            Ok(true) => {}
+            Ok(false) => return Err(JobFailure::transient("the lease was lost")),
+            Err(e) => return Err(store_err(e)),
+        }
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+    }
     Ok(result.changed)
 }

@@ -1,5 +1,5 @@
 //! The host's work loops, wired onto the scheduler: the job processor
-//! (issuance, renewal, revocation, host-side deployments), async-CA order polling, the
+//! (issuance, renewal, revocation, host-side deployments and verifications), async-CA order polling, the
 //! set-based renewal sweep, retries of failed jobs and the lease reaper.
 //! Each loop is woken at once by the API or by the loop that created its
 //! work, and otherwise runs on its jittered interval.
@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod issuance;
 pub mod notify;
 pub mod revoke;
+pub mod verification;
 pub mod versions;
 
 use std::time::Duration;
@@ -59,26 +60,19 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
                     .observe_claim("claim_pending_jobs", started.elapsed());
                 let n = jobs.len();
                 join_all(jobs.into_iter().map(|job| {
-                let st = st.clone();
-                async move {
-                    match job.job_type {
-                        JobType::Issuance | JobType::Renewal => issuance::process(&st, job).await,
-                        JobType::Deployment => deploy::process(&st, job).await,
-                        JobType::Revocation => revoke::process(&st, job).await,
-                        other => {
-                            if let Some(lease) = job.lease() {
-                                let failure = crate::store::JobFailure::permanent(format!(
-                                    "{other} jobs are not run by the host"
-                                ));
-                                if let Err(e) = st.store.fail_job(&lease, failure).await {
-                                    tracing::error!(job = %job.id, error = %e, "cannot fail job");
-                                }
+                    let st = st.clone();
+                    async move {
+                        match job.job_type {
+                            JobType::Issuance | JobType::Renewal => {
+                                issuance::process(&st, job).await
                             }
+                            JobType::Deployment => deploy::process(&st, job).await,
+                            JobType::Revocation => revoke::process(&st, job).await,
+                            JobType::Verification => verification::process(&st, job).await,
                         }
                     }
-                }
-            }))
-            .await;
+                }))
+                .await;
                 Ok(report(n, BATCH))
             }
         },

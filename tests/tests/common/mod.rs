@@ -140,6 +140,8 @@ impl Stack {
             },
             ..HostConfig::default()
         };
+        config.verify.attempts = 3;
+        config.verify.interval_ms = 100;
         config.scheduler.reaper_ms = 200;
         config.scheduler.retry_ms = 200;
         config.agents.bootstrap_tokens = vec![bootstrap_token.clone()];
