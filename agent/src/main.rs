@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use certplane_agent::state::StateDir;
 use certplane_agent::{AgentConfig, Mode};
 use certplane_runtime::{Runtime, RuntimeConfig};
@@ -103,10 +102,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
-    let state = StateDir::open(&config.state_dir)
-        .with_context(|| format!("state directory {}", config.state_dir.display()))?;
-    let credential = state.credential()?;
-    let status = state.status()?;
+    // Read only: a mistyped --config must not create directories.
+    let state = StateDir::existing(&config.state_dir);
+    let credential = state
+        .as_ref()
+        .map(StateDir::credential)
+        .transpose()?
+        .flatten();
+    let status = state
+        .as_ref()
+        .map(StateDir::status)
+        .transpose()?
+        .unwrap_or_default();
     if json {
         let value = serde_json::json!({
             "registered": credential.is_some(),
@@ -148,7 +155,13 @@ fn status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
     if let Some(at) = status.retired_at {
         println!("RETIRED:       by the host at {}", at.to_rfc3339());
     }
-    println!("state dir:     {}", state.root().display());
+    match &state {
+        Some(state) => println!("state dir:     {}", state.root().display()),
+        None => println!(
+            "state dir:     {} (does not exist yet)",
+            config.state_dir.display()
+        ),
+    }
     Ok(())
 }
 

@@ -78,6 +78,10 @@ pub async fn run(
 ) -> Result<Exit, AgentError> {
     let config = Arc::new(config);
     let state = StateDir::open(&config.state_dir)?;
+    // Fail fast, before compiling any plugin, when registration cannot work.
+    if config.bootstrap_token.is_none() && state.credential()?.is_none() {
+        return Err(AgentError::NoBootstrapToken(state.root().to_path_buf()));
+    }
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(
             config

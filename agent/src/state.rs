@@ -113,6 +113,14 @@ impl StateDir {
         Ok(dir)
     }
 
+    /// The state directory at `root` for reading only (nothing is created
+    /// or changed), if it exists.
+    pub fn existing(root: &Path) -> Option<StateDir> {
+        root.is_dir().then(|| StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
     /// The directory.
     pub fn root(&self) -> &Path {
         &self.root

@@ -134,6 +134,11 @@ pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyho
         Arc::new(secrets),
     );
     let scheduler = crate::jobs::start(state.clone(), shutdown.child_token());
+    let (wake, stop) = (state.wake.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        wake.stopping.cancel();
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

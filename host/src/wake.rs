@@ -18,6 +18,9 @@ pub struct Wake {
     pub renewals: Arc<Notify>,
     /// Notification dispatch.
     pub notifications: Arc<Notify>,
+    /// Cancelled when the host shuts down, so parked long polls answer at
+    /// once instead of holding the graceful shutdown for their whole wait.
+    pub stopping: tokio_util::sync::CancellationToken,
     agents: Mutex<HashMap<String, Arc<Notify>>>,
 }
 

@@ -270,7 +270,7 @@ async fn server_error_is_retried_then_sent_once(backend: Backend) {
     }
 }
 
-async fn gone_fails_permanently(backend: Backend) {
+async fn gone_fails_permanently_and_disables_the_notifier(backend: Backend) {
     let app = app(backend).await;
     let server = TestServer::start(|_| TestResponse::text(410, "gone"))
         .await
@@ -288,10 +288,46 @@ async fn gone_fails_permanently(backend: Backend) {
 
     assert_eq!(failed.attempts, 1, "not retried");
     let error = failed.last_error.unwrap_or_default();
-    assert!(error.contains("endpoint gone; disable it"), "{error}");
+    assert!(error.contains("the endpoint is gone"), "{error}");
     assert_eq!(server.requests().len(), 1);
     let after = app.store.get_notification(&id).await.unwrap().unwrap();
     assert_eq!(after.status, NotificationStatus::Failed);
+
+    // The notifier is disabled (and audited): later events are not sent.
+    let row = app.store.get_notifier(&notifier).await.unwrap().unwrap();
+    assert!(row.disabled_at.is_some(), "the notifier was not disabled");
+    let events = app
+        .store
+        .list_audit_events(Some("notifier"), Some(&notifier), 10)
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| e.action == "notifier.disabled"));
+    let later = enqueue(&app.store, &notifier, 1).await.remove(0);
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let failed = wait_for(&app.store, &later, "failed", |n| {
+        n.status == NotificationStatus::Failed
+    })
+    .await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        failed.last_error.unwrap_or_default().contains("disabled"),
+        "a disabled notifier must not deliver"
+    );
+    assert_eq!(server.requests().len(), 1, "nothing more was sent");
+
+    // A new configuration enables it again.
+    let updated = app
+        .store
+        .update_notifier(
+            &notifier,
+            &row.settings,
+            row.encrypted_secrets.clone(),
+            &row.grants,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(updated.disabled_at.is_none());
 }
 
 async fn rate_limited_waits_for_the_receivers_retry_after(backend: Backend) {
@@ -385,7 +421,7 @@ both_backends!(
     issuance_notifies,
     delivered_once_with_a_valid_signature,
     server_error_is_retried_then_sent_once,
-    gone_fails_permanently,
+    gone_fails_permanently_and_disables_the_notifier,
     rate_limited_waits_for_the_receivers_retry_after
 );
 

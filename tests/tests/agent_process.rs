@@ -309,6 +309,7 @@ async fn sigkill_mid_deployment(backend: Backend) {
     .await;
     assert_eq!(job["attempts"], 1, "{job}");
     agent.kill();
+    let killed_at = Instant::now();
     let killed_log = agent.log();
     assert!(
         killed_log.contains(&format!("wrote /certs/{cert_id}/cert.pem")),
@@ -336,6 +337,11 @@ async fn sigkill_mid_deployment(backend: Backend) {
         },
     )
     .await;
+    eprintln!(
+        "deployment {} {:?} after the SIGKILL",
+        done["status"],
+        killed_at.elapsed()
+    );
     assert_eq!(done["id"], job_id.as_str(), "{done}");
     assert_eq!(done["status"], "completed", "{done}\n{}", agent.log());
     assert_eq!(done["attempts"], 2, "{done}");

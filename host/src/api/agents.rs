@@ -395,10 +395,15 @@ async fn poll_work(
         // A wake-up sent since the claim is kept as a permit by `Notify`,
         // so work created in between is not missed. On timeout the loop
         // checks once more and then returns.
-        if tokio::time::timeout_at(deadline, signal.notified())
-            .await
-            .is_ok()
-        {
+        let woken = tokio::select! {
+            // Shutting down: answer now (no work) rather than hold the
+            // server's graceful shutdown until the wait ends.
+            () = state.wake.stopping.cancelled() => {
+                return Ok(Json(WorkReply { jobs: Vec::new() }));
+            }
+            r = tokio::time::timeout_at(deadline, signal.notified()) => r.is_ok(),
+        };
+        if woken {
             // Woken: a retirement also wakes the poll, which then returns
             // (the agent's next call gets 410).
             let active = state

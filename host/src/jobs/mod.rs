@@ -42,6 +42,17 @@ fn report(processed: usize, limit: u32) -> TickReport {
     }
 }
 
+/// Wakes the long polls of agents with work that appeared since `since`.
+async fn wake_agents_with_work(
+    state: &AppState,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<(), crate::store::StoreError> {
+    for agent in state.store.agents_with_new_work_since(since).await? {
+        state.wake.wake_agent(&agent);
+    }
+    Ok(())
+}
+
 /// Starts every loop; cancel `token` (or call `shutdown`) to stop them.
 pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
     let mut scheduler = Scheduler::with_cancellation(token);
@@ -117,9 +128,7 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
                     st.wake.jobs.notify_one();
                     // Agent-key certificates start out awaiting their
                     // agent's CSR: wake those agents' long polls.
-                    for agent in st.store.agents_awaiting_csr_since(started).await? {
-                        st.wake.wake_agent(&agent);
-                    }
+                    wake_agents_with_work(&st, started).await?;
                 }
                 Ok(report(created as usize, RENEWAL_BATCH))
             }
@@ -130,9 +139,13 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
     scheduler.spawn_loop(spec("retry", s.retry_ms, &state), None, move || {
         let st = st.clone();
         async move {
+            let started = crate::store::now();
             let retried = st.store.retry_failed_jobs(500).await?;
             if retried > 0 {
                 st.wake.jobs.notify_one();
+                // Retried agent jobs (failed reports, reaped leases of a
+                // vanished agent) go back to their agents at once.
+                wake_agents_with_work(&st, started).await?;
             }
             Ok(report(retried as usize, 500))
         }

@@ -10,14 +10,16 @@
 //! payload as `details`.
 
 use certplane_runtime::notifier::Event;
-use certplane_runtime::{Level, PluginKind};
+use certplane_runtime::{CallError, ConnectorError, Level, PluginKind};
 use chrono::Utc;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
 use super::connectors::{build_instance, failure_for, observed};
 use crate::api::AppState;
-use crate::store::{JobFailure, NewNotification, Notification, StoreResult};
+use crate::store::{
+    ActorType, JobFailure, NewAuditEvent, NewNotification, Notification, StoreResult,
+};
 
 /// Notifications one tick claims at most.
 pub const BATCH: u32 = 16;
@@ -206,9 +208,40 @@ async fn attempt(state: &AppState, notification: &Notification) -> Result<(), Jo
     )
     .map_err(JobFailure::permanent)?;
     let event = event_of(notification);
-    observed(state, &instance, "notify", instance.notify(&event))
-        .await
-        .map_err(|e| failure_for(&e, Utc::now()))
+    let result = observed(state, &instance, "notify", instance.notify(&event)).await;
+    if let Err(CallError::Connector {
+        error: error @ (ConnectorError::InvalidConfig(_) | ConnectorError::Unauthorized(_)),
+        ..
+    }) = &result
+    {
+        disable(state, &row.id, &row.name, &error.to_string()).await;
+    }
+    result.map_err(|e| failure_for(&e, Utc::now()))
+}
+
+/// Disables a notifier whose destination refused its configuration for
+/// good (gone, bad credentials): retrying every event would only fail again
+/// and delay the operator's notice. Updating the notifier enables it again.
+async fn disable(state: &AppState, id: &str, name: &str, why: &str) {
+    match state.store.disable_notifier(id).await {
+        Ok(true) => {
+            tracing::error!(notifier = %id, %name, reason = %why,
+                "notifier disabled: its destination refused it for good; update it to enable it again");
+            let event = NewAuditEvent {
+                actor: "host".into(),
+                actor_type: ActorType::System,
+                action: "notifier.disabled".into(),
+                subject_type: "notifier".into(),
+                subject_id: Some(id.to_owned()),
+                details: json!({ "reason": why }),
+            };
+            if let Err(e) = state.store.record_audit(event).await {
+                tracing::error!(notifier = %id, error = %e, "cannot audit the notifier's disabling");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(notifier = %id, error = %e, "cannot disable the notifier"),
+    }
 }
 
 #[cfg(test)]

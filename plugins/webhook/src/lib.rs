@@ -22,7 +22,8 @@
 //!
 //! Outcomes: 2xx is success. Redirects are not followed: a 3xx is
 //! `rejected`, naming the `Location` so the operator can fix `url`. 410 is
-//! `rejected` (the endpoint is gone; disable the notifier). 429, 502, 503 and
+//! `invalid-config` (the endpoint is gone: the host disables the notifier
+//! until its configuration is updated). 429, 502, 503 and
 //! 504 are `rate-limited`, with the `Retry-After` hint when given. Other 5xx
 //! and transport failures are `transient`; other 4xx are `rejected`.
 
@@ -188,8 +189,10 @@ pub fn outcome(
             what(),
             location.map(http::redact_url).unwrap_or("(no Location)")
         ))),
-        410 => Err(ConnectorError::rejected(format!(
-            "{}; endpoint gone; disable it",
+        // The configured URL will never work again: a configuration error,
+        // on which the host disables the notifier until it is updated.
+        410 => Err(ConnectorError::invalid_config(format!(
+            "{}; the endpoint is gone: update `url`",
             what()
         ))),
         429 | 502 | 503 | 504 => Err(ConnectorError::rate_limited(retry_after, what())),
@@ -348,8 +351,8 @@ mod tests {
         assert!(e.message().contains("https://y/new"), "{}", e.message());
         assert!(!e.message().contains("tok=1"), "{}", e.message());
         let e = outcome(r, 410, None, None, b"gone").unwrap_err();
-        assert_eq!(e.kind(), "rejected");
-        assert!(e.message().contains("endpoint gone; disable it"));
+        assert_eq!(e.kind(), "invalid-config");
+        assert!(e.message().contains("the endpoint is gone"));
         for status in [429, 502, 503, 504] {
             match outcome(r, status, Some(9), None, b"").unwrap_err() {
                 ConnectorError::RateLimited(l) => assert_eq!(l.retry_after_secs, Some(9)),

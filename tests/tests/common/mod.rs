@@ -301,8 +301,8 @@ impl Stack {
         jobs["items"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Waits for a deployment job of `cert_id` in a final state
-    /// (`completed`, or `failed` without retry pending when `failed_ok`).
+    /// Waits for a deployment job of `cert_id` that is `completed` or
+    /// `failed` (a failed job may still be retried later).
     pub async fn deployment_done(&self, cert_id: &str, timeout: Duration) -> Value {
         wait_for("the deployment", timeout, || async {
             self.jobs(cert_id).await.into_iter().find(|j| {

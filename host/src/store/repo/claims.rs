@@ -87,19 +87,27 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Agents that hold the key of a certificate with an `AwaitingCsr` job
-    /// created at or after `since`: the set-based renewal enqueue creates
-    /// such jobs directly, and their agents' long polls should wake.
-    pub async fn agents_awaiting_csr_since(
+    /// Agents with work that appeared at or after `since`: `AwaitingCsr`
+    /// jobs created then (the set-based renewal enqueue creates them
+    /// directly) and jobs that became `Pending` then (retries, including
+    /// reaped leases), routed directly or through their target. The loops
+    /// that create such work wake these agents' long polls with it.
+    pub async fn agents_with_new_work_since(
         &self,
         since: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<Vec<String>> {
         Ok(on_read!(self, |pool| {
             sqlx::query_scalar::<_, String>(
-                "SELECT DISTINCT t.agent_id FROM jobs j
+                "SELECT t.agent_id FROM jobs j
                  JOIN certificates c ON c.id = j.certificate_id
                  JOIN targets t ON t.id = c.target_id
-                 WHERE j.status = 'awaiting_csr' AND j.created_at >= $1",
+                 WHERE j.status = 'awaiting_csr' AND j.created_at >= $1
+                 UNION
+                 SELECT COALESCE(j.agent_id, t.agent_id) FROM jobs j
+                 LEFT JOIN targets t ON t.id = j.target_id
+                 WHERE j.status = 'pending' AND j.updated_at >= $1
+                   AND COALESCE(j.agent_id, t.agent_id) IS NOT NULL
+                   AND COALESCE(j.agent_id, t.agent_id) <> 'host'",
             )
             .bind(ts(since))
             .fetch_all(pool)

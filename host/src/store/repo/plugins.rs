@@ -145,8 +145,15 @@ impl Store {
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
     ) -> StoreResult<Option<PluginInstance>> {
+        // A notifier disabled because its destination refused it for good
+        // (HTTP 410, bad credentials) is enabled again by a new, validated
+        // configuration.
+        let reenable = match table {
+            InstanceTable::Notifiers => ", disabled_at = NULL",
+            _ => "",
+        };
         let sql = format!(
-            "UPDATE {} SET settings = $2, encrypted_secrets = $3, grants = $4, updated_at = $5
+            "UPDATE {} SET settings = $2, encrypted_secrets = $3, grants = $4, updated_at = $5{reenable}
              WHERE id = $1 RETURNING *",
             table.name()
         );
@@ -199,6 +206,24 @@ impl Store {
             grants,
         )
         .await
+    }
+
+    /// Disables a notifier (its notifications then fail without being
+    /// sent) unless it already is; true if this call disabled it.
+    pub async fn disable_notifier(&self, id: &str) -> StoreResult<bool> {
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query(
+                "UPDATE notifiers SET disabled_at = $2, updated_at = $2
+                 WHERE id = $1 AND disabled_at IS NULL",
+            )
+            .bind(id)
+            .bind(ts(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1
+        }))
     }
 
     /// How many certificates (in any status) name this issuer.
