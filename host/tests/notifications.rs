@@ -17,8 +17,8 @@ use certplane_host::api::AppState;
 use certplane_host::jobs;
 use certplane_host::plugins::PluginRegistry;
 use certplane_host::store::{
-    KeySource, NewCertificate, NewNotification, NewPluginInstance, Notification,
-    NotificationStatus, Store, StoreOptions,
+    JobFailure, JobType, KeySource, NewCertificate, NewCertificateVersion, NewJob, NewNotification,
+    NewPluginInstance, Notification, NotificationStatus, Store, StoreOptions,
 };
 use certplane_runtime::Level;
 use certplane_runtime::harness::{RecordedRequest, TestResponse, TestServer};
@@ -417,8 +417,90 @@ async fn issuance_notifies(backend: Backend) {
     assert!(body["data"]["details"]["serial"].is_string(), "{body}");
 }
 
+/// The expiry loop: a certificate entering a warning stage and a job that
+/// failed for good are each notified once, however many ticks see them.
+async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
+    let app = app(backend).await;
+    let server = TestServer::start(|_| TestResponse::text(204, ""))
+        .await
+        .unwrap();
+    let notifier = create_webhook(&app.state, &server).await;
+    let issuer = common::fixtures::issuer(&app.store).await;
+    let cert = common::fixtures::certificate(&app.store, &issuer.id, None, KeySource::Host).await;
+    let now = chrono::Utc::now();
+    app.store
+        .record_certificate_version(NewCertificateVersion {
+            certificate_id: cert.id.clone(),
+            serial: "01".into(),
+            pem_chain: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            not_before: now - chrono::Duration::days(80),
+            not_after: now + chrono::Duration::days(3),
+            fingerprint_sha256: "ab".repeat(32),
+            encrypted_private_key: None,
+            job_id: None,
+        })
+        .await
+        .unwrap();
+    let mut new = NewJob::new(JobType::Revocation).certificate(cert.id.clone());
+    new.max_attempts = 1;
+    let job = app.store.create_job(new).await.unwrap();
+    let claimed = app.store.claim_pending_jobs(None, 10).await.unwrap();
+    let lease = claimed
+        .iter()
+        .find(|j| j.id == job.id)
+        .unwrap()
+        .lease()
+        .unwrap();
+    app.store
+        .fail_job(&lease, JobFailure::permanent("the CA refused"))
+        .await
+        .unwrap();
+
+    for _ in 0..3 {
+        jobs::expiry::tick(&app.state).await.unwrap();
+    }
+    let of_kind = |kind: &str| {
+        format!(
+            "SELECT COUNT(*) FROM notifications WHERE notifier_id = '{notifier}' AND event_type = '{kind}'"
+        )
+    };
+    assert_eq!(
+        common::count(&app.store, &of_kind("certificate.expiring")).await,
+        1
+    );
+    assert_eq!(common::count(&app.store, &of_kind("job.failed")).await, 1);
+
+    // Delivered, with the stage and the failure in the event.
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.requests().len() < 2 {
+        assert!(Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    let bodies: Vec<serde_json::Value> = server
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let expiring = bodies
+        .iter()
+        .find(|b| b["type"] == "certificate.expiring")
+        .unwrap();
+    assert_eq!(expiring["data"]["details"]["stage"], "7d");
+    let failed = bodies.iter().find(|b| b["type"] == "job.failed").unwrap();
+    assert!(
+        failed["data"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("the CA refused"),
+        "{failed}"
+    );
+}
+
 both_backends!(
     issuance_notifies,
+    expiry_and_failed_jobs_are_notified_once,
     delivered_once_with_a_valid_signature,
     server_error_is_retried_then_sent_once,
     gone_fails_permanently_and_disables_the_notifier,

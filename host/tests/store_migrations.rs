@@ -41,11 +41,11 @@ async fn fresh_then_noop(b: Backend) {
     );
     assert!(matches!(
         store.check_schema().await,
-        Err(StoreError::SchemaOutdated { pending: 2 })
+        Err(StoreError::SchemaOutdated { pending: 3 })
     ));
 
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![1, 2]);
+    assert_eq!(report.applied, vec![1, 2, 3]);
     let status = store.migration_status().await.unwrap();
     assert!(
         status
@@ -58,7 +58,7 @@ async fn fresh_then_noop(b: Backend) {
 
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(count(&store, LEDGER_ROWS).await, 2);
+    assert_eq!(count(&store, LEDGER_ROWS).await, 3);
 }
 
 /// Two runners (separate stores = separate processes' connections) at once:
@@ -77,10 +77,10 @@ async fn concurrent_runners_are_serialised(b: Backend) {
         applied.sort();
         assert_eq!(
             applied,
-            vec![1, 2],
+            vec![1, 2, 3],
             "each migration applied by exactly one runner"
         );
-        assert_eq!(count(&s1, LEDGER_ROWS).await, 2);
+        assert_eq!(count(&s1, LEDGER_ROWS).await, 3);
         assert_eq!(count(&s1, "SELECT COUNT(*) FROM agents").await, 1);
     }
 }
@@ -118,7 +118,7 @@ async fn changed_checksum_is_refused(b: Backend) {
         status.check(),
         Err(StoreError::ChecksumMismatch { version: 2 })
     ));
-    assert_eq!(count(&store, LEDGER_ROWS).await, 2);
+    assert_eq!(count(&store, LEDGER_ROWS).await, 3);
 }
 
 async fn newer_schema_is_refused(b: Backend) {
@@ -135,9 +135,9 @@ async fn newer_schema_is_refused(b: Backend) {
         .migrate_with(&migrator_from(dir.path()).await)
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![1, 2, 9999]);
+    assert_eq!(report.applied, vec![1, 2, 3, 9999]);
 
-    // This binary embeds only 1 and 2.
+    // This binary embeds only 1 to 3.
     let err = store.migrate().await.unwrap_err();
     assert!(
         matches!(err, StoreError::SchemaTooNew { version: 9999, .. }),
@@ -164,14 +164,14 @@ async fn failed_migration_leaves_nothing_unrecorded(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     copy_embedded(&store, dir.path());
     std::fs::write(
-        dir.path().join("0003_broken.sql"),
+        dir.path().join("0004_broken.sql"),
         "CREATE TABLE half_done (id INTEGER);\nINSERT INTO no_such_table VALUES (1);\n",
     )
     .unwrap();
     let broken = migrator_from(dir.path()).await;
     let err = store.migrate_with(&broken).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::MigrationFailed { version: 3, .. }),
+        matches!(err, StoreError::MigrationFailed { version: 4, .. }),
         "{err}"
     );
     let half_done = match b {
@@ -195,10 +195,10 @@ async fn failed_migration_leaves_nothing_unrecorded(b: Backend) {
         ),
         // PostgreSQL: each migration commits with its ledger row.
         Backend::Postgres => {
-            assert_eq!(count(&store, LEDGER_ROWS).await, 2);
+            assert_eq!(count(&store, LEDGER_ROWS).await, 3);
             let recorded = count(
                 &store,
-                "SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 3",
+                "SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 4",
             )
             .await;
             assert_eq!(recorded, 0, "a failed migration is not recorded");
@@ -208,7 +208,7 @@ async fn failed_migration_leaves_nothing_unrecorded(b: Backend) {
         .await
         .expect("no lock left behind")
         .unwrap();
-    assert!(report.applied.len() <= 2);
+    assert!(report.applied.len() <= 3);
     store.check_schema().await.unwrap();
 }
 

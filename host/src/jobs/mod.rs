@@ -6,6 +6,7 @@
 
 pub mod connectors;
 pub mod deploy;
+pub mod expiry;
 pub mod issuance;
 pub mod notify;
 pub mod revoke;
@@ -193,6 +194,15 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
             }
         },
     );
+
+    let st = state.clone();
+    scheduler.spawn_loop(spec("expiry", s.expiry_ms, &state), None, move || {
+        let st = st.clone();
+        async move {
+            let n = expiry::tick(&st).await?;
+            Ok(TickReport::done(n as u64))
+        }
+    });
 
     scheduler
 }

@@ -61,26 +61,62 @@ pub async fn notify_all(
     severity: Level,
     details: Value,
 ) -> StoreResult<usize> {
+    enqueue_all(state, kind, subject, summary, severity, details, None).await
+}
+
+/// Like [`notify_all`], but each notifier gets at most one notification
+/// with `dedupe_key` ever: for events periodic sweeps see repeatedly.
+pub async fn notify_all_once(
+    state: &AppState,
+    kind: &str,
+    subject: &str,
+    summary: &str,
+    severity: Level,
+    details: Value,
+    dedupe_key: &str,
+) -> StoreResult<usize> {
+    enqueue_all(
+        state,
+        kind,
+        subject,
+        summary,
+        severity,
+        details,
+        Some(dedupe_key),
+    )
+    .await
+}
+
+async fn enqueue_all(
+    state: &AppState,
+    kind: &str,
+    subject: &str,
+    summary: &str,
+    severity: Level,
+    details: Value,
+    dedupe_key: Option<&str>,
+) -> StoreResult<usize> {
     let notifiers = state.store.list_notifiers().await?;
     let occurred_at = Utc::now().timestamp();
     let mut enqueued = 0;
     for notifier in notifiers.iter().filter(|n| n.disabled_at.is_none()) {
-        state
-            .store
-            .enqueue_notification(NewNotification {
-                notifier_id: notifier.id.clone(),
-                event_type: kind.to_owned(),
-                subject: Some(subject.to_owned()),
-                payload: json!({
-                    "summary": summary,
-                    "severity": severity_name(severity),
-                    "occurred_at": occurred_at,
-                    "details": details,
-                }),
-                max_attempts: MAX_ATTEMPTS,
-            })
-            .await?;
-        enqueued += 1;
+        let new = NewNotification {
+            notifier_id: notifier.id.clone(),
+            event_type: kind.to_owned(),
+            subject: Some(subject.to_owned()),
+            payload: json!({
+                "summary": summary,
+                "severity": severity_name(severity),
+                "occurred_at": occurred_at,
+                "details": details,
+            }),
+            max_attempts: MAX_ATTEMPTS,
+        };
+        let added = match dedupe_key {
+            None => state.store.enqueue_notification(new).await.map(|_| true)?,
+            Some(key) => state.store.enqueue_notification_once(new, key).await?,
+        };
+        enqueued += usize::from(added);
     }
     if enqueued > 0 {
         state.wake.notifications.notify_one();

@@ -342,6 +342,27 @@ impl Store {
         .await
     }
 
+    /// Jobs that failed for good (attempt budget spent) and last changed
+    /// at or after `since`, oldest first: the failures worth telling
+    /// someone about.
+    pub async fn list_jobs_failed_for_good(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Job>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Job>(
+                "SELECT * FROM jobs WHERE status = 'failed' AND attempts >= max_attempts
+                   AND updated_at >= $1
+                 ORDER BY updated_at, id LIMIT $2",
+            )
+            .bind(ts(since))
+            .bind(crate::store::repo::sql_limit(limit))
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     /// Stores the verification result reported for a claimed job (the
     /// endpoint probe: status, observed fingerprint, ...), for the holder of
     /// `lease` only. False if the lease was lost; the status is unchanged

@@ -39,6 +39,42 @@ impl Store {
         }))
     }
 
+    /// Enqueues `new` unless this notifier already has a notification with
+    /// `dedupe_key` (in any status); true if enqueued. For events that
+    /// periodic sweeps see again and again (expiry stages, failed jobs).
+    pub async fn enqueue_notification_once(
+        &self,
+        new: NewNotification,
+        dedupe_key: &str,
+    ) -> StoreResult<bool> {
+        if new.max_attempts < 1 {
+            return Err(StoreError::InvalidArgument(
+                "max_attempts must be >= 1".into(),
+            ));
+        }
+        let now = now();
+        Ok(on_write!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO notifications (id, notifier_id, event_type, subject, payload, status,
+                     attempts, max_attempts, run_at, created_at, updated_at, dedupe_key)
+                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $7, $7, $8)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(new_id())
+            .bind(&new.notifier_id)
+            .bind(&new.event_type)
+            .bind(new.subject.clone())
+            .bind(Json(&new.payload))
+            .bind(new.max_attempts)
+            .bind(ts(now))
+            .bind(dedupe_key)
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1
+        }))
+    }
+
     /// Claims up to `limit` due notifications: Pending → Sending, attempt
     /// counted, leased to this store. Disjoint across concurrent callers.
     pub async fn claim_notifications(&self, limit: u32) -> StoreResult<Vec<Notification>> {
