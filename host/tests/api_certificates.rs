@@ -454,6 +454,116 @@ async fn renew_now(backend: Backend) {
     error_code(&r);
 }
 
+/// PATCH changes status, window and owner; DELETE retires and cancels the
+/// jobs that had not started; a retired certificate is frozen.
+async fn update_and_retire(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, _) = setup(&app).await;
+    let r = create_ok(&app, body("web", &issuer)).await;
+    let id = r.json["id"].as_str().unwrap().to_string();
+    issue(&app.store, &id, 90).await;
+    let path = format!("/api/v1/certificates/{id}");
+    let patch = |b: Value| app.call(Method::PATCH, &path, Some(&app.operator), Some(b));
+
+    let r = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&app.reader),
+            Some(json!({ "status": "disabled" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r =
+        patch(json!({ "status": "disabled", "renew_before_days": 10, "owner": "team-web" })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "disabled");
+    assert_eq!(r.json["renew_before_days"], 10);
+    let row = app.store.get_certificate(&id).await.unwrap().unwrap();
+    assert_eq!(row.owner.as_deref(), Some("team-web"));
+    let not_after = row.not_after.unwrap();
+    assert_eq!(row.renew_at, not_after - chrono::Duration::days(10));
+    // Disabled: the sweep leaves it alone even when due.
+    let r = patch(json!({ "renew_before_days": 3650 })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(app.store.enqueue_due_renewals(5, 10).await.unwrap(), 0);
+    // Owner absent keeps it, null clears it.
+    let r = patch(json!({ "status": "active" })).await;
+    assert_eq!(r.json["status"], "active");
+    assert_eq!(
+        app.store
+            .get_certificate(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("team-web")
+    );
+    patch(json!({ "owner": null })).await;
+    assert_eq!(
+        app.store.get_certificate(&id).await.unwrap().unwrap().owner,
+        None
+    );
+    // Active and due again: one renewal job.
+    assert_eq!(app.store.enqueue_due_renewals(5, 10).await.unwrap(), 1);
+
+    // Bad bodies change nothing.
+    let before = app.store.get_certificate(&id).await.unwrap().unwrap();
+    for bad in [
+        json!({ "status": "retired" }),
+        json!({ "status": "sleeping" }),
+        json!({ "renew_before_days": 4000 }),
+        json!({ "renew_before_days": -1 }),
+        json!({ "colour": "blue" }),
+        json!({ "owner": "a\u{7}b" }),
+    ] {
+        let r = patch(bad.clone()).await;
+        assert!(r.status.is_client_error(), "{bad}: {}", r.text);
+        error_code(&r);
+    }
+    assert_eq!(
+        app.store.get_certificate(&id).await.unwrap().unwrap(),
+        before
+    );
+
+    // Retire: the pending renewal job is cancelled.
+    let r = app
+        .call(Method::DELETE, &path, Some(&app.operator), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["certificate"]["status"], "retired");
+    assert_eq!(r.json["cancelled_jobs"], 1);
+    let open = app
+        .store
+        .list_jobs(&JobFilter {
+            certificate_id: Some(id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        open.iter().all(|j| j.status == JobStatus::Cancelled),
+        "{open:?}"
+    );
+    let r = app
+        .call(Method::DELETE, &path, Some(&app.operator), None)
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = patch(json!({ "status": "active" })).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = app
+        .call(
+            Method::DELETE,
+            "/api/v1/certificates/nope",
+            Some(&app.operator),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.store.enqueue_due_renewals(5, 10).await.unwrap(), 0);
+}
+
 async fn revoke(backend: Backend) {
     let app = TestApp::new(backend).await;
     let (issuer, _) = setup(&app).await;
@@ -679,6 +789,7 @@ async fn create_parser_never_fails_badly(backend: Backend) {
 }
 
 both_backends!(
+    update_and_retire,
     certificate_crud,
     key_source_follows_the_target,
     invalid_bodies_change_nothing,

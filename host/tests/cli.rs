@@ -247,6 +247,35 @@ async fn certificate_round_trip(client: &[String], suffix: &str) {
         "{shown}"
     );
 
+    // Disable, then retire.
+    let updated = ok_json(
+        &certplane(
+            &[
+                "certs", "update", &id, "--status", "disabled", "--owner", "team-a", "--output",
+                "json",
+            ],
+            client,
+        )
+        .await,
+    );
+    assert_eq!(updated["status"], "disabled", "{updated}");
+    let disabled = ok_json(
+        &certplane(
+            &["certs", "list", "--status", "disabled", "--output", "json"],
+            client,
+        )
+        .await,
+    );
+    assert_eq!(disabled["total"], 1, "{disabled}");
+    let retired = ok(&certplane(&["certs", "retire", &id], client).await);
+    assert!(
+        retired.contains(&format!("certificate {id} retired")),
+        "{retired}"
+    );
+    let again = certplane(&["certs", "retire", &id], client).await;
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("conflict: "), "{}", stderr(&again));
+
     // An unknown id: the envelope line, non-zero exit.
     let missing = certplane(&["certs", "get", "no-such-cert"], client).await;
     assert!(!missing.status.success());

@@ -111,6 +111,35 @@ pub struct RevokeCertificate {
     pub reason: RevocationReason,
 }
 
+/// Body of `PATCH /certificates/{id}`: the fields to change.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCertificate {
+    /// `active` (managed and renewed) or `disabled` (kept, not renewed).
+    /// Retire with `DELETE /certificates/{id}`.
+    #[schema(value_type = Option<String>)]
+    pub status: Option<CertificateStatus>,
+    /// Renew this many days before expiry (at most 3650).
+    pub renew_before_days: Option<u32>,
+    /// Owner for notifications; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub owner: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Answer of `DELETE /certificates/{id}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CertificateRetired {
+    /// The certificate, now `retired`.
+    pub certificate: CertificateView,
+    /// Jobs of it that had not started and were cancelled.
+    pub cancelled_jobs: u64,
+}
+
 /// A managed certificate.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CertificateView {
@@ -224,7 +253,11 @@ pub struct CertificateListQuery {
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_certificates, create_certificate))
-        .routes(routes!(get_certificate))
+        .routes(routes!(
+            get_certificate,
+            update_certificate,
+            retire_certificate
+        ))
         .routes(routes!(renew_certificate))
         .routes(routes!(revoke_certificate))
 }
@@ -566,6 +599,108 @@ async fn get_certificate(
         versions,
     };
     Ok(json_response(StatusCode::OK, detail))
+}
+
+/// Change a certificate's status (`active`/`disabled`), renewal window or
+/// owner. 409 for a retired certificate.
+#[utoipa::path(patch, path = "/certificates/{id}", tag = "certificates",
+    params(("id" = String, Path)), request_body = UpdateCertificate,
+    responses((status = 200, body = CertificateView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn update_certificate(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateCertificate>,
+) -> ApiResult<Response> {
+    let cert = load(&state, &id).await?;
+    if cert.status == CertificateStatus::Retired {
+        return Err(ApiError::conflict(format!(
+            "certificate {id:?} is retired and cannot be changed"
+        )));
+    }
+    if body.status == Some(CertificateStatus::Retired) {
+        return Err(ApiError::validation(
+            "status must be active or disabled; retire with DELETE /certificates/{id}",
+        ));
+    }
+    if body
+        .renew_before_days
+        .is_some_and(|d| d > MAX_RENEW_BEFORE_DAYS)
+    {
+        return Err(ApiError::validation(format!(
+            "renew_before_days must be at most {MAX_RENEW_BEFORE_DAYS}"
+        )));
+    }
+    if let Some(Some(owner)) = &body.owner
+        && (owner.len() > 200 || owner.chars().any(char::is_control))
+    {
+        return Err(ApiError::validation(
+            "owner must be at most 200 printable characters",
+        ));
+    }
+    let updated = state
+        .store
+        .update_certificate(
+            &id,
+            body.status,
+            body.renew_before_days.map(|d| i64::from(d) * SECS_PER_DAY),
+            body.owner.clone(),
+        )
+        .await?
+        .ok_or_else(|| ApiError::conflict(format!("certificate {id:?} was retired meanwhile")))?;
+    audit(
+        &state,
+        &caller,
+        "certificate.update",
+        &id,
+        json!({
+            "status": body.status.map(|s| s.to_string()),
+            "renew_before_days": body.renew_before_days,
+            "owner": body.owner,
+        }),
+    )
+    .await?;
+    // Re-enabled, or a wider window: it may be due now.
+    state.wake.renewals.notify_one();
+    let view = view(&state, updated).await?;
+    Ok(json_response(StatusCode::OK, view))
+}
+
+/// Retire a certificate: it is no longer managed or renewed, and its jobs
+/// that have not started are cancelled. Nothing is revoked or removed from
+/// targets (revoke first if needed). 404 if unknown, 409 if already retired.
+#[utoipa::path(delete, path = "/certificates/{id}", tag = "certificates",
+    params(("id" = String, Path)),
+    responses((status = 200, body = CertificateRetired), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn retire_certificate(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    load(&state, &id).await?;
+    let Some(cancelled_jobs) = state.store.retire_certificate(&id).await? else {
+        return Err(ApiError::conflict(format!(
+            "certificate {id:?} is already retired"
+        )));
+    };
+    audit(
+        &state,
+        &caller,
+        "certificate.retire",
+        &id,
+        json!({ "cancelled_jobs": cancelled_jobs }),
+    )
+    .await?;
+    let cert = load(&state, &id).await?;
+    let body = CertificateRetired {
+        certificate: view(&state, cert).await?,
+        cancelled_jobs,
+    };
+    Ok(json_response(StatusCode::OK, body))
 }
 
 /// Renew now: makes the certificate due at once and wakes the renewal

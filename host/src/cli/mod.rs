@@ -284,6 +284,25 @@ pub enum CertsAction {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Change status (`active`/`disabled`), renewal window or owner.
+    Update {
+        /// Certificate id.
+        id: String,
+        /// `active` (managed, renewed) or `disabled` (kept, not renewed).
+        #[arg(long)]
+        status: Option<String>,
+        /// Renew this many days before expiry.
+        #[arg(long)]
+        renew_before_days: Option<u32>,
+        /// Owner, free text (`--owner ''` clears it).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Retire: stop managing it and cancel its jobs that have not started.
+    Retire {
+        /// Certificate id.
+        id: String,
+    },
 }
 
 /// `certplane jobs ...`
@@ -791,6 +810,50 @@ async fn certs(ctx: &Ctx, action: CertsAction) -> anyhow::Result<()> {
                 .post(&format!("/certificates/{}/revoke", seg(&id)), Some(&body))
                 .await?;
             ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        CertsAction::Update {
+            id,
+            status,
+            renew_before_days,
+            owner,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(s) = status {
+                body.insert("status".into(), json!(s));
+            }
+            if let Some(d) = renew_before_days {
+                body.insert("renew_before_days".into(), json!(d));
+            }
+            if let Some(o) = owner {
+                body.insert(
+                    "owner".into(),
+                    if o.is_empty() { Value::Null } else { json!(o) },
+                );
+            }
+            let reply = ctx
+                .client
+                .send(
+                    hyper::Method::PATCH,
+                    &format!("/certificates/{}", seg(&id)),
+                    &[],
+                    Some(&Value::Object(body)),
+                )
+                .await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        CertsAction::Retire { id } => {
+            let reply = ctx
+                .client
+                .delete(&format!("/certificates/{}", seg(&id)), &[])
+                .await?;
+            ctx.show(reply, |v| {
+                format!(
+                    "certificate {id} retired; {} job(s) cancelled\n",
+                    output::cell(v.get("cancelled_jobs"))
+                )
+            });
             Ok(())
         }
     }

@@ -97,6 +97,102 @@ impl Store {
         }))
     }
 
+    /// Changes a certificate's status, renewal window or owner (each when
+    /// given; `owner: Some(None)` clears it). A new renewal window moves
+    /// `renew_at` with it. Refuses `Retired` (see
+    /// [`Store::retire_certificate`]). `None` if unknown.
+    pub async fn update_certificate(
+        &self,
+        id: &str,
+        status: Option<CertificateStatus>,
+        renew_before_secs: Option<i64>,
+        owner: Option<Option<String>>,
+    ) -> StoreResult<Option<Certificate>> {
+        if status == Some(CertificateStatus::Retired) {
+            return Err(StoreError::InvalidArgument(
+                "retire a certificate with retire_certificate".into(),
+            ));
+        }
+        if renew_before_secs.is_some_and(|s| s < 0) {
+            return Err(StoreError::InvalidArgument(
+                "renew_before_secs must be >= 0".into(),
+            ));
+        }
+        let now = now();
+        let (owner_set, owner) = match owner {
+            Some(o) => (true, o),
+            None => (false, None),
+        };
+        on_write!(self, |pool| {
+            // Read and write in one write transaction: the new `renew_at`
+            // derives from the row as it is.
+            let mut tx = pool.begin_write().await?;
+            let row = sqlx::query_as::<_, Certificate>("SELECT * FROM certificates WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            let renew_before = renew_before_secs.unwrap_or(row.renew_before_secs);
+            let renew_at = match (renew_before_secs, row.not_after) {
+                (Some(secs), Some(not_after)) => not_after - chrono::Duration::seconds(secs),
+                _ => row.renew_at,
+            };
+            let updated = sqlx::query_as::<_, Certificate>(
+                "UPDATE certificates SET status = $2, renew_before_secs = $3, renew_at = $4,
+                        owner = $5, updated_at = $6
+                 WHERE id = $1 AND status <> 'retired' RETURNING *",
+            )
+            .bind(id)
+            .bind(status.unwrap_or(row.status))
+            .bind(renew_before)
+            .bind(ts(renew_at))
+            .bind(if owner_set { owner } else { row.owner.clone() })
+            .bind(ts(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(updated)
+        })
+    }
+
+    /// Retires a certificate: no longer managed or renewed, and its jobs
+    /// that have not started (pending, waiting for a CSR, an approval or a
+    /// retry, polling an order) are cancelled, in one transaction. Running
+    /// jobs finish. Returns how many jobs were cancelled, or `None` if the
+    /// certificate is unknown or already retired.
+    pub async fn retire_certificate(&self, id: &str) -> StoreResult<Option<u64>> {
+        let now = now();
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let retired = sqlx::query(
+                "UPDATE certificates SET status = 'retired', updated_at = $2
+                 WHERE id = $1 AND status <> 'retired'",
+            )
+            .bind(id)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if retired == 0 {
+                return Ok(None);
+            }
+            let cancelled = sqlx::query(
+                "UPDATE jobs SET status = 'cancelled', finished_at = $2, updated_at = $2,
+                        lease_owner = NULL, lease_expires_at = NULL,
+                        last_error = 'the certificate was retired'
+                 WHERE certificate_id = $1
+                   AND status IN ('pending', 'awaiting_csr', 'awaiting_approval', 'polling', 'failed')",
+            )
+            .bind(id)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(Some(cancelled))
+        })
+    }
+
     /// Adds a further deployment target to a certificate (idempotent).
     pub async fn add_certificate_target(
         &self,
