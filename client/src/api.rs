@@ -41,6 +41,9 @@ pub enum Trust {
     /// Trust exactly the end-entity certificate with this SHA-256
     /// fingerprint (hex, colons allowed); name and chain are not checked.
     PinSha256(String),
+    /// The Mozilla root programme (webpki-roots): for a host whose
+    /// certificate comes from a public CA. The server name is verified.
+    PublicRoots,
 }
 
 /// What an [`ApiClient`] needs.
@@ -108,8 +111,11 @@ pub enum ClientError {
         observed: String,
     },
     /// The TLS handshake failed (untrusted certificate, wrong name, ...).
-    #[error("TLS handshake with {authority} failed: {source}")]
+    #[error("TLS handshake with {authority} failed: {source}{hint}")]
     Handshake {
+        /// Advice when the public roots were used (a private or
+        /// self-signed host certificate needs a CA file or a pin).
+        hint: &'static str,
         /// `host:port`.
         authority: String,
         /// The handshake error.
@@ -187,6 +193,7 @@ struct TlsSetup {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
     pin: Option<Arc<PinnedCertVerifier>>,
+    public_roots: bool,
 }
 
 impl ApiClient {
@@ -230,6 +237,7 @@ impl ApiClient {
                 config: Arc::new(config),
                 server_name,
                 pin,
+                public_roots: *trust == Trust::PublicRoots,
             })
         } else {
             None
@@ -338,6 +346,11 @@ impl ApiClient {
                         None => ClientError::Handshake {
                             authority: self.authority.clone(),
                             source,
+                            hint: if tls.public_roots {
+                                " (trusted against the public CAs; for a private or self-signed host certificate pass --ca-file or --pin-sha256)"
+                            } else {
+                                ""
+                            },
                         },
                     })?;
                 self.exchange_on(stream, request).await
@@ -441,6 +454,15 @@ fn client_config(
                     .add(cert)
                     .map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
             }
+            (
+                builder.with_root_certificates(roots).with_no_client_auth(),
+                None,
+            )
+        }
+        Trust::PublicRoots => {
+            let roots = RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
             (
                 builder.with_root_certificates(roots).with_no_client_auth(),
                 None,

@@ -168,6 +168,9 @@ pub struct JobSettings {
     pub retry_base_ms: u64,
     /// Longest delay between retries.
     pub retry_cap_secs: u64,
+    /// How long a job may wait in AwaitingApproval before it fails (and is
+    /// retried while its attempts last).
+    pub approval_ttl_secs: u64,
 }
 
 impl Default for JobSettings {
@@ -176,6 +179,7 @@ impl Default for JobSettings {
             lease_secs: 300,
             retry_base_ms: 30_000,
             retry_cap_secs: 3600,
+            approval_ttl_secs: 7 * 24 * 3600,
         }
     }
 }

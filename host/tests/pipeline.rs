@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use certplane_host::jobs;
 use certplane_host::store::{
-    JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewPluginInstance, NewTarget,
+    JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewJob, NewPluginInstance, NewTarget,
     SENTINEL_AGENT_ID,
 };
 use common::Backend;
@@ -186,6 +186,46 @@ async fn postgres_issue_and_deploy_through_the_loops() {
     issue_and_deploy(Backend::Postgres).await;
 }
 
+/// A job left in AwaitingApproval past `jobs.approval_ttl_secs` fails with
+/// the reason, spending one attempt, and is retried.
+async fn approval_wait_expires(backend: Backend) {
+    let app = TestApp::with_config(backend, |c| {
+        c.jobs.approval_ttl_secs = 1;
+        c.scheduler.reaper_ms = 200;
+        c.scheduler.retry_ms = 60_000;
+    })
+    .await;
+    let store = &app.store;
+    let job = store
+        .create_job(NewJob::new(JobType::Revocation).status(JobStatus::AwaitingApproval))
+        .await
+        .unwrap();
+    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let row = store.get_job(&job.id).await.unwrap().unwrap();
+        if row.status == JobStatus::Failed {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "approval wait did not expire: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(failed.attempts, 1);
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not approved within 1 s"),
+        "{:?}",
+        failed.last_error
+    );
+}
+
 /// An agent-key certificate whose agent never sends its CSR: the wait
 /// expires after `agents.csr_ttl_secs`, the job fails (one attempt spent),
 /// is retried, and the host asks the agent for a CSR again.
@@ -256,4 +296,14 @@ async fn sqlite_csr_wait_expires_and_is_asked_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_csr_wait_expires_and_is_asked_again() {
     csr_wait_expires_and_is_asked_again(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_approval_wait_expires() {
+    approval_wait_expires(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_approval_wait_expires() {
+    approval_wait_expires(Backend::Postgres).await;
 }

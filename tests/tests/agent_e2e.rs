@@ -777,7 +777,10 @@ async fn long_poll_wakes_for_new_work_postgres() {
 
 async fn host_restart_mid_loop(backend: Backend) {
     let mut stack = Stack::new(backend, 30).await;
-    let config = stack.agent_config("steady");
+    let mut config = stack.agent_config("steady");
+    // A long poll parked for longer than the host's shutdown grace (5 s):
+    // the host must answer it at shutdown instead of waiting it out.
+    config.poll_wait_secs = 30;
     let deploy_dir = deploy_dir_of(&config);
     let agent = RunningAgent::start(config);
     let agent_id = stack.agent_id("steady").await;
@@ -791,9 +794,16 @@ async fn host_restart_mid_loop(backend: Backend) {
         )
         .await;
 
+    // Let the agent park in its long poll.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let restarted = Instant::now();
     stack.host.restart().await.unwrap();
     eprintln!("host restarted in {:?}", restarted.elapsed());
+    assert!(
+        restarted.elapsed() < Duration::from_secs(3),
+        "graceful shutdown waited for a parked long poll: {:?}",
+        restarted.elapsed()
+    );
 
     let cert = stack
         .certificate(

@@ -47,6 +47,8 @@ pub struct ClientArgs {
     pub ca_file: Option<PathBuf>,
     /// Trust exactly the server certificate with this SHA-256 fingerprint
     /// (hex; the host logs its development certificate's at start).
+    /// Without this or --ca-file, the public CAs (Mozilla's roots) are
+    /// trusted.
     #[arg(long, global = true, env = "CERTPLANE_PIN_SHA256")]
     pub pin_sha256: Option<String>,
     /// Output format.
@@ -152,9 +154,14 @@ pub struct InstanceArgs {
     #[arg(long, default_value = "{}")]
     pub settings: String,
     /// A secret the plugin reads, `NAME=VALUE` (repeatable). Beware that
-    /// command lines are visible to other local users.
+    /// command lines are visible to other local users: prefer
+    /// `--secret-file`.
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     pub secrets: Vec<String>,
+    /// A secret read from a file, `NAME=PATH` (repeatable; `NAME=-` reads
+    /// standard input). One trailing newline is dropped.
+    #[arg(long = "secret-file", value_name = "NAME=PATH")]
+    pub secret_files: Vec<String>,
     /// An HTTP origin the connector may reach, e.g. `https://ca.example:443`
     /// (repeatable).
     #[arg(long = "grant-host", value_name = "URL")]
@@ -497,7 +504,8 @@ impl Ctx {
         let trust = match (&args.ca_file, &args.pin_sha256) {
             (Some(path), _) => Some(Trust::CaFile(path.clone())),
             (None, Some(pin)) => Some(Trust::PinSha256(pin.clone())),
-            (None, None) => None,
+            // A host with a certificate from a public CA needs no flag.
+            (None, None) => Some(Trust::PublicRoots),
         };
         let client = ApiClient::new(ClientOptions {
             base_url: args.host_url.clone(),
@@ -603,6 +611,29 @@ fn instance_body(args: &InstanceArgs) -> anyhow::Result<Map<String, Value>> {
             bail!("a --secret is not NAME=VALUE (its value is not shown)");
         };
         secrets.insert(name.to_owned(), Value::String(value.to_owned()));
+    }
+    for pair in &args.secret_files {
+        let Some((name, path)) = pair.split_once('=') else {
+            bail!("a --secret-file is not NAME=PATH: {pair}");
+        };
+        let mut value = if path == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading a secret from stdin")?
+        } else {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--secret-file {name}: cannot read {path}"))?
+        };
+        if value.ends_with('\n') {
+            value.pop();
+            if value.ends_with('\r') {
+                value.pop();
+            }
+        }
+        if secrets
+            .insert(name.to_owned(), Value::String(value))
+            .is_some()
+        {
+            bail!("secret {name} is given twice");
+        }
     }
     let mut body = Map::new();
     body.insert("name".into(), json!(args.name));

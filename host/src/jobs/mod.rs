@@ -178,7 +178,25 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
                     "CSR waits expired; the jobs will be retried"
                 );
             }
-            Ok(report(reaped.len() + expired as usize, 500))
+            let ttl = st.config.jobs.approval_ttl_secs;
+            let cutoff = chrono::Utc::now() - chrono::Duration::seconds(ttl as i64);
+            let unapproved = st
+                .store
+                .expire_waiting_jobs(
+                    JobStatus::AwaitingApproval,
+                    cutoff,
+                    &format!("not approved within {ttl} s"),
+                    500,
+                )
+                .await?;
+            if unapproved > 0 {
+                tracing::warn!(
+                    expired = unapproved,
+                    ttl_secs = ttl,
+                    "approval waits expired; the jobs will be retried"
+                );
+            }
+            Ok(report(reaped.len() + (expired + unapproved) as usize, 500))
         }
     });
 

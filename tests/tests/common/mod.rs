@@ -137,6 +137,7 @@ impl Stack {
                 lease_secs,
                 retry_base_ms: 200,
                 retry_cap_secs: 1,
+                ..JobSettings::default()
             },
             ..HostConfig::default()
         };
