@@ -33,6 +33,8 @@ pub(crate) struct CallState {
     pub(crate) denials: DenialLog,
     pub(crate) started: Instant,
     pub(crate) deadline_hit: bool,
+    /// Keeps the epoch ticker running for as long as this call's store.
+    pub(crate) _ticking: crate::ticker::TickGuard,
 }
 
 impl WasiView for CallState {

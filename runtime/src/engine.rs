@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
@@ -21,6 +20,7 @@ use crate::call_state::CallState;
 use crate::error::{LoadError, RuntimeError};
 use crate::limits::Limits;
 use crate::plugin::Plugin;
+use crate::ticker::EpochTicker;
 
 /// Settings of a [`Runtime`]. `Default` gives production defaults.
 #[derive(Debug, Clone)]
@@ -63,13 +63,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) cache: ComponentCache,
     pub(crate) config: RuntimeConfig,
     pub(crate) tls: Arc<rustls::ClientConfig>,
-    ticker_stop: Arc<AtomicBool>,
-}
-
-impl Drop for RuntimeInner {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-    }
+    pub(crate) ticker: EpochTicker,
 }
 
 /// Loads and runs connector plugins. Cheap to clone; share one per process.
@@ -97,8 +91,7 @@ impl Runtime {
         let engine = build_engine(&config)?;
         let linker = build_linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let tls = Arc::new(tls_config(&config.extra_roots_pem)?);
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), config.epoch_tick, ticker_stop.clone())?;
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         let cache = ComponentCache::new(&engine, config.cache_dir.clone());
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
@@ -107,7 +100,7 @@ impl Runtime {
                 cache,
                 config,
                 tls,
-                ticker_stop,
+                ticker,
             }),
         })
     }
@@ -239,24 +232,4 @@ fn tls_config(extra_roots_pem: &[String]) -> Result<rustls::ClientConfig, Runtim
         .map_err(|e| RuntimeError::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// Advances the engine's epoch every `tick` until `stop` is set. A plain
-/// thread rather than a tokio task: it must keep ticking while every tokio
-/// worker is busy running guest code.
-fn spawn_epoch_ticker(
-    engine: Engine,
-    tick: Duration,
-    stop: Arc<AtomicBool>,
-) -> Result<(), RuntimeError> {
-    std::thread::Builder::new()
-        .name("certplane-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                engine.increment_epoch();
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| RuntimeError::Engine(format!("cannot start epoch ticker: {e}")))
 }

@@ -248,6 +248,7 @@ impl PluginInstance {
             denials,
             started: Instant::now(),
             deadline_hit: false,
+            _ticking: self.plugin.runtime.inner.ticker.running(),
         };
         let mut store = Store::new(&self.plugin.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -41,6 +41,7 @@ mod instance;
 pub mod limits;
 pub mod manifest;
 mod plugin;
+mod ticker;
 
 pub use cache::CacheOutcome;
 pub use engine::{Runtime, RuntimeConfig};
