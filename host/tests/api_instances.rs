@@ -661,8 +661,57 @@ async fn notifiers_list_get_delete(backend: Backend) {
     );
 }
 
+/// Instance lists page in SQL: the page, its size and the total agree with
+/// the name order, for targets with and without the retired ones.
+async fn lists_page_in_sql(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    for name in ["c", "a", "b"] {
+        fixtures::target(&app.store, "host", name).await;
+        app.store
+            .create_issuer(NewPluginInstance::new(
+                format!("iss-{name}"),
+                "local-ca",
+                "1.0.0",
+            ))
+            .await
+            .unwrap();
+    }
+    let r = app
+        .get("/api/v1/targets?per_page=2&page=1", &app.reader)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["total"], 3);
+    let names: Vec<&str> = r.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names[0] < names[1], "{names:?}");
+    let r = app
+        .get("/api/v1/targets?per_page=2&page=2", &app.reader)
+        .await;
+    assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json["page"], 2);
+    let r = app
+        .get("/api/v1/targets?per_page=2&page=3", &app.reader)
+        .await;
+    assert_eq!(r.json["items"].as_array().unwrap().len(), 0);
+    assert_eq!(r.json["total"], 3);
+    let r = app
+        .get("/api/v1/issuers?per_page=1&page=3", &app.reader)
+        .await;
+    assert_eq!(r.json["items"][0]["name"], "iss-c");
+    assert_eq!(r.json["total"], 3);
+    let r = app.get("/api/v1/issuers?per_page=0", &app.reader).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    error_code(&r);
+}
+
 both_backends!(
     issuer_crud,
+    lists_page_in_sql,
     issuer_validation_errors_change_nothing,
     scopes_are_enforced,
     lists_have_etags,

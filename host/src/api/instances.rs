@@ -31,7 +31,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::{OperatorAccess, ReadAccess};
 use super::error::{ApiError, ApiResult};
-use super::listing::{Page, PageQuery, conditional_json, json as json_response};
+use super::listing::{Page, PageQuery, conditional_json, json as json_response, offset};
 use crate::store::{
     ActorType, AgentStatus, NewAuditEvent, NewPluginInstance, NewTarget, PluginInstance,
     SENTINEL_AGENT_ID, Target, new_id,
@@ -559,31 +559,35 @@ async fn list(
     query: PageQuery,
     include_retired: bool,
 ) -> ApiResult<Response> {
-    let rows: Vec<Row> = match kind {
-        Kind::Issuer => state
-            .store
-            .list_issuers()
-            .await?
-            .into_iter()
-            .map(Row::from)
-            .collect(),
-        Kind::Target => state
-            .store
-            .list_targets(include_retired)
-            .await?
-            .into_iter()
-            .map(Row::from)
-            .collect(),
-        Kind::Notifier => state
-            .store
-            .list_notifiers()
-            .await?
-            .into_iter()
-            .map(Row::from)
-            .collect(),
+    let (page, per_page) = query.resolve()?;
+    let (limit, skip) = (per_page, offset(page, per_page));
+    let (rows, total): (Vec<Row>, i64) = match kind {
+        Kind::Issuer => {
+            let (rows, total) = state.store.page_issuers(limit, skip).await?;
+            (rows.into_iter().map(Row::from).collect(), total)
+        }
+        Kind::Target => {
+            let (rows, total) = state
+                .store
+                .page_targets(include_retired, limit, skip)
+                .await?;
+            (rows.into_iter().map(Row::from).collect(), total)
+        }
+        Kind::Notifier => {
+            let (rows, total) = state.store.page_notifiers(limit, skip).await?;
+            (rows.into_iter().map(Row::from).collect(), total)
+        }
     };
-    let views: Vec<InstanceView> = rows.iter().map(|r| r.view(kind)).collect();
-    Ok(conditional_json(headers, &Page::of(&views, query)?))
+    let body = Page {
+        items: rows
+            .iter()
+            .map(|r| r.view(kind))
+            .collect::<Vec<InstanceView>>(),
+        page,
+        per_page,
+        total: u64::try_from(total).unwrap_or(0),
+    };
+    Ok(conditional_json(headers, &body))
 }
 
 async fn get(state: &AppState, kind: Kind, id: &str) -> ApiResult<Response> {

@@ -4,6 +4,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::store::codec::{now, ts};
+use crate::store::repo::sql_limit;
 use crate::store::{
     BeginWrite, NewPluginInstance, NewTarget, PluginInstance, Store, StoreError, StoreResult,
     Target, new_id, on_read, on_write,
@@ -125,6 +126,53 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         }))
+    }
+
+    /// One page of a table's instances by name (`limit` from `offset`),
+    /// and how many there are in all.
+    async fn page_instances(
+        &self,
+        table: InstanceTable,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<PluginInstance>, i64)> {
+        let rows_sql = format!(
+            "SELECT * FROM {} ORDER BY name, id LIMIT $1 OFFSET $2",
+            table.name()
+        );
+        let count_sql = format!("SELECT COUNT(*) FROM {}", table.name());
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        Ok(on_read!(self, |pool| {
+            let rows = sqlx::query_as::<_, PluginInstance>(&rows_sql)
+                .bind(sql_limit(limit))
+                .bind(offset)
+                .fetch_all(pool)
+                .await?;
+            let total = sqlx::query_scalar::<_, i64>(&count_sql)
+                .fetch_one(pool)
+                .await?;
+            (rows, total)
+        }))
+    }
+
+    /// One page of issuers by name, and how many there are.
+    pub async fn page_issuers(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<PluginInstance>, i64)> {
+        self.page_instances(InstanceTable::Issuers, limit, offset)
+            .await
+    }
+
+    /// One page of notifiers by name, and how many there are.
+    pub async fn page_notifiers(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<PluginInstance>, i64)> {
+        self.page_instances(InstanceTable::Notifiers, limit, offset)
+            .await
     }
 
     /// Every issuer instance, by name.
@@ -385,6 +433,35 @@ impl Store {
             .await?
             .rows_affected()
                 == 1
+        }))
+    }
+
+    /// One page of targets (retired ones only if asked) by name, and how
+    /// many there are.
+    pub async fn page_targets(
+        &self,
+        include_retired: bool,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<Target>, i64)> {
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        Ok(on_read!(self, |pool| {
+            let rows = sqlx::query_as::<_, Target>(
+                "SELECT * FROM targets WHERE ($1 OR retired_at IS NULL) ORDER BY name, id
+                 LIMIT $2 OFFSET $3",
+            )
+            .bind(include_retired)
+            .bind(sql_limit(limit))
+            .bind(offset)
+            .fetch_all(pool)
+            .await?;
+            let total = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM targets WHERE ($1 OR retired_at IS NULL)",
+            )
+            .bind(include_retired)
+            .fetch_one(pool)
+            .await?;
+            (rows, total)
         }))
     }
 
