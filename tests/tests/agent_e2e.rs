@@ -74,6 +74,31 @@ async fn issue_deploy_verify(backend: Backend) {
     let expected = stack.current_fingerprint(cert_id).await;
     assert_eq!(verification["status"], "verified", "{verification}");
     assert_eq!(verification["observed_fingerprint"], expected.as_str());
+
+    // Registered once, heartbeating: the host shows it online, and a
+    // second heartbeat (every 2 s here) moves `last_heartbeat_at`.
+    let view = certplane_host::demo::get(&stack.host.admin, &format!("/agents/{agent_id}"))
+        .await
+        .unwrap();
+    assert_eq!(view["online"], true, "{view}");
+    let first = view["last_heartbeat_at"].as_str().unwrap().to_owned();
+    common::wait_for("a second heartbeat", Duration::from_secs(10), || async {
+        let view = certplane_host::demo::get(&stack.host.admin, &format!("/agents/{agent_id}"))
+            .await
+            .unwrap();
+        (view["last_heartbeat_at"].as_str() != Some(first.as_str())).then_some(())
+    })
+    .await;
+    let agents = certplane_host::demo::get(&stack.host.admin, "/agents?per_page=500")
+        .await
+        .unwrap();
+    let named = agents["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "web-1")
+        .count();
+    assert_eq!(named, 1, "registered exactly once: {agents}");
     assert_eq!(agent.stop().await, Exit::Stopped);
 }
 
