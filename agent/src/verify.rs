@@ -18,10 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use certplane_client::FingerprintVerifier;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -320,67 +319,15 @@ pub async fn served_fingerprint(
 /// certificate the server presents, verifying only handshake signatures.
 fn observing_client_config() -> Result<ClientConfig, ProbeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(ObservingVerifier {
-        algorithms: provider.signature_verification_algorithms,
-    });
+    // Observation, not trust: the caller compares what was served with
+    // what it deployed (see `FingerprintVerifier::observing`).
+    let verifier = Arc::new(FingerprintVerifier::observing(&provider));
     Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(ProbeError::Config)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
-}
-
-/// Accepts any server certificate, but verifies the handshake signatures
-/// against it.
-///
-/// Skipping chain and name validation is the point of the probe: it
-/// observes exactly which certificate is served, which may come from a
-/// private CA (or be self-signed) and so be unverifiable against any trust
-/// store the agent has. Trust is not being established here; the caller
-/// compares the observed fingerprint with the one it deployed, and that
-/// comparison is the check. Verifying the signatures means the server must
-/// hold the private key of the certificate it presents, so a bare copy of
-/// the (public) certificate cannot pass.
-#[derive(Debug)]
-struct ObservingVerifier {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ObservingVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // Observation, not trust: see the type's documentation.
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

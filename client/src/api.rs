@@ -192,7 +192,7 @@ pub struct ApiClient {
 struct TlsSetup {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
-    pin: Option<Arc<PinnedCertVerifier>>,
+    pin: Option<Arc<FingerprintVerifier>>,
     public_roots: bool,
 }
 
@@ -440,7 +440,7 @@ fn interpret(status: StatusCode, body: &[u8]) -> Result<ApiReply, ClientError> {
 /// verifier when one is used.
 fn client_config(
     trust: &Trust,
-) -> Result<(ClientConfig, Option<Arc<PinnedCertVerifier>>), ClientError> {
+) -> Result<(ClientConfig, Option<Arc<FingerprintVerifier>>), ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -469,7 +469,7 @@ fn client_config(
             )
         }
         Trust::PinSha256(hex_pin) => {
-            let verifier = Arc::new(PinnedCertVerifier::new(hex_pin, &provider)?);
+            let verifier = Arc::new(FingerprintVerifier::pinned(hex_pin, &provider)?);
             (
                 builder
                     .dangerous()
@@ -490,37 +490,62 @@ pub fn parse_pin(pin: &str) -> Result<[u8; 32], ClientError> {
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| ClientError::InvalidPin(pin.to_owned()))
 }
 
-/// Trusts exactly one end-entity certificate, identified by the SHA-256 of
-/// its DER. The server name and chain are not checked (the pin is the
-/// identity), but the handshake signature is verified against the pinned
-/// certificate's key, so the server must hold its private key.
+/// Identifies the server's end-entity certificate by the SHA-256 of its
+/// DER instead of by a chain to a root.
+///
+/// - [`FingerprintVerifier::pinned`] trusts exactly one certificate: the
+///   pin is the identity, so name and chain are not checked.
+/// - [`FingerprintVerifier::observing`] accepts any certificate and records
+///   its fingerprint: for probes that report what an endpoint serves (the
+///   caller compares it with what it deployed; that comparison is the
+///   check, not trust).
+///
+/// Either way the handshake signature is verified against the presented
+/// certificate's key, so the server must hold its private key: a copy of
+/// the (public) certificate cannot pass.
 #[derive(Debug)]
-pub struct PinnedCertVerifier {
-    expected: [u8; 32],
+pub struct FingerprintVerifier {
+    expected: Option<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
-    /// The fingerprint of a refused certificate, for the error message.
+    /// The fingerprint last presented (hex).
     observed: Mutex<Option<String>>,
 }
 
-impl PinnedCertVerifier {
-    /// A verifier for a hex fingerprint, verifying signatures with
-    /// `provider`'s algorithms.
-    pub fn new(pin: &str, provider: &CryptoProvider) -> Result<Self, ClientError> {
-        Ok(PinnedCertVerifier {
-            expected: parse_pin(pin)?,
+impl FingerprintVerifier {
+    /// Trusts only the certificate with this hex fingerprint, verifying
+    /// signatures with `provider`'s algorithms.
+    pub fn pinned(pin: &str, provider: &CryptoProvider) -> Result<Self, ClientError> {
+        Ok(FingerprintVerifier {
+            expected: Some(parse_pin(pin)?),
             algorithms: provider.signature_verification_algorithms,
             observed: Mutex::new(None),
         })
     }
 
-    /// `(expected, observed)` fingerprints after a refused certificate.
+    /// Accepts any certificate and records its fingerprint.
+    pub fn observing(provider: &CryptoProvider) -> Self {
+        FingerprintVerifier {
+            expected: None,
+            algorithms: provider.signature_verification_algorithms,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// The fingerprint (hex) of the last certificate presented.
+    pub fn observed(&self) -> Option<String> {
+        self.observed.lock().ok()?.clone()
+    }
+
+    /// `(expected, observed)` fingerprints after a refused pinned
+    /// certificate.
     pub fn mismatch(&self) -> Option<(String, String)> {
-        let observed = self.observed.lock().ok()?.clone()?;
-        Some((hex::encode(self.expected), observed))
+        let expected = self.expected?;
+        let observed = self.observed()?;
+        (observed != hex::encode(expected)).then(|| (hex::encode(expected), observed))
     }
 }
 
-impl ServerCertVerifier for PinnedCertVerifier {
+impl ServerCertVerifier for FingerprintVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -531,15 +556,14 @@ impl ServerCertVerifier for PinnedCertVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         use sha2::{Digest as _, Sha256};
         let actual: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if actual == self.expected {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            if let Ok(mut observed) = self.observed.lock() {
-                *observed = Some(hex::encode(actual));
-            }
-            Err(rustls::Error::InvalidCertificate(
+        if let Ok(mut observed) = self.observed.lock() {
+            *observed = Some(hex::encode(actual));
+        }
+        match self.expected {
+            Some(expected) if actual != expected => Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
-            ))
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
         }
     }
 

@@ -6,6 +6,6 @@
 pub mod api;
 
 pub use api::{
-    ApiClient, ApiReply, ClientError, ClientOptions, DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES,
-    PinnedCertVerifier, Trust, parse_pin,
+    ApiClient, ApiReply, ClientError, ClientOptions, DEFAULT_TIMEOUT, FingerprintVerifier,
+    MAX_RESPONSE_BYTES, Trust, parse_pin,
 };

@@ -45,21 +45,8 @@ async fn issue_deploy_verify(backend: Backend) {
     let agent = RunningAgent::start(config);
     let agent_id = stack.agent_id("web-1").await;
     let web = FileTlsServer::start(None).await.unwrap();
-    let target = stack
-        .pem_target(
-            "files",
-            &agent_id,
-            &deploy_dir,
-            Some((web.port, "site.e2e.test")),
-        )
-        .await;
-    let cert = stack
-        .certificate(
-            "site",
-            &["site.e2e.test"],
-            "ecdsa-p256",
-            target["id"].as_str().unwrap(),
-        )
+    let (_, cert) = stack
+        .site(&agent_id, &deploy_dir, web.port, "site", "site.e2e.test")
         .await;
     let cert_id = cert["id"].as_str().unwrap();
     assert_eq!(cert["key_source"], "agent");
@@ -100,16 +87,6 @@ async fn issue_deploy_verify(backend: Backend) {
         .count();
     assert_eq!(named, 1, "registered exactly once: {agents}");
     assert_eq!(agent.stop().await, Exit::Stopped);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_deploy_verify_sqlite() {
-    issue_deploy_verify(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_deploy_verify_postgres() {
-    issue_deploy_verify(Backend::Postgres).await;
 }
 
 // ---------------------------------------------------------------- helpers
@@ -265,21 +242,8 @@ async fn old_certificate_is_a_mismatch(backend: Backend) {
     let (chain, key, old_fingerprint) = old_certificate(&stack.dir("old"), "site.e2e.test");
     // Serves the old files whatever gets deployed.
     let web = FileTlsServer::start(Some((chain, key))).await.unwrap();
-    let target = stack
-        .pem_target(
-            "files",
-            &agent_id,
-            &deploy_dir,
-            Some((web.port, "site.e2e.test")),
-        )
-        .await;
-    let cert = stack
-        .certificate(
-            "site",
-            &["site.e2e.test"],
-            "ecdsa-p256",
-            target["id"].as_str().unwrap(),
-        )
+    let (_, cert) = stack
+        .site(&agent_id, &deploy_dir, web.port, "site", "site.e2e.test")
         .await;
     let cert_id = cert["id"].as_str().unwrap();
 
@@ -327,16 +291,6 @@ async fn old_certificate_is_a_mismatch(backend: Backend) {
         .count();
     assert_eq!(deployments, 1);
     assert_eq!(agent.stop().await, Exit::Stopped);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_certificate_is_a_mismatch_sqlite() {
-    old_certificate_is_a_mismatch(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_certificate_is_a_mismatch_postgres() {
-    old_certificate_is_a_mismatch(Backend::Postgres).await;
 }
 
 // ------------------------------------------- 2. nothing listens: unreachable
@@ -414,16 +368,6 @@ async fn nothing_listening_is_unreachable_and_retried(backend: Backend) {
         retried["status"]
     );
     assert_eq!(agent.stop().await, Exit::Stopped);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_listening_is_unreachable_and_retried_sqlite() {
-    nothing_listening_is_unreachable_and_retried(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_listening_is_unreachable_and_retried_postgres() {
-    nothing_listening_is_unreachable_and_retried(Backend::Postgres).await;
 }
 
 // ---------------------------------------------- 3. every key type, agent-side
@@ -535,16 +479,6 @@ async fn csr_with_each_key_type(backend: Backend) {
     assert_eq!(agent.stop().await, Exit::Stopped);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn csr_with_each_key_type_sqlite() {
-    csr_with_each_key_type(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn csr_with_each_key_type_postgres() {
-    csr_with_each_key_type(Backend::Postgres).await;
-}
-
 // -------------------------------------- 4. grants beyond the agent's allowance
 
 async fn grant_beyond_config_is_refused(backend: Backend) {
@@ -580,16 +514,6 @@ async fn grant_beyond_config_is_refused(backend: Backend) {
     );
     assert_eq!(entries(&outside), Vec::<String>::new());
     assert_eq!(agent.stop().await, Exit::Stopped);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grant_beyond_config_is_refused_sqlite() {
-    grant_beyond_config_is_refused(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grant_beyond_config_is_refused_postgres() {
-    grant_beyond_config_is_refused(Backend::Postgres).await;
 }
 
 // ------------------------------------- 5. missing plugin / other plugin build
@@ -642,16 +566,6 @@ async fn missing_plugin_is_reported(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_plugin_is_reported_sqlite() {
-    missing_plugin_is_reported(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_plugin_is_reported_postgres() {
-    missing_plugin_is_reported(Backend::Postgres).await;
-}
-
 async fn plugin_digest_mismatch_is_reported(backend: Backend) {
     let stack = Stack::new(backend, 30).await;
     // The same connector, rebuilt with one more custom section: a loadable
@@ -686,16 +600,6 @@ async fn plugin_digest_mismatch_is_reported(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugin_digest_mismatch_is_reported_sqlite() {
-    plugin_digest_mismatch_is_reported(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugin_digest_mismatch_is_reported_postgres() {
-    plugin_digest_mismatch_is_reported(Backend::Postgres).await;
-}
-
 // ------------------------------------------------------ 6. retirement
 
 async fn retirement_ends_the_agent(backend: Backend) {
@@ -728,16 +632,6 @@ async fn retirement_ends_the_agent(backend: Backend) {
     eprintln!("agent retired {:?} after the DELETE", started.elapsed());
     let status = StateDir::open(&state_dir).unwrap().status().unwrap();
     assert!(status.retired_at.is_some(), "{status:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retirement_ends_the_agent_sqlite() {
-    retirement_ends_the_agent(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retirement_ends_the_agent_postgres() {
-    retirement_ends_the_agent(Backend::Postgres).await;
 }
 
 // ------------------------------------------------- 7. long-poll wake-up
@@ -786,16 +680,6 @@ async fn long_poll_wakes_for_new_work(backend: Backend) {
         "the parked poll was not woken: {deployed:?}"
     );
     assert_eq!(agent.stop().await, Exit::Stopped);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_poll_wakes_for_new_work_sqlite() {
-    long_poll_wakes_for_new_work(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_poll_wakes_for_new_work_postgres() {
-    long_poll_wakes_for_new_work(Backend::Postgres).await;
 }
 
 // ------------------------------------------------- 8. host restart
@@ -857,16 +741,6 @@ async fn host_restart_mid_loop(backend: Backend) {
     );
     assert!(!agent.task.is_finished(), "the agent kept running");
     assert_eq!(agent.stop().await, Exit::Stopped);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_restart_mid_loop_sqlite() {
-    host_restart_mid_loop(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_restart_mid_loop_postgres() {
-    host_restart_mid_loop(Backend::Postgres).await;
 }
 
 // ----------------------------------------- 9. network errors back off
@@ -967,3 +841,16 @@ async fn network_errors_back_off() {
     assert!(status.last_error.is_some(), "{status:?}");
     server.abort();
 }
+
+both_backends!(
+    issue_deploy_verify,
+    old_certificate_is_a_mismatch,
+    nothing_listening_is_unreachable_and_retried,
+    csr_with_each_key_type,
+    grant_beyond_config_is_refused,
+    missing_plugin_is_reported,
+    plugin_digest_mismatch_is_reported,
+    retirement_ends_the_agent,
+    long_poll_wakes_for_new_work,
+    host_restart_mid_loop,
+);

@@ -271,20 +271,13 @@ async fn sigkill_mid_deployment(backend: Backend) {
     // Serves a placeholder certificate until told to serve the deployed
     // files: the probe sees a mismatch and keeps trying.
     let web = FileTlsServer::start(None).await.unwrap();
-    let target = stack
-        .pem_target(
-            "files",
+    let (_, cert) = stack
+        .site(
             &agent_id,
             &deploy_dir,
-            Some((web.port, "killed.e2e.test")),
-        )
-        .await;
-    let cert = stack
-        .certificate(
+            web.port,
             "killed",
-            &["killed.e2e.test"],
-            "ecdsa-p256",
-            target["id"].as_str().unwrap(),
+            "killed.e2e.test",
         )
         .await;
     let cert_id = cert["id"].as_str().unwrap().to_owned();
@@ -365,16 +358,6 @@ async fn sigkill_mid_deployment(backend: Backend) {
     agent.kill();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_deployment_sqlite() {
-    sigkill_mid_deployment(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_deployment_postgres() {
-    sigkill_mid_deployment(Backend::Postgres).await;
-}
-
 // ------------------------------------------------ 2 + 3. --once, status
 
 /// `--once` cycles drive a certificate from CSR to verified deployment;
@@ -410,21 +393,8 @@ async fn once_and_status(backend: Backend) {
     let agent_id = stack.agent_id("cron").await;
 
     let web = FileTlsServer::start(None).await.unwrap();
-    let target = stack
-        .pem_target(
-            "files",
-            &agent_id,
-            &deploy_dir,
-            Some((web.port, "cron.e2e.test")),
-        )
-        .await;
-    let cert = stack
-        .certificate(
-            "cron",
-            &["cron.e2e.test"],
-            "ecdsa-p256",
-            target["id"].as_str().unwrap(),
-        )
+    let (_, cert) = stack
+        .site(&agent_id, &deploy_dir, web.port, "cron", "cron.e2e.test")
         .await;
     let cert_id = cert["id"].as_str().unwrap().to_owned();
     let cert_dir = deploy_dir.join(&cert_id);
@@ -502,16 +472,6 @@ fn chrono_like(s: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn once_and_status_sqlite() {
-    once_and_status(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn once_and_status_postgres() {
-    once_and_status(Backend::Postgres).await;
-}
-
 // ------------------------------------------------------- 4. 410 Gone
 
 /// Retired by the host while running: the process exits 0 with the
@@ -563,16 +523,6 @@ async fn retired_exits_cleanly(backend: Backend) {
     assert_eq!(status.code(), Some(0), "{status}:\n{log}");
     assert!(log.contains("agent retired by the host"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retired_exits_cleanly_sqlite() {
-    retired_exits_cleanly(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retired_exits_cleanly_postgres() {
-    retired_exits_cleanly(Backend::Postgres).await;
 }
 
 // ------------------------------------------ 5. bad configuration
@@ -701,12 +651,9 @@ async fn idle_footprint(backend: Backend) {
     agent.kill();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_footprint_sqlite() {
-    idle_footprint(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_footprint_postgres() {
-    idle_footprint(Backend::Postgres).await;
-}
+both_backends!(
+    sigkill_mid_deployment,
+    once_and_status,
+    retired_exits_cleanly,
+    idle_footprint,
+);

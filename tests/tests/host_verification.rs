@@ -110,12 +110,4 @@ async fn host_side_verification(backend: Backend) {
     assert_eq!(v["expected_fingerprint"], expected.as_str());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_side_verification_sqlite() {
-    host_side_verification(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_side_verification_postgres() {
-    host_side_verification(Backend::Postgres).await;
-}
+both_backends!(host_side_verification,);

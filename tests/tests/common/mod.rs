@@ -18,6 +18,30 @@ use certplane_host::demo::stack::{LocalHost, free_port};
 use certplane_host::demo::{brisk_scheduler, demo_ca, get, post};
 use serde_json::{Value, json};
 
+/// Runs each named `async fn(Backend)` scenario as two tests,
+/// `sqlite::<name>` and `postgres::<name>`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
 /// Backend under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -289,6 +313,31 @@ impl Stack {
         )
         .await
         .unwrap()
+    }
+
+    /// A pem-files target of `agent_id` writing into `deploy_dir` and
+    /// verifying `dns_name` on 127.0.0.1:`port`, and an ECDSA P-256
+    /// certificate `name` for `dns_name` deployed there: (target, cert).
+    pub async fn site(
+        &self,
+        agent_id: &str,
+        deploy_dir: &Path,
+        port: u16,
+        name: &str,
+        dns_name: &str,
+    ) -> (Value, Value) {
+        let target = self
+            .pem_target("files", agent_id, deploy_dir, Some((port, dns_name)))
+            .await;
+        let cert = self
+            .certificate(
+                name,
+                &[dns_name],
+                "ecdsa-p256",
+                target["id"].as_str().unwrap(),
+            )
+            .await;
+        (target, cert)
     }
 
     /// Jobs of a certificate (newest first).
