@@ -43,6 +43,25 @@ fn report(processed: usize, limit: u32) -> TickReport {
     }
 }
 
+/// Fails jobs waiting in `status` for longer than `ttl_secs` with `reason`
+/// (the retry loop brings them back while attempts last); returns how many.
+async fn expire_waits(
+    state: &AppState,
+    status: JobStatus,
+    ttl_secs: u64,
+    reason: String,
+) -> Result<u64, crate::store::StoreError> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::seconds(ttl_secs as i64);
+    let expired = state
+        .store
+        .expire_waiting_jobs(status, cutoff, &reason, 500)
+        .await?;
+    if expired > 0 {
+        tracing::warn!(expired, %status, ttl_secs, "waits expired; the jobs will be retried");
+    }
+    Ok(expired)
+}
+
 /// Wakes the long polls of agents with work that appeared since `since`.
 async fn wake_agents_with_work(
     state: &AppState,
@@ -161,41 +180,21 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
                 tracing::warn!(job = %job.id, error = ?job.last_error, "expired lease reaped");
             }
             let ttl = st.config.agents.csr_ttl_secs;
-            let cutoff = chrono::Utc::now() - chrono::Duration::seconds(ttl as i64);
-            let expired = st
-                .store
-                .expire_waiting_jobs(
-                    JobStatus::AwaitingCsr,
-                    cutoff,
-                    &format!("no CSR from the agent within {ttl} s"),
-                    500,
-                )
-                .await?;
-            if expired > 0 {
-                tracing::warn!(
-                    expired,
-                    ttl_secs = ttl,
-                    "CSR waits expired; the jobs will be retried"
-                );
-            }
+            let expired = expire_waits(
+                &st,
+                JobStatus::AwaitingCsr,
+                ttl,
+                format!("no CSR from the agent within {ttl} s"),
+            )
+            .await?;
             let ttl = st.config.jobs.approval_ttl_secs;
-            let cutoff = chrono::Utc::now() - chrono::Duration::seconds(ttl as i64);
-            let unapproved = st
-                .store
-                .expire_waiting_jobs(
-                    JobStatus::AwaitingApproval,
-                    cutoff,
-                    &format!("not approved within {ttl} s"),
-                    500,
-                )
-                .await?;
-            if unapproved > 0 {
-                tracing::warn!(
-                    expired = unapproved,
-                    ttl_secs = ttl,
-                    "approval waits expired; the jobs will be retried"
-                );
-            }
+            let unapproved = expire_waits(
+                &st,
+                JobStatus::AwaitingApproval,
+                ttl,
+                format!("not approved within {ttl} s"),
+            )
+            .await?;
             Ok(report(reaped.len() + (expired + unapproved) as usize, 500))
         }
     });
