@@ -15,28 +15,9 @@ use crate::store::{
 impl Store {
     /// Queues a notification, deliverable now.
     pub async fn enqueue_notification(&self, new: NewNotification) -> StoreResult<Notification> {
-        if new.max_attempts < 1 {
-            return Err(StoreError::InvalidArgument(
-                "max_attempts must be >= 1".into(),
-            ));
-        }
-        let now = now();
-        Ok(on_write!(self, |pool| {
-            sqlx::query_as::<_, Notification>(
-                "INSERT INTO notifications (id, notifier_id, event_type, subject, payload, status,
-                     attempts, max_attempts, run_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $7, $7) RETURNING *",
-            )
-            .bind(new_id())
-            .bind(&new.notifier_id)
-            .bind(&new.event_type)
-            .bind(new.subject.clone())
-            .bind(Json(&new.payload))
-            .bind(new.max_attempts)
-            .bind(ts(now))
-            .fetch_one(pool)
+        self.insert_notification(new, None)
             .await?
-        }))
+            .ok_or_else(|| StoreError::InvalidArgument("the notification was not inserted".into()))
     }
 
     /// Enqueues `new` unless this notifier already has a notification with
@@ -47,6 +28,18 @@ impl Store {
         new: NewNotification,
         dedupe_key: &str,
     ) -> StoreResult<bool> {
+        Ok(self
+            .insert_notification(new, Some(dedupe_key))
+            .await?
+            .is_some())
+    }
+
+    /// The row, or `None` when `dedupe_key` is already taken.
+    async fn insert_notification(
+        &self,
+        new: NewNotification,
+        dedupe_key: Option<&str>,
+    ) -> StoreResult<Option<Notification>> {
         if new.max_attempts < 1 {
             return Err(StoreError::InvalidArgument(
                 "max_attempts must be >= 1".into(),
@@ -54,11 +47,11 @@ impl Store {
         }
         let now = now();
         Ok(on_write!(self, |pool| {
-            sqlx::query(
+            sqlx::query_as::<_, Notification>(
                 "INSERT INTO notifications (id, notifier_id, event_type, subject, payload, status,
                      attempts, max_attempts, run_at, created_at, updated_at, dedupe_key)
                  VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $7, $7, $8)
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT DO NOTHING RETURNING *",
             )
             .bind(new_id())
             .bind(&new.notifier_id)
@@ -68,10 +61,8 @@ impl Store {
             .bind(new.max_attempts)
             .bind(ts(now))
             .bind(dedupe_key)
-            .execute(pool)
+            .fetch_optional(pool)
             .await?
-            .rows_affected()
-                == 1
         }))
     }
 
