@@ -5,11 +5,15 @@
 mod common;
 
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::http::{Method, StatusCode};
+
+use certplane_host::config::HostConfig;
+use certplane_host::store::{JobFilter, JobStatus, JobType};
 use certplane_host::tls;
 use common::Backend;
-use common::app::TestApp;
+use common::app::{BOOTSTRAP, TestApp};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 struct Host {
     app: TestApp,
     url: String,
+    /// The port served on (127.0.0.1).
+    port: u16,
     /// PEM of the development certificate (`--ca-file`).
     cert_path: String,
     /// Its SHA-256 fingerprint (`--pin-sha256`).
@@ -34,7 +40,12 @@ impl Drop for Host {
 impl Host {
     /// Serves over HTTPS, or plain HTTP when `plain`.
     async fn start(plain: bool) -> Host {
-        let app = TestApp::new(Backend::Sqlite).await;
+        Host::start_with(plain, |_| {}).await
+    }
+
+    /// [`Host::start`] with the configuration edited first.
+    async fn start_with(plain: bool, edit: impl FnOnce(&mut HostConfig)) -> Host {
+        let app = TestApp::with_config(Backend::Sqlite, edit).await;
         let tls_dir = tempfile::tempdir().expect("temp dir");
         let dev = tls::ensure_dev_certificate(tls_dir.path(), &[]).expect("dev certificate");
         let config = tls::server_config(&dev.cert_path, &dev.key_path).expect("server config");
@@ -55,6 +66,7 @@ impl Host {
         Host {
             app,
             url: format!("{scheme}://{addr}"),
+            port: addr.port(),
             cert_path: dev.cert_path.display().to_string(),
             fingerprint: dev.fingerprint_sha256,
             shutdown,
@@ -492,4 +504,1476 @@ async fn plain_http_jobs_and_audit() {
         audit.starts_with("AT") && audit.lines().count() >= 2,
         "{audit}"
     );
+}
+
+// ------------------------------------------------------------ helpers
+
+/// Asserts a failure with nothing on stdout and the error on exactly one
+/// stderr line; returns that line.
+fn one_line_error(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected a failure, got:\n{}",
+        stdout(o)
+    );
+    assert!(stdout(o).is_empty(), "stdout: {}", stdout(o));
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    lines[0].to_owned()
+}
+
+/// Asserts the one-line `<code>: <message> (request <id>)` of an API error
+/// and returns the line.
+fn api_error(o: &Output, code: &str) -> String {
+    let line = one_line_error(o);
+    assert!(
+        line.contains(&format!("{code}: ")) && line.contains("(request "),
+        "not a {code} envelope line: {line}"
+    );
+    line
+}
+
+/// Asserts a command-line usage error (clap: exit code 2) naming `needle`.
+fn usage_error(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+    assert!(stdout(o).is_empty(), "{}", stdout(o));
+    assert!(stderr(o).contains(needle), "{}", stderr(o));
+}
+
+/// The value of `NAME` in `FIELD  VALUE` output.
+fn field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .filter(|rest| rest.starts_with("  "))
+                .map(|rest| rest.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {name} field in:\n{text}"))
+}
+
+/// The rows of a table (header left out), split into cells on whitespace,
+/// without the trailing page note.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with('('))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// The `id`s of a JSON list answer, in order.
+fn item_ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {page}"))
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// The `--settings` of a local-ca issuer and its key, for a fresh test CA.
+fn local_ca_settings() -> (String, String) {
+    let (ca_pem, ca_key) = test_ca();
+    let settings = serde_json::json!({ "ca_certificate_pem": ca_pem, "validity_days": 30 });
+    (settings.to_string(), ca_key)
+}
+
+/// Creates a local-ca issuer with `certplane issuers create` and returns
+/// its id.
+async fn local_ca_issuer(client: &[String], name: &str) -> String {
+    let (settings, key) = local_ca_settings();
+    let issuer = ok_json(
+        &certplane(
+            &[
+                "issuers",
+                "create",
+                "--name",
+                name,
+                "--plugin",
+                "local-ca",
+                "--settings",
+                &settings,
+                "--secret",
+                &format!("ca_private_key_pem={key}"),
+                "--output",
+                "json",
+            ],
+            client,
+        )
+        .await,
+    );
+    issuer["id"].as_str().expect("issuer id").to_owned()
+}
+
+/// Creates a certificate with `certplane certs create` (optionally
+/// deploying to `target`) and returns the server's view of it.
+async fn new_certificate(
+    client: &[String],
+    name: &str,
+    issuer: &str,
+    target: Option<&str>,
+) -> Value {
+    let mut args = vec![
+        "certs",
+        "create",
+        "--name",
+        name,
+        "--cn",
+        "www.example.test",
+        "--san",
+        "www.example.test",
+        "--issuer",
+        issuer,
+        // Less than the test CA's 30-day validity: no renewal is due at once.
+        "--renew-before-days",
+        "10",
+        "--output",
+        "json",
+    ];
+    if let Some(t) = target {
+        args.extend(["--target", t]);
+    }
+    let cert = ok_json(&certplane(&args, client).await);
+    assert_eq!(cert["name"], name, "{cert}");
+    cert
+}
+
+/// Registers an agent with the test bootstrap token (there is no CLI
+/// command for it: agents register themselves) and returns its id.
+async fn register_agent(host: &Host, name: &str) -> String {
+    let r = host
+        .app
+        .call(
+            Method::POST,
+            "/api/v1/agents/register",
+            None,
+            Some(serde_json::json!({ "name": name, "bootstrap_token": BOOTSTRAP })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.json["agent_id"].as_str().expect("agent id").to_owned()
+}
+
+// -------------------------------------------------------------- issuers
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuers_list_get_and_delete() {
+    let host = Host::start(false).await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+
+    let used = local_ca_issuer(&client, "ca-used").await;
+    // Created with table output: the fields, never the key.
+    let (settings, key) = local_ca_settings();
+    let created = ok(&certplane(
+        &[
+            "issuers",
+            "create",
+            "--name",
+            "ca-spare",
+            "--plugin",
+            "local-ca",
+            "--settings",
+            &settings,
+            "--secret",
+            &format!("ca_private_key_pem={key}"),
+        ],
+        &client,
+    )
+    .await);
+    let spare = field(&created, "ID");
+    assert_eq!(field(&created, "KIND"), "issuer", "{created}");
+    assert_eq!(field(&created, "NAME"), "ca-spare", "{created}");
+    assert_eq!(field(&created, "PLUGIN"), "local-ca", "{created}");
+    assert_eq!(
+        field(&created, "SECRET NAMES"),
+        "ca_private_key_pem",
+        "{created}"
+    );
+    assert!(!created.contains("PRIVATE KEY"), "{created}");
+
+    // List: a table of both, the page as JSON, paging notes.
+    let table = ok(&certplane(&["issuers", "list"], &reader).await);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("ID")
+            && header.contains("PLUGIN")
+            && header.contains("VERSION")
+            && header.ends_with("CREATED"),
+        "{table}"
+    );
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 2, "{table}");
+    for (id, name) in [(&used, "ca-used"), (&spare, "ca-spare")] {
+        let row = listed
+            .iter()
+            .find(|r| r[0] == *id)
+            .unwrap_or_else(|| panic!("{id} not listed:\n{table}"));
+        assert_eq!(row[1], name, "{table}");
+        assert_eq!(row[2], "local-ca", "{table}");
+    }
+    let page = ok_json(&certplane(&["issuers", "list", "--output", "json"], &reader).await);
+    assert_eq!(page["total"], 2, "{page}");
+    let mut ids = item_ids(&page);
+    ids.sort();
+    let mut expected = vec![used.clone(), spare.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let first = ok(&certplane(&["issuers", "list", "--per-page", "1"], &reader).await);
+    assert_eq!(rows(&first).len(), 1, "{first}");
+    assert!(
+        first.ends_with("(1-1 of 2; --page 2 for more)\n"),
+        "{first}"
+    );
+    let second = ok_json(
+        &certplane(
+            &[
+                "issuers",
+                "list",
+                "--page",
+                "2",
+                "--per-page",
+                "1",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(second["page"], 2, "{second}");
+    assert_eq!(second["items"].as_array().map(Vec::len), Some(1));
+    assert_ne!(second["items"][0]["id"], page["items"][0]["id"]);
+
+    // Get: settings and secret names, never the key.
+    let detail = ok_json(&certplane(&["issuers", "get", &used, "--output", "json"], &reader).await);
+    assert_eq!(detail["id"], used.as_str());
+    assert_eq!(detail["kind"], "issuer");
+    assert_eq!(detail["name"], "ca-used");
+    assert_eq!(detail["settings"]["validity_days"], 30);
+    assert_eq!(
+        detail["secret_names"],
+        serde_json::json!(["ca_private_key_pem"])
+    );
+    let shown = ok(&certplane(&["issuers", "get", &used], &reader).await);
+    assert_eq!(field(&shown, "ID"), used, "{shown}");
+    assert_eq!(field(&shown, "PLUGIN"), "local-ca", "{shown}");
+    assert!(field(&shown, "SETTINGS").contains("\"validity_days\":30"));
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+
+    // Delete: refused while a certificate uses it, else done.
+    new_certificate(&client, "web", &used, None).await;
+    let refused = certplane(&["issuers", "delete", &used], &client).await;
+    let line = api_error(&refused, "conflict");
+    assert!(line.contains("is used by 1 certificate(s)"), "{line}");
+    let denied = certplane(&["issuers", "delete", &spare], &reader).await;
+    api_error(&denied, "forbidden");
+    let deleted = ok(&certplane(&["issuers", "delete", &spare], &client).await);
+    assert_eq!(deleted, format!("deleted issuer {spare}\n"));
+    let gone = certplane(&["issuers", "get", &spare], &reader).await;
+    assert!(api_error(&gone, "not_found").contains(&spare));
+    let again = certplane(&["issuers", "delete", &spare], &client).await;
+    api_error(&again, "not_found");
+    let page = ok_json(&certplane(&["issuers", "list", "--output", "json"], &reader).await);
+    assert_eq!(item_ids(&page), vec![used.clone()], "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_and_global_flags_are_checked() {
+    let host = Host::start(false).await;
+    let client = host.ca_args(&host.app.operator);
+    let (settings, key) = local_ca_settings();
+    let secret = format!("ca_private_key_pem={key}");
+    let create = |extra: &[&str]| {
+        let mut args = vec!["issuers", "create", "--name", "ca", "--plugin", "local-ca"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    async fn run(args: Vec<String>, client: &[String]) -> Output {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        certplane(&args, client).await
+    }
+
+    // Refused before anything is sent, each on one line.
+    let line = one_line_error(&run(create(&["--settings", "{not json"]), &client).await);
+    assert!(line.contains("--settings is not valid JSON"), "{line}");
+    let line = one_line_error(&run(create(&["--settings", "[1, 2]"]), &client).await);
+    assert!(line.contains("--settings must be a JSON object"), "{line}");
+    let line = one_line_error(
+        &run(
+            create(&["--settings", &settings, "--secret", "no-equals-sign"]),
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains("a --secret is not NAME=VALUE (its value is not shown)")
+            && !line.contains("no-equals-sign"),
+        "{line}"
+    );
+    let line = one_line_error(
+        &run(
+            create(&["--settings", &settings, "--secret-file", "keyfile"]),
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains("a --secret-file is not NAME=PATH: keyfile"),
+        "{line}"
+    );
+    let missing = tempfile::tempdir().unwrap();
+    let missing_path = missing.path().join("absent.pem").display().to_string();
+    let line = one_line_error(
+        &run(
+            create(&[
+                "--settings",
+                &settings,
+                "--secret-file",
+                &format!("ca_private_key_pem={missing_path}"),
+            ]),
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains(&format!(
+            "--secret-file ca_private_key_pem: cannot read {missing_path}"
+        )),
+        "{line}"
+    );
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), &key).unwrap();
+    let line = one_line_error(
+        &run(
+            create(&[
+                "--settings",
+                &settings,
+                "--secret",
+                &secret,
+                "--secret-file",
+                &format!("ca_private_key_pem={}", key_file.path().display()),
+            ]),
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains("secret ca_private_key_pem is given twice"),
+        "{line}"
+    );
+
+    // Refused by the server (422), with its reason.
+    let wrong_kind = run(
+        vec!["issuers", "create", "--name", "ca", "--plugin", "pem-files"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        &client,
+    )
+    .await;
+    let line = api_error(&wrong_kind, "validation_failed");
+    assert!(
+        line.contains("plugin pem-files is a target connector"),
+        "{line}"
+    );
+    let unknown = run(
+        create(&["--settings", &settings, "--secret", "other=v"]),
+        &client,
+    )
+    .await;
+    let line = api_error(&unknown, "validation_failed");
+    assert!(line.contains("reads no secret named \"other\""), "{line}");
+    let bad_name = run(
+        vec![
+            "issuers",
+            "create",
+            "--name",
+            "bad name!",
+            "--plugin",
+            "local-ca",
+            "--settings",
+            &settings,
+            "--secret",
+            &secret,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect(),
+        &client,
+    )
+    .await;
+    api_error(&bad_name, "validation_failed");
+    // Readers cannot create.
+    let reader = host.ca_args(&host.app.reader);
+    let denied = run(
+        create(&["--settings", &settings, "--secret", &secret]),
+        &reader,
+    )
+    .await;
+    api_error(&denied, "forbidden");
+    // Nothing was created by any of these.
+    let page = ok_json(&certplane(&["issuers", "list", "--output", "json"], &client).await);
+    assert_eq!(page["total"], 0, "{page}");
+
+    // Global flags: clap's usage errors (exit code 2), and the server's
+    // page bounds.
+    usage_error(
+        &certplane(&["issuers", "list", "--output", "yaml"], &client).await,
+        "invalid value 'yaml'",
+    );
+    usage_error(
+        &certplane(&["certs", "list", "--per-page", "many"], &client).await,
+        "invalid value 'many'",
+    );
+    usage_error(
+        &certplane(
+            &["certs", "create", "--name", "x", "--cn", "x.test"],
+            &client,
+        )
+        .await,
+        "--issuer <ISSUER>",
+    );
+    usage_error(
+        &certplane(&["notifiers", "list"], &client).await,
+        "unrecognized subcommand 'notifiers'",
+    );
+    let zero = certplane(&["issuers", "list", "--per-page", "0"], &client).await;
+    let line = api_error(&zero, "bad_request");
+    assert!(line.contains("per_page"), "{line}");
+}
+
+// -------------------------------------------------------------- targets
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_on_the_host_agent() {
+    let host = Host::start(false).await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+    let dir = tempfile::tempdir().unwrap();
+    let grant = format!("{}:/certs:rw", dir.path().display());
+    let settings = r#"{"directory":"/certs","layout":"combined"}"#;
+
+    // Created on the host (the default agent), as a table.
+    let created = ok(&certplane(
+        &[
+            "targets",
+            "create",
+            "--name",
+            "files",
+            "--plugin",
+            "pem-files",
+            "--settings",
+            settings,
+            "--grant-dir",
+            &grant,
+        ],
+        &client,
+    )
+    .await);
+    let id = field(&created, "ID");
+    assert_eq!(field(&created, "KIND"), "target", "{created}");
+    assert_eq!(field(&created, "PLUGIN"), "pem-files", "{created}");
+    assert_eq!(field(&created, "AGENT ID"), "host", "{created}");
+
+    // A second one with an explicit agent, as JSON.
+    let other = ok_json(
+        &certplane(
+            &[
+                "targets",
+                "create",
+                "--name",
+                "files-2",
+                "--plugin",
+                "pem-files",
+                "--settings",
+                r#"{"directory":"/certs"}"#,
+                "--agent",
+                "host",
+                "--grant-dir",
+                &grant,
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    let other_id = other["id"].as_str().expect("id").to_owned();
+    assert_eq!(other["agent_id"], "host", "{other}");
+    assert_eq!(
+        other["grants"]["directories"],
+        serde_json::json!([{ "path": dir.path(), "guest_path": "/certs", "writable": true }]),
+        "{other}"
+    );
+
+    // List and get.
+    let table = ok(&certplane(&["targets", "list"], &reader).await);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("ID") && header.contains("AGENT") && header.ends_with("RETIRED"),
+        "{table}"
+    );
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 2, "{table}");
+    let row = listed.iter().find(|r| r[0] == id).expect("listed");
+    assert_eq!(row[1..], ["files", "pem-files", "host", "-"], "{table}");
+    let detail = ok_json(&certplane(&["targets", "get", &id, "--output", "json"], &reader).await);
+    assert_eq!(detail["name"], "files");
+    assert_eq!(detail["settings"]["layout"], "combined");
+    assert_eq!(detail["grants"]["directories"][0]["writable"], true);
+    assert!(detail.get("retired_at").is_none(), "{detail}");
+
+    // In use by a certificate: refused, and counted on the host agent.
+    let issuer = local_ca_issuer(&client, "ca").await;
+    let cert = new_certificate(&client, "web", &issuer, Some(&id)).await;
+    assert_eq!(cert["target_ids"], serde_json::json!([id]), "{cert}");
+    let cert_id = cert["id"].as_str().expect("cert id").to_owned();
+    let refused = certplane(&["targets", "delete", &id], &client).await;
+    let line = api_error(&refused, "conflict");
+    assert!(
+        line.contains("is in use by 1 certificate(s) and 0 open job(s)"),
+        "{line}"
+    );
+    let agent = ok_json(&certplane(&["agents", "get", "host", "--output", "json"], &reader).await);
+    assert_eq!(agent["sentinel"], true, "{agent}");
+    assert_eq!(agent["dependencies"]["active_targets"], 2, "{agent}");
+    assert_eq!(agent["dependencies"]["active_certificates"], 1, "{agent}");
+
+    // Once the certificate is retired the target can go; it stays
+    // readable and listed with --include-retired.
+    ok(&certplane(&["certs", "retire", &cert_id], &client).await);
+    let deleted = ok(&certplane(&["targets", "delete", &id], &client).await);
+    assert_eq!(deleted, format!("deleted target {id}\n"));
+    let table = ok(&certplane(&["targets", "list"], &reader).await);
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 1, "{table}");
+    assert_eq!(listed[0][0], other_id, "{table}");
+    let all = ok(&certplane(&["targets", "list", "--include-retired"], &reader).await);
+    let row = rows(&all)
+        .into_iter()
+        .find(|r| r[0] == id)
+        .unwrap_or_else(|| panic!("retired target not listed:\n{all}"));
+    assert_ne!(row[4], "-", "{all}");
+    let shown = ok(&certplane(&["targets", "get", &id], &reader).await);
+    assert_ne!(field(&shown, "RETIRED AT"), "-", "{shown}");
+    // Deleting again changes nothing and succeeds.
+    ok(&certplane(&["targets", "delete", &id], &client).await);
+    // A retired target takes no new certificate.
+    let line = api_error(
+        &certplane(
+            &[
+                "certs", "create", "--name", "web-2", "--cn", "a.test", "--issuer", &issuer,
+                "--target", &id,
+            ],
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+    assert!(line.contains("is retired"), "{line}");
+
+    // Errors: a malformed grant (refused locally), a relative one, an
+    // unknown agent, no grant at all (refused by the server), unknown ids.
+    let target = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "targets".to_owned(),
+            "create".into(),
+            "--name".into(),
+            name.into(),
+            "--plugin".into(),
+            "pem-files".into(),
+            "--settings".into(),
+            r#"{"directory":"/certs"}"#.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    async fn run(args: Vec<String>, client: &[String]) -> Output {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        certplane(&args, client).await
+    }
+    let line = one_line_error(&run(target("t", &["--grant-dir", "/srv/certs"]), &client).await);
+    assert!(
+        line.contains("--grant-dir `/srv/certs` is not PATH:GUEST_PATH[:rw]"),
+        "{line}"
+    );
+    let line = one_line_error(
+        &run(
+            target("t", &["--grant-dir", "/srv/certs:/certs:rx"]),
+            &client,
+        )
+        .await,
+    );
+    assert!(line.contains("is not PATH:GUEST_PATH[:rw]"), "{line}");
+    let line = api_error(
+        &run(
+            target("t", &["--grant-dir", "srv/certs:/certs:rw"]),
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+    assert!(line.contains("must be absolute"), "{line}");
+    let line = api_error(
+        &run(
+            target("t", &["--agent", "nobody", "--grant-dir", &grant]),
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+    assert!(line.contains("no agent \"nobody\""), "{line}");
+    let line = api_error(&run(target("t", &[]), &client).await, "validation_failed");
+    assert!(line.contains("pem-files"), "{line}");
+    api_error(
+        &certplane(&["targets", "get", "no-such-target"], &reader).await,
+        "not_found",
+    );
+    api_error(
+        &certplane(&["targets", "delete", "no-such-target"], &client).await,
+        "not_found",
+    );
+    api_error(
+        &certplane(&["targets", "delete", &other_id], &reader).await,
+        "forbidden",
+    );
+}
+
+// --------------------------------------------------------------- agents
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_agents_get_retire_and_retired_list() {
+    let host = Host::start(false).await;
+    let admin = host.ca_args(&host.app.admin);
+    let operator = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+    let edge1 = register_agent(&host, "edge-1").await;
+    let edge2 = register_agent(&host, "edge-2").await;
+
+    // Listed with the sentinel; paged.
+    let page = ok_json(&certplane(&["agents", "list", "--output", "json"], &reader).await);
+    assert_eq!(page["total"], 3, "{page}");
+    let ids = item_ids(&page);
+    for id in ["host", &edge1, &edge2] {
+        assert!(ids.iter().any(|i| i == id), "{id} not in {page}");
+    }
+    let table = ok(&certplane(&["agents", "list", "--per-page", "2"], &reader).await);
+    assert_eq!(rows(&table).len(), 2, "{table}");
+    assert!(
+        table.ends_with("(1-2 of 3; --page 2 for more)\n"),
+        "{table}"
+    );
+    let last = ok(&certplane(
+        &["agents", "list", "--per-page", "2", "--page", "2"],
+        &reader,
+    )
+    .await);
+    assert_eq!(rows(&last).len(), 1, "{last}");
+    assert!(last.ends_with("(3-3 of 3)\n"), "{last}");
+
+    // One agent in detail: never heard from, nothing depends on it yet.
+    let shown = ok(&certplane(&["agents", "get", &edge1], &reader).await);
+    assert_eq!(field(&shown, "ID"), edge1, "{shown}");
+    assert_eq!(field(&shown, "NAME"), "edge-1", "{shown}");
+    assert_eq!(field(&shown, "SENTINEL"), "no", "{shown}");
+    assert_eq!(field(&shown, "STATUS"), "active", "{shown}");
+    assert_eq!(field(&shown, "ONLINE"), "no", "{shown}");
+    assert_eq!(field(&shown, "LAST HEARTBEAT AT"), "-", "{shown}");
+    assert_eq!(field(&shown, "ACTIVE TARGETS"), "0", "{shown}");
+
+    // A target the agent runs (validated by the agent, not the host).
+    let target = ok_json(
+        &certplane(
+            &[
+                "targets",
+                "create",
+                "--name",
+                "edge-files",
+                "--plugin",
+                "pem-files",
+                "--settings",
+                r#"{"directory":"/certs"}"#,
+                "--agent",
+                &edge1,
+                "--grant-dir",
+                "/srv/certs:/certs:rw",
+                "--output",
+                "json",
+            ],
+            &operator,
+        )
+        .await,
+    );
+    let target_id = target["id"].as_str().expect("target id").to_owned();
+    assert_eq!(target["agent_id"], edge1.as_str(), "{target}");
+    let detail = ok_json(&certplane(&["agents", "get", &edge1, "--output", "json"], &reader).await);
+    assert_eq!(detail["dependencies"]["active_targets"], 1, "{detail}");
+    assert_eq!(detail["dependencies"]["pending_jobs"], 0, "{detail}");
+
+    // Retirement: admins only; blocked by the target; --force needs
+    // --reason (refused by clap); forced, it retires the target too.
+    api_error(
+        &certplane(&["agents", "retire", &edge1], &operator).await,
+        "forbidden",
+    );
+    let line = api_error(
+        &certplane(&["agents", "retire", &edge1], &admin).await,
+        "conflict",
+    );
+    assert!(line.contains("still has 1 active target(s)"), "{line}");
+    usage_error(
+        &certplane(&["agents", "retire", &edge1, "--force"], &admin).await,
+        "--reason",
+    );
+    let retired = ok(&certplane(
+        &[
+            "agents",
+            "retire",
+            &edge1,
+            "--force",
+            "--reason",
+            "decommissioned",
+        ],
+        &admin,
+    )
+    .await);
+    assert_eq!(
+        retired,
+        format!("retired agent {edge1} (1 target(s) retired, 0 job(s) cancelled)\n")
+    );
+    let again = ok(&certplane(&["agents", "retire", &edge1], &admin).await);
+    assert_eq!(again, format!("agent {edge1} was already retired\n"));
+    let edge2_retired =
+        ok_json(&certplane(&["agents", "retire", &edge2, "--output", "json"], &admin).await);
+    assert_eq!(
+        edge2_retired["agent"]["id"],
+        edge2.as_str(),
+        "{edge2_retired}"
+    );
+    assert_eq!(
+        edge2_retired["agent"]["status"], "retired",
+        "{edge2_retired}"
+    );
+    assert_eq!(edge2_retired["targets_retired"], 0, "{edge2_retired}");
+    assert_eq!(edge2_retired["jobs_cancelled"], 0, "{edge2_retired}");
+
+    // The retired list, and the default list without them.
+    let table = ok(&certplane(&["agents", "retired"], &reader).await);
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 2, "{table}");
+    for id in [&edge1, &edge2] {
+        let row = listed.iter().find(|r| r[0] == *id).expect("retired row");
+        assert_eq!(row[2], "retired", "{table}");
+    }
+    let page = ok_json(&certplane(&["agents", "retired", "--output", "json"], &reader).await);
+    assert_eq!(page["total"], 2, "{page}");
+    let first = page["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["id"] == edge1.as_str()))
+        .expect("edge-1");
+    assert_eq!(first["retired_reason"], "decommissioned", "{page}");
+    let page = ok_json(&certplane(&["agents", "list", "--output", "json"], &reader).await);
+    assert_eq!(item_ids(&page), vec!["host".to_owned()], "{page}");
+    let page = ok_json(
+        &certplane(
+            &["agents", "list", "--include-retired", "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(page["total"], 3, "{page}");
+    let shown = ok(&certplane(&["agents", "get", &edge1], &reader).await);
+    assert_eq!(field(&shown, "STATUS"), "retired", "{shown}");
+    assert_eq!(field(&shown, "RETIRED REASON"), "decommissioned", "{shown}");
+    assert_eq!(field(&shown, "ACTIVE TARGETS"), "0", "{shown}");
+    let target =
+        ok_json(&certplane(&["targets", "get", &target_id, "--output", "json"], &reader).await);
+    assert!(target["retired_at"].is_string(), "{target}");
+
+    // A retired agent takes no new target; unknown ids are 404s.
+    let line = api_error(
+        &certplane(
+            &[
+                "targets",
+                "create",
+                "--name",
+                "late",
+                "--plugin",
+                "pem-files",
+                "--agent",
+                &edge2,
+            ],
+            &operator,
+        )
+        .await,
+        "validation_failed",
+    );
+    assert!(line.contains("is retired"), "{line}");
+    api_error(
+        &certplane(&["agents", "get", "no-such-agent"], &reader).await,
+        "not_found",
+    );
+    api_error(
+        &certplane(&["agents", "retire", "no-such-agent"], &admin).await,
+        "not_found",
+    );
+}
+
+// ------------------------------------------ jobs, verification, revoke
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_certificate_jobs_verification_and_revocation() {
+    let host = Host::start_with(false, |c| {
+        c.scheduler.jobs_ms = 50;
+        c.scheduler.renewal_ms = 50;
+        // One quick probe: the endpoint below never serves the new
+        // certificate.
+        c.verify.attempts = 1;
+        c.verify.interval_ms = 0;
+        c.verify.timeout_secs = 2;
+    })
+    .await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+
+    // A host target verified against this host's own port: it serves the
+    // development certificate, so the verification is a mismatch.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = serde_json::json!({
+        "directory": "/certs",
+        "verify_host": "127.0.0.1",
+        "verify_port": host.port,
+    });
+    let target = ok_json(
+        &certplane(
+            &[
+                "targets",
+                "create",
+                "--name",
+                "files",
+                "--plugin",
+                "pem-files",
+                "--settings",
+                &settings.to_string(),
+                "--grant-dir",
+                &format!("{}:/certs:rw", dir.path().display()),
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    let target_id = target["id"].as_str().expect("target id").to_owned();
+    let issuer = local_ca_issuer(&client, "ca").await;
+    let cert = new_certificate(&client, "web", &issuer, Some(&target_id)).await;
+    let cert_id = cert["id"].as_str().expect("cert id").to_owned();
+    // Nothing issued yet: nothing to revoke.
+    let line = api_error(
+        &certplane(&["certs", "revoke", &cert_id], &client).await,
+        "conflict",
+    );
+    assert!(line.contains("has no issued version to revoke"), "{line}");
+
+    // The scheduler issues and deploys; the deployment fails verification.
+    let scheduler = certplane_host::jobs::start(host.app.state.clone(), CancellationToken::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deployment_id = loop {
+        let jobs = host
+            .app
+            .store
+            .list_jobs(&JobFilter {
+                certificate_id: Some(cert_id.clone()),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("jobs");
+        let deployment = jobs.iter().find(|j| j.job_type == JobType::Deployment);
+        match deployment.map(|j| j.status) {
+            Some(JobStatus::Failed) => break deployment.expect("deployment").id.clone(),
+            Some(JobStatus::Completed) => panic!("the deployment verified: {jobs:?}"),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed deployment within 20 s: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let report = scheduler.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_clean(), "{report:?}");
+
+    // The issued version, in the certificate's detail.
+    let detail =
+        ok_json(&certplane(&["certs", "get", &cert_id, "--output", "json"], &reader).await);
+    let version = &detail["versions"][0];
+    let version_id = version["id"].as_str().expect("version id").to_owned();
+    let issuance_id = version["job_id"].as_str().expect("job id").to_owned();
+    let fingerprint = version["fingerprint_sha256"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned();
+    assert_eq!(
+        detail["current_version_id"],
+        version_id.as_str(),
+        "{detail}"
+    );
+    let shown = ok(&certplane(&["certs", "get", &cert_id], &reader).await);
+    let versions_header = shown
+        .lines()
+        .find(|l| l.starts_with("VERSION "))
+        .unwrap_or_else(|| panic!("no versions table:\n{shown}"));
+    assert!(
+        versions_header.contains("SERIAL") && versions_header.ends_with("JOB"),
+        "{shown}"
+    );
+    let version_row = shown
+        .lines()
+        .find(|l| l.starts_with(&version_id))
+        .unwrap_or_else(|| panic!("no version row:\n{shown}"));
+    assert!(version_row.ends_with(&issuance_id), "{shown}");
+    assert_eq!(field(&shown, "CURRENT VERSION ID"), version_id, "{shown}");
+    // Valid 30 days: expiring within 60, not within 1.
+    let soon = ok_json(
+        &certplane(
+            &[
+                "certs",
+                "list",
+                "--expiring-within-days",
+                "60",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(item_ids(&soon), vec![cert_id.clone()], "{soon}");
+    let not_yet = ok_json(
+        &certplane(
+            &[
+                "certs",
+                "list",
+                "--expiring-within-days",
+                "1",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(not_yet["total"], 0, "{not_yet}");
+
+    // Jobs: listed per certificate and type, shown one by one.
+    let page = ok_json(
+        &certplane(
+            &[
+                "jobs",
+                "list",
+                "--certificate",
+                &cert_id,
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    let ids = item_ids(&page);
+    assert!(
+        ids.contains(&issuance_id) && ids.contains(&deployment_id),
+        "{page}"
+    );
+    let table = ok(&certplane(&["jobs", "list", "--type", "deployment"], &reader).await);
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 1, "{table}");
+    assert_eq!(
+        listed[0][..4],
+        [
+            deployment_id.as_str(),
+            "deployment",
+            "failed",
+            cert_id.as_str()
+        ]
+    );
+    assert!(
+        table.contains("failed verification: the endpoint serves another certificate"),
+        "{table}"
+    );
+    let failed = ok_json(
+        &certplane(
+            &[
+                "jobs", "list", "--status", "failed", "--agent", "host", "--output", "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(item_ids(&failed), vec![deployment_id.clone()], "{failed}");
+    let issuance =
+        ok_json(&certplane(&["jobs", "get", &issuance_id, "--output", "json"], &reader).await);
+    assert_eq!(issuance["job_type"], "issuance", "{issuance}");
+    assert_eq!(issuance["status"], "completed", "{issuance}");
+    assert_eq!(issuance["certificate_id"], cert_id.as_str(), "{issuance}");
+    let shown = ok(&certplane(&["jobs", "get", &deployment_id], &reader).await);
+    assert_eq!(field(&shown, "JOB TYPE"), "deployment", "{shown}");
+    assert_eq!(field(&shown, "STATUS"), "failed", "{shown}");
+    assert_eq!(field(&shown, "TARGET ID"), target_id, "{shown}");
+    assert_eq!(field(&shown, "AGENT ID"), "host", "{shown}");
+
+    // The verification record: this host's certificate, not the new one.
+    let verification = ok_json(
+        &certplane(
+            &["jobs", "verification", &deployment_id, "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(
+        verification["job_id"],
+        deployment_id.as_str(),
+        "{verification}"
+    );
+    assert_eq!(verification["status"], "mismatch", "{verification}");
+    assert_eq!(verification["fingerprint_matches"], false, "{verification}");
+    assert_eq!(
+        verification["observed_fingerprint"],
+        host.fingerprint.as_str(),
+        "{verification}"
+    );
+    assert_eq!(
+        verification["expected_fingerprint"],
+        fingerprint.as_str(),
+        "{verification}"
+    );
+    assert_eq!(verification["reported_by"], "host", "{verification}");
+    assert_eq!(
+        verification["endpoint"]["port"], host.port,
+        "{verification}"
+    );
+    assert_eq!(
+        verification["endpoint"]["server_name"], "www.example.test",
+        "{verification}"
+    );
+    let shown = ok(&certplane(&["jobs", "verification", &deployment_id], &reader).await);
+    assert_eq!(field(&shown, "STATUS"), "mismatch", "{shown}");
+    assert_eq!(field(&shown, "FINGERPRINT MATCHES"), "no", "{shown}");
+    assert_eq!(
+        field(&shown, "OBSERVED FINGERPRINT"),
+        host.fingerprint,
+        "{shown}"
+    );
+    let line = api_error(
+        &certplane(&["jobs", "verification", &issuance_id], &reader).await,
+        "not_found",
+    );
+    assert!(line.contains("verification of issuance job"), "{line}");
+
+    // Retry the failed deployment, then cancel it.
+    api_error(
+        &certplane(&["jobs", "retry", &deployment_id], &reader).await,
+        "forbidden",
+    );
+    let retried = ok_json(
+        &certplane(
+            &["jobs", "retry", &deployment_id, "--output", "json"],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(retried["id"], deployment_id.as_str(), "{retried}");
+    assert_eq!(retried["status"], "pending", "{retried}");
+    let line = api_error(
+        &certplane(&["jobs", "retry", &deployment_id], &client).await,
+        "conflict",
+    );
+    assert!(
+        line.contains("is pending, only failed jobs can be retried"),
+        "{line}"
+    );
+    // An open job keeps its target in use.
+    let line = api_error(
+        &certplane(&["targets", "delete", &target_id], &client).await,
+        "conflict",
+    );
+    assert!(line.contains("1 open job(s)"), "{line}");
+    let cancelled = ok(&certplane(
+        &[
+            "jobs",
+            "cancel",
+            &deployment_id,
+            "--reason",
+            "endpoint not ready",
+        ],
+        &client,
+    )
+    .await);
+    assert_eq!(field(&cancelled, "STATUS"), "cancelled", "{cancelled}");
+    assert_eq!(
+        field(&cancelled, "LAST ERROR"),
+        "endpoint not ready",
+        "{cancelled}"
+    );
+    let line = api_error(
+        &certplane(&["jobs", "cancel", &deployment_id], &client).await,
+        "conflict",
+    );
+    assert!(line.contains("is already cancelled"), "{line}");
+    let line = api_error(
+        &certplane(&["jobs", "retry", &deployment_id], &client).await,
+        "conflict",
+    );
+    assert!(line.contains("is cancelled"), "{line}");
+    let events = ok_json(
+        &certplane(
+            &[
+                "audit",
+                "list",
+                "--subject-type",
+                "job",
+                "--subject-id",
+                &deployment_id,
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    let actions: Vec<&str> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["job.cancel", "job.retry"], "{events}");
+    assert_eq!(events["items"][0]["actor"], "apikey:operator", "{events}");
+
+    // Revoke the version in force: one open revocation at a time.
+    let line = api_error(
+        &certplane(&["certs", "revoke", &cert_id, "--reason", "lost"], &client).await,
+        "validation_failed",
+    );
+    assert!(line.contains("unknown variant `lost`"), "{line}");
+    let revocation = ok_json(
+        &certplane(
+            &[
+                "certs",
+                "revoke",
+                &cert_id,
+                "--reason",
+                "key-compromise",
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(
+        revocation["certificate_version_id"],
+        version_id.as_str(),
+        "{revocation}"
+    );
+    assert_eq!(revocation["reason"], "key-compromise", "{revocation}");
+    let revocation_id = revocation["job_id"].as_str().expect("job id").to_owned();
+    let line = api_error(
+        &certplane(&["certs", "revoke", &cert_id], &client).await,
+        "conflict",
+    );
+    assert!(
+        line.contains(&format!("already under way (job {revocation_id})")),
+        "{line}"
+    );
+    let job = ok_json(
+        &certplane(
+            &["jobs", "get", &revocation_id, "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(job["job_type"], "revocation", "{job}");
+    assert_eq!(job["status"], "pending", "{job}");
+    assert_eq!(job["payload"]["reason"], "key-compromise", "{job}");
+    // Cancelled without a reason: the actor is recorded instead.
+    let cancelled = ok_json(
+        &certplane(
+            &["jobs", "cancel", &revocation_id, "--output", "json"],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(
+        cancelled["last_error"], "cancelled by apikey:operator",
+        "{cancelled}"
+    );
+    // Then it can be asked for again (table form).
+    let again = ok(&certplane(&["certs", "revoke", &cert_id], &client).await);
+    assert_eq!(field(&again, "REASON"), "unspecified", "{again}");
+    assert_eq!(
+        field(&again, "CERTIFICATE VERSION ID"),
+        version_id,
+        "{again}"
+    );
+    assert_ne!(field(&again, "JOB ID"), revocation_id, "{again}");
+
+    // Renew now: due at once; not for a disabled certificate.
+    let renewed = ok(&certplane(&["certs", "renew", &cert_id], &client).await);
+    assert!(
+        renewed.starts_with(&format!("renewal of {cert_id} requested (due 20")),
+        "{renewed}"
+    );
+    let renewed =
+        ok_json(&certplane(&["certs", "renew", &cert_id, "--output", "json"], &client).await);
+    assert_eq!(renewed["id"], cert_id.as_str(), "{renewed}");
+    assert!(renewed["renew_at"].is_string(), "{renewed}");
+    let updated = ok_json(
+        &certplane(
+            &[
+                "certs",
+                "update",
+                &cert_id,
+                "--status",
+                "disabled",
+                "--renew-before-days",
+                "5",
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(updated["renew_before_days"], 5, "{updated}");
+    let line = api_error(
+        &certplane(&["certs", "renew", &cert_id], &client).await,
+        "conflict",
+    );
+    assert!(
+        line.contains("only active certificates are renewed"),
+        "{line}"
+    );
+
+    // Unknown ids, for every job command and the certificate levers.
+    for command in [
+        &["jobs", "get"][..],
+        &["jobs", "cancel"],
+        &["jobs", "retry"],
+        &["jobs", "verification"],
+        &["certs", "renew"],
+        &["certs", "revoke"],
+        &["certs", "update"],
+        &["certs", "retire"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("no-such-id");
+        let out = certplane(&args, &client).await;
+        let line = api_error(&out, "not_found");
+        assert!(line.contains("no-such-id"), "{command:?}: {line}");
+    }
+    let line = api_error(
+        &certplane(&["jobs", "list", "--status", "stuck"], &reader).await,
+        "bad_request",
+    );
+    assert!(line.contains("stuck"), "{line}");
+}
+
+// ---------------------------------------------------------------- audit
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_list_filters_and_paging() {
+    let host = Host::start(false).await;
+    let operator = host.ca_args(&host.app.operator);
+    let admin = host.ca_args(&host.app.admin);
+    let reader = host.ca_args(&host.app.reader);
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let issuer = local_ca_issuer(&operator, "ca").await;
+    let cert = new_certificate(&admin, "web", &issuer, None).await;
+    let cert_id = cert["id"].as_str().expect("cert id").to_owned();
+    ok(&certplane(
+        &["certs", "update", &cert_id, "--owner", "team-a"],
+        &operator,
+    )
+    .await);
+
+    let all = ok_json(&certplane(&["audit", "list", "--output", "json"], &reader).await);
+    let total = all["total"].as_u64().expect("total");
+    assert!(total >= 3, "{all}");
+    // By subject type and subject: the issuer's creation...
+    let issuers = ok_json(
+        &certplane(
+            &[
+                "audit",
+                "list",
+                "--subject-type",
+                "issuer",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(issuers["total"], 1, "{issuers}");
+    let event = &issuers["items"][0];
+    assert_eq!(event["action"], "issuer.create", "{event}");
+    assert_eq!(event["actor"], "apikey:operator", "{event}");
+    assert_eq!(event["actor_type"], "api_key", "{event}");
+    assert_eq!(event["subject_id"], issuer.as_str(), "{event}");
+    assert_eq!(event["details"]["plugin"], "local-ca", "{event}");
+    // ...the certificate's history, newest first...
+    let history = ok_json(
+        &certplane(
+            &[
+                "audit",
+                "list",
+                "--subject-id",
+                &cert_id,
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    let actions: Vec<&str> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["certificate.update", "certificate.create"],
+        "{history}"
+    );
+    // ...and as a table.
+    let table = ok(&certplane(&["audit", "list", "--subject-id", &cert_id], &reader).await);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("AT") && header.ends_with("SUBJECT ID"),
+        "{table}"
+    );
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 2, "{table}");
+    // AT is a date and a time, then the actor, action, subject, id.
+    assert_eq!(
+        listed[1][2..],
+        [
+            "apikey:admin",
+            "certificate.create",
+            "certificate",
+            cert_id.as_str()
+        ],
+        "{table}"
+    );
+    // By actor.
+    let by_admin = ok_json(
+        &certplane(
+            &[
+                "audit",
+                "list",
+                "--actor",
+                "apikey:admin",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(by_admin["total"], 1, "{by_admin}");
+    assert_eq!(by_admin["items"][0]["subject_id"], cert_id.as_str());
+    let nobody = ok_json(
+        &certplane(
+            &[
+                "audit",
+                "list",
+                "--actor",
+                "apikey:nobody",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(nobody["total"], 0, "{nobody}");
+    // By time: a `+` offset survives the query string.
+    let since = before.format("%Y-%m-%dT%H:%M:%S+00:00").to_string();
+    let recent = ok_json(
+        &certplane(
+            &["audit", "list", "--since", &since, "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(recent["total"], total, "{recent}");
+    let old = ok_json(
+        &certplane(
+            &[
+                "audit",
+                "list",
+                "--until",
+                "2000-01-01T00:00:00Z",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(old["total"], 0, "{old}");
+    let future = ok_json(
+        &certplane(
+            &[
+                "audit",
+                "list",
+                "--since",
+                "2999-01-01T00:00:00Z",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(future["total"], 0, "{future}");
+    // Paging.
+    let first = ok(&certplane(&["audit", "list", "--per-page", "1"], &reader).await);
+    assert_eq!(rows(&first).len(), 1, "{first}");
+    assert!(
+        first.ends_with(&format!("(1-1 of {total}; --page 2 for more)\n")),
+        "{first}"
+    );
+    // Bad times: one line each.
+    let line = api_error(
+        &certplane(&["audit", "list", "--since", "yesterday"], &reader).await,
+        "bad_request",
+    );
+    assert!(
+        line.contains("since must be an RFC 3339 timestamp"),
+        "{line}"
+    );
+    let line = api_error(
+        &certplane(
+            &[
+                "audit",
+                "list",
+                "--since",
+                "2025-02-01T00:00:00Z",
+                "--until",
+                "2025-01-01T00:00:00Z",
+            ],
+            &reader,
+        )
+        .await,
+        "bad_request",
+    );
+    assert!(line.contains("since must not be after until"), "{line}");
 }
