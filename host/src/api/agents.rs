@@ -1134,7 +1134,8 @@ async fn retire_agent(
         RetireOutcome::NotFound => Err(ApiError::not_found(format!("agent {id}"))),
         RetireOutcome::Blocked(deps) => Err(ApiError::conflict(format!(
             "agent {id} still has {} active target(s), {} active certificate(s) and {} open job(s); \
-             move them or retire with force=true and a reason",
+             move them, or force the retirement with a reason (API: force=true&reason=…; \
+             CLI: --force --reason …), which retires its targets too",
             deps.active_targets, deps.active_certificates, deps.pending_jobs
         ))
         .with_extra(json!({ "counts": DependencyCounts::from(deps) }))),

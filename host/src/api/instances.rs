@@ -996,7 +996,8 @@ async fn delete(
                     return Err(ApiError::not_found(format!("issuer {id:?}")));
                 }
                 return Err(ApiError::conflict(format!(
-                    "issuer {id:?} is used by {n} certificate(s); retire or move them first"
+                    "issuer {id:?} is named by {n} certificate(s), retired ones included (their \
+                     versions keep the issuer that signed them); it cannot be deleted"
                 ))
                 .with_extra(json!({ "counts": { "certificates": n } })));
             }
