@@ -11,14 +11,15 @@
 //!   plugin-cache/                    compiled connector components
 //! ```
 //!
-//! Files are written to a temporary file in the same directory with the
-//! final mode and then renamed, so a crash (even SIGKILL) leaves either the
-//! old or the new file, never a torn one.
+//! Files are written to a uniquely named temporary file in the same
+//! directory with the final mode and then renamed, so a crash (even
+//! SIGKILL) leaves either the old or the new file, never a torn one.
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,9 @@ pub struct Status {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// Serialises read-modify-write updates of `status.json` (the
+    /// heartbeat task and the poll loop both record contact).
+    status_lock: Arc<Mutex<()>>,
 }
 
 const CREDENTIAL: &str = "credential.json";
@@ -107,6 +111,7 @@ impl StateDir {
         create_private_dir(root)?;
         let dir = StateDir {
             root: root.to_path_buf(),
+            status_lock: Arc::default(),
         };
         create_private_dir(&dir.root.join(KEYS))?;
         create_private_dir(&dir.root.join(ENDPOINTS))?;
@@ -118,6 +123,7 @@ impl StateDir {
     pub fn existing(root: &Path) -> Option<StateDir> {
         root.is_dir().then(|| StateDir {
             root: root.to_path_buf(),
+            status_lock: Arc::default(),
         })
     }
 
@@ -148,6 +154,7 @@ impl StateDir {
 
     /// Applies `change` to the stored status.
     pub fn update_status(&self, change: impl FnOnce(&mut Status)) -> Result<(), StateError> {
+        let _held = self.status_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut status = self.status()?;
         change(&mut status);
         write_json(&self.root.join(STATUS), &status)
@@ -283,35 +290,23 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     write_private(path, &bytes)
 }
 
-/// Writes `bytes` to `path` with mode 0600: a temporary file created 0600
-/// in the same directory, synced, then renamed over `path`.
+/// Writes `bytes` to `path` with mode 0600: a uniquely named temporary
+/// file (created 0600 by `tempfile`) in the same directory, synced, then
+/// renamed over `path`.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(StateError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
 
@@ -370,6 +365,33 @@ mod tests {
                 Err(StateError::UnsafeId(_))
             ));
         }
+    }
+
+    #[test]
+    fn concurrent_status_updates_are_not_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        state.update_status(|s| s.jobs_done += 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(state.status().unwrap().jobs_done, 100);
+        assert_eq!(mode(&tmp.path().join(STATUS)), 0o600);
+        let leftovers: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left behind");
     }
 
     #[test]
