@@ -272,6 +272,15 @@ impl Executor {
             .deploy(&bundle, &key, "{}")
             .await
             .map_err(|e| Failure::of_call(&e))?;
+        match self.state.prune_keys(&cert.id, &spki) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(certificate_id = %cert.id, removed = n, "superseded private keys removed")
+            }
+            Err(e) => {
+                tracing::warn!(certificate_id = %cert.id, error = %e, "cannot prune superseded keys")
+            }
+        }
         let mut report = JobReport::success(job.attempt, result.changed);
         if let Some(at) = result.verify_at {
             let endpoint = Endpoint {

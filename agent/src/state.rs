@@ -7,6 +7,7 @@
 //!   credential.json            0600  agent id + credential + host URL
 //!   status.json                0600  last contact, last error (for `status`)
 //!   keys/<cert-id>/<spki>.pem  0600  private keys, by SHA-256 of the public key
+//!                                    (older ones pruned after a deployment)
 //!   endpoints/<target>--<cert-id>.json  where the last deployment was verified
 //!   plugin-cache/                    compiled connector components
 //! ```
@@ -195,6 +196,31 @@ impl StateDir {
         }
     }
 
+    /// Deletes the keys of `certificate_id` generated before the one whose
+    /// public key hashes to `keep` (superseded by a renewal, or orphaned by
+    /// an issuance that never completed); returns how many. Newer keys (a
+    /// renewal's CSR in flight) are kept.
+    pub fn prune_keys(&self, certificate_id: &str, keep: &str) -> Result<usize, StateError> {
+        let dir = self.root.join(KEYS).join(safe_id(certificate_id)?);
+        let kept = dir.join(format!("{}.pem", safe_id(keep)?));
+        let modified = |p: &Path| {
+            fs::metadata(p)
+                .and_then(|m| m.modified())
+                .map_err(io_err(p))
+        };
+        let cutoff = modified(&kept)?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            let is_key = path.extension().is_some_and(|e| e == "pem");
+            if is_key && path != kept && modified(&path)? <= cutoff {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Records where the deployment of `certificate_id` through `target_id`
     /// is verified, for later verification jobs.
     pub fn save_endpoint(
@@ -343,6 +369,31 @@ mod tests {
             "KEY"
         );
         assert!(state.load_key("cert-1", "cd34").unwrap().is_none());
+    }
+
+    #[test]
+    fn superseded_keys_are_pruned_newer_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
+        state.save_key("c", "old", "K0").unwrap();
+        pause();
+        state.save_key("c", "orphan", "K1").unwrap();
+        pause();
+        state.save_key("c", "current", "K2").unwrap();
+        pause();
+        state.save_key("c", "next", "K3").unwrap();
+        state.save_key("other", "old", "X").unwrap();
+        assert_eq!(state.prune_keys("c", "current").unwrap(), 2);
+        assert!(state.load_key("c", "old").unwrap().is_none());
+        assert!(state.load_key("c", "orphan").unwrap().is_none());
+        assert!(state.load_key("c", "current").unwrap().is_some());
+        assert!(
+            state.load_key("c", "next").unwrap().is_some(),
+            "a newer key is kept"
+        );
+        assert!(state.load_key("other", "old").unwrap().is_some());
+        assert!(state.prune_keys("c", "missing").is_err());
     }
 
     #[test]
