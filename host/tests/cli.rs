@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 
 use certplane_host::config::HostConfig;
-use certplane_host::store::{JobFilter, JobStatus, JobType};
+use certplane_host::store::{JobFilter, JobStatus, JobType, NewNotification};
 use certplane_host::tls;
 use common::Backend;
 use common::app::{BOOTSTRAP, TestApp};
@@ -767,7 +767,7 @@ async fn issuers_list_get_and_delete() {
     new_certificate(&client, "web", &used, None).await;
     let refused = certplane(&["issuers", "delete", &used], &client).await;
     let line = api_error(&refused, "conflict");
-    assert!(line.contains("is used by 1 certificate(s)"), "{line}");
+    assert!(line.contains("1 certificate(s)"), "{line}");
     let denied = certplane(&["issuers", "delete", &spare], &reader).await;
     api_error(&denied, "forbidden");
     let deleted = ok(&certplane(&["issuers", "delete", &spare], &client).await);
@@ -864,6 +864,44 @@ async fn instance_and_global_flags_are_checked() {
         line.contains("secret ca_private_key_pem is given twice"),
         "{line}"
     );
+    // A repeated --secret too, without showing either value.
+    let line = one_line_error(
+        &run(
+            create(&[
+                "--settings",
+                &settings,
+                "--secret",
+                "ca_private_key_pem=first-value",
+                "--secret",
+                "ca_private_key_pem=second-value",
+            ]),
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains("secret ca_private_key_pem is given twice") && !line.contains("-value"),
+        "{line}"
+    );
+    // Standard input is read by one --secret-file at most.
+    let line = one_line_error(
+        &run(
+            create(&[
+                "--settings",
+                &settings,
+                "--secret-file",
+                "ca_private_key_pem=-",
+                "--secret-file",
+                "other=-",
+            ]),
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains("only one --secret-file can read standard input"),
+        "{line}"
+    );
 
     // Refused by the server (422), with its reason.
     let wrong_kind = run(
@@ -937,8 +975,12 @@ async fn instance_and_global_flags_are_checked() {
         "--issuer <ISSUER>",
     );
     usage_error(
-        &certplane(&["notifiers", "list"], &client).await,
-        "unrecognized subcommand 'notifiers'",
+        &certplane(&["notifiers", "create", "--name", "n"], &client).await,
+        "--plugin <PLUGIN>",
+    );
+    usage_error(
+        &certplane(&["certs", "unplug"], &client).await,
+        "unrecognized subcommand 'unplug'",
     );
     let zero = certplane(&["issuers", "list", "--per-page", "0"], &client).await;
     let line = api_error(&zero, "bad_request");
@@ -1097,7 +1139,7 @@ async fn targets_on_the_host_agent() {
     }
     let line = one_line_error(&run(target("t", &["--grant-dir", "/srv/certs"]), &client).await);
     assert!(
-        line.contains("--grant-dir `/srv/certs` is not PATH:GUEST_PATH[:rw]"),
+        line.contains("--grant-dir `/srv/certs` is not PATH:GUEST_PATH[:rw|:ro]"),
         "{line}"
     );
     let line = one_line_error(
@@ -1107,7 +1149,7 @@ async fn targets_on_the_host_agent() {
         )
         .await,
     );
-    assert!(line.contains("is not PATH:GUEST_PATH[:rw]"), "{line}");
+    assert!(line.contains("is not PATH:GUEST_PATH[:rw|:ro]"), "{line}");
     let line = api_error(
         &run(
             target("t", &["--grant-dir", "srv/certs:/certs:rw"]),
@@ -1572,6 +1614,24 @@ async fn issued_certificate_jobs_verification_and_revocation() {
         "not_found",
     );
     assert!(line.contains("verification of issuance job"), "{line}");
+    // Only a completed deployment can be verified again.
+    let line = api_error(
+        &certplane(&["jobs", "verify", &deployment_id], &client).await,
+        "conflict",
+    );
+    assert!(
+        line.contains("is failed; it can be verified once completed"),
+        "{line}"
+    );
+    let line = api_error(
+        &certplane(
+            &["jobs", "verify", &issuance_id, "--output", "json"],
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+    assert!(line.contains("only deployments can be verified"), "{line}");
 
     // Retry the failed deployment, then cancel it.
     api_error(
@@ -1765,6 +1825,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
         &["jobs", "cancel"],
         &["jobs", "retry"],
         &["jobs", "verification"],
+        &["jobs", "verify"],
         &["certs", "renew"],
         &["certs", "revoke"],
         &["certs", "update"],
@@ -1976,4 +2037,969 @@ async fn audit_list_filters_and_paging() {
         "bad_request",
     );
     assert!(line.contains("since must not be after until"), "{line}");
+}
+
+// ------------------------------------------------------ instance updates
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuers_update_settings_secrets_and_grants() {
+    let host = Host::start(false).await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+    let (settings, key) = local_ca_settings();
+    let created = ok_json(
+        &certplane(
+            &[
+                "issuers",
+                "create",
+                "--name",
+                "ca",
+                "--plugin",
+                "local-ca",
+                "--settings",
+                &settings,
+                "--secret",
+                &format!("ca_private_key_pem={key}"),
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+    let mut new_settings: Value = serde_json::from_str(&settings).unwrap();
+    new_settings["validity_days"] = 7.into();
+    let new_settings = new_settings.to_string();
+
+    // Settings only (table): replaced, the key and grants kept.
+    let shown = ok(&certplane(
+        &["issuers", "update", &id, "--settings", &new_settings],
+        &client,
+    )
+    .await);
+    assert_eq!(field(&shown, "ID"), id, "{shown}");
+    assert!(
+        field(&shown, "SETTINGS").contains("\"validity_days\":7"),
+        "{shown}"
+    );
+    assert_eq!(
+        field(&shown, "SECRET NAMES"),
+        "ca_private_key_pem",
+        "{shown}"
+    );
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+
+    // Grants (JSON): sent only with a grant flag, replaced, then cleared.
+    let granted = ok_json(
+        &certplane(
+            &[
+                "issuers",
+                "update",
+                &id,
+                "--grant-host",
+                "https://ca.example.test:443",
+                "--grant-host",
+                "https://ocsp.example.test",
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(
+        granted["grants"]["hosts"],
+        serde_json::json!(["https://ca.example.test:443", "https://ocsp.example.test"]),
+        "{granted}"
+    );
+    assert_eq!(granted["settings"]["validity_days"], 7, "{granted}");
+    // The key again, from a file: grants untouched.
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), format!("{key}\n")).unwrap();
+    let rekeyed = ok_json(
+        &certplane(
+            &[
+                "issuers",
+                "update",
+                &id,
+                "--secret-file",
+                &format!("ca_private_key_pem={}", key_file.path().display()),
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(rekeyed["grants"], granted["grants"], "{rekeyed}");
+    assert_eq!(
+        rekeyed["secret_names"],
+        serde_json::json!(["ca_private_key_pem"])
+    );
+    let cleared = ok_json(
+        &certplane(
+            &[
+                "issuers",
+                "update",
+                &id,
+                "--clear-grants",
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(
+        cleared["grants"],
+        serde_json::json!({ "hosts": [], "directories": [] }),
+        "{cleared}"
+    );
+    // Every update was audited.
+    let events = ok_json(
+        &certplane(
+            &["audit", "list", "--subject-id", &id, "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    let updates = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "issuer.update")
+        .count();
+    assert_eq!(updates, 4, "{events}");
+
+    // Refused by the server: the plugin needs its key; unknown secrets;
+    // unknown ids; readers. Nothing changes.
+    let line = api_error(
+        &certplane(
+            &[
+                "issuers",
+                "update",
+                &id,
+                "--remove-secret",
+                "ca_private_key_pem",
+            ],
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+    assert!(line.contains("ca_private_key_pem"), "{line}");
+    let line = api_error(
+        &certplane(&["issuers", "update", &id, "--secret", "other=v"], &client).await,
+        "validation_failed",
+    );
+    assert!(line.contains("reads no secret named \"other\""), "{line}");
+    let line = api_error(
+        &certplane(
+            &[
+                "issuers",
+                "update",
+                "no-such-issuer",
+                "--settings",
+                &new_settings,
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+        "not_found",
+    );
+    assert!(line.contains("no-such-issuer"), "{line}");
+    api_error(
+        &certplane(&["issuers", "update", &id, "--clear-grants"], &reader).await,
+        "forbidden",
+    );
+    let detail = ok_json(&certplane(&["issuers", "get", &id, "--output", "json"], &reader).await);
+    assert_eq!(detail["settings"]["validity_days"], 7, "{detail}");
+    assert_eq!(
+        detail["secret_names"],
+        serde_json::json!(["ca_private_key_pem"])
+    );
+
+    // Refused locally, on one line, before anything is sent.
+    let line = one_line_error(&certplane(&["issuers", "update", &id], &client).await);
+    assert!(line.contains("nothing to update"), "{line}");
+    let line =
+        one_line_error(&certplane(&["issuers", "update", &id, "--settings", "[1]"], &client).await);
+    assert!(line.contains("--settings must be a JSON object"), "{line}");
+    let line = one_line_error(
+        &certplane(
+            &[
+                "issuers",
+                "update",
+                &id,
+                "--secret",
+                "ca_private_key_pem=one",
+                "--secret",
+                "ca_private_key_pem=two",
+            ],
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains("secret ca_private_key_pem is given twice"),
+        "{line}"
+    );
+    let line = one_line_error(
+        &certplane(
+            &[
+                "issuers",
+                "update",
+                &id,
+                "--secret-file",
+                &format!("ca_private_key_pem={}", key_file.path().display()),
+                "--remove-secret",
+                "ca_private_key_pem",
+            ],
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains("secret ca_private_key_pem is given twice"),
+        "{line}"
+    );
+    usage_error(
+        &certplane(
+            &[
+                "issuers",
+                "update",
+                &id,
+                "--clear-grants",
+                "--grant-host",
+                "https://ca.example.test",
+            ],
+            &client,
+        )
+        .await,
+        "cannot be used with",
+    );
+    usage_error(
+        &certplane(&["issuers", "update", &id, "--grant-dir", "/a:/b"], &client).await,
+        "unexpected argument '--grant-dir'",
+    );
+
+    // A delete as JSON prints `{}` (the server answers 204).
+    let out = certplane(&["issuers", "delete", &id, "--output", "json"], &client).await;
+    assert_eq!(ok(&out), "{}\n");
+    api_error(
+        &certplane(&["issuers", "delete", &id, "--output", "json"], &client).await,
+        "not_found",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_update_and_directory_grants_with_colons() {
+    let host = Host::start(false).await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+    let base = tempfile::tempdir().unwrap();
+    let plain = base.path().join("plain");
+    let colon = base.path().join("with:colon");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::create_dir(&colon).unwrap();
+    let plain = plain.display().to_string();
+    let colon = colon.display().to_string();
+
+    // A host path holding `:`: split from the right.
+    let created = ok_json(
+        &certplane(
+            &[
+                "targets",
+                "create",
+                "--name",
+                "files",
+                "--plugin",
+                "pem-files",
+                "--settings",
+                r#"{"directory":"/certs"}"#,
+                "--grant-dir",
+                &format!("{colon}:/certs:rw"),
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        created["grants"]["directories"],
+        serde_json::json!([{ "path": colon, "guest_path": "/certs", "writable": true }]),
+        "{created}"
+    );
+
+    // Grants are replaced as a whole: directories and hosts.
+    let updated = ok_json(
+        &certplane(
+            &[
+                "targets",
+                "update",
+                &id,
+                "--grant-dir",
+                &format!("{plain}:/certs:rw"),
+                "--grant-host",
+                "https://hooks.example.test:443",
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    let grants = serde_json::json!({
+        "hosts": ["https://hooks.example.test:443"],
+        "directories": [{ "path": plain, "guest_path": "/certs", "writable": true }],
+    });
+    assert_eq!(updated["grants"], grants, "{updated}");
+    // A host grant alone leaves no directory, which pem-files refuses; a
+    // read-only one too (it must write). Nothing changes.
+    let line = api_error(
+        &certplane(
+            &[
+                "targets",
+                "update",
+                &id,
+                "--grant-host",
+                "https://hooks.example.test:443",
+            ],
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+    assert!(line.contains("pem-files"), "{line}");
+    api_error(
+        &certplane(
+            &[
+                "targets",
+                "update",
+                &id,
+                "--grant-dir",
+                &format!("{colon}:/certs:ro"),
+            ],
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+    let detail = ok_json(&certplane(&["targets", "get", &id, "--output", "json"], &reader).await);
+    assert_eq!(detail["grants"], grants, "{detail}");
+
+    // Settings only (table): the grants kept.
+    let shown = ok(&certplane(
+        &[
+            "targets",
+            "update",
+            &id,
+            "--settings",
+            r#"{"directory":"/certs","layout":"combined"}"#,
+        ],
+        &client,
+    )
+    .await);
+    assert_eq!(field(&shown, "ID"), id, "{shown}");
+    assert!(
+        field(&shown, "SETTINGS").contains("\"layout\":\"combined\""),
+        "{shown}"
+    );
+    assert!(field(&shown, "GRANTS").contains(&plain), "{shown}");
+
+    // Refused locally or by clap; unknown ids.
+    let line = one_line_error(
+        &certplane(
+            &["targets", "update", &id, "--grant-dir", "/srv/certs:rw"],
+            &client,
+        )
+        .await,
+    );
+    assert!(
+        line.contains("--grant-dir `/srv/certs:rw` is not PATH:GUEST_PATH[:rw|:ro]"),
+        "{line}"
+    );
+    usage_error(
+        &certplane(
+            &[
+                "targets",
+                "update",
+                &id,
+                "--clear-grants",
+                "--grant-dir",
+                &format!("{plain}:/certs:rw"),
+            ],
+            &client,
+        )
+        .await,
+        "cannot be used with",
+    );
+    api_error(
+        &certplane(
+            &[
+                "targets",
+                "update",
+                "no-such-target",
+                "--settings",
+                "{}",
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+        "not_found",
+    );
+
+    // Deleted as JSON: `{}`, also when it was already retired; a retired
+    // target takes no update.
+    let out = certplane(&["targets", "delete", &id, "--output", "json"], &client).await;
+    assert_eq!(ok(&out), "{}\n");
+    let out = certplane(&["targets", "delete", &id, "--output", "json"], &client).await;
+    assert_eq!(ok(&out), "{}\n");
+    let line = api_error(
+        &certplane(&["targets", "update", &id, "--settings", "{}"], &client).await,
+        "conflict",
+    );
+    assert!(line.contains("is retired"), "{line}");
+}
+
+// ------------------------------------------- notifiers, notifications
+
+/// A Standard Webhooks signing secret (`whsec_` + base64).
+const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// `webhook` settings posting to a local port nothing listens on (no
+/// delivery runs in these tests).
+fn webhook_settings(port: u16) -> String {
+    serde_json::json!({ "url": format!("http://127.0.0.1:{port}/hooks") }).to_string()
+}
+
+/// Creates a `webhook` notifier with `certplane notifiers create` and
+/// returns its id.
+async fn webhook_notifier(client: &[String], name: &str) -> String {
+    let notifier = ok_json(
+        &certplane(
+            &[
+                "notifiers",
+                "create",
+                "--name",
+                name,
+                "--plugin",
+                "webhook",
+                "--settings",
+                &webhook_settings(9),
+                "--secret",
+                &format!("signing_secret={WEBHOOK_SECRET}"),
+                "--grant-host",
+                "http://127.0.0.1:9",
+                "--output",
+                "json",
+            ],
+            client,
+        )
+        .await,
+    );
+    assert_eq!(notifier["plugin"], "webhook", "{notifier}");
+    notifier["id"].as_str().expect("notifier id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifiers_create_list_get_update_delete() {
+    let host = Host::start(false).await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+
+    // Created as a table (secret from a file), and as JSON.
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), format!("{WEBHOOK_SECRET}\n")).unwrap();
+    let created = ok(&certplane(
+        &[
+            "notifiers",
+            "create",
+            "--name",
+            "hooks",
+            "--plugin",
+            "webhook",
+            "--settings",
+            &webhook_settings(9),
+            "--secret-file",
+            &format!("signing_secret={}", secret_file.path().display()),
+            "--grant-host",
+            "http://127.0.0.1:9",
+        ],
+        &client,
+    )
+    .await);
+    let id = field(&created, "ID");
+    assert_eq!(field(&created, "KIND"), "notifier", "{created}");
+    assert_eq!(field(&created, "PLUGIN"), "webhook", "{created}");
+    assert_eq!(
+        field(&created, "SECRET NAMES"),
+        "signing_secret",
+        "{created}"
+    );
+    assert!(!created.contains("whsec_"), "{created}");
+    let other = webhook_notifier(&client, "hooks-2").await;
+
+    // List and get.
+    let table = ok(&certplane(&["notifiers", "list"], &reader).await);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("ID") && header.contains("PLUGIN") && header.ends_with("CREATED"),
+        "{table}"
+    );
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 2, "{table}");
+    let row = listed.iter().find(|r| r[0] == id).expect("listed");
+    assert_eq!(row[1..3], ["hooks", "webhook"], "{table}");
+    let page = ok_json(&certplane(&["notifiers", "list", "--output", "json"], &reader).await);
+    assert_eq!(page["total"], 2, "{page}");
+    let first = ok(&certplane(&["notifiers", "list", "--per-page", "1"], &reader).await);
+    assert!(
+        first.ends_with("(1-1 of 2; --page 2 for more)\n"),
+        "{first}"
+    );
+    let detail = ok_json(&certplane(&["notifiers", "get", &id, "--output", "json"], &reader).await);
+    assert_eq!(detail["kind"], "notifier", "{detail}");
+    assert_eq!(
+        detail["settings"]["url"], "http://127.0.0.1:9/hooks",
+        "{detail}"
+    );
+    assert_eq!(
+        detail["grants"]["hosts"],
+        serde_json::json!(["http://127.0.0.1:9"])
+    );
+    assert_eq!(
+        detail["secret_names"],
+        serde_json::json!(["signing_secret"])
+    );
+    let shown = ok(&certplane(&["notifiers", "get", &id], &reader).await);
+    assert_eq!(field(&shown, "NAME"), "hooks", "{shown}");
+
+    // Update: a new receiver and its grant; the secret kept.
+    let updated = ok_json(
+        &certplane(
+            &[
+                "notifiers",
+                "update",
+                &id,
+                "--settings",
+                &webhook_settings(10),
+                "--grant-host",
+                "http://127.0.0.1:10",
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(
+        updated["settings"]["url"], "http://127.0.0.1:10/hooks",
+        "{updated}"
+    );
+    assert_eq!(
+        updated["grants"]["hosts"],
+        serde_json::json!(["http://127.0.0.1:10"])
+    );
+    assert_eq!(
+        updated["secret_names"],
+        serde_json::json!(["signing_secret"])
+    );
+    let shown = ok(&certplane(
+        &[
+            "notifiers",
+            "update",
+            &id,
+            "--secret",
+            &format!("signing_secret={WEBHOOK_SECRET}"),
+        ],
+        &client,
+    )
+    .await);
+    assert_eq!(field(&shown, "SECRET NAMES"), "signing_secret", "{shown}");
+    // A malformed secret is refused by the plugin, without its value.
+    let line = api_error(
+        &certplane(
+            &[
+                "notifiers",
+                "update",
+                &id,
+                "--secret",
+                "signing_secret=whsec_not*base64",
+            ],
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+    assert!(
+        line.contains("signing_secret") && !line.contains("not*base64"),
+        "{line}"
+    );
+    api_error(
+        &certplane(
+            &[
+                "notifiers",
+                "update",
+                &id,
+                "--remove-secret",
+                "signing_secret",
+            ],
+            &client,
+        )
+        .await,
+        "validation_failed",
+    );
+
+    // Creation errors: no secret, wrong plugin kind, directory grants,
+    // readers.
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "notifiers".to_owned(),
+            "create".into(),
+            "--name".into(),
+            "n".into(),
+            "--settings".into(),
+            webhook_settings(9),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    async fn run(args: Vec<String>, client: &[String]) -> Output {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        certplane(&args, client).await
+    }
+    let line = api_error(
+        &run(create(&["--plugin", "webhook"]), &client).await,
+        "validation_failed",
+    );
+    assert!(line.contains("signing_secret"), "{line}");
+    let line = api_error(
+        &run(create(&["--plugin", "local-ca"]), &client).await,
+        "validation_failed",
+    );
+    assert!(
+        line.contains("plugin local-ca") && line.contains("not a notifier"),
+        "{line}"
+    );
+    usage_error(
+        &run(
+            create(&["--plugin", "webhook", "--grant-dir", "/a:/b"]),
+            &client,
+        )
+        .await,
+        "unexpected argument '--grant-dir'",
+    );
+    api_error(
+        &run(
+            create(&[
+                "--plugin",
+                "webhook",
+                "--secret",
+                &format!("signing_secret={WEBHOOK_SECRET}"),
+            ]),
+            &reader,
+        )
+        .await,
+        "forbidden",
+    );
+
+    // Unknown ids.
+    for command in [
+        &["notifiers", "get"][..],
+        &["notifiers", "delete"],
+        &["notifiers", "update", "--clear-grants", "--output", "json"],
+    ] {
+        let mut args = command.to_vec();
+        args.insert(2, "no-such-notifier");
+        let line = api_error(&certplane(&args, &client).await, "not_found");
+        assert!(line.contains("no-such-notifier"), "{command:?}: {line}");
+    }
+
+    // Delete: a table line, or `{}` as JSON.
+    let deleted = ok(&certplane(&["notifiers", "delete", &id], &client).await);
+    assert_eq!(deleted, format!("deleted notifier {id}\n"));
+    let out = certplane(
+        &["notifiers", "delete", &other, "--output", "json"],
+        &client,
+    )
+    .await;
+    assert_eq!(ok(&out), "{}\n");
+    api_error(
+        &certplane(&["notifiers", "get", &id], &reader).await,
+        "not_found",
+    );
+    let page = ok_json(&certplane(&["notifiers", "list", "--output", "json"], &reader).await);
+    assert_eq!(page["total"], 0, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_list_filter_and_get() {
+    let host = Host::start(false).await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+    let notifier = webhook_notifier(&client, "hooks").await;
+
+    // Three queued (no delivery loop runs here); one marked sent.
+    let mut ids = Vec::new();
+    for (i, event) in ["certificate.expiring", "job.failed", "certificate.renewed"]
+        .into_iter()
+        .enumerate()
+    {
+        let n = host
+            .app
+            .store
+            .enqueue_notification(NewNotification {
+                notifier_id: notifier.clone(),
+                event_type: event.into(),
+                subject: Some(format!("certificate/c{i}")),
+                payload: serde_json::json!({ "summary": format!("event {i}"), "n": i }),
+                max_attempts: 5,
+            })
+            .await
+            .expect("enqueue");
+        ids.push(n.id);
+        // Distinct creation times, for the newest-first order.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let claimed = host
+        .app
+        .store
+        .claim_notifications(1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("one claimed");
+    let lease = claimed.lease().expect("lease");
+    assert!(
+        host.app
+            .store
+            .mark_notification_sent(&lease)
+            .await
+            .expect("sent")
+    );
+    let sent_id = claimed.id.clone();
+
+    // Table: newest first.
+    let table = ok(&certplane(&["notifications", "list"], &reader).await);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("ID")
+            && header.contains("NOTIFIER")
+            && header.contains("EVENT")
+            && header.ends_with("LAST ERROR"),
+        "{table}"
+    );
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 3, "{table}");
+    let order: Vec<&str> = listed.iter().map(|r| r[0].as_str()).collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(order, newest_first, "{table}");
+    let row = &listed[0];
+    assert_eq!(
+        row[1..4],
+        [notifier.as_str(), "certificate.renewed", "pending"],
+        "{table}"
+    );
+
+    // JSON, filtered by status, paged.
+    let page = ok_json(&certplane(&["notifications", "list", "--output", "json"], &reader).await);
+    assert_eq!(page["total"], 3, "{page}");
+    let sent = ok_json(
+        &certplane(
+            &[
+                "notifications",
+                "list",
+                "--status",
+                "sent",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(item_ids(&sent), vec![sent_id.clone()], "{sent}");
+    assert_eq!(sent["items"][0]["attempts"], 1, "{sent}");
+    let pending = ok(&certplane(&["notifications", "list", "--status", "pending"], &reader).await);
+    assert_eq!(rows(&pending).len(), 2, "{pending}");
+    let failed = ok_json(
+        &certplane(
+            &[
+                "notifications",
+                "list",
+                "--status",
+                "failed",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(failed["total"], 0, "{failed}");
+    let first = ok(&certplane(&["notifications", "list", "--per-page", "2"], &reader).await);
+    assert!(
+        first.ends_with("(1-2 of 3; --page 2 for more)\n"),
+        "{first}"
+    );
+    let line = api_error(
+        &certplane(&["notifications", "list", "--status", "lost"], &reader).await,
+        "bad_request",
+    );
+    assert!(line.contains("lost"), "{line}");
+
+    // One notification.
+    let one = ok_json(
+        &certplane(
+            &["notifications", "get", &sent_id, "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(one["id"], sent_id.as_str(), "{one}");
+    assert_eq!(one["notifier_id"], notifier.as_str(), "{one}");
+    assert_eq!(one["status"], "sent", "{one}");
+    assert!(one["sent_at"].is_string(), "{one}");
+    assert!(one["payload"]["summary"].is_string(), "{one}");
+    let shown = ok(&certplane(&["notifications", "get", &ids[1]], &reader).await);
+    assert_eq!(field(&shown, "EVENT TYPE"), "job.failed", "{shown}");
+    assert_eq!(field(&shown, "SUBJECT"), "certificate/c1", "{shown}");
+    assert_eq!(field(&shown, "STATUS"), "pending", "{shown}");
+    assert!(field(&shown, "PAYLOAD").contains("\"n\":1"), "{shown}");
+    let line = api_error(
+        &certplane(&["notifications", "get", "no-such-notification"], &reader).await,
+        "not_found",
+    );
+    assert!(line.contains("no-such-notification"), "{line}");
+
+    // The notifier cannot go while deliveries are pending.
+    let line = api_error(
+        &certplane(&["notifiers", "delete", &notifier], &client).await,
+        "conflict",
+    );
+    assert!(
+        line.contains("2 notification(s) pending delivery"),
+        "{line}"
+    );
+}
+
+// ------------------------------------------------------------ jobs verify
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_verify_queues_a_verification_of_a_completed_deployment() {
+    let host = Host::start_with(false, |c| {
+        c.scheduler.jobs_ms = 50;
+        c.scheduler.renewal_ms = 50;
+    })
+    .await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+
+    // A target that names no endpoint: its deployment completes unverified.
+    let dir = tempfile::tempdir().unwrap();
+    let target = ok_json(
+        &certplane(
+            &[
+                "targets",
+                "create",
+                "--name",
+                "files",
+                "--plugin",
+                "pem-files",
+                "--settings",
+                r#"{"directory":"/certs"}"#,
+                "--grant-dir",
+                &format!("{}:/certs:rw", dir.path().display()),
+                "--output",
+                "json",
+            ],
+            &client,
+        )
+        .await,
+    );
+    let target_id = target["id"].as_str().expect("target id").to_owned();
+    let issuer = local_ca_issuer(&client, "ca").await;
+    let cert = new_certificate(&client, "web", &issuer, Some(&target_id)).await;
+    let cert_id = cert["id"].as_str().expect("cert id").to_owned();
+
+    let scheduler = certplane_host::jobs::start(host.app.state.clone(), CancellationToken::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deployment_id = loop {
+        let jobs = host
+            .app
+            .store
+            .list_jobs(&JobFilter {
+                certificate_id: Some(cert_id.clone()),
+                job_type: Some(JobType::Deployment),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("jobs");
+        match jobs.first().map(|j| j.status) {
+            Some(JobStatus::Completed) => break jobs[0].id.clone(),
+            Some(JobStatus::Failed) => panic!("the deployment failed: {jobs:?}"),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no completed deployment within 20 s: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Stopped, so the new verification jobs stay pending.
+    let report = scheduler.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_clean(), "{report:?}");
+
+    // Table: the new job's id.
+    let out = ok(&certplane(&["jobs", "verify", &deployment_id], &client).await);
+    let job_id = out
+        .strip_prefix("verification job ")
+        .and_then(|rest| rest.strip_suffix(&format!(" queued for deployment {deployment_id}\n")))
+        .unwrap_or_else(|| panic!("unexpected output: {out}"))
+        .to_owned();
+    let job = ok_json(&certplane(&["jobs", "get", &job_id, "--output", "json"], &reader).await);
+    assert_eq!(job["job_type"], "verification", "{job}");
+    assert_eq!(job["status"], "pending", "{job}");
+    assert_eq!(job["parent_job_id"], deployment_id.as_str(), "{job}");
+    assert_eq!(job["target_id"], target_id.as_str(), "{job}");
+    assert_eq!(job["certificate_id"], cert_id.as_str(), "{job}");
+
+    // JSON: the server's view of another new job.
+    let again = ok_json(
+        &certplane(
+            &["jobs", "verify", &deployment_id, "--output", "json"],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(again["job_type"], "verification", "{again}");
+    assert_eq!(again["parent_job_id"], deployment_id.as_str(), "{again}");
+    assert_ne!(again["id"], job_id.as_str(), "{again}");
+    let listed = ok_json(
+        &certplane(
+            &["jobs", "list", "--type", "verification", "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(listed["total"], 2, "{listed}");
+
+    // Readers cannot; a verification job is no deployment.
+    api_error(
+        &certplane(&["jobs", "verify", &deployment_id], &reader).await,
+        "forbidden",
+    );
+    let line = api_error(
+        &certplane(&["jobs", "verify", &job_id], &client).await,
+        "validation_failed",
+    );
+    assert!(line.contains("only deployments can be verified"), "{line}");
 }

@@ -1,13 +1,15 @@
-//! The operator CLI: `certplane certs|agents|jobs|issuers|targets|plugins|audit
+//! The operator CLI: `certplane
+//! certs|agents|jobs|issuers|targets|notifiers|notifications|plugins|audit
 //! ...` against a running host's `/api/v1`.
 //!
 //! * [`client`]: the HTTP(S) client (CA file or fingerprint pinning).
 //! * [`output`]: table and JSON rendering.
 //!
 //! Results go to stdout, as aligned tables by default or as the server's
-//! JSON with `--output json`; errors are returned as one line
-//! (`<code>: <message> (request <id>)` for API errors) for the binary to
-//! report on stderr with a non-zero exit code.
+//! JSON with `--output json` (`{}` when the server answers with no body,
+//! e.g. `204 No Content` for a delete or a repeated retire); errors are
+//! returned as one line (`<code>: <message> (request <id>)` for API
+//! errors) for the binary to report on stderr with a non-zero exit code.
 
 pub use certplane_client as client;
 pub mod output;
@@ -51,7 +53,9 @@ pub struct ClientArgs {
     /// trusted.
     #[arg(long, global = true, env = "CERTPLANE_PIN_SHA256")]
     pub pin_sha256: Option<String>,
-    /// Output format.
+    /// Output format. With `json`, a command the server answers without a
+    /// body (deletes, retiring an agent that is already retired) prints
+    /// `{}`.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -118,6 +122,20 @@ pub enum Operator {
         #[command(subcommand)]
         action: TargetsAction,
     },
+    /// Notifier connector instances (where notifications are delivered).
+    Notifiers {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: NotifiersAction,
+    },
+    /// Outgoing notifications and their delivery state.
+    Notifications {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: NotificationsAction,
+    },
     /// Loaded connector plugins.
     Plugins {
         #[command(flatten)]
@@ -141,7 +159,7 @@ pub enum PluginsAction {
     List,
 }
 
-/// Fields of a new issuer or target.
+/// Fields of a new issuer, target or notifier.
 #[derive(Debug, Clone, Args)]
 pub struct InstanceArgs {
     /// Unique name.
@@ -150,22 +168,55 @@ pub struct InstanceArgs {
     /// Plugin name (see `certplane plugins list`).
     #[arg(long)]
     pub plugin: String,
-    /// Settings as a JSON object, checked against the plugin's schema.
+    /// Settings as a JSON object (the plugin's `validate-config` checks it
+    /// before anything is saved; `certplane plugins list` shows its schema).
     #[arg(long, default_value = "{}")]
     pub settings: String,
-    /// A secret the plugin reads, `NAME=VALUE` (repeatable). Beware that
-    /// command lines are visible to other local users: prefer
-    /// `--secret-file`.
+    /// A secret the plugin reads, `NAME=VALUE` (repeatable; each NAME once
+    /// across --secret and --secret-file). Beware that command lines are
+    /// visible to other local users: prefer `--secret-file`.
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     pub secrets: Vec<String>,
     /// A secret read from a file, `NAME=PATH` (repeatable; `NAME=-` reads
-    /// standard input). One trailing newline is dropped.
+    /// standard input, once). One trailing newline is dropped.
     #[arg(long = "secret-file", value_name = "NAME=PATH")]
     pub secret_files: Vec<String>,
     /// An HTTP origin the connector may reach, e.g. `https://ca.example:443`
     /// (repeatable).
     #[arg(long = "grant-host", value_name = "URL")]
     pub grant_hosts: Vec<String>,
+}
+
+/// Changes to an issuer, target or notifier (`PATCH`): only the parts
+/// given are sent, and the server validates the resulting configuration
+/// with the plugin before saving it.
+#[derive(Debug, Clone, Args)]
+pub struct UpdateArgs {
+    /// New settings as a JSON object. Replaces the current settings as a
+    /// whole: give every setting to keep.
+    #[arg(long)]
+    pub settings: Option<String>,
+    /// Set a secret, `NAME=VALUE` (repeatable; each NAME once across the
+    /// secret flags). Secrets not named are kept. Beware that command lines
+    /// are visible to other local users: prefer `--secret-file`.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secrets: Vec<String>,
+    /// Set a secret read from a file, `NAME=PATH` (repeatable; `NAME=-`
+    /// reads standard input, once). One trailing newline is dropped.
+    #[arg(long = "secret-file", value_name = "NAME=PATH")]
+    pub secret_files: Vec<String>,
+    /// Remove a secret (repeatable).
+    #[arg(long = "remove-secret", value_name = "NAME")]
+    pub remove_secrets: Vec<String>,
+    /// An HTTP origin the connector may reach (repeatable). Any grant flag
+    /// REPLACES all of the instance's grants (hosts and directories) with
+    /// the ones given: list every grant to keep. Without grant flags the
+    /// grants are unchanged.
+    #[arg(long = "grant-host", value_name = "URL")]
+    pub grant_hosts: Vec<String>,
+    /// Remove every grant (hosts and directories).
+    #[arg(long, conflicts_with = "grant_hosts")]
+    pub clear_grants: bool,
 }
 
 /// `certplane issuers ...`
@@ -186,9 +237,75 @@ pub enum IssuersAction {
         #[command(flatten)]
         instance: InstanceArgs,
     },
+    /// Change an issuer's settings, secrets or grants (validated by its
+    /// plugin before it is saved).
+    Update {
+        /// Issuer id.
+        id: String,
+        #[command(flatten)]
+        update: UpdateArgs,
+    },
     /// Delete an issuer (refused while certificates use it).
     Delete {
         /// Issuer id.
+        id: String,
+    },
+}
+
+/// `certplane notifiers ...`
+#[derive(Debug, Subcommand)]
+pub enum NotifiersAction {
+    /// List notifiers.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one notifier.
+    Get {
+        /// Notifier id.
+        id: String,
+    },
+    /// Create a notifier (for example with the `webhook` plugin).
+    ///
+    /// Example: `certplane notifiers create --name hooks --plugin webhook
+    /// --settings '{"url":"https://hooks.example/certplane"}' --secret-file
+    /// signing_secret=PATH --grant-host https://hooks.example:443` (the
+    /// webhook's secret is `whsec_` followed by base64).
+    Create {
+        #[command(flatten)]
+        instance: InstanceArgs,
+    },
+    /// Change a notifier's settings, secrets or grants (validated by its
+    /// plugin before it is saved).
+    Update {
+        /// Notifier id.
+        id: String,
+        #[command(flatten)]
+        update: UpdateArgs,
+    },
+    /// Delete a notifier and its delivery history (refused while
+    /// notifications are pending or being sent).
+    Delete {
+        /// Notifier id.
+        id: String,
+    },
+}
+
+/// `certplane notifications ...`
+#[derive(Debug, Subcommand)]
+pub enum NotificationsAction {
+    /// List notifications, newest first.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        /// Only this delivery state: `pending`, `sending`, `sent`, `failed`
+        /// or `cancelled`.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one notification with its payload.
+    Get {
+        /// Notification id.
         id: String,
     },
 }
@@ -216,9 +333,28 @@ pub enum TargetsAction {
         /// Agent that runs it (`host` for the host itself).
         #[arg(long)]
         agent: Option<String>,
-        /// A directory the connector may use, `PATH:GUEST_PATH[:rw]`
-        /// (repeatable; read-only unless `:rw`).
+        /// A directory the connector may use, `PATH:GUEST_PATH[:rw|:ro]`
+        /// (repeatable; read-only unless `:rw`). Split from the right, so
+        /// PATH may contain `:` (GUEST_PATH may not).
         #[arg(long = "grant-dir", value_name = "PATH:GUEST[:rw]")]
+        grant_dirs: Vec<String>,
+    },
+    /// Change a target's settings, secrets or grants (validated by its
+    /// plugin before it is saved, unless a remote agent runs it).
+    Update {
+        /// Target id.
+        id: String,
+        #[command(flatten)]
+        update: UpdateArgs,
+        /// A directory the connector may use, `PATH:GUEST_PATH[:rw|:ro]`
+        /// (repeatable; read-only unless `:rw`; PATH may contain `:`).
+        /// Like --grant-host, it REPLACES all of the target's grants: list
+        /// every host and directory to keep.
+        #[arg(
+            long = "grant-dir",
+            value_name = "PATH:GUEST[:rw]",
+            conflicts_with = "clear_grants"
+        )]
         grant_dirs: Vec<String>,
     },
     /// Delete (retire) a target.
@@ -355,6 +491,13 @@ pub enum JobsAction {
         /// Job id.
         id: String,
     },
+    /// Verify a completed deployment again: queues a new verification job
+    /// for the same target and certificate version and prints its id (see
+    /// `certplane jobs verification`).
+    Verify {
+        /// Deployment job id.
+        id: String,
+    },
 }
 
 /// `certplane agents ...`
@@ -444,6 +587,15 @@ const TARGET_COLUMNS: &[Column] = &[
     col("AGENT", "/agent_id"),
     col("RETIRED", "/retired_at"),
 ];
+const NOTIFICATION_COLUMNS: &[Column] = &[
+    col("ID", "/id"),
+    col("NOTIFIER", "/notifier_id"),
+    col("EVENT", "/event_type"),
+    col("STATUS", "/status"),
+    col("ATTEMPTS", "/attempts"),
+    col("CREATED", "/created_at"),
+    col("LAST ERROR", "/last_error"),
+];
 const PLUGIN_COLUMNS: &[Column] = &[
     col("NAME", "/name"),
     col("KIND", "/kind"),
@@ -482,6 +634,10 @@ pub async fn run(operator: Operator) -> anyhow::Result<()> {
         Operator::Jobs { client, action } => jobs(&Ctx::new(&client)?, action).await,
         Operator::Issuers { client, action } => issuers(&Ctx::new(&client)?, action).await,
         Operator::Targets { client, action } => targets(&Ctx::new(&client)?, action).await,
+        Operator::Notifiers { client, action } => notifiers(&Ctx::new(&client)?, action).await,
+        Operator::Notifications { client, action } => {
+            notifications(&Ctx::new(&client)?, action).await
+        }
         Operator::Plugins { client, action } => plugins(&Ctx::new(&client)?, action).await,
         Operator::Audit { client, action } => audit(&Ctx::new(&client)?, action).await,
     }
@@ -546,7 +702,8 @@ impl Ctx {
     fn show(&self, reply: ApiReply, render: impl FnOnce(&Value) -> String) {
         match (self.output, reply.json) {
             (OutputFormat::Json, Some(body)) => print!("{}", output::json(&body)),
-            (OutputFormat::Json, None) => {}
+            // No body (204): still one JSON value for scripts.
+            (OutputFormat::Json, None) => print!("{}", output::json(&json!({}))),
             (OutputFormat::Table, body) => print!("{}", render(&body.unwrap_or(Value::Null))),
         }
     }
@@ -598,25 +755,41 @@ async fn plugins(ctx: &Ctx, action: PluginsAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The create body shared by issuers and targets.
-fn instance_body(args: &InstanceArgs) -> anyhow::Result<Map<String, Value>> {
-    let settings: Value =
-        serde_json::from_str(&args.settings).context("--settings is not valid JSON")?;
+/// `--settings` as a JSON object.
+fn settings_of(text: &str) -> anyhow::Result<Value> {
+    let settings: Value = serde_json::from_str(text).context("--settings is not valid JSON")?;
     if !settings.is_object() {
         bail!("--settings must be a JSON object");
     }
-    let mut secrets = Map::new();
-    for pair in &args.secrets {
+    Ok(settings)
+}
+
+/// The secrets of `--secret NAME=VALUE` and `--secret-file NAME=PATH`;
+/// each name may be given once across both flags. Values are never shown
+/// in errors.
+fn secrets_of(secrets: &[String], secret_files: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut map = Map::new();
+    let add = |map: &mut Map<String, Value>, name: &str, value: String| {
+        if map.insert(name.to_owned(), Value::String(value)).is_some() {
+            bail!("secret {name} is given twice");
+        }
+        Ok(())
+    };
+    for pair in secrets {
         let Some((name, value)) = pair.split_once('=') else {
             bail!("a --secret is not NAME=VALUE (its value is not shown)");
         };
-        secrets.insert(name.to_owned(), Value::String(value.to_owned()));
+        add(&mut map, name, value.to_owned())?;
     }
-    for pair in &args.secret_files {
+    let mut stdin_read = false;
+    for pair in secret_files {
         let Some((name, path)) = pair.split_once('=') else {
             bail!("a --secret-file is not NAME=PATH: {pair}");
         };
         let mut value = if path == "-" {
+            if std::mem::replace(&mut stdin_read, true) {
+                bail!("only one --secret-file can read standard input (`{name}=-`)");
+            }
             std::io::read_to_string(std::io::stdin()).context("reading a secret from stdin")?
         } else {
             std::fs::read_to_string(path)
@@ -628,65 +801,160 @@ fn instance_body(args: &InstanceArgs) -> anyhow::Result<Map<String, Value>> {
                 value.pop();
             }
         }
-        if secrets
-            .insert(name.to_owned(), Value::String(value))
-            .is_some()
-        {
-            bail!("secret {name} is given twice");
-        }
+        add(&mut map, name, value)?;
     }
+    Ok(map)
+}
+
+/// `{"hosts": [...], "directories": [...]}` from the grant flags.
+fn grants_of(hosts: &[String], dirs: &[String]) -> anyhow::Result<Value> {
+    let directories = dirs
+        .iter()
+        .map(|d| dir_grant(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(json!({ "hosts": hosts, "directories": directories }))
+}
+
+/// The create body of an issuer, target or notifier (`grant_dirs` only
+/// for targets).
+fn instance_body(args: &InstanceArgs, grant_dirs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let settings = settings_of(&args.settings)?;
+    let secrets = secrets_of(&args.secrets, &args.secret_files)?;
     let mut body = Map::new();
     body.insert("name".into(), json!(args.name));
     body.insert("plugin".into(), json!(args.plugin));
     body.insert("settings".into(), settings);
     body.insert("secrets".into(), Value::Object(secrets));
-    body.insert(
-        "grants".into(),
-        json!({ "hosts": args.grant_hosts, "directories": [] }),
-    );
+    body.insert("grants".into(), grants_of(&args.grant_hosts, grant_dirs)?);
     Ok(body)
 }
 
-/// `PATH:GUEST[:rw|:ro]` as a directory grant.
+/// The `PATCH` body of an issuer, target or notifier: only what is given.
+/// Secrets are merged by the server (`null` removes one); grants, when
+/// any grant flag is given, replace the current ones as a whole.
+fn update_body(args: &UpdateArgs, grant_dirs: &[String]) -> anyhow::Result<Value> {
+    let mut body = Map::new();
+    if let Some(settings) = &args.settings {
+        body.insert("settings".into(), settings_of(settings)?);
+    }
+    let mut secrets = secrets_of(&args.secrets, &args.secret_files)?;
+    for name in &args.remove_secrets {
+        if name.is_empty() {
+            bail!("--remove-secret needs a secret name");
+        }
+        if secrets.insert(name.clone(), Value::Null).is_some() {
+            bail!("secret {name} is given twice");
+        }
+    }
+    if !secrets.is_empty() {
+        body.insert("secrets".into(), Value::Object(secrets));
+    }
+    if args.clear_grants || !args.grant_hosts.is_empty() || !grant_dirs.is_empty() {
+        body.insert("grants".into(), grants_of(&args.grant_hosts, grant_dirs)?);
+    }
+    if body.is_empty() {
+        bail!(
+            "nothing to update: give --settings, --secret, --secret-file, --remove-secret or \
+             grants (see --help)"
+        );
+    }
+    Ok(Value::Object(body))
+}
+
+/// `PATH:GUEST[:rw|:ro]` as a directory grant. Split from the right, so
+/// that PATH may contain `:`; GUEST must be absolute.
 fn dir_grant(spec: &str) -> anyhow::Result<Value> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (path, guest, writable) = match parts.as_slice() {
-        [path, guest] => (path, guest, false),
-        [path, guest, "rw"] => (path, guest, true),
-        [path, guest, "ro"] => (path, guest, false),
-        _ => bail!("--grant-dir `{spec}` is not PATH:GUEST_PATH[:rw]"),
+    let malformed = || anyhow::anyhow!("--grant-dir `{spec}` is not PATH:GUEST_PATH[:rw|:ro]");
+    let (rest, writable) = match spec.rsplit_once(':') {
+        Some((rest, "rw")) => (rest, true),
+        Some((rest, "ro")) => (rest, false),
+        Some(_) => (spec, false),
+        None => return Err(malformed()),
     };
-    if path.is_empty() || guest.is_empty() {
-        bail!("--grant-dir `{spec}` is not PATH:GUEST_PATH[:rw]");
+    let (path, guest) = rest.rsplit_once(':').ok_or_else(malformed)?;
+    if path.is_empty() || !guest.starts_with('/') {
+        return Err(malformed());
     }
     Ok(json!({ "path": path, "guest_path": guest, "writable": writable }))
+}
+
+/// `GET /<collection>/{id}`, shown as fields.
+async fn instance_get(ctx: &Ctx, collection: &str, id: &str) -> anyhow::Result<()> {
+    let reply = ctx
+        .client
+        .get(&format!("/{collection}/{}", seg(id)), &[])
+        .await?;
+    ctx.show_fields(reply, &[]);
+    Ok(())
+}
+
+/// `POST /<collection>`, the new instance shown as fields.
+async fn instance_create(
+    ctx: &Ctx,
+    collection: &str,
+    body: Map<String, Value>,
+) -> anyhow::Result<()> {
+    let reply = ctx
+        .client
+        .post(&format!("/{collection}"), Some(&Value::Object(body)))
+        .await?;
+    ctx.show_fields(reply, &[]);
+    Ok(())
+}
+
+/// `PATCH /<collection>/{id}`, the updated instance shown as fields.
+async fn instance_update(ctx: &Ctx, collection: &str, id: &str, body: Value) -> anyhow::Result<()> {
+    let reply = ctx
+        .client
+        .send(
+            hyper::Method::PATCH,
+            &format!("/{collection}/{}", seg(id)),
+            &[],
+            Some(&body),
+        )
+        .await?;
+    ctx.show_fields(reply, &[]);
+    Ok(())
+}
+
+/// `DELETE /<collection>/{id}`: `deleted <what> <id>`, or `{}` as JSON.
+async fn instance_delete(ctx: &Ctx, collection: &str, what: &str, id: &str) -> anyhow::Result<()> {
+    let reply = ctx
+        .client
+        .delete(&format!("/{collection}/{}", seg(id)), &[])
+        .await?;
+    ctx.show(reply, |_| format!("deleted {what} {id}\n"));
+    Ok(())
 }
 
 async fn issuers(ctx: &Ctx, action: IssuersAction) -> anyhow::Result<()> {
     match action {
         IssuersAction::List { page } => ctx.list("/issuers", &page.query(), INSTANCE_COLUMNS).await,
-        IssuersAction::Get { id } => {
-            let reply = ctx
-                .client
-                .get(&format!("/issuers/{}", seg(&id)), &[])
-                .await?;
-            ctx.show_fields(reply, &[]);
-            Ok(())
-        }
+        IssuersAction::Get { id } => instance_get(ctx, "issuers", &id).await,
         IssuersAction::Create { instance } => {
-            let body = Value::Object(instance_body(&instance)?);
-            let reply = ctx.client.post("/issuers", Some(&body)).await?;
-            ctx.show_fields(reply, &[]);
-            Ok(())
+            instance_create(ctx, "issuers", instance_body(&instance, &[])?).await
         }
-        IssuersAction::Delete { id } => {
-            let reply = ctx
-                .client
-                .delete(&format!("/issuers/{}", seg(&id)), &[])
-                .await?;
-            ctx.show(reply, |_| format!("deleted issuer {id}\n"));
-            Ok(())
+        IssuersAction::Update { id, update } => {
+            instance_update(ctx, "issuers", &id, update_body(&update, &[])?).await
         }
+        IssuersAction::Delete { id } => instance_delete(ctx, "issuers", "issuer", &id).await,
+    }
+}
+
+async fn notifiers(ctx: &Ctx, action: NotifiersAction) -> anyhow::Result<()> {
+    match action {
+        NotifiersAction::List { page } => {
+            ctx.list("/notifiers", &page.query(), INSTANCE_COLUMNS)
+                .await
+        }
+        NotifiersAction::Get { id } => instance_get(ctx, "notifiers", &id).await,
+        NotifiersAction::Create { instance } => {
+            instance_create(ctx, "notifiers", instance_body(&instance, &[])?).await
+        }
+        NotifiersAction::Update { id, update } => {
+            instance_update(ctx, "notifiers", &id, update_body(&update, &[])?).await
+        }
+        NotifiersAction::Delete { id } => instance_delete(ctx, "notifiers", "notifier", &id).await,
     }
 }
 
@@ -702,44 +970,39 @@ async fn targets(ctx: &Ctx, action: TargetsAction) -> anyhow::Result<()> {
             }
             ctx.list("/targets", &q, TARGET_COLUMNS).await
         }
-        TargetsAction::Get { id } => {
-            let reply = ctx
-                .client
-                .get(&format!("/targets/{}", seg(&id)), &[])
-                .await?;
-            ctx.show_fields(reply, &[]);
-            Ok(())
-        }
+        TargetsAction::Get { id } => instance_get(ctx, "targets", &id).await,
         TargetsAction::Create {
             instance,
             agent,
             grant_dirs,
         } => {
-            let mut body = instance_body(&instance)?;
-            let dirs = grant_dirs
-                .iter()
-                .map(|d| dir_grant(d))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            body.insert(
-                "grants".into(),
-                json!({ "hosts": instance.grant_hosts, "directories": dirs }),
-            );
+            let mut body = instance_body(&instance, &grant_dirs)?;
             if let Some(agent) = agent {
                 body.insert("agent_id".into(), json!(agent));
             }
+            instance_create(ctx, "targets", body).await
+        }
+        TargetsAction::Update {
+            id,
+            update,
+            grant_dirs,
+        } => instance_update(ctx, "targets", &id, update_body(&update, &grant_dirs)?).await,
+        TargetsAction::Delete { id } => instance_delete(ctx, "targets", "target", &id).await,
+    }
+}
+
+async fn notifications(ctx: &Ctx, action: NotificationsAction) -> anyhow::Result<()> {
+    match action {
+        NotificationsAction::List { page, status } => {
+            let q = query_of(&page, &[("status", status)]);
+            ctx.list("/notifications", &q, NOTIFICATION_COLUMNS).await
+        }
+        NotificationsAction::Get { id } => {
             let reply = ctx
                 .client
-                .post("/targets", Some(&Value::Object(body)))
+                .get(&format!("/notifications/{}", seg(&id)), &[])
                 .await?;
             ctx.show_fields(reply, &[]);
-            Ok(())
-        }
-        TargetsAction::Delete { id } => {
-            let reply = ctx
-                .client
-                .delete(&format!("/targets/{}", seg(&id)), &[])
-                .await?;
-            ctx.show(reply, |_| format!("deleted target {id}\n"));
             Ok(())
         }
     }
@@ -940,6 +1203,19 @@ async fn jobs(ctx: &Ctx, action: JobsAction) -> anyhow::Result<()> {
             ctx.show_fields(reply, &[]);
             Ok(())
         }
+        JobsAction::Verify { id } => {
+            let reply = ctx
+                .client
+                .post(&format!("/jobs/{}/verify", seg(&id)), None)
+                .await?;
+            ctx.show(reply, |v| {
+                format!(
+                    "verification job {} queued for deployment {id}\n",
+                    output::cell(v.get("id"))
+                )
+            });
+            Ok(())
+        }
     }
 }
 
@@ -1035,8 +1311,75 @@ mod tests {
             json!({"path": "/srv/certs", "guest_path": "/out", "writable": true})
         );
         assert_eq!(dir_grant("/a:/b").unwrap()["writable"], json!(false));
-        assert!(dir_grant("/a").is_err());
-        assert!(dir_grant("/a:/b:x").is_err());
+        assert_eq!(dir_grant("/a:/b:ro").unwrap()["writable"], json!(false));
+        // Split from the right: the host path may hold colons.
+        assert_eq!(
+            dir_grant("/mnt/c:/x:y:/out:rw").unwrap(),
+            json!({"path": "/mnt/c:/x:y", "guest_path": "/out", "writable": true})
+        );
+        assert_eq!(
+            dir_grant("/data:rw:/out").unwrap(),
+            json!({"path": "/data:rw", "guest_path": "/out", "writable": false})
+        );
+        for bad in ["/a", "/a:rw", ":/b", "/a:/b:x", "/a:b", "/a:/b:rw:x", ""] {
+            assert!(dir_grant(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_given_once() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let err = secrets_of(&s(&["k=a", "k=b"]), &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "secret k is given twice");
+        let map = secrets_of(&s(&["k=a=b", "j="]), &[]).unwrap();
+        assert_eq!(Value::Object(map), json!({"k": "a=b", "j": ""}));
+    }
+
+    #[test]
+    fn update_bodies_hold_only_what_is_given() {
+        let args = UpdateArgs {
+            settings: None,
+            secrets: vec!["a=1".into()],
+            secret_files: vec![],
+            remove_secrets: vec!["b".into()],
+            grant_hosts: vec![],
+            clear_grants: false,
+        };
+        assert_eq!(
+            update_body(&args, &[]).unwrap(),
+            json!({"secrets": {"a": "1", "b": null}})
+        );
+        let clear = UpdateArgs {
+            secrets: vec![],
+            remove_secrets: vec![],
+            clear_grants: true,
+            ..args.clone()
+        };
+        assert_eq!(
+            update_body(&clear, &[]).unwrap(),
+            json!({"grants": {"hosts": [], "directories": []}})
+        );
+        let both = UpdateArgs {
+            remove_secrets: vec!["a".into()],
+            ..args.clone()
+        };
+        assert_eq!(
+            update_body(&both, &[]).unwrap_err().to_string(),
+            "secret a is given twice"
+        );
+        let nothing = UpdateArgs {
+            secrets: vec![],
+            remove_secrets: vec![],
+            ..args
+        };
+        assert!(
+            update_body(&nothing, &[])
+                .unwrap_err()
+                .to_string()
+                .starts_with("nothing to update")
+        );
     }
 
     #[test]
