@@ -2812,6 +2812,7 @@ async fn notifications_list_filter_and_get() {
     // JSON, filtered by status, paged.
     let page = ok_json(&certplane(&["notifications", "list", "--output", "json"], &reader).await);
     assert_eq!(page["total"], 3, "{page}");
+
     let sent = ok_json(
         &certplane(
             &[
@@ -2889,6 +2890,51 @@ async fn notifications_list_filter_and_get() {
         line.contains("2 notification(s) pending delivery"),
         "{line}"
     );
+
+    // By notifier: a second notifier's notification is not listed.
+    let other = webhook_notifier(&client, "other-hooks").await;
+    host.app
+        .store
+        .enqueue_notification(NewNotification {
+            notifier_id: other.clone(),
+            event_type: "job.failed".into(),
+            subject: None,
+            payload: serde_json::json!({}),
+            max_attempts: 5,
+        })
+        .await
+        .expect("enqueue");
+    let mine = ok_json(
+        &certplane(
+            &[
+                "notifications",
+                "list",
+                "--notifier",
+                &notifier,
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(mine["total"], 3, "{mine}");
+    let theirs = ok_json(
+        &certplane(
+            &[
+                "notifications",
+                "list",
+                "--notifier",
+                &other,
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(theirs["total"], 1, "{theirs}");
+    assert_eq!(theirs["items"][0]["notifier_id"], other.as_str());
 }
 
 // ------------------------------------------------------------ jobs verify

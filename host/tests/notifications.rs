@@ -199,7 +199,11 @@ async fn delivered_once_with_a_valid_signature(backend: Backend) {
     .await
     .unwrap();
     assert_eq!(enqueued, 1);
-    let (rows, _) = app.store.list_notifications(None, 0, 10).await.unwrap();
+    let (rows, _) = app
+        .store
+        .list_notifications(None, None, 0, 10)
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].notifier_id, notifier);
     let id = rows[0].id.clone();
@@ -393,7 +397,11 @@ async fn issuance_notifies(backend: Backend) {
     let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(30);
     let sent = loop {
-        let (rows, _) = app.store.list_notifications(None, 0, 10).await.unwrap();
+        let (rows, _) = app
+            .store
+            .list_notifications(None, None, 0, 10)
+            .await
+            .unwrap();
         if let Some(n) = rows.iter().find(|n| n.status == NotificationStatus::Sent) {
             break n.clone();
         }

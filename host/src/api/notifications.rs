@@ -85,6 +85,8 @@ pub struct NotificationQuery {
     /// Only notifications in this delivery state.
     #[param(value_type = Option<String>, example = "failed")]
     pub status: Option<NotificationStatus>,
+    /// Only notifications of this notifier instance.
+    pub notifier_id: Option<String>,
     /// 1-based page number.
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
@@ -114,7 +116,7 @@ async fn list_notifications(
     let offset = super::listing::offset(page, per_page);
     let (items, total) = state
         .store
-        .list_notifications(q.status, offset, per_page)
+        .list_notifications(q.status, q.notifier_id.as_deref(), offset, per_page)
         .await?;
     let body = Page {
         items: items.into_iter().map(NotificationView::from).collect(),

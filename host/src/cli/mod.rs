@@ -302,6 +302,9 @@ pub enum NotificationsAction {
         /// or `cancelled`.
         #[arg(long)]
         status: Option<String>,
+        /// Only notifications of this notifier (id).
+        #[arg(long)]
+        notifier: Option<String>,
     },
     /// Show one notification with its payload.
     Get {
@@ -993,8 +996,12 @@ async fn targets(ctx: &Ctx, action: TargetsAction) -> anyhow::Result<()> {
 
 async fn notifications(ctx: &Ctx, action: NotificationsAction) -> anyhow::Result<()> {
     match action {
-        NotificationsAction::List { page, status } => {
-            let q = query_of(&page, &[("status", status)]);
+        NotificationsAction::List {
+            page,
+            status,
+            notifier,
+        } => {
+            let q = query_of(&page, &[("status", status), ("notifier_id", notifier)]);
             ctx.list("/notifications", &q, NOTIFICATION_COLUMNS).await
         }
         NotificationsAction::Get { id } => {

@@ -174,24 +174,29 @@ impl Store {
     pub async fn list_notifications(
         &self,
         status: Option<NotificationStatus>,
+        notifier_id: Option<&str>,
         offset: u64,
         limit: u32,
     ) -> StoreResult<(Vec<Notification>, u64)> {
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
         let (items, total): (Vec<Notification>, i64) = on_read!(self, |pool| {
             let items = sqlx::query_as::<_, Notification>(
-                "SELECT * FROM notifications WHERE ($1 IS NULL OR status = $1)
+                "SELECT * FROM notifications
+                 WHERE ($1 IS NULL OR status = $1) AND ($4 IS NULL OR notifier_id = $4)
                  ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
             )
             .bind(status)
             .bind(sql_limit(limit))
             .bind(offset)
+            .bind(notifier_id)
             .fetch_all(pool)
             .await?;
             let total = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM notifications WHERE ($1 IS NULL OR status = $1)",
+                "SELECT COUNT(*) FROM notifications
+                 WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR notifier_id = $2)",
             )
             .bind(status)
+            .bind(notifier_id)
             .fetch_one(pool)
             .await?;
             (items, total)
