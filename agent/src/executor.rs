@@ -25,6 +25,12 @@ use crate::hostapi::{
 use crate::state::StateDir;
 use crate::verify::{self, Endpoint, ProbePolicy, Verdict};
 
+/// First pause before reporting a result again when the host is
+/// unavailable; it doubles up to [`REPORT_RETRY_LAST`] (about 15 s in all).
+const REPORT_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Last pause before a result report is given up.
+const REPORT_RETRY_LAST: Duration = Duration::from_secs(8);
+
 /// What running one job amounted to, for the poll loop's pacing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -156,14 +162,27 @@ impl Executor {
             Some(e) => tracing::warn!(job_id = %job.id, job_type = %job.job_type,
                 class = e.class, error = %e.message, "job failed"),
         }
-        match self.api.report(&job.id, &report).await {
-            Ok(()) => {}
-            // The lease lapsed or the job was cancelled meanwhile: the host
-            // has moved on (and will hand out a retry if there is one).
-            Err(HostError::Refused(why)) => {
-                tracing::warn!(job_id = %job.id, %why, "the host refused the job's result");
+        let mut delay = REPORT_RETRY_FIRST;
+        loop {
+            match self.api.report(&job.id, &report).await {
+                Ok(()) => break,
+                // The lease lapsed or the job was cancelled meanwhile: the
+                // host has moved on (and will hand out a retry if any).
+                Err(HostError::Refused(why)) => {
+                    tracing::warn!(job_id = %job.id, %why, "the host refused the job's result");
+                    break;
+                }
+                // A host restart is usually short: the work is done, so try
+                // to hand in the result before giving it up (the lease then
+                // lapses and the job is redone, idempotently).
+                Err(HostError::Unavailable(why)) if delay <= REPORT_RETRY_LAST => {
+                    tracing::warn!(job_id = %job.id, %why, retry_in_ms = delay.as_millis() as u64,
+                        "cannot report the result yet");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
         if let Err(e) = self.state.update_status(|s| s.jobs_done += 1) {
             tracing::warn!(error = %e, "cannot update the status file");

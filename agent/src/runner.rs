@@ -328,28 +328,38 @@ async fn poll_loop(
             Ok(jobs) => {
                 contact.ok();
                 let mut progressed = jobs.is_empty();
+                let mut host_failed = false;
                 for job in jobs {
                     match executor.execute(job).await {
                         Ok(Progress::Done) => progressed = true,
                         Ok(Progress::Skipped) => {}
-                        Err(e) => return stop_or_continue(e, contact, config, backoff),
+                        Err(e) => match on_host_error(e, contact, config) {
+                            // The rest of the batch is leased to us; its
+                            // leases lapse and the host hands it out again.
+                            OnHostError::BackOff => {
+                                host_failed = true;
+                                break;
+                            }
+                            OnHostError::Stop(exit) => return exit,
+                        },
                     }
                     if shutdown.is_cancelled() {
                         return Ok(Exit::Stopped);
                     }
                 }
-                if progressed {
+                if progressed && !host_failed {
                     backoff.reset();
                     None
                 } else {
-                    // Only jobs this agent cannot serve came back; the host
-                    // hands them out on every poll until they expire.
+                    // The host failed mid-batch, or only jobs this agent
+                    // cannot serve came back (the host hands them out on
+                    // every poll until they expire).
                     Some(backoff.next_delay())
                 }
             }
-            Err(e) => match stop_or_continue(e, contact, config, backoff) {
-                Ok(Exit::CycleDone) => Some(backoff.next_delay()),
-                other => return other,
+            Err(e) => match on_host_error(e, contact, config) {
+                OnHostError::BackOff => Some(backoff.next_delay()),
+                OnHostError::Stop(exit) => return exit,
             },
         };
         if let Some(delay) = delay
@@ -360,25 +370,26 @@ async fn poll_loop(
     }
 }
 
-/// What a host error means for the loop: `Ok(CycleDone)` = keep going
-/// after a backoff; anything else ends the agent.
-fn stop_or_continue(
-    e: HostError,
-    contact: &Contact,
-    config: &AgentConfig,
-    backoff: &Backoff,
-) -> Result<Exit, AgentError> {
+/// What a host error means for the poll loop.
+enum OnHostError {
+    /// The host or network is (or the request was) unavailable: keep
+    /// going after a backoff.
+    BackOff,
+    /// End the agent with this result.
+    Stop(Result<Exit, AgentError>),
+}
+
+fn on_host_error(e: HostError, contact: &Contact, config: &AgentConfig) -> OnHostError {
     match e {
-        HostError::Retired(_) => Ok(Exit::Retired),
+        HostError::Retired(_) => OnHostError::Stop(Ok(Exit::Retired)),
         HostError::Unavailable(why) | HostError::Refused(why) => {
-            tracing::warn!(host = %config.host_url, error = %why, step = ?backoff,
-                "cannot reach the host; backing off");
+            tracing::warn!(host = %config.host_url, error = %why, "cannot reach the host; backing off");
             contact.failed(&why);
-            Ok(Exit::CycleDone)
+            OnHostError::BackOff
         }
         e => {
             contact.failed(&e.to_string());
-            Err(AgentError::Host(e))
+            OnHostError::Stop(Err(AgentError::Host(e)))
         }
     }
 }

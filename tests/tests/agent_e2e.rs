@@ -684,6 +684,70 @@ async fn long_poll_wakes_for_new_work(backend: Backend) {
 
 // ------------------------------------------------- 8. host restart
 
+/// The host goes away while the agent is finishing a deployment: the agent
+/// keeps running, hands in the result once the host is back, and the job
+/// completes on its first attempt.
+async fn host_down_while_reporting(backend: Backend) {
+    let mut stack = Stack::new(backend, 60).await;
+    let mut config = stack.agent_config("patient");
+    config.verify.attempts = 60;
+    config.verify.interval_ms = 100;
+    let deploy_dir = deploy_dir_of(&config);
+    let agent = RunningAgent::start(config);
+    let agent_id = stack.agent_id("patient").await;
+    // A placeholder until told otherwise: the probe keeps retrying.
+    let web = FileTlsServer::start(None).await.unwrap();
+    let (_, cert) = stack
+        .site(
+            &agent_id,
+            &deploy_dir,
+            web.port,
+            "patient",
+            "patient.e2e.test",
+        )
+        .await;
+    let cert_id = cert["id"].as_str().unwrap().to_owned();
+    let cert_dir = deploy_dir.join(&cert_id);
+    let deployment = common::wait_for("the deployment to run", Duration::from_secs(30), || async {
+        let jobs = stack.jobs(&cert_id).await;
+        jobs.into_iter().find(|j| {
+            j["job_type"] == "deployment"
+                && j["status"] == "running"
+                && cert_dir.join("fullchain.pem").exists()
+        })
+    })
+    .await;
+    let deployment_id = deployment["id"].as_str().unwrap().to_owned();
+
+    stack.host.stop().await.unwrap();
+    // Now the endpoint serves the deployed files: the probe succeeds and
+    // the agent tries to report while the host is down.
+    web.set_files(cert_dir.join("fullchain.pem"), cert_dir.join("privkey.pem"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !agent.task.is_finished(),
+        "the agent stopped while the host was down"
+    );
+    stack.host.restart().await.unwrap();
+
+    let done = common::wait_for("the result to arrive", Duration::from_secs(30), || async {
+        let job = certplane_host::demo::get(&stack.host.admin, &format!("/jobs/{deployment_id}"))
+            .await
+            .unwrap();
+        (job["status"] == "completed").then_some(job)
+    })
+    .await;
+    assert_eq!(
+        done["attempts"], 1,
+        "the first attempt's result was handed in: {done}"
+    );
+    assert_eq!(
+        stack.verification(&deployment_id).await["status"],
+        "verified"
+    );
+    assert_eq!(agent.stop().await, Exit::Stopped);
+}
+
 async fn host_restart_mid_loop(backend: Backend) {
     let mut stack = Stack::new(backend, 30).await;
     let mut config = stack.agent_config("steady");
@@ -853,4 +917,5 @@ both_backends!(
     retirement_ends_the_agent,
     long_poll_wakes_for_new_work,
     host_restart_mid_loop,
+    host_down_while_reporting,
 );
