@@ -119,6 +119,17 @@ pub struct VerifyConfig {
     pub timeout_secs: u64,
 }
 
+impl VerifyConfig {
+    /// The probe's retry policy these settings describe.
+    pub fn policy(&self) -> crate::verify::ProbePolicy {
+        crate::verify::ProbePolicy {
+            attempts: self.attempts,
+            interval: Duration::from_millis(self.interval_ms),
+            attempt_timeout: Duration::from_secs(self.timeout_secs),
+        }
+    }
+}
+
 impl Default for VerifyConfig {
     fn default() -> Self {
         VerifyConfig {

@@ -23,7 +23,7 @@ use crate::hostapi::{
     WorkJob,
 };
 use crate::state::StateDir;
-use crate::verify::{self, Endpoint, ProbePolicy, Verdict};
+use crate::verify::{self, Endpoint, Verdict};
 
 /// First pause before reporting a result again when the host is
 /// unavailable; it doubles up to [`REPORT_RETRY_LAST`] (about 15 s in all).
@@ -302,11 +302,7 @@ impl Executor {
         }
         let mut report = JobReport::success(job.attempt, result.changed);
         if let Some(at) = result.verify_at {
-            let endpoint = Endpoint {
-                host: at.host,
-                port: at.port,
-                server_name: at.server_name,
-            };
+            let endpoint = Endpoint::from(at);
             if let Err(e) = self.state.save_endpoint(&target.id, &cert.id, &endpoint) {
                 tracing::warn!(error = %e, "cannot record the verification endpoint");
             }
@@ -401,12 +397,7 @@ impl Executor {
     }
 
     async fn probe(&self, endpoint: &Endpoint, expected: &str) -> ReportVerification {
-        let policy = ProbePolicy {
-            attempts: self.config.verify.attempts,
-            interval: Duration::from_millis(self.config.verify.interval_ms),
-            attempt_timeout: Duration::from_secs(self.config.verify.timeout_secs),
-        };
-        let verdict = verify::probe(endpoint, expected, policy).await;
+        let verdict = verify::probe(endpoint, expected, self.config.verify.policy()).await;
         match &verdict {
             Verdict::Verified { .. } => tracing::info!(host = %endpoint.host,
                 port = endpoint.port, server_name = %endpoint.server_name, "verified on the wire"),
@@ -417,13 +408,7 @@ impl Executor {
         ReportVerification {
             status: verdict.status(),
             observed_fingerprint: verdict.observed_fingerprint().map(str::to_owned),
-            detail: Some(format!(
-                "{} at {}:{} (SNI {})",
-                verdict.detail(),
-                endpoint.host,
-                endpoint.port,
-                endpoint.server_name
-            )),
+            detail: Some(format!("{} at {endpoint}", verdict.detail())),
             endpoint: Some(endpoint.clone()),
         }
     }

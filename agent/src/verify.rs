@@ -39,6 +39,24 @@ pub struct Endpoint {
     pub server_name: String,
 }
 
+impl From<certplane_runtime::target::Endpoint> for Endpoint {
+    /// The endpoint a target connector named in its `deploy-result`.
+    fn from(at: certplane_runtime::target::Endpoint) -> Self {
+        Endpoint {
+            host: at.host,
+            port: at.port,
+            server_name: at.server_name,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    /// `host:port (SNI name)`, as operators read it in verification details.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{} (SNI {})", self.host, self.port, self.server_name)
+    }
+}
+
 /// Retry policy of a probe: how many times, how often and how long each
 /// attempt may take. The whole probe takes at most about
 /// `attempts * attempt_timeout + (attempts - 1) * interval`.

@@ -184,28 +184,6 @@ impl Default for JobSettings {
     }
 }
 
-/// On-the-wire verification of deployments the host runs itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VerifySettings {
-    /// Connection attempts before giving up (servers reload asynchronously).
-    pub attempts: u32,
-    /// Milliseconds between attempts.
-    pub interval_ms: u64,
-    /// Seconds one attempt may take.
-    pub timeout_secs: u64,
-}
-
-impl Default for VerifySettings {
-    fn default() -> Self {
-        VerifySettings {
-            attempts: 5,
-            interval_ms: 1000,
-            timeout_secs: 5,
-        }
-    }
-}
-
 /// Everything the host reads at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -235,8 +213,9 @@ pub struct HostConfig {
     pub agents: AgentSettings,
     /// Job leases and retries.
     pub jobs: JobSettings,
-    /// Verification of host-side deployments.
-    pub verify: VerifySettings,
+    /// On-the-wire verification of the deployments the host runs itself
+    /// (the same settings, and defaults, as an agent's `[verify]`).
+    pub verify: certplane_agent::config::VerifyConfig,
     /// Default MaxWait of one async-CA polling session, in seconds.
     pub order_max_wait_secs: u64,
 }
@@ -256,7 +235,7 @@ impl Default for HostConfig {
             scheduler: SchedulerSettings::default(),
             agents: AgentSettings::default(),
             jobs: JobSettings::default(),
-            verify: VerifySettings::default(),
+            verify: certplane_agent::config::VerifyConfig::default(),
             order_max_wait_secs: 600,
         }
     }

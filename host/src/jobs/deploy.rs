@@ -111,11 +111,7 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
     .await
     .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
     if let Some(at) = result.verify_at {
-        let endpoint = certplane_agent::verify::Endpoint {
-            host: at.host,
-            port: at.port,
-            server_name: at.server_name,
-        };
+        let endpoint = certplane_agent::verify::Endpoint::from(at);
         let (record, failure) =
             verification::probe(state, &endpoint, &version.fingerprint_sha256).await;
         let lease = job

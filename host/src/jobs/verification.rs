@@ -7,9 +7,7 @@
 //! `fingerprint_matches`, `detail`, `endpoint`, `reported_by`,
 //! `checked_at`.
 
-use std::time::Duration;
-
-use certplane_agent::verify::{self, Endpoint, ProbePolicy, Verdict};
+use certplane_agent::verify::{self, Endpoint, Verdict};
 use certplane_pki::pem::normalise_fingerprint;
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -89,25 +87,13 @@ pub async fn probe(
     endpoint: &Endpoint,
     expected: &str,
 ) -> (Value, Option<JobFailure>) {
-    let settings = &state.config.verify;
-    let policy = ProbePolicy {
-        attempts: settings.attempts,
-        interval: Duration::from_millis(settings.interval_ms),
-        attempt_timeout: Duration::from_secs(settings.timeout_secs),
-    };
-    let verdict = verify::probe(endpoint, expected, policy).await;
+    let verdict = verify::probe(endpoint, expected, state.config.verify.policy()).await;
     let status = match verdict {
         Verdict::Verified { .. } => Status::Verified,
         Verdict::Mismatch { .. } => Status::Mismatch,
         Verdict::Unreachable { .. } => Status::Unreachable,
     };
-    let detail = format!(
-        "{} at {}:{} (SNI {})",
-        verdict.detail(),
-        endpoint.host,
-        endpoint.port,
-        endpoint.server_name
-    );
+    let detail = format!("{} at {endpoint}", verdict.detail());
     let value = record(
         status,
         verdict.observed_fingerprint(),
