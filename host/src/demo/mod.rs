@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use certplane_agent::config::{AllowedDir, ConnectorGrants, TrustConfig, VerifyConfig};
 use certplane_agent::{AgentConfig, Mode};
 use certplane_client::ApiClient;
 use serde_json::{Value, json};
@@ -199,36 +198,13 @@ async fn with_host(
 
     let deploy_dir = root.join("agent-certs");
     std::fs::create_dir_all(&deploy_dir)?;
-    let agent_config = AgentConfig {
-        host_url: host.url.clone(),
-        trust: TrustConfig {
-            ca_file: None,
-            pin_sha256: Some(host.pin_sha256.clone()),
-        },
-        bootstrap_token: Some(bootstrap_token.to_owned()),
-        name: Some("demo-agent".into()),
-        state_dir: root.join("agent-state"),
-        plugin_dir: options.plugin_dir.clone(),
-        plugin_cache_dir: options.cache_dir.clone(),
-        heartbeat_secs: 5,
-        poll_wait_secs: 10,
-        backoff: Default::default(),
-        verify: VerifyConfig {
-            attempts: 20,
-            interval_ms: 100,
-            timeout_secs: 2,
-        },
-        connectors: BTreeMap::from([(
-            "pem-files".to_owned(),
-            ConnectorGrants {
-                directories: vec![AllowedDir {
-                    path: deploy_dir.clone(),
-                    writable: true,
-                }],
-                ..ConnectorGrants::default()
-            },
-        )]),
-    };
+    let agent_config = host.agent_config(
+        "demo-agent",
+        bootstrap_token,
+        root.join("agent-state"),
+        (options.plugin_dir.clone(), options.cache_dir.clone()),
+        deploy_dir.clone(),
+    );
     let agent_config = AgentConfig::from_value(&agent_config)?;
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(certplane_agent::run(

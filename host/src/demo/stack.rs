@@ -6,10 +6,16 @@
 //! `serve::run_until` runs on a thread with its own tokio runtime, as the
 //! process it normally is (its start-up future is also not `Send`).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use certplane_agent::AgentConfig;
+use certplane_agent::config::{
+    AllowedDir, BackoffConfig, ConnectorGrants, TrustConfig, VerifyConfig,
+};
 use certplane_client::{ApiClient, ClientOptions, Trust};
 use tokio_util::sync::CancellationToken;
 
@@ -113,6 +119,54 @@ impl LocalHost {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
+    }
+
+    /// An agent configuration for this host: named `name`, registering
+    /// with `bootstrap_token`, trusting the host by its pinned development
+    /// certificate, and allowing the pem-files connector to write
+    /// `deploy_dir` and nothing else. Timings are brisk for a local run
+    /// (heartbeat 5 s, polls of 10 s, 20 verification attempts 100 ms
+    /// apart); callers adjust them before checking it with
+    /// [`AgentConfig::from_value`].
+    pub fn agent_config(
+        &self,
+        name: &str,
+        bootstrap_token: &str,
+        state_dir: PathBuf,
+        plugins: (PathBuf, Option<PathBuf>),
+        deploy_dir: PathBuf,
+    ) -> AgentConfig {
+        let (plugin_dir, plugin_cache_dir) = plugins;
+        AgentConfig {
+            host_url: self.url.clone(),
+            trust: TrustConfig {
+                ca_file: None,
+                pin_sha256: Some(self.pin_sha256.clone()),
+            },
+            bootstrap_token: Some(bootstrap_token.to_owned()),
+            name: Some(name.to_owned()),
+            state_dir,
+            plugin_dir,
+            plugin_cache_dir,
+            heartbeat_secs: 5,
+            poll_wait_secs: 10,
+            backoff: BackoffConfig::default(),
+            verify: VerifyConfig {
+                attempts: 20,
+                interval_ms: 100,
+                timeout_secs: 2,
+            },
+            connectors: BTreeMap::from([(
+                "pem-files".to_owned(),
+                ConnectorGrants {
+                    directories: vec![AllowedDir {
+                        path: deploy_dir,
+                        writable: true,
+                    }],
+                    ..ConnectorGrants::default()
+                },
+            )]),
+        }
     }
 
     /// The configuration it runs with.

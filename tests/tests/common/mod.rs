@@ -5,14 +5,11 @@
 //! PostgreSQL tests never skip: an unreachable server fails them.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use certplane_agent::AgentConfig;
-use certplane_agent::config::{
-    AllowedDir, BackoffConfig, ConnectorGrants, TrustConfig, VerifyConfig,
-};
+use certplane_agent::config::BackoffConfig;
 use certplane_host::config::{HostConfig, JobSettings};
 use certplane_host::demo::stack::{LocalHost, free_port};
 use certplane_host::demo::{brisk_scheduler, demo_ca, get, post};
@@ -205,39 +202,20 @@ impl Stack {
     /// bootstrap token, its own state directory, fast verification, and the
     /// pem-files connector allowed to write `<root>/<name>-certs`.
     pub fn agent_config(&self, name: &str) -> AgentConfig {
-        let config = AgentConfig {
-            host_url: self.host.url.clone(),
-            trust: TrustConfig {
-                ca_file: None,
-                pin_sha256: Some(self.host.pin_sha256.clone()),
-            },
-            bootstrap_token: Some(self.bootstrap_token.clone()),
-            name: Some(name.to_owned()),
-            state_dir: self.root.path().join(format!("{name}-state")),
-            plugin_dir: plugin_dir(),
-            plugin_cache_dir: Some(repo_root().join("target/plugin-cache")),
-            heartbeat_secs: 2,
-            poll_wait_secs: 5,
-            backoff: BackoffConfig {
-                initial_ms: 100,
-                max_secs: 1,
-            },
-            verify: VerifyConfig {
-                attempts: 5,
-                interval_ms: 100,
-                timeout_secs: 2,
-            },
-            connectors: BTreeMap::from([(
-                "pem-files".to_owned(),
-                ConnectorGrants {
-                    directories: vec![AllowedDir {
-                        path: self.dir(&format!("{name}-certs")),
-                        writable: true,
-                    }],
-                    ..ConnectorGrants::default()
-                },
-            )]),
+        let mut config = self.host.agent_config(
+            name,
+            &self.bootstrap_token,
+            self.root.path().join(format!("{name}-state")),
+            (plugin_dir(), Some(repo_root().join("target/plugin-cache"))),
+            self.dir(&format!("{name}-certs")),
+        );
+        config.heartbeat_secs = 2;
+        config.poll_wait_secs = 5;
+        config.backoff = BackoffConfig {
+            initial_ms: 100,
+            max_secs: 1,
         };
+        config.verify.attempts = 5;
         AgentConfig::from_value(&config).unwrap()
     }
 
