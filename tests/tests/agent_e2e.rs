@@ -305,21 +305,8 @@ async fn nothing_listening_is_unreachable_and_retried(backend: Backend) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let target = stack
-        .pem_target(
-            "files",
-            &agent_id,
-            &deploy_dir,
-            Some((port, "site.e2e.test")),
-        )
-        .await;
-    let cert = stack
-        .certificate(
-            "site",
-            &["site.e2e.test"],
-            "ecdsa-p256",
-            target["id"].as_str().unwrap(),
-        )
+    let (_, cert) = stack
+        .site(&agent_id, &deploy_dir, port, "site", "site.e2e.test")
         .await;
     let cert_id = cert["id"].as_str().unwrap();
 
