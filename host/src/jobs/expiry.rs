@@ -10,9 +10,9 @@ use certplane_runtime::Level;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
-use super::notify::notify_all_once;
+use super::notify::{Announcement, announce, enabled_notifiers};
 use crate::api::AppState;
-use crate::store::{Certificate, StoreResult};
+use crate::store::{Certificate, PluginInstance, StoreResult};
 
 /// Warning stages before expiry, in days, most urgent first.
 pub const STAGES_DAYS: [i64; 3] = [1, 7, 14];
@@ -47,8 +47,13 @@ pub fn stage(
         })
 }
 
-/// One tick: returns how many notifications were enqueued.
+/// One tick: returns how many notifications were enqueued. Without an
+/// enabled notifier there is nobody to tell, and nothing is read.
 pub async fn tick(state: &AppState) -> StoreResult<usize> {
+    let notifiers = enabled_notifiers(state).await?;
+    if notifiers.is_empty() {
+        return Ok(0);
+    }
     let now = Utc::now();
     let horizon = now + Duration::days(STAGES_DAYS[STAGES_DAYS.len() - 1]);
     let mut enqueued = 0;
@@ -57,7 +62,7 @@ pub async fn tick(state: &AppState) -> StoreResult<usize> {
         .list_expiring_certificates(horizon, CERT_BATCH)
         .await?
     {
-        enqueued += expiring(state, &cert, now).await?;
+        enqueued += expiring(state, &notifiers, &cert, now).await?;
     }
     let since = now - Duration::hours(FAILED_LOOKBACK_HOURS);
     for job in state
@@ -72,13 +77,12 @@ pub async fn tick(state: &AppState) -> StoreResult<usize> {
             job.attempts,
             job.last_error.as_deref().unwrap_or("no error recorded")
         );
-        enqueued += notify_all_once(
-            state,
-            "job.failed",
-            &format!("job/{}", job.id),
-            &summary,
-            Level::Error,
-            json!({
+        let event = Announcement {
+            kind: "job.failed",
+            subject: &format!("job/{}", job.id),
+            summary: &summary,
+            severity: Level::Error,
+            details: json!({
                 "job_id": job.id,
                 "job_type": job.job_type.to_string(),
                 "certificate_id": job.certificate_id,
@@ -86,9 +90,9 @@ pub async fn tick(state: &AppState) -> StoreResult<usize> {
                 "attempts": job.attempts,
                 "last_error": job.last_error,
             }),
-            &format!("job.failed:{}", job.id),
-        )
-        .await?;
+        };
+        let key = format!("job.failed:{}", job.id);
+        enqueued += announce(state, &notifiers, &event, Some(&key)).await?;
     }
     if enqueued > 0 {
         tracing::info!(enqueued, "expiry and failure notifications enqueued");
@@ -96,7 +100,12 @@ pub async fn tick(state: &AppState) -> StoreResult<usize> {
     Ok(enqueued)
 }
 
-async fn expiring(state: &AppState, cert: &Certificate, now: DateTime<Utc>) -> StoreResult<usize> {
+async fn expiring(
+    state: &AppState,
+    notifiers: &[PluginInstance],
+    cert: &Certificate,
+    now: DateTime<Utc>,
+) -> StoreResult<usize> {
     let (Some(not_after), Some(version)) = (cert.not_after, cert.current_version_id.as_deref())
     else {
         return Ok(0);
@@ -113,22 +122,21 @@ async fn expiring(state: &AppState, cert: &Certificate, now: DateTime<Utc>) -> S
             (not_after - now).num_hours()
         )
     };
-    notify_all_once(
-        state,
+    let event = Announcement {
         kind,
-        &format!("certificate/{}", cert.id),
-        &summary,
+        subject: &format!("certificate/{}", cert.id),
+        summary: &summary,
         severity,
-        json!({
+        details: json!({
             "certificate_id": cert.id,
             "name": cert.name,
             "version_id": version,
             "not_after": not_after,
             "stage": stage,
         }),
-        &format!("{kind}:{}:{version}:{stage}", cert.id),
-    )
-    .await
+    };
+    let key = format!("{kind}:{}:{version}:{stage}", cert.id);
+    announce(state, notifiers, &event, Some(&key)).await
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use super::connectors::{build_instance, failure_for, observed};
 use crate::api::AppState;
 use crate::store::{
-    ActorType, JobFailure, NewAuditEvent, NewNotification, Notification, StoreResult,
+    ActorType, JobFailure, NewAuditEvent, NewNotification, Notification, PluginInstance,
+    StoreResult,
 };
 
 /// Notifications one tick claims at most.
@@ -49,6 +50,21 @@ fn parse_severity(name: Option<&str>) -> Level {
     }
 }
 
+/// Something to tell every notifier about.
+#[derive(Debug, Clone)]
+pub struct Announcement<'a> {
+    /// Dotted event kind, e.g. `certificate.issued`.
+    pub kind: &'a str,
+    /// What the event is about, e.g. `certificate/<id>`.
+    pub subject: &'a str,
+    /// One line for humans.
+    pub summary: &'a str,
+    /// How bad it is.
+    pub severity: Level,
+    /// Extra structured details (a JSON object).
+    pub details: Value,
+}
+
 /// Enqueues one notification of `kind` (e.g. `certificate.issued`) per
 /// enabled notifier instance and wakes the dispatch loop. `subject` names
 /// what the event is about (`certificate/<id>`), `summary` is one line for
@@ -61,54 +77,46 @@ pub async fn notify_all(
     severity: Level,
     details: Value,
 ) -> StoreResult<usize> {
-    enqueue_all(state, kind, subject, summary, severity, details, None).await
-}
-
-/// Like [`notify_all`], but each notifier gets at most one notification
-/// with `dedupe_key` ever: for events periodic sweeps see repeatedly.
-pub async fn notify_all_once(
-    state: &AppState,
-    kind: &str,
-    subject: &str,
-    summary: &str,
-    severity: Level,
-    details: Value,
-    dedupe_key: &str,
-) -> StoreResult<usize> {
-    enqueue_all(
-        state,
+    let notifiers = enabled_notifiers(state).await?;
+    let event = Announcement {
         kind,
         subject,
         summary,
         severity,
         details,
-        Some(dedupe_key),
-    )
-    .await
+    };
+    announce(state, &notifiers, &event, None).await
 }
 
-async fn enqueue_all(
+/// The notifier instances that are not disabled.
+pub async fn enabled_notifiers(state: &AppState) -> StoreResult<Vec<PluginInstance>> {
+    let mut notifiers = state.store.list_notifiers().await?;
+    notifiers.retain(|n| n.disabled_at.is_none());
+    Ok(notifiers)
+}
+
+/// Enqueues `event` for each of `notifiers` and wakes the dispatch loop.
+/// With a `dedupe_key`, a notifier that already has a notification with
+/// that key gets none (for events periodic sweeps see repeatedly). Returns
+/// how many were enqueued.
+pub async fn announce(
     state: &AppState,
-    kind: &str,
-    subject: &str,
-    summary: &str,
-    severity: Level,
-    details: Value,
+    notifiers: &[PluginInstance],
+    event: &Announcement<'_>,
     dedupe_key: Option<&str>,
 ) -> StoreResult<usize> {
-    let notifiers = state.store.list_notifiers().await?;
     let occurred_at = Utc::now().timestamp();
     let mut enqueued = 0;
-    for notifier in notifiers.iter().filter(|n| n.disabled_at.is_none()) {
+    for notifier in notifiers {
         let new = NewNotification {
             notifier_id: notifier.id.clone(),
-            event_type: kind.to_owned(),
-            subject: Some(subject.to_owned()),
+            event_type: event.kind.to_owned(),
+            subject: Some(event.subject.to_owned()),
             payload: json!({
-                "summary": summary,
-                "severity": severity_name(severity),
+                "summary": event.summary,
+                "severity": severity_name(event.severity),
                 "occurred_at": occurred_at,
-                "details": details,
+                "details": event.details,
             }),
             max_attempts: MAX_ATTEMPTS,
         };
