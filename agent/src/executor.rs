@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use certplane_proto::ErrorClass;
 use certplane_pki::keygen::{KeyType, generate_key_and_csr};
 use certplane_pki::pem::{certificate_public_key_sha256, parse_certificates, split_pem};
 use certplane_runtime::target::CertificateBundle;
 use certplane_runtime::{
-    CallError, ConnectorError, InstanceConfig, Limits, Plugin, PluginInstance, PluginKind,
+    CallError, InstanceConfig, Limits, Plugin, PluginInstance, PluginKind,
 };
 
 use crate::config::AgentConfig;
@@ -52,52 +53,48 @@ pub struct Executor {
     unserved_csr: Mutex<HashSet<String>>,
 }
 
-/// A failed job: the class the host maps to retry or not, and why.
+/// A failed job: the class the host maps to retry or not, why, and the
+/// connector's retry-after hint.
 struct Failure {
-    class: &'static str,
+    class: ErrorClass,
     message: String,
+    retry_after_secs: Option<u32>,
 }
 
 impl Failure {
-    fn permanent(message: impl Into<String>) -> Failure {
+    fn of_class(class: ErrorClass, message: impl Into<String>) -> Failure {
         Failure {
-            class: "rejected",
+            class,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    fn permanent(message: impl Into<String>) -> Failure {
+        Failure::of_class(ErrorClass::Rejected, message)
     }
 
     fn transient(message: impl Into<String>) -> Failure {
-        Failure {
-            class: "transient",
-            message: message.into(),
-        }
+        Failure::of_class(ErrorClass::Transient, message)
     }
 
     fn unsupported(message: impl Into<String>) -> Failure {
+        Failure::of_class(ErrorClass::Unsupported, message)
+    }
+
+    /// A failed connector call, classed as the runtime classes it.
+    fn of_call(err: &CallError) -> Failure {
         Failure {
-            class: "unsupported",
-            message: message.into(),
+            class: err.class(),
+            message: err.to_string(),
+            retry_after_secs: err
+                .retry_after()
+                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
         }
     }
 
-    /// The host's class for a failed connector call.
-    fn of_call(err: &CallError) -> Failure {
-        let class = match err {
-            CallError::Connector { error, .. } => match error {
-                ConnectorError::InvalidConfig(_) => "invalid-config",
-                ConnectorError::Unauthorized(_) => "unauthorized",
-                ConnectorError::Rejected(_) => "rejected",
-                ConnectorError::RateLimited(_) => "rate-limited",
-                ConnectorError::Transient(_) => "transient",
-                ConnectorError::Unsupported(_) => "unsupported",
-            },
-            e if e.is_retryable() => "transient",
-            _ => "rejected",
-        };
-        Failure {
-            class,
-            message: err.to_string(),
-        }
+    fn report(self, attempt: i32) -> JobReport {
+        JobReport::failure(attempt, self.class, self.message, self.retry_after_secs)
     }
 }
 
@@ -127,23 +124,20 @@ impl Executor {
             ("running", "deployment") => {
                 let report = match self.deploy(&job).await {
                     Ok(report) => report,
-                    Err(f) => JobReport::failure(job.attempt, f.class, f.message),
+                    Err(f) => f.report(job.attempt),
                 };
                 self.finish(&job, report).await
             }
             ("running", "verification") => {
                 let report = match self.verify_again(&job).await {
                     Ok(report) => report,
-                    Err(f) => JobReport::failure(job.attempt, f.class, f.message),
+                    Err(f) => f.report(job.attempt),
                 };
                 self.finish(&job, report).await
             }
             ("running", other) => {
-                let report = JobReport::failure(
-                    job.attempt,
-                    "unsupported",
-                    format!("agents do not run {other} jobs"),
-                );
+                let report =
+                    Failure::unsupported(format!("agents do not run {other} jobs")).report(job.attempt);
                 self.finish(&job, report).await
             }
             (status, _) => {
@@ -157,10 +151,10 @@ impl Executor {
         match &report.error {
             None => tracing::info!(job_id = %job.id, job_type = %job.job_type,
                 changed = ?report.changed,
-                verification = report.verification.as_ref().map(|v| v.status),
+                verification = report.verification.as_ref().map(|v| v.status.as_str()),
                 "job done"),
             Some(e) => tracing::warn!(job_id = %job.id, job_type = %job.job_type,
-                class = e.class, error = %e.message, "job failed"),
+                class = %e.class, error = %e.message, "job failed"),
         }
         let mut delay = REPORT_RETRY_FIRST;
         loop {
@@ -348,9 +342,8 @@ impl Executor {
         grants: &grants::RequestedGrants,
     ) -> Result<PluginInstance, Failure> {
         let owner = format!("target/{}", target.id);
-        let invalid = |e: &dyn std::fmt::Display| Failure {
-            class: "invalid-config",
-            message: format!("{owner}: {e}"),
+        let invalid = |e: &dyn std::fmt::Display| {
+            Failure::of_class(ErrorClass::InvalidConfig, format!("{owner}: {e}"))
         };
         let mut config = InstanceConfig::new(&owner)
             .with_settings(target.settings.clone())
@@ -406,7 +399,7 @@ impl Executor {
                 "verification did not see the deployed certificate"),
         }
         ReportVerification {
-            status: verdict.status(),
+            status: verdict.verification_status(),
             observed_fingerprint: verdict.observed_fingerprint().map(str::to_owned),
             detail: Some(format!("{} at {endpoint}", verdict.detail())),
             endpoint: Some(endpoint.clone()),
@@ -468,16 +461,27 @@ mod tests {
             plugin: "p".into(),
             error: ConnectorError::InvalidConfig("x".into()),
         };
-        assert_eq!(Failure::of_call(&err).class, "invalid-config");
+        assert_eq!(Failure::of_call(&err).class, ErrorClass::InvalidConfig);
         let err = CallError::Deadline {
             plugin: "p".into(),
             deadline: Duration::from_secs(1),
         };
-        assert_eq!(Failure::of_call(&err).class, "transient");
+        assert_eq!(Failure::of_call(&err).class, ErrorClass::Deadline);
+        assert!(!ErrorClass::Deadline.is_permanent());
         let err = CallError::MemoryLimit {
             plugin: "p".into(),
             limit_bytes: 1,
         };
-        assert_eq!(Failure::of_call(&err).class, "rejected");
+        assert_eq!(Failure::of_call(&err).class, ErrorClass::MemoryLimit);
+        assert!(ErrorClass::MemoryLimit.is_permanent());
+        let err = CallError::Connector {
+            plugin: "p".into(),
+            error: ConnectorError::RateLimited(certplane_runtime::RateLimit {
+                retry_after_secs: Some(42),
+                message: "slow down".into(),
+            }),
+        };
+        let f = Failure::of_call(&err);
+        assert_eq!((f.class, f.retry_after_secs), (ErrorClass::RateLimited, Some(42)));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use certplane_client::{ApiClient, ClientError, ClientOptions, Trust};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// `User-Agent` of the agent's requests.
@@ -155,72 +155,9 @@ pub struct Heartbeat {
     pub server_time: DateTime<Utc>,
 }
 
-/// What the agent reports at the end of a job.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct JobReport {
-    /// `success` or `failure`.
-    pub outcome: &'static str,
-    /// What changed.
-    pub changed: Vec<String>,
-    /// Why it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ReportError>,
-    /// The endpoint probe, when one ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verification: Option<ReportVerification>,
-    /// The lease attempt.
-    pub attempt: i32,
-}
-
-/// A failure: the connector's error class and message.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ReportError {
-    /// `rejected`, `invalid-config`, `unauthorized`, `unsupported`
-    /// (permanent) or `transient`, `rate-limited` (retried).
-    pub class: &'static str,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// The endpoint probe's verdict.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ReportVerification {
-    /// `verified`, `mismatch` or `unreachable`.
-    pub status: &'static str,
-    /// SHA-256 of the leaf the endpoint served.
-    pub observed_fingerprint: Option<String>,
-    /// One line for operators.
-    pub detail: Option<String>,
-    /// Where the probe connected.
-    pub endpoint: Option<crate::verify::Endpoint>,
-}
-
-impl JobReport {
-    /// A success.
-    pub fn success(attempt: i32, changed: Vec<String>) -> JobReport {
-        JobReport {
-            outcome: "success",
-            changed,
-            error: None,
-            verification: None,
-            attempt,
-        }
-    }
-
-    /// A failure of `class`.
-    pub fn failure(attempt: i32, class: &'static str, message: impl Into<String>) -> JobReport {
-        JobReport {
-            outcome: "failure",
-            changed: Vec::new(),
-            error: Some(ReportError {
-                class,
-                message: message.into(),
-            }),
-            verification: None,
-            attempt,
-        }
-    }
-}
+/// What the agent reports at the end of a job (the protocol's one
+/// definition, shared with the host).
+pub use certplane_proto::agent::{ResultRequest as JobReport, Verification as ReportVerification};
 
 /// An authenticated client of the agent API.
 #[derive(Debug, Clone)]
@@ -380,9 +317,9 @@ mod tests {
 
     #[test]
     fn reports_have_the_host_api_shape() {
-        let mut report = JobReport::failure(3, "transient", "boom");
+        let mut report = JobReport::failure(3, ErrorClass::Transient, "boom", None);
         report.verification = Some(ReportVerification {
-            status: "unreachable",
+            status: certplane_proto::agent::VerificationStatus::Unreachable,
             observed_fingerprint: None,
             detail: Some("connection refused".into()),
             endpoint: None,

@@ -26,36 +26,7 @@ use tokio_rustls::TlsConnector;
 
 use certplane_pki::pem::{fingerprint_sha256, normalise_fingerprint};
 
-/// Where to probe (mirrors the WIT `endpoint` record of the target
-/// contract): the TCP address to connect to and the name to ask for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Endpoint {
-    /// Host name or IP literal to connect to.
-    pub host: String,
-    /// TCP port to connect to.
-    pub port: u16,
-    /// Server name sent as SNI, so that servers hosting several names
-    /// present the certificate for this one. An IP literal sends no SNI.
-    pub server_name: String,
-}
-
-impl From<certplane_runtime::target::Endpoint> for Endpoint {
-    /// The endpoint a target connector named in its `deploy-result`.
-    fn from(at: certplane_runtime::target::Endpoint) -> Self {
-        Endpoint {
-            host: at.host,
-            port: at.port,
-            server_name: at.server_name,
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    /// `host:port (SNI name)`, as operators read it in verification details.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{} (SNI {})", self.host, self.port, self.server_name)
-    }
-}
+pub use certplane_proto::Endpoint;
 
 /// Retry policy of a probe: how many times, how often and how long each
 /// attempt may take. The whole probe takes at most about
@@ -105,10 +76,16 @@ impl Verdict {
     /// `verified` / `mismatch` / `unreachable`: the host API's status
     /// strings for a verification result.
     pub fn status(&self) -> &'static str {
+        self.verification_status().as_str()
+    }
+
+    /// The verdict as the agent protocol names it.
+    pub fn verification_status(&self) -> certplane_proto::agent::VerificationStatus {
+        use certplane_proto::agent::VerificationStatus as S;
         match self {
-            Verdict::Verified { .. } => "verified",
-            Verdict::Mismatch { .. } => "mismatch",
-            Verdict::Unreachable { .. } => "unreachable",
+            Verdict::Verified { .. } => S::Verified,
+            Verdict::Mismatch { .. } => S::Mismatch,
+            Verdict::Unreachable { .. } => S::Unreachable,
         }
     }
 

@@ -13,10 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
-use certplane_runtime::{CallError, ConnectorError};
+use certplane_runtime::CallError;
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -26,8 +23,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::AppState;
-use crate::api::error::ApiError;
 use crate::store::{JobStatus, JobType, Store, StoreResult, now, on_read};
 
 /// Content type of the exposition.
@@ -184,24 +179,10 @@ pub enum RenderError {
     Encode(#[from] std::fmt::Error),
 }
 
-/// Stable, low-cardinality class of a plugin call error (the `class` label).
+/// Stable, low-cardinality class of a plugin call error (the `class`
+/// label): the wire name of [`CallError::class`].
 pub fn error_class(err: &CallError) -> &'static str {
-    match err {
-        CallError::Connector { error, .. } => match error {
-            ConnectorError::InvalidConfig(_) => "invalid_config",
-            ConnectorError::Unauthorized(_) => "unauthorized",
-            ConnectorError::Rejected(_) => "rejected",
-            ConnectorError::RateLimited(_) => "rate_limited",
-            ConnectorError::Transient(_) => "transient",
-            ConnectorError::Unsupported(_) => "unsupported",
-        },
-        CallError::CapabilityDenied { .. } => "capability_denied",
-        CallError::Deadline { .. } => "deadline",
-        CallError::MemoryLimit { .. } => "memory_limit",
-        CallError::Trap { .. } => "trap",
-        CallError::Instantiate { .. } => "instantiate",
-        CallError::WrongKind { .. } => "wrong_kind",
-    }
+    err.class().as_str()
 }
 
 /// Expiry buckets, in order: label and upper bound (days from now).
@@ -285,16 +266,4 @@ async fn expiry_counts(store: &Store, at: DateTime<Utc>) -> StoreResult<Vec<(Str
         }
         query.fetch_all(pool).await?
     }))
-}
-
-/// `GET /metrics`.
-pub async fn serve(State(state): State<AppState>) -> Response {
-    match state.metrics.render(&state.store).await {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-            text,
-        )
-            .into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
-    }
 }

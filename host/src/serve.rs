@@ -9,11 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, auth};
+use crate::api::{self, AppState};
 use crate::config::HostConfig;
 use crate::plugins::PluginRegistry;
-use crate::secrets::SecretBox;
-use crate::store::{ApiScope, NewApiKey, Store, StoreOptions};
+use crate::store::{Store, StoreOptions};
 
 /// Creates the data directory with owner-only permissions.
 pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
@@ -28,13 +27,13 @@ pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens and migrates the store named by the configuration.
+/// Opens and migrates the store named by the configuration, as this
+/// host's instance ([`crate::replica::instance_id`]; the data directory
+/// must exist).
 pub async fn open_store(config: &HostConfig) -> anyhow::Result<Store> {
     let options = StoreOptions {
-        instance_id: config
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| format!("host-{}", uuid::Uuid::new_v4().simple())),
+        instance_id: crate::replica::instance_id(config)?,
+        max_connections: config.database.max_connections,
         lease_duration: Duration::from_secs(config.jobs.lease_secs),
         backoff: crate::store::Backoff {
             base: Duration::from_millis(config.jobs.retry_base_ms),
@@ -53,24 +52,27 @@ pub async fn open_store(config: &HostConfig) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Issues the first admin key once per data directory and prints it: the
-/// only time the plaintext is ever shown.
-async fn bootstrap_admin_key(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
-    let marker = data_dir.join("admin-key-issued");
-    if marker.exists() {
-        return Ok(());
+/// Issues the first admin key once per database (whichever replica claims
+/// it first) and prints it: the only time the plaintext is ever shown.
+async fn bootstrap_admin_key(store: &Store) -> anyhow::Result<()> {
+    if let Some(key) = crate::replica::bootstrap_admin_key(store).await? {
+        println!("First start: admin API key (shown once, store it now):\n  {key}");
     }
-    let (key, hash) = auth::new_api_key();
-    store
-        .create_api_key(NewApiKey {
-            name: "bootstrap-admin".into(),
-            key_hash: hash,
-            scopes: vec![ApiScope::Admin],
-            expires_at: None,
-        })
-        .await?;
-    std::fs::write(&marker, b"the first admin key was printed at first start\n")?;
-    println!("First start: admin API key (shown once, store it now):\n  {key}");
+    Ok(())
+}
+
+/// Takes back what the previous run of this instance still held (see
+/// [`Store::reap_own_leases`]): at once, instead of after the leases lapse.
+async fn reclaim_own_work(store: &Store) -> anyhow::Result<()> {
+    let reclaimed = store.reap_own_leases().await?;
+    for job in &reclaimed.jobs {
+        tracing::warn!(job = %job.id, job_type = %job.job_type, attempts = job.attempts,
+            "job left running by the previous run of this host: failed, to be retried");
+    }
+    if !reclaimed.notifications.is_empty() {
+        tracing::warn!(count = reclaimed.notifications.len(),
+            "notifications left sending by the previous run of this host: queued again");
+    }
     Ok(())
 }
 
@@ -110,8 +112,12 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
 pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     prepare_data_dir(&config.data_dir)?;
     let store = open_store(&config).await?;
-    bootstrap_admin_key(&store, &config.data_dir).await?;
-    let secrets = SecretBox::load_or_create(&config.data_dir.join("secrets.key"))?;
+    tracing::info!(instance_id = store.instance_id(), "this host's instance id");
+    // The key check comes first: a host with the wrong key must neither
+    // reclaim work nor spend the one-time admin key print.
+    let secrets = crate::replica::open_secrets(&store, &config.secrets_key_file()).await?;
+    reclaim_own_work(&store).await?;
+    bootstrap_admin_key(&store).await?;
     let cache_dir = config
         .plugin_cache_dir
         .clone()
@@ -133,7 +139,16 @@ pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyho
         Arc::new(plugins),
         Arc::new(secrets),
     );
-    let scheduler = crate::jobs::start(state.clone(), shutdown.child_token());
+    // Wake-ups to and from the other replicas (PostgreSQL). Linked before
+    // the scheduler starts and the API listens, so no work created
+    // elsewhere from then on goes unannounced; stopped only after the
+    // scheduler has drained, so its last wake-ups still go out.
+    let link_stop = CancellationToken::new();
+    let replica_link = state
+        .wake
+        .connect_replicas(&store, link_stop.clone())
+        .await;
+    let scheduler = crate::engine::start(state.engine.clone(), shutdown.child_token());
     let (wake, stop) = (state.wake.clone(), shutdown.clone());
     tokio::spawn(async move {
         stop.cancelled().await;
@@ -151,6 +166,10 @@ pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyho
     crate::server::serve(listener, api::router(state), tls, shutdown.clone(), grace).await?;
     let report = scheduler.shutdown(grace).await;
     tracing::info!(?report, "scheduler stopped");
+    link_stop.cancel();
+    if let Some(link) = replica_link {
+        link.join().await;
+    }
     store.close().await;
     Ok(())
 }

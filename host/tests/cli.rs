@@ -1421,7 +1421,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     assert!(line.contains("has no issued version to revoke"), "{line}");
 
     // The scheduler issues and deploys; the deployment fails verification.
-    let scheduler = certplane_host::jobs::start(host.app.state.clone(), CancellationToken::new());
+    let scheduler = certplane_host::engine::start(host.app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     let deployment_id = loop {
         let jobs = host
@@ -2976,7 +2976,7 @@ async fn jobs_verify_queues_a_verification_of_a_completed_deployment() {
     let cert = new_certificate(&client, "web", &issuer, Some(&target_id)).await;
     let cert_id = cert["id"].as_str().expect("cert id").to_owned();
 
-    let scheduler = certplane_host::jobs::start(host.app.state.clone(), CancellationToken::new());
+    let scheduler = certplane_host::engine::start(host.app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     let deployment_id = loop {
         let jobs = host

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use certplane_host::api::AppState;
-use certplane_host::jobs;
+use certplane_host::engine;
 use certplane_host::plugins::PluginRegistry;
 use certplane_host::store::{
     JobFailure, JobType, KeySource, NewCertificate, NewCertificateVersion, NewJob, NewNotification,
@@ -188,7 +188,7 @@ async fn delivered_once_with_a_valid_signature(backend: Backend) {
         .await
         .unwrap();
     let notifier = create_webhook(&app.state, &server).await;
-    let enqueued = jobs::notify::notify_all(
+    let enqueued = engine::notify::notify_all(
         &app.state,
         "certificate.issued",
         "certificate/web",
@@ -208,7 +208,7 @@ async fn delivered_once_with_a_valid_signature(backend: Backend) {
     assert_eq!(rows[0].notifier_id, notifier);
     let id = rows[0].id.clone();
 
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let sent = wait_for(&app.store, &id, "sent", |n| {
         n.status == NotificationStatus::Sent
     })
@@ -258,7 +258,7 @@ async fn server_error_is_retried_then_sent_once(backend: Backend) {
     let notifier = create_webhook(&app.state, &server).await;
     let id = enqueue(&app.store, &notifier, 1).await.remove(0);
 
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let sent = wait_for(&app.store, &id, "sent after a retry", |n| {
         n.status == NotificationStatus::Sent
     })
@@ -282,7 +282,7 @@ async fn gone_fails_permanently_and_disables_the_notifier(backend: Backend) {
     let notifier = create_webhook(&app.state, &server).await;
     let id = enqueue(&app.store, &notifier, 1).await.remove(0);
 
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let failed = wait_for(&app.store, &id, "failed", |n| {
         n.status == NotificationStatus::Failed
     })
@@ -307,7 +307,7 @@ async fn gone_fails_permanently_and_disables_the_notifier(backend: Backend) {
         .unwrap();
     assert!(events.iter().any(|e| e.action == "notifier.disabled"));
     let later = enqueue(&app.store, &notifier, 1).await.remove(0);
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let failed = wait_for(&app.store, &later, "failed", |n| {
         n.status == NotificationStatus::Failed
     })
@@ -343,7 +343,7 @@ async fn rate_limited_waits_for_the_receivers_retry_after(backend: Backend) {
     let notifier = create_webhook(&app.state, &server).await;
     let id = enqueue(&app.store, &notifier, 1).await.remove(0);
 
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let pending = wait_for(&app.store, &id, "a failed attempt", |n| {
         n.attempts == 1 && n.status == NotificationStatus::Pending
     })
@@ -394,7 +394,7 @@ async fn issuance_notifies(backend: Backend) {
         .await
         .unwrap();
 
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(30);
     let sent = loop {
         let (rows, _) = app
@@ -465,7 +465,7 @@ async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
         .unwrap();
 
     for _ in 0..3 {
-        jobs::expiry::tick(&app.state).await.unwrap();
+        engine::expiry::tick(&app.state.engine).await.unwrap();
     }
     let of_kind = |kind: &str| {
         format!(
@@ -479,7 +479,7 @@ async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
     assert_eq!(common::count(&app.store, &of_kind("job.failed")).await, 1);
 
     // Delivered, with the stage and the failure in the event.
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.requests().len() < 2 {
         assert!(Instant::now() < deadline, "not delivered");
@@ -543,8 +543,8 @@ async fn two_hosts_deliver_each_notification_exactly_once() {
         Arc::new(registry),
         app.state.secrets.clone(),
     );
-    let first = jobs::start(app.state.clone(), CancellationToken::new());
-    let second = jobs::start(state2.clone(), CancellationToken::new());
+    let first = engine::start(app.state.engine.clone(), CancellationToken::new());
+    let second = engine::start(state2.engine.clone(), CancellationToken::new());
 
     let ids = enqueue(&app.store, &notifier, 50).await;
     app.state.wake.notifications.notify_one();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use certplane_host::jobs;
+use certplane_host::engine;
 use certplane_host::store::{
     JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewJob, NewPluginInstance, NewTarget,
     SENTINEL_AGENT_ID,
@@ -63,7 +63,7 @@ async fn issue_and_deploy(backend: Backend) {
 
     let started = Instant::now();
     let token = CancellationToken::new();
-    let scheduler = jobs::start(state.clone(), token.clone());
+    let scheduler = engine::start(state.engine.clone(), token.clone());
 
     // Wait for the deployment to complete.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -150,7 +150,7 @@ async fn issue_and_deploy(backend: Backend) {
         .await;
     assert_eq!(r.status, axum::http::StatusCode::ACCEPTED, "{}", r.text);
     let job_id = r.json["job_id"].as_str().unwrap().to_string();
-    let scheduler = jobs::start(state.clone(), CancellationToken::new());
+    let scheduler = engine::start(state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     let revocation = loop {
         let job = store.get_job(&job_id).await.unwrap().unwrap();
@@ -200,7 +200,7 @@ async fn approval_wait_expires(backend: Backend) {
         .create_job(NewJob::new(JobType::Revocation).status(JobStatus::AwaitingApproval))
         .await
         .unwrap();
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     let failed = loop {
         let row = store.get_job(&job.id).await.unwrap().unwrap();
@@ -245,7 +245,7 @@ async fn csr_wait_expires_and_is_asked_again(backend: Backend) {
     let cert =
         common::fixtures::certificate(store, &issuer.id, Some(&target.id), KeySource::Agent).await;
 
-    let scheduler = jobs::start(app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(30);
     let asked_again = loop {
         let jobs = store

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certplane_host::api::AppState;
-use certplane_host::jobs;
+use certplane_host::engine;
 use certplane_host::plugins::PluginRegistry;
 use certplane_host::store::{
     Certificate, Job, JobFilter, JobStatus, JobType, KeySource, NewCertificate, Store, StoreOptions,
@@ -116,7 +116,7 @@ async fn async_order_is_polled_until_issued(backend: Backend) {
         serde_json::json!({ "pending_polls": 2, "retry_after_secs": 1 }),
     )
     .await;
-    let scheduler = jobs::start(s.app.state.clone(), CancellationToken::new());
+    let scheduler = engine::start(s.app.state.engine.clone(), CancellationToken::new());
     let polling = wait_for(&s.app.store, &s.cert, "Polling", |j| {
         j.status == JobStatus::Polling
     })
@@ -176,7 +176,7 @@ async fn restart_mid_polling_resumes_the_same_order(backend: Backend) {
         serde_json::json!({ "pending_polls": 3, "retry_after_secs": 1 }),
     )
     .await;
-    let first = jobs::start(s.app.state.clone(), CancellationToken::new());
+    let first = engine::start(s.app.state.engine.clone(), CancellationToken::new());
     let polling = wait_for(&s.app.store, &s.cert, "Polling", |j| {
         j.status == JobStatus::Polling
     })
@@ -205,7 +205,7 @@ async fn restart_mid_polling_resumes_the_same_order(backend: Backend) {
         Arc::new(registry),
         s.app.state.secrets.clone(),
     );
-    let second = jobs::start(state2, CancellationToken::new());
+    let second = engine::start(state2.engine, CancellationToken::new());
     let done = wait_for(&store2, &s.cert, "Completed after restart", |j| {
         j.status == JobStatus::Completed
     })
@@ -238,7 +238,7 @@ async fn connector_error_classes_end_jobs_as_specified(backend: Backend) {
             serde_json::json!({ "fail_with": class, "retry_after_secs": 120 }),
         )
         .await;
-        let scheduler = jobs::start(s.app.state.clone(), CancellationToken::new());
+        let scheduler = engine::start(s.app.state.engine.clone(), CancellationToken::new());
         let failed = wait_for(&s.app.store, &s.cert, class, |j| {
             j.status == JobStatus::Failed
         })

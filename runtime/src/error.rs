@@ -188,20 +188,32 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Whether retrying the same call later may succeed. Sandbox violations,
-    /// crashes and permanent connector errors are not retryable; deadlines,
-    /// transient errors and rate limits are.
+    /// Whether retrying the same call later may succeed: sandbox violations
+    /// and permanent connector errors are not; deadlines, crashes, transient
+    /// errors and rate limits are (see [`CallError::class`]).
     pub fn is_retryable(&self) -> bool {
+        !self.class().is_permanent()
+    }
+
+    /// The class the host acts on (retry or not); the one mapping of call
+    /// errors to classes, used by host and agent alike.
+    pub fn class(&self) -> certplane_proto::ErrorClass {
+        use certplane_proto::ErrorClass as C;
         match self {
-            CallError::Connector { error, .. } => matches!(
-                error,
-                ConnectorError::Transient(_) | ConnectorError::RateLimited(_)
-            ),
-            CallError::Deadline { .. } | CallError::Instantiate { .. } => true,
-            CallError::Trap { .. } => true,
-            CallError::CapabilityDenied { .. }
-            | CallError::MemoryLimit { .. }
-            | CallError::WrongKind { .. } => false,
+            CallError::Connector { error, .. } => match error {
+                ConnectorError::InvalidConfig(_) => C::InvalidConfig,
+                ConnectorError::Unauthorized(_) => C::Unauthorized,
+                ConnectorError::Rejected(_) => C::Rejected,
+                ConnectorError::RateLimited(_) => C::RateLimited,
+                ConnectorError::Transient(_) => C::Transient,
+                ConnectorError::Unsupported(_) => C::Unsupported,
+            },
+            CallError::CapabilityDenied { .. } => C::CapabilityDenied,
+            CallError::Deadline { .. } => C::Deadline,
+            CallError::MemoryLimit { .. } => C::MemoryLimit,
+            CallError::Trap { .. } => C::Trap,
+            CallError::Instantiate { .. } => C::Instantiate,
+            CallError::WrongKind { .. } => C::WrongKind,
         }
     }
 

@@ -12,7 +12,8 @@
 //!   [`Grants`] and [`Limits`]; every call runs on a fresh instance, and
 //!   whatever goes wrong in it comes back as a [`CallError`] for that call
 //!   alone.
-//! * [`asyncpoll`] drives asynchronous CA orders with the host's backoff.
+//! * [`asyncpoll`] holds the polling rules for asynchronous CA orders (one
+//!   pure function the host calls).
 //! * [`harness`] lets connector authors test a component without a host.
 //!
 //! ```no_run
@@ -73,3 +74,15 @@ pub mod notifier {
 }
 
 pub use bindings::types::{Level, PluginInfo};
+
+impl From<target::Endpoint> for certplane_proto::Endpoint {
+    /// The endpoint a target connector named in its `deploy-result`, as the
+    /// host and agent store and probe it.
+    fn from(at: target::Endpoint) -> Self {
+        certplane_proto::Endpoint {
+            host: at.host,
+            port: at.port,
+            server_name: at.server_name,
+        }
+    }
+}

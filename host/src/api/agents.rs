@@ -5,11 +5,11 @@
 //! A job of another agent is indistinguishable from a missing job (404), so
 //! one agent's credential reveals nothing about another agent's work.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::jobs::verification;
+use crate::engine::agent_reports;
+use certplane_proto::agent::{CsrAccepted, CsrRequest, ResultAccepted, ResultRequest};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -21,10 +21,6 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::prelude::FromDer as _;
-use x509_parser::public_key::PublicKey;
 
 use super::AppState;
 use super::auth::{
@@ -34,8 +30,8 @@ use super::auth::{
 use super::error::{ApiError, ApiResult};
 use super::listing::{Page, PageQuery, conditional_json};
 use crate::store::{
-    ActorType, Agent, AgentDependencies, AgentStatus, Certificate, HeartbeatOutcome, Job,
-    JobFailure, JobStatus, JobUpdate, NewAgent, NewAuditEvent, RetireAgent, RetireOutcome, Target,
+    ActorType, Agent, AgentDependencies, AgentStatus, HeartbeatOutcome, Job,
+    JobFailure, JobStatus, NewAgent, NewAuditEvent, RetireAgent, RetireOutcome, Target,
 };
 
 /// Jobs handed out per work poll unless the agent asks for fewer/more.
@@ -44,9 +40,6 @@ const DEFAULT_WORK_LIMIT: u32 = 10;
 const MAX_WORK_LIMIT: u32 = 100;
 /// Longest agent name accepted.
 const MAX_NAME_LEN: usize = 200;
-/// Error classes that make a failure permanent (no retry).
-const PERMANENT_ERROR_CLASSES: [&str; 4] =
-    ["rejected", "invalid-config", "unauthorized", "unsupported"];
 
 /// Routes under `/api/v1`.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -529,61 +522,14 @@ fn target_view(state: &AppState, target: Target) -> Result<JobTarget, String> {
 
 // ------------------------------------------------------------------- CSR
 
-/// Body of `POST /agents/jobs/{id}/csr`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CsrRequest {
-    /// PKCS#10 CSR, PEM, signed with the key the agent generated.
-    pub csr_pem: String,
-}
-
-/// Answer of a CSR submission.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CsrAccepted {
-    /// The job.
-    pub job_id: String,
-    /// Its new status (`pending`: the host issues next).
-    pub status: String,
-}
-
-/// The job, if the calling agent holds the key of its certificate (the
-/// certificate's key-holding target is one of its active targets).
-async fn key_holder_job(
-    state: &AppState,
-    agent_id: &str,
-    job_id: &str,
-) -> ApiResult<(Job, Certificate)> {
-    let missing = || ApiError::not_found(format!("job {job_id}"));
-    let job = state.store.get_job(job_id).await?.ok_or_else(missing)?;
-    let Some(cert_id) = job.certificate_id.as_deref() else {
-        return Err(missing());
-    };
-    let cert = state
-        .store
-        .get_certificate(cert_id)
-        .await?
-        .ok_or_else(missing)?;
-    let Some(target_id) = cert.target_id.as_deref() else {
-        return Err(missing());
-    };
-    let target = state
-        .store
-        .get_target(target_id)
-        .await?
-        .ok_or_else(missing)?;
-    if target.agent_id != agent_id || target.retired_at.is_some() {
-        return Err(missing());
-    }
-    Ok((job, cert))
-}
-
 /// Submit the CSR of a job awaiting one (the key stays on the agent).
+/// Submitting the same CSR again is answered as a replay.
 #[utoipa::path(post, path = "/agents/jobs/{id}/csr", tag = "agents",
     params(("id" = String, Path, description = "job id")),
     request_body = CsrRequest,
     responses((status = 200, body = CsrAccepted),
         (status = 404, description = "no such job of this agent", body = super::error::ErrorBody),
-        (status = 409, description = "the job is not awaiting a CSR (e.g. replay)", body = super::error::ErrorBody),
+        (status = 409, description = "the job is not awaiting a CSR (and this is not a replay)", body = super::error::ErrorBody),
         (status = 410, body = super::error::ErrorBody),
         (status = 422, description = "CSR invalid or for other names", body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -593,238 +539,14 @@ async fn submit_csr(
     Path(job_id): Path<String>,
     body: Result<Json<CsrRequest>, JsonRejection>,
 ) -> ApiResult<Json<CsrAccepted>> {
-    let agent_id = caller.agent.id;
-    let (job, cert) = key_holder_job(&state, &agent_id, &job_id).await?;
     let Json(req) = body?;
-    if job.status != JobStatus::AwaitingCsr {
-        return Err(ApiError::conflict(format!(
-            "job {job_id} is {}, not awaiting a CSR",
-            job.status
-        )));
-    }
-    check_csr(&req.csr_pem, &cert).map_err(ApiError::validation)?;
-    let audit = NewAuditEvent {
-        actor: agent_id.clone(),
-        actor_type: ActorType::Agent,
-        action: "job.csr_submitted".into(),
-        subject_type: "job".into(),
-        subject_id: Some(job_id.clone()),
-        details: json!({ "certificate_id": cert.id, "from": "awaiting_csr", "to": "pending" }),
-    };
-    // What `Store::submit_csr` does, with the audit row in the same
-    // transaction.
-    let won = state
-        .store
-        .transition_job(
-            &job_id,
-            JobStatus::AwaitingCsr,
-            JobStatus::Pending,
-            JobUpdate {
-                csr_pem: Some(req.csr_pem),
-                run_at: Some(Utc::now()),
-                ..JobUpdate::default()
-            },
-            Some(audit),
-        )
-        .await?;
-    if !won {
-        return Err(ApiError::conflict(format!(
-            "job {job_id} is no longer awaiting a CSR"
-        )));
-    }
-    state.wake.jobs.notify_one();
-    Ok(Json(CsrAccepted {
-        job_id,
-        status: JobStatus::Pending.to_string(),
-    }))
+    let accepted =
+        agent_reports::submit_csr(&state.engine, &caller.agent.id, &job_id, req.csr_pem).await?;
+    Ok(Json(accepted))
 }
 
-/// Parses a CSR and checks it against the certificate: valid signature,
-/// exactly the certificate's names, and the certificate's key type.
-fn check_csr(pem: &str, cert: &Certificate) -> Result<(), String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|e| format!("csr_pem is not PEM: {e}"))?;
-    if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
-        return Err(format!(
-            "csr_pem holds a {:?} block, not a CERTIFICATE REQUEST",
-            pem.label
-        ));
-    }
-    let (_, csr) = X509CertificationRequest::from_der(&pem.contents)
-        .map_err(|e| format!("csr_pem is not a PKCS#10 request: {e}"))?;
-    csr.verify_signature()
-        .map_err(|e| format!("the CSR's signature does not verify: {e}"))?;
-
-    let mut requested = BTreeSet::new();
-    if let Some(extensions) = csr.requested_extensions() {
-        for ext in extensions {
-            if let ParsedExtension::SubjectAlternativeName(san) = ext {
-                for name in &san.general_names {
-                    requested.insert(match name {
-                        GeneralName::DNSName(d) => d.to_ascii_lowercase(),
-                        GeneralName::IPAddress(bytes) => ip_text(bytes)?,
-                        other => {
-                            return Err(format!("the CSR requests an unsupported name {other}"));
-                        }
-                    });
-                }
-            }
-        }
-    }
-    let expected: BTreeSet<String> = if cert.sans.is_empty() {
-        BTreeSet::from([cert.common_name.to_ascii_lowercase()])
-    } else {
-        cert.sans.iter().map(|s| normalise_name(s)).collect()
-    };
-    if requested != expected {
-        return Err(format!(
-            "the CSR requests {requested:?}; the certificate needs exactly {expected:?}"
-        ));
-    }
-    for cn in csr.certification_request_info.subject.iter_common_name() {
-        let cn = cn
-            .as_str()
-            .map_err(|e| format!("the CSR's common name is not text: {e}"))?;
-        let cn = cn.to_ascii_lowercase();
-        if !expected.contains(&cn) && cn != cert.common_name.to_ascii_lowercase() {
-            return Err(format!(
-                "the CSR's common name {cn:?} is not one of the certificate's names"
-            ));
-        }
-    }
-    check_key_type(&csr, &cert.key_type)
-}
-
-fn normalise_name(name: &str) -> String {
-    match name.parse::<IpAddr>() {
-        Ok(ip) => ip.to_string(),
-        Err(_) => name.to_ascii_lowercase(),
-    }
-}
-
-fn ip_text(bytes: &[u8]) -> Result<String, String> {
-    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
-        return Ok(IpAddr::from(v4).to_string());
-    }
-    if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
-        return Ok(IpAddr::from(v6).to_string());
-    }
-    Err("the CSR requests a malformed IP address".into())
-}
-
-fn check_key_type(csr: &X509CertificationRequest<'_>, key_type: &str) -> Result<(), String> {
-    let spki = &csr.certification_request_info.subject_pki;
-    let key = spki.parsed().ok();
-    let ok = match key_type {
-        "ecdsa-p256" => matches!(&key, Some(PublicKey::EC(p)) if p.key_size() == 256),
-        "ecdsa-p384" => matches!(&key, Some(PublicKey::EC(p)) if p.key_size() == 384),
-        "ed25519" => spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519,
-        other => match other
-            .strip_prefix("rsa-")
-            .and_then(|b| b.parse::<usize>().ok())
-        {
-            Some(bits) => matches!(&key, Some(PublicKey::RSA(k)) if k.key_size() == bits),
-            // A key type this host does not know: do not second-guess it.
-            None => true,
-        },
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("the CSR's key is not a {key_type} key"))
-    }
-}
-
-// ---------------------------------------------------------------- result
-
-/// How a job ended on the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Done.
-    Success,
-    /// Failed (see `error`).
-    Failure,
-}
-
-/// Why a job failed.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ResultError {
-    /// Connector error class: `rejected`, `invalid-config`, `unauthorized`
-    /// and `unsupported` are permanent, any other is retried.
-    pub class: String,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// What the endpoint probe saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum VerificationStatus {
-    /// The endpoint serves the expected certificate.
-    Verified,
-    /// The endpoint serves another certificate.
-    Mismatch,
-    /// The endpoint could not be reached.
-    Unreachable,
-}
-
-/// Result of the endpoint probe after a deployment.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Verification {
-    /// Verdict.
-    pub status: VerificationStatus,
-    /// SHA-256 (hex) of the leaf certificate the endpoint served.
-    pub observed_fingerprint: Option<String>,
-    /// Details for operators.
-    pub detail: Option<String>,
-    /// Where the probe connected (kept for later re-verification).
-    #[schema(value_type = Option<Object>)]
-    pub endpoint: Option<certplane_agent::verify::Endpoint>,
-}
-
-impl From<VerificationStatus> for verification::Status {
-    fn from(s: VerificationStatus) -> Self {
-        match s {
-            VerificationStatus::Verified => verification::Status::Verified,
-            VerificationStatus::Mismatch => verification::Status::Mismatch,
-            VerificationStatus::Unreachable => verification::Status::Unreachable,
-        }
-    }
-}
-
-/// Body of `POST /agents/jobs/{id}/result`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ResultRequest {
-    /// Success or failure.
-    pub outcome: Outcome,
-    /// What the connector changed (files written, services reloaded, ...).
-    #[serde(default)]
-    pub changed: Vec<String>,
-    /// Required with `failure`, refused with `success`.
-    pub error: Option<ResultError>,
-    /// Endpoint probe result, if one ran.
-    pub verification: Option<Verification>,
-    /// The lease attempt the result belongs to (from the work poll); when
-    /// given, a result of an older attempt is refused with 409.
-    pub attempt: Option<i32>,
-}
-
-/// Answer of a result report.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ResultAccepted {
-    /// The job.
-    pub job_id: String,
-    /// Its new status (`completed` or `failed`).
-    pub status: String,
-    /// Whether it will be retried (failures below the attempt budget).
-    pub will_retry: bool,
-}
-
-/// Report the result of a claimed job.
+/// Report the result of a claimed job. Reporting the same end of the same
+/// attempt again is answered as a replay.
 #[utoipa::path(post, path = "/agents/jobs/{id}/result", tag = "agents",
     params(("id" = String, Path, description = "job id")),
     request_body = ResultRequest,
@@ -840,124 +562,10 @@ async fn report_result(
     Path(job_id): Path<String>,
     body: Result<Json<ResultRequest>, JsonRejection>,
 ) -> ApiResult<Json<ResultAccepted>> {
-    let agent_id = caller.agent.id;
-    let missing = || ApiError::not_found(format!("job {job_id}"));
-    let job = state.store.get_job(&job_id).await?.ok_or_else(missing)?;
-    let executor = match (&job.agent_id, &job.target_id) {
-        (Some(a), _) => Some(a.clone()),
-        (None, Some(t)) => state.store.get_target(t).await?.map(|t| t.agent_id),
-        (None, None) => None,
-    };
-    if executor.as_deref() != Some(agent_id.as_str()) {
-        return Err(missing());
-    }
     let Json(req) = body?;
-    let lease = job
-        .lease()
-        .filter(|l| l.owner == agent_id && req.attempt.is_none_or(|a| a == l.attempt))
-        .ok_or_else(|| {
-            ApiError::conflict(format!(
-                "job {job_id} is {} and not leased to this agent{}",
-                job.status,
-                req.attempt
-                    .map(|a| format!(" for attempt {a}"))
-                    .unwrap_or_default()
-            ))
-        })?;
-    let failure = match (req.outcome, &req.error) {
-        // The connector succeeded but the endpoint may not serve the new
-        // certificate: the verdict decides (see `verification::failure`).
-        (Outcome::Success, None) => req
-            .verification
-            .as_ref()
-            .and_then(|v| verification::failure(v.status.into(), v.detail.as_deref())),
-        (Outcome::Failure, Some(e)) => {
-            let text = format!("{}: {}", e.class, e.message);
-            Some(if PERMANENT_ERROR_CLASSES.contains(&e.class.as_str()) {
-                JobFailure::permanent(text)
-            } else {
-                JobFailure::transient(text)
-            })
-        }
-        (Outcome::Success, Some(_)) => {
-            return Err(ApiError::validation("a successful result carries no error"));
-        }
-        (Outcome::Failure, None) => {
-            return Err(ApiError::validation("a failed result needs an error"));
-        }
-    };
-    let lost = || ApiError::conflict(format!("the lease on job {job_id} was lost"));
-
-    let mut verification_json = None;
-    if let Some(v) = &req.verification {
-        let expected = match (&job.certificate_id, &job.certificate_version_id) {
-            (Some(c), Some(vid)) => state
-                .store
-                .list_certificate_versions(c)
-                .await?
-                .into_iter()
-                .find(|x| &x.id == vid)
-                .map(|x| x.fingerprint_sha256),
-            _ => None,
-        };
-        let value = verification::record(
-            v.status.into(),
-            v.observed_fingerprint.as_deref(),
-            expected.as_deref(),
-            v.detail.as_deref(),
-            v.endpoint.as_ref(),
-            &agent_id,
-        );
-        if !state
-            .store
-            .set_job_verification(&lease, value.clone())
-            .await?
-        {
-            return Err(lost());
-        }
-        verification_json = Some(value);
-    }
-
-    let (status, will_retry) = match failure {
-        None => {
-            if !state.store.complete_job(&lease).await? {
-                return Err(lost());
-            }
-            (JobStatus::Completed, false)
-        }
-        Some(f) => {
-            let failed = state.store.fail_job(&lease, f).await?.ok_or_else(lost)?;
-            (JobStatus::Failed, failed.attempts < failed.max_attempts)
-        }
-    };
-    state
-        .store
-        .record_audit(NewAuditEvent {
-            actor: agent_id,
-            actor_type: ActorType::Agent,
-            action: if status == JobStatus::Completed {
-                "job.complete".into()
-            } else {
-                "job.fail".into()
-            },
-            subject_type: "job".into(),
-            subject_id: Some(job_id.clone()),
-            details: json!({
-                "attempt": lease.attempt,
-                "changed": req.changed,
-                "error": req.error,
-                "verification": verification_json,
-                "will_retry": will_retry,
-            }),
-        })
-        .await?;
-    // The host may have follow-up work (verification, notifications).
-    state.wake.jobs.notify_one();
-    Ok(Json(ResultAccepted {
-        job_id,
-        status: status.to_string(),
-        will_retry,
-    }))
+    let accepted =
+        agent_reports::report_result(&state.engine, &caller.agent.id, &job_id, req).await?;
+    Ok(Json(accepted))
 }
 
 // ------------------------------------------------------------- operators

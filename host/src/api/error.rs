@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::engine::error::EngineError;
 use crate::store::StoreError;
 
 tokio::task_local! {
@@ -133,6 +134,17 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidArgument(m) => ApiError::validation(m),
             StoreError::IllegalTransition { .. } => ApiError::conflict(err.to_string()),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::NotFound(what) => ApiError::not_found(what),
+            EngineError::Conflict(m) => ApiError::conflict(m),
+            EngineError::Invalid(m) => ApiError::validation(m),
+            EngineError::Store(e) => e.into(),
         }
     }
 }

@@ -30,31 +30,30 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::HostConfig;
-use crate::metrics::Metrics;
+use crate::engine::Engine;
 use crate::plugins::PluginRegistry;
 use crate::secrets::SecretBox;
 use crate::store::Store;
-use crate::wake::Wake;
 use auth::RateLimits;
 use error::{ApiError, REQUEST_ID, code_for_status, envelope};
 
-/// Everything handlers share.
+/// Everything handlers share: the engine they hand work to, and the
+/// API's own rate limits. Dereferences to the [`Engine`] so handlers read
+/// `state.store`, `state.config` directly.
 #[derive(Clone)]
 pub struct AppState {
-    /// The database.
-    pub store: Store,
-    /// Configuration in force.
-    pub config: Arc<HostConfig>,
-    /// Loaded connector plugins.
-    pub plugins: Arc<PluginRegistry>,
+    /// The engine (store, configuration, plugins, secrets, wake-ups,
+    /// metrics).
+    pub engine: Engine,
     /// Per-caller rate limits.
     pub rate_limits: Arc<RateLimits>,
-    /// Wake-up signals for loops and long-polls.
-    pub wake: Arc<Wake>,
-    /// Encrypts connector secrets at rest.
-    pub secrets: Arc<SecretBox>,
-    /// Prometheus metrics recorded in process (served at `/metrics`).
-    pub metrics: Arc<Metrics>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,13 +75,8 @@ impl AppState {
             config.api.rate_limit_burst,
         ));
         AppState {
-            store,
-            config,
-            plugins,
+            engine: Engine::new(store, config, plugins, secrets),
             rate_limits,
-            wake: Arc::new(Wake::default()),
-            secrets,
-            metrics: Arc::new(Metrics::default()),
         }
     }
 }
@@ -142,7 +136,7 @@ pub fn router(state: AppState) -> Router {
         }),
     )
     .merge(system::root_routes())
-    .route("/metrics", axum::routing::get(crate::metrics::serve))
+    .route("/metrics", axum::routing::get(system::metrics))
     .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
     .layer(DefaultBodyLimit::max(max_body))
     .layer(middleware::from_fn(envelope_and_request_id))

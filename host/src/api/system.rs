@@ -26,6 +26,21 @@ pub fn root_routes() -> axum::Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
+/// `GET /metrics` (OpenMetrics text, no auth).
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    match state.metrics.render(&state.store).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }

@@ -6,7 +6,10 @@
 //!   which the agent uses too;
 //! - [`certcheck`]: checks on an issued certificate (parse, key match,
 //!   SANs, profile, validity, chain) before anything is stored, since
-//!   nothing a connector returns is trusted.
+//!   nothing a connector returns is trusted;
+//! - [`csrcheck`]: checks on a CSR an agent submits (signature, names, key
+//!   type).
 
 pub mod certcheck;
+pub mod csrcheck;
 pub use certplane_pki::keygen;

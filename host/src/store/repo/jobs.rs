@@ -13,13 +13,13 @@ use crate::store::{
     Store, StoreError, StoreResult, new_id, on_read, on_write,
 };
 
-const INSERT_JOB_COLUMNS: &str = "INSERT INTO jobs (id, job_type, status, certificate_id, target_id, agent_id, \
+pub(crate) const INSERT_JOB_COLUMNS: &str = "INSERT INTO jobs (id, job_type, status, certificate_id, target_id, agent_id, \
      parent_job_id, certificate_version_id, payload, attempts, max_attempts, run_at, created_at, updated_at) ";
 
 /// Executor resolution: explicit agent, else the target's agent, else host.
 const AGENT_EXPR: &str = "COALESCE(";
 
-fn check_new_job(job: &NewJob) -> StoreResult<()> {
+pub(crate) fn check_new_job(job: &NewJob) -> StoreResult<()> {
     if !matches!(
         job.status,
         JobStatus::Pending | JobStatus::AwaitingCsr | JobStatus::AwaitingApproval
@@ -192,48 +192,7 @@ impl Store {
             if to == JobStatus::Pending {
                 qb.push(", lease_owner = NULL, finished_at = NULL");
             }
-            let JobUpdate {
-                last_error,
-                run_at,
-                csr_pem,
-                order_id,
-                order_state,
-                next_poll_at,
-                poll_deadline_at,
-                verification_result,
-                certificate_version_id,
-                payload,
-            } = update;
-            if let Some(v) = last_error {
-                qb.push(", last_error = ").push_bind(v);
-            }
-            if let Some(v) = run_at {
-                qb.push(", run_at = ").push_bind(ts(v));
-            }
-            if let Some(v) = csr_pem {
-                qb.push(", csr_pem = ").push_bind(v);
-            }
-            if let Some(v) = order_id {
-                qb.push(", order_id = ").push_bind(v);
-            }
-            if let Some(v) = order_state {
-                qb.push(", order_state = ").push_bind(v);
-            }
-            if let Some(v) = next_poll_at {
-                qb.push(", next_poll_at = ").push_bind(ts(v));
-            }
-            if let Some(v) = poll_deadline_at {
-                qb.push(", poll_deadline_at = ").push_bind(ts(v));
-            }
-            if let Some(v) = verification_result {
-                qb.push(", verification_result = ").push_bind(Json(v));
-            }
-            if let Some(v) = certificate_version_id {
-                qb.push(", certificate_version_id = ").push_bind(v);
-            }
-            if let Some(v) = payload {
-                qb.push(", payload = ").push_bind(Json(v));
-            }
+            crate::store::repo::outcomes::push_job_update!(qb, update);
             qb.push(" WHERE id = ").push_bind(id.to_owned());
             qb.push(" AND status = ").push_bind(from);
             match audit {
@@ -392,7 +351,7 @@ impl Store {
 }
 
 /// Pushes the 14 VALUES of one job row.
-fn push_job_values<'a, DB: sqlx::Database>(
+pub(crate) fn push_job_values<'a, DB: sqlx::Database>(
     qb: &mut QueryBuilder<'a, DB>,
     id: &str,
     job: &NewJob,

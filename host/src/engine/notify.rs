@@ -16,9 +16,9 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use super::connectors::{build_instance, failure_for, observed};
-use crate::api::AppState;
+use crate::engine::Engine;
 use crate::store::{
-    ActorType, JobFailure, NewAuditEvent, NewNotification, Notification, PluginInstance,
+    ActorType, JobFailure, NewAuditEvent, NewNotification, Notice, Notification, PluginInstance,
     StoreResult,
 };
 
@@ -70,14 +70,14 @@ pub struct Announcement<'a> {
 /// what the event is about (`certificate/<id>`), `summary` is one line for
 /// humans, `details` a JSON object. Returns how many were enqueued.
 pub async fn notify_all(
-    state: &AppState,
+    engine: &Engine,
     kind: &str,
     subject: &str,
     summary: &str,
     severity: Level,
     details: Value,
 ) -> StoreResult<usize> {
-    let notifiers = enabled_notifiers(state).await?;
+    let notifiers = enabled_notifiers(engine).await?;
     let event = Announcement {
         kind,
         subject,
@@ -85,14 +85,36 @@ pub async fn notify_all(
         severity,
         details,
     };
-    announce(state, &notifiers, &event, None).await
+    announce(engine, &notifiers, &event, None).await
 }
 
 /// The notifier instances that are not disabled.
-pub async fn enabled_notifiers(state: &AppState) -> StoreResult<Vec<PluginInstance>> {
-    let mut notifiers = state.store.list_notifiers().await?;
+pub async fn enabled_notifiers(engine: &Engine) -> StoreResult<Vec<PluginInstance>> {
+    let mut notifiers = engine.store.list_notifiers().await?;
     notifiers.retain(|n| n.disabled_at.is_none());
     Ok(notifiers)
+}
+
+/// The stored payload of an announcement.
+fn payload_of(event: &Announcement<'_>, occurred_at: i64) -> Value {
+    json!({
+        "summary": event.summary,
+        "severity": severity_name(event.severity),
+        "occurred_at": occurred_at,
+        "details": event.details,
+    })
+}
+
+/// `event` as a notice that a job outcome queues for every enabled notifier
+/// in its own transaction.
+pub fn notice(event: &Announcement<'_>, dedupe_key: Option<&str>) -> Notice {
+    Notice {
+        event_type: event.kind.to_owned(),
+        subject: Some(event.subject.to_owned()),
+        payload: payload_of(event, Utc::now().timestamp()),
+        max_attempts: MAX_ATTEMPTS,
+        dedupe_key: dedupe_key.map(str::to_owned),
+    }
 }
 
 /// Enqueues `event` for each of `notifiers` and wakes the dispatch loop.
@@ -100,7 +122,7 @@ pub async fn enabled_notifiers(state: &AppState) -> StoreResult<Vec<PluginInstan
 /// that key gets none (for events periodic sweeps see repeatedly). Returns
 /// how many were enqueued.
 pub async fn announce(
-    state: &AppState,
+    engine: &Engine,
     notifiers: &[PluginInstance],
     event: &Announcement<'_>,
     dedupe_key: Option<&str>,
@@ -112,22 +134,17 @@ pub async fn announce(
             notifier_id: notifier.id.clone(),
             event_type: event.kind.to_owned(),
             subject: Some(event.subject.to_owned()),
-            payload: json!({
-                "summary": event.summary,
-                "severity": severity_name(event.severity),
-                "occurred_at": occurred_at,
-                "details": event.details,
-            }),
+            payload: payload_of(event, occurred_at),
             max_attempts: MAX_ATTEMPTS,
         };
         let added = match dedupe_key {
-            None => state.store.enqueue_notification(new).await.map(|_| true)?,
-            Some(key) => state.store.enqueue_notification_once(new, key).await?,
+            None => engine.store.enqueue_notification(new).await.map(|_| true)?,
+            Some(key) => engine.store.enqueue_notification_once(new, key).await?,
         };
         enqueued += usize::from(added);
     }
     if enqueued > 0 {
-        state.wake.notifications.notify_one();
+        engine.wake.notifications.notify_one();
     }
     Ok(enqueued)
 }
@@ -164,33 +181,36 @@ pub fn event_of(n: &Notification) -> Event {
 /// One tick of the `notifications` loop: reaps expired leases, claims up to
 /// [`BATCH`] due notifications and delivers them concurrently. Returns how
 /// many were claimed.
-pub async fn tick(state: &AppState) -> StoreResult<usize> {
-    let reaped = state
+pub async fn tick(engine: &Engine) -> StoreResult<usize> {
+    let reaped = engine
         .store
         .reap_expired_notification_leases(REAP_BATCH)
         .await?;
     if reaped > 0 {
         tracing::warn!(reaped, "expired notification leases reaped");
     }
-    let claimed = state.store.claim_notifications(BATCH).await?;
+    let claimed = engine.store.claim_notifications(BATCH).await?;
     let n = claimed.len();
     join_all(claimed.into_iter().map(|notification| async move {
-        deliver(state, notification).await;
+        deliver(engine, notification).await;
     }))
     .await;
     Ok(n)
 }
 
 /// Delivers one claimed notification and records the outcome.
-async fn deliver(state: &AppState, notification: Notification) {
+async fn deliver(engine: &Engine, notification: Notification) {
     let Some(lease) = notification.lease() else {
         return;
     };
     let id = notification.id.as_str();
-    let failure = match attempt(state, &notification).await {
+    let failure = match attempt(engine, &notification).await {
         Ok(()) => {
-            match state.store.mark_notification_sent(&lease).await {
-                Ok(true) => tracing::debug!(notification = id, "notification sent"),
+            match engine.store.mark_notification_sent(&lease).await {
+                Ok(true) => {
+                    crate::faults::point("notification_sent", "committed");
+                    tracing::debug!(notification = id, "notification sent")
+                }
                 Ok(false) => {
                     tracing::warn!(notification = id, "sent, but the lease was lost first")
                 }
@@ -206,12 +226,12 @@ async fn deliver(state: &AppState, notification: Notification) {
         permanent = failure.permanent,
         "notification delivery failed"
     );
-    match state
+    match engine
         .store
         .mark_notification_failed(&lease, &failure.error, failure.permanent, failure.retry_at)
         .await
     {
-        Ok(true) => {}
+        Ok(true) => crate::faults::point("notification_failed", "committed"),
         Ok(false) => tracing::warn!(notification = id, "the lease was lost before the failure"),
         Err(e) => tracing::error!(notification = id, error = %e, "cannot record the failure"),
     }
@@ -219,9 +239,9 @@ async fn deliver(state: &AppState, notification: Notification) {
 
 /// Runs the notifier; on failure, how to retry (a rate-limited receiver's
 /// Retry-After included).
-async fn attempt(state: &AppState, notification: &Notification) -> Result<(), JobFailure> {
+async fn attempt(engine: &Engine, notification: &Notification) -> Result<(), JobFailure> {
     let notifier_id = notification.notifier_id.as_str();
-    let row = match state.store.get_notifier(notifier_id).await {
+    let row = match engine.store.get_notifier(notifier_id).await {
         Ok(Some(row)) => row,
         Ok(None) => {
             return Err(JobFailure::permanent(format!(
@@ -242,7 +262,7 @@ async fn attempt(state: &AppState, notification: &Notification) -> Result<(), Jo
         )));
     }
     let instance = build_instance(
-        state,
+        engine,
         PluginKind::Notifier,
         &format!("notifier/{}", row.id),
         &row.plugin_name,
@@ -252,13 +272,13 @@ async fn attempt(state: &AppState, notification: &Notification) -> Result<(), Jo
     )
     .map_err(JobFailure::permanent)?;
     let event = event_of(notification);
-    let result = observed(state, &instance, "notify", instance.notify(&event)).await;
+    let result = observed(engine, &instance, "notify", instance.notify(&event)).await;
     if let Err(CallError::Connector {
         error: error @ (ConnectorError::InvalidConfig(_) | ConnectorError::Unauthorized(_)),
         ..
     }) = &result
     {
-        disable(state, &row.id, &row.name, &error.to_string()).await;
+        disable(engine, &row.id, &row.name, &error.to_string()).await;
     }
     result.map_err(|e| failure_for(&e, Utc::now()))
 }
@@ -266,8 +286,8 @@ async fn attempt(state: &AppState, notification: &Notification) -> Result<(), Jo
 /// Disables a notifier whose destination refused its configuration for
 /// good (gone, bad credentials): retrying every event would only fail again
 /// and delay the operator's notice. Updating the notifier enables it again.
-async fn disable(state: &AppState, id: &str, name: &str, why: &str) {
-    match state.store.disable_notifier(id).await {
+async fn disable(engine: &Engine, id: &str, name: &str, why: &str) {
+    match engine.store.disable_notifier(id).await {
         Ok(true) => {
             tracing::error!(notifier = %id, %name, reason = %why,
                 "notifier disabled: its destination refused it for good; update it to enable it again");
@@ -279,7 +299,7 @@ async fn disable(state: &AppState, id: &str, name: &str, why: &str) {
                 subject_id: Some(id.to_owned()),
                 details: json!({ "reason": why }),
             };
-            if let Err(e) = state.store.record_audit(event).await {
+            if let Err(e) = engine.store.record_audit(event).await {
                 tracing::error!(notifier = %id, error = %e, "cannot audit the notifier's disabling");
             }
         }

@@ -1,11 +1,22 @@
-//! The host's work loops, wired onto the scheduler: the job processor
-//! (issuance, renewal, revocation, host-side deployments and verifications), async-CA order polling, the
-//! set-based renewal sweep, retries of failed jobs and the lease reaper.
+//! The engine: the work itself. Issuance, order polling, deployment,
+//! verification, revocation, notification and expiry, and the scheduler
+//! loops that drive them (job processor, async-CA order polling, the
+//! set-based renewal sweep, retries of failed jobs and the lease reaper).
 //! Each loop is woken at once by the API or by the loop that created its
 //! work, and otherwise runs on its jittered interval.
+//!
+//! API boundary: the engine takes an [`Engine`] context (store, plugins,
+//! secrets, wake-ups, metrics, configuration) and never the API's state;
+//! nothing here imports axum or `crate::api`. Every job outcome is one
+//! engine function that both the API (agent reports) and the host's own
+//! loops call, and it commits through one store transaction
+//! ([`crate::store::Outcome`]).
 
+pub mod agent_reports;
 pub mod connectors;
 pub mod deploy;
+pub mod ending;
+pub mod error;
 pub mod expiry;
 pub mod issuance;
 pub mod notify;
@@ -13,14 +24,63 @@ pub mod revoke;
 pub mod verification;
 pub mod versions;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
+use crate::config::HostConfig;
+use crate::metrics::Metrics;
+use crate::plugins::PluginRegistry;
 use crate::scheduler::ticker::{LoopSpec, Scheduler, TickReport};
-use crate::store::{JobStatus, JobType};
+use crate::secrets::SecretBox;
+use crate::store::{JobStatus, JobType, Store};
+use crate::wake::Wake;
+
+/// What the engine works with. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    /// The database.
+    pub store: Store,
+    /// Configuration in force.
+    pub config: Arc<HostConfig>,
+    /// Loaded connector plugins.
+    pub plugins: Arc<PluginRegistry>,
+    /// Wake-up signals for loops and long-polls.
+    pub wake: Arc<Wake>,
+    /// Seals connector secrets and host-held private keys.
+    pub secrets: Arc<SecretBox>,
+    /// Metrics recorded in process.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over its parts, with fresh wake-up signals and metrics.
+    pub fn new(
+        store: Store,
+        config: Arc<HostConfig>,
+        plugins: Arc<PluginRegistry>,
+        secrets: Arc<SecretBox>,
+    ) -> Self {
+        Engine {
+            store,
+            config,
+            plugins,
+            wake: Arc::new(Wake::default()),
+            secrets,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
 
 /// Jobs one tick of the processor claims at most.
 const BATCH: u32 = 16;
@@ -29,9 +89,9 @@ const RENEWAL_BATCH: u32 = 10_000;
 /// Attempts a renewal job gets.
 const RENEWAL_ATTEMPTS: i32 = 5;
 
-fn spec(name: &'static str, interval_ms: u64, state: &AppState) -> LoopSpec {
+fn spec(name: &'static str, interval_ms: u64, engine: &Engine) -> LoopSpec {
     LoopSpec::new(name, Duration::from_millis(interval_ms)).with_tick_timeout(
-        Duration::from_millis(state.config.scheduler.tick_timeout_ms),
+        Duration::from_millis(engine.config.scheduler.tick_timeout_ms),
     )
 }
 
@@ -46,13 +106,13 @@ fn report(processed: usize, limit: u32) -> TickReport {
 /// Fails jobs waiting in `status` for longer than `ttl_secs` with `reason`
 /// (the retry loop brings them back while attempts last); returns how many.
 async fn expire_waits(
-    state: &AppState,
+    engine: &Engine,
     status: JobStatus,
     ttl_secs: u64,
     reason: String,
 ) -> Result<u64, crate::store::StoreError> {
     let cutoff = chrono::Utc::now() - chrono::Duration::seconds(ttl_secs as i64);
-    let expired = state
+    let expired = engine
         .store
         .expire_waiting_jobs(status, cutoff, &reason, 500)
         .await?;
@@ -64,24 +124,24 @@ async fn expire_waits(
 
 /// Wakes the long polls of agents with work that appeared since `since`.
 async fn wake_agents_with_work(
-    state: &AppState,
+    engine: &Engine,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), crate::store::StoreError> {
-    for agent in state.store.agents_with_new_work_since(since).await? {
-        state.wake.wake_agent(&agent);
+    for agent in engine.store.agents_with_new_work_since(since).await? {
+        engine.wake.wake_agent(&agent);
     }
     Ok(())
 }
 
 /// Starts every loop; cancel `token` (or call `shutdown`) to stop them.
-pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
+pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
     let mut scheduler = Scheduler::with_cancellation(token);
-    let s = &state.config.scheduler;
+    let s = &engine.config.scheduler;
 
-    let st = state.clone();
+    let st = engine.clone();
     scheduler.spawn_loop(
-        spec("jobs", s.jobs_ms, &state),
-        Some(state.wake.jobs.clone()),
+        spec("jobs", s.jobs_ms, &engine),
+        Some(engine.wake.jobs.clone()),
         move || {
             let st = st.clone();
             async move {
@@ -109,10 +169,10 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         },
     );
 
-    let st = state.clone();
+    let st = engine.clone();
     scheduler.spawn_loop(
-        spec("order-poll", s.order_poll_ms, &state),
-        Some(state.wake.orders.clone()),
+        spec("order-poll", s.order_poll_ms, &engine),
+        Some(engine.wake.orders.clone()),
         move || {
             let st = st.clone();
             async move {
@@ -131,10 +191,10 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         },
     );
 
-    let st = state.clone();
+    let st = engine.clone();
     scheduler.spawn_loop(
-        spec("renewals", s.renewal_ms, &state),
-        Some(state.wake.renewals.clone()),
+        spec("renewals", s.renewal_ms, &engine),
+        Some(engine.wake.renewals.clone()),
         move || {
             let st = st.clone();
             async move {
@@ -155,8 +215,8 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         },
     );
 
-    let st = state.clone();
-    scheduler.spawn_loop(spec("retry", s.retry_ms, &state), None, move || {
+    let st = engine.clone();
+    scheduler.spawn_loop(spec("retry", s.retry_ms, &engine), None, move || {
         let st = st.clone();
         async move {
             let started = crate::store::now();
@@ -171,8 +231,8 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         }
     });
 
-    let st = state.clone();
-    scheduler.spawn_loop(spec("reaper", s.reaper_ms, &state), None, move || {
+    let st = engine.clone();
+    scheduler.spawn_loop(spec("reaper", s.reaper_ms, &engine), None, move || {
         let st = st.clone();
         async move {
             let reaped = st.store.reap_expired_leases(500).await?;
@@ -199,10 +259,10 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         }
     });
 
-    let st = state.clone();
+    let st = engine.clone();
     scheduler.spawn_loop(
-        spec("notifications", s.notifications_ms, &state),
-        Some(state.wake.notifications.clone()),
+        spec("notifications", s.notifications_ms, &engine),
+        Some(engine.wake.notifications.clone()),
         move || {
             let st = st.clone();
             async move {
@@ -212,8 +272,8 @@ pub fn start(state: AppState, token: CancellationToken) -> Scheduler {
         },
     );
 
-    let st = state.clone();
-    scheduler.spawn_loop(spec("expiry", s.expiry_ms, &state), None, move || {
+    let st = engine.clone();
+    scheduler.spawn_loop(spec("expiry", s.expiry_ms, &engine), None, move || {
         let st = st.clone();
         async move {
             let n = expiry::tick(&st).await?;

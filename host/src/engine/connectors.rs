@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use certplane_runtime::{CallError, ConnectorError, InstanceConfig, PluginInstance, PluginKind};
+use certplane_proto::ErrorClass;
+use certplane_runtime::asyncpoll::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
+use certplane_runtime::{CallError, InstanceConfig, PluginInstance, PluginKind};
 use chrono::{DateTime, Utc};
 
-use crate::api::AppState;
+use crate::engine::Engine;
 use crate::store::{JobFailure, StoreError};
 
 /// Grants as stored in the `grants` JSON column.
@@ -28,7 +30,7 @@ struct StoredDir {
 /// Builds the runtime instance of a stored issuer/target/notifier row.
 /// `owner` is the secrets' sealing owner, e.g. `issuer/<id>`.
 pub fn build_instance(
-    state: &AppState,
+    engine: &Engine,
     kind: PluginKind,
     owner: &str,
     plugin_name: &str,
@@ -36,14 +38,14 @@ pub fn build_instance(
     encrypted_secrets: Option<&[u8]>,
     grants: &serde_json::Value,
 ) -> Result<PluginInstance, String> {
-    let plugin = state.plugins.get_kind(plugin_name, kind)?.clone();
+    let plugin = engine.plugins.get_kind(plugin_name, kind)?.clone();
     let mut config = InstanceConfig::new(owner)
         .with_settings(settings.clone())
         .map_err(|e| format!("{owner}: {e}"))?;
     if let Some(sealed) = encrypted_secrets {
         let sealed = std::str::from_utf8(sealed)
             .map_err(|_| format!("{owner}: secrets are not sealed text"))?;
-        let opened: BTreeMap<String, _> = state
+        let opened: BTreeMap<String, _> = engine
             .secrets
             .open_map(sealed, owner)
             .map_err(|e| format!("{owner}: cannot open secrets: {e}"))?;
@@ -66,14 +68,14 @@ pub fn build_instance(
 /// the database's; the inner one says why the issuer cannot be used (gone,
 /// plugin not loaded, unreadable secrets): a permanent condition.
 pub async fn issuer_instance(
-    state: &AppState,
+    engine: &Engine,
     issuer_id: &str,
 ) -> Result<Result<PluginInstance, String>, StoreError> {
-    let Some(row) = state.store.get_issuer(issuer_id).await? else {
+    let Some(row) = engine.store.get_issuer(issuer_id).await? else {
         return Ok(Err(format!("issuer {issuer_id} no longer exists")));
     };
     Ok(build_instance(
-        state,
+        engine,
         PluginKind::Issuer,
         &format!("issuer/{}", row.id),
         &row.plugin_name,
@@ -86,14 +88,14 @@ pub async fn issuer_instance(
 /// Runs one connector call and records its latency and outcome in the
 /// host's metrics (`certplane_plugin_call_*`), labelled by plugin and call.
 pub async fn observed<T>(
-    state: &AppState,
+    engine: &Engine,
     instance: &PluginInstance,
     call: &str,
     fut: impl Future<Output = Result<T, CallError>>,
 ) -> Result<T, CallError> {
     let started = std::time::Instant::now();
     let result = fut.await;
-    state.metrics.observe_plugin_call(
+    engine.metrics.observe_plugin_call(
         instance.plugin().name(),
         call,
         started.elapsed(),
@@ -102,34 +104,43 @@ pub async fn observed<T>(
     result
 }
 
-/// How a failed connector call ends the job: `rejected`, `invalid-config`,
-/// `unauthorized`, `unsupported`, sandbox violations and memory-limit hits
-/// fail for good; `transient`, traps and deadlines retry with backoff;
-/// `rate-limited` retries after the connector's hint.
+/// How a failure of `class` ends the job: permanent classes fail it for
+/// good, the others retry with backoff, or after the connector's hint
+/// (clamped like every hint, see `certplane_runtime::asyncpoll`). The one
+/// mapping of error classes to job outcomes, for the host's own connector
+/// calls and for agents' reports alike.
+pub fn failure_of(
+    class: ErrorClass,
+    message: String,
+    retry_after_secs: Option<u32>,
+    now: DateTime<Utc>,
+) -> JobFailure {
+    if class.is_permanent() {
+        return JobFailure::permanent(message);
+    }
+    let mut failure = JobFailure::transient(message);
+    failure.retry_at = retry_after_secs.map(|s| {
+        let hint = std::time::Duration::from_secs(u64::from(s)).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
+        now + chrono::Duration::from_std(hint).unwrap_or(chrono::Duration::hours(1))
+    });
+    failure
+}
+
+/// [`failure_of`] for a failed connector call on the host.
 pub fn failure_for(err: &CallError, now: DateTime<Utc>) -> JobFailure {
-    let message = err.to_string();
-    if let CallError::Connector {
-        error: ConnectorError::RateLimited(limit),
-        ..
-    } = err
-    {
-        let mut failure = JobFailure::transient(message);
-        failure.retry_at = limit
-            .retry_after_secs
-            .map(|s| now + chrono::Duration::seconds(i64::from(s)));
-        return failure;
-    }
-    if err.is_retryable() {
-        JobFailure::transient(message)
-    } else {
-        JobFailure::permanent(message)
-    }
+    failure_of(err.class(), err.to_string(), retry_after_secs(err), now)
+}
+
+/// The connector's retry-after hint in whole seconds.
+pub fn retry_after_secs(err: &CallError) -> Option<u32> {
+    err.retry_after()
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use certplane_runtime::RateLimit;
+    use certplane_runtime::{ConnectorError, RateLimit};
 
     fn connector(error: ConnectorError) -> CallError {
         CallError::Connector {
@@ -161,6 +172,13 @@ mod tests {
                 },
                 false,
             ),
+            (
+                CallError::MemoryLimit {
+                    plugin: "p".into(),
+                    limit_bytes: 1,
+                },
+                true,
+            ),
         ] {
             assert_eq!(failure_for(&err, now).permanent, permanent, "{err}");
         }
@@ -173,5 +191,10 @@ mod tests {
         );
         assert!(!limited.permanent);
         assert_eq!(limited.retry_at, Some(now + chrono::Duration::seconds(120)));
+        // A hint of u32::MAX seconds is cut to an hour, not the year 2163.
+        let huge = failure_of(ErrorClass::RateLimited, "x".into(), Some(u32::MAX), now);
+        assert_eq!(huge.retry_at, Some(now + chrono::Duration::hours(1)));
+        let tiny = failure_of(ErrorClass::Transient, "x".into(), Some(0), now);
+        assert_eq!(tiny.retry_at, Some(now + chrono::Duration::seconds(1)));
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use super::notify::{Announcement, announce, enabled_notifiers};
-use crate::api::AppState;
+use crate::engine::Engine;
 use crate::store::{Certificate, PluginInstance, StoreResult};
 
 /// Warning stages before expiry, in days, most urgent first.
@@ -49,23 +49,23 @@ pub fn stage(
 
 /// One tick: returns how many notifications were enqueued. Without an
 /// enabled notifier there is nobody to tell, and nothing is read.
-pub async fn tick(state: &AppState) -> StoreResult<usize> {
-    let notifiers = enabled_notifiers(state).await?;
+pub async fn tick(engine: &Engine) -> StoreResult<usize> {
+    let notifiers = enabled_notifiers(engine).await?;
     if notifiers.is_empty() {
         return Ok(0);
     }
     let now = Utc::now();
     let horizon = now + Duration::days(STAGES_DAYS[STAGES_DAYS.len() - 1]);
     let mut enqueued = 0;
-    for cert in state
+    for cert in engine
         .store
         .list_expiring_certificates(horizon, CERT_BATCH)
         .await?
     {
-        enqueued += expiring(state, &notifiers, &cert, now).await?;
+        enqueued += expiring(engine, &notifiers, &cert, now).await?;
     }
     let since = now - Duration::hours(FAILED_LOOKBACK_HOURS);
-    for job in state
+    for job in engine
         .store
         .list_jobs_failed_for_good(since, JOB_BATCH)
         .await?
@@ -92,7 +92,7 @@ pub async fn tick(state: &AppState) -> StoreResult<usize> {
             }),
         };
         let key = format!("job.failed:{}", job.id);
-        enqueued += announce(state, &notifiers, &event, Some(&key)).await?;
+        enqueued += announce(engine, &notifiers, &event, Some(&key)).await?;
     }
     if enqueued > 0 {
         tracing::info!(enqueued, "expiry and failure notifications enqueued");
@@ -101,7 +101,7 @@ pub async fn tick(state: &AppState) -> StoreResult<usize> {
 }
 
 async fn expiring(
-    state: &AppState,
+    engine: &Engine,
     notifiers: &[PluginInstance],
     cert: &Certificate,
     now: DateTime<Utc>,
@@ -136,7 +136,7 @@ async fn expiring(
         }),
     };
     let key = format!("{kind}:{}:{version}:{stage}", cert.id);
-    announce(state, notifiers, &event, Some(&key)).await
+    announce(engine, notifiers, &event, Some(&key)).await
 }
 
 #[cfg(test)]

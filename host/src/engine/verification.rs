@@ -7,36 +7,17 @@
 //! `fingerprint_matches`, `detail`, `endpoint`, `reported_by`,
 //! `checked_at`.
 
-use certplane_agent::verify::{self, Endpoint, Verdict};
+use certplane_agent::verify::{self, Endpoint};
 use certplane_pki::pem::normalise_fingerprint;
 use chrono::Utc;
 use serde_json::{Value, json};
 
+use super::ending::{Ending, end_claimed_logged, host_actor};
 use super::versions::load_version;
-use crate::api::AppState;
+use crate::engine::Engine;
 use crate::store::{Job, JobFailure};
 
-/// A probe's verdict as the API and the store name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// The endpoint serves the expected certificate.
-    Verified,
-    /// The endpoint serves another certificate.
-    Mismatch,
-    /// The endpoint could not be reached.
-    Unreachable,
-}
-
-impl Status {
-    /// `verified`, `mismatch` or `unreachable`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Verified => "verified",
-            Status::Mismatch => "mismatch",
-            Status::Unreachable => "unreachable",
-        }
-    }
-}
+pub use certplane_proto::agent::VerificationStatus as Status;
 
 /// The stored record of one probe.
 pub fn record(
@@ -83,16 +64,12 @@ pub fn failure(status: Status, detail: Option<&str>) -> Option<JobFailure> {
 /// Probes `endpoint` from the host for `expected` (with the host's
 /// `verify` settings) and returns the record and what it means for the job.
 pub async fn probe(
-    state: &AppState,
+    engine: &Engine,
     endpoint: &Endpoint,
     expected: &str,
 ) -> (Value, Option<JobFailure>) {
-    let verdict = verify::probe(endpoint, expected, state.config.verify.policy()).await;
-    let status = match verdict {
-        Verdict::Verified { .. } => Status::Verified,
-        Verdict::Mismatch { .. } => Status::Mismatch,
-        Verdict::Unreachable { .. } => Status::Unreachable,
-    };
+    let verdict = verify::probe(endpoint, expected, engine.config.verify.policy()).await;
+    let status = verdict.verification_status();
     let detail = format!("{} at {endpoint}", verdict.detail());
     let value = record(
         status,
@@ -106,14 +83,13 @@ pub async fn probe(
 }
 
 /// Runs a host-side verification job: probes the endpoint the parent
-/// deployment recorded, stores the record on this job and completes or
-/// fails it.
-pub async fn process(state: &AppState, job: Job) {
-    let Some(lease) = job.lease() else { return };
-    let outcome = async {
-        let (_, version) = load_version(state, &job).await?;
+/// deployment recorded, and stores the record with the job's end.
+pub async fn process(engine: &Engine, job: Job) {
+    let mut verification = None;
+    let result = async {
+        let (_, version) = load_version(engine, &job).await?;
         let parent = match &job.parent_job_id {
-            Some(id) => state
+            Some(id) => engine
                 .store
                 .get_job(id)
                 .await
@@ -128,23 +104,18 @@ pub async fn process(state: &AppState, job: Job) {
                     "the deployment recorded no endpoint to verify (its connector named none)",
                 )
             })?;
-        let (value, failure) = probe(state, &endpoint, &version.fingerprint_sha256).await;
-        match state.store.set_job_verification(&lease, value).await {
-            Ok(true) => {}
-            Ok(false) => return Err(JobFailure::transient("the lease was lost")),
-            Err(e) => return Err(JobFailure::transient(format!("database: {e}"))),
-        }
+        let (value, failure) = probe(engine, &endpoint, &version.fingerprint_sha256).await;
+        verification = Some(value);
         failure.map_or(Ok(()), Err)
     }
     .await;
-    let result = match outcome {
-        Ok(()) => state.store.complete_job(&lease).await.map(|_| ()),
-        Err(f) => {
-            tracing::warn!(job = %job.id, error = %f.error, "verification failed");
-            state.store.fail_job(&lease, f).await.map(|_| ())
-        }
+    let ending = Ending {
+        kind: "verified",
+        result,
+        verification,
+        actor: host_actor(),
+        actions: ("verification.completed", "verification.failed"),
+        details: json!({ "parent_job_id": job.parent_job_id }),
     };
-    if let Err(e) = result {
-        tracing::error!(job = %job.id, error = %e, "cannot record the verification outcome");
-    }
+    end_claimed_logged(engine, &job, ending).await;
 }

@@ -11,51 +11,38 @@ use super::connectors::{build_instance, failure_for, observed};
 use super::issuance::version_key_owner;
 use super::verification;
 use super::versions::{load_version, split_pem};
-use crate::api::AppState;
-use crate::store::{ActorType, Job, JobFailure, NewAuditEvent};
+use crate::engine::Engine;
+use super::ending::{Ending, end_claimed_logged, host_actor};
+use crate::store::{Job, JobFailure};
 
 /// Runs one claimed host-side deployment job.
-pub async fn process(state: &AppState, job: Job) {
-    let Some(lease) = job.lease() else { return };
-    match deploy(state, &job).await {
-        Ok(changed) => {
-            match state.store.complete_job(&lease).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(job = %job.id, "lost the lease before completing the deployment")
-                }
-                Err(e) => {
-                    tracing::error!(job = %job.id, error = %e, "cannot complete deployment job")
-                }
-            }
-            let event = NewAuditEvent {
-                actor: "host".into(),
-                actor_type: ActorType::System,
-                action: "deployment.completed".into(),
-                subject_type: "job".into(),
-                subject_id: Some(job.id.clone()),
-                details: json!({ "target_id": job.target_id, "changed": changed }),
-            };
-            if let Err(e) = state.store.record_audit(event).await {
-                tracing::error!(job = %job.id, error = %e, "cannot audit deployment");
-            }
-        }
-        Err(failure) => {
-            tracing::warn!(job = %job.id, error = %failure.error, "deployment failed");
-            if let Err(e) = state.store.fail_job(&lease, failure).await {
-                tracing::error!(job = %job.id, error = %e, "cannot record deployment failure");
-            }
-        }
-    }
+pub async fn process(engine: &Engine, job: Job) {
+    let mut verification = None;
+    let result = deploy(engine, &job, &mut verification).await;
+    let changed = result.as_ref().ok().cloned().unwrap_or_default();
+    let ending = Ending {
+        kind: "deployed",
+        result: result.map(|_| ()),
+        verification,
+        actor: host_actor(),
+        actions: ("deployment.completed", "deployment.failed"),
+        details: json!({ "target_id": job.target_id, "changed": changed }),
+    };
+    end_claimed_logged(engine, &job, ending).await;
 }
 
-async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> {
+/// Deploys; the probe's record, when one ran, goes to `verification`.
+async fn deploy(
+    engine: &Engine,
+    job: &Job,
+    verification: &mut Option<serde_json::Value>,
+) -> Result<Vec<String>, JobFailure> {
     let store_err = |e: crate::store::StoreError| JobFailure::transient(format!("database: {e}"));
     let target_id = job
         .target_id
         .as_deref()
         .ok_or_else(|| JobFailure::permanent("deployment job without a target"))?;
-    let target = state
+    let target = engine
         .store
         .get_target(target_id)
         .await
@@ -66,14 +53,14 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
             "target {target_id} is retired"
         )));
     }
-    let (cert, version) = load_version(state, job).await?;
+    let (cert, version) = load_version(engine, job).await?;
     let cert_id = cert.id.as_str();
     let sealed = version.encrypted_private_key.as_deref().ok_or_else(|| {
         JobFailure::permanent("the host holds no private key for this version (agent-held key)")
     })?;
     let sealed = std::str::from_utf8(sealed)
         .map_err(|_| JobFailure::permanent("stored private key is not sealed text"))?;
-    let key = state
+    let key = engine
         .secrets
         .open_str(
             sealed,
@@ -86,7 +73,7 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
     }
     let leaf = blocks.remove(0);
     let instance = build_instance(
-        state,
+        engine,
         PluginKind::Target,
         &format!("target/{}", target.id),
         &target.plugin_name,
@@ -103,7 +90,7 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
         fingerprint_sha256: version.fingerprint_sha256.clone(),
     };
     let result = observed(
-        state,
+        engine,
         &instance,
         "deploy",
         instance.deploy(&bundle, &key, "{}"),
@@ -113,15 +100,8 @@ async fn deploy(state: &AppState, job: &Job) -> Result<Vec<String>, JobFailure> 
     if let Some(at) = result.verify_at {
         let endpoint = certplane_agent::verify::Endpoint::from(at);
         let (record, failure) =
-            verification::probe(state, &endpoint, &version.fingerprint_sha256).await;
-        let lease = job
-            .lease()
-            .ok_or_else(|| JobFailure::transient("the job holds no lease"))?;
-        match state.store.set_job_verification(&lease, record).await {
-            Ok(true) => {}
-            Ok(false) => return Err(JobFailure::transient("the lease was lost")),
-            Err(e) => return Err(store_err(e)),
-        }
+            verification::probe(engine, &endpoint, &version.fingerprint_sha256).await;
+        *verification = Some(record);
         if let Some(failure) = failure {
             return Err(failure);
         }

@@ -1,6 +1,6 @@
 //! Loading the certificate version a job works on.
 
-use crate::api::AppState;
+use crate::engine::Engine;
 use crate::store::{Certificate, CertificateVersion, Job, JobFailure, StoreError};
 
 fn store_err(e: StoreError) -> JobFailure {
@@ -9,7 +9,7 @@ fn store_err(e: StoreError) -> JobFailure {
 
 /// The certificate and the version named by a deployment or revocation job.
 pub async fn load_version(
-    state: &AppState,
+    engine: &Engine,
     job: &Job,
 ) -> Result<(Certificate, CertificateVersion), JobFailure> {
     let cert_id = job.certificate_id.as_deref().ok_or_else(|| {
@@ -21,13 +21,13 @@ pub async fn load_version(
             job.job_type
         ))
     })?;
-    let cert = state
+    let cert = engine
         .store
         .get_certificate(cert_id)
         .await
         .map_err(store_err)?
         .ok_or_else(|| JobFailure::permanent(format!("certificate {cert_id} not found")))?;
-    let version = state
+    let version = engine
         .store
         .list_certificate_versions(cert_id)
         .await

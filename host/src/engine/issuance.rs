@@ -1,0 +1,497 @@
+//! Issuance and renewal jobs: CSR (host key mode generates key and CSR
+//! here; agent key mode uses the CSR the agent submitted), the issuer
+//! connector's `submit`, order polling for asynchronous CAs, the checks on
+//! whatever the connector returned, the new certificate version and one
+//! deployment job per target.
+
+use std::net::IpAddr;
+
+use certplane_runtime::asyncpoll::{PollInput, plan_next_poll};
+use certplane_runtime::issuer::{CertificateRequest, IssueResult, IssuedCertificate, Order};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::connectors::{failure_for, issuer_instance, observed};
+use super::notify;
+use crate::engine::Engine;
+use crate::pipeline::certcheck::{IssuedInput, check_issued};
+use crate::pipeline::keygen::{KeyType, generate_key_and_csr};
+use crate::store::{
+    ActorType, Certificate, Guard, Job, JobEnd, JobFailure, JobStatus, JobType, JobUpdate,
+    KeySource, NewAuditEvent, NewCertificateVersion, NewJob, Outcome, StoreError,
+};
+
+/// Why a job step stopped short of its goal.
+enum Stop {
+    /// Fail the job (retry per `JobFailure`).
+    Fail(JobFailure),
+    /// The database failed; leave the lease to expire and the reaper to retry.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Store(e)
+    }
+}
+
+fn permanent(msg: impl Into<String>) -> Stop {
+    Stop::Fail(JobFailure::permanent(msg))
+}
+
+/// The names a certificate covers, split into DNS names and IP addresses,
+/// common name first and each once.
+fn names_of(cert: &Certificate) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns: Vec<String> = Vec::new();
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for name in std::iter::once(&cert.common_name).chain(cert.sans.iter()) {
+        match name.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) if !dns.iter().any(|d| d.eq_ignore_ascii_case(name)) => dns.push(name.clone()),
+            Err(_) => {}
+        }
+    }
+    (dns, ips)
+}
+
+fn audit(job: &Job, action: &str, details: serde_json::Value) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: "host".into(),
+        actor_type: ActorType::System,
+        action: action.into(),
+        subject_type: "job".into(),
+        subject_id: Some(job.id.clone()),
+        details,
+    }
+}
+
+/// Owner string binding a sealed private key to its job.
+fn job_key_owner(job_id: &str) -> String {
+    format!("job/{job_id}/private-key")
+}
+
+/// Runs one claimed issuance or renewal job (status Running): claimed
+/// from Pending by the job loop, or from Polling by the order-poll loop.
+///
+/// Invariant: a job with a persisted order never submits again (a retry
+/// after an error, a rate limit, a lapsed lease or a crash polls the same
+/// order), and a job whose version is recorded finishes without calling
+/// the CA.
+pub async fn process(engine: &Engine, job: Job) {
+    let result = step(engine, &job).await;
+    finish(engine, &job, result).await;
+}
+
+/// The order-poll loop's entry: the same as [`process`].
+pub async fn process_poll(engine: &Engine, job: Job) {
+    process(engine, job).await;
+}
+
+async fn finish(engine: &Engine, job: &Job, result: Result<(), Stop>) {
+    let Some(lease) = job.lease() else { return };
+    match result {
+        Ok(()) => {}
+        Err(Stop::Fail(failure)) => {
+            tracing::warn!(job = %job.id, error = %failure.error, permanent = failure.permanent, "issuance failed");
+            let mut outcome = Outcome::new("failed", Guard::Lease(lease), JobEnd::Fail(failure.clone()));
+            outcome.audit.push(audit(
+                job,
+                "issuance.failed",
+                json!({ "error": failure.error, "permanent": failure.permanent }),
+            ));
+            match engine.store.commit_outcome(outcome).await {
+                Ok(Some(_)) => {}
+                Ok(None) => tracing::warn!(job = %job.id, "lost the job before recording its failure"),
+                Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record job failure"),
+            }
+        }
+        Err(Stop::Store(e)) => {
+            tracing::error!(job = %job.id, error = %e, "database error during issuance; the lease will expire and the job be retried");
+        }
+    }
+}
+
+/// The order persisted on the job, if any.
+fn persisted_order(job: &Job) -> Option<Order> {
+    match (&job.order_id, &job.order_state) {
+        (Some(id), Some(st)) => Some(Order {
+            id: id.clone(),
+            retry_after_secs: None,
+            state: st.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Submits (or, with a persisted order, polls) and carries the job to its
+/// next state.
+async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
+    let store = &engine.store;
+    if let Some(version) = store.version_of_job(&job.id).await? {
+        // Recorded by an earlier run of this job: finish without the CA.
+        let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+        let mut outcome = Outcome::new("issued", Guard::Lease(lease), JobEnd::Complete);
+        outcome.audit.push(audit(
+            job,
+            "issuance.completed",
+            json!({ "version_id": version.id, "recovered": true }),
+        ));
+        if store.commit_outcome(outcome).await?.is_none() {
+            tracing::warn!(job = %job.id, "lost the job while completing it");
+        }
+        return Ok(());
+    }
+    let cert_id = job
+        .certificate_id
+        .as_deref()
+        .ok_or_else(|| permanent("issuance job without a certificate"))?;
+    let cert = store
+        .get_certificate(cert_id)
+        .await?
+        .ok_or_else(|| permanent(format!("certificate {cert_id} no longer exists")))?;
+    let issuer = issuer_instance(engine, &cert.issuer_id)
+        .await?
+        .map_err(permanent)?;
+    let (dns_names, ips) = names_of(&cert);
+    let order = persisted_order(job);
+
+    // The CSR and, in host key mode, the private key.
+    let (csr_pem, sealed_key) = match (&job.csr_pem, cert.key_source) {
+        (Some(csr), KeySource::Agent) => (csr.clone(), None),
+        (None, KeySource::Agent) => {
+            // A retried agent-key job (its CSR wait expired, or the agent's
+            // CSR was lost): ask the key-holding agent again.
+            return request_csr(engine, job, &cert).await;
+        }
+        (Some(csr), KeySource::Host) => {
+            let sealed = job
+                .payload
+                .as_ref()
+                .and_then(|p| p.get("sealed_key"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| permanent("host key mode: the persisted key is missing"))?;
+            (csr.clone(), Some(sealed))
+        }
+        (None, KeySource::Host) => {
+            let key_type: KeyType = cert
+                .key_type
+                .parse()
+                .map_err(|e| permanent(format!("{e}")))?;
+            let (cn, dns, ip) = (cert.common_name.clone(), dns_names.clone(), ips.clone());
+            let generated =
+                tokio::task::spawn_blocking(move || generate_key_and_csr(key_type, &cn, &dns, &ip))
+                    .await
+                    .map_err(|e| {
+                        Stop::Fail(JobFailure::transient(format!("key generation task: {e}")))
+                    })?
+                    .map_err(|e| permanent(format!("key generation: {e}")))?;
+            let sealed = engine
+                .secrets
+                .seal_str(
+                    generated.private_key_pem.expose_secret(),
+                    &job_key_owner(&job.id),
+                )
+                .map_err(|e| permanent(format!("sealing the private key: {e}")))?;
+            (generated.csr_pem, Some(sealed))
+        }
+    };
+
+    let call = match &order {
+        None => {
+            let request = CertificateRequest {
+                csr_pem: csr_pem.clone(),
+                common_name: cert.common_name.clone(),
+                dns_names: dns_names.clone(),
+                ip_addresses: ips.iter().map(ToString::to_string).collect(),
+                validity_days: None,
+                certificate_id: cert.id.clone(),
+            };
+            observed(engine, &issuer, "submit", issuer.submit(&request)).await
+        }
+        Some(order) => observed(engine, &issuer, "poll", issuer.poll(order)).await,
+    };
+    let now = Utc::now();
+    match (call, order) {
+        (Err(e), Some(order)) if e.is_retryable() => {
+            // The order stands: keep polling it, the error kept as the last.
+            let hint = e.retry_after();
+            still_pending(engine, job, order, hint, Some(e.to_string()), now).await
+        }
+        (Err(e), _) => Err(Stop::Fail(failure_for(&e, now))),
+        (Ok(IssueResult::Pending(new_order)), previous) => {
+            if previous.is_none() {
+                record_receipt(engine, job, &csr_pem, sealed_key, &new_order).await?;
+            }
+            let hint = new_order
+                .retry_after_secs
+                .map(|s| std::time::Duration::from_secs(u64::from(s)));
+            still_pending(engine, job, new_order, hint, None, now).await
+        }
+        (Ok(IssueResult::Issued(issued)), _) => {
+            record_issued(
+                engine, job, &cert, &csr_pem, sealed_key, &dns_names, &ips, issued, now,
+            )
+            .await
+        }
+    }
+}
+
+/// Moves a claimed agent-key job back to AwaitingCsr and wakes the agent
+/// that holds the key.
+async fn request_csr(engine: &Engine, job: &Job, cert: &Certificate) -> Result<(), Stop> {
+    let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+    let mut outcome = Outcome::new(
+        "csr_requested",
+        Guard::Lease(lease),
+        JobEnd::Move(JobStatus::AwaitingCsr),
+    );
+    outcome.audit.push(audit(
+        job,
+        "issuance.csr_requested",
+        json!({ "certificate_id": cert.id }),
+    ));
+    if engine.store.commit_outcome(outcome).await?.is_none() {
+        tracing::warn!(job = %job.id, "lost the job while asking for a CSR");
+    }
+    if let Some(target_id) = &cert.target_id
+        && let Some(target) = engine.store.get_target(target_id).await?
+    {
+        engine.wake.wake_agent(&target.agent_id);
+    }
+    Ok(())
+}
+
+/// The CA accepted an order: its id and state (and the CSR and sealed key
+/// it was placed for) are recorded on the job in one statement before
+/// anything else, so any replica, after any restart, polls this same order.
+async fn record_receipt(
+    engine: &Engine,
+    job: &Job,
+    csr_pem: &str,
+    sealed_key: Option<String>,
+    order: &Order,
+) -> Result<(), Stop> {
+    let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+    let mut payload = job.payload.clone().unwrap_or_else(|| json!({}));
+    if let Some(key) = sealed_key {
+        payload["sealed_key"] = json!(key);
+    }
+    let recorded = engine
+        .store
+        .record_order(
+            &lease,
+            JobUpdate {
+                csr_pem: Some(csr_pem.to_string()),
+                order_id: Some(order.id.clone()),
+                order_state: Some(order.state.clone()),
+                payload: Some(payload),
+                ..JobUpdate::default()
+            },
+        )
+        .await?;
+    if !recorded {
+        tracing::warn!(job = %job.id, order = %order.id, "lost the job before recording its order; the order is unknown to the host");
+    }
+    Ok(())
+}
+
+/// Pending at the CA (or a retryable error polling it): back to Polling,
+/// the next poll planned by the asyncpoll rules.
+async fn still_pending(
+    engine: &Engine,
+    job: &Job,
+    order: Order,
+    hint: Option<std::time::Duration>,
+    error: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<(), Stop> {
+    let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+    let mut payload = job.payload.clone().unwrap_or_else(|| json!({}));
+    let step = payload
+        .get("poll_step")
+        .and_then(|v| v.as_u64())
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    let first = job.order_id.is_none();
+    let plan = plan_next_poll(PollInput {
+        now: now.into(),
+        step,
+        hint,
+        session_deadline: if first {
+            None
+        } else {
+            job.poll_deadline_at.map(Into::into)
+        },
+        max_wait: std::time::Duration::from_secs(engine.config.order_max_wait_secs),
+        unit: rand::random::<f64>(),
+    });
+    let next: DateTime<Utc> = plan.next_poll_at.into();
+    let last_error = match (&error, plan.max_wait_reached) {
+        (Some(e), _) => Some(e.clone()),
+        (None, true) => Some(format!(
+            "order {} still pending after MaxWait; polling the same order again at {next}",
+            order.id
+        )),
+        (None, false) => None,
+    };
+    payload["poll_step"] = json!(plan.next_step);
+    let mut outcome = Outcome::new(
+        if first { "order_placed" } else { "order_pending" },
+        Guard::Lease(lease),
+        JobEnd::Move(JobStatus::Polling),
+    );
+    outcome.update = JobUpdate {
+        order_id: Some(order.id.clone()),
+        order_state: Some(order.state.clone()),
+        next_poll_at: Some(next),
+        poll_deadline_at: Some(plan.session_deadline.into()),
+        payload: Some(payload),
+        last_error,
+        ..JobUpdate::default()
+    };
+    outcome.audit.push(audit(
+        job,
+        match (first, &error) {
+            (true, _) => "issuance.order_placed",
+            (false, None) => "issuance.order_pending",
+            (false, Some(_)) => "issuance.order_poll_failed",
+        },
+        json!({
+            "order_id": order.id,
+            "next_poll_at": next,
+            "error": error,
+            "max_wait_reached": plan.max_wait_reached,
+        }),
+    ));
+    if engine.store.commit_outcome(outcome).await?.is_none() {
+        tracing::warn!(job = %job.id, "lost the job while recording its pending order");
+    }
+    engine.wake.orders.notify_one();
+    Ok(())
+}
+
+/// Issued: check it, record the version, create deployment jobs, complete.
+#[allow(clippy::too_many_arguments)]
+async fn record_issued(
+    engine: &Engine,
+    job: &Job,
+    cert: &Certificate,
+    csr_pem: &str,
+    sealed_key: Option<String>,
+    dns_names: &[String],
+    ips: &[IpAddr],
+    issued: IssuedCertificate,
+    now: DateTime<Utc>,
+) -> Result<(), Stop> {
+    let checked = check_issued(&IssuedInput {
+        csr_pem,
+        dns_names,
+        ip_addresses: ips,
+        leaf_pem: &issued.certificate_pem,
+        chain_pem: &issued.chain_pem,
+        trust_anchor_pem: None,
+        now,
+        validity_days: None,
+    })
+    .map_err(|e| {
+        permanent(format!(
+            "the issuer returned a certificate that fails the host's checks: {e}"
+        ))
+    })?;
+
+    // Host key mode: re-seal the key for the certificate version it belongs
+    // to (deployments open it with that owner).
+    let encrypted_private_key = match sealed_key {
+        Some(sealed) => {
+            let key = engine
+                .secrets
+                .open_str(&sealed, &job_key_owner(&job.id))
+                .map_err(|e| permanent(format!("opening the persisted key: {e}")))?;
+            let resealed = engine
+                .secrets
+                .seal_str(
+                    &key,
+                    &version_key_owner(&cert.id, &checked.fingerprint_sha256),
+                )
+                .map_err(|e| permanent(format!("sealing the private key: {e}")))?;
+            Some(resealed.into_bytes())
+        }
+        None => None,
+    };
+    let pem_chain: String = std::iter::once(checked.leaf_pem.as_str())
+        .chain(checked.chain_pem.iter().map(String::as_str))
+        .collect();
+    let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+    let targets = engine.store.deployment_targets(&cert.id).await?;
+    let mut outcome = Outcome::new("issued", Guard::Lease(lease), JobEnd::Complete);
+    outcome.version = Some(NewCertificateVersion {
+        certificate_id: cert.id.clone(),
+        serial: checked.serial_hex.clone(),
+        pem_chain,
+        not_before: checked.not_before,
+        not_after: checked.not_after,
+        fingerprint_sha256: checked.fingerprint_sha256.clone(),
+        encrypted_private_key,
+        job_id: Some(job.id.clone()),
+    });
+    for target in &targets {
+        let mut deployment = NewJob::new(JobType::Deployment)
+            .certificate(cert.id.clone())
+            .target(target.id.clone())
+            .agent(target.agent_id.clone());
+        deployment.parent_job_id = Some(job.id.clone());
+        outcome.follow_ups.push(deployment);
+    }
+    outcome.audit.push(audit(
+        job,
+        "issuance.completed",
+        json!({
+            "certificate_id": cert.id,
+            "serial": checked.serial_hex,
+            "fingerprint_sha256": checked.fingerprint_sha256,
+            "not_after": checked.not_after,
+            "deployments": targets.len(),
+        }),
+    ));
+    let summary = format!(
+        "certificate {} issued (serial {})",
+        cert.name, checked.serial_hex
+    );
+    outcome.notices.push(notify::notice(
+        &notify::Announcement {
+            kind: "certificate.issued",
+            subject: &format!("certificate/{}", cert.id),
+            summary: &summary,
+            severity: certplane_runtime::Level::Info,
+            details: json!({
+                "certificate_id": cert.id,
+                "serial": checked.serial_hex,
+                "not_after": checked.not_after,
+            }),
+        },
+        None,
+    ));
+    let Some(committed) = engine.store.commit_outcome(outcome).await? else {
+        tracing::warn!(job = %job.id, "lost the job before recording the issued certificate; a retry polls or submits again");
+        return Ok(());
+    };
+    let version_id = committed.version.as_ref().map(|v| v.id.as_str()).unwrap_or_default();
+    tracing::info!(job = %job.id, certificate = %cert.id, version = %version_id, deployments = targets.len(), "certificate issued");
+    for deployment in &committed.follow_ups {
+        match deployment.agent_id.as_deref() {
+            Some(agent) if agent != crate::store::SENTINEL_AGENT_ID => engine.wake.wake_agent(agent),
+            _ => engine.wake.jobs.notify_one(),
+        }
+    }
+    if committed.notifications > 0 {
+        engine.wake.notifications.notify_one();
+    }
+    Ok(())
+}
+
+/// Owner string binding a sealed private key to a certificate version.
+pub fn version_key_owner(certificate_id: &str, fingerprint: &str) -> String {
+    format!("certificate/{certificate_id}/{fingerprint}/private-key")
+}

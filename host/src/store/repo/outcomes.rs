@@ -1,0 +1,478 @@
+//! Job outcomes: a job's status change and everything it implies (the
+//! certificate version, follow-up jobs, audit rows, notification rows)
+//! committed in one transaction, so a host killed at any point leaves
+//! either all of it or none of it.
+//!
+//! Invariant: the job's own UPDATE comes first and is guarded (by the
+//! lease for a claimed job, by the status otherwise); when the guard fails
+//! nothing is written and the caller learns that it lost the job.
+
+use serde_json::Value;
+use sqlx::QueryBuilder;
+use sqlx::types::Json;
+
+use crate::faults;
+use crate::store::codec::{now, opt_ts, ts};
+use crate::store::postgres::claims as pg;
+use crate::store::repo::insert_audit;
+use crate::store::sqlite::claims as lite;
+use crate::store::{
+    BeginWrite, CertificateVersion, Job, JobFailure, JobLease, JobStatus, JobUpdate, KeySource,
+    NewAuditEvent, NewCertificateVersion, NewJob, Store, StoreError, StoreResult, new_id,
+    on_write,
+};
+
+/// Who may end the job: the holder of its lease, or anyone finding it in a
+/// given status (jobs that are not claimed, e.g. awaiting a CSR).
+#[derive(Debug, Clone)]
+pub enum Guard {
+    /// The job is Running under this lease.
+    Lease(JobLease),
+    /// The job is in this status.
+    Status {
+        /// The job.
+        job_id: String,
+        /// Its expected status.
+        status: JobStatus,
+    },
+}
+
+impl Guard {
+    fn from_status(&self) -> JobStatus {
+        match self {
+            Guard::Lease(_) => JobStatus::Running,
+            Guard::Status { status, .. } => *status,
+        }
+    }
+}
+
+/// Where the job goes.
+#[derive(Debug, Clone)]
+pub enum JobEnd {
+    /// Completed.
+    Complete,
+    /// Failed; retried per the failure (lease guard only).
+    Fail(JobFailure),
+    /// Another live status (Polling, AwaitingCsr, Pending).
+    Move(JobStatus),
+}
+
+/// A notification for every enabled notifier, queued with the outcome.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// Event type, e.g. `certificate.issued`.
+    pub event_type: String,
+    /// What it is about, e.g. `certificate/<id>`.
+    pub subject: Option<String>,
+    /// Stored payload (`summary`, `severity`, `occurred_at`, `details`).
+    pub payload: Value,
+    /// Attempt budget of each notification.
+    pub max_attempts: i32,
+    /// With a key, a notifier that already has a notification with it gets
+    /// none (events that sweeps see repeatedly).
+    pub dedupe_key: Option<String>,
+}
+
+/// One job outcome. Build it, then [`Store::commit_outcome`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Names the outcome's fault points (`crate::faults::KINDS`).
+    pub kind: &'static str,
+    /// Who may end the job.
+    pub guard: Guard,
+    /// Where it goes.
+    pub end: JobEnd,
+    /// Columns set with the status change.
+    pub update: JobUpdate,
+    /// A certificate version recorded and made current.
+    pub version: Option<NewCertificateVersion>,
+    /// Jobs created; one without a `certificate_version_id` gets the
+    /// version recorded by this outcome.
+    pub follow_ups: Vec<NewJob>,
+    /// Audit rows.
+    pub audit: Vec<NewAuditEvent>,
+    /// Notifications, one per enabled notifier each.
+    pub notices: Vec<Notice>,
+}
+
+impl Outcome {
+    /// An outcome of `kind` moving the job guarded by `guard` to `end`,
+    /// implying nothing else yet.
+    pub fn new(kind: &'static str, guard: Guard, end: JobEnd) -> Self {
+        Outcome {
+            kind,
+            guard,
+            end,
+            update: JobUpdate::default(),
+            version: None,
+            follow_ups: Vec::new(),
+            audit: Vec::new(),
+            notices: Vec::new(),
+        }
+    }
+}
+
+/// What a committed outcome wrote.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The job after its change.
+    pub job: Job,
+    /// The version recorded, if any.
+    pub version: Option<CertificateVersion>,
+    /// The follow-up jobs created.
+    pub follow_ups: Vec<Job>,
+    /// Notifications queued.
+    pub notifications: u64,
+}
+
+/// Appends `SET ...` columns of a job update after `status = ...`.
+macro_rules! push_job_update {
+    ($qb:ident, $update:expr) => {{
+        let JobUpdate {
+            last_error,
+            run_at,
+            csr_pem,
+            order_id,
+            order_state,
+            next_poll_at,
+            poll_deadline_at,
+            verification_result,
+            certificate_version_id,
+            payload,
+        } = $update;
+        if let Some(v) = last_error {
+            $qb.push(", last_error = ").push_bind(v);
+        }
+        if let Some(v) = run_at {
+            $qb.push(", run_at = ").push_bind(ts(v));
+        }
+        if let Some(v) = csr_pem {
+            $qb.push(", csr_pem = ").push_bind(v);
+        }
+        if let Some(v) = order_id {
+            $qb.push(", order_id = ").push_bind(v);
+        }
+        if let Some(v) = order_state {
+            $qb.push(", order_state = ").push_bind(v);
+        }
+        if let Some(v) = next_poll_at {
+            $qb.push(", next_poll_at = ").push_bind(ts(v));
+        }
+        if let Some(v) = poll_deadline_at {
+            $qb.push(", poll_deadline_at = ").push_bind(ts(v));
+        }
+        if let Some(v) = verification_result {
+            $qb.push(", verification_result = ").push_bind(Json(v));
+        }
+        if let Some(v) = certificate_version_id {
+            $qb.push(", certificate_version_id = ").push_bind(v);
+        }
+        if let Some(v) = payload {
+            $qb.push(", payload = ").push_bind(Json(v));
+        }
+    }};
+}
+pub(crate) use push_job_update;
+
+/// Appends the WHERE clause of a guard.
+macro_rules! push_guard {
+    ($qb:ident, $guard:expr) => {{
+        match $guard {
+            Guard::Lease(lease) => {
+                $qb.push(" WHERE id = ")
+                    .push_bind(lease.job_id.clone())
+                    .push(" AND status = 'running' AND lease_owner = ")
+                    .push_bind(lease.owner.clone())
+                    .push(" AND attempts = ")
+                    .push_bind(lease.attempt);
+            }
+            Guard::Status { job_id, status } => {
+                $qb.push(" WHERE id = ")
+                    .push_bind(job_id.clone())
+                    .push(" AND status = ")
+                    .push_bind(*status);
+            }
+        }
+    }};
+}
+
+fn update_is_empty(u: &JobUpdate) -> bool {
+    u.last_error.is_none()
+        && u.run_at.is_none()
+        && u.csr_pem.is_none()
+        && u.order_id.is_none()
+        && u.order_state.is_none()
+        && u.next_poll_at.is_none()
+        && u.poll_deadline_at.is_none()
+        && u.verification_result.is_none()
+        && u.certificate_version_id.is_none()
+        && u.payload.is_none()
+}
+
+impl Store {
+    /// Records what a side effect outside the database achieved (the CA's
+    /// order id and state) on a claimed job, in one statement, without
+    /// changing its status: the receipt that keeps a re-run from placing a
+    /// second order. False if the lease was lost (nothing written).
+    pub async fn record_order(&self, lease: &JobLease, update: JobUpdate) -> StoreResult<bool> {
+        let now = now();
+        let guard = Guard::Lease(lease.clone());
+        let written = on_write!(self, |pool| {
+            let mut qb = QueryBuilder::new("UPDATE jobs SET updated_at = ");
+            qb.push_bind(ts(now));
+            push_job_update!(qb, update);
+            push_guard!(qb, &guard);
+            qb.build().execute(pool).await?.rows_affected() == 1
+        });
+        if written {
+            faults::point("order_receipt", "committed");
+        }
+        Ok(written)
+    }
+
+    /// The version a job recorded, if any (at most one per job).
+    pub async fn version_of_job(&self, job_id: &str) -> StoreResult<Option<CertificateVersion>> {
+        Ok(crate::store::on_read!(self, |pool| {
+            sqlx::query_as::<_, CertificateVersion>(
+                "SELECT * FROM certificate_versions WHERE job_id = $1",
+            )
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// Commits `outcome` in one transaction. `Ok(None)`: the guard failed
+    /// (lease lost, job no longer in the expected status) and nothing was
+    /// written.
+    pub async fn commit_outcome(&self, outcome: Outcome) -> StoreResult<Option<Committed>> {
+        let Outcome {
+            kind,
+            guard,
+            end,
+            update,
+            version,
+            mut follow_ups,
+            audit,
+            notices,
+        } = outcome;
+        let from = guard.from_status();
+        let to = match &end {
+            JobEnd::Complete => JobStatus::Completed,
+            JobEnd::Fail(_) => JobStatus::Failed,
+            JobEnd::Move(s) => *s,
+        };
+        if !crate::store::job_state::can_transition(from, to) {
+            return Err(StoreError::IllegalTransition { from, to });
+        }
+        if matches!(end, JobEnd::Fail(_)) && !matches!(guard, Guard::Lease(_)) {
+            return Err(StoreError::InvalidArgument(
+                "only the holder of a lease can fail a job".into(),
+            ));
+        }
+        for job in &follow_ups {
+            crate::store::repo::jobs::check_new_job(job)?;
+        }
+        for notice in &notices {
+            if notice.max_attempts < 1 {
+                return Err(StoreError::InvalidArgument(
+                    "max_attempts must be >= 1".into(),
+                ));
+            }
+        }
+        let now = now();
+        let backoff = (
+            self.options.backoff.base.as_secs_f64(),
+            self.options.backoff.cap.as_secs_f64(),
+        );
+        let lock_suffix = match self.backend {
+            crate::store::Backend::Sqlite(_) => "",
+            crate::store::Backend::Postgres(_) => " FOR UPDATE",
+        };
+        on_write!(self, lite::FAIL_JOB, pg::FAIL_JOB, |pool, fail_sql| {
+            let mut tx = pool.begin_write().await?;
+
+            // 1. The job itself, guarded.
+            let job: Option<Job> = match &end {
+                JobEnd::Fail(failure) => {
+                    let Guard::Lease(lease) = &guard else {
+                        unreachable!("checked above")
+                    };
+                    if !update_is_empty(&update) {
+                        let mut qb = QueryBuilder::new("UPDATE jobs SET updated_at = ");
+                        qb.push_bind(ts(now));
+                        push_job_update!(qb, update);
+                        push_guard!(qb, &guard);
+                        if qb.build().execute(&mut *tx).await?.rows_affected() != 1 {
+                            return Ok(None);
+                        }
+                    }
+                    sqlx::query_as::<_, Job>(fail_sql)
+                        .bind(&lease.job_id)
+                        .bind(&lease.owner)
+                        .bind(lease.attempt)
+                        .bind(ts(now))
+                        .bind(&failure.error)
+                        .bind(backoff.0)
+                        .bind(backoff.1)
+                        .bind(failure.permanent)
+                        .bind(opt_ts(failure.retry_at))
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                _ => {
+                    let mut qb = QueryBuilder::new("UPDATE jobs SET status = ");
+                    qb.push_bind(to).push(", updated_at = ").push_bind(ts(now));
+                    if from == JobStatus::Running {
+                        qb.push(", lease_expires_at = NULL");
+                    }
+                    if to == JobStatus::Completed {
+                        qb.push(", finished_at = ").push_bind(ts(now));
+                    }
+                    if to == JobStatus::Pending {
+                        qb.push(", lease_owner = NULL, finished_at = NULL");
+                    }
+                    push_job_update!(qb, update);
+                    push_guard!(qb, &guard);
+                    qb.push(" RETURNING *");
+                    qb.build_query_as::<Job>()
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+            };
+            let Some(job) = job else {
+                // Dropping the transaction rolls it back.
+                return Ok(None);
+            };
+            faults::point(kind, "job");
+
+            // 2. The certificate version, made current.
+            let mut recorded = None;
+            if let Some(new) = &version {
+                let cert: Option<(i64, KeySource)> = sqlx::query_as(&format!(
+                    "SELECT renew_before_secs, key_source FROM certificates WHERE id = $1{lock_suffix}"
+                ))
+                .bind(&new.certificate_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((renew_before, key_source)) = cert else {
+                    return Err(StoreError::NotFound {
+                        entity: "certificate",
+                        id: new.certificate_id.clone(),
+                    });
+                };
+                if key_source == KeySource::Agent && new.encrypted_private_key.is_some() {
+                    return Err(StoreError::InvalidArgument(
+                        "agent-generated private keys are never stored".into(),
+                    ));
+                }
+                let row = sqlx::query_as::<_, CertificateVersion>(
+                    "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain,
+                         not_before, not_after, fingerprint_sha256, encrypted_private_key, job_id,
+                         created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
+                )
+                .bind(new_id())
+                .bind(&new.certificate_id)
+                .bind(&new.serial)
+                .bind(&new.pem_chain)
+                .bind(ts(new.not_before))
+                .bind(ts(new.not_after))
+                .bind(&new.fingerprint_sha256)
+                .bind(new.encrypted_private_key.clone())
+                .bind(new.job_id.clone())
+                .bind(ts(now))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| {
+                    StoreError::from_insert("certificate version for this job or fingerprint", e)
+                })?;
+                faults::point(kind, "version_row");
+                let renew_at = new.not_after - chrono::Duration::seconds(renew_before);
+                sqlx::query(
+                    "UPDATE certificates SET current_version_id = $2, not_after = $3,
+                            renew_at = $4, updated_at = $5 WHERE id = $1",
+                )
+                .bind(&new.certificate_id)
+                .bind(&row.id)
+                .bind(ts(new.not_after))
+                .bind(ts(renew_at))
+                .bind(ts(now))
+                .execute(&mut *tx)
+                .await?;
+                faults::point(kind, "version");
+                recorded = Some(row);
+            }
+
+            // 3. Follow-up jobs (deployments of the new version, ...).
+            let mut created = Vec::with_capacity(follow_ups.len());
+            for new in &mut follow_ups {
+                if new.certificate_version_id.is_none() {
+                    new.certificate_version_id = recorded.as_ref().map(|v| v.id.clone());
+                }
+                let mut qb = QueryBuilder::new(crate::store::repo::jobs::INSERT_JOB_COLUMNS);
+                qb.push("VALUES (");
+                crate::store::repo::jobs::push_job_values(&mut qb, &new_id(), new, now);
+                qb.push(") RETURNING *");
+                let row = qb
+                    .build_query_as::<Job>()
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::from_insert("follow-up job", e))?;
+                created.push(row);
+            }
+            if !created.is_empty() {
+                faults::point(kind, "follow_ups");
+            }
+
+            // 4. Audit rows.
+            for event in &audit {
+                insert_audit!(&mut *tx, now, event)?;
+            }
+            if !audit.is_empty() {
+                faults::point(kind, "audit");
+            }
+
+            // 5. Notifications, one per enabled notifier.
+            let mut queued = 0;
+            if !notices.is_empty() {
+                let notifiers: Vec<(String,)> =
+                    sqlx::query_as("SELECT id FROM notifiers WHERE disabled_at IS NULL ORDER BY id")
+                        .fetch_all(&mut *tx)
+                        .await?;
+                for notice in &notices {
+                    for (notifier_id,) in &notifiers {
+                        queued += sqlx::query(
+                            "INSERT INTO notifications (id, notifier_id, event_type, subject,
+                                 payload, status, attempts, max_attempts, run_at, created_at,
+                                 updated_at, dedupe_key)
+                             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $7, $7, $8)
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(new_id())
+                        .bind(notifier_id)
+                        .bind(&notice.event_type)
+                        .bind(notice.subject.clone())
+                        .bind(Json(&notice.payload))
+                        .bind(notice.max_attempts)
+                        .bind(ts(now))
+                        .bind(notice.dedupe_key.clone())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    }
+                }
+                faults::point(kind, "notifications");
+            }
+
+            tx.commit().await?;
+            faults::point(kind, "committed");
+            Ok(Some(Committed {
+                job,
+                version: recorded,
+                follow_ups: created,
+                notifications: queued,
+            }))
+        })
+    }
+}
