@@ -413,8 +413,15 @@ async fn csr_flow(b: Backend) {
     assert_eq!(stored.csr_pem.as_deref(), Some(good.as_str()));
     assert!(audit_count(&app, "job", &job.id).await >= 1);
 
-    // Replay: 409, nothing changes.
+    // Replay (the first answer was lost): answered, nothing changes.
+    let audits = audit_count(&app, "job", &job.id).await;
     let r = app.post(&path, &cred, json!({ "csr_pem": good })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["replayed"], true);
+    assert_eq!(audit_count(&app, "job", &job.id).await, audits);
+    // Another CSR once one is accepted: 409.
+    let other = good.replace("MII", "MIJ");
+    let r = app.post(&path, &cred, json!({ "csr_pem": other })).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(error_code(&r), "conflict");
     // And it is no longer handed out.
@@ -545,9 +552,25 @@ async fn deployment_view_and_results(b: Backend) {
     assert!(events.iter().any(|e| e.action == "job.complete"
         && e.actor == id
         && e.details["changed"][0] == "/etc/ssl/site/cert.pem"));
-    // Replay: the lease is gone.
+    // Replay of the same end: answered, nothing recorded twice.
     let r = app
         .post(&path(&deploy), &cred, json!({ "outcome": "success" }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["replayed"], true);
+    let again = app
+        .store
+        .list_audit_events(Some("job"), Some(&deploy.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), events.len());
+    // A different end once the job ended: the lease is gone.
+    let r = app
+        .post(
+            &path(&deploy),
+            &cred,
+            json!({ "outcome": "failure", "error": { "class": "transient", "message": "x" } }),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
 
@@ -582,7 +605,8 @@ async fn deployment_view_and_results(b: Backend) {
     assert_eq!(r.json["will_retry"], true);
     let stored = app.store.get_job(&transient.id).await.unwrap().unwrap();
     assert_eq!(stored.status, JobStatus::Failed);
-    assert_eq!(stored.last_error.as_deref(), Some("io: disk full"));
+    // An unknown class reads as transient.
+    assert_eq!(stored.last_error.as_deref(), Some("transient: disk full"));
 
     // Permanent failure: budget spent.
     let r = app

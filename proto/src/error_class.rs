@@ -4,7 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 /// Why a connector call failed, as the host acts on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+///
+/// On the wire a class is its kebab-case name; a name this version does not
+/// know (a newer or foreign agent) reads as `transient`, so an unknown
+/// failure is retried rather than refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorClass {
     /// The instance's settings or secrets are wrong (permanent).
@@ -84,6 +88,20 @@ impl ErrorClass {
     }
 }
 
+impl<'de> Deserialize<'de> for ErrorClass {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(ErrorClass::from_name(&name).unwrap_or(ErrorClass::Transient))
+    }
+}
+
+impl ErrorClass {
+    /// The class named `name` (its wire name), if this version knows it.
+    pub fn from_name(name: &str) -> Option<ErrorClass> {
+        ErrorClass::ALL.iter().copied().find(|c| c.as_str() == name)
+    }
+}
+
 impl std::fmt::Display for ErrorClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -102,7 +120,9 @@ mod tests {
             let back: ErrorClass = serde_json::from_str(&json).unwrap();
             assert_eq!(back, *class);
         }
-        assert!(serde_json::from_str::<ErrorClass>("\"nonsense\"").is_err());
+        let unknown: ErrorClass = serde_json::from_str("\"io\"").unwrap();
+        assert_eq!(unknown, ErrorClass::Transient);
+        assert!(serde_json::from_str::<ErrorClass>("42").is_err());
     }
 
     #[test]

@@ -217,17 +217,19 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
         (Err(e), Some(order)) if e.is_retryable() => {
             // The order stands: keep polling it, the error kept as the last.
             let hint = e.retry_after();
-            still_pending(engine, job, order, hint, Some(e.to_string()), now).await
+            let payload = job.payload.clone().unwrap_or_else(|| json!({}));
+            still_pending(engine, job, order, payload, hint, Some(e.to_string()), now).await
         }
         (Err(e), _) => Err(Stop::Fail(failure_for(&e, now))),
         (Ok(IssueResult::Pending(new_order)), previous) => {
-            if previous.is_none() {
-                record_receipt(engine, job, &csr_pem, sealed_key, &new_order).await?;
-            }
+            let payload = match previous {
+                None => record_receipt(engine, job, &csr_pem, sealed_key, &new_order).await?,
+                Some(_) => job.payload.clone().unwrap_or_else(|| json!({})),
+            };
             let hint = new_order
                 .retry_after_secs
                 .map(|s| std::time::Duration::from_secs(u64::from(s)));
-            still_pending(engine, job, new_order, hint, None, now).await
+            still_pending(engine, job, new_order, payload, hint, None, now).await
         }
         (Ok(IssueResult::Issued(issued)), _) => {
             record_issued(
@@ -266,13 +268,14 @@ async fn request_csr(engine: &Engine, job: &Job, cert: &Certificate) -> Result<(
 /// The CA accepted an order: its id and state (and the CSR and sealed key
 /// it was placed for) are recorded on the job in one statement before
 /// anything else, so any replica, after any restart, polls this same order.
+/// Returns the job's payload as recorded.
 async fn record_receipt(
     engine: &Engine,
     job: &Job,
     csr_pem: &str,
     sealed_key: Option<String>,
     order: &Order,
-) -> Result<(), Stop> {
+) -> Result<serde_json::Value, Stop> {
     let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
     let mut payload = job.payload.clone().unwrap_or_else(|| json!({}));
     if let Some(key) = sealed_key {
@@ -286,7 +289,7 @@ async fn record_receipt(
                 csr_pem: Some(csr_pem.to_string()),
                 order_id: Some(order.id.clone()),
                 order_state: Some(order.state.clone()),
-                payload: Some(payload),
+                payload: Some(payload.clone()),
                 ..JobUpdate::default()
             },
         )
@@ -294,21 +297,22 @@ async fn record_receipt(
     if !recorded {
         tracing::warn!(job = %job.id, order = %order.id, "lost the job before recording its order; the order is unknown to the host");
     }
-    Ok(())
+    Ok(payload)
 }
 
 /// Pending at the CA (or a retryable error polling it): back to Polling,
 /// the next poll planned by the asyncpoll rules.
+#[allow(clippy::too_many_arguments)]
 async fn still_pending(
     engine: &Engine,
     job: &Job,
     order: Order,
+    mut payload: serde_json::Value,
     hint: Option<std::time::Duration>,
     error: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<(), Stop> {
     let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
-    let mut payload = job.payload.clone().unwrap_or_else(|| json!({}));
     let step = payload
         .get("poll_step")
         .and_then(|v| v.as_u64())
