@@ -15,6 +15,9 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// The `[verify]` section: shared with the host's, defined with the probe.
+pub use certplane_probe::VerifyConfig;
+
 /// Environment variable prefix of overrides.
 pub const ENV_PREFIX: &str = "CERTPLANE_AGENT_";
 
@@ -104,42 +107,6 @@ impl Default for BackoffConfig {
     }
 }
 
-/// How the deployed certificate is checked on the wire.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyConfig {
-    /// Connection attempts before giving up (servers reload asynchronously).
-    #[serde(default = "defaults::verify_attempts")]
-    pub attempts: u32,
-    /// Milliseconds between attempts.
-    #[serde(default = "defaults::verify_interval_ms")]
-    pub interval_ms: u64,
-    /// Seconds one attempt may take.
-    #[serde(default = "defaults::verify_timeout_secs")]
-    pub timeout_secs: u64,
-}
-
-impl VerifyConfig {
-    /// The probe's retry policy these settings describe.
-    pub fn policy(&self) -> crate::verify::ProbePolicy {
-        crate::verify::ProbePolicy {
-            attempts: self.attempts,
-            interval: Duration::from_millis(self.interval_ms),
-            attempt_timeout: Duration::from_secs(self.timeout_secs),
-        }
-    }
-}
-
-impl Default for VerifyConfig {
-    fn default() -> Self {
-        VerifyConfig {
-            attempts: defaults::verify_attempts(),
-            interval_ms: defaults::verify_interval_ms(),
-            timeout_secs: defaults::verify_timeout_secs(),
-        }
-    }
-}
-
 /// What one target connector may touch on this machine. The host's target
 /// configuration asks for grants; the agent allows only those within these.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -185,15 +152,6 @@ mod defaults {
     pub fn backoff_max_secs() -> u64 {
         60
     }
-    pub fn verify_attempts() -> u32 {
-        5
-    }
-    pub fn verify_interval_ms() -> u64 {
-        1_000
-    }
-    pub fn verify_timeout_secs() -> u64 {
-        5
-    }
 }
 
 impl AgentConfig {
@@ -209,7 +167,8 @@ impl AgentConfig {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::prefixed(ENV_PREFIX).split("__"))
+        // `CERTPLANE_AGENT_CONFIG` names the file (`--config`), not a key.
+        figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"))
     }
 
     /// Extracts and checks the configuration from a figment.

@@ -9,13 +9,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certplane_proto::ErrorClass;
 use certplane_pki::keygen::{KeyType, generate_key_and_csr};
 use certplane_pki::pem::{certificate_public_key_sha256, parse_certificates, split_pem};
+use certplane_proto::ErrorClass;
 use certplane_runtime::target::CertificateBundle;
-use certplane_runtime::{
-    CallError, InstanceConfig, Limits, Plugin, PluginInstance, PluginKind,
-};
+use certplane_runtime::{CallError, InstanceConfig, Limits, Plugin, PluginInstance, PluginKind};
 
 use crate::config::AgentConfig;
 use crate::grants;
@@ -24,7 +22,7 @@ use crate::hostapi::{
     WorkJob,
 };
 use crate::state::StateDir;
-use crate::verify::{self, Endpoint, Verdict};
+use certplane_probe::{self as verify, Endpoint, Verdict};
 
 /// First pause before reporting a result again when the host is
 /// unavailable; it doubles up to [`REPORT_RETRY_LAST`] (about 15 s in all).
@@ -136,8 +134,8 @@ impl Executor {
                 self.finish(&job, report).await
             }
             ("running", other) => {
-                let report =
-                    Failure::unsupported(format!("agents do not run {other} jobs")).report(job.attempt);
+                let report = Failure::unsupported(format!("agents do not run {other} jobs"))
+                    .report(job.attempt);
                 self.finish(&job, report).await
             }
             (status, _) => {
@@ -454,6 +452,7 @@ pub fn target_plugins(loaded: Vec<Arc<Plugin>>) -> BTreeMap<String, Arc<Plugin>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use certplane_runtime::ConnectorError;
 
     #[test]
     fn connector_errors_keep_their_class() {
@@ -482,6 +481,9 @@ mod tests {
             }),
         };
         let f = Failure::of_call(&err);
-        assert_eq!((f.class, f.retry_after_secs), (ErrorClass::RateLimited, Some(42)));
+        assert_eq!(
+            (f.class, f.retry_after_secs),
+            (ErrorClass::RateLimited, Some(42))
+        );
     }
 }

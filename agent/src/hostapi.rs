@@ -273,6 +273,7 @@ impl HostApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use certplane_proto::ErrorClass;
 
     fn api_error(status: u16) -> ClientError {
         ClientError::Api {

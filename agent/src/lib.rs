@@ -9,7 +9,6 @@
 //! - [`runner`]: registration, heartbeat and the long-poll loop;
 //! - [`executor`]: CSRs, deployments and verification jobs;
 //! - [`grants`]: narrowing the host's grant requests to the allowance;
-//! - [`verify`]: the TLS probe of a deployed endpoint;
 //! - [`backoff`]: reconnect delays.
 //!
 //! [`runner::run`] is the whole agent; the binary and the host's demo
@@ -22,7 +21,6 @@ pub mod grants;
 pub mod hostapi;
 pub mod runner;
 pub mod state;
-pub mod verify;
 
 pub use config::AgentConfig;
 pub use runner::{AgentError, Exit, Mode, run};

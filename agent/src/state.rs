@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::verify::Endpoint;
+use certplane_proto::Endpoint;
 
 /// Errors of the state directory.
 #[derive(Debug, thiserror::Error)]

@@ -54,7 +54,7 @@ enum Command {
     },
     /// Operator commands against a running host's API.
     #[command(flatten)]
-    Operator(Box<certplane_host::cli::Operator>),
+    Operator(Box<certplane::cli::Operator>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,7 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             keep,
             cache_dir,
         } => {
-            certplane_host::demo::run(certplane_host::demo::DemoOptions {
+            certplane::demo::run(certplane::demo::DemoOptions {
                 plugin_dir,
                 keep,
                 cache_dir: Some(cache_dir),
@@ -167,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store.close().await;
             }
         },
-        Command::Operator(operator) => certplane_host::cli::run(*operator).await?,
+        Command::Operator(operator) => certplane::cli::run(*operator).await?,
     }
     Ok(())
 }

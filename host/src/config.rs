@@ -215,7 +215,7 @@ pub struct HostConfig {
     pub jobs: JobSettings,
     /// On-the-wire verification of the deployments the host runs itself
     /// (the same settings, and defaults, as an agent's `[verify]`).
-    pub verify: certplane_agent::config::VerifyConfig,
+    pub verify: certplane_probe::VerifyConfig,
     /// Default MaxWait of one async-CA polling session, in seconds.
     pub order_max_wait_secs: u64,
 }
@@ -235,7 +235,7 @@ impl Default for HostConfig {
             scheduler: SchedulerSettings::default(),
             agents: AgentSettings::default(),
             jobs: JobSettings::default(),
-            verify: certplane_agent::config::VerifyConfig::default(),
+            verify: certplane_probe::VerifyConfig::default(),
             order_max_wait_secs: 600,
         }
     }

@@ -5,13 +5,12 @@
 //! * [`api`]: the REST API.
 //! * [`config`]: configuration loading.
 //! * [`plugins`]: the connector plugin registry.
-//! * [`demo`]: the `certplane demo` walk-through.
-//! * [`cli`]: the operator CLI (`certplane certs|agents|jobs|...`).
+//!
+//! The `certplane` binary (its own crate) adds the command line, the
+//! operator CLI and the demo; this library does not depend on the agent.
 
 pub mod api;
-pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod engine;
 pub mod faults;
 pub mod metrics;

@@ -1,19 +1,24 @@
-//! On-the-wire verification of a deployed certificate.
+//! On-the-wire verification of a deployed certificate, for the agent (after
+//! its deployments) and the host (its own deployments, `POST
+//! /jobs/{id}/verify`).
 //!
 //! After a target connector deploys a certificate it names the endpoint that
-//! should now serve it. The agent connects there with TLS (SNI = the given
+//! should now serve it. The prober connects there with TLS (SNI = the given
 //! server name), reads the end-entity certificate the server presents and
 //! compares the SHA-256 fingerprint of its DER with the fingerprint of the
 //! certificate that was deployed. Servers pick up new certificates
 //! asynchronously (a reload signal, a watcher, a rolling restart), so
-//! [`probe`] retries within a bounded window given by [`ProbePolicy`].
+//! [`probe`] retries within a bounded window given by [`ProbePolicy`]
+//! ([`VerifyConfig`] is its `[verify]` configuration section).
 //!
 //! The probe deliberately trusts nothing and validates nothing about the
 //! served chain or name: its job is to *observe* what is served, which may be
-//! a certificate from a private CA the agent has no roots for. The
+//! a certificate from a private CA the prober has no roots for. The
 //! comparison with the expected fingerprint is the check. The handshake
 //! signature is still verified, so a server can only pass by holding the
 //! private key of the certificate it presents.
+
+mod config;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +32,7 @@ use tokio_rustls::TlsConnector;
 use certplane_pki::pem::{fingerprint_sha256, normalise_fingerprint};
 
 pub use certplane_proto::Endpoint;
+pub use config::VerifyConfig;
 
 /// Retry policy of a probe: how many times, how often and how long each
 /// attempt may take. The whole probe takes at most about

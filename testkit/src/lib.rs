@@ -7,13 +7,47 @@
 //!   certificate" (crash windows included). The `http-ca` test connector
 //!   (`runtime/tests/fixtures/http-ca`) talks to it.
 //! * [`test_plugin_manifest`]: where `scripts/build-plugins` put a test
-//!   connector's manifest.
+//!   connector's manifest; [`plugins`]: the packaged connectors' directory,
+//!   the shared compiled-plugin cache, directories with test connectors.
+//! * [`ca`]: throwaway CAs and CSRs.
+//!
+//! With the `host` feature (host, CLI and end-to-end tests):
+//!
+//! * [`db`]: test databases on SQLite and PostgreSQL and
+//!   [`both_backends!`], which runs a scenario on each; [`fixtures`]: store
+//!   rows;
+//! * [`app`]: the API in process (real router, no socket) on a migrated
+//!   store with API keys of every scope;
+//! * [`stack`]: the in-process host (`serve` over HTTPS on a loopback
+//!   port, the demo's [`stack::LocalHost`]) with a local-CA issuer and
+//!   agent configurations, and the file-backed TLS server deployments are
+//!   verified against.
 
 use std::path::PathBuf;
 
+pub mod ca;
 pub mod fake_ca;
+pub mod plugins;
 
+#[cfg(feature = "host")]
+pub mod app;
+#[cfg(feature = "host")]
+pub mod db;
+#[cfg(feature = "host")]
+pub mod fixtures;
+#[cfg(feature = "host")]
+pub mod stack;
+
+pub use ca::{test_ca, test_csr};
 pub use fake_ca::{FakeCa, FakeCaHandle, Fault, OrderInfo, OrderStatus};
+pub use plugins::{plugin_cache_dir, plugin_dir, plugin_dir_with_fixtures};
+
+#[cfg(feature = "host")]
+pub use app::ca_issuer;
+#[cfg(feature = "host")]
+pub use db::{Backend, TestDb, count, exec, pg_admin_url, test_options};
+#[cfg(feature = "host")]
+pub use stack::{Stack, wait_for};
 
 /// The repository root (the directory holding the workspace `Cargo.toml`).
 pub fn repo_root() -> PathBuf {

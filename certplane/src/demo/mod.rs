@@ -29,7 +29,7 @@ use certplane_client::ApiClient;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HostConfig, SchedulerSettings};
+use certplane_host::config::{HostConfig, SchedulerSettings};
 use stack::{LocalHost, free_port};
 use web::FileTlsServer;
 
@@ -336,13 +336,12 @@ async fn with_agent(
         .and_then(|v| v["fingerprint_sha256"].as_str())
         .context("the current version's fingerprint")?
         .to_owned();
-    let endpoint = certplane_agent::verify::Endpoint {
+    let endpoint = certplane_probe::Endpoint {
         host: "127.0.0.1".into(),
         port: web.port,
         server_name: NAMES[0].into(),
     };
-    let seen_now =
-        certplane_agent::verify::served_fingerprint(&endpoint, Duration::from_secs(5)).await?;
+    let seen_now = certplane_probe::served_fingerprint(&endpoint, Duration::from_secs(5)).await?;
     if seen_now != expected {
         bail!("the TLS server serves {seen_now}, expected {expected}");
     }

@@ -19,9 +19,9 @@ use certplane_agent::config::{
 use certplane_client::{ApiClient, ClientOptions, Trust};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth;
-use crate::config::HostConfig;
-use crate::store::{ApiScope, NewApiKey};
+use certplane_host::api::auth;
+use certplane_host::config::HostConfig;
+use certplane_host::store::{ApiScope, NewApiKey};
 
 /// How long start-up may take before it is reported as failed.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,9 +54,9 @@ impl LocalHost {
     /// certificate) and waits until it accepts connections. An admin key is
     /// minted into the store beforehand instead of being printed.
     pub async fn start(config: HostConfig) -> anyhow::Result<LocalHost> {
-        crate::serve::prepare_data_dir(&config.data_dir)?;
-        let dev = crate::tls::ensure_dev_certificate(&config.data_dir, &[])?;
-        let store = crate::serve::open_store(&config).await?;
+        certplane_host::serve::prepare_data_dir(&config.data_dir)?;
+        let dev = certplane_host::tls::ensure_dev_certificate(&config.data_dir, &[])?;
+        let store = certplane_host::serve::open_store(&config).await?;
         let (admin_key, hash) = auth::new_api_key();
         store
             .create_api_key(NewApiKey {
@@ -97,7 +97,7 @@ impl LocalHost {
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                rt.block_on(crate::serve::run_until(config, token))
+                rt.block_on(certplane_host::serve::run_until(config, token))
                     .map_err(|e| format!("{e:#}"))
             })?;
         self.thread = Some(thread);

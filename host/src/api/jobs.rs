@@ -193,7 +193,7 @@ pub struct VerificationResult {
     /// Where the probe connected (`host`, `port`, `server_name`).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub endpoint: Option<certplane_agent::verify::Endpoint>,
+    pub endpoint: Option<certplane_proto::Endpoint>,
     /// Who probed: an agent id, or `host`.
     #[serde(default)]
     pub reported_by: Option<String>,
@@ -219,7 +219,7 @@ pub struct VerificationView {
     pub fingerprint_matches: Option<bool>,
     /// Where the probe connected (`host`, `port`, `server_name`).
     #[schema(value_type = Option<Object>)]
-    pub endpoint: Option<certplane_agent::verify::Endpoint>,
+    pub endpoint: Option<certplane_proto::Endpoint>,
     /// Who probed: an agent id, or `host`.
     pub reported_by: Option<String>,
 }

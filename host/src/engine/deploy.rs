@@ -98,7 +98,7 @@ async fn deploy(
     .await
     .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
     if let Some(at) = result.verify_at {
-        let endpoint = certplane_agent::verify::Endpoint::from(at);
+        let endpoint = certplane_proto::Endpoint::from(at);
         let (record, failure) =
             verification::probe(engine, &endpoint, &version.fingerprint_sha256).await;
         *verification = Some(record);

@@ -7,7 +7,7 @@
 //! `fingerprint_matches`, `detail`, `endpoint`, `reported_by`,
 //! `checked_at`.
 
-use certplane_agent::verify::{self, Endpoint};
+use certplane_probe::{self as verify, Endpoint};
 use certplane_pki::pem::normalise_fingerprint;
 use chrono::Utc;
 use serde_json::{Value, json};

@@ -1,9 +1,8 @@
 //! Agent retirement (the seed's rules) on SQLite and PostgreSQL.
 
-mod common;
-
 use certplane_host::store::*;
-use common::{Backend, TestDb, fixtures};
+use certplane_testkit::both_backends;
+use certplane_testkit::{Backend, TestDb, fixtures};
 
 fn req(force: bool, reason: Option<&str>) -> RetireAgent {
     RetireAgent {

@@ -1,13 +1,12 @@
 //! Claim repository: the seed's three claim tests plus leases, reaper,
 //! retries, polls and notifications, on SQLite and PostgreSQL.
 
-mod common;
-
+use certplane_testkit::both_backends;
 use std::collections::HashSet;
 use std::time::Duration;
 
 use certplane_host::store::*;
-use common::{Backend, TestDb, count, exec, fixtures, test_options};
+use certplane_testkit::{Backend, TestDb, count, exec, fixtures, test_options};
 
 /// Seed test 1: claimed jobs flip to Running (attempt counted, leased) and a
 /// residual claim returns nothing.

@@ -2,8 +2,6 @@
 //! (development certificate) on 127.0.0.1:0, driven by the built
 //! `certplane` binary.
 
-mod common;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -12,8 +10,8 @@ use axum::http::{Method, StatusCode};
 use certplane_host::config::HostConfig;
 use certplane_host::store::{JobFilter, JobStatus, JobType, NewNotification};
 use certplane_host::tls;
-use common::Backend;
-use common::app::{BOOTSTRAP, TestApp};
+use certplane_testkit::Backend;
+use certplane_testkit::app::{BOOTSTRAP, TestApp};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -150,7 +148,7 @@ fn ok_json(o: &Output) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-use common::test_ca;
+use certplane_testkit::test_ca;
 
 /// Creates an issuer and a certificate, lists and shows it, with the given
 /// client options.
@@ -1421,7 +1419,8 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     assert!(line.contains("has no issued version to revoke"), "{line}");
 
     // The scheduler issues and deploys; the deployment fails verification.
-    let scheduler = certplane_host::engine::start(host.app.state.engine.clone(), CancellationToken::new());
+    let scheduler =
+        certplane_host::engine::start(host.app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     let deployment_id = loop {
         let jobs = host
@@ -2976,7 +2975,8 @@ async fn jobs_verify_queues_a_verification_of_a_completed_deployment() {
     let cert = new_certificate(&client, "web", &issuer, Some(&target_id)).await;
     let cert_id = cert["id"].as_str().expect("cert id").to_owned();
 
-    let scheduler = certplane_host::engine::start(host.app.state.engine.clone(), CancellationToken::new());
+    let scheduler =
+        certplane_host::engine::start(host.app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     let deployment_id = loop {
         let jobs = host

@@ -1,129 +1,23 @@
-//! Shared harness of the end-to-end tests: a real host (`serve`, over
-//! HTTPS with its development certificate) on SQLite or on a fresh
-//! PostgreSQL database, a local-CA issuer, and agents configured like an
-//! operator would, granted one temporary directory each.
+//! The end-to-end stack: a real host (`serve`, over HTTPS with its
+//! development certificate, in process on its own thread) on SQLite or on
+//! a fresh PostgreSQL database, a local-CA issuer, and agents configured
+//! like an operator would, granted one temporary directory each.
 //! PostgreSQL tests never skip: an unreachable server fails them.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use certplane::demo::brisk_scheduler;
 use certplane_agent::AgentConfig;
 use certplane_agent::config::BackoffConfig;
 use certplane_host::config::{HostConfig, JobSettings};
-use certplane_host::demo::stack::{LocalHost, free_port};
-use certplane_host::demo::{brisk_scheduler, demo_ca, get, post};
 use serde_json::{Value, json};
 
-/// Runs each named `async fn(Backend)` scenario as two tests,
-/// `sqlite::<name>` and `postgres::<name>`.
-#[macro_export]
-macro_rules! both_backends {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Sqlite).await
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Postgres).await
-                }
-            )+
-        }
-    };
-}
+pub use certplane::demo::stack::{LocalHost, free_port};
+pub use certplane::demo::web::FileTlsServer;
+pub use certplane::demo::{get, post};
 
-/// Backend under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Admin URL of the test PostgreSQL.
-pub fn pg_admin_url() -> String {
-    std::env::var("CERTPLANE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// The workspace root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The packaged plugins (built by scripts/build-plugins).
-pub fn plugin_dir() -> PathBuf {
-    let dir = repo_root().join("target/plugins");
-    assert!(
-        dir.join("pem-files.toml").exists(),
-        "run scripts/build-plugins first"
-    );
-    dir
-}
-
-/// A fresh PostgreSQL database, dropped (with force) at the end.
-pub struct PgDb {
-    pub url: String,
-    name: String,
-}
-
-impl PgDb {
-    pub async fn new() -> PgDb {
-        use sqlx::Connection as _;
-        let admin = pg_admin_url();
-        let name = format!("certplane_e2e_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            sqlx::PgConnection::connect(&admin),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("PostgreSQL at {admin} did not answer within 10 s"))
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is unreachable at {admin} ({e}); start it or set CERTPLANE_TEST_PG_URL"
-            )
-        });
-        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap_or_else(|e| panic!("cannot create {name}: {e}"));
-        let _ = conn.close().await;
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&format!("/{name}"));
-        PgDb {
-            url: url.to_string(),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use sqlx::Connection as _;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                    let _ = sqlx::Executor::execute(
-                        &mut conn,
-                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-                    )
-                    .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use crate::{Backend, TestDb, plugin_cache_dir, plugin_dir, test_ca};
 
 /// A host with a local-CA issuer, ready for agents.
 pub struct Stack {
@@ -132,7 +26,7 @@ pub struct Stack {
     pub bootstrap_token: String,
     pub issuer_id: String,
     pub backend: Backend,
-    _pg: Option<PgDb>,
+    _db: Option<TestDb>,
 }
 
 impl Stack {
@@ -140,16 +34,17 @@ impl Stack {
     /// loops, `lease_secs` job leases, retries after 200 ms.
     pub async fn new(backend: Backend, lease_secs: u64) -> Stack {
         let root = tempfile::tempdir().unwrap();
-        let pg = match backend {
+        // SQLite: the host's default database in its data directory.
+        let db = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(PgDb::new().await),
+            Backend::Postgres => Some(TestDb::new(Backend::Postgres).await),
         };
         let bootstrap_token = format!("bt-{}", uuid::Uuid::new_v4().simple());
         let mut config = HostConfig {
             data_dir: root.path().join("host"),
-            database_url: pg.as_ref().map(|p| p.url.clone()),
+            database_url: db.as_ref().map(|db| db.url.clone()),
             plugin_dir: plugin_dir(),
-            plugin_cache_dir: Some(repo_root().join("target/plugin-cache")),
+            plugin_cache_dir: Some(plugin_cache_dir()),
             listen: format!("127.0.0.1:{}", free_port().unwrap())
                 .parse()
                 .unwrap(),
@@ -168,7 +63,7 @@ impl Stack {
         config.scheduler.retry_ms = 200;
         config.agents.bootstrap_tokens = vec![bootstrap_token.clone()];
         let host = LocalHost::start(config).await.expect("host starts");
-        let (ca_cert, ca_key) = demo_ca().unwrap();
+        let (ca_cert, ca_key) = test_ca();
         let issuer = post(
             &host.admin,
             "/issuers",
@@ -187,7 +82,7 @@ impl Stack {
             issuer_id: issuer["id"].as_str().unwrap().to_owned(),
             root,
             backend,
-            _pg: pg,
+            _db: db,
         }
     }
 
@@ -206,7 +101,7 @@ impl Stack {
             name,
             &self.bootstrap_token,
             self.root.path().join(format!("{name}-state")),
-            (plugin_dir(), Some(repo_root().join("target/plugin-cache"))),
+            (plugin_dir(), Some(plugin_cache_dir())),
             self.dir(&format!("{name}-certs")),
         );
         config.heartbeat_secs = 2;

@@ -4,8 +4,6 @@
 //! the same order, and each connector error class ends the job as the
 //! contract says.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +13,9 @@ use certplane_host::plugins::PluginRegistry;
 use certplane_host::store::{
     Certificate, Job, JobFilter, JobStatus, JobType, KeySource, NewCertificate, Store, StoreOptions,
 };
-use common::Backend;
-use common::app::{TestApp, plugin_dir_with_fixtures};
+use certplane_testkit::Backend;
+use certplane_testkit::app::TestApp;
+use certplane_testkit::plugin_dir_with_fixtures;
 use tokio_util::sync::CancellationToken;
 
 struct Setup {
@@ -36,7 +35,7 @@ async fn setup(backend: Backend, settings: serde_json::Value) -> Setup {
         c.scheduler.renewal_ms = 100;
     })
     .await;
-    let issuer = common::ca_issuer(&app.state, "slow-ca", settings).await;
+    let issuer = certplane_testkit::ca_issuer(&app.state, "slow-ca", settings).await;
     let cert = app
         .store
         .create_certificate(NewCertificate {
@@ -100,7 +99,7 @@ async fn wait_for(
 }
 
 async fn orders_placed(store: &Store, job: &Job) -> i64 {
-    common::count(
+    certplane_testkit::count(
         store,
         &format!(
             "SELECT COUNT(*) FROM audit_events WHERE subject_id = '{}' AND action = 'issuance.order_placed'",
@@ -191,7 +190,7 @@ async fn restart_mid_polling_resumes_the_same_order(backend: Backend) {
         &s.app.db.url,
         StoreOptions {
             instance_id: "second-host".into(),
-            ..common::test_options()
+            ..certplane_testkit::test_options()
         },
     )
     .await

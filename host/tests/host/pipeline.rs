@@ -3,8 +3,6 @@
 //! connector (host key mode), checked, recorded, deployed by the pem-files
 //! connector to a host-run target, all through the scheduler loops.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use certplane_host::engine;
@@ -12,8 +10,8 @@ use certplane_host::store::{
     JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewJob, NewPluginInstance, NewTarget,
     SENTINEL_AGENT_ID,
 };
-use common::Backend;
-use common::app::TestApp;
+use certplane_testkit::Backend;
+use certplane_testkit::app::TestApp;
 use tokio_util::sync::CancellationToken;
 
 async fn issue_and_deploy(backend: Backend) {
@@ -26,7 +24,7 @@ async fn issue_and_deploy(backend: Backend) {
     let store = &app.store;
     let state = &app.state;
 
-    let issuer_row = common::ca_issuer(state, "local-ca", serde_json::json!({})).await;
+    let issuer_row = certplane_testkit::ca_issuer(state, "local-ca", serde_json::json!({})).await;
 
     let deploy_dir = tempfile::tempdir().unwrap();
     let target = store
@@ -239,11 +237,16 @@ async fn csr_wait_expires_and_is_asked_again(backend: Backend) {
     })
     .await;
     let store = &app.store;
-    let issuer = common::ca_issuer(&app.state, "local-ca", serde_json::json!({})).await;
-    let agent = common::fixtures::agent(store, "edge-1").await;
-    let target = common::fixtures::target(store, &agent.id, "files").await;
-    let cert =
-        common::fixtures::certificate(store, &issuer.id, Some(&target.id), KeySource::Agent).await;
+    let issuer = certplane_testkit::ca_issuer(&app.state, "local-ca", serde_json::json!({})).await;
+    let agent = certplane_testkit::fixtures::agent(store, "edge-1").await;
+    let target = certplane_testkit::fixtures::target(store, &agent.id, "files").await;
+    let cert = certplane_testkit::fixtures::certificate(
+        store,
+        &issuer.id,
+        Some(&target.id),
+        KeySource::Agent,
+    )
+    .await;
 
     let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -277,7 +280,7 @@ async fn csr_wait_expires_and_is_asked_again(backend: Backend) {
         "{:?}",
         asked_again.last_error
     );
-    let requested = common::count(
+    let requested = certplane_testkit::count(
         store,
         &format!(
             "SELECT COUNT(*) FROM audit_events WHERE subject_id = '{}' AND action = 'issuance.csr_requested'",

@@ -3,14 +3,13 @@
 //! and a property test over the create body parser. Every scenario runs on
 //! SQLite and PostgreSQL.
 
-mod common;
-
 use axum::http::{Method, StatusCode};
 use certplane_host::store::{
     JobFilter, JobStatus, JobType, NewCertificateVersion, Store, new_id, now,
 };
-use common::app::{Reply, TestApp, error_code};
-use common::{Backend, count, fixtures};
+use certplane_testkit::app::{Reply, TestApp, error_code};
+use certplane_testkit::both_backends;
+use certplane_testkit::{Backend, count, fixtures};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -1,11 +1,9 @@
 //! Cross-cutting API behaviour: envelope, request ids, auth scopes, limits,
 //! ETags, the OpenAPI document.
 
-mod common;
-
 use axum::http::{Method, StatusCode};
-use common::Backend;
-use common::app::{TestApp, error_code};
+use certplane_testkit::Backend;
+use certplane_testkit::app::{TestApp, error_code};
 use serde_json::json;
 
 #[tokio::test]

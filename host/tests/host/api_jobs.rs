@@ -1,16 +1,15 @@
 //! Jobs, audit, notifications and /metrics through the real router, on
 //! SQLite and PostgreSQL.
 
-mod common;
-
+use certplane_testkit::both_backends;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use certplane_host::store::*;
+use certplane_testkit::app::{Reply, TestApp, error_code};
+use certplane_testkit::{Backend, exec, fixtures};
 use chrono::SecondsFormat;
-use common::app::{Reply, TestApp, error_code};
-use common::{Backend, exec, fixtures};
 use serde_json::{Value, json};
 
 both_backends!(

@@ -1,16 +1,15 @@
 //! The agent API: registration, heartbeats, the work long-poll, CSRs,
 //! results and retirement, on SQLite and PostgreSQL.
 
-mod common;
-
+use certplane_testkit::both_backends;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use certplane_host::pipeline::keygen::{KeyType, generate_key_and_csr};
 use certplane_host::store::*;
-use common::app::{BOOTSTRAP, Reply, TestApp, error_code};
-use common::{Backend, count, exec, fixtures};
+use certplane_testkit::app::{BOOTSTRAP, Reply, TestApp, error_code};
+use certplane_testkit::{Backend, count, exec, fixtures};
 use serde_json::{Value, json};
 
 /// Registers an agent through the API; returns (id, credential).

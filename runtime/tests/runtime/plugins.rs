@@ -1,16 +1,15 @@
 //! The bundled connectors on the real runtime, and the load-time checks.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use crate::common::{instance, load, manifest};
 use certplane_runtime::harness::Harness;
 use certplane_runtime::issuer::{CertificateRequest, IssueResult};
 use certplane_runtime::{
     CacheOutcome, CallError, ConnectorError, InstanceConfig, LoadError, Runtime, RuntimeConfig,
 };
-use common::{instance, load, manifest, test_ca, test_csr};
+use certplane_testkit::{test_ca, test_csr};
 use x509_parser::prelude::*;
 
 fn local_ca_config(ca_cert: &str, ca_key: &str) -> InstanceConfig {
@@ -359,7 +358,7 @@ async fn plugin_logs_land_in_tracing_with_plugin_and_instance() {
     );
     // The guard is per-thread: run the call on this thread.
     let changed = i
-        .deploy(&common::dummy_bundle(), "k", "{}")
+        .deploy(&crate::common::dummy_bundle(), "k", "{}")
         .await
         .unwrap()
         .changed;

@@ -7,18 +7,17 @@
 //! The binary must be built first (`scripts/test` does it):
 //! `cargo build -p certplane-agent --bin certplane-agent`.
 
-mod common;
-
+use certplane_testkit::both_backends;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use certplane_agent::AgentConfig;
-use certplane_host::demo::get;
-use certplane_host::demo::web::FileTlsServer;
 use certplane_pki::pem::{fingerprint_sha256, load_certificates, normalise_fingerprint};
-use common::{Backend, Stack, wait_for};
+use certplane_testkit::stack::FileTlsServer;
+use certplane_testkit::stack::get;
+use certplane_testkit::{Backend, Stack, wait_for};
 use serde_json::Value;
 
 // ------------------------------------------------------------- harness
@@ -531,7 +530,7 @@ async fn retired_exits_cleanly(backend: Backend) {
 async fn bad_configuration_fails_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let plugins = common::plugin_dir();
+    let plugins = certplane_testkit::plugin_dir();
     let base = format!(
         "host_url = \"https://127.0.0.1:9\"\nstate_dir = {}\nplugin_dir = {}\n",
         serde_json::to_string(&state).unwrap(),

@@ -1,8 +1,7 @@
 //! Host + agent + plugins together, in one process: the agent is the real
 //! `certplane_agent::run` talking HTTPS to the real `serve`.
 
-mod common;
-
+use certplane_testkit::both_backends;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,10 +11,10 @@ use certplane_agent::AgentConfig;
 use certplane_agent::config::{BackoffConfig, TrustConfig, VerifyConfig};
 use certplane_agent::state::{Credential, StateDir};
 use certplane_agent::{Exit, Mode};
-use certplane_host::demo::get;
-use certplane_host::demo::web::FileTlsServer;
 use certplane_pki::pem::{certificate_public_key_sha256, fingerprint_sha256, parse_certificates};
-use common::{Backend, Stack, plugin_dir, wait_for};
+use certplane_testkit::stack::FileTlsServer;
+use certplane_testkit::stack::get;
+use certplane_testkit::{Backend, Stack, plugin_dir, wait_for};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -64,19 +63,19 @@ async fn issue_deploy_verify(backend: Backend) {
 
     // Registered once, heartbeating: the host shows it online, and a
     // second heartbeat (every 2 s here) moves `last_heartbeat_at`.
-    let view = certplane_host::demo::get(&stack.host.admin, &format!("/agents/{agent_id}"))
+    let view = certplane_testkit::stack::get(&stack.host.admin, &format!("/agents/{agent_id}"))
         .await
         .unwrap();
     assert_eq!(view["online"], true, "{view}");
     let first = view["last_heartbeat_at"].as_str().unwrap().to_owned();
-    common::wait_for("a second heartbeat", Duration::from_secs(10), || async {
-        let view = certplane_host::demo::get(&stack.host.admin, &format!("/agents/{agent_id}"))
+    certplane_testkit::wait_for("a second heartbeat", Duration::from_secs(10), || async {
+        let view = certplane_testkit::stack::get(&stack.host.admin, &format!("/agents/{agent_id}"))
             .await
             .unwrap();
         (view["last_heartbeat_at"].as_str() != Some(first.as_str())).then_some(())
     })
     .await;
-    let agents = certplane_host::demo::get(&stack.host.admin, "/agents?per_page=500")
+    let agents = certplane_testkit::stack::get(&stack.host.admin, "/agents?per_page=500")
         .await
         .unwrap();
     let named = agents["items"]
@@ -695,15 +694,16 @@ async fn host_down_while_reporting(backend: Backend) {
         .await;
     let cert_id = cert["id"].as_str().unwrap().to_owned();
     let cert_dir = deploy_dir.join(&cert_id);
-    let deployment = common::wait_for("the deployment to run", Duration::from_secs(30), || async {
-        let jobs = stack.jobs(&cert_id).await;
-        jobs.into_iter().find(|j| {
-            j["job_type"] == "deployment"
-                && j["status"] == "running"
-                && cert_dir.join("fullchain.pem").exists()
+    let deployment =
+        certplane_testkit::wait_for("the deployment to run", Duration::from_secs(30), || async {
+            let jobs = stack.jobs(&cert_id).await;
+            jobs.into_iter().find(|j| {
+                j["job_type"] == "deployment"
+                    && j["status"] == "running"
+                    && cert_dir.join("fullchain.pem").exists()
+            })
         })
-    })
-    .await;
+        .await;
     let deployment_id = deployment["id"].as_str().unwrap().to_owned();
 
     stack.host.stop().await.unwrap();
@@ -717,13 +717,15 @@ async fn host_down_while_reporting(backend: Backend) {
     );
     stack.host.restart().await.unwrap();
 
-    let done = common::wait_for("the result to arrive", Duration::from_secs(30), || async {
-        let job = certplane_host::demo::get(&stack.host.admin, &format!("/jobs/{deployment_id}"))
-            .await
-            .unwrap();
-        (job["status"] == "completed").then_some(job)
-    })
-    .await;
+    let done =
+        certplane_testkit::wait_for("the result to arrive", Duration::from_secs(30), || async {
+            let job =
+                certplane_testkit::stack::get(&stack.host.admin, &format!("/jobs/{deployment_id}"))
+                    .await
+                    .unwrap();
+            (job["status"] == "completed").then_some(job)
+        })
+        .await;
     assert_eq!(
         done["attempts"], 1,
         "the first attempt's result was handed in: {done}"

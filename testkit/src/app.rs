@@ -1,9 +1,7 @@
 //! An in-process API harness: a migrated store on the chosen backend, the
 //! packaged plugins, API keys of every scope, and a way to send requests
 //! through the real router (middleware included) without a socket.
-#![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -17,53 +15,10 @@ use certplane_host::store::{ApiScope, NewApiKey, Store};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use super::{Backend, TestDb};
+use crate::{Backend, TestDb, plugin_cache_dir, plugin_dir, test_ca};
 
 /// Bootstrap token configured in every test app.
 pub const BOOTSTRAP: &str = "test-bootstrap-token";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Directory of the packaged plugins; panics with the fix when missing.
-pub fn plugin_dir() -> PathBuf {
-    let dir = repo_root().join("target/plugins");
-    assert!(
-        dir.join("local-ca.toml").exists(),
-        "{} has no plugins: run scripts/build-plugins first",
-        dir.display()
-    );
-    dir
-}
-
-/// A plugin directory with the packaged connectors plus the named test
-/// fixtures from `target/test-plugins`.
-pub fn plugin_dir_with_fixtures(fixtures: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let test_plugins = repo_root().join("target/test-plugins");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(plugin_dir())
-        .expect("plugin dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    for name in fixtures {
-        for ext in ["toml", "wasm"] {
-            let f = test_plugins.join(format!("{name}.{ext}"));
-            assert!(
-                f.exists(),
-                "{} is missing: run scripts/build-plugins first",
-                f.display()
-            );
-            files.push(f);
-        }
-    }
-    for f in files {
-        if let Some(file_name) = f.file_name() {
-            std::fs::copy(&f, dir.path().join(file_name)).expect("copy plugin");
-        }
-    }
-    dir
-}
 
 /// One response, body parsed as JSON (`Null` when empty or not JSON).
 #[derive(Debug)]
@@ -74,6 +29,8 @@ pub struct Reply {
     pub text: String,
 }
 
+/// A migrated store on one backend, the packaged plugins, the API's state
+/// and router, and API keys of every scope.
 pub struct TestApp {
     pub db: TestDb,
     pub store: Store,
@@ -86,10 +43,12 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// A test app on `backend` with the default configuration.
     pub async fn new(backend: Backend) -> TestApp {
         Self::with_config(backend, |_| {}).await
     }
 
+    /// A test app whose configuration `edit` adjusts first.
     pub async fn with_config(backend: Backend, edit: impl FnOnce(&mut HostConfig)) -> TestApp {
         let db = TestDb::new(backend).await;
         let store = db.migrated().await;
@@ -101,10 +60,7 @@ impl TestApp {
         };
         config.agents.bootstrap_tokens = vec![BOOTSTRAP.to_string()];
         edit(&mut config);
-        // One compiled-plugin cache for every test process: artifacts are
-        // written atomically, so concurrent tests share it safely.
-        let cache = repo_root().join("target/test-plugin-cache");
-        let plugins = PluginRegistry::load(&config.plugin_dir, Some(&cache))
+        let plugins = PluginRegistry::load(&config.plugin_dir, Some(&plugin_cache_dir()))
             .await
             .expect("plugins load");
         let secrets = Arc::new(SecretBox::generate());
@@ -184,10 +140,12 @@ impl TestApp {
         self.send(builder.body(body).expect("request")).await
     }
 
+    /// `GET path` with a bearer token.
     pub async fn get(&self, path: &str, token: &str) -> Reply {
         self.call(Method::GET, path, Some(token), None).await
     }
 
+    /// `POST path` with a bearer token and a JSON body.
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
@@ -211,4 +169,42 @@ pub fn error_code(reply: &Reply) -> String {
         "request id header and envelope differ"
     );
     err["code"].as_str().unwrap_or_default().to_string()
+}
+
+/// An issuer instance of `plugin` (local-ca or a fixture that reuses it)
+/// signing with a fresh test CA: `extra` settings are merged over the CA
+/// settings and the CA key is sealed for `issuer/<id>`, as the API stores it.
+pub async fn ca_issuer(
+    state: &AppState,
+    plugin: &str,
+    extra: serde_json::Value,
+) -> certplane_host::store::PluginInstance {
+    use certplane_host::store::NewPluginInstance;
+    let (ca_cert, ca_key) = test_ca();
+    let mut settings = serde_json::json!({ "ca_certificate_pem": ca_cert, "validity_days": 30 });
+    if let Some(extra) = extra.as_object() {
+        for (k, v) in extra {
+            settings[k] = v.clone();
+        }
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let sealed = state
+        .secrets
+        .seal_map(
+            &std::collections::BTreeMap::from([("ca_private_key_pem".to_string(), ca_key)]),
+            &format!("issuer/{id}"),
+        )
+        .expect("seal");
+    state
+        .store
+        .create_issuer_with_id(
+            &id,
+            NewPluginInstance {
+                settings,
+                encrypted_secrets: Some(sealed.into_bytes()),
+                ..NewPluginInstance::new(format!("{plugin}-{id}"), plugin, "0.1.0")
+            },
+        )
+        .await
+        .expect("issuer")
 }

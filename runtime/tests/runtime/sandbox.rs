@@ -1,13 +1,11 @@
 //! The sandbox against hostile components: every misbehaviour fails only its
 //! own call, with the right typed error, and the next call succeeds.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{dummy_bundle, instance, load};
 use certplane_runtime::harness::{Harness, TestResponse, TestServer};
 use certplane_runtime::{CallError, ConnectorError, InstanceConfig, Limits, PluginInstance};
-use common::{dummy_bundle, instance, load};
 
 fn hostile(mode: &str) -> InstanceConfig {
     InstanceConfig::new(format!("hostile-{mode}"))

@@ -1,10 +1,9 @@
 //! Conditional transitions under contention, audit and the renewal enqueue,
 //! on SQLite and PostgreSQL.
 
-mod common;
-
 use certplane_host::store::*;
-use common::{Backend, TestDb, count, fixtures};
+use certplane_testkit::both_backends;
+use certplane_testkit::{Backend, TestDb, count, fixtures};
 
 fn audit(action: &str, job_id: &str) -> NewAuditEvent {
     NewAuditEvent {
@@ -264,7 +263,7 @@ async fn renewal_enqueue_idempotent_under_concurrency(b: Backend) {
 }
 
 async fn exec_cancel_all(store: &Store) {
-    common::exec(store, "UPDATE jobs SET status = 'cancelled'").await;
+    certplane_testkit::exec(store, "UPDATE jobs SET status = 'cancelled'").await;
 }
 
 /// Issued versions move `renew_at`; agent keys are never stored.

@@ -2,15 +2,14 @@
 //! saving, secrets never returned, scopes, ETags, "in use" refusals. Every
 //! scenario runs on SQLite and PostgreSQL.
 
-mod common;
-
 use axum::http::{Method, StatusCode};
 use certplane_host::store::{CertificateStatus, KeySource, NewNotification, NewPluginInstance};
-use common::app::{Reply, TestApp, error_code};
-use common::{Backend, count, fixtures};
+use certplane_testkit::app::{Reply, TestApp, error_code};
+use certplane_testkit::both_backends;
+use certplane_testkit::{Backend, count, fixtures};
 use serde_json::{Value, json};
 
-use common::test_ca;
+use certplane_testkit::test_ca;
 
 fn issuer_body(name: &str, ca: &(String, String)) -> Value {
     json!({
@@ -651,7 +650,7 @@ async fn notifiers_list_get_delete(backend: Backend) {
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(r.json["counts"]["open_notifications"], 1);
     assert_eq!(total(&app, "/api/v1/notifiers").await, 1);
-    common::exec(&app.store, "UPDATE notifications SET status = 'sent'").await;
+    certplane_testkit::exec(&app.store, "UPDATE notifications SET status = 'sent'").await;
     let r = delete(&app, &path, &app.operator).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     assert_eq!(total(&app, "/api/v1/notifiers").await, 0);

@@ -2,13 +2,12 @@
 //! built-in `host` agent): the host probes the endpoint the connector names
 //! after deploying, and `POST /jobs/{id}/verify` probes it again.
 
-mod common;
-
+use certplane_testkit::both_backends;
 use std::time::Duration;
 
-use certplane_host::demo::web::FileTlsServer;
-use certplane_host::demo::{get, post};
-use common::{Backend, Stack, wait_for};
+use certplane_testkit::stack::FileTlsServer;
+use certplane_testkit::stack::{get, post};
+use certplane_testkit::{Backend, Stack, wait_for};
 use serde_json::{Value, json};
 
 async fn job(stack: &Stack, id: &str) -> Value {

@@ -4,8 +4,7 @@
 //! PostgreSQL; exactly-once delivery with two hosts on one PostgreSQL
 //! database; and the failure mapping (500 retried, 410 failed for good).
 
-mod common;
-
+use certplane_testkit::both_backends;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,8 +21,8 @@ use certplane_host::store::{
 };
 use certplane_runtime::Level;
 use certplane_runtime::harness::{RecordedRequest, TestResponse, TestServer};
-use common::Backend;
-use common::app::TestApp;
+use certplane_testkit::Backend;
+use certplane_testkit::app::TestApp;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -361,7 +360,7 @@ async fn rate_limited_waits_for_the_receivers_retry_after(backend: Backend) {
 
 /// A local-ca issuer whose CA key is sealed for `issuer/<id>`.
 async fn create_local_ca(state: &AppState) -> String {
-    common::ca_issuer(state, "local-ca", serde_json::json!({}))
+    certplane_testkit::ca_issuer(state, "local-ca", serde_json::json!({}))
         .await
         .id
 }
@@ -433,8 +432,10 @@ async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
         .await
         .unwrap();
     let notifier = create_webhook(&app.state, &server).await;
-    let issuer = common::fixtures::issuer(&app.store).await;
-    let cert = common::fixtures::certificate(&app.store, &issuer.id, None, KeySource::Host).await;
+    let issuer = certplane_testkit::fixtures::issuer(&app.store).await;
+    let cert =
+        certplane_testkit::fixtures::certificate(&app.store, &issuer.id, None, KeySource::Host)
+            .await;
     let now = chrono::Utc::now();
     app.store
         .record_certificate_version(NewCertificateVersion {
@@ -473,10 +474,13 @@ async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
         )
     };
     assert_eq!(
-        common::count(&app.store, &of_kind("certificate.expiring")).await,
+        certplane_testkit::count(&app.store, &of_kind("certificate.expiring")).await,
         1
     );
-    assert_eq!(common::count(&app.store, &of_kind("job.failed")).await, 1);
+    assert_eq!(
+        certplane_testkit::count(&app.store, &of_kind("job.failed")).await,
+        1
+    );
 
     // Delivered, with the stage and the failure in the event.
     let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
@@ -529,7 +533,7 @@ async fn two_hosts_deliver_each_notification_exactly_once() {
         &app.db.url,
         StoreOptions {
             instance_id: "second-host".into(),
-            ..common::test_options()
+            ..certplane_testkit::test_options()
         },
     )
     .await
@@ -552,7 +556,7 @@ async fn two_hosts_deliver_each_notification_exactly_once() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let sent = common::count(
+        let sent = certplane_testkit::count(
             &app.store,
             "SELECT COUNT(*) FROM notifications WHERE status = 'sent'",
         )
@@ -582,14 +586,14 @@ async fn two_hosts_deliver_each_notification_exactly_once() {
     );
     assert_eq!(requests.len(), 50);
     assert_eq!(
-        common::count(
+        certplane_testkit::count(
             &app.store,
             "SELECT COUNT(*) FROM notifications WHERE status = 'sent' AND attempts = 1",
         )
         .await,
         50
     );
-    let by_owner = common::count(
+    let by_owner = certplane_testkit::count(
         &app.store,
         "SELECT COUNT(DISTINCT lease_owner) FROM notifications",
     )

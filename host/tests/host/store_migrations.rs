@@ -2,13 +2,12 @@
 //! concurrent runners serialised, changed checksum refused, newer schema
 //! refused, failed migration rolled back and unrecorded, bad URLs.
 
-mod common;
-
+use certplane_testkit::both_backends;
 use std::path::Path;
 use std::time::Duration;
 
 use certplane_host::store::*;
-use common::{Backend, TestDb, count};
+use certplane_testkit::{Backend, TestDb, count};
 use sqlx::migrate::Migrator;
 
 const LEDGER_ROWS: &str = "SELECT COUNT(*) FROM _sqlx_migrations";

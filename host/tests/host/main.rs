@@ -1,0 +1,19 @@
+//! The host crate's integration tests, one binary (`cargo test -p
+//! certplane-host --test host`; one file with e.g. `-- store_claims::`):
+//! the store on SQLite and PostgreSQL, the API through the real router,
+//! the pipeline with the packaged plugins, several replicas on one
+//! database. Helpers come from `certplane-testkit`. Each former test file
+//! is a module; add a module here for a new one.
+
+mod api_agents;
+mod api_basics;
+mod api_certificates;
+mod api_instances;
+mod api_jobs;
+mod notifications;
+mod pipeline;
+mod pipeline_async;
+mod store_claims;
+mod store_migrations;
+mod store_retirement;
+mod store_transitions;
