@@ -9,6 +9,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// Longest instance id accepted (it is written into every lease).
+pub const MAX_INSTANCE_ID_LEN: usize = 200;
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -184,6 +187,39 @@ impl Default for JobSettings {
     }
 }
 
+/// The database connection pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Most connections this host opens for its work: the PostgreSQL pool,
+    /// or SQLite's readers (SQLite always has one writer besides). On
+    /// PostgreSQL every replica holds up to this many plus one for
+    /// listening to the other replicas' wake-ups, so keep
+    /// `replicas × (max_connections + 1)` below the server's
+    /// `max_connections`.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            max_connections: 10,
+        }
+    }
+}
+
+/// Connector secrets at rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// The secrets key file (32 random bytes, base64; mode 0600). Default:
+    /// `<data_dir>/secrets.key`, created on the first start. Every replica
+    /// of one database needs the same key: a host whose key cannot open
+    /// the check value sealed in the database at its first start refuses
+    /// to start. Back it up with the database.
+    pub key_file: Option<PathBuf>,
+}
+
 /// Everything the host reads at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -193,16 +229,23 @@ pub struct HostConfig {
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; default: SQLite in `data_dir`.
     pub database_url: Option<String>,
+    /// The connection pool.
+    pub database: DatabaseSettings,
     /// Listen address.
     pub listen: SocketAddr,
     /// Directory of packaged connector plugins (`*.toml` + `*.wasm`).
     pub plugin_dir: PathBuf,
     /// Compiled-plugin cache; default `<data_dir>/plugin-cache`.
     pub plugin_cache_dir: Option<PathBuf>,
-    /// Name of this replica (lease owner); default: a random id per start.
+    /// Name of this replica: the owner of the leases it takes. Default: an
+    /// id generated at the first start and kept in `<data_dir>/instance-id`,
+    /// so a restarted host recognises the leases of its previous run and
+    /// takes them back at once. Must differ between replicas.
     pub instance_id: Option<String>,
     /// HTTPS.
     pub tls: TlsSettings,
+    /// Connector secrets at rest.
+    pub secrets: SecretsSettings,
     /// Logging.
     pub log: LogSettings,
     /// API limits.
@@ -225,11 +268,13 @@ impl Default for HostConfig {
         HostConfig {
             data_dir: PathBuf::from("certplane-data"),
             database_url: None,
+            database: DatabaseSettings::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             plugin_dir: PathBuf::from("plugins"),
             plugin_cache_dir: None,
             instance_id: None,
             tls: TlsSettings::default(),
+            secrets: SecretsSettings::default(),
             log: LogSettings::default(),
             api: ApiSettings::default(),
             scheduler: SchedulerSettings::default(),
@@ -287,6 +332,16 @@ impl HostConfig {
         if self.verify.attempts == 0 || self.verify.timeout_secs == 0 {
             return bad("verify.attempts and verify.timeout_secs must be positive");
         }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections must be positive");
+        }
+        if self
+            .instance_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty() || id.len() > MAX_INSTANCE_ID_LEN)
+        {
+            return bad("instance_id must be between 1 and 200 characters");
+        }
         let j = &self.jobs;
         if j.lease_secs == 0 || j.retry_base_ms == 0 || j.retry_cap_secs == 0 {
             return bad(
@@ -294,6 +349,14 @@ impl HostConfig {
             );
         }
         Ok(())
+    }
+
+    /// The secrets key file in force.
+    pub fn secrets_key_file(&self) -> PathBuf {
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secrets.key"))
     }
 
     /// The database URL in force.
@@ -335,6 +398,40 @@ mod tests {
                 c.database_url(),
                 "sqlite:///var/lib/certplane/certplane.db?mode=rwc"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn pool_size_secrets_key_file_and_instance_id_are_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "host.toml",
+                r#"
+                data_dir = "/var/lib/certplane"
+                instance_id = "replica-a"
+                [database]
+                max_connections = 4
+                [secrets]
+                key_file = "/etc/certplane/secrets.key"
+                "#,
+            )?;
+            jail.set_env("CERTPLANE_DATABASE__MAX_CONNECTIONS", "6");
+            let c = HostConfig::load(Some(Path::new("host.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.database.max_connections, 6);
+            assert_eq!(c.instance_id.as_deref(), Some("replica-a"));
+            assert_eq!(
+                c.secrets_key_file(),
+                PathBuf::from("/etc/certplane/secrets.key")
+            );
+            let d = HostConfig::default();
+            assert_eq!(d.secrets_key_file(), d.data_dir.join("secrets.key"));
+            assert_eq!(d.database.max_connections, 10);
+            jail.set_env("CERTPLANE_DATABASE__MAX_CONNECTIONS", "0");
+            assert!(HostConfig::load(Some(Path::new("host.toml"))).is_err());
+            jail.set_env("CERTPLANE_DATABASE__MAX_CONNECTIONS", "6");
+            jail.create_file("host.toml", "instance_id = \"  \"\n")?;
+            assert!(HostConfig::load(Some(Path::new("host.toml"))).is_err());
             Ok(())
         });
     }

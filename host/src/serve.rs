@@ -70,8 +70,10 @@ async fn reclaim_own_work(store: &Store) -> anyhow::Result<()> {
             "job left running by the previous run of this host: failed, to be retried");
     }
     if !reclaimed.notifications.is_empty() {
-        tracing::warn!(count = reclaimed.notifications.len(),
-            "notifications left sending by the previous run of this host: queued again");
+        tracing::warn!(
+            count = reclaimed.notifications.len(),
+            "notifications left sending by the previous run of this host: queued again"
+        );
     }
     Ok(())
 }
@@ -144,10 +146,7 @@ pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyho
     // elsewhere from then on goes unannounced; stopped only after the
     // scheduler has drained, so its last wake-ups still go out.
     let link_stop = CancellationToken::new();
-    let replica_link = state
-        .wake
-        .connect_replicas(&store, link_stop.clone())
-        .await;
+    let replica_link = state.wake.connect_replicas(&store, link_stop.clone()).await;
     let scheduler = crate::engine::start(state.engine.clone(), shutdown.child_token());
     let (wake, stop) = (state.wake.clone(), shutdown.clone());
     tokio::spawn(async move {

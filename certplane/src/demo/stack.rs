@@ -52,26 +52,31 @@ impl LocalHost {
     /// Starts a host with `config` (its `listen` address must be a free
     /// loopback port, see [`free_port`]; TLS is the development
     /// certificate) and waits until it accepts connections. An admin key is
-    /// minted into the store beforehand instead of being printed.
+    /// minted into the store beforehand instead of being printed: the
+    /// database's bootstrap admin key when it has none yet (so `serve`
+    /// does not print one), else one more admin key.
     pub async fn start(config: HostConfig) -> anyhow::Result<LocalHost> {
         certplane_host::serve::prepare_data_dir(&config.data_dir)?;
         let dev = certplane_host::tls::ensure_dev_certificate(&config.data_dir, &[])?;
         let store = certplane_host::serve::open_store(&config).await?;
         let (admin_key, hash) = auth::new_api_key();
-        store
-            .create_api_key(NewApiKey {
-                name: "local-admin".into(),
-                key_hash: hash,
-                scopes: vec![ApiScope::Admin],
-                expires_at: None,
-            })
-            .await?;
+        let new_key = NewApiKey {
+            name: "local-admin".into(),
+            key_hash: hash,
+            scopes: vec![ApiScope::Admin],
+            expires_at: None,
+        };
+        // Claiming the bootstrap key keeps `serve` from printing one; a
+        // database that had it already (another replica, a restart) gets a
+        // plain admin key for this client.
+        if store
+            .claim_bootstrap_admin_key(new_key.clone())
+            .await?
+            .is_none()
+        {
+            store.create_api_key(new_key).await?;
+        }
         store.close().await;
-        // `serve` prints a first admin key unless one was issued; this one was.
-        std::fs::write(
-            config.data_dir.join("admin-key-issued"),
-            b"issued by the embedding program\n",
-        )?;
         let mut host = LocalHost {
             url: format!("https://{}", config.listen),
             pin_sha256: dev.fingerprint_sha256,

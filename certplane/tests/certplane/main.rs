@@ -4,3 +4,4 @@
 //! module here for a new one.
 
 mod cli;
+mod logging;

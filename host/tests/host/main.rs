@@ -13,6 +13,7 @@ mod api_jobs;
 mod notifications;
 mod pipeline;
 mod pipeline_async;
+mod replicas;
 mod store_claims;
 mod store_migrations;
 mod store_retirement;

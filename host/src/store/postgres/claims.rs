@@ -127,6 +127,22 @@ FROM c WHERE jobs.id = c.id
 RETURNING jobs.*"
 );
 
+/// Start-up reclaim: Running jobs leased to this host instance (`$2`),
+/// which only a previous run of the same instance can have claimed → Failed
+/// with backoff, as [`REAP_EXPIRED`] does once their leases lapse. `$1` now,
+/// `$3` base, `$4` cap.
+pub(crate) const REAP_OWN: &str = concat!(
+    "
+UPDATE jobs SET status = 'failed',
+       last_error = 'lease held by a previous run of this host (' || lease_owner || ') taken back at start',
+       lease_expires_at = NULL, finished_at = $1, updated_at = $1,
+       run_at = ",
+    backoff!("$1", "$3", "$4"),
+    "
+WHERE status = 'running' AND lease_owner = $2
+RETURNING *"
+);
+
 /// Fail a claimed job: `$1` id, `$2` owner, `$3` attempt, `$4` now, `$5`
 /// error, `$6` base, `$7` cap, `$8` permanent (bool), `$9` retry-at override
 /// (nullable).
@@ -224,4 +240,21 @@ UPDATE notifications SET
     backoff!("$1", "$3", "$4"),
     "
 FROM c WHERE notifications.id = c.id"
+);
+
+/// Start-up reclaim of notifications: Sending rows leased to this host
+/// instance (`$2`) → pending with backoff (failed when out of budget), as
+/// [`REAP_NOTIFICATIONS`] does once their leases lapse; returns their ids.
+/// `$1` now, `$3` base, `$4` cap.
+pub(crate) const REAP_OWN_NOTIFICATIONS: &str = concat!(
+    "
+UPDATE notifications SET
+       status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+       last_error = 'lease held by a previous run of this host (' || lease_owner || ') taken back at start',
+       lease_expires_at = NULL, updated_at = $1,
+       run_at = ",
+    backoff!("$1", "$3", "$4"),
+    "
+WHERE status = 'sending' AND lease_owner = $2
+RETURNING id"
 );

@@ -8,11 +8,14 @@ mod audit;
 mod certificates;
 mod claims;
 mod deployments;
+pub(crate) mod host_meta;
 mod jobs;
 pub(crate) mod leader;
 mod notifications;
 mod plugins;
+pub(crate) mod reclaim;
 mod renewals;
+pub(crate) mod signals;
 mod waits;
 
 /// Clamps a caller's limit to a positive SQL LIMIT.
