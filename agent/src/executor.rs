@@ -18,8 +18,8 @@ use certplane_runtime::{CallError, InstanceConfig, Limits, Plugin, PluginInstanc
 use crate::config::AgentConfig;
 use crate::grants;
 use crate::hostapi::{
-    HostApi, HostError, JobCertificate, JobReport, JobTarget, JobVersion, ReportVerification,
-    WorkJob,
+    AgentJob, HostApi, HostError, JobCertificate, JobCertificateVersion, JobReport, JobTarget,
+    ReportVerification,
 };
 use crate::state::StateDir;
 use certplane_probe::{self as verify, Endpoint, Verdict};
@@ -116,7 +116,7 @@ impl Executor {
     /// Runs one job to its end: submits the CSR, or reports the result.
     /// Host errors (retired, unauthorized, unavailable) are returned for the
     /// poll loop to act on; everything else ends up in the job's result.
-    pub async fn execute(&self, job: WorkJob) -> Result<Progress, HostError> {
+    pub async fn execute(&self, job: AgentJob) -> Result<Progress, HostError> {
         match (job.status.as_str(), job.job_type.as_str()) {
             ("awaiting_csr", _) => self.serve_csr(&job).await,
             ("running", "deployment") => {
@@ -145,7 +145,7 @@ impl Executor {
         }
     }
 
-    async fn finish(&self, job: &WorkJob, report: JobReport) -> Result<Progress, HostError> {
+    async fn finish(&self, job: &AgentJob, report: JobReport) -> Result<Progress, HostError> {
         match &report.error {
             None => tracing::info!(job_id = %job.id, job_type = %job.job_type,
                 changed = ?report.changed,
@@ -184,7 +184,7 @@ impl Executor {
 
     // ------------------------------------------------------------- CSR
 
-    async fn serve_csr(&self, job: &WorkJob) -> Result<Progress, HostError> {
+    async fn serve_csr(&self, job: &AgentJob) -> Result<Progress, HostError> {
         if self.is_unserved(&job.id) {
             return Ok(Progress::Skipped);
         }
@@ -223,7 +223,7 @@ impl Executor {
             .unwrap_or(false)
     }
 
-    fn unserved(&self, job: &WorkJob, why: &str) -> Progress {
+    fn unserved(&self, job: &AgentJob, why: &str) -> Progress {
         tracing::error!(job_id = %job.id, %why,
             "cannot produce the CSR; leaving the job to expire on the host");
         if let Ok(mut set) = self.unserved_csr.lock() {
@@ -234,7 +234,7 @@ impl Executor {
 
     // ------------------------------------------------------ deployment
 
-    async fn deploy(&self, job: &WorkJob) -> Result<JobReport, Failure> {
+    async fn deploy(&self, job: &AgentJob) -> Result<JobReport, Failure> {
         let (cert, version, target) = parts(job)?;
         let plugin = self.plugin_for(target)?;
         let requested = grants::check(
@@ -369,7 +369,7 @@ impl Executor {
 
     // ---------------------------------------------------- verification
 
-    async fn verify_again(&self, job: &WorkJob) -> Result<JobReport, Failure> {
+    async fn verify_again(&self, job: &AgentJob) -> Result<JobReport, Failure> {
         let (cert, version, target) = parts(job)?;
         let endpoint = self
             .state
@@ -406,7 +406,7 @@ impl Executor {
 }
 
 /// The certificate, version and target a deployment or verification needs.
-fn parts(job: &WorkJob) -> Result<(&JobCertificate, &JobVersion, &JobTarget), Failure> {
+fn parts(job: &AgentJob) -> Result<(&JobCertificate, &JobCertificateVersion, &JobTarget), Failure> {
     match (&job.certificate, &job.certificate_version, &job.target) {
         (Some(c), Some(v), Some(t)) => Ok((c, v, t)),
         _ => Err(Failure::permanent(format!(

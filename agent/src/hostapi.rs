@@ -2,13 +2,10 @@
 //! poll, CSR submission and result reports, with the answers sorted into
 //! what the agent must do about them ([`HostError`]).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use certplane_client::{ApiClient, ClientError, ClientOptions, Trust};
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// `User-Agent` of the agent's requests.
 const USER_AGENT: &str = concat!("certplane-agent/", env!("CARGO_PKG_VERSION"));
@@ -64,96 +61,12 @@ impl HostError {
     }
 }
 
-/// The credential the host issued at registration.
-#[derive(Debug, Deserialize)]
-pub struct Registered {
-    /// The agent's id.
-    pub agent_id: String,
-    /// `cpa_<id>.<secret>`.
-    pub credential: String,
-}
-
-/// The certificate a job concerns.
-#[derive(Debug, Clone, Deserialize)]
-pub struct JobCertificate {
-    /// Certificate id.
-    pub id: String,
-    /// Subject common name.
-    #[serde(default)]
-    pub common_name: String,
-    /// Names the CSR must request.
-    pub sans: Vec<String>,
-    /// Key type to generate (`ecdsa-p256`, ...).
-    pub key_type: String,
-}
-
-/// The version a job deploys or verifies.
-#[derive(Debug, Clone, Deserialize)]
-pub struct JobVersion {
-    /// Version id.
-    pub id: String,
-    /// Leaf then chain, PEM.
-    pub pem_chain: String,
-    /// SHA-256 of the leaf's DER, hex.
-    pub fingerprint_sha256: String,
-}
-
-/// The target connector instance a job runs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct JobTarget {
-    /// Target id.
-    pub id: String,
-    /// Display name.
-    #[serde(default)]
-    pub name: String,
-    /// Connector plugin name.
-    pub plugin_name: String,
-    /// Connector plugin version.
-    pub plugin_version: String,
-    /// Digest of the component the host expects (when it has it).
-    pub plugin_sha256: Option<String>,
-    /// Settings of the instance.
-    #[serde(default)]
-    pub settings: Value,
-    /// Grants the host asks for.
-    #[serde(default)]
-    pub grants: Value,
-    /// Secrets of the instance.
-    #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
-}
-
-/// One job handed to the agent.
-#[derive(Debug, Clone, Deserialize)]
-pub struct WorkJob {
-    /// Job id.
-    pub id: String,
-    /// `deployment`, `verification`, `issuance`, `renewal`, ...
-    pub job_type: String,
-    /// `running` (leased to this agent) or `awaiting_csr`.
-    pub status: String,
-    /// Lease attempt, echoed in the result.
-    #[serde(default)]
-    pub attempt: i32,
-    /// The certificate concerned.
-    pub certificate: Option<JobCertificate>,
-    /// The version to deploy or verify.
-    pub certificate_version: Option<JobVersion>,
-    /// The target to run.
-    pub target: Option<JobTarget>,
-}
-
-#[derive(Debug, Deserialize)]
-struct WorkReply {
-    jobs: Vec<WorkJob>,
-}
-
-/// The heartbeat answer.
-#[derive(Debug, Deserialize)]
-pub struct Heartbeat {
-    /// The host's clock.
-    pub server_time: DateTime<Utc>,
-}
+/// The protocol's registration, heartbeat and work-poll types, as the host
+/// serves them (one definition, shared with the host).
+pub use certplane_proto::agent::{
+    AgentJob, HeartbeatReply, JobCertificate, JobCertificateVersion, JobTarget, Registered,
+};
+use certplane_proto::agent::{CsrRequest, RegisterRequest, WorkQuery, WorkReply};
 
 /// What the agent reports at the end of a job (the protocol's one
 /// definition, shared with the host).
@@ -190,11 +103,12 @@ pub async fn register(
     bootstrap_token: &str,
 ) -> Result<Registered, HostError> {
     let client = client(base_url, trust, "", REQUEST_TIMEOUT)?;
+    let body = encode(&RegisterRequest {
+        name: name.to_owned(),
+        bootstrap_token: bootstrap_token.to_owned(),
+    })?;
     let reply = client
-        .post(
-            "/agents/register",
-            Some(&json!({ "name": name, "bootstrap_token": bootstrap_token })),
-        )
+        .post("/agents/register", Some(&body))
         .await
         .map_err(HostError::from_client)?;
     parse(reply.json)
@@ -203,6 +117,11 @@ pub async fn register(
 fn parse<T: serde::de::DeserializeOwned>(json: Option<Value>) -> Result<T, HostError> {
     serde_json::from_value(json.unwrap_or(Value::Null))
         .map_err(|e| HostError::Unavailable(format!("unexpected answer from the host: {e}")))
+}
+
+fn encode<T: serde::Serialize>(body: &T) -> Result<Value, HostError> {
+    serde_json::to_value(body)
+        .map_err(|e| HostError::Setup(format!("cannot encode the request: {e}")))
 }
 
 impl HostApi {
@@ -220,7 +139,7 @@ impl HostApi {
     }
 
     /// `POST /agents/heartbeat`.
-    pub async fn heartbeat(&self) -> Result<Heartbeat, HostError> {
+    pub async fn heartbeat(&self) -> Result<HeartbeatReply, HostError> {
         let reply = self
             .client
             .post("/agents/heartbeat", None)
@@ -231,16 +150,14 @@ impl HostApi {
 
     /// `GET /agents/work`: claims this agent's pending jobs, waiting up to
     /// `wait` for some.
-    pub async fn work(&self, wait: Duration, limit: u32) -> Result<Vec<WorkJob>, HostError> {
+    pub async fn work(&self, wait: Duration, limit: u32) -> Result<Vec<AgentJob>, HostError> {
+        let query = WorkQuery {
+            wait_secs: Some(wait.as_secs()),
+            limit: Some(limit),
+        };
         let reply = self
             .poll_client
-            .get(
-                "/agents/work",
-                &[
-                    ("wait_secs", wait.as_secs().to_string()),
-                    ("limit", limit.to_string()),
-                ],
-            )
+            .get("/agents/work", &query.pairs())
             .await
             .map_err(HostError::from_client)?;
         Ok(parse::<WorkReply>(reply.json)?.jobs)
@@ -248,11 +165,11 @@ impl HostApi {
 
     /// `POST /agents/jobs/{id}/csr`.
     pub async fn submit_csr(&self, job_id: &str, csr_pem: &str) -> Result<(), HostError> {
+        let body = encode(&CsrRequest {
+            csr_pem: csr_pem.to_owned(),
+        })?;
         self.client
-            .post(
-                &format!("/agents/jobs/{job_id}/csr"),
-                Some(&json!({ "csr_pem": csr_pem })),
-            )
+            .post(&format!("/agents/jobs/{job_id}/csr"), Some(&body))
             .await
             .map_err(HostError::from_client)?;
         Ok(())
@@ -260,8 +177,7 @@ impl HostApi {
 
     /// `POST /agents/jobs/{id}/result`.
     pub async fn report(&self, job_id: &str, report: &JobReport) -> Result<(), HostError> {
-        let body = serde_json::to_value(report)
-            .map_err(|e| HostError::Setup(format!("cannot encode the report: {e}")))?;
+        let body = encode(report)?;
         self.client
             .post(&format!("/agents/jobs/{job_id}/result"), Some(&body))
             .await

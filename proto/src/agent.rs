@@ -1,4 +1,6 @@
-//! The agent protocol's job reports: what an agent sends at the end of a
+//! The agent protocol, written once for the host (which serves it) and the
+//! agent (which calls it): registration, heartbeat and the work poll
+//! ([`work`]), and the job reports: what an agent sends at the end of a
 //! job (`POST /agents/jobs/{id}/result`) and with a CSR
 //! (`POST /agents/jobs/{id}/csr`), and where a deployment is verified.
 
@@ -6,6 +8,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ErrorClass;
+
+pub mod work;
+
+pub use work::{
+    AgentJob, HeartbeatReply, JobCertificate, JobCertificateVersion, JobTarget, RegisterRequest,
+    Registered, WorkQuery, WorkReply,
+};
 
 /// Where to probe a deployment (mirrors the WIT `endpoint` record of the
 /// target contract): the TCP address to connect to and the name to ask for.

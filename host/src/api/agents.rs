@@ -9,15 +9,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::engine::agent_reports;
-use certplane_proto::agent::{CsrAccepted, CsrRequest, ResultAccepted, ResultRequest};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use certplane_proto::agent::{
+    AgentJob, CsrAccepted, CsrRequest, HeartbeatReply, JobCertificate, JobCertificateVersion,
+    JobTarget, RegisterRequest, Registered, ResultAccepted, ResultRequest, WorkQuery, WorkReply,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -30,8 +33,8 @@ use super::auth::{
 use super::error::{ApiError, ApiResult};
 use super::listing::{Page, PageQuery, conditional_json};
 use crate::store::{
-    ActorType, Agent, AgentDependencies, AgentStatus, HeartbeatOutcome, Job,
-    JobFailure, JobStatus, NewAgent, NewAuditEvent, RetireAgent, RetireOutcome, Target,
+    ActorType, Agent, AgentDependencies, AgentStatus, HeartbeatOutcome, Job, JobFailure, JobStatus,
+    NewAgent, NewAuditEvent, RetireAgent, RetireOutcome, Target,
 };
 
 /// Jobs handed out per work poll unless the agent asks for fewer/more.
@@ -134,25 +137,6 @@ pub struct AgentDetail {
 
 // ---------------------------------------------------------- registration
 
-/// Body of `POST /agents/register`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    /// Display name of the agent (usually its host name).
-    pub name: String,
-    /// One of the host's configured bootstrap tokens.
-    pub bootstrap_token: String,
-}
-
-/// Answer of a registration: the credential is shown this once.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Registered {
-    /// The new agent's id.
-    pub agent_id: String,
-    /// `cpa_<agent-id>.<secret>`: send as `Authorization: Bearer ...`.
-    pub credential: String,
-}
-
 /// Register an agent with a bootstrap token; returns its credential once.
 #[utoipa::path(post, path = "/agents/register", tag = "agents",
     request_body = RegisterRequest,
@@ -205,15 +189,6 @@ async fn register_agent(
 
 // ------------------------------------------------------------- heartbeat
 
-/// Answer of a heartbeat.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HeartbeatReply {
-    /// The caller.
-    pub agent_id: String,
-    /// The host's clock, for the agent to detect skew.
-    pub server_time: DateTime<Utc>,
-}
-
 fn gone(agent_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::GONE,
@@ -242,104 +217,6 @@ async fn heartbeat(State(state): State<AppState>, caller: AgentCaller) -> ApiRes
 }
 
 // ------------------------------------------------------------------ work
-
-/// `GET /agents/work` query.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct WorkQuery {
-    /// Hold the request open up to this many seconds while there is no work
-    /// (default 0; capped at the host's `api.long_poll_max_secs`).
-    pub wait_secs: Option<u64>,
-    /// Most jobs to claim (1–100, default 10).
-    pub limit: Option<u32>,
-}
-
-/// The certificate a job is about.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct JobCertificate {
-    /// Certificate id.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Subject common name.
-    pub common_name: String,
-    /// Subject alternative names the CSR must request.
-    pub sans: Vec<String>,
-    /// Key type to generate (`ecdsa-p256`, `rsa-2048`, ...).
-    pub key_type: String,
-}
-
-/// The certificate version a job deploys or verifies.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct JobCertificateVersion {
-    /// Version id.
-    pub id: String,
-    /// Serial number (hex).
-    pub serial: String,
-    /// Leaf plus chain, PEM.
-    pub pem_chain: String,
-    /// SHA-256 of the leaf DER (hex): what the endpoint must serve.
-    pub fingerprint_sha256: String,
-    /// Validity start.
-    pub not_before: DateTime<Utc>,
-    /// Validity end.
-    pub not_after: DateTime<Utc>,
-}
-
-/// The target connector instance a job runs.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct JobTarget {
-    /// Target id.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Connector plugin name.
-    pub plugin_name: String,
-    /// Connector plugin version.
-    pub plugin_version: String,
-    /// SHA-256 of the component the host has loaded under that name and
-    /// version (`null` when the host does not have it): the agent should run
-    /// only a component with this digest.
-    pub plugin_sha256: Option<String>,
-    /// Non-secret settings.
-    pub settings: Value,
-    /// Capability grants (directories, hosts).
-    pub grants: Value,
-    /// Decrypted secrets of the instance.
-    pub secrets: BTreeMap<String, String>,
-}
-
-/// One job handed to an agent.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct AgentJob {
-    /// Job id.
-    pub id: String,
-    /// `issuance`, `renewal`, `deployment`, `verification`, `revocation`.
-    pub job_type: String,
-    /// `running` (claimed, leased to the agent) or `awaiting_csr` (answer
-    /// with `POST /agents/jobs/{id}/csr`).
-    pub status: String,
-    /// Attempt number of the lease (running jobs).
-    pub attempt: i32,
-    /// When the lease lapses unless the result arrives (running jobs).
-    pub lease_expires_at: Option<DateTime<Utc>>,
-    /// Free-form job input.
-    pub payload: Option<Value>,
-    /// The certificate concerned.
-    pub certificate: Option<JobCertificate>,
-    /// The certificate version to deploy or verify.
-    pub certificate_version: Option<JobCertificateVersion>,
-    /// The target to run.
-    pub target: Option<JobTarget>,
-}
-
-/// Answer of a work poll.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkReply {
-    /// Claimed jobs first, then jobs awaiting a CSR; possibly empty.
-    pub jobs: Vec<AgentJob>,
-}
 
 /// Long-poll for work: claims the caller's pending jobs and returns them
 /// with its jobs awaiting a CSR; waits up to `wait_secs` when there is none.
