@@ -297,7 +297,14 @@ impl HostConfig {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("CERTPLANE_").split("__"));
+        // `CERTPLANE_CONFIG` names the file (the `--config` flag) and
+        // `CERTPLANE_FAULT_POINT` arms a crash test's fault point: neither is
+        // a configuration key, and unknown keys are refused.
+        figment = figment.merge(
+            Env::prefixed("CERTPLANE_")
+                .ignore(&["CONFIG", "FAULT_POINT"])
+                .split("__"),
+        );
         let config: HostConfig = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -388,6 +395,7 @@ mod tests {
                 "#,
             )?;
             jail.set_env("CERTPLANE_API__MAX_BODY_BYTES", "4096");
+            jail.set_env("CERTPLANE_CONFIG", "/elsewhere/certplane.toml");
             jail.set_env("CERTPLANE_LISTEN", "0.0.0.0:9443");
             let c = HostConfig::load(Some(Path::new("host.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.data_dir, PathBuf::from("/var/lib/certplane"));

@@ -112,6 +112,13 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
 /// the scheduler within `scheduler.shutdown_grace_ms` (for embedding: the
 /// demo, end-to-end tests).
 pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::faults::check_build().map_err(anyhow::Error::msg)?;
+    if let Ok(point) = std::env::var(crate::faults::ENV) {
+        tracing::warn!(
+            point,
+            "fault point armed: this process will abort there (crash tests)"
+        );
+    }
     prepare_data_dir(&config.data_dir)?;
     let store = open_store(&config).await?;
     tracing::info!(instance_id = store.instance_id(), "this host's instance id");

@@ -794,7 +794,7 @@ async fn revoke_certificate(
         json!({ "job_id": job.id, "certificate_version_id": version_id, "reason": body.reason }),
     )
     .await?;
-    state.wake.jobs.notify_one();
+    state.wake.wake_jobs();
     Ok(json_response(
         StatusCode::ACCEPTED,
         RevocationAccepted {

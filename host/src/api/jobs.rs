@@ -246,7 +246,7 @@ fn audit(actor: String, action: &str, job_id: &str, details: Value) -> NewAuditE
 /// Wakes whoever executes `job`: the host job processor, and the agent's
 /// long-poll for agent work.
 fn wake_executor(state: &AppState, job: &Job) {
-    state.wake.jobs.notify_one();
+    state.wake.wake_jobs();
     if let Some(agent) = job.agent_id.as_deref().filter(|a| *a != SENTINEL_AGENT_ID) {
         state.wake.wake_agent(agent);
     }

@@ -108,7 +108,7 @@ pub async fn submit_csr(
             ))),
         };
     }
-    engine.wake.jobs.notify_one();
+    engine.wake.wake_jobs();
     Ok(CsrAccepted {
         job_id: job_id.to_owned(),
         status: JobStatus::Pending.to_string(),
@@ -121,7 +121,8 @@ pub async fn submit_csr(
 fn result_replay(job: &Job, agent_id: &str, req: &ResultRequest) -> Option<ResultAccepted> {
     let same_end = matches!(
         (job.status, req.outcome),
-        (JobStatus::Completed, ResultOutcome::Success) | (JobStatus::Failed, ResultOutcome::Failure)
+        (JobStatus::Completed, ResultOutcome::Success)
+            | (JobStatus::Failed, ResultOutcome::Failure)
     );
     let same_holder = job.lease_owner.as_deref() == Some(agent_id)
         && req.attempt.is_none_or(|a| a == job.attempts);
@@ -170,7 +171,9 @@ pub async fn report_result(
             ));
         }
         (ResultOutcome::Failure, None) => {
-            return Err(EngineError::Invalid("a failed result needs an error".into()));
+            return Err(EngineError::Invalid(
+                "a failed result needs an error".into(),
+            ));
         }
     };
     if let Some(replay) = result_replay(&job, agent_id, &req) {
@@ -243,12 +246,13 @@ pub async fn report_result(
         };
     };
     // The host may have follow-up work (verification, notifications).
-    engine.wake.jobs.notify_one();
+    engine.wake.wake_jobs();
     let status = committed.job.status;
     Ok(ResultAccepted {
         job_id: job_id.to_owned(),
         status: status.to_string(),
-        will_retry: status == JobStatus::Failed && committed.job.attempts < committed.job.max_attempts,
+        will_retry: status == JobStatus::Failed
+            && committed.job.attempts < committed.job.max_attempts,
         replayed: false,
     })
 }

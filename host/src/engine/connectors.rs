@@ -120,7 +120,8 @@ pub fn failure_of(
     }
     let mut failure = JobFailure::transient(message);
     failure.retry_at = retry_after_secs.map(|s| {
-        let hint = std::time::Duration::from_secs(u64::from(s)).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
+        let hint =
+            std::time::Duration::from_secs(u64::from(s)).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER);
         now + chrono::Duration::from_std(hint).unwrap_or(chrono::Duration::hours(1))
     });
     failure

@@ -8,11 +8,11 @@ use certplane_runtime::target::CertificateBundle;
 use serde_json::json;
 
 use super::connectors::{build_instance, failure_for, observed};
+use super::ending::{Ending, end_claimed_logged, host_actor};
 use super::issuance::version_key_owner;
 use super::verification;
 use super::versions::{load_version, split_pem};
 use crate::engine::Engine;
-use super::ending::{Ending, end_claimed_logged, host_actor};
 use crate::store::{Job, JobFailure};
 
 /// Runs one claimed host-side deployment job.

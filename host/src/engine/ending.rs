@@ -29,7 +29,11 @@ pub struct Ending {
 
 /// Commits `ending` for the holder of the job's lease. `Ok(None)`: the
 /// lease was lost and nothing was written.
-pub async fn end_claimed(engine: &Engine, job: &Job, ending: Ending) -> StoreResult<Option<Committed>> {
+pub async fn end_claimed(
+    engine: &Engine,
+    job: &Job,
+    ending: Ending,
+) -> StoreResult<Option<Committed>> {
     let Some(lease) = job.lease() else {
         return Ok(None);
     };

@@ -94,7 +94,8 @@ async fn finish(engine: &Engine, job: &Job, result: Result<(), Stop>) {
         Ok(()) => {}
         Err(Stop::Fail(failure)) => {
             tracing::warn!(job = %job.id, error = %failure.error, permanent = failure.permanent, "issuance failed");
-            let mut outcome = Outcome::new("failed", Guard::Lease(lease), JobEnd::Fail(failure.clone()));
+            let mut outcome =
+                Outcome::new("failed", Guard::Lease(lease), JobEnd::Fail(failure.clone()));
             outcome.audit.push(audit(
                 job,
                 "issuance.failed",
@@ -102,7 +103,9 @@ async fn finish(engine: &Engine, job: &Job, result: Result<(), Stop>) {
             ));
             match engine.store.commit_outcome(outcome).await {
                 Ok(Some(_)) => {}
-                Ok(None) => tracing::warn!(job = %job.id, "lost the job before recording its failure"),
+                Ok(None) => {
+                    tracing::warn!(job = %job.id, "lost the job before recording its failure")
+                }
                 Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record job failure"),
             }
         }
@@ -130,7 +133,9 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
     let store = &engine.store;
     if let Some(version) = store.version_of_job(&job.id).await? {
         // Recorded by an earlier run of this job: finish without the CA.
-        let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+        let lease = job
+            .lease()
+            .ok_or_else(|| permanent("the job holds no lease"))?;
         let mut outcome = Outcome::new("issued", Guard::Lease(lease), JobEnd::Complete);
         outcome.audit.push(audit(
             job,
@@ -243,7 +248,9 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
 /// Moves a claimed agent-key job back to AwaitingCsr and wakes the agent
 /// that holds the key.
 async fn request_csr(engine: &Engine, job: &Job, cert: &Certificate) -> Result<(), Stop> {
-    let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+    let lease = job
+        .lease()
+        .ok_or_else(|| permanent("the job holds no lease"))?;
     let mut outcome = Outcome::new(
         "csr_requested",
         Guard::Lease(lease),
@@ -276,7 +283,9 @@ async fn record_receipt(
     sealed_key: Option<String>,
     order: &Order,
 ) -> Result<serde_json::Value, Stop> {
-    let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+    let lease = job
+        .lease()
+        .ok_or_else(|| permanent("the job holds no lease"))?;
     let mut payload = job.payload.clone().unwrap_or_else(|| json!({}));
     if let Some(key) = sealed_key {
         payload["sealed_key"] = json!(key);
@@ -312,7 +321,9 @@ async fn still_pending(
     error: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<(), Stop> {
-    let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+    let lease = job
+        .lease()
+        .ok_or_else(|| permanent("the job holds no lease"))?;
     let step = payload
         .get("poll_step")
         .and_then(|v| v.as_u64())
@@ -342,7 +353,11 @@ async fn still_pending(
     };
     payload["poll_step"] = json!(plan.next_step);
     let mut outcome = Outcome::new(
-        if first { "order_placed" } else { "order_pending" },
+        if first {
+            "order_placed"
+        } else {
+            "order_pending"
+        },
         Guard::Lease(lease),
         JobEnd::Move(JobStatus::Polling),
     );
@@ -372,7 +387,7 @@ async fn still_pending(
     if engine.store.commit_outcome(outcome).await?.is_none() {
         tracing::warn!(job = %job.id, "lost the job while recording its pending order");
     }
-    engine.wake.orders.notify_one();
+    engine.wake.wake_orders();
     Ok(())
 }
 
@@ -427,7 +442,9 @@ async fn record_issued(
     let pem_chain: String = std::iter::once(checked.leaf_pem.as_str())
         .chain(checked.chain_pem.iter().map(String::as_str))
         .collect();
-    let lease = job.lease().ok_or_else(|| permanent("the job holds no lease"))?;
+    let lease = job
+        .lease()
+        .ok_or_else(|| permanent("the job holds no lease"))?;
     let targets = engine.store.deployment_targets(&cert.id).await?;
     let mut outcome = Outcome::new("issued", Guard::Lease(lease), JobEnd::Complete);
     outcome.version = Some(NewCertificateVersion {
@@ -481,16 +498,22 @@ async fn record_issued(
         tracing::warn!(job = %job.id, "lost the job before recording the issued certificate; a retry polls or submits again");
         return Ok(());
     };
-    let version_id = committed.version.as_ref().map(|v| v.id.as_str()).unwrap_or_default();
+    let version_id = committed
+        .version
+        .as_ref()
+        .map(|v| v.id.as_str())
+        .unwrap_or_default();
     tracing::info!(job = %job.id, certificate = %cert.id, version = %version_id, deployments = targets.len(), "certificate issued");
     for deployment in &committed.follow_ups {
         match deployment.agent_id.as_deref() {
-            Some(agent) if agent != crate::store::SENTINEL_AGENT_ID => engine.wake.wake_agent(agent),
-            _ => engine.wake.jobs.notify_one(),
+            Some(agent) if agent != crate::store::SENTINEL_AGENT_ID => {
+                engine.wake.wake_agent(agent)
+            }
+            _ => engine.wake.wake_jobs(),
         }
     }
     if committed.notifications > 0 {
-        engine.wake.notifications.notify_one();
+        engine.wake.wake_notifications();
     }
     Ok(())
 }

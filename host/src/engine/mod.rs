@@ -205,7 +205,7 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
                     .await?;
                 if created > 0 {
                     tracing::info!(created, "renewal jobs enqueued");
-                    st.wake.jobs.notify_one();
+                    st.wake.wake_jobs();
                     // Agent-key certificates start out awaiting their
                     // agent's CSR: wake those agents' long polls.
                     wake_agents_with_work(&st, started).await?;
@@ -222,7 +222,7 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
             let started = crate::store::now();
             let retried = st.store.retry_failed_jobs(500).await?;
             if retried > 0 {
-                st.wake.jobs.notify_one();
+                st.wake.wake_jobs();
                 // Retried agent jobs (failed reports, reaped leases of a
                 // vanished agent) go back to their agents at once.
                 wake_agents_with_work(&st, started).await?;

@@ -144,7 +144,7 @@ pub async fn announce(
         enqueued += usize::from(added);
     }
     if enqueued > 0 {
-        engine.wake.notifications.notify_one();
+        engine.wake.wake_notifications();
     }
     Ok(enqueued)
 }

@@ -5,9 +5,9 @@ use certplane_runtime::issuer::{RevocationReason, RevocationRequest};
 use serde_json::json;
 
 use super::connectors::{failure_for, issuer_instance, observed};
+use super::ending::{Ending, end_claimed_logged, host_actor};
 use super::versions::{load_version, split_pem};
 use crate::engine::Engine;
-use super::ending::{Ending, end_claimed_logged, host_actor};
 use crate::store::{Job, JobFailure};
 
 fn reason_of(job: &Job) -> RevocationReason {

@@ -7,8 +7,8 @@
 //! `fingerprint_matches`, `detail`, `endpoint`, `reported_by`,
 //! `checked_at`.
 
-use certplane_probe::{self as verify, Endpoint};
 use certplane_pki::pem::normalise_fingerprint;
+use certplane_probe::{self as verify, Endpoint};
 use chrono::Utc;
 use serde_json::{Value, json};
 

@@ -106,4 +106,3 @@ fn check_key_type(csr: &X509CertificationRequest<'_>, key_type: &str) -> Result<
         Err(format!("the CSR's key is not a {key_type} key"))
     }
 }
-

@@ -45,7 +45,6 @@ pub use error::{BackendKind, StoreError};
 pub use migrate::{MigrationEntry, MigrationReport, MigrationState, MigrationStatus};
 pub use models::*;
 pub use repo::host_meta::BOOTSTRAP_ADMIN_META;
-pub use repo::leader::LeaderElection;
 pub use repo::outcomes::{Committed, Guard, JobEnd, Notice, Outcome};
 pub use repo::reclaim::Reclaimed;
 pub use repo::signals::{Received, SignalListener, WAKE_CHANNEL};

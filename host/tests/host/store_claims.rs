@@ -619,60 +619,6 @@ async fn notifications_claimed_once(b: Backend) {
     assert!(store_a.claim_notifications(10).await.unwrap().is_empty());
 }
 
-/// Leader leases: one holder at a time, renewal, takeover after expiry.
-async fn leader_lease(b: Backend) {
-    let db = TestDb::new(b).await;
-    let store = db.migrated().await;
-    let ttl = Duration::from_millis(300);
-    let (x, y) = tokio::join!(
-        store.try_acquire_leader("renewal-loop", "replica-1", ttl),
-        store.try_acquire_leader("renewal-loop", "replica-2", ttl)
-    );
-    let (x, y) = (x.unwrap(), y.unwrap());
-    assert!(x.is_leader() ^ y.is_leader(), "exactly one leader");
-    let (leader, follower) = if x.is_leader() {
-        ("replica-1", "replica-2")
-    } else {
-        ("replica-2", "replica-1")
-    };
-    assert!(
-        store
-            .try_acquire_leader("renewal-loop", leader, ttl)
-            .await
-            .unwrap()
-            .is_leader()
-    );
-    assert!(
-        !store
-            .try_acquire_leader("renewal-loop", follower, ttl)
-            .await
-            .unwrap()
-            .is_leader()
-    );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        store
-            .try_acquire_leader("renewal-loop", follower, ttl)
-            .await
-            .unwrap()
-            .is_leader()
-    );
-    assert!(!store.release_leader("renewal-loop", leader).await.unwrap());
-    assert!(
-        store
-            .release_leader("renewal-loop", follower)
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .current_leader("renewal-loop")
-            .await
-            .unwrap()
-            .is_none()
-    );
-}
-
 both_backends!(
     claim_flips_to_running_and_residual_is_empty,
     claim_by_type_respects_type_and_limit,
@@ -682,5 +628,4 @@ both_backends!(
     backoff_delays_retry,
     due_polls_are_claimed_once,
     notifications_claimed_once,
-    leader_lease,
 );

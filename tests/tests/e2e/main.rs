@@ -7,5 +7,6 @@
 
 mod agent_e2e;
 mod agent_process;
+mod crash;
 mod host_https_e2e;
 mod host_verification;

@@ -1,4 +1,4 @@
-//! Audit events, API keys and leader leases.
+//! Audit events and API keys.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -112,17 +112,4 @@ pub struct NewApiKey {
     pub scopes: Vec<ApiScope>,
     /// Expiry.
     pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// A leader lease row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct LeaderLease {
-    /// Lease name (one per singleton loop).
-    pub name: String,
-    /// Current holder.
-    pub holder: String,
-    /// When this holder first took it.
-    pub acquired_at: DateTime<Utc>,
-    /// When it lapses unless renewed.
-    pub expires_at: DateTime<Utc>,
 }

@@ -13,7 +13,7 @@ pub use agent::{
     Agent, AgentDependencies, AgentStatus, HeartbeatOutcome, NewAgent, RetireAgent, RetireOutcome,
     SENTINEL_AGENT_ID,
 };
-pub use audit::{ActorType, ApiKey, ApiScope, AuditEvent, LeaderLease, NewApiKey, NewAuditEvent};
+pub use audit::{ActorType, ApiKey, ApiScope, AuditEvent, NewApiKey, NewAuditEvent};
 pub use certificate::{
     Certificate, CertificateStatus, CertificateVersion, KeySource, NewCertificate,
     NewCertificateVersion,

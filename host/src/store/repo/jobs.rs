@@ -321,33 +321,6 @@ impl Store {
             .await?
         }))
     }
-
-    /// Stores the verification result reported for a claimed job (the
-    /// endpoint probe: status, observed fingerprint, ...), for the holder of
-    /// `lease` only. False if the lease was lost; the status is unchanged
-    /// (complete or fail the job afterwards).
-    pub async fn set_job_verification(
-        &self,
-        lease: &JobLease,
-        verification: serde_json::Value,
-    ) -> StoreResult<bool> {
-        let now = now();
-        Ok(on_write!(self, |pool| {
-            sqlx::query(
-                "UPDATE jobs SET verification_result = $4, updated_at = $5
-                 WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3",
-            )
-            .bind(&lease.job_id)
-            .bind(&lease.owner)
-            .bind(lease.attempt)
-            .bind(Json(&verification))
-            .bind(ts(now))
-            .execute(pool)
-            .await?
-            .rows_affected()
-                == 1
-        }))
-    }
 }
 
 /// Pushes the 14 VALUES of one job row.

@@ -18,8 +18,7 @@ use crate::store::repo::insert_audit;
 use crate::store::sqlite::claims as lite;
 use crate::store::{
     BeginWrite, CertificateVersion, Job, JobFailure, JobLease, JobStatus, JobUpdate, KeySource,
-    NewAuditEvent, NewCertificateVersion, NewJob, Store, StoreError, StoreResult, new_id,
-    on_write,
+    NewAuditEvent, NewCertificateVersion, NewJob, Store, StoreError, StoreResult, new_id, on_write,
 };
 
 /// Who may end the job: the holder of its lease, or anyone finding it in a
@@ -38,7 +37,7 @@ pub enum Guard {
 }
 
 impl Guard {
-    fn from_status(&self) -> JobStatus {
+    fn expected_status(&self) -> JobStatus {
         match self {
             Guard::Lease(_) => JobStatus::Running,
             Guard::Status { status, .. } => *status,
@@ -256,7 +255,7 @@ impl Store {
             audit,
             notices,
         } = outcome;
-        let from = guard.from_status();
+        let from = guard.expected_status();
         let to = match &end {
             JobEnd::Complete => JobStatus::Completed,
             JobEnd::Fail(_) => JobStatus::Failed,
@@ -335,9 +334,7 @@ impl Store {
                     push_job_update!(qb, update);
                     push_guard!(qb, &guard);
                     qb.push(" RETURNING *");
-                    qb.build_query_as::<Job>()
-                        .fetch_optional(&mut *tx)
-                        .await?
+                    qb.build_query_as::<Job>().fetch_optional(&mut *tx).await?
                 }
             };
             let Some(job) = job else {
@@ -436,10 +433,11 @@ impl Store {
             // 5. Notifications, one per enabled notifier.
             let mut queued = 0;
             if !notices.is_empty() {
-                let notifiers: Vec<(String,)> =
-                    sqlx::query_as("SELECT id FROM notifiers WHERE disabled_at IS NULL ORDER BY id")
-                        .fetch_all(&mut *tx)
-                        .await?;
+                let notifiers: Vec<(String,)> = sqlx::query_as(
+                    "SELECT id FROM notifiers WHERE disabled_at IS NULL ORDER BY id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
                 for notice in &notices {
                     for (notifier_id,) in &notifiers {
                         queued += sqlx::query(

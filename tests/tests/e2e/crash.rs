@@ -1,0 +1,744 @@
+//! Crash windows: a real `certplane serve` process, built with the
+//! `fault-points` feature, is aborted at every fault point inside the job
+//! outcomes of an issuance (order receipt, order placed, order still
+//! pending, issued, deployed, notification sent, failed), restarted, and
+//! then must show exactly one certificate version, one order at the fake CA
+//! (which counts orders over HTTP), one queued `certificate.issued`
+//! notification per notifier, every job finished and nothing stuck. Plus a
+//! burst of certificates with random SIGKILLs of the host.
+//!
+//! The binary is `target/debug/certplane`, built by `scripts/test` with
+//! `--features certplane-host/fault-points`; a binary without the feature
+//! refuses to start when a fault point is armed, so these tests cannot pass
+//! against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use certplane_client::{ApiClient, ClientOptions};
+use certplane_host::store::{ApiScope, NewApiKey, Store};
+use certplane_runtime::harness::{TestResponse, TestServer};
+use certplane_testkit::fake_ca::{FakeCa, Fault};
+use serde_json::{Value, json};
+
+/// The fault points an issuance in this scenario passes, in order. Every
+/// point listed in `certplane_host::faults` that an issuance with an async
+/// CA, a host-deployed target and a webhook notifier can reach.
+const ISSUANCE_POINTS: &[&str] = &[
+    "order_receipt.committed",
+    "order_placed.job",
+    "order_placed.audit",
+    "order_placed.committed",
+    "order_pending.job",
+    "order_pending.audit",
+    "order_pending.committed",
+    "issued.job",
+    "issued.version_row",
+    "issued.version",
+    "issued.follow_ups",
+    "issued.audit",
+    "issued.notifications",
+    "issued.committed",
+    "deployed.job",
+    "deployed.audit",
+    "deployed.committed",
+    "notification_sent.committed",
+];
+
+/// Points of a failed first attempt (the CA answers the first submit with
+/// a transient error), then retried to success.
+const FAILURE_POINTS: &[&str] = &["failed.job", "failed.audit", "failed.committed"];
+
+/// Points of a poll that fails transiently: the order stays, back to
+/// Polling with the error kept (the `order_pending` outcome).
+const POLL_ERROR_POINTS: &[&str] = &["order_pending.job@2", "order_pending.committed@2"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn host_bin() -> PathBuf {
+    let path = repo_root()
+        .join("target/debug")
+        .join(format!("certplane{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing; build it: cargo build -p certplane --bin certplane --features certplane-host/fault-points",
+        path.display()
+    );
+    path
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("CERTPLANE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database for one scenario (SQLite file or fresh PostgreSQL database,
+/// dropped at the end).
+struct Db {
+    url: String,
+    pg_name: Option<String>,
+}
+
+impl Db {
+    async fn new(backend: Backend, dir: &Path) -> Db {
+        match backend {
+            Backend::Sqlite => Db {
+                url: format!("sqlite://{}?mode=rwc", dir.join("certplane.db").display()),
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                use sqlx::Connection as _;
+                let name = format!("certplane_crash_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(&pg_admin_url())
+                    .await
+                    .expect("PostgreSQL is reachable (scripts/ensure-postgres starts it)");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let base = pg_admin_url();
+                let url = match base.rfind('/') {
+                    Some(i) => format!("{}/{name}", &base[..i]),
+                    None => panic!("odd PostgreSQL URL {base}"),
+                };
+                Db {
+                    url,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            let admin = pg_admin_url();
+            // A plain thread: drop may run outside a runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    use sqlx::Connection as _;
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut c)
+                                .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plugin directory holding only what the scenario loads.
+fn plugin_dir(root: &Path) -> PathBuf {
+    let dir = root.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (from, name) in [
+        ("target/plugins", "pem-files"),
+        ("target/plugins", "webhook"),
+        ("target/test-plugins", "http-ca"),
+    ] {
+        for ext in ["wasm", "toml"] {
+            let src = repo_root().join(from).join(format!("{name}.{ext}"));
+            assert!(
+                src.exists(),
+                "{} missing: run scripts/build-plugins",
+                src.display()
+            );
+            std::fs::copy(&src, dir.join(format!("{name}.{ext}"))).unwrap();
+        }
+    }
+    dir
+}
+
+/// One scenario: its directory, database, fake CA, webhook receiver and
+/// the host process (restarted at will).
+struct Scenario {
+    root: tempfile::TempDir,
+    db: Db,
+    ca: FakeCa,
+    hook: TestServer,
+    port: u16,
+    admin_key: String,
+    config: PathBuf,
+}
+
+/// The host's configuration: plain HTTP on loopback, brisk loops, short
+/// retries, the compiled-plugin cache shared by every run.
+fn write_config(root: &Path, db_url: &str, port: u16) -> PathBuf {
+    let text = format!(
+        r#"
+data_dir = "{data}"
+database_url = "{db_url}"
+listen = "127.0.0.1:{port}"
+plugin_dir = "{plugins}"
+plugin_cache_dir = "{cache}"
+order_max_wait_secs = 600
+
+[tls]
+plain_http = true
+
+[scheduler]
+renewal_ms = 100
+jobs_ms = 100
+retry_ms = 100
+reaper_ms = 100
+notifications_ms = 100
+order_poll_ms = 100
+expiry_ms = 60000
+
+[jobs]
+lease_secs = 30
+retry_base_ms = 100
+retry_cap_secs = 1
+"#,
+        data = root.join("data").display(),
+        plugins = plugin_dir(root).display(),
+        cache = repo_root().join("target/plugin-cache").display(),
+    );
+    let path = root.join("certplane.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Scenario {
+    async fn new(backend: Backend) -> Scenario {
+        let root = tempfile::tempdir().unwrap();
+        let db = Db::new(backend, root.path()).await;
+        let store = Store::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let (admin_key, hash) = certplane_host::api::auth::new_api_key();
+        store
+            .create_api_key(NewApiKey {
+                name: "crash-test".into(),
+                key_hash: hash,
+                scopes: vec![ApiScope::Admin],
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        store.close().await;
+        let ca = FakeCa::start().await;
+        ca.set_pending_polls(2);
+        ca.set_retry_after_secs(Some(1));
+        let hook = TestServer::start(|_| TestResponse::text(204, ""))
+            .await
+            .unwrap();
+        let port = free_port();
+        let config = write_config(root.path(), &db.url, port);
+        Scenario {
+            root,
+            db,
+            ca,
+            hook,
+            port,
+            admin_key,
+            config,
+        }
+    }
+
+    fn client(&self) -> ApiClient {
+        ApiClient::new(ClientOptions {
+            base_url: format!("http://127.0.0.1:{}", self.port),
+            api_key: self.admin_key.clone(),
+            trust: None,
+            timeout: Duration::from_secs(10),
+            user_agent: "certplane-crash-test".into(),
+        })
+        .unwrap()
+    }
+
+    /// Starts the host, armed at `fault` if given, and waits until it
+    /// answers (or, armed, until it answers or dies).
+    async fn start(&self, fault: Option<&str>) -> Host {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("host.log"))
+            .unwrap();
+        let mut cmd = Command::new(host_bin());
+        // Only this test's configuration reaches the host.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CERTPLANE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("serve")
+            .env("CERTPLANE_CONFIG", &self.config)
+            .env("RUST_LOG", "warn")
+            .env_remove(certplane_host::faults::ENV)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(point) = fault {
+            cmd.env(certplane_host::faults::ENV, point);
+        }
+        let child = cmd.spawn().expect("certplane starts");
+        let mut host = Host { child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.client().get("/plugins", &[]).await.is_ok() {
+                return host;
+            }
+            if let Some(status) = host.child.try_wait().unwrap() {
+                panic!(
+                    "the host exited during start-up ({status}):\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the host did not start:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.root.path().join("host.log")).unwrap_or_default();
+        let start = text.len().saturating_sub(6000);
+        text[start..].to_string()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let reply = self
+            .client()
+            .post(path, Some(&body))
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        reply.json.unwrap_or(Value::Null)
+    }
+
+    /// Issuer (the fake CA), a pem-files target the host deploys itself,
+    /// a webhook notifier.
+    async fn configure(&self) -> (String, String) {
+        let issuer = self
+            .post(
+                "/issuers",
+                json!({
+                    "name": "fake-ca",
+                    "plugin": "http-ca",
+                    "settings": { "url": self.ca.url() },
+                    "grants": { "hosts": [self.ca.grant()] },
+                }),
+            )
+            .await;
+        let deploy_dir = self.root.path().join("deployed");
+        std::fs::create_dir_all(&deploy_dir).unwrap();
+        let target = self
+            .post(
+                "/targets",
+                json!({
+                    "name": "files",
+                    "plugin": "pem-files",
+                    "agent_id": "host",
+                    "settings": { "directory": "/certs" },
+                    "grants": { "directories": [
+                        { "path": deploy_dir, "guest_path": "/certs", "writable": true }
+                    ] },
+                }),
+            )
+            .await;
+        self.post(
+            "/notifiers",
+            json!({
+                "name": "hook",
+                "plugin": "webhook",
+                "settings": { "url": format!("{}/hooks", self.hook.url()) },
+                "secrets": { "signing_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" },
+                "grants": { "hosts": [self.hook.grant()] },
+            }),
+        )
+        .await;
+        (
+            issuer["id"].as_str().unwrap().to_owned(),
+            target["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn certificate(&self, name: &str, issuer: &str, target: &str) -> String {
+        let cert = self
+            .post(
+                "/certificates",
+                json!({
+                    "name": name,
+                    "common_name": format!("{name}.example.test"),
+                    "sans": [format!("{name}.example.test")],
+                    "key_type": "ecdsa-p256",
+                    "key_source": "host",
+                    "issuer_id": issuer,
+                    "target_ids": [target],
+                }),
+            )
+            .await;
+        cert["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn store(&self) -> Store {
+        Store::connect(&self.db.url).await.unwrap()
+    }
+
+    /// Waits until every certificate has a version, every job finished and
+    /// every notification was delivered, then checks exactly-once.
+    async fn settle_and_check(&self, certs: &[String], what: &str) {
+        let store = self.store().await;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let state = settled(&store, certs).await;
+            if state.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: did not settle: {}\nhost log:\n{}",
+                state.unwrap_err(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for cert in certs {
+            let versions = store.list_certificate_versions(cert).await.unwrap();
+            assert_eq!(
+                versions.len(),
+                1,
+                "{what}: certificate {cert} has {} versions",
+                versions.len()
+            );
+            assert_eq!(
+                self.ca.orders_for(cert),
+                1,
+                "{what}: certificate {cert} was ordered {} times at the CA",
+                self.ca.orders_for(cert)
+            );
+            let issued = count(
+                &store,
+                "SELECT COUNT(*) FROM notifications WHERE event_type = 'certificate.issued' AND subject = $1",
+                &format!("certificate/{cert}"),
+            )
+            .await;
+            assert_eq!(
+                issued, 1,
+                "{what}: {issued} certificate.issued notifications for {cert}"
+            );
+        }
+        // Every delivery carries the id of its one notification: receivers
+        // deduplicate on webhook-id (delivery itself is at-least-once).
+        let ids: std::collections::BTreeSet<String> = self
+            .hook
+            .requests()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        assert_eq!(
+            ids.len(),
+            certs.len(),
+            "{what}: distinct webhook ids {ids:?}"
+        );
+        store.close().await;
+    }
+}
+
+async fn count(store: &Store, sql: &str, bind: &str) -> i64 {
+    use certplane_host::store::PoolRef;
+    match store.pool() {
+        PoolRef::Sqlite(p) => sqlx::query_scalar(sql)
+            .bind(bind)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        PoolRef::Postgres(p) => sqlx::query_scalar(sql)
+            .bind(bind)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+    }
+}
+
+async fn count_all(store: &Store, sql: &str) -> i64 {
+    use certplane_host::store::PoolRef;
+    match store.pool() {
+        PoolRef::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        PoolRef::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+    }
+}
+
+/// `Ok` when nothing is left to do.
+async fn settled(store: &Store, certs: &[String]) -> Result<(), String> {
+    for cert in certs {
+        let c = store.get_certificate(cert).await.unwrap().unwrap();
+        if c.current_version_id.is_none() {
+            return Err(format!("certificate {cert} has no version yet"));
+        }
+    }
+    let open = count_all(
+        store,
+        "SELECT COUNT(*) FROM jobs WHERE status <> 'completed'",
+    )
+    .await;
+    if open > 0 {
+        return Err(format!("{open} jobs not completed"));
+    }
+    let deployments = count_all(
+        store,
+        "SELECT COUNT(*) FROM jobs WHERE job_type = 'deployment' AND status = 'completed'",
+    )
+    .await;
+    if deployments < certs.len() as i64 {
+        return Err(format!("{deployments} deployments done"));
+    }
+    let unsent = count_all(
+        store,
+        "SELECT COUNT(*) FROM notifications WHERE status <> 'sent'",
+    )
+    .await;
+    if unsent > 0 {
+        return Err(format!("{unsent} notifications not sent"));
+    }
+    Ok(())
+}
+
+struct Host {
+    child: Child,
+}
+
+impl Host {
+    /// Waits for the armed host to abort at its fault point.
+    async fn aborted(&mut self, point: &str, scenario: &Scenario) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fault point {point} was never reached:\n{}",
+                scenario.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(unix)]
+fn aborted_by_signal(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(6)
+}
+
+/// Issues one certificate with the host aborting at `point`, then restarts
+/// it and checks exactly-once.
+async fn crash_at(backend: Backend, point: &str, prepare: impl Fn(&FakeCa)) {
+    // (The e2e crate depends on the host with `fault-points`; the binary's
+    // own check refuses an armed start without it.)
+    let scenario = Scenario::new(backend).await;
+    prepare(&scenario.ca);
+    let mut host = scenario.start(Some(point)).await;
+    let (issuer, target) = scenario.configure().await;
+    let cert = scenario.certificate("web", &issuer, &target).await;
+    let status = host.aborted(point, &scenario).await;
+    #[cfg(unix)]
+    assert!(
+        aborted_by_signal(status),
+        "{point}: the host exited with {status} instead of aborting:\n{}",
+        scenario.log()
+    );
+    let _host = scenario.start(None).await;
+    scenario
+        .settle_and_check(&[cert], &format!("{backend:?} crash at {point}"))
+        .await;
+}
+
+/// The points to run: all of `points`, or those named in
+/// `CRASH_POINTS` (comma-separated) when debugging one.
+fn selected<'a>(points: &[&'a str]) -> Vec<&'a str> {
+    match std::env::var("CRASH_POINTS") {
+        Ok(only) => points
+            .iter()
+            .copied()
+            .filter(|p| only.split(',').any(|o| o.trim() == *p))
+            .collect(),
+        Err(_) => points.to_vec(),
+    }
+}
+
+async fn every_issuance_point(backend: Backend) {
+    for point in selected(ISSUANCE_POINTS) {
+        crash_at(backend, point, |_| {}).await;
+    }
+}
+
+async fn every_failure_point(backend: Backend) {
+    for point in selected(FAILURE_POINTS) {
+        crash_at(backend, point, |ca| {
+            ca.fail_next_submits(1, Fault::Transient)
+        })
+        .await;
+    }
+    for point in selected(POLL_ERROR_POINTS) {
+        crash_at(backend, point, |ca| ca.fail_next_polls(1, Fault::Transient)).await;
+    }
+}
+
+/// Every point a scenario here reaches is a listed fault point, and every
+/// listed point of the outcomes these scenarios run is covered.
+#[test]
+fn the_scenarios_cover_listed_fault_points() {
+    let all = certplane_host::faults::points();
+    for point in ISSUANCE_POINTS
+        .iter()
+        .chain(FAILURE_POINTS)
+        .chain(POLL_ERROR_POINTS)
+    {
+        let name = point.split('@').next().unwrap();
+        assert!(all.iter().any(|p| p == name), "{name} is not a fault point");
+    }
+}
+
+/// A burst of certificates while the host is SIGKILLed at random moments
+/// and restarted: every certificate ends with one version, one
+/// `certificate.issued` notification, and nothing stuck. (An order whose
+/// HTTP request was in flight when the host died may be placed twice: the
+/// host cannot know the CA accepted it. Orders are counted and reported.)
+async fn burst_with_random_kills(backend: Backend) {
+    const CERTS: usize = 40;
+    const KILLS: usize = 4;
+    let scenario = Scenario::new(backend).await;
+    scenario.ca.set_pending_polls(1);
+    let mut host = scenario.start(None).await;
+    let (issuer, target) = scenario.configure().await;
+    let mut certs = Vec::new();
+    for i in 0..CERTS {
+        certs.push(
+            scenario
+                .certificate(&format!("burst{i}"), &issuer, &target)
+                .await,
+        );
+    }
+    for _ in 0..KILLS {
+        let wait = 150 + rand_below(900);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        host.kill();
+        host = scenario.start(None).await;
+    }
+    let store = scenario.store().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match settled(&store, &certs).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "burst did not settle: {e}\n{}",
+                scenario.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut extra_orders = 0;
+    for cert in &certs {
+        assert_eq!(
+            store.list_certificate_versions(cert).await.unwrap().len(),
+            1
+        );
+        let issued = count(
+            &store,
+            "SELECT COUNT(*) FROM notifications WHERE event_type = 'certificate.issued' AND subject = $1",
+            &format!("certificate/{cert}"),
+        )
+        .await;
+        assert_eq!(issued, 1, "certificate.issued notifications for {cert}");
+        let orders = scenario.ca.orders_for(cert);
+        assert!(orders >= 1);
+        extra_orders += orders - 1;
+    }
+    // Only an order whose request was in flight at a kill can be repeated.
+    assert!(
+        extra_orders <= KILLS as u64 * 16,
+        "{extra_orders} extra orders for {KILLS} kills"
+    );
+    eprintln!(
+        "{backend:?}: {CERTS} certificates, {KILLS} SIGKILLs: {} orders ({extra_orders} repeated after a kill mid-request)",
+        scenario.ca.orders_placed()
+    );
+    store.close().await;
+}
+
+fn rand_below(n: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    u64::from(nanos) % n
+}
+
+mod sqlite {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_at_every_issuance_fault_point() {
+        every_issuance_point(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_at_every_failure_fault_point() {
+        every_failure_point(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn burst_with_random_sigkills() {
+        burst_with_random_kills(Backend::Sqlite).await;
+    }
+}
+
+mod postgres {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_at_every_issuance_fault_point() {
+        every_issuance_point(Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_at_every_failure_fault_point() {
+        every_failure_point(Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn burst_with_random_sigkills() {
+        burst_with_random_kills(Backend::Postgres).await;
+    }
+}
