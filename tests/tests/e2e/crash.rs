@@ -50,6 +50,21 @@ const ISSUANCE_POINTS: &[&str] = &[
 /// a transient error), then retried to success.
 const FAILURE_POINTS: &[&str] = &["failed.job", "failed.audit", "failed.committed"];
 
+/// Points of the outcomes agents report: a CSR for a job awaiting one, and
+/// a deployment's result. The host is aborted while answering the agent;
+/// the agent retries after the restart (a replay when it had committed).
+const AGENT_POINTS: &[&str] = &[
+    "csr_received.job",
+    "csr_received.audit",
+    "csr_received.committed",
+    "agent_result.job",
+    "agent_result.audit",
+    "agent_result.committed",
+];
+
+/// Bootstrap token of the test agent.
+const BOOTSTRAP: &str = "bt-crash-test-agent";
+
 /// Points of a poll that fails transiently: the order stays, back to
 /// Polling with the error kept (the `order_pending` outcome).
 const POLL_ERROR_POINTS: &[&str] = &["order_pending.job@2", "order_pending.committed@2"];
@@ -209,6 +224,9 @@ reaper_ms = 100
 notifications_ms = 100
 order_poll_ms = 100
 expiry_ms = 60000
+
+[agents]
+bootstrap_tokens = ["{BOOTSTRAP}"]
 
 [jobs]
 lease_secs = 30
@@ -381,6 +399,17 @@ impl Scenario {
     }
 
     async fn certificate(&self, name: &str, issuer: &str, target: &str) -> String {
+        self.certificate_with_keys(name, issuer, target, "host")
+            .await
+    }
+
+    async fn certificate_with_keys(
+        &self,
+        name: &str,
+        issuer: &str,
+        target: &str,
+        key_source: &str,
+    ) -> String {
         let cert = self
             .post(
                 "/certificates",
@@ -389,7 +418,7 @@ impl Scenario {
                     "common_name": format!("{name}.example.test"),
                     "sans": [format!("{name}.example.test")],
                     "key_type": "ecdsa-p256",
-                    "key_source": "host",
+                    "key_source": key_source,
                     "issuer_id": issuer,
                     "target_ids": [target],
                 }),
@@ -602,6 +631,134 @@ async fn every_issuance_point(backend: Backend) {
     }
 }
 
+/// A test agent speaking the agent protocol over HTTP: registers, then
+/// keeps polling, answering CSR requests (one key and CSR per job, sent
+/// again as is after a failure) and reporting deployments as done. Errors
+/// (the host is down) are retried.
+async fn fake_agent(port: u16, target_name: String, ids: tokio::sync::mpsc::Sender<String>) {
+    let client = |key: &str| {
+        ApiClient::new(ClientOptions {
+            base_url: format!("http://127.0.0.1:{port}"),
+            api_key: key.to_owned(),
+            trust: None,
+            timeout: Duration::from_secs(10),
+            user_agent: "certplane-crash-agent".into(),
+        })
+        .unwrap()
+    };
+    let credential = loop {
+        let body = json!({ "name": target_name, "bootstrap_token": BOOTSTRAP });
+        if let Ok(reply) = client("").post("/agents/register", Some(&body)).await
+            && let Some(json) = reply.json
+        {
+            let _ = ids
+                .send(json["agent_id"].as_str().unwrap().to_owned())
+                .await;
+            break json["credential"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let api = client(&credential);
+    let mut csrs: std::collections::HashMap<String, String> = Default::default();
+    loop {
+        let work = match api
+            .get("/agents/work", &[("wait_secs", "1".to_string())])
+            .await
+        {
+            Ok(reply) => reply.json.unwrap_or(Value::Null),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for job in work["jobs"].as_array().cloned().unwrap_or_default() {
+            let id = job["id"].as_str().unwrap_or_default().to_owned();
+            if job["status"] == "awaiting_csr" {
+                let cert = &job["certificate"];
+                let csr = csrs.entry(id.clone()).or_insert_with(|| {
+                    let names: Vec<String> = cert["sans"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_owned())
+                        .collect();
+                    certplane_pki::keygen::generate_key_and_csr(
+                        certplane_pki::keygen::KeyType::EcdsaP256,
+                        cert["common_name"].as_str().unwrap(),
+                        &names,
+                        &[],
+                    )
+                    .unwrap()
+                    .csr_pem
+                });
+                let body = json!({ "csr_pem": csr });
+                let _ = api
+                    .post(&format!("/agents/jobs/{id}/csr"), Some(&body))
+                    .await;
+            } else if job["status"] == "running" {
+                let body = json!({
+                    "outcome": "success",
+                    "changed": ["/certs/cert.pem"],
+                    "attempt": job["attempt"],
+                });
+                let _ = api
+                    .post(&format!("/agents/jobs/{id}/result"), Some(&body))
+                    .await;
+            }
+        }
+    }
+}
+
+/// One agent-key certificate with the host aborting at `point` while it
+/// records what the agent reported.
+async fn agent_crash_at(backend: Backend, point: &str) {
+    let scenario = Scenario::new(backend).await;
+    let mut host = scenario.start(Some(point)).await;
+    let (issuer, _) = scenario.configure().await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let agent = tokio::spawn(fake_agent(scenario.port, "edge".into(), tx));
+    let agent_id = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the agent registers")
+        .unwrap();
+    let target = scenario
+        .post(
+            "/targets",
+            json!({
+                "name": "edge-files",
+                "plugin": "pem-files",
+                "agent_id": agent_id,
+                "settings": { "directory": "/certs" },
+                "grants": { "directories": [
+                    { "path": "/srv/certs", "guest_path": "/certs", "writable": true }
+                ] },
+            }),
+        )
+        .await;
+    let target = target["id"].as_str().unwrap().to_owned();
+    let cert = scenario
+        .certificate_with_keys("edge", &issuer, &target, "agent")
+        .await;
+    let status = host.aborted(point, &scenario).await;
+    #[cfg(unix)]
+    assert!(
+        aborted_by_signal(status),
+        "{point}: the host exited with {status} instead of aborting:\n{}",
+        scenario.log()
+    );
+    let _host = scenario.start(None).await;
+    scenario
+        .settle_and_check(&[cert], &format!("{backend:?} agent crash at {point}"))
+        .await;
+    agent.abort();
+}
+
+async fn every_agent_point(backend: Backend) {
+    for point in selected(AGENT_POINTS) {
+        agent_crash_at(backend, point).await;
+    }
+}
+
 async fn every_failure_point(backend: Backend) {
     for point in selected(FAILURE_POINTS) {
         crash_at(backend, point, |ca| {
@@ -623,6 +780,7 @@ fn the_scenarios_cover_listed_fault_points() {
         .iter()
         .chain(FAILURE_POINTS)
         .chain(POLL_ERROR_POINTS)
+        .chain(AGENT_POINTS)
     {
         let name = point.split('@').next().unwrap();
         assert!(all.iter().any(|p| p == name), "{name} is not a fault point");
@@ -722,6 +880,11 @@ mod sqlite {
     async fn burst_with_random_sigkills() {
         burst_with_random_kills(Backend::Sqlite).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_at_every_agent_report_fault_point() {
+        every_agent_point(Backend::Sqlite).await;
+    }
 }
 
 mod postgres {
@@ -740,5 +903,10 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn burst_with_random_sigkills() {
         burst_with_random_kills(Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_at_every_agent_report_fault_point() {
+        every_agent_point(Backend::Postgres).await;
     }
 }
