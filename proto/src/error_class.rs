@@ -134,7 +134,13 @@ mod tests {
             .collect();
         assert_eq!(
             retried,
-            ["rate-limited", "transient", "deadline", "trap", "instantiate"]
+            [
+                "rate-limited",
+                "transient",
+                "deadline",
+                "trap",
+                "instantiate"
+            ]
         );
     }
 }
