@@ -1709,7 +1709,11 @@ async fn issued_certificate_jobs_verification_and_revocation() {
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(actions, ["job.cancel", "job.retry"], "{events}");
+    assert_eq!(
+        actions,
+        ["job.cancel", "job.retry", "deployment.failed"],
+        "{events}"
+    );
     assert_eq!(events["items"][0]["actor"], "apikey:operator", "{events}");
 
     // Revoke the version in force: one open revocation at a time.

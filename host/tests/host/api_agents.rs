@@ -799,7 +799,42 @@ async fn listing(b: Backend) {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
+/// An agent's rate-limited report keeps the connector's retry-after: the
+/// retry waits that long (clamped to an hour), not the default backoff.
+async fn rate_limited_results_keep_the_hint(b: Backend) {
+    let app = TestApp::new(b).await;
+    let (id, cred) = register(&app, "edge").await;
+    let target = fixtures::target(&app.store, &id, "t").await;
+    let first = deployment_for(&app, &target.id).await;
+    let second = deployment_for(&app, &target.id).await;
+    assert_eq!(jobs(&poll(&app, &cred, 0).await).len(), 2);
+    for (job, hint, expected) in [
+        (&first, 120u64, 120i64),
+        (&second, u64::from(u32::MAX), 3600),
+    ] {
+        let r = app
+            .post(
+                &format!("/api/v1/agents/jobs/{}/result", job.id),
+                &cred,
+                json!({
+                    "outcome": "failure",
+                    "error": { "class": "rate-limited", "message": "slow down", "retry_after_secs": hint },
+                }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json["will_retry"], true);
+        let stored = app.store.get_job(&job.id).await.unwrap().unwrap();
+        let wait = (stored.run_at - stored.updated_at).num_seconds();
+        assert!(
+            (expected - 1..=expected + 1).contains(&wait),
+            "retry after {wait} s, expected {expected} s"
+        );
+    }
+}
+
 both_backends!(
+    rate_limited_results_keep_the_hint,
     registration,
     heartbeat_then_gone,
     long_poll_returns_existing_work_at_once,
