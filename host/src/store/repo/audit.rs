@@ -129,17 +129,4 @@ impl Store {
                 == 1
         }))
     }
-
-    /// Records that a key was used now.
-    pub async fn touch_api_key(&self, id: &str) -> StoreResult<()> {
-        let now = now();
-        on_write!(self, |pool| {
-            sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
-                .bind(id)
-                .bind(ts(now))
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
-    }
 }

@@ -5,7 +5,7 @@ use crate::store::codec::{now, ts};
 use crate::store::postgres::claims as pg;
 use crate::store::repo::sql_limit;
 use crate::store::sqlite::claims as lite;
-use crate::store::{Job, JobLease, JobType, Store, StoreResult, on_read, on_write};
+use crate::store::{Job, JobType, Store, StoreResult, on_read, on_write};
 
 fn sort_jobs(jobs: &mut [Job]) {
     jobs.sort_by(|a, b| a.run_at.cmp(&b.run_at).then_with(|| a.id.cmp(&b.id)));
@@ -139,29 +139,6 @@ impl Store {
         );
         sort_jobs(&mut jobs);
         Ok(jobs)
-    }
-
-    /// Extends the lease of a claimed job by `lease_duration` from now.
-    /// False if the lease was lost (reaped, completed, re-claimed).
-    pub async fn renew_job_lease(&self, lease: &JobLease) -> StoreResult<bool> {
-        let now = now();
-        Ok(on_write!(
-            self,
-            lite::RENEW_LEASE,
-            pg::RENEW_LEASE,
-            |pool, sql| {
-                sqlx::query(sql)
-                    .bind(&lease.job_id)
-                    .bind(&lease.owner)
-                    .bind(lease.attempt)
-                    .bind(ts(self.lease_expiry(now)))
-                    .bind(ts(now))
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-                    == 1
-            }
-        ))
     }
 
     /// Reaper: Running jobs whose lease expired → Failed (`last_error` says

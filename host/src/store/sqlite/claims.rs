@@ -85,11 +85,6 @@ WHERE id IN (SELECT id FROM jobs WHERE status = 'polling' AND next_poll_at <= $3
              ORDER BY next_poll_at LIMIT $4)
 RETURNING *";
 
-/// Lease renewal: `$1` id, `$2` owner, `$3` attempt, `$4` new expiry, `$5` now.
-pub(crate) const RENEW_LEASE: &str = "
-UPDATE jobs SET lease_expires_at = $4, updated_at = $5
-WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3";
-
 /// Reaper: Running jobs whose lease expired before `$1` → Failed with
 /// backoff; at most `$2` rows. `$3` base, `$4` cap.
 pub(crate) const REAP_EXPIRED: &str = concat!(
