@@ -9,7 +9,88 @@ use crate::store::{
     NewCertificateVersion, Store, StoreError, StoreResult, new_id, on_read, on_write,
 };
 
+/// Inserts version `$new` and makes it its certificate's current one, in
+/// transaction `$tx` (`&mut Transaction`); `$after_insert` runs between the
+/// two statements (fault points). Evaluates to
+/// `StoreResult<CertificateVersion>`.
+macro_rules! record_version {
+    ($tx:expr, $lock_suffix:expr, $new:expr, $now:expr, $after_insert:expr) => {{
+        let tx = $tx;
+        let new: &crate::store::NewCertificateVersion = $new;
+        let now = $now;
+        async {
+            let cert: Option<(i64, crate::store::KeySource)> = sqlx::query_as(&format!(
+                "SELECT renew_before_secs, key_source FROM certificates WHERE id = $1{}",
+                $lock_suffix
+            ))
+            .bind(&new.certificate_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some((renew_before, key_source)) = cert else {
+                return Err(crate::store::StoreError::NotFound {
+                    entity: "certificate",
+                    id: new.certificate_id.clone(),
+                });
+            };
+            if key_source == crate::store::KeySource::Agent && new.encrypted_private_key.is_some() {
+                return Err(crate::store::StoreError::InvalidArgument(
+                    "agent-generated private keys are never stored".into(),
+                ));
+            }
+            let version = sqlx::query_as::<_, crate::store::CertificateVersion>(
+                "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain,
+                     not_before, not_after, fingerprint_sha256, encrypted_private_key, job_id,
+                     created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
+            )
+            .bind(crate::store::new_id())
+            .bind(&new.certificate_id)
+            .bind(&new.serial)
+            .bind(&new.pem_chain)
+            .bind(crate::store::codec::ts(new.not_before))
+            .bind(crate::store::codec::ts(new.not_after))
+            .bind(&new.fingerprint_sha256)
+            .bind(new.encrypted_private_key.clone())
+            .bind(new.job_id.clone())
+            .bind(crate::store::codec::ts(now))
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| {
+                crate::store::StoreError::from_insert(
+                    "certificate version for this job or fingerprint",
+                    e,
+                )
+            })?;
+            ($after_insert)();
+            let renew_at = new.not_after - chrono::Duration::seconds(renew_before);
+            sqlx::query(
+                "UPDATE certificates SET current_version_id = $2, not_after = $3,
+                        renew_at = $4, updated_at = $5 WHERE id = $1",
+            )
+            .bind(&new.certificate_id)
+            .bind(&version.id)
+            .bind(crate::store::codec::ts(new.not_after))
+            .bind(crate::store::codec::ts(renew_at))
+            .bind(crate::store::codec::ts(now))
+            .execute(&mut **tx)
+            .await?;
+            Ok(version)
+        }
+        .await
+    }};
+}
+pub(crate) use record_version;
+
 impl Store {
+    /// `" FOR UPDATE"` on PostgreSQL, nothing on SQLite (where the write
+    /// transaction already holds the database).
+    pub(crate) fn row_lock_suffix(&self) -> &'static str {
+        match self.backend {
+            crate::store::Backend::Sqlite(_) => "",
+            crate::store::Backend::Postgres(_) => " FOR UPDATE",
+        }
+    }
+
     /// Creates a managed certificate. It is due for issuance at once
     /// (`renew_at` = now): the next renewal sweep creates its issuance job.
     pub async fn create_certificate(&self, new: NewCertificate) -> StoreResult<Certificate> {
@@ -217,65 +298,17 @@ impl Store {
     /// Records an issued version and makes it current, in one transaction:
     /// the certificate's `current_version_id`, `not_after` and `renew_at`
     /// (`not_after - renew_before_secs`) follow. Refuses a private key for a
-    /// certificate whose keys are agent-generated.
+    /// certificate whose keys are agent-generated. (Jobs record versions
+    /// with their outcome, [`Store::commit_outcome`].)
     pub async fn record_certificate_version(
         &self,
         new: NewCertificateVersion,
     ) -> StoreResult<CertificateVersion> {
         let now = now();
-        let lock_suffix = match self.backend {
-            crate::store::Backend::Sqlite(_) => "",
-            crate::store::Backend::Postgres(_) => " FOR UPDATE",
-        };
+        let lock_suffix = self.row_lock_suffix();
         on_write!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            let cert: Option<(i64, KeySource)> = sqlx::query_as(&format!(
-                "SELECT renew_before_secs, key_source FROM certificates WHERE id = $1{lock_suffix}"
-            ))
-            .bind(&new.certificate_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((renew_before, key_source)) = cert else {
-                return Err(StoreError::NotFound {
-                    entity: "certificate",
-                    id: new.certificate_id.clone(),
-                });
-            };
-            if key_source == KeySource::Agent && new.encrypted_private_key.is_some() {
-                return Err(StoreError::InvalidArgument(
-                    "agent-generated private keys are never stored".into(),
-                ));
-            }
-            let version = sqlx::query_as::<_, CertificateVersion>(
-                "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain, not_before,
-                     not_after, fingerprint_sha256, encrypted_private_key, job_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
-            )
-            .bind(new_id())
-            .bind(&new.certificate_id)
-            .bind(&new.serial)
-            .bind(&new.pem_chain)
-            .bind(ts(new.not_before))
-            .bind(ts(new.not_after))
-            .bind(&new.fingerprint_sha256)
-            .bind(new.encrypted_private_key.clone())
-            .bind(new.job_id.clone())
-            .bind(ts(now))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| StoreError::from_insert("certificate version with this fingerprint", e))?;
-            let renew_at = new.not_after - chrono::Duration::seconds(renew_before);
-            sqlx::query(
-                "UPDATE certificates SET current_version_id = $2, not_after = $3, renew_at = $4,
-                        updated_at = $5 WHERE id = $1",
-            )
-            .bind(&new.certificate_id)
-            .bind(&version.id)
-            .bind(ts(new.not_after))
-            .bind(ts(renew_at))
-            .bind(ts(now))
-            .execute(&mut *tx)
-            .await?;
+            let version = record_version!(&mut tx, lock_suffix, &new, now, || {})?;
             tx.commit().await?;
             Ok(version)
         })

@@ -5,7 +5,7 @@
 
 mod agents;
 mod audit;
-mod certificates;
+pub(crate) mod certificates;
 mod claims;
 mod deployments;
 pub(crate) mod host_meta;

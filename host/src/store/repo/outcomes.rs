@@ -14,11 +14,12 @@ use sqlx::types::Json;
 use crate::faults;
 use crate::store::codec::{now, opt_ts, ts};
 use crate::store::postgres::claims as pg;
+use crate::store::repo::certificates::record_version;
 use crate::store::repo::insert_audit;
 use crate::store::sqlite::claims as lite;
 use crate::store::{
-    BeginWrite, CertificateVersion, Job, JobFailure, JobLease, JobStatus, JobUpdate, KeySource,
-    NewAuditEvent, NewCertificateVersion, NewJob, Store, StoreError, StoreResult, new_id, on_write,
+    BeginWrite, CertificateVersion, Job, JobFailure, JobLease, JobStatus, JobUpdate, NewAuditEvent,
+    NewCertificateVersion, NewJob, Store, StoreError, StoreResult, new_id, on_write,
 };
 
 /// Who may end the job: the holder of its lease, or anyone finding it in a
@@ -284,10 +285,7 @@ impl Store {
             self.options.backoff.base.as_secs_f64(),
             self.options.backoff.cap.as_secs_f64(),
         );
-        let lock_suffix = match self.backend {
-            crate::store::Backend::Sqlite(_) => "",
-            crate::store::Backend::Postgres(_) => " FOR UPDATE",
-        };
+        let lock_suffix = self.row_lock_suffix();
         on_write!(self, lite::FAIL_JOB, pg::FAIL_JOB, |pool, fail_sql| {
             let mut tx = pool.begin_write().await?;
 
@@ -346,57 +344,9 @@ impl Store {
             // 2. The certificate version, made current.
             let mut recorded = None;
             if let Some(new) = &version {
-                let cert: Option<(i64, KeySource)> = sqlx::query_as(&format!(
-                    "SELECT renew_before_secs, key_source FROM certificates WHERE id = $1{lock_suffix}"
-                ))
-                .bind(&new.certificate_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((renew_before, key_source)) = cert else {
-                    return Err(StoreError::NotFound {
-                        entity: "certificate",
-                        id: new.certificate_id.clone(),
-                    });
-                };
-                if key_source == KeySource::Agent && new.encrypted_private_key.is_some() {
-                    return Err(StoreError::InvalidArgument(
-                        "agent-generated private keys are never stored".into(),
-                    ));
-                }
-                let row = sqlx::query_as::<_, CertificateVersion>(
-                    "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain,
-                         not_before, not_after, fingerprint_sha256, encrypted_private_key, job_id,
-                         created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
-                )
-                .bind(new_id())
-                .bind(&new.certificate_id)
-                .bind(&new.serial)
-                .bind(&new.pem_chain)
-                .bind(ts(new.not_before))
-                .bind(ts(new.not_after))
-                .bind(&new.fingerprint_sha256)
-                .bind(new.encrypted_private_key.clone())
-                .bind(new.job_id.clone())
-                .bind(ts(now))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| {
-                    StoreError::from_insert("certificate version for this job or fingerprint", e)
+                let row = record_version!(&mut tx, lock_suffix, new, now, || {
+                    faults::point(kind, "version_row")
                 })?;
-                faults::point(kind, "version_row");
-                let renew_at = new.not_after - chrono::Duration::seconds(renew_before);
-                sqlx::query(
-                    "UPDATE certificates SET current_version_id = $2, not_after = $3,
-                            renew_at = $4, updated_at = $5 WHERE id = $1",
-                )
-                .bind(&new.certificate_id)
-                .bind(&row.id)
-                .bind(ts(new.not_after))
-                .bind(ts(renew_at))
-                .bind(ts(now))
-                .execute(&mut *tx)
-                .await?;
                 faults::point(kind, "version");
                 recorded = Some(row);
             }
