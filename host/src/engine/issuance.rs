@@ -83,11 +83,6 @@ pub async fn process(engine: &Engine, job: Job) {
     finish(engine, &job, result).await;
 }
 
-/// The order-poll loop's entry: the same as [`process`].
-pub async fn process_poll(engine: &Engine, job: Job) {
-    process(engine, job).await;
-}
-
 async fn finish(engine: &Engine, job: &Job, result: Result<(), Stop>) {
     let Some(lease) = job.lease() else { return };
     match result {

@@ -183,7 +183,7 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
                 let n = jobs.len();
                 join_all(jobs.into_iter().map(|job| {
                     let st = st.clone();
-                    async move { issuance::process_poll(&st, job).await }
+                    async move { issuance::process(&st, job).await }
                 }))
                 .await;
                 Ok(report(n, BATCH))
