@@ -110,6 +110,8 @@ mod armed {
             return;
         }
         if armed.hits.fetch_add(1, Ordering::SeqCst) + 1 == armed.at_hit {
+            // Straight to stderr: the process aborts next, before any log
+            // subscriber could flush.
             eprintln!("fault point {name} reached: aborting");
             std::process::abort();
         }

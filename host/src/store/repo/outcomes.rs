@@ -265,11 +265,6 @@ impl Store {
         if !crate::store::job_state::can_transition(from, to) {
             return Err(StoreError::IllegalTransition { from, to });
         }
-        if matches!(end, JobEnd::Fail(_)) && !matches!(guard, Guard::Lease(_)) {
-            return Err(StoreError::InvalidArgument(
-                "only the holder of a lease can fail a job".into(),
-            ));
-        }
         for job in &follow_ups {
             crate::store::repo::jobs::check_new_job(job)?;
         }
@@ -293,7 +288,9 @@ impl Store {
             let job: Option<Job> = match &end {
                 JobEnd::Fail(failure) => {
                     let Guard::Lease(lease) = &guard else {
-                        unreachable!("checked above")
+                        return Err(StoreError::InvalidArgument(
+                            "only the holder of a lease can fail a job".into(),
+                        ));
                     };
                     if !update_is_empty(&update) {
                         let mut qb = QueryBuilder::new("UPDATE jobs SET updated_at = ");
