@@ -75,7 +75,11 @@ pub struct CreateCertificate {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub key_source: Option<KeySource>,
-    /// Renew this many days before expiry (default 30, at most 3650).
+    /// Renew this many days before expiry (default 30, at most 3650). A
+    /// window longer than two thirds of an issued certificate's lifetime is
+    /// not used for it: it renews two thirds into its lifetime instead (and
+    /// the host warns), so a short-lived certificate never renews on every
+    /// sweep.
     #[serde(default)]
     pub renew_before_days: Option<u32>,
     /// Owner (team, person) for notifications.
@@ -119,7 +123,8 @@ pub struct UpdateCertificate {
     /// Retire with `DELETE /certificates/{id}`.
     #[schema(value_type = Option<String>)]
     pub status: Option<CertificateStatus>,
-    /// Renew this many days before expiry (at most 3650).
+    /// Renew this many days before expiry (at most 3650; see the create
+    /// body for windows longer than a certificate's lifetime).
     pub renew_before_days: Option<u32>,
     /// Owner for notifications; `null` clears it.
     #[serde(default, deserialize_with = "present")]

@@ -18,7 +18,7 @@ use crate::pipeline::certcheck::{IssuedInput, check_issued};
 use crate::pipeline::keygen::{KeyType, generate_key_and_csr};
 use crate::store::{
     ActorType, Certificate, Guard, Job, JobEnd, JobFailure, JobStatus, JobType, JobUpdate,
-    KeySource, NewAuditEvent, NewCertificateVersion, NewJob, Outcome, StoreError,
+    KeySource, NewAuditEvent, NewCertificateVersion, NewJob, Outcome, StoreError, renewal_due_at,
 };
 
 /// Why a job step stopped short of its goal.
@@ -460,6 +460,17 @@ async fn record_issued(
         deployment.parent_job_id = Some(job.id.clone());
         outcome.follow_ups.push(deployment);
     }
+    let (renew_at, window_too_long) = renewal_due_at(
+        checked.not_before,
+        checked.not_after,
+        cert.renew_before_secs,
+    );
+    if window_too_long {
+        tracing::warn!(certificate = %cert.id, renew_before_secs = cert.renew_before_secs,
+            not_before = %checked.not_before, not_after = %checked.not_after, %renew_at,
+            "the renewal window covers more than two thirds of the certificate's lifetime; \
+             renewing at two thirds instead (shorten renew_before_days or ask the issuer for a longer validity)");
+    }
     outcome.audit.push(audit(
         job,
         "issuance.completed",
@@ -468,6 +479,8 @@ async fn record_issued(
             "serial": checked.serial_hex,
             "fingerprint_sha256": checked.fingerprint_sha256,
             "not_after": checked.not_after,
+            "renew_at": renew_at,
+            "renewal_window_too_long": window_too_long,
             "deployments": targets.len(),
         }),
     ));

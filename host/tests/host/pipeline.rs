@@ -174,6 +174,80 @@ async fn issue_and_deploy(backend: Backend) {
     );
 }
 
+/// A renewal window as long as the certificate's lifetime (local CA: 30
+/// days; renew 30 days before expiry) would make every version due the
+/// moment it is issued and renew on every sweep. The host renews at two
+/// thirds of the lifetime instead: one version, no renewal job.
+async fn renewal_window_longer_than_the_lifetime_does_not_storm(backend: Backend) {
+    let app = TestApp::with_config(backend, |c| {
+        c.scheduler.jobs_ms = 100;
+        c.scheduler.renewal_ms = 100;
+    })
+    .await;
+    let store = &app.store;
+    let issuer_row =
+        certplane_testkit::ca_issuer(&app.state, "local-ca", serde_json::json!({})).await;
+    let cert = store
+        .create_certificate(NewCertificate {
+            name: "short".into(),
+            common_name: "short.pipeline.test".into(),
+            sans: vec!["short.pipeline.test".into()],
+            key_type: "ecdsa-p256".into(),
+            key_source: KeySource::Host,
+            issuer_id: issuer_row.id.clone(),
+            target_id: None,
+            renew_before_secs: 30 * 86_400,
+            owner: None,
+        })
+        .await
+        .unwrap();
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .get_certificate(&cert.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .current_version_id
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "not issued within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Twenty sweeps later, still one version and no renewal.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    let versions = store.list_certificate_versions(&cert.id).await.unwrap();
+    assert_eq!(versions.len(), 1, "renewed on every sweep: {versions:?}");
+    let renewals = store
+        .list_jobs(&JobFilter {
+            job_type: Some(JobType::Renewal),
+            certificate_id: Some(cert.id.clone()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(renewals.is_empty(), "{renewals:?}");
+    let cert = store.get_certificate(&cert.id).await.unwrap().unwrap();
+    let v = &versions[0];
+    let expected = v.not_before + (v.not_after - v.not_before) * 2 / 3;
+    let renew_at = cert.renew_at;
+    assert!(
+        (renew_at - expected).num_seconds().abs() <= 1,
+        "renews at {renew_at}, expected two thirds in ({expected})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_renewal_window_longer_than_the_lifetime_does_not_storm() {
+    renewal_window_longer_than_the_lifetime_does_not_storm(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_renewal_window_longer_than_the_lifetime_does_not_storm() {
+    renewal_window_longer_than_the_lifetime_does_not_storm(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_issue_and_deploy_through_the_loops() {
     issue_and_deploy(Backend::Sqlite).await;

@@ -167,7 +167,8 @@ async fn renewal_enqueue_idempotent_under_concurrency(b: Backend) {
             fixtures::certificate(&store_a, &issuer.id, Some(&target.id), KeySource::Agent).await,
         );
     }
-    // 20 issued certificates far from their window, 10 inside it.
+    // 20 issued 90-day certificates far from their window, 10 inside it
+    // (issued 80 days ago).
     let far = now() + chrono::Duration::days(90);
     let near = now() + chrono::Duration::days(10);
     for (i, c) in host_keyed.iter().take(30).enumerate() {
@@ -177,7 +178,7 @@ async fn renewal_enqueue_idempotent_under_concurrency(b: Backend) {
                 certificate_id: c.id.clone(),
                 serial: format!("{i:x}"),
                 pem_chain: "-----BEGIN CERTIFICATE-----".into(),
-                not_before: now(),
+                not_before: not_after - chrono::Duration::days(90),
                 not_after,
                 fingerprint_sha256: format!("{:064x}", i),
                 encrypted_private_key: Some(vec![1, 2, 3]),

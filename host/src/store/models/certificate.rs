@@ -136,3 +136,55 @@ pub struct NewCertificateVersion {
     /// Producing job.
     pub job_id: Option<String>,
 }
+
+/// When a version is due for renewal: `renew_before_secs` before it
+/// expires, unless that window covers more than two thirds of its lifetime
+/// (a 30-day certificate with a 30-day window would be due the moment it
+/// is issued, and renew on every sweep). Then it renews when two thirds of
+/// its lifetime have passed, and the second value is true so the caller can
+/// warn that the window does not fit the certificate.
+pub fn renewal_due_at(
+    not_before: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+    renew_before_secs: i64,
+) -> (DateTime<Utc>, bool) {
+    let lifetime = not_after - not_before;
+    let window = chrono::Duration::seconds(renew_before_secs.max(0));
+    if lifetime > chrono::Duration::zero() && window * 3 <= lifetime * 2 {
+        (not_after - window, false)
+    } else {
+        (not_before + lifetime * 2 / 3, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_longer_than_the_lifetime_renews_at_two_thirds() {
+        let nb = Utc::now();
+        let day = chrono::Duration::days(1);
+        // 90 days, renew 30 days before: the window fits.
+        assert_eq!(
+            renewal_due_at(nb, nb + day * 90, 30 * 86_400),
+            (nb + day * 60, false)
+        );
+        // 30 days, renew 30 days before: two thirds in, not at once.
+        assert_eq!(
+            renewal_due_at(nb, nb + day * 30, 30 * 86_400),
+            (nb + day * 20, true)
+        );
+        // A window of exactly two thirds is honoured; a longer one is not.
+        assert_eq!(
+            renewal_due_at(nb, nb + day * 30, 20 * 86_400),
+            (nb + day * 10, false)
+        );
+        assert_eq!(
+            renewal_due_at(nb, nb + day * 30, 21 * 86_400),
+            (nb + day * 20, true)
+        );
+        // A version already expired at issue (nothing to renew against).
+        assert_eq!(renewal_due_at(nb, nb, 86_400), (nb, true));
+    }
+}

@@ -16,7 +16,7 @@ pub use agent::{
 pub use audit::{ActorType, ApiKey, ApiScope, AuditEvent, NewApiKey, NewAuditEvent};
 pub use certificate::{
     Certificate, CertificateStatus, CertificateVersion, KeySource, NewCertificate,
-    NewCertificateVersion,
+    NewCertificateVersion, renewal_due_at,
 };
 pub use job::{Job, JobFailure, JobFilter, JobLease, JobStatus, JobType, JobUpdate, NewJob};
 pub use notification::{NewNotification, Notification, NotificationLease, NotificationStatus};

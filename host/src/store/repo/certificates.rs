@@ -62,7 +62,8 @@ macro_rules! record_version {
                 )
             })?;
             ($after_insert)();
-            let renew_at = new.not_after - chrono::Duration::seconds(renew_before);
+            let (renew_at, _) =
+                crate::store::renewal_due_at(new.not_before, new.not_after, renew_before);
             sqlx::query(
                 "UPDATE certificates SET current_version_id = $2, not_after = $3,
                         renew_at = $4, updated_at = $5 WHERE id = $1",
