@@ -196,19 +196,6 @@ macro_rules! push_guard {
     }};
 }
 
-fn update_is_empty(u: &JobUpdate) -> bool {
-    u.last_error.is_none()
-        && u.run_at.is_none()
-        && u.csr_pem.is_none()
-        && u.order_id.is_none()
-        && u.order_state.is_none()
-        && u.next_poll_at.is_none()
-        && u.poll_deadline_at.is_none()
-        && u.verification_result.is_none()
-        && u.certificate_version_id.is_none()
-        && u.payload.is_none()
-}
-
 impl Store {
     /// Records what a side effect outside the database achieved (the CA's
     /// order id and state) on a claimed job, in one statement, without
@@ -292,7 +279,7 @@ impl Store {
                             "only the holder of a lease can fail a job".into(),
                         ));
                     };
-                    if !update_is_empty(&update) {
+                    if update != JobUpdate::default() {
                         let mut qb = QueryBuilder::new("UPDATE jobs SET updated_at = ");
                         qb.push_bind(ts(now));
                         push_job_update!(qb, update);
