@@ -57,6 +57,24 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A binary of this workspace in the test's own profile directory
+/// (`target/<profile>/<name>`), for tests that run it as a process. Panics
+/// with `build`, the command that makes it, when it is missing.
+pub fn target_bin(name: &str, build: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing; build it: {build}",
+        bin.display()
+    );
+    bin
+}
+
 /// The manifest of a packaged test connector, `target/test-plugins/{name}.toml`
 /// (`http-ca`, `slow-ca`, `hostile`). Panics with the fix when it is missing:
 /// tests never skip silently.

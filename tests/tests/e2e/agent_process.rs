@@ -24,18 +24,10 @@ use serde_json::Value;
 
 /// The agent binary, next to the test binary's `deps/` directory.
 fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .join(format!("certplane-agent{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing; build it: cargo build -p certplane-agent --bin certplane-agent",
-        bin.display()
-    );
-    bin
+    certplane_testkit::target_bin(
+        "certplane-agent",
+        "cargo build -p certplane-agent --bin certplane-agent",
+    )
 }
 
 /// A TOML value for a JSON value (nulls must be left out by the caller).

@@ -20,6 +20,8 @@ use certplane_client::{ApiClient, ClientOptions};
 use certplane_host::store::{ApiScope, NewApiKey, Store};
 use certplane_runtime::harness::{TestResponse, TestServer};
 use certplane_testkit::fake_ca::{FakeCa, Fault};
+use certplane_testkit::stack::free_port;
+use certplane_testkit::{Backend, TestDb, count, plugin_cache_dir, plugin_dir_with_fixtures};
 use serde_json::{Value, json};
 
 /// The fault points an issuance in this scenario passes, in order. Every
@@ -69,131 +71,19 @@ const BOOTSTRAP: &str = "bt-crash-test-agent";
 /// Polling with the error kept (the `order_pending` outcome).
 const POLL_ERROR_POINTS: &[&str] = &["order_pending.job@2", "order_pending.committed@2"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn host_bin() -> PathBuf {
-    let path = repo_root()
-        .join("target/debug")
-        .join(format!("certplane{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing; build it: cargo build -p certplane --bin certplane --features certplane-host/fault-points",
-        path.display()
-    );
-    path
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("CERTPLANE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A database for one scenario (SQLite file or fresh PostgreSQL database,
-/// dropped at the end).
-struct Db {
-    url: String,
-    pg_name: Option<String>,
-}
-
-impl Db {
-    async fn new(backend: Backend, dir: &Path) -> Db {
-        match backend {
-            Backend::Sqlite => Db {
-                url: format!("sqlite://{}?mode=rwc", dir.join("certplane.db").display()),
-                pg_name: None,
-            },
-            Backend::Postgres => {
-                use sqlx::Connection as _;
-                let name = format!("certplane_crash_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = sqlx::PgConnection::connect(&pg_admin_url())
-                    .await
-                    .expect("PostgreSQL is reachable (scripts/ensure-postgres starts it)");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                let base = pg_admin_url();
-                let url = match base.rfind('/') {
-                    Some(i) => format!("{}/{name}", &base[..i]),
-                    None => panic!("odd PostgreSQL URL {base}"),
-                };
-                Db {
-                    url,
-                    pg_name: Some(name),
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        if let Some(name) = self.pg_name.take() {
-            let admin = pg_admin_url();
-            // A plain thread: drop may run outside a runtime.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    use sqlx::Connection as _;
-                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                        let _ =
-                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(&mut c)
-                                .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plugin directory holding only what the scenario loads.
-fn plugin_dir(root: &Path) -> PathBuf {
-    let dir = root.join("plugins");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (from, name) in [
-        ("target/plugins", "pem-files"),
-        ("target/plugins", "webhook"),
-        ("target/test-plugins", "http-ca"),
-    ] {
-        for ext in ["wasm", "toml"] {
-            let src = repo_root().join(from).join(format!("{name}.{ext}"));
-            assert!(
-                src.exists(),
-                "{} missing: run scripts/build-plugins",
-                src.display()
-            );
-            std::fs::copy(&src, dir.join(format!("{name}.{ext}"))).unwrap();
-        }
-    }
-    dir
+    certplane_testkit::target_bin(
+        "certplane",
+        "cargo build -p certplane --bin certplane --features certplane-host/fault-points",
+    )
 }
 
 /// One scenario: its directory, database, fake CA, webhook receiver and
 /// the host process (restarted at will).
 struct Scenario {
     root: tempfile::TempDir,
-    db: Db,
+    db: TestDb,
+    _plugins: tempfile::TempDir,
     ca: FakeCa,
     hook: TestServer,
     port: u16,
@@ -203,7 +93,7 @@ struct Scenario {
 
 /// The host's configuration: plain HTTP on loopback, brisk loops, short
 /// retries, the compiled-plugin cache shared by every run.
-fn write_config(root: &Path, db_url: &str, port: u16) -> PathBuf {
+fn write_config(root: &Path, plugins: &Path, db_url: &str, port: u16) -> PathBuf {
     let text = format!(
         r#"
 data_dir = "{data}"
@@ -234,8 +124,8 @@ retry_base_ms = 100
 retry_cap_secs = 1
 "#,
         data = root.join("data").display(),
-        plugins = plugin_dir(root).display(),
-        cache = repo_root().join("target/plugin-cache").display(),
+        plugins = plugins.display(),
+        cache = plugin_cache_dir().display(),
     );
     let path = root.join("certplane.toml");
     std::fs::write(&path, text).unwrap();
@@ -245,9 +135,8 @@ retry_cap_secs = 1
 impl Scenario {
     async fn new(backend: Backend) -> Scenario {
         let root = tempfile::tempdir().unwrap();
-        let db = Db::new(backend, root.path()).await;
-        let store = Store::connect(&db.url).await.unwrap();
-        store.migrate().await.unwrap();
+        let db = TestDb::new(backend).await;
+        let store = db.migrated().await;
         let (admin_key, hash) = certplane_host::api::auth::new_api_key();
         store
             .create_api_key(NewApiKey {
@@ -265,11 +154,13 @@ impl Scenario {
         let hook = TestServer::start(|_| TestResponse::text(204, ""))
             .await
             .unwrap();
-        let port = free_port();
-        let config = write_config(root.path(), &db.url, port);
+        let port = free_port().unwrap();
+        let plugins = plugin_dir_with_fixtures(&["http-ca"]);
+        let config = write_config(root.path(), plugins.path(), &db.url, port);
         Scenario {
             root,
             db,
+            _plugins: plugins,
             ca,
             hook,
             port,
@@ -428,7 +319,7 @@ impl Scenario {
     }
 
     async fn store(&self) -> Store {
-        Store::connect(&self.db.url).await.unwrap()
+        self.db.store().await
     }
 
     /// Waits until every certificate has a version, every job finished and
@@ -463,12 +354,7 @@ impl Scenario {
                 "{what}: certificate {cert} was ordered {} times at the CA",
                 self.ca.orders_for(cert)
             );
-            let issued = count(
-                &store,
-                "SELECT COUNT(*) FROM notifications WHERE event_type = 'certificate.issued' AND subject = $1",
-                &format!("certificate/{cert}"),
-            )
-            .await;
+            let issued = issued_notifications(&store, cert).await;
             assert_eq!(
                 issued, 1,
                 "{what}: {issued} certificate.issued notifications for {cert}"
@@ -491,28 +377,17 @@ impl Scenario {
     }
 }
 
-async fn count(store: &Store, sql: &str, bind: &str) -> i64 {
-    use certplane_host::store::PoolRef;
-    match store.pool() {
-        PoolRef::Sqlite(p) => sqlx::query_scalar(sql)
-            .bind(bind)
-            .fetch_one(p)
-            .await
-            .unwrap(),
-        PoolRef::Postgres(p) => sqlx::query_scalar(sql)
-            .bind(bind)
-            .fetch_one(p)
-            .await
-            .unwrap(),
-    }
-}
-
-async fn count_all(store: &Store, sql: &str) -> i64 {
-    use certplane_host::store::PoolRef;
-    match store.pool() {
-        PoolRef::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-        PoolRef::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-    }
+/// `certificate.issued` notifications queued for certificate `cert`.
+async fn issued_notifications(store: &Store, cert: &str) -> i64 {
+    // Certificate ids are UUIDs the host generated: safe to inline.
+    count(
+        store,
+        &format!(
+            "SELECT COUNT(*) FROM notifications WHERE event_type = 'certificate.issued' \
+             AND subject = 'certificate/{cert}'"
+        ),
+    )
+    .await
 }
 
 /// `Ok` when nothing is left to do.
@@ -523,7 +398,7 @@ async fn settled(store: &Store, certs: &[String]) -> Result<(), String> {
             return Err(format!("certificate {cert} has no version yet"));
         }
     }
-    let open = count_all(
+    let open = count(
         store,
         "SELECT COUNT(*) FROM jobs WHERE status <> 'completed'",
     )
@@ -531,7 +406,7 @@ async fn settled(store: &Store, certs: &[String]) -> Result<(), String> {
     if open > 0 {
         return Err(format!("{open} jobs not completed"));
     }
-    let deployments = count_all(
+    let deployments = count(
         store,
         "SELECT COUNT(*) FROM jobs WHERE job_type = 'deployment' AND status = 'completed'",
     )
@@ -539,7 +414,7 @@ async fn settled(store: &Store, certs: &[String]) -> Result<(), String> {
     if deployments < certs.len() as i64 {
         return Err(format!("{deployments} deployments done"));
     }
-    let unsent = count_all(
+    let unsent = count(
         store,
         "SELECT COUNT(*) FROM notifications WHERE status <> 'sent'",
     )
@@ -832,12 +707,7 @@ async fn burst_with_random_kills(backend: Backend) {
             store.list_certificate_versions(cert).await.unwrap().len(),
             1
         );
-        let issued = count(
-            &store,
-            "SELECT COUNT(*) FROM notifications WHERE event_type = 'certificate.issued' AND subject = $1",
-            &format!("certificate/{cert}"),
-        )
-        .await;
+        let issued = issued_notifications(&store, cert).await;
         assert_eq!(issued, 1, "certificate.issued notifications for {cert}");
         let orders = scenario.ca.orders_for(cert);
         assert!(orders >= 1);
