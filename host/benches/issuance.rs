@@ -92,7 +92,8 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-fn parse_args() -> Args {
+/// The command line; a malformed value is an error naming the flag.
+fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         certs: 2000,
         backends: vec!["sqlite", "postgres"],
@@ -104,33 +105,38 @@ fn parse_args() -> Args {
         cache_dir: target_dir().join("bench-plugin-cache"),
         stall: Duration::from_secs(180),
     };
+    fn number<T: std::str::FromStr>(flag: &str, value: &str) -> anyhow::Result<T> {
+        value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{flag} takes a number, not {value:?}"))
+    }
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < raw.len() {
         let value = raw.get(i + 1).cloned().unwrap_or_default();
         let mut takes_value = true;
         match raw[i].as_str() {
-            "--certs" => args.certs = value.parse().expect("--certs N"),
+            "--certs" => args.certs = number("--certs", &value)?,
             "--backend" => {
                 args.backends = match value.as_str() {
                     "sqlite" => vec!["sqlite"],
                     "postgres" => vec!["postgres"],
                     "both" => vec!["sqlite", "postgres"],
-                    other => panic!("--backend sqlite|postgres|both, not {other:?}"),
+                    other => bail!("--backend sqlite|postgres|both, not {other:?}"),
                 }
             }
-            "--concurrency" => args.concurrency = value.parse().expect("--concurrency N"),
-            "--floor-calls" => args.floor_calls = value.parse().expect("--floor-calls N"),
+            "--concurrency" => args.concurrency = number("--concurrency", &value)?,
+            "--floor-calls" => args.floor_calls = number("--floor-calls", &value)?,
             "--plugin-dir" => args.plugin_dir = PathBuf::from(value),
-            "--stall-secs" => {
-                args.stall = Duration::from_secs(value.parse().expect("--stall-secs N"))
-            }
+            "--stall-secs" => args.stall = Duration::from_secs(number("--stall-secs", &value)?),
             _ => takes_value = false, // e.g. --bench passed by cargo
         }
         i += if takes_value { 2 } else { 1 };
     }
-    assert!(args.certs > 0 && args.concurrency > 0);
-    args
+    if args.certs == 0 || args.concurrency == 0 {
+        bail!("--certs and --concurrency must be at least 1");
+    }
+    Ok(args)
 }
 
 fn pg_admin_url() -> String {
@@ -1178,15 +1184,16 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
     );
 }
 
-fn main() {
-    let args = parse_args();
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
     for plugin in ["local-ca", "pem-files"] {
         let manifest = args.plugin_dir.join(format!("{plugin}.toml"));
-        assert!(
-            manifest.exists(),
-            "{} not found: run scripts/build-plugins or pass --plugin-dir",
-            manifest.display()
-        );
+        if !manifest.exists() {
+            bail!(
+                "{} not found: run scripts/build-plugins or pass --plugin-dir",
+                manifest.display()
+            );
+        }
     }
     println!(
         "issuance bench: {} certificates, backends {:?}, {} in flight, plugins {}, cores {}",
@@ -1219,7 +1226,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
+        .context("tokio runtime")?;
     let mut outcomes = Vec::new();
     let mut failed = false;
     for backend in &args.backends {
@@ -1271,6 +1278,7 @@ fn main() {
         );
     }
     if failed {
-        std::process::exit(1);
+        bail!("a backend failed (see above)");
     }
+    Ok(())
 }
