@@ -71,6 +71,11 @@ pub struct AgentConfig {
     /// A connector without an entry gets nothing (no directories, no hosts).
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorGrants>,
+    /// This agent's ceiling and defaults for connector limits: the host's
+    /// per-target `limits` and a plugin manifest's are requests within it;
+    /// a connector entry's own `deadline_secs`/`memory_mib` set the value.
+    #[serde(default)]
+    pub limits: certplane_runtime::LimitPolicy,
 }
 
 /// Trust anchor for the host's certificate: exactly one of the two.
@@ -120,10 +125,12 @@ pub struct ConnectorGrants {
     /// runtime's grants); a requested pattern must equal one of these.
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// Per-call deadline in seconds (the runtime's default when unset).
+    /// Per-call deadline in seconds, set by this agent's operator (when
+    /// unset: the host's per-target limit, else the manifest's request, cut
+    /// to `limits`, else `limits.default_deadline_secs`).
     #[serde(default)]
     pub deadline_secs: Option<u64>,
-    /// Per-call memory cap in MiB (the runtime's default when unset).
+    /// Per-call memory cap in MiB, set like `deadline_secs`.
     #[serde(default)]
     pub memory_mib: Option<u64>,
 }
@@ -210,7 +217,23 @@ impl AgentConfig {
         if self.backoff.initial_ms == 0 || self.backoff.max_secs == 0 {
             return invalid("`backoff.initial_ms` and `backoff.max_secs` must be positive".into());
         }
+        self.limits
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for (plugin, grants) in &self.connectors {
+            let too_long = grants
+                .deadline_secs
+                .is_some_and(|s| s == 0 || s > self.limits.max_deadline_secs);
+            let too_big = grants
+                .memory_mib
+                .is_some_and(|m| m == 0 || m > self.limits.max_memory_mib);
+            if too_long || too_big {
+                return invalid(format!(
+                    "connectors.{plugin}: deadline_secs and memory_mib must be positive and \
+                     within limits.max_deadline_secs ({}) and limits.max_memory_mib ({})",
+                    self.limits.max_deadline_secs, self.limits.max_memory_mib
+                ));
+            }
             for dir in &grants.directories {
                 if !dir.path.is_absolute() {
                     return invalid(format!(

@@ -13,7 +13,7 @@ use certplane_pki::keygen::{KeyType, generate_key_and_csr};
 use certplane_pki::pem::{certificate_public_key_sha256, parse_certificates, split_pem};
 use certplane_proto::ErrorClass;
 use certplane_runtime::target::CertificateBundle;
-use certplane_runtime::{CallError, InstanceConfig, Limits, Plugin, PluginInstance, PluginKind};
+use certplane_runtime::{CallError, InstanceConfig, Plugin, PluginKind};
 
 use crate::config::AgentConfig;
 use crate::grants;
@@ -237,16 +237,19 @@ impl Executor {
     async fn deploy(&self, job: &AgentJob) -> Result<JobReport, Failure> {
         let (cert, version, target) = parts(job)?;
         let plugin = self.plugin_for(target)?;
-        let requested = grants::check(
+        let refused = |refused: grants::GrantRefused| {
+            tracing::warn!(job_id = %job.id, target_id = %target.id, %refused,
+                "refusing a grant beyond this agent's configuration");
+            Failure::permanent(refused.to_string())
+        };
+        // Held until the call is over: the connector is given these open
+        // directories, not their paths.
+        let checked = grants::check(
             &target.plugin_name,
             &target.grants,
             self.config.connectors.get(&target.plugin_name),
         )
-        .map_err(|refused| {
-            tracing::warn!(job_id = %job.id, target_id = %target.id, %refused,
-                "refusing a grant beyond this agent's configuration");
-            Failure::permanent(refused.to_string())
-        })?;
+        .map_err(refused)?;
 
         let mut blocks = split_pem(&version.pem_chain);
         if blocks.is_empty() {
@@ -271,7 +274,7 @@ impl Executor {
                 ))
             })?;
 
-        let instance = self.instance(plugin, target, &requested)?;
+        let instance = self.instance(plugin, target, &checked)?;
         let bundle = CertificateBundle {
             certificate_id: cert.id.clone(),
             dns_names: cert.sans.clone(),
@@ -282,7 +285,10 @@ impl Executor {
         let result = instance
             .deploy(&bundle, &key, "{}")
             .await
-            .map_err(|e| Failure::of_call(&e))?;
+            .map_err(|e| match e {
+                grants::TargetCallError::Refused(r) => refused(r),
+                grants::TargetCallError::Call(e) => Failure::of_call(&e),
+            })?;
         match self.state.prune_keys(&cert.id, &spki) {
             Ok(0) => {}
             Ok(n) => {
@@ -333,38 +339,38 @@ impl Executor {
         Ok(plugin)
     }
 
-    fn instance(
+    fn instance<'g>(
         &self,
         plugin: &Arc<Plugin>,
         target: &JobTarget,
-        grants: &grants::RequestedGrants,
-    ) -> Result<PluginInstance, Failure> {
+        grants: &'g grants::CheckedGrants,
+    ) -> Result<grants::GrantedInstance<'g>, Failure> {
         let owner = format!("target/{}", target.id);
         let invalid = |e: &dyn std::fmt::Display| {
             Failure::of_class(ErrorClass::InvalidConfig, format!("{owner}: {e}"))
         };
         let mut config = InstanceConfig::new(&owner)
             .with_settings(target.settings.clone())
-            .map_err(|e| invalid(&e))?
-            .with_hosts(&grants.hosts)
             .map_err(|e| invalid(&e))?;
         for (name, value) in &target.secrets {
             config = config.with_secret(name.clone(), value.as_str());
         }
-        for dir in &grants.directories {
-            config = config.with_dir(dir.path.clone(), dir.guest_path.clone(), dir.writable);
-        }
-        if let Some(allowance) = self.config.connectors.get(&target.plugin_name) {
-            let mut limits = Limits::default();
-            if let Some(secs) = allowance.deadline_secs {
-                limits.deadline = Duration::from_secs(secs);
-            }
-            if let Some(mib) = allowance.memory_mib {
-                limits.memory_bytes = mib * 1024 * 1024;
-            }
-            config = config.with_limits(limits);
-        }
-        PluginInstance::new(plugin.clone(), config).map_err(|e| invalid(&e))
+        let resolved = limits_for(
+            &self.config.limits,
+            self.config.connectors.get(&target.plugin_name),
+            &grants.limits(),
+            plugin.manifest(),
+        )
+        .map_err(|e| {
+            Failure::of_class(
+                ErrorClass::InvalidConfig,
+                format!("{owner}: refused by this agent's [limits]: {e}"),
+            )
+        })?;
+        config = config.with_limits(resolved.limits);
+        grants
+            .instance(plugin.clone(), config)
+            .map_err(|e| invalid(&e))
     }
 
     // ---------------------------------------------------- verification
@@ -449,10 +455,76 @@ pub fn target_plugins(loaded: Vec<Arc<Plugin>>) -> BTreeMap<String, Arc<Plugin>>
         .collect()
 }
 
+/// A target connector's limits on this agent: this agent's operator
+/// decides first (`connectors.<plugin>`), then the host's operator (the
+/// target's `grants.limits`), then the plugin's manifest, all within this
+/// agent's `[limits]` (a host asking for more is refused).
+fn limits_for(
+    policy: &certplane_runtime::LimitPolicy,
+    allowance: Option<&crate::config::ConnectorGrants>,
+    requested: &certplane_runtime::InstanceLimits,
+    manifest: &certplane_runtime::Manifest,
+) -> Result<certplane_runtime::Resolved, certplane_runtime::PolicyError> {
+    let limits = certplane_runtime::InstanceLimits {
+        deadline_secs: allowance
+            .and_then(|a| a.deadline_secs)
+            .or(requested.deadline_secs),
+        memory_mib: allowance
+            .and_then(|a| a.memory_mib)
+            .or(requested.memory_mib),
+        concurrency: None,
+    };
+    policy.resolve(manifest, &limits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use certplane_runtime::ConnectorError;
+    use certplane_runtime::{ConnectorError, InstanceLimits, LimitPolicy, Manifest};
+
+    #[test]
+    fn the_agent_operator_then_the_host_then_the_manifest_within_the_ceiling() {
+        let manifest = Manifest::parse(
+            &format!(
+                "name = \"p\"\nversion = \"0.1.0\"\nkind = \"target\"\nworld = \"1.0.0\"\n\
+                 component = \"p.wasm\"\nsha256 = \"{}\"\n[limits]\ncpu_deadline_ms = 600000\n",
+                "ab".repeat(32)
+            ),
+            std::path::Path::new("/plugins"),
+        )
+        .unwrap();
+        let policy = LimitPolicy {
+            max_deadline_secs: 20,
+            ..LimitPolicy::default()
+        };
+        let host = InstanceLimits {
+            deadline_secs: Some(15),
+            memory_mib: Some(32),
+            concurrency: None,
+        };
+        let agent = crate::config::ConnectorGrants {
+            deadline_secs: Some(5),
+            ..Default::default()
+        };
+        // The manifest's 600 s request is cut to the ceiling.
+        let r = limits_for(&policy, None, &InstanceLimits::default(), &manifest).unwrap();
+        assert_eq!(r.limits.deadline, Duration::from_secs(20));
+        // The host's values apply within the ceiling.
+        let r = limits_for(&policy, None, &host, &manifest).unwrap();
+        assert_eq!(r.limits.deadline, Duration::from_secs(15));
+        assert_eq!(r.limits.memory_bytes, 32 << 20);
+        // This agent's operator wins where set.
+        let r = limits_for(&policy, Some(&agent), &host, &manifest).unwrap();
+        assert_eq!(r.limits.deadline, Duration::from_secs(5));
+        assert_eq!(r.limits.memory_bytes, 32 << 20);
+        // A host asking beyond this agent's ceiling is refused.
+        let greedy = InstanceLimits {
+            deadline_secs: Some(60),
+            ..host
+        };
+        let err = limits_for(&policy, None, &greedy, &manifest).unwrap_err();
+        assert!(err.to_string().contains("deadline_secs"), "{err}");
+    }
 
     #[test]
     fn connector_errors_keep_their_class() {

@@ -103,6 +103,7 @@ pub async fn run(
     let plugins = target_plugins(loaded);
     tracing::info!(plugins = ?plugins.keys().collect::<Vec<_>>(),
         dir = %config.plugin_dir.display(), "target plugins loaded");
+    release_freed_heap();
 
     let mut backoff = Backoff::new(config.backoff);
     let Some(credential) = registered(&config, &state, mode, &shutdown, &mut backoff).await? else {
@@ -399,5 +400,17 @@ async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         () = shutdown.cancelled() => false,
         () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Compiling plugins on a cold cache leaves ~30 MiB of freed compiler heap
+/// that glibc keeps mapped; an idle agent should not sit on it (measured:
+/// 47 MiB RSS after a cold start, 15 MiB after a warm one).
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no memory in use and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -3,6 +3,10 @@
 
 use std::process::{Command, Stdio};
 
+// The agent's one test binary: further modules live under `logging/`.
+#[path = "logging/grant_symlinks.rs"]
+mod grant_symlinks;
+
 #[test]
 fn logs_off_a_terminal_have_no_colour_codes() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -273,6 +273,30 @@ impl ApiClient {
         self.send(Method::DELETE, path, query, None).await
     }
 
+    /// `POST /notifiers/{id}/disable`: the notifier gets no new
+    /// notifications and its queue waits until it is enabled or cancelled.
+    pub async fn disable_notifier(&self, id: &str) -> Result<ApiReply, ClientError> {
+        self.post(&format!("/notifiers/{}/disable", path_segment(id)), None)
+            .await
+    }
+
+    /// `POST /notifiers/{id}/enable`: delivery resumes.
+    pub async fn enable_notifier(&self, id: &str) -> Result<ApiReply, ClientError> {
+        self.post(&format!("/notifiers/{}/enable", path_segment(id)), None)
+            .await
+    }
+
+    /// `POST /notifiers/{id}/notifications/cancel`: cancels the notifier's
+    /// pending notifications; the answer counts them (`cancelled`,
+    /// `in_flight`).
+    pub async fn cancel_notifier_notifications(&self, id: &str) -> Result<ApiReply, ClientError> {
+        self.post(
+            &format!("/notifiers/{}/notifications/cancel", path_segment(id)),
+            None,
+        )
+        .await
+    }
+
     /// Sends one request on a fresh connection. Error statuses become
     /// [`ClientError::Api`] (or [`ClientError::UnexpectedStatus`]).
     pub async fn send(
@@ -481,6 +505,13 @@ fn client_config(
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((config, pin))
+}
+
+/// An id as one path segment: ids are opaque, so escape them.
+fn path_segment(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 /// Parses a SHA-256 fingerprint: 64 hex digits, colons and case ignored.

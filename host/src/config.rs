@@ -174,6 +174,13 @@ pub struct JobSettings {
     /// How long a job may wait in AwaitingApproval before it fails (and is
     /// retried while its attempts last).
     pub approval_ttl_secs: u64,
+    /// Jobs this host runs at once (each in its own task); a slow connector
+    /// call holds one of these slots and no more.
+    pub max_concurrent: usize,
+    /// How long a cancelled issuance or renewal holds its certificate back
+    /// from the renewal sweep, in seconds (an operator's renew runs it
+    /// sooner).
+    pub cancel_hold_secs: u64,
 }
 
 impl Default for JobSettings {
@@ -183,6 +190,8 @@ impl Default for JobSettings {
             retry_base_ms: 30_000,
             retry_cap_secs: 3600,
             approval_ttl_secs: 7 * 24 * 3600,
+            max_concurrent: 32,
+            cancel_hold_secs: 24 * 3600,
         }
     }
 }
@@ -261,6 +270,10 @@ pub struct HostConfig {
     pub verify: certplane_probe::VerifyConfig,
     /// Default MaxWait of one async-CA polling session, in seconds.
     pub order_max_wait_secs: u64,
+    /// Connector limits: the ceiling no instance may exceed and the
+    /// defaults for what neither the operator nor the plugin's manifest
+    /// sets.
+    pub limits: certplane_runtime::LimitPolicy,
 }
 
 impl Default for HostConfig {
@@ -282,6 +295,7 @@ impl Default for HostConfig {
             jobs: JobSettings::default(),
             verify: certplane_probe::VerifyConfig::default(),
             order_max_wait_secs: 600,
+            limits: certplane_runtime::LimitPolicy::default(),
         }
     }
 }
@@ -354,6 +368,17 @@ impl HostConfig {
             return bad(
                 "jobs.lease_secs, jobs.retry_base_ms and jobs.retry_cap_secs must be positive",
             );
+        }
+        if j.max_concurrent == 0 {
+            return bad("jobs.max_concurrent must be positive");
+        }
+        self.limits
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // A call may not outlive the lease of the job it runs for: the
+        // reaper would hand the job to another worker mid-call.
+        if self.limits.max_deadline_secs >= j.lease_secs {
+            return bad("limits.max_deadline_secs must be shorter than jobs.lease_secs");
         }
         Ok(())
     }

@@ -3,23 +3,32 @@
 //! instance rows.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::RwLock;
 
 use certplane_runtime::{LoadError, Plugin, PluginKind, Runtime, RuntimeConfig, RuntimeError};
 
-/// Loaded plugins by name.
+/// Loaded plugins by name; [`PluginRegistry::reload`] swaps in what the
+/// plugin directory holds now, without a restart.
 pub struct PluginRegistry {
     runtime: Runtime,
+    dir: PathBuf,
+    loaded: RwLock<Loaded>,
+}
+
+#[derive(Default, Clone)]
+struct Loaded {
     plugins: BTreeMap<String, Arc<Plugin>>,
     failures: Vec<String>,
 }
 
 impl std::fmt::Debug for PluginRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let loaded = self.snapshot();
         f.debug_struct("PluginRegistry")
-            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
-            .field("failures", &self.failures)
+            .field("plugins", &loaded.plugins.keys().collect::<Vec<_>>())
+            .field("failures", &loaded.failures)
             .finish()
     }
 }
@@ -35,6 +44,22 @@ pub enum RegistryError {
     Load(#[from] LoadError),
 }
 
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Plugins new to the registry.
+    pub added: Vec<String>,
+    /// Plugins whose component changed (another digest).
+    pub replaced: Vec<String>,
+    /// Plugins whose manifest is gone from the directory.
+    pub removed: Vec<String>,
+    /// Plugins unchanged.
+    pub unchanged: Vec<String>,
+    /// Load failures, one message each. A plugin whose new version fails
+    /// to load keeps running its loaded version.
+    pub failures: Vec<String>,
+}
+
 impl PluginRegistry {
     /// Starts a runtime (compiled cache under `cache_dir`) and loads every
     /// manifest in `plugin_dir`. A plugin that fails to load is logged and
@@ -48,27 +73,74 @@ impl PluginRegistry {
             cache_dir: cache_dir.map(Path::to_path_buf),
             ..RuntimeConfig::default()
         })?;
-        let mut registry = PluginRegistry {
+        let registry = PluginRegistry {
             runtime,
-            plugins: BTreeMap::new(),
-            failures: Vec::new(),
+            dir: plugin_dir.to_path_buf(),
+            loaded: RwLock::new(Loaded::default()),
         };
-        if !plugin_dir.is_dir() {
-            tracing::warn!(dir = %plugin_dir.display(), "plugin directory does not exist; no connectors loaded");
-            return Ok(registry);
+        registry.reload().await?;
+        Ok(registry)
+    }
+
+    /// Loads the plugin directory again and swaps the result in: calls
+    /// already running finish on the version they started with, later
+    /// calls use the new one.
+    pub async fn reload(&self) -> Result<ReloadReport, RegistryError> {
+        let mut report = ReloadReport::default();
+        if !self.dir.is_dir() {
+            tracing::warn!(dir = %self.dir.display(), "plugin directory does not exist; no connectors loaded");
         }
-        let (loaded, failed) = registry.runtime.load_dir(plugin_dir).await?;
-        for plugin in loaded {
-            registry.plugins.insert(plugin.name().to_string(), plugin);
+        let (found, failed) = if self.dir.is_dir() {
+            self.runtime.load_dir(&self.dir).await?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let old = self.snapshot();
+        let mut plugins = BTreeMap::new();
+        for plugin in found {
+            let name = plugin.name().to_string();
+            match old.plugins.get(&name) {
+                None => report.added.push(name.clone()),
+                Some(p) if p.sha256() == plugin.sha256() => report.unchanged.push(name.clone()),
+                Some(_) => report.replaced.push(name.clone()),
+            }
+            plugins.insert(name, plugin);
         }
-        registry.failures = failed.iter().map(ToString::to_string).collect();
+        report.failures = failed.iter().map(ToString::to_string).collect();
+        for (name, plugin) in &old.plugins {
+            if plugins.contains_key(name) {
+                continue;
+            }
+            let manifest = self.dir.join(format!("{name}.toml"));
+            if manifest.exists() {
+                // Its new version failed to load: keep serving the old one.
+                plugins.insert(name.clone(), plugin.clone());
+            } else {
+                report.removed.push(name.clone());
+            }
+        }
+        let loaded = Loaded {
+            plugins,
+            failures: report.failures.clone(),
+        };
         tracing::info!(
-            dir = %plugin_dir.display(),
-            loaded = registry.plugins.len(),
-            failed = registry.failures.len(),
+            dir = %self.dir.display(),
+            loaded = loaded.plugins.len(),
+            failed = loaded.failures.len(),
+            added = ?report.added,
+            replaced = ?report.replaced,
+            removed = ?report.removed,
             "plugins loaded"
         );
-        Ok(registry)
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(report)
+    }
+
+    fn snapshot(&self) -> Loaded {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The runtime the plugins run on.
@@ -77,23 +149,28 @@ impl PluginRegistry {
     }
 
     /// All loaded plugins, by name.
-    pub fn list(&self) -> impl Iterator<Item = &Arc<Plugin>> {
-        self.plugins.values()
+    pub fn list(&self) -> Vec<Arc<Plugin>> {
+        self.snapshot().plugins.into_values().collect()
     }
 
     /// Load failures, one message each.
-    pub fn failures(&self) -> &[String] {
-        &self.failures
+    pub fn failures(&self) -> Vec<String> {
+        self.snapshot().failures
     }
 
     /// A plugin by name, if loaded.
-    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
-        self.plugins.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .plugins
+            .get(name)
+            .cloned()
     }
 
     /// A plugin by name that must be of `kind`.
-    pub fn get_kind(&self, name: &str, kind: PluginKind) -> Result<&Arc<Plugin>, String> {
-        match self.plugins.get(name) {
+    pub fn get_kind(&self, name: &str, kind: PluginKind) -> Result<Arc<Plugin>, String> {
+        match self.get(name) {
             Some(p) if p.kind() == kind => Ok(p),
             Some(p) => Err(format!(
                 "plugin {name} is a {} connector, not a {kind}",

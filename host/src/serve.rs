@@ -101,6 +101,36 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// `SIGHUP` reloads the plugin directory, as `POST /plugins/reload` does.
+async fn reload_on_hangup(plugins: Arc<crate::plugins::PluginRegistry>, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload plugins through the API");
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hangups.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    match plugins.reload().await {
+                        Ok(report) => tracing::info!(?report, "plugins reloaded on SIGHUP"),
+                        Err(e) => tracing::error!(error = %e, "plugin reload on SIGHUP failed"),
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (plugins, stop);
+    }
+}
+
 /// Runs the host until a shutdown signal (SIGTERM, Ctrl-C).
 pub async fn run(config: HostConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -155,6 +185,7 @@ pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyho
     let link_stop = CancellationToken::new();
     let replica_link = state.wake.connect_replicas(&store, link_stop.clone()).await;
     let scheduler = crate::engine::start(state.engine.clone(), shutdown.child_token());
+    tokio::spawn(reload_on_hangup(state.plugins.clone(), shutdown.clone()));
     let (wake, stop) = (state.wake.clone(), shutdown.clone());
     tokio::spawn(async move {
         stop.cancelled().await;

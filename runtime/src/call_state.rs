@@ -11,13 +11,74 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::issuer::certplane::connector::{config, log};
 use crate::bindings::types::Level;
+use crate::bounds::Redactor;
 use crate::egress::{DenialLog, EgressHooks};
 use crate::instance::Secret;
 use crate::limits::MemoryLimiter;
 
 /// Longest plugin log message forwarded to tracing; the rest is cut so a
-/// plugin cannot flood the host's logs with one call.
-const MAX_LOG_MESSAGE: usize = 4096;
+/// plugin cannot flood the host's logs with one line.
+pub(crate) const MAX_LOG_MESSAGE: usize = 4096;
+
+/// What one call may still write to the host's logs, and what it lost.
+/// Lines over the budget are dropped and counted; when the call's store is
+/// dropped (whichever way the call ended, cancellation included) one
+/// warning reports the count, so a plugin cannot flood the host's logs
+/// with one call either.
+pub(crate) struct LogBudget {
+    plugin: Arc<str>,
+    instance: Arc<str>,
+    lines_left: u32,
+    bytes_left: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl LogBudget {
+    pub(crate) fn new(plugin: Arc<str>, instance: Arc<str>, lines: u32, bytes: u64) -> Self {
+        LogBudget {
+            plugin,
+            instance,
+            lines_left: lines,
+            bytes_left: bytes,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+        }
+    }
+
+    /// Takes one line of `len` bytes from the budget, or counts it dropped.
+    fn take(&mut self, len: usize) -> bool {
+        let len = len as u64;
+        if self.lines_left == 0 || len > self.bytes_left {
+            self.dropped(len);
+            return false;
+        }
+        self.lines_left -= 1;
+        self.bytes_left -= len;
+        true
+    }
+
+    fn dropped(&mut self, len: u64) {
+        self.dropped_lines += 1;
+        self.dropped_bytes = self.dropped_bytes.saturating_add(len);
+    }
+}
+
+impl Drop for LogBudget {
+    fn drop(&mut self) {
+        if self.dropped_lines > 0 {
+            let (lines, bytes) = (self.dropped_lines, self.dropped_bytes);
+            tracing::warn!(
+                target: "certplane::plugin",
+                plugin = &*self.plugin,
+                instance = &*self.instance,
+                dropped_lines = lines,
+                dropped_bytes = bytes,
+                "plugin log: {lines} lines ({bytes} bytes) dropped"
+            );
+        }
+    }
+}
 
 /// What one call's store holds. Created fresh for every call.
 pub(crate) struct CallState {
@@ -33,6 +94,9 @@ pub(crate) struct CallState {
     pub(crate) denials: DenialLog,
     pub(crate) started: Instant,
     pub(crate) deadline_hit: bool,
+    /// The instance's secrets, redacted from every log line.
+    pub(crate) redactor: Arc<Redactor>,
+    pub(crate) log_budget: LogBudget,
     /// Keeps the epoch ticker running for as long as this call's store.
     pub(crate) _ticking: crate::ticker::TickGuard,
 }
@@ -82,9 +146,35 @@ impl config::Host for CallState {
     }
 }
 
+/// Whether tracing records plugin lines of `level` at all: lines it would
+/// discard neither spend the call's log budget nor cost a redaction.
+fn enabled(level: Level) -> bool {
+    use tracing::Level as L;
+    match level {
+        Level::Trace => tracing::enabled!(target: "certplane::plugin", L::TRACE),
+        Level::Debug => tracing::enabled!(target: "certplane::plugin", L::DEBUG),
+        Level::Info => tracing::enabled!(target: "certplane::plugin", L::INFO),
+        Level::Warn => tracing::enabled!(target: "certplane::plugin", L::WARN),
+        Level::Error => tracing::enabled!(target: "certplane::plugin", L::ERROR),
+    }
+}
+
 impl log::Host for CallState {
     fn log(&mut self, level: Level, message: String) {
-        let message = truncate(&message, MAX_LOG_MESSAGE);
+        if !enabled(level) {
+            return;
+        }
+        if self.log_budget.lines_left == 0 {
+            // Spent: count the line without the cost of redacting it.
+            self.log_budget.dropped(message.len() as u64);
+            return;
+        }
+        // Redacted before the cut, so a cut never leaves half a secret; the
+        // budget counts what reaches the logs.
+        let message = self.redactor.bound(&message, MAX_LOG_MESSAGE);
+        if !self.log_budget.take(message.len()) {
+            return;
+        }
         let plugin = &*self.plugin;
         let instance = &*self.instance;
         match level {
@@ -109,17 +199,6 @@ impl log::Host for CallState {
 
 impl crate::bindings::types::Host for CallState {}
 
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,8 +215,12 @@ mod tests {
     }
 
     #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("hello", 10), "hello");
+    fn the_log_budget_counts_what_it_drops() {
+        let mut budget = LogBudget::new("p".into(), "i".into(), 2, 10);
+        assert!(budget.take(4));
+        assert!(!budget.take(7), "over the byte budget");
+        assert!(budget.take(6));
+        assert!(!budget.take(1), "over the line budget");
+        assert_eq!((budget.dropped_lines, budget.dropped_bytes), (2, 8));
     }
 }

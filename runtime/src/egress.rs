@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
+use crate::bounds::{MAX_DENIALS, MAX_SHORT_TEXT};
 use crate::grants::{Destination, HostGrants};
 
 /// Upper bounds on the network waits of one request, whatever the guest
@@ -43,24 +44,46 @@ pub(crate) struct EgressHooks {
     pub(crate) grants: Arc<HostGrants>,
     pub(crate) tls: Arc<rustls::ClientConfig>,
     pub(crate) denials: DenialLog,
+    /// The instance's secrets, redacted from denial texts (a URL may carry
+    /// an API key in its query).
+    pub(crate) redactor: Arc<crate::bounds::Redactor>,
 }
 
 impl EgressHooks {
     fn deny(&self, url: &str, reason: &str) -> HttpError {
-        tracing::warn!(
-            plugin = %self.plugin,
-            instance = %self.instance,
+        deny(
+            &self.plugin,
+            &self.instance,
+            &self.redactor,
+            &self.denials,
             url,
             reason,
-            "plugin HTTP request refused"
-        );
-        record(&self.denials, format!("http {url}: {reason}"));
-        HttpError::HttpRequestDenied
+        )
     }
 }
 
-fn record(log: &DenialLog, entry: String) {
-    log.lock().unwrap_or_else(|p| p.into_inner()).push(entry);
+/// Records and logs one refusal. The URL is the guest's, so it is redacted
+/// and cut, and only the first [`MAX_DENIALS`] refusals of a call are kept
+/// and logged: a guest looping over refused requests must not flood the
+/// host's logs or memory.
+fn deny(
+    plugin: &str,
+    instance: &str,
+    redactor: &crate::bounds::Redactor,
+    log: &DenialLog,
+    url: &str,
+    reason: &str,
+) -> HttpError {
+    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    if log.len() < MAX_DENIALS {
+        let denial = redactor.bound(&format!("http {url}: {reason}"), MAX_SHORT_TEXT);
+        tracing::warn!(plugin, instance, denial, "plugin HTTP request refused");
+        log.push(denial);
+    } else if log.len() == MAX_DENIALS {
+        // `finish` bounds the list it reports; this marks the stop here.
+        log.push("… further refusals not recorded".into());
+    }
+    HttpError::HttpRequestDenied
 }
 
 impl WasiHttpHooks for EgressHooks {
@@ -89,6 +112,7 @@ impl WasiHttpHooks for EgressHooks {
         let plugin = self.plugin.clone();
         let instance = self.instance.clone();
         let denials = self.denials.clone();
+        let redactor = self.redactor.clone();
         let tls_config = self.tls.clone();
         Box::new(async move {
             let addrs = match resolve(destination, port).await {
@@ -100,9 +124,7 @@ impl WasiHttpHooks for EgressHooks {
                     });
                 }
                 Err(Resolve::Denied(reason)) => {
-                    tracing::warn!(%plugin, %instance, url, reason, "plugin HTTP request refused");
-                    record(&denials, format!("http {url}: {reason}"));
-                    return Err(HttpError::HttpRequestDenied);
+                    return Err(deny(&plugin, &instance, &redactor, &denials, &url, &reason));
                 }
             };
             send(request, options, &host, &addrs, tls.then_some(tls_config)).await

@@ -175,6 +175,16 @@ pub enum CallError {
         /// Why.
         message: String,
     },
+    /// The connector returned something the contract does not allow (an
+    /// order id over 1 KiB, an order state over 64 KiB, an oversized
+    /// certificate, ...; see [`crate::bounds`]). Nothing of it is passed on.
+    #[error("plugin {plugin} broke the connector contract: {message}")]
+    Contract {
+        /// Plugin name.
+        plugin: String,
+        /// What was out of bounds (sizes only, never the content).
+        message: String,
+    },
     /// The call does not exist for this plugin's kind.
     #[error("plugin {plugin} is a {actual} connector; {wanted} calls are not available")]
     WrongKind {
@@ -213,6 +223,15 @@ impl CallError {
             CallError::MemoryLimit { .. } => C::MemoryLimit,
             CallError::Trap { .. } => C::Trap,
             CallError::Instantiate { .. } => C::Instantiate,
+            // `rejected`: the answer is refused for good. Retrying cannot
+            // help (the same code gets the same upstream answer), and for
+            // `submit` a retry would even place another order at the CA for
+            // each refused one, since a refused order is never recorded. Not
+            // `invalid-config`/`unauthorized`: the operator's configuration
+            // is not at fault, and those classes disable notifiers. No new
+            // class: agents of an older version read unknown classes as
+            // `transient`, which would retry exactly what must not be.
+            CallError::Contract { .. } => C::Rejected,
             CallError::WrongKind { .. } => C::WrongKind,
         }
     }

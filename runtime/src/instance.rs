@@ -21,11 +21,12 @@ use crate::bindings::target::exports::certplane::connector::target_api::{
     CertificateBundle, DeployResult,
 };
 use crate::bindings::types::{ConnectorError, PluginInfo};
-use crate::call_state::CallState;
+use crate::bounds::{GuestOutput, Redactor};
+use crate::call_state::{CallState, LogBudget};
 use crate::egress::EgressHooks;
 use crate::error::{CallError, ConfigError};
 use crate::grants::{DirGrant, Grants, HostGrants};
-use crate::limits::{Limits, MAX_DEADLINE, MemoryLimiter};
+use crate::limits::{Limits, MAX_DEADLINE, MemoryBudget, MemoryLimiter};
 use crate::manifest::{FilesystemAccess, PluginKind};
 use crate::plugin::{Plugin, PluginPre};
 
@@ -137,6 +138,8 @@ pub struct PluginInstance {
     hosts: Arc<HostGrants>,
     directories: Arc<[DirGrant]>,
     limits: Limits,
+    /// Built once from `secrets`; applied to every error and log line.
+    redactor: Arc<Redactor>,
 }
 
 impl PluginInstance {
@@ -157,6 +160,15 @@ impl PluginInstance {
             return Err(ConfigError::Limit(
                 "limits must be greater than zero".into(),
             ));
+        }
+        if !plugin.runtime.inner.budget.fits(limits.memory_bytes) {
+            // Such an instance could never start a call: refuse it now
+            // rather than let its calls wait forever.
+            return Err(ConfigError::Limit(format!(
+                "memory cap {} bytes exceeds this runtime's global memory budget of {} bytes",
+                limits.memory_bytes,
+                plugin.runtime.memory_budget().total_bytes
+            )));
         }
         if limits.deadline > MAX_DEADLINE {
             return Err(ConfigError::Limit(format!(
@@ -184,6 +196,7 @@ impl PluginInstance {
             }
         }
         Ok(PluginInstance {
+            redactor: Arc::new(Redactor::new(&config.secrets)),
             id: Arc::from(config.instance_id.as_str()),
             settings: Arc::new(config.settings),
             secrets: Arc::new(config.secrets),
@@ -239,6 +252,7 @@ impl PluginInstance {
                 grants: self.hosts.clone(),
                 tls: self.plugin.runtime.inner.tls.clone(),
                 denials: denials.clone(),
+                redactor: self.redactor.clone(),
             },
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
             settings: self.settings.clone(),
@@ -248,6 +262,13 @@ impl PluginInstance {
             denials,
             started: Instant::now(),
             deadline_hit: false,
+            redactor: self.redactor.clone(),
+            log_budget: LogBudget::new(
+                self.plugin.name.clone(),
+                self.id.clone(),
+                self.plugin.runtime.inner.config.max_log_lines,
+                self.plugin.runtime.inner.config.max_log_bytes,
+            ),
             _ticking: self.plugin.runtime.inner.ticker.running(),
         };
         let mut store = Store::new(&self.plugin.runtime.inner.engine, state);
@@ -275,8 +296,10 @@ impl PluginInstance {
         }
     }
 
-    /// Turns the raw outcome of one call into the runtime's result type.
-    fn finish<R>(
+    /// Turns the raw outcome of one call into the runtime's result type:
+    /// classifies failures, checks what the guest returned against the
+    /// contract's bounds, and passes every error through [`Self::seal`].
+    fn finish<R: GuestOutput>(
         &self,
         store: Store<CallState>,
         output: &MemoryOutputPipe,
@@ -301,7 +324,7 @@ impl PluginInstance {
             }),
             Ok(Err(trap)) => Err(CallError::Trap {
                 plugin,
-                message: describe_trap(&trap, &output.contents()),
+                message: describe_trap(&trap, &output.contents(), &self.redactor),
             }),
             Ok(Ok(Err(error))) if !denials.is_empty() => Err(CallError::CapabilityDenied {
                 plugin,
@@ -309,13 +332,17 @@ impl PluginInstance {
                 error: Some(error),
             }),
             Ok(Ok(Err(error))) => Err(CallError::Connector { plugin, error }),
-            Ok(Ok(Ok(value))) => {
+            Ok(Ok(Ok(mut value))) => {
                 if !denials.is_empty() {
                     tracing::warn!(plugin, instance = %self.id, ?denials, "plugin succeeded after denied requests");
                 }
-                Ok(value)
+                match value.bound(&self.redactor) {
+                    Ok(()) => Ok(value),
+                    Err(message) => Err(CallError::Contract { plugin, message }),
+                }
             }
-        };
+        }
+        .map_err(|e| self.seal(e));
         match &result {
             Ok(_) => {
                 tracing::debug!(plugin = self.plugin.name(), instance = %self.id, elapsed_us = elapsed.as_micros() as u64, "plugin call ok")
@@ -334,10 +361,32 @@ impl PluginInstance {
                 limit_bytes: self.limits.memory_bytes,
             };
         }
-        CallError::Instantiate {
+        self.seal(CallError::Instantiate {
             plugin: self.plugin.name().to_string(),
             message: format!("{e:#}"),
-        }
+        })
+    }
+
+    /// Every error of a call leaves the runtime through here: guest text in
+    /// it is redacted of the instance's secrets and cut to its bound.
+    fn seal(&self, error: CallError) -> CallError {
+        self.redactor.call_error(error)
+    }
+
+    /// Holds this instance's memory cap of the runtime's global budget for
+    /// one call, waiting while running calls hold too much of it.
+    async fn reserve_memory(&self) -> Result<tokio::sync::OwnedSemaphorePermit, CallError> {
+        let budget = &self.plugin.runtime.inner.budget;
+        budget
+            .acquire(self.limits.memory_bytes)
+            .await
+            .ok_or_else(|| CallError::Instantiate {
+                plugin: self.plugin.name().to_string(),
+                message: format!(
+                    "memory cap of {} MiB does not fit the runtime's memory budget",
+                    MemoryBudget::mib_for(self.limits.memory_bytes)
+                ),
+            })
     }
 }
 
@@ -350,7 +399,9 @@ macro_rules! call_export {
         let PluginPre::$variant(pre) = &$self.plugin.pre else {
             return Err($self.wrong_kind($kind));
         };
-        let (mut store, output) = $self.new_store()?;
+        // Held until the call's store is gone (declared first, dropped last).
+        let _budget = $self.reserve_memory().await?;
+        let (mut store, output) = $self.new_store().map_err(|e| $self.seal(e))?;
         let bindings = match pre.instantiate_async(&mut store).await {
             Ok(b) => b,
             Err(e) => return Err($self.instantiate_error(&store, e)),
@@ -365,13 +416,20 @@ macro_rules! call_export {
 }
 
 /// Describes a trap for humans: the trap itself plus the guest's last
-/// output lines (a Rust panic prints its message there).
-fn describe_trap(trap: &wasmtime::Error, output: &[u8]) -> String {
+/// output lines (a Rust panic prints its message there), redacted before
+/// they are cut so a cut cannot leave part of a secret.
+fn describe_trap(trap: &wasmtime::Error, output: &[u8], redactor: &Redactor) -> String {
     let mut message = match trap.downcast_ref::<wasmtime::Trap>() {
         Some(code) => code.to_string(),
         None => format!("{trap:#}"),
     };
     let text = String::from_utf8_lossy(output);
+    // A full pipe may have cut a secret in two: redact a dangling prefix too.
+    let text = if output.len() >= CAPTURED_OUTPUT {
+        redactor.redact_truncated(&text)
+    } else {
+        redactor.redact(&text)
+    };
     let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     if !tail.is_empty() {
         let start = tail.len().saturating_sub(3);

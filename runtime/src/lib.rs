@@ -31,6 +31,7 @@
 
 pub mod asyncpoll;
 pub mod bindings;
+pub mod bounds;
 mod cache;
 mod call_state;
 mod egress;
@@ -42,6 +43,7 @@ mod instance;
 pub mod limits;
 pub mod manifest;
 mod plugin;
+pub mod policy;
 mod ticker;
 
 pub use cache::CacheOutcome;
@@ -49,9 +51,10 @@ pub use engine::{Runtime, RuntimeConfig};
 pub use error::{CallError, ConfigError, ConnectorError, LoadError, RateLimit, RuntimeError};
 pub use grants::{DirGrant, Grants, HostGrant, HostGrants};
 pub use instance::{InstanceConfig, PluginInstance, Secret};
-pub use limits::Limits;
+pub use limits::{Limits, MemoryBudgetUsage};
 pub use manifest::{CONTRACT_VERSION, ContractVersion, Manifest, PluginKind};
 pub use plugin::Plugin;
+pub use policy::{InstanceLimits, LimitPolicy, PolicyError, Resolved};
 
 /// Types of the issuer contract.
 pub mod issuer {

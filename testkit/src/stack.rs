@@ -57,6 +57,10 @@ impl Stack {
             },
             ..HostConfig::default()
         };
+        // Calls must end within a job's lease (the host refuses anything else).
+        let deadline = lease_secs.saturating_sub(1).clamp(1, 60);
+        config.limits.max_deadline_secs = deadline;
+        config.limits.default_deadline_secs = deadline.min(10);
         config.verify.attempts = 3;
         config.verify.interval_ms = 100;
         config.scheduler.reaper_ms = 200;

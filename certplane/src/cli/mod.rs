@@ -157,6 +157,8 @@ pub enum Operator {
 pub enum PluginsAction {
     /// List loaded plugins (and load failures).
     List,
+    /// Load the host's plugin directory again without a restart (admin).
+    Reload,
 }
 
 /// Fields of a new issuer, target or notifier.
@@ -185,6 +187,51 @@ pub struct InstanceArgs {
     /// (repeatable).
     #[arg(long = "grant-host", value_name = "URL")]
     pub grant_hosts: Vec<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The operator's limits of one connector instance, within the host's
+/// `[limits]` (unset: the plugin's request cut to the host's maxima, or the
+/// host's defaults).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// Wall-clock deadline of one call, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub deadline_secs: Option<u64>,
+    /// Memory cap of one call, in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub memory_mib: Option<u64>,
+    /// Calls of this instance that may run at once.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+}
+
+impl LimitArgs {
+    fn is_empty(&self) -> bool {
+        self.deadline_secs.is_none() && self.memory_mib.is_none() && self.concurrency.is_none()
+    }
+
+    /// Sets the given limits in `grants.limits`, keeping the others.
+    fn apply(&self, grants: &mut Map<String, Value>) {
+        let limits = grants
+            .entry("limits")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !limits.is_object() {
+            *limits = Value::Object(Map::new());
+        }
+        if let Value::Object(limits) = limits {
+            for (name, value) in [
+                ("deadline_secs", self.deadline_secs.map(Value::from)),
+                ("memory_mib", self.memory_mib.map(Value::from)),
+                ("concurrency", self.concurrency.map(Value::from)),
+            ] {
+                if let Some(value) = value {
+                    limits.insert(name.into(), value);
+                }
+            }
+        }
+    }
 }
 
 /// Changes to an issuer, target or notifier (`PATCH`): only the parts
@@ -217,6 +264,10 @@ pub struct UpdateArgs {
     /// Remove every grant (hosts and directories).
     #[arg(long, conflicts_with = "grant_hosts")]
     pub clear_grants: bool,
+    /// Limits to set (the others are kept; with grant flags, only the
+    /// limits given here remain).
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// `certplane issuers ...`
@@ -284,8 +335,26 @@ pub enum NotifiersAction {
         update: UpdateArgs,
     },
     /// Delete a notifier and its delivery history (refused while
-    /// notifications are pending or being sent).
+    /// notifications are pending or being sent: `cancel-pending` first).
     Delete {
+        /// Notifier id.
+        id: String,
+    },
+    /// Disable a notifier: no new notifications are queued for it and its
+    /// pending ones wait (nothing is sent) until `enable` or
+    /// `cancel-pending`.
+    Disable {
+        /// Notifier id.
+        id: String,
+    },
+    /// Enable a notifier: its waiting notifications are delivered.
+    Enable {
+        /// Notifier id.
+        id: String,
+    },
+    /// Cancel a notifier's pending notifications (never sent); those being
+    /// sent right now are not attempted again.
+    CancelPending {
         /// Notifier id.
         id: String,
     },
@@ -754,6 +823,28 @@ async fn plugins(ctx: &Ctx, action: PluginsAction) -> anyhow::Result<()> {
                 out
             });
         }
+        PluginsAction::Reload => {
+            let reply = ctx.client.post("/plugins/reload", None).await?;
+            ctx.show(reply, |body| {
+                let mut out = String::new();
+                for what in ["added", "replaced", "removed", "unchanged"] {
+                    let names: Vec<&str> = body[what]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    out.push_str(&format!("{what}: {}\n", names.join(", ")));
+                }
+                for failure in body["failures"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "failed to load: {}\n",
+                        output::cell(Some(failure))
+                    ));
+                }
+                out
+            });
+        }
     }
     Ok(())
 }
@@ -828,7 +919,11 @@ fn instance_body(args: &InstanceArgs, grant_dirs: &[String]) -> anyhow::Result<M
     body.insert("plugin".into(), json!(args.plugin));
     body.insert("settings".into(), settings);
     body.insert("secrets".into(), Value::Object(secrets));
-    body.insert("grants".into(), grants_of(&args.grant_hosts, grant_dirs)?);
+    let mut grants = grants_of(&args.grant_hosts, grant_dirs)?;
+    if let (false, Value::Object(grants)) = (args.limits.is_empty(), &mut grants) {
+        args.limits.apply(grants);
+    }
+    body.insert("grants".into(), grants);
     Ok(body)
 }
 
@@ -853,12 +948,16 @@ fn update_body(args: &UpdateArgs, grant_dirs: &[String]) -> anyhow::Result<Value
         body.insert("secrets".into(), Value::Object(secrets));
     }
     if args.clear_grants || !args.grant_hosts.is_empty() || !grant_dirs.is_empty() {
-        body.insert("grants".into(), grants_of(&args.grant_hosts, grant_dirs)?);
+        let mut grants = grants_of(&args.grant_hosts, grant_dirs)?;
+        if let Value::Object(grants) = &mut grants {
+            args.limits.apply(grants);
+        }
+        body.insert("grants".into(), grants);
     }
-    if body.is_empty() {
+    if body.is_empty() && args.limits.is_empty() {
         bail!(
-            "nothing to update: give --settings, --secret, --secret-file, --remove-secret or \
-             grants (see --help)"
+            "nothing to update: give --settings, --secret, --secret-file, --remove-secret, \
+             grants or limits (see --help)"
         );
     }
     Ok(Value::Object(body))
@@ -906,7 +1005,32 @@ async fn instance_create(
 }
 
 /// `PATCH /<collection>/{id}`, the updated instance shown as fields.
-async fn instance_update(ctx: &Ctx, collection: &str, id: &str, body: Value) -> anyhow::Result<()> {
+async fn instance_update(
+    ctx: &Ctx,
+    collection: &str,
+    id: &str,
+    mut body: Value,
+    limits: &LimitArgs,
+) -> anyhow::Result<()> {
+    // Limits live in the grants, which a PATCH replaces as a whole: without
+    // grant flags, change the limits given in the instance's current grants.
+    if let Value::Object(fields) = &mut body
+        && !limits.is_empty()
+        && !fields.contains_key("grants")
+    {
+        let current = ctx
+            .client
+            .get(&format!("/{collection}/{}", seg(id)), &[])
+            .await?
+            .json
+            .unwrap_or(Value::Null);
+        let mut grants = match current.get("grants") {
+            Some(Value::Object(g)) => g.clone(),
+            _ => Map::new(),
+        };
+        limits.apply(&mut grants);
+        fields.insert("grants".into(), Value::Object(grants));
+    }
     let reply = ctx
         .client
         .send(
@@ -938,7 +1062,14 @@ async fn issuers(ctx: &Ctx, action: IssuersAction) -> anyhow::Result<()> {
             instance_create(ctx, "issuers", instance_body(&instance, &[])?).await
         }
         IssuersAction::Update { id, update } => {
-            instance_update(ctx, "issuers", &id, update_body(&update, &[])?).await
+            instance_update(
+                ctx,
+                "issuers",
+                &id,
+                update_body(&update, &[])?,
+                &update.limits,
+            )
+            .await
         }
         IssuersAction::Delete { id } => instance_delete(ctx, "issuers", "issuer", &id).await,
     }
@@ -955,9 +1086,38 @@ async fn notifiers(ctx: &Ctx, action: NotifiersAction) -> anyhow::Result<()> {
             instance_create(ctx, "notifiers", instance_body(&instance, &[])?).await
         }
         NotifiersAction::Update { id, update } => {
-            instance_update(ctx, "notifiers", &id, update_body(&update, &[])?).await
+            instance_update(
+                ctx,
+                "notifiers",
+                &id,
+                update_body(&update, &[])?,
+                &update.limits,
+            )
+            .await
         }
         NotifiersAction::Delete { id } => instance_delete(ctx, "notifiers", "notifier", &id).await,
+        NotifiersAction::Disable { id } => {
+            let reply = ctx.client.disable_notifier(&id).await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        NotifiersAction::Enable { id } => {
+            let reply = ctx.client.enable_notifier(&id).await?;
+            ctx.show_fields(reply, &[]);
+            Ok(())
+        }
+        NotifiersAction::CancelPending { id } => {
+            let reply = ctx.client.cancel_notifier_notifications(&id).await?;
+            ctx.show(reply, |body| {
+                format!(
+                    "cancelled {} pending notification(s) of notifier {id}; {} being sent will \
+                     not be retried\n",
+                    output::cell(Some(&body["cancelled"])),
+                    output::cell(Some(&body["in_flight"])),
+                )
+            });
+            Ok(())
+        }
     }
 }
 
@@ -989,7 +1149,10 @@ async fn targets(ctx: &Ctx, action: TargetsAction) -> anyhow::Result<()> {
             id,
             update,
             grant_dirs,
-        } => instance_update(ctx, "targets", &id, update_body(&update, &grant_dirs)?).await,
+        } => {
+            let body = update_body(&update, &grant_dirs)?;
+            instance_update(ctx, "targets", &id, body, &update.limits).await
+        }
         TargetsAction::Delete { id } => instance_delete(ctx, "targets", "target", &id).await,
     }
 }
@@ -1353,6 +1516,7 @@ mod tests {
             remove_secrets: vec!["b".into()],
             grant_hosts: vec![],
             clear_grants: false,
+            limits: LimitArgs::default(),
         };
         assert_eq!(
             update_body(&args, &[]).unwrap(),

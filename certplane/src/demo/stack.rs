@@ -171,6 +171,7 @@ impl LocalHost {
                     ..ConnectorGrants::default()
                 },
             )]),
+            limits: Default::default(),
         }
     }
 

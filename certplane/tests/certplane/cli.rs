@@ -2940,6 +2940,150 @@ async fn notifications_list_filter_and_get() {
     assert_eq!(theirs["items"][0]["notifier_id"], other.as_str());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifiers_disable_enable_and_cancel_pending() {
+    let host = Host::start(false).await;
+    let client = host.ca_args(&host.app.operator);
+    let reader = host.ca_args(&host.app.reader);
+    let notifier = webhook_notifier(&client, "hooks").await;
+    // Three queued (no delivery loop runs here), one of them being sent.
+    for i in 0..3 {
+        host.app
+            .store
+            .enqueue_notification(NewNotification {
+                notifier_id: notifier.clone(),
+                event_type: "certificate.expiring".into(),
+                subject: Some(format!("certificate/c{i}")),
+                payload: serde_json::json!({}),
+                max_attempts: 5,
+            })
+            .await
+            .expect("enqueue");
+    }
+    let sending = host
+        .app
+        .store
+        .claim_notifications(1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("one claimed");
+
+    // Delete is refused and says what to do.
+    let line = api_error(
+        &certplane(&["notifiers", "delete", &notifier], &client).await,
+        "conflict",
+    );
+    assert!(
+        line.contains(&format!("certplane notifiers cancel-pending {notifier}")),
+        "{line}"
+    );
+
+    // Disable: a table of the state, then idempotent as JSON.
+    let shown = ok(&certplane(&["notifiers", "disable", &notifier], &client).await);
+    assert_eq!(field(&shown, "CHANGED"), "yes", "{shown}");
+    assert_eq!(field(&shown, "PENDING"), "2", "{shown}");
+    assert_eq!(field(&shown, "SENDING"), "1", "{shown}");
+    assert_ne!(field(&shown, "DISABLED AT"), "-", "{shown}");
+    let again = ok_json(
+        &certplane(
+            &["notifiers", "disable", &notifier, "--output", "json"],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(again["changed"], false, "{again}");
+    assert!(again["disabled_at"].is_string(), "{again}");
+    let detail = ok_json(
+        &certplane(
+            &["notifiers", "get", &notifier, "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    assert!(detail["disabled_at"].is_string(), "{detail}");
+
+    // Cancel the queue: two pending cancelled, the one in flight not
+    // retried.
+    let out = ok(&certplane(&["notifiers", "cancel-pending", &notifier], &client).await);
+    assert_eq!(
+        out,
+        format!(
+            "cancelled 2 pending notification(s) of notifier {notifier}; 1 being sent will not \
+             be retried\n"
+        )
+    );
+    let counts = ok_json(
+        &certplane(
+            &["notifiers", "cancel-pending", &notifier, "--output", "json"],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(counts["cancelled"], 0, "{counts}");
+    assert_eq!(counts["in_flight"], 1, "{counts}");
+    let cancelled = ok_json(
+        &certplane(
+            &[
+                "notifications",
+                "list",
+                "--status",
+                "cancelled",
+                "--output",
+                "json",
+            ],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(cancelled["total"], 2, "{cancelled}");
+
+    // Enable.
+    let enabled = ok_json(
+        &certplane(
+            &["notifiers", "enable", &notifier, "--output", "json"],
+            &client,
+        )
+        .await,
+    );
+    assert_eq!(enabled["changed"], true, "{enabled}");
+    assert!(enabled["disabled_at"].is_null(), "{enabled}");
+
+    // Readers may not; unknown ids are not found.
+    for command in ["disable", "enable", "cancel-pending"] {
+        api_error(
+            &certplane(&["notifiers", command, &notifier], &reader).await,
+            "forbidden",
+        );
+        let line = api_error(
+            &certplane(&["notifiers", command, "no-such-notifier"], &client).await,
+            "not_found",
+        );
+        assert!(line.contains("no-such-notifier"), "{command}: {line}");
+    }
+
+    // The attempt in flight fails: cancelled, not retried; then the
+    // notifier can be deleted.
+    let lease = sending.lease().expect("lease");
+    assert!(
+        host.app
+            .store
+            .mark_notification_failed(&lease, "timed out", false, None)
+            .await
+            .expect("failed")
+    );
+    let row = ok_json(
+        &certplane(
+            &["notifications", "get", &sending.id, "--output", "json"],
+            &reader,
+        )
+        .await,
+    );
+    assert_eq!(row["status"], "cancelled", "{row}");
+    let deleted = ok(&certplane(&["notifiers", "delete", &notifier], &client).await);
+    assert_eq!(deleted, format!("deleted notifier {notifier}\n"));
+}
+
 // ------------------------------------------------------------ jobs verify
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

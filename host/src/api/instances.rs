@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use certplane_runtime::{CallError, ConnectorError, InstanceConfig, Plugin, PluginKind};
+use certplane_runtime::{
+    CallError, ConnectorError, InstanceConfig, InstanceLimits, LimitPolicy, Plugin, PluginKind,
+    Resolved,
+};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -144,6 +147,40 @@ pub struct GrantsBody {
     /// Preopened directories (targets only).
     #[serde(default)]
     pub directories: Vec<DirectoryGrant>,
+    /// The operator's limits for this instance's calls, within the host's
+    /// `[limits]` (and, for agent targets, the agent's). Unset fields take
+    /// the plugin manifest's request, cut to the host's maxima, or the
+    /// host's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsBody>,
+}
+
+/// Per-instance limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    /// Wall-clock deadline of one call, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub deadline_secs: Option<u64>,
+    /// Linear-memory cap of one call, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub memory_mib: Option<u64>,
+    /// Calls of this instance that may run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub concurrency: Option<u32>,
+}
+
+impl From<LimitsBody> for InstanceLimits {
+    fn from(l: LimitsBody) -> Self {
+        InstanceLimits {
+            deadline_secs: l.deadline_secs,
+            memory_mib: l.memory_mib,
+            concurrency: l.concurrency,
+        }
+    }
 }
 
 /// Body of `POST /issuers`, `/targets`, `/notifiers`.
@@ -600,11 +637,14 @@ struct Checked {
     settings: Value,
     secrets: BTreeMap<String, String>,
     grants: GrantsBody,
+    /// The limits the instance will run with on the host.
+    resolved: Resolved,
 }
 
 /// Shape checks that need no plugin call.
 fn check_config(
     kind: Kind,
+    policy: &LimitPolicy,
     plugin: &Plugin,
     settings: Value,
     secrets: BTreeMap<String, String>,
@@ -674,10 +714,17 @@ fn check_config(
     InstanceConfig::new("check")
         .with_hosts(&grants.hosts)
         .map_err(|e| ApiError::validation(e.to_string()))?;
+    let resolved = policy
+        .resolve(
+            plugin.manifest(),
+            &grants.limits.map(InstanceLimits::from).unwrap_or_default(),
+        )
+        .map_err(|e| ApiError::validation(format!("grants.{e}")))?;
     Ok(Checked {
         settings,
         secrets,
         grants,
+        resolved,
     })
 }
 
@@ -699,6 +746,7 @@ async fn validate_with_plugin(
     for dir in &checked.grants.directories {
         config = config.with_dir(&dir.path, dir.guest_path.clone(), dir.writable);
     }
+    config = config.with_limits(checked.resolved.limits);
     let instance = certplane_runtime::PluginInstance::new(plugin.clone(), config)
         .map_err(|e| ApiError::validation(e.to_string()))?;
     instance.validate_config().await.map_err(call_error)
@@ -820,7 +868,14 @@ async fn create(
             None => return Err(ApiError::validation(format!("no agent {agent_id:?}"))),
         }
     }
-    let checked = check_config(kind, &plugin, body.settings, body.secrets, body.grants)?;
+    let checked = check_config(
+        kind,
+        &state.config.limits,
+        &plugin,
+        body.settings,
+        body.secrets,
+        body.grants,
+    )?;
     let id = new_id();
     let runs_on_host = kind != Kind::Target || agent_id == SENTINEL_AGENT_ID;
     if runs_on_host {
@@ -937,7 +992,14 @@ async fn update(
             secret_changes.push(name);
         }
     }
-    let checked = check_config(kind, &plugin, settings, secrets, grants)?;
+    let checked = check_config(
+        kind,
+        &state.config.limits,
+        &plugin,
+        settings,
+        secrets,
+        grants,
+    )?;
     let runs_on_host = row
         .agent_id
         .as_deref()
@@ -1029,10 +1091,20 @@ async fn delete(
                 if n == 0 {
                     return Err(ApiError::not_found(format!("notifier {id:?}")));
                 }
+                // Say how out of it: cancel the queue, then delete (the
+                // deliveries in flight end at the connector's deadline).
+                let (pending, sending) = state.store.notifier_queue_counts(id).await?;
                 return Err(ApiError::conflict(format!(
-                    "notifier {id:?} has {n} notification(s) pending delivery"
+                    "notifier {id:?} has {n} notification(s) pending delivery ({pending} \
+                     pending, {sending} being sent): cancel them with POST \
+                     /api/v1/notifiers/{id}/notifications/cancel (`certplane notifiers \
+                     cancel-pending {id}`; `disable` first stops new ones), then delete it \
+                     again once none is being sent"
                 ))
-                .with_extra(json!({ "counts": { "open_notifications": n } })));
+                .with_extra(json!({
+                    "counts": { "open_notifications": n, "pending": pending, "sending": sending },
+                    "cancel": format!("/api/v1/notifiers/{id}/notifications/cancel"),
+                })));
             }
         }
     }

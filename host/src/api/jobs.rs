@@ -363,15 +363,18 @@ async fn cancel_job(
             &id,
             json!({ "from": job.status, "reason": reason }),
         );
-        let update = JobUpdate {
-            last_error: Some(reason.clone()),
-            ..JobUpdate::default()
-        };
+        let hold_until =
+            now() + chrono::Duration::seconds(state.config.jobs.cancel_hold_secs as i64);
         if state
             .store
-            .transition_job(&id, job.status, JobStatus::Cancelled, update, Some(event))
+            .cancel_job_by_operator(&id, job.status, &reason, event, hold_until)
             .await?
         {
+            // Running here: stop its connector call now (on another
+            // replica the job notices within a second).
+            if state.runner.cancel(&id) {
+                tracing::info!(job = %id, "running job stopped by its cancellation");
+            }
             if let Some(agent) = job.agent_id.as_deref().filter(|a| *a != SENTINEL_AGENT_ID) {
                 // A long-polling agent learns about the cancellation sooner.
                 state.wake.wake_agent(agent);

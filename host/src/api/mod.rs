@@ -19,10 +19,11 @@ mod notifications;
 mod system;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -139,9 +140,43 @@ pub fn router(state: AppState) -> Router {
     .route("/metrics", axum::routing::get(system::metrics))
     .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
     .layer(DefaultBodyLimit::max(max_body))
+    .layer(middleware::from_fn_with_state(
+        Duration::from_secs(state.config.api.request_timeout_secs),
+        bounded,
+    ))
     .layer(middleware::from_fn(envelope_and_request_id))
     .layer(tower_http::trace::TraceLayer::new_for_http())
     .with_state(state)
+}
+
+/// The agents' work long-poll, the one request allowed to outlast
+/// `api.request_timeout_secs` (it has its own bound, `long_poll_max_secs`).
+const LONG_POLL_PATH: &str = "/api/v1/agents/work";
+
+/// Bounds every request but the long-poll by `api.request_timeout_secs`:
+/// a handler still running then (a connector's `validate-config` that
+/// spins, a stalled database) is dropped, which stops a plugin call it was
+/// awaiting, and the client gets 503 `timeout`.
+async fn bounded(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    if request.uri().path() == LONG_POLL_PATH {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_owned();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%path, limit_secs = limit.as_secs(), "request timed out and was stopped");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request did not finish within {} s (api.request_timeout_secs) and was stopped; retry later",
+                    limit.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Assigns the request id (the client's `x-request-id` when sane, else a

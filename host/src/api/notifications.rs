@@ -1,5 +1,8 @@
-//! Outgoing notifications and their delivery state.
+//! Outgoing notifications and their delivery state, and the operator's
+//! levers on a notifier's queue: disable / enable the notifier, cancel its
+//! pending notifications.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -12,16 +15,135 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::ReadAccess;
+use super::auth::{OperatorAccess, ReadAccess};
 use super::error::{ApiError, ApiResult};
 use super::listing::{Page, PageQuery, conditional_json};
-use crate::store::{Notification, NotificationStatus};
+use crate::engine::notify::{self, NotifierState};
+use crate::store::{ActorType, CancelledNotifications, Notification, NotificationStatus};
 
 /// Routes under `/api/v1`.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_notifications))
         .routes(routes!(get_notification))
+        .routes(routes!(disable_notifier))
+        .routes(routes!(enable_notifier))
+        .routes(routes!(cancel_notifier_notifications))
+}
+
+/// A notifier's state after `disable` / `enable`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotifierStateView {
+    /// Notifier id.
+    pub id: String,
+    /// Notifier name.
+    pub name: String,
+    /// Disabled since (`null`: enabled).
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Whether this request changed the notifier (false: it already was
+    /// in that state; nothing was changed or audited).
+    pub changed: bool,
+    /// Notifications waiting in its queue (a disabled notifier's wait until
+    /// it is enabled or they are cancelled).
+    pub pending: u64,
+    /// Notifications being sent right now (they end at the connector's
+    /// deadline at the latest).
+    pub sending: u64,
+}
+
+impl From<NotifierState> for NotifierStateView {
+    fn from(s: NotifierState) -> Self {
+        NotifierStateView {
+            id: s.notifier.id,
+            name: s.notifier.name,
+            disabled_at: s.notifier.disabled_at,
+            changed: s.changed,
+            pending: s.pending,
+            sending: s.sending,
+        }
+    }
+}
+
+/// What `POST /notifiers/{id}/notifications/cancel` did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CancelledNotificationsView {
+    /// Notifier id.
+    pub notifier_id: String,
+    /// Pending notifications cancelled (status `cancelled`, never sent).
+    pub cancelled: u64,
+    /// Notifications being sent right now: not attempted again; each ends
+    /// `cancelled` when its attempt fails or its lease is lost, or `sent`
+    /// if the attempt in flight succeeds.
+    pub in_flight: u64,
+}
+
+impl CancelledNotificationsView {
+    fn new(notifier_id: String, counts: CancelledNotifications) -> Self {
+        CancelledNotificationsView {
+            notifier_id,
+            cancelled: counts.cancelled,
+            in_flight: counts.in_flight,
+        }
+    }
+}
+
+/// Disable a notifier: no new notifications are queued for it and its
+/// queue waits (nothing is sent) until it is enabled again or its pending
+/// notifications are cancelled. Idempotent; audited when it changes.
+#[utoipa::path(post, path = "/notifiers/{id}/disable", tag = "notifiers",
+    params(("id" = String, Path, description = "notifier id")),
+    responses(
+        (status = 200, body = NotifierStateView),
+        (status = 403, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn disable_notifier(
+    State(state): State<AppState>,
+    OperatorAccess(caller): OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NotifierStateView>> {
+    let s = notify::set_disabled(&state, &id, true, &caller.actor(), ActorType::ApiKey).await?;
+    Ok(Json(s.into()))
+}
+
+/// Enable a notifier: new events are queued for it again and its waiting
+/// queue is delivered. Idempotent; audited when it changes.
+#[utoipa::path(post, path = "/notifiers/{id}/enable", tag = "notifiers",
+    params(("id" = String, Path, description = "notifier id")),
+    responses(
+        (status = 200, body = NotifierStateView),
+        (status = 403, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn enable_notifier(
+    State(state): State<AppState>,
+    OperatorAccess(caller): OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NotifierStateView>> {
+    let s = notify::set_disabled(&state, &id, false, &caller.actor(), ActorType::ApiKey).await?;
+    Ok(Json(s.into()))
+}
+
+/// Cancel a notifier's pending notifications (status `cancelled`, never
+/// sent); those being sent right now are not attempted again. Returns the
+/// counts; a repeated call cancels nothing more. Audited.
+#[utoipa::path(post, path = "/notifiers/{id}/notifications/cancel", tag = "notifiers",
+    params(("id" = String, Path, description = "notifier id")),
+    responses(
+        (status = 200, body = CancelledNotificationsView),
+        (status = 403, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn cancel_notifier_notifications(
+    State(state): State<AppState>,
+    OperatorAccess(caller): OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CancelledNotificationsView>> {
+    let counts = notify::cancel_pending(&state, &id, &caller.actor(), ActorType::ApiKey).await?;
+    Ok(Json(CancelledNotificationsView::new(id, counts)))
 }
 
 /// A notification as the API shows it.

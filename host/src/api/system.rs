@@ -10,13 +10,16 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::ReadAccess;
+use super::auth::{AdminAccess, ReadAccess};
 use super::error::{ApiError, ApiResult};
 use super::listing::conditional_json;
+use crate::store::{ActorType, NewAuditEvent};
 
 /// Routes under `/api/v1`.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_plugins))
+    OpenApiRouter::new()
+        .routes(routes!(list_plugins))
+        .routes(routes!(reload_plugins))
 }
 
 /// Routes at the root (not part of the versioned API).
@@ -99,6 +102,7 @@ async fn list_plugins(
     let items = state
         .plugins
         .list()
+        .into_iter()
         .map(|p| PluginView {
             name: p.name().to_string(),
             kind: p.kind().to_string(),
@@ -113,7 +117,58 @@ async fn list_plugins(
         .collect();
     let list = PluginList {
         items,
-        failures: state.plugins.failures().to_vec(),
+        failures: state.plugins.failures(),
     };
     Ok(conditional_json(&headers, &list))
+}
+
+/// What a plugin reload changed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReloadView {
+    /// Plugins new to this host.
+    pub added: Vec<String>,
+    /// Plugins whose component changed.
+    pub replaced: Vec<String>,
+    /// Plugins whose manifest is gone.
+    pub removed: Vec<String>,
+    /// Plugins unchanged.
+    pub unchanged: Vec<String>,
+    /// Load failures; a plugin whose new version fails keeps its loaded one.
+    pub failures: Vec<String>,
+}
+
+/// Load the plugin directory again, without a restart (this replica only;
+/// `SIGHUP` does the same). Calls running finish on the version they
+/// started with.
+#[utoipa::path(post, path = "/plugins/reload", tag = "plugins",
+    responses(
+        (status = 200, body = ReloadView),
+        (status = 403, body = super::error::ErrorBody),
+        (status = 500, body = super::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn reload_plugins(
+    State(state): State<AppState>,
+    AdminAccess(caller): AdminAccess,
+) -> ApiResult<Response> {
+    let report = state.plugins.reload().await.map_err(ApiError::internal)?;
+    state
+        .store
+        .record_audit(NewAuditEvent {
+            actor: caller.actor(),
+            actor_type: ActorType::ApiKey,
+            action: "plugins.reload".into(),
+            subject_type: "plugins".into(),
+            subject_id: None,
+            details: serde_json::to_value(&report).unwrap_or_default(),
+        })
+        .await?;
+    let view = ReloadView {
+        added: report.added,
+        replaced: report.replaced,
+        removed: report.removed,
+        unchanged: report.unchanged,
+        failures: report.failures,
+    };
+    Ok(axum::Json(view).into_response())
 }

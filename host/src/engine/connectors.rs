@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use certplane_proto::ErrorClass;
 use certplane_runtime::asyncpoll::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
-use certplane_runtime::{CallError, InstanceConfig, PluginInstance, PluginKind};
+use certplane_runtime::{CallError, InstanceConfig, InstanceLimits, PluginInstance, PluginKind};
 use chrono::{DateTime, Utc};
 
 use crate::engine::Engine;
@@ -17,6 +17,8 @@ use crate::store::{JobFailure, StoreError};
 struct StoredGrants {
     hosts: Vec<String>,
     directories: Vec<StoredDir>,
+    /// The operator's limits for this instance.
+    limits: InstanceLimits,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -61,6 +63,15 @@ pub fn build_instance(
     for dir in grants.directories {
         config = config.with_dir(dir.path, dir.guest_path, dir.writable);
     }
+    let resolved = engine
+        .config
+        .limits
+        .resolve(plugin.manifest(), &grants.limits)
+        .map_err(|e| format!("{owner}: {e}"))?;
+    config = config.with_limits(resolved.limits);
+    engine
+        .runner
+        .set_instance_concurrency(owner, resolved.concurrency);
     PluginInstance::new(plugin, config).map_err(|e| format!("{owner}: {e}"))
 }
 
@@ -85,19 +96,31 @@ pub async fn issuer_instance(
     ))
 }
 
-/// Runs one connector call and records its latency and outcome in the
-/// host's metrics (`certplane_plugin_call_*`), labelled by plugin and call.
-pub async fn observed<T>(
+/// Runs one connector call on the plugin threads ([`super::plugin_exec`])
+/// within the instance's concurrency, and records its latency and outcome
+/// in the host's metrics (`certplane_plugin_call_*`), labelled by plugin
+/// and call. `call` gets its own handle on the instance.
+pub async fn observed<T, F, Fut>(
     engine: &Engine,
     instance: &PluginInstance,
-    call: &str,
-    fut: impl Future<Output = Result<T, CallError>>,
-) -> Result<T, CallError> {
+    call_name: &str,
+    call: F,
+) -> Result<T, CallError>
+where
+    T: Send + 'static,
+    F: FnOnce(PluginInstance) -> Fut,
+    Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+{
+    // Waiting for the instance's own slot is not counted as call time.
+    let _slot = engine.runner.instance_permit(instance.id()).await;
     let started = std::time::Instant::now();
-    let result = fut.await;
+    let result = engine
+        .plugin_exec
+        .run(instance.plugin().name(), call(instance.clone()))
+        .await;
     engine.metrics.observe_plugin_call(
         instance.plugin().name(),
-        call,
+        call_name,
         started.elapsed(),
         result.as_ref().map(|_| ()),
     );

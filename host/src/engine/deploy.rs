@@ -89,12 +89,9 @@ async fn deploy(
         chain_pem: blocks,
         fingerprint_sha256: version.fingerprint_sha256.clone(),
     };
-    let result = observed(
-        engine,
-        &instance,
-        "deploy",
-        instance.deploy(&bundle, &key, "{}"),
-    )
+    let result = observed(engine, &instance, "deploy", |i| async move {
+        i.deploy(&bundle, &key, "{}").await
+    })
     .await
     .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
     if let Some(at) = result.verify_at {

@@ -208,9 +208,21 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
                 validity_days: None,
                 certificate_id: cert.id.clone(),
             };
-            observed(engine, &issuer, "submit", issuer.submit(&request)).await
+            observed(engine, &issuer, "submit", |i| async move {
+                i.submit(&request).await
+            })
+            .await
         }
-        Some(order) => observed(engine, &issuer, "poll", issuer.poll(order)).await,
+        Some(order) => {
+            let order = order.clone();
+            observed(
+                engine,
+                &issuer,
+                "poll",
+                |i| async move { i.poll(&order).await },
+            )
+            .await
+        }
     };
     let now = Utc::now();
     match (call, order) {

@@ -20,14 +20,15 @@ pub mod error;
 pub mod expiry;
 pub mod issuance;
 pub mod notify;
+pub mod plugin_exec;
 pub mod revoke;
+pub mod runner;
 pub mod verification;
 pub mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HostConfig;
@@ -35,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::plugins::PluginRegistry;
 use crate::scheduler::ticker::{LoopSpec, Scheduler, TickReport};
 use crate::secrets::SecretBox;
-use crate::store::{JobStatus, JobType, Store};
+use crate::store::{JobStatus, Store};
 use crate::wake::Wake;
 
 /// What the engine works with. Cheap to clone.
@@ -53,6 +54,10 @@ pub struct Engine {
     pub secrets: Arc<SecretBox>,
     /// Metrics recorded in process.
     pub metrics: Arc<Metrics>,
+    /// The job tasks running in this process.
+    pub runner: Arc<runner::JobRunner>,
+    /// The threads connector calls run on.
+    pub plugin_exec: Arc<plugin_exec::PluginExec>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -72,6 +77,8 @@ impl Engine {
         secrets: Arc<SecretBox>,
     ) -> Self {
         Engine {
+            runner: Arc::new(runner::JobRunner::new(config.jobs.max_concurrent)),
+            plugin_exec: Arc::new(plugin_exec::PluginExec::new()),
             store,
             config,
             plugins,
@@ -133,9 +140,41 @@ async fn wake_agents_with_work(
     Ok(())
 }
 
+/// Claims as many jobs as there are free slots (at most [`BATCH`]) and
+/// runs each as its own task: the tick does not wait for them, so one slow
+/// call never holds back the next claim.
+async fn claim_and_run<F, Fut>(
+    engine: &Engine,
+    what: &'static str,
+    claim: F,
+) -> crate::scheduler::ticker::TickResult
+where
+    F: FnOnce(u32) -> Fut,
+    Fut: Future<Output = Result<Vec<crate::store::Job>, crate::store::StoreError>>,
+{
+    let free = engine.runner.free_slots();
+    if free == 0 {
+        // A finishing job wakes the loop again.
+        return Ok(TickReport::done(0));
+    }
+    let want = u32::try_from(free).unwrap_or(BATCH).min(BATCH);
+    let started = std::time::Instant::now();
+    let jobs = claim(want).await?;
+    engine.metrics.observe_claim(what, started.elapsed());
+    let n = jobs.len();
+    for job in jobs {
+        engine.runner.spawn(engine, job).await;
+    }
+    Ok(report(n, want))
+}
+
 /// Starts every loop; cancel `token` (or call `shutdown`) to stop them.
+/// Shutdown lets running jobs finish within its grace period and stops
+/// them after it.
 pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
     let mut scheduler = Scheduler::with_cancellation(token);
+    let (tasks, stop) = engine.runner.drain_handles();
+    scheduler.drain_tasks("jobs", tasks, stop);
     let s = &engine.config.scheduler;
 
     let st = engine.clone();
@@ -145,26 +184,10 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
         move || {
             let st = st.clone();
             async move {
-                let started = std::time::Instant::now();
-                let jobs = st.store.claim_pending_jobs(None, BATCH).await?;
-                st.metrics
-                    .observe_claim("claim_pending_jobs", started.elapsed());
-                let n = jobs.len();
-                join_all(jobs.into_iter().map(|job| {
-                    let st = st.clone();
-                    async move {
-                        match job.job_type {
-                            JobType::Issuance | JobType::Renewal => {
-                                issuance::process(&st, job).await
-                            }
-                            JobType::Deployment => deploy::process(&st, job).await,
-                            JobType::Revocation => revoke::process(&st, job).await,
-                            JobType::Verification => verification::process(&st, job).await,
-                        }
-                    }
-                }))
-                .await;
-                Ok(report(n, BATCH))
+                claim_and_run(&st, "claim_pending_jobs", |n| {
+                    st.store.claim_pending_jobs(None, n)
+                })
+                .await
             }
         },
     );
@@ -175,19 +198,7 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
         Some(engine.wake.orders.clone()),
         move || {
             let st = st.clone();
-            async move {
-                let started = std::time::Instant::now();
-                let jobs = st.store.claim_due_polls(BATCH).await?;
-                st.metrics
-                    .observe_claim("claim_due_polls", started.elapsed());
-                let n = jobs.len();
-                join_all(jobs.into_iter().map(|job| {
-                    let st = st.clone();
-                    async move { issuance::process(&st, job).await }
-                }))
-                .await;
-                Ok(report(n, BATCH))
-            }
+            async move { claim_and_run(&st, "claim_due_polls", |n| st.store.claim_due_polls(n)).await }
         },
     );
 
@@ -259,17 +270,11 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
         }
     });
 
-    let st = engine.clone();
-    scheduler.spawn_loop(
+    // One queue per notifier, deliveries in their own tasks (see notify).
+    notify::spawn_loop(
+        &mut scheduler,
+        &engine,
         spec("notifications", s.notifications_ms, &engine),
-        Some(engine.wake.notifications.clone()),
-        move || {
-            let st = st.clone();
-            async move {
-                let n = notify::tick(&st).await?;
-                Ok(report(n, notify::BATCH))
-            }
-        },
     );
 
     let st = engine.clone();

@@ -61,8 +61,10 @@ async fn revoke(engine: &Engine, job: &Job) -> Result<String, JobFailure> {
         ca_certificate_id: None,
         reason: reason_of(job),
     };
-    observed(engine, &issuer, "revoke", issuer.revoke(&request))
-        .await
-        .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
+    observed(engine, &issuer, "revoke", |i| async move {
+        i.revoke(&request).await
+    })
+    .await
+    .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
     Ok(version.serial)
 }

@@ -43,6 +43,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info_span, warn};
 
 /// Default relative jitter of a loop's interval (±10 %).
@@ -201,6 +202,8 @@ impl ShutdownReport {
 pub struct Scheduler {
     cancel: CancellationToken,
     loops: Vec<(&'static str, JoinHandle<()>)>,
+    /// Tasks the loops spawned (running jobs), drained after the loops.
+    drains: Vec<(&'static str, TaskTracker, CancellationToken)>,
 }
 
 impl Default for Scheduler {
@@ -222,6 +225,7 @@ impl Scheduler {
         Scheduler {
             cancel: parent.child_token(),
             loops: Vec::new(),
+            drains: Vec::new(),
         }
     }
 
@@ -248,9 +252,17 @@ impl Scheduler {
         self.loops.push((name, tokio::spawn(task)));
     }
 
+    /// Makes shutdown wait for the tasks in `tasks` (spawned by the loops,
+    /// outliving their ticks) after the loops have stopped, within the same
+    /// grace period, and cancel `stop` for those still running after it.
+    pub fn drain_tasks(&mut self, name: &'static str, tasks: TaskTracker, stop: CancellationToken) {
+        self.drains.push((name, tasks, stop));
+    }
+
     /// Stops every loop: no new tick starts; ticks in flight get until
-    /// `grace` has elapsed to finish and are aborted after that. Returns once
-    /// every loop task has ended.
+    /// `grace` has elapsed to finish and are aborted after that; then the
+    /// loops' own tasks get what is left of `grace` and are cancelled after
+    /// it. Returns once every loop task and every drained task has ended.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         self.cancel.cancel();
         let deadline = Instant::now() + grace;
@@ -280,6 +292,24 @@ impl Scheduler {
                 }
             }
         }
+        for (name, tasks, stop) in std::mem::take(&mut self.drains) {
+            tasks.close();
+            if tokio::time::timeout_at(deadline, tasks.wait())
+                .await
+                .is_ok()
+            {
+                report.drained.push(name);
+                continue;
+            }
+            warn!(
+                "loop" = name,
+                running = tasks.len(),
+                "tasks still running after the shutdown grace period; stopping them"
+            );
+            stop.cancel();
+            tasks.wait().await;
+            report.aborted.push(name);
+        }
         debug!(
             drained = report.drained.len(),
             aborted = report.aborted.len(),
@@ -293,6 +323,9 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.cancel.cancel();
+        for (_, _, stop) in &self.drains {
+            stop.cancel();
+        }
     }
 }
 

@@ -62,6 +62,20 @@ pub struct Backoff {
     pub cap: Duration,
 }
 
+impl Backoff {
+    /// A connector's retry time (a rate limit's Retry-After) cut to the
+    /// retry cap: a hint cannot park work for longer than the operator's
+    /// own backoff ever would.
+    pub fn cap_retry_at(
+        &self,
+        retry_at: Option<chrono::DateTime<chrono::Utc>>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let cap = chrono::Duration::from_std(self.cap).unwrap_or(chrono::Duration::hours(1));
+        retry_at.map(|at| at.min(now + cap))
+    }
+}
+
 impl Default for Backoff {
     fn default() -> Self {
         Backoff {
@@ -298,5 +312,28 @@ impl BeginWrite for PgPool {
     type Db = sqlx::Postgres;
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         self.begin().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn a_retry_hint_is_cut_to_the_retry_cap() {
+        let backoff = Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+        };
+        let now = chrono::Utc::now();
+        let far = now + chrono::Duration::hours(5);
+        let near = now + chrono::Duration::seconds(30);
+        assert_eq!(
+            backoff.cap_retry_at(Some(far), now),
+            Some(now + chrono::Duration::seconds(60))
+        );
+        assert_eq!(backoff.cap_retry_at(Some(near), now), Some(near));
+        assert_eq!(backoff.cap_retry_at(None, now), None);
     }
 }

@@ -10,6 +10,7 @@ mod api_basics;
 mod api_certificates;
 mod api_instances;
 mod api_jobs;
+mod isolation;
 mod notifications;
 mod pipeline;
 mod pipeline_async;

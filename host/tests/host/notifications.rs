@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use certplane_host::api::AppState;
@@ -106,6 +107,12 @@ async fn app(backend: Backend) -> TestApp {
 /// A `webhook` notifier posting to `server`, its signing secret sealed for
 /// `notifier/<id>`.
 async fn create_webhook(state: &AppState, server: &TestServer) -> String {
+    create_webhook_to(state, "hook", &server.url(), &server.grant()).await
+}
+
+/// A `webhook` notifier called `name` posting to `base_url` (granted by
+/// `grant`).
+async fn create_webhook_to(state: &AppState, name: &str, base_url: &str, grant: &str) -> String {
     let id = uuid::Uuid::now_v7().to_string();
     let sealed = state
         .secrets
@@ -119,10 +126,10 @@ async fn create_webhook(state: &AppState, server: &TestServer) -> String {
         .create_notifier_with_id(
             &id,
             NewPluginInstance {
-                settings: serde_json::json!({ "url": format!("{}/hooks/certplane", server.url()) }),
+                settings: serde_json::json!({ "url": format!("{base_url}/hooks/certplane") }),
                 encrypted_secrets: Some(sealed.into_bytes()),
-                grants: serde_json::json!({ "hosts": [server.grant()] }),
-                ..NewPluginInstance::new("hook", "webhook", "0.1.0")
+                grants: serde_json::json!({ "hosts": [grant] }),
+                ..NewPluginInstance::new(name, "webhook", "0.1.0")
             },
         )
         .await
@@ -305,15 +312,17 @@ async fn gone_fails_permanently_and_disables_the_notifier(backend: Backend) {
         .await
         .unwrap();
     assert!(events.iter().any(|e| e.action == "notifier.disabled"));
+    // A disabled notifier's queue waits (until it is enabled, updated or
+    // cancelled): nothing is claimed or sent.
     let later = enqueue(&app.store, &notifier, 1).await.remove(0);
     let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
-    let failed = wait_for(&app.store, &later, "failed", |n| {
-        n.status == NotificationStatus::Failed
-    })
-    .await;
+    app.state.wake.notifications.notify_one();
+    settle().await;
     scheduler.shutdown(Duration::from_secs(5)).await;
-    assert!(
-        failed.last_error.unwrap_or_default().contains("disabled"),
+    let waiting = app.store.get_notification(&later).await.unwrap().unwrap();
+    assert_eq!(
+        (waiting.status, waiting.attempts),
+        (NotificationStatus::Pending, 0),
         "a disabled notifier must not deliver"
     );
     assert_eq!(server.requests().len(), 1, "nothing more was sent");
@@ -510,7 +519,492 @@ async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
     );
 }
 
+/// A plugin directory whose `webhook` manifest asks for a `deadline_ms`
+/// deadline instead of 15 s, so a hung receiver holds a delivery that long.
+fn plugins_with_webhook_deadline(deadline_ms: u64) -> tempfile::TempDir {
+    let dir = certplane_testkit::plugin_dir_with_fixtures(&[]);
+    let manifest = dir.path().join("webhook.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let (before, after) = text.split_once("cpu_deadline_ms = ").unwrap();
+    let rest = after.split_once('\n').map_or("", |(_, rest)| rest);
+    std::fs::write(
+        &manifest,
+        format!("{before}cpu_deadline_ms = {deadline_ms}\n{rest}"),
+    )
+    .unwrap();
+    dir
+}
+
+/// A receiver that accepts connections and never answers: every delivery
+/// to it runs to the connector's deadline. Counts the connections.
+async fn hung_receiver() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), accepted)
+}
+
+/// Enqueues one notification for `notifier`, wakes the loop and returns
+/// how long until `server` received it.
+async fn delivery_latency(app: &TestApp, server: &TestServer, notifier: &str) -> Duration {
+    let before = server.requests().len();
+    let started = Instant::now();
+    enqueue(&app.store, notifier, 1).await;
+    app.state.wake.notifications.notify_one();
+    loop {
+        if server.requests().len() > before {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not delivered within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn count_of(store: &Store, notifier: &str, status: &str) -> i64 {
+    certplane_testkit::count(
+        store,
+        &format!(
+            "SELECT COUNT(*) FROM notifications WHERE notifier_id = '{notifier}' AND status = '{status}'"
+        ),
+    )
+    .await
+}
+
+async fn wait_until_count(store: &Store, notifier: &str, status: &str, done: impl Fn(i64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = count_of(store, notifier, status).await;
+        if done(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{status}: {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A notifier whose receiver accepts and never answers (2 s deadline) beside
+/// a healthy one: the healthy one's deliveries are not delayed while the
+/// hung one is stuck; the operator disables the hung one and cancels its
+/// queue through the API, after which nothing more reaches it; a disabled
+/// queue waits and enabling delivers it.
+async fn hung_notifier_does_not_delay_others_and_can_be_disabled_and_cancelled(backend: Backend) {
+    let plugins = plugins_with_webhook_deadline(2_000);
+    let app = TestApp::with_config(backend, |c| {
+        c.scheduler.notifications_ms = 100;
+        c.plugin_dir = plugins.path().to_path_buf();
+    })
+    .await;
+    let server = TestServer::start(|_| TestResponse::text(204, ""))
+        .await
+        .unwrap();
+    let healthy = create_webhook(&app.state, &server).await;
+    let (hung_url, accepted) = hung_receiver().await;
+    let hung = create_webhook_to(&app.state, "hung", &hung_url, &hung_url).await;
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
+
+    // Unloaded: the healthy notifier's latency alone.
+    let mut unloaded = Vec::new();
+    for _ in 0..3 {
+        unloaded.push(delivery_latency(&app, &server, &healthy).await);
+    }
+    let baseline = *unloaded.iter().max().unwrap();
+
+    // The hung notifier's queue: more than it may have in flight.
+    const HUNG: i64 = 12;
+    enqueue(&app.store, &hung, HUNG as usize).await;
+    app.state.wake.notifications.notify_one();
+    wait_until_count(&app.store, &hung, "sending", |n| n > 0).await;
+
+    let bound = (baseline * 2).max(Duration::from_secs(1));
+    let mut loaded = Vec::new();
+    for _ in 0..5 {
+        let latency = delivery_latency(&app, &server, &healthy).await;
+        loaded.push(latency);
+    }
+    let stuck = count_of(&app.store, &hung, "sending").await;
+    eprintln!(
+        "healthy notifier latency: unloaded {unloaded:?}, beside a hung notifier {loaded:?} \
+         (bound {bound:?}); hung notifier: {stuck} sending, {} connections",
+        accepted.load(Ordering::SeqCst)
+    );
+    assert!(
+        loaded.iter().all(|l| *l <= bound),
+        "a hung notifier delayed a healthy one: {loaded:?} (unloaded {unloaded:?})"
+    );
+    assert!(
+        stuck > 0 && stuck <= engine::notify::MAX_IN_FLIGHT as i64,
+        "the hung notifier is stuck with at most its own slots: {stuck}"
+    );
+    assert_eq!(count_of(&app.store, &hung, "sent").await, 0);
+
+    // Deleting it is refused, and the refusal says what to do.
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/notifiers/{hung}"),
+            Some(&app.operator),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let message = r.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("/api/v1/notifiers/{hung}/notifications/cancel"))
+            && message.contains("cancel-pending"),
+        "{message}"
+    );
+
+    // Disable: operators only, idempotent, audited once.
+    let disable = format!("/api/v1/notifiers/{hung}/disable");
+    let r = app.post(&disable, &app.reader, serde_json::json!({})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = app
+        .post(&disable, &app.operator, serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["changed"], true, "{}", r.json);
+    assert!(r.json["disabled_at"].is_string(), "{}", r.json);
+    let r = app
+        .post(&disable, &app.operator, serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["changed"], false, "{}", r.json);
+    let r = app
+        .post(
+            "/api/v1/notifiers/no-such-notifier/disable",
+            &app.operator,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    // Disabled: no new notification is queued for it.
+    let queued = engine::notify::notify_all(
+        &app.state,
+        "certificate.issued",
+        "certificate/web",
+        "certificate web issued",
+        Level::Info,
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(queued, 1, "only the healthy notifier gets it");
+
+    // Cancel its queue: everything not sent is cancelled now or, when in
+    // flight, when its attempt ends.
+    let cancel = format!("/api/v1/notifiers/{hung}/notifications/cancel");
+    let r = app
+        .post(&cancel, &app.operator, serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let connections_at_cancel = accepted.load(Ordering::SeqCst);
+    let cancelled = r.json["cancelled"].as_i64().unwrap();
+    let in_flight = r.json["in_flight"].as_i64().unwrap();
+    assert_eq!(cancelled + in_flight, HUNG, "{}", r.json);
+    assert!(
+        in_flight <= engine::notify::MAX_IN_FLIGHT as i64,
+        "{}",
+        r.json
+    );
+    let r = app
+        .post(&cancel, &app.operator, serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["cancelled"], 0, "nothing more to cancel: {}", r.json);
+
+    // The attempts in flight end at the deadline, cancelled, not retried.
+    wait_until_count(&app.store, &hung, "cancelled", |n| n == HUNG).await;
+    app.state.wake.notifications.notify_one();
+    settle().await;
+    assert_eq!(count_of(&app.store, &hung, "cancelled").await, HUNG);
+    assert_eq!(count_of(&app.store, &hung, "sent").await, 0);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        connections_at_cancel,
+        "nothing reached the hung receiver after the cancel"
+    );
+    let actions: Vec<String> = app
+        .store
+        .list_audit_events(Some("notifier"), Some(&hung), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "notifier.disable").count(),
+        1,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "notifier.notifications_cancel")
+            .count(),
+        1,
+        "{actions:?}"
+    );
+    // Now it can go.
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/notifiers/{hung}"),
+            Some(&app.operator),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+
+    // A disabled queue waits; enabling delivers it.
+    let r = app
+        .post(
+            &format!("/api/v1/notifiers/{healthy}/disable"),
+            &app.operator,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    settle().await;
+    let before = server.requests().len();
+    let waiting = enqueue(&app.store, &healthy, 2).await;
+    app.state.wake.notifications.notify_one();
+    settle().await;
+    assert_eq!(server.requests().len(), before, "a disabled notifier sent");
+    for id in &waiting {
+        let n = app.store.get_notification(id).await.unwrap().unwrap();
+        assert_eq!((n.status, n.attempts), (NotificationStatus::Pending, 0));
+    }
+    let r = app
+        .post(
+            &format!("/api/v1/notifiers/{healthy}/enable"),
+            &app.operator,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["changed"], true, "{}", r.json);
+    assert!(r.json["disabled_at"].is_null(), "{}", r.json);
+    for id in &waiting {
+        wait_for(&app.store, id, "sent after enable", |n| {
+            n.status == NotificationStatus::Sent
+        })
+        .await;
+    }
+    let report = scheduler.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// Shutdown waits for deliveries in flight within the grace period (a hung
+/// receiver's delivery ends at its 1 s deadline and is recorded), and stops
+/// them after it, recorded as failed attempts to retry.
+async fn shutdown_waits_for_deliveries_within_the_grace_period(backend: Backend) {
+    let plugins = plugins_with_webhook_deadline(1_000);
+    let app = TestApp::with_config(backend, |c| {
+        c.scheduler.notifications_ms = 100;
+        c.plugin_dir = plugins.path().to_path_buf();
+    })
+    .await;
+    let (hung_url, _) = hung_receiver().await;
+    let hung = create_webhook_to(&app.state, "hung", &hung_url, &hung_url).await;
+    let ids = enqueue(&app.store, &hung, 2).await;
+
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
+    wait_until_count(&app.store, &hung, "sending", |n| n == 2).await;
+    let claimed = app.store.get_notification(&ids[0]).await.unwrap().unwrap();
+    let lease = claimed.lease_expires_at.unwrap() - claimed.updated_at;
+    assert!(
+        lease >= chrono::Duration::seconds(30),
+        "the lease outlasts the deadline: {lease}"
+    );
+    let started = Instant::now();
+    let report = scheduler.shutdown(Duration::from_secs(10)).await;
+    assert!(report.is_clean(), "{report:?}");
+    assert!(
+        report.drained.contains(&"notification-deliveries"),
+        "{report:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(count_of(&app.store, &hung, "sending").await, 0, "recorded");
+
+    // A grace period shorter than the deadline: the deliveries are stopped
+    // and given back to be retried at once, not left to their leases.
+    let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
+    wait_until_count(&app.store, &hung, "sending", |n| n == 2).await;
+    let started = Instant::now();
+    let report = scheduler.shutdown(Duration::from_millis(100)).await;
+    assert!(
+        report.aborted.contains(&"notification-deliveries"),
+        "{report:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(count_of(&app.store, &hung, "sending").await, 0);
+    for id in &ids {
+        let n = app.store.get_notification(id).await.unwrap().unwrap();
+        assert_eq!(n.status, NotificationStatus::Pending);
+        assert!(
+            n.last_error.unwrap_or_default().contains("host shut down"),
+            "{id}"
+        );
+    }
+}
+
+/// The store side of per-notifier queues: claims of one notifier only, with
+/// the lease asked for; none for a disabled notifier; cancellation of
+/// pending and in-flight notifications.
+async fn per_notifier_claims_leases_and_cancellation(backend: Backend) {
+    let app = app(backend).await;
+    let store = &app.store;
+    let mut notifiers = Vec::new();
+    for name in ["a", "b"] {
+        let id = uuid::Uuid::now_v7().to_string();
+        store
+            .create_notifier_with_id(&id, NewPluginInstance::new(name, "webhook", "0.1.0"))
+            .await
+            .unwrap();
+        enqueue(store, &id, 3).await;
+        notifiers.push(id);
+    }
+    let (a, b) = (&notifiers[0], &notifiers[1]);
+    let audit = |action: &str, id: &str| certplane_host::store::NewAuditEvent {
+        actor: "apikey:test".into(),
+        actor_type: certplane_host::store::ActorType::ApiKey,
+        action: action.into(),
+        subject_type: "notifier".into(),
+        subject_id: Some(id.to_owned()),
+        details: serde_json::json!({}),
+    };
+
+    let mut due = store.notifiers_with_due_notifications().await.unwrap();
+    due.sort();
+    let mut both = notifiers.clone();
+    both.sort();
+    assert_eq!(due, both);
+    let claimed = store
+        .claim_notifier_notifications(a, 2, Duration::from_secs(3_600))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    for n in &claimed {
+        assert_eq!(&n.notifier_id, a);
+        let lease = n.lease_expires_at.unwrap() - n.updated_at;
+        assert!(lease >= chrono::Duration::seconds(3_590), "{lease}");
+    }
+
+    // Disabled: nothing claimed, not due; idempotent and audited once.
+    let (_, changed) = store
+        .set_notifier_disabled(b, true, audit("notifier.disable", b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(changed);
+    let (row, changed) = store
+        .set_notifier_disabled(b, true, audit("notifier.disable", b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!changed && row.disabled_at.is_some());
+    assert!(
+        store
+            .set_notifier_disabled("no-such", true, audit("notifier.disable", "no-such"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .list_audit_events(Some("notifier"), Some(b), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .claim_notifier_notifications(b, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.notifiers_with_due_notifications().await.unwrap(),
+        vec![a.clone()]
+    );
+
+    // Cancel: pending now, in flight when the attempt ends.
+    let counts = store
+        .cancel_notifier_notifications(
+            b,
+            "cancelled by test",
+            audit("notifier.notifications_cancel", b),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((counts.cancelled, counts.in_flight), (3, 0));
+    let counts = store
+        .cancel_notifier_notifications(
+            a,
+            "cancelled by test",
+            audit("notifier.notifications_cancel", a),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((counts.cancelled, counts.in_flight), (1, 2));
+    let failed = claimed[0].lease().unwrap();
+    assert!(
+        store
+            .mark_notification_failed(&failed, "timed out", false, None)
+            .await
+            .unwrap()
+    );
+    let sent = claimed[1].lease().unwrap();
+    assert!(store.mark_notification_sent(&sent).await.unwrap());
+    let status = |id: &str| {
+        let id = id.to_owned();
+        async move { store.get_notification(&id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(&claimed[0].id).await, NotificationStatus::Cancelled);
+    assert_eq!(status(&claimed[1].id).await, NotificationStatus::Sent);
+    assert_eq!(count_of(store, a, "cancelled").await, 2);
+    assert_eq!(count_of(store, b, "cancelled").await, 3);
+    assert_eq!(store.notifier_queue_counts(a).await.unwrap(), (0, 0));
+    assert!(
+        store
+            .cancel_notifier_notifications(
+                "no-such",
+                "x",
+                audit("notifier.notifications_cancel", "no-such")
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 both_backends!(
+    hung_notifier_does_not_delay_others_and_can_be_disabled_and_cancelled,
+    shutdown_waits_for_deliveries_within_the_grace_period,
+    per_notifier_claims_leases_and_cancellation,
     issuance_notifies,
     expiry_and_failed_jobs_are_notified_once,
     delivered_once_with_a_valid_signature,

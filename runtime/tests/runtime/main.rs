@@ -3,6 +3,7 @@
 //! bundled connectors and the hostile ones. Each former test file is a
 //! module; add a module here for a new one.
 
+mod bounds;
 mod common;
 mod plugins;
 mod sandbox;

@@ -502,6 +502,50 @@ async fn grant_beyond_config_is_refused(backend: Backend) {
     assert_eq!(agent.stop().await, Exit::Stopped);
 }
 
+/// A link a connector left in its own directory (`esc -> ../../outside`)
+/// does not widen a later grant that goes through it: the agent judges the
+/// directory by its real path.
+async fn grant_through_planted_link_is_refused(backend: Backend) {
+    let stack = Stack::new(backend, 30).await;
+    let config = stack.agent_config("linked");
+    let allowed = deploy_dir_of(&config);
+    let agent = RunningAgent::start(config);
+    let agent_id = stack.agent_id("linked").await;
+    let site = allowed.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let outside = stack.dir("outside");
+    std::os::unix::fs::symlink("../../outside", site.join("esc")).unwrap();
+    let target = stack
+        .pem_target("linked-files", &agent_id, &site.join("esc"), None)
+        .await;
+    let cert = stack
+        .certificate(
+            "site",
+            &["site.e2e.test"],
+            "ecdsa-p256",
+            target["id"].as_str().unwrap(),
+        )
+        .await;
+    let deployment = stack
+        .deployment_done(cert["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(deployment["status"], "failed", "{deployment}");
+    let error = deployment["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("grant refused"), "{deployment}");
+    let real_outside = std::fs::canonicalize(&outside).unwrap();
+    assert!(
+        error.contains(&real_outside.display().to_string()),
+        "the refusal names the real path: {deployment}"
+    );
+    assert_eq!(
+        deployment["attempts"], deployment["max_attempts"],
+        "a refused grant is permanent: {deployment}"
+    );
+    assert_eq!(entries(&outside), Vec::<String>::new());
+    assert_eq!(entries(&site), vec!["esc".to_owned()]);
+    assert_eq!(agent.stop().await, Exit::Stopped);
+}
+
 // ------------------------------------- 5. missing plugin / other plugin build
 
 /// Deploys one certificate through an agent configured by `adjust` and
@@ -844,6 +888,7 @@ async fn network_errors_back_off() {
         },
         verify: VerifyConfig::default(),
         connectors: Default::default(),
+        limits: Default::default(),
     })
     .unwrap();
     let agent = RunningAgent::start(config);
@@ -901,6 +946,7 @@ both_backends!(
     nothing_listening_is_unreachable_and_retried,
     csr_with_each_key_type,
     grant_beyond_config_is_refused,
+    grant_through_planted_link_is_refused,
     missing_plugin_is_reported,
     plugin_digest_mismatch_is_reported,
     retirement_ends_the_agent,

@@ -122,6 +122,9 @@ bootstrap_tokens = ["{BOOTSTRAP}"]
 lease_secs = 30
 retry_base_ms = 100
 retry_cap_secs = 1
+
+[limits]
+max_deadline_secs = 20
 "#,
         data = root.join("data").display(),
         plugins = plugins.display(),

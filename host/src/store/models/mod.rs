@@ -19,5 +19,7 @@ pub use certificate::{
     NewCertificateVersion, renewal_due_at,
 };
 pub use job::{Job, JobFailure, JobFilter, JobLease, JobStatus, JobType, JobUpdate, NewJob};
-pub use notification::{NewNotification, Notification, NotificationLease, NotificationStatus};
+pub use notification::{
+    CancelledNotifications, NewNotification, Notification, NotificationLease, NotificationStatus,
+};
 pub use plugin::{NewPluginInstance, NewTarget, PluginInstance, Target};

@@ -98,3 +98,15 @@ pub struct NewNotification {
     /// Attempt budget (e.g. 8).
     pub max_attempts: i32,
 }
+
+/// What cancelling a notifier's queue did
+/// ([`crate::store::Store::cancel_notifier_notifications`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CancelledNotifications {
+    /// Pending notifications cancelled now (never delivered).
+    pub cancelled: u64,
+    /// Notifications being sent right now: each ends `cancelled` when its
+    /// attempt fails or its lease is lost, or `sent` if that attempt
+    /// succeeds; none is attempted again.
+    pub in_flight: u64,
+}

@@ -201,13 +201,32 @@ UPDATE notifications SET status = 'sending', attempts = notifications.attempts +
 FROM c WHERE notifications.id = c.id
 RETURNING notifications.*";
 
+/// One notifier's queue (`$5`): its pending, due notifications → Sending,
+/// attempt counted, leased until `$2`; none while the notifier is disabled
+/// (they wait for it to be enabled or for the operator to cancel them).
+pub(crate) const CLAIM_NOTIFIER_NOTIFICATIONS: &str = "
+WITH c AS MATERIALIZED (
+    SELECT id FROM notifications
+    WHERE notifier_id = $5 AND status = 'pending' AND run_at <= $3
+      AND EXISTS (SELECT 1 FROM notifiers WHERE id = $5 AND disabled_at IS NULL)
+    ORDER BY run_at
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE notifications SET status = 'sending', attempts = notifications.attempts + 1,
+       lease_owner = $1, lease_expires_at = $2, updated_at = $3
+FROM c WHERE notifications.id = c.id
+RETURNING notifications.*";
+
 /// Failed delivery: `$1` id, `$2` owner, `$3` attempt, `$4` now, `$5` error,
 /// `$6` base, `$7` cap, `$8` permanent. Back to pending with backoff while
-/// the budget lasts, else failed.
+/// the budget lasts, else failed; cancelled if an operator cancelled it while
+/// it was being sent.
 pub(crate) const FAIL_NOTIFICATION: &str = concat!(
     "
 UPDATE notifications SET
-       status = CASE WHEN $8 OR attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+       status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN $8 OR attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
        last_error = $5, lease_expires_at = NULL, updated_at = $4,
        run_at = COALESCE($9, ",
     backoff!("$4", "$6", "$7"),
@@ -227,7 +246,8 @@ WITH c AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE notifications SET
-       status = CASE WHEN notifications.attempts >= notifications.max_attempts
+       status = CASE WHEN notifications.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN notifications.attempts >= notifications.max_attempts
                      THEN 'failed' ELSE 'pending' END,
        last_error = 'lease expired (held by ' || COALESCE(notifications.lease_owner, '?') || ')',
        lease_expires_at = NULL, updated_at = $1,
@@ -244,7 +264,8 @@ FROM c WHERE notifications.id = c.id"
 pub(crate) const REAP_OWN_NOTIFICATIONS: &str = concat!(
     "
 UPDATE notifications SET
-       status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+       status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
        last_error = 'lease held by a previous run of this host (' || lease_owner || ') taken back at start',
        lease_expires_at = NULL, updated_at = $1,
        run_at = ",

@@ -173,6 +173,47 @@ impl Store {
         update: JobUpdate,
         audit: Option<NewAuditEvent>,
     ) -> StoreResult<bool> {
+        self.transition_job_holding(id, from, to, update, audit, None)
+            .await
+    }
+
+    /// An operator's cancellation of job `id` (in status `from`), audited.
+    /// A cancelled issuance or renewal also holds its certificate back from
+    /// the renewal sweep until `hold_until`, in the same transaction:
+    /// otherwise the next sweep would create the job the operator just
+    /// cancelled again.
+    pub async fn cancel_job_by_operator(
+        &self,
+        id: &str,
+        from: JobStatus,
+        reason: &str,
+        audit: NewAuditEvent,
+        hold_until: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool> {
+        let update = JobUpdate {
+            last_error: Some(reason.to_owned()),
+            ..JobUpdate::default()
+        };
+        self.transition_job_holding(
+            id,
+            from,
+            JobStatus::Cancelled,
+            update,
+            Some(audit),
+            Some(hold_until),
+        )
+        .await
+    }
+
+    async fn transition_job_holding(
+        &self,
+        id: &str,
+        from: JobStatus,
+        to: JobStatus,
+        update: JobUpdate,
+        audit: Option<NewAuditEvent>,
+        hold_until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> StoreResult<bool> {
         if !can_transition(from, to) {
             return Err(StoreError::IllegalTransition { from, to });
         }
@@ -195,13 +236,28 @@ impl Store {
             crate::store::repo::outcomes::push_job_update!(qb, update);
             qb.push(" WHERE id = ").push_bind(id.to_owned());
             qb.push(" AND status = ").push_bind(from);
-            match audit {
-                None => Ok(qb.build().execute(pool).await?.rows_affected() == 1),
-                Some(event) => {
+            match (audit, hold_until) {
+                (None, None) => Ok(qb.build().execute(pool).await?.rows_affected() == 1),
+                (audit, hold_until) => {
                     let mut tx = pool.begin_write().await?;
                     let won = qb.build().execute(&mut *tx).await?.rows_affected() == 1;
                     if won {
-                        insert_audit!(&mut *tx, now, &event)?;
+                        if let Some(event) = &audit {
+                            insert_audit!(&mut *tx, now, event)?;
+                        }
+                        if let Some(until) = hold_until {
+                            sqlx::query(
+                                "UPDATE certificates SET renew_at = $2, updated_at = $3
+                                 WHERE id = (SELECT certificate_id FROM jobs
+                                             WHERE id = $1 AND job_type IN ('issuance', 'renewal'))
+                                   AND (renew_at IS NULL OR renew_at < $2)",
+                            )
+                            .bind(id)
+                            .bind(ts(until))
+                            .bind(ts(now))
+                            .execute(&mut *tx)
+                            .await?;
+                        }
                     }
                     tx.commit().await?;
                     Ok(won)
@@ -257,7 +313,9 @@ impl Store {
                     .bind(base)
                     .bind(cap)
                     .bind(failure.permanent)
-                    .bind(opt_ts(failure.retry_at))
+                    .bind(opt_ts(
+                        self.options.backoff.cap_retry_at(failure.retry_at, now),
+                    ))
                     .fetch_optional(pool)
                     .await?
             }

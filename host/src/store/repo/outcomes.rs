@@ -297,7 +297,9 @@ impl Store {
                         .bind(backoff.0)
                         .bind(backoff.1)
                         .bind(failure.permanent)
-                        .bind(opt_ts(failure.retry_at))
+                        .bind(opt_ts(
+                            self.options.backoff.cap_retry_at(failure.retry_at, now),
+                        ))
                         .fetch_optional(&mut *tx)
                         .await?
                 }

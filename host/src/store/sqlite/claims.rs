@@ -170,13 +170,27 @@ WHERE id IN (SELECT id FROM notifications WHERE status = 'pending' AND run_at <=
              ORDER BY run_at LIMIT $4)
 RETURNING *";
 
+/// One notifier's queue (`$5`): its pending, due notifications → Sending,
+/// attempt counted, leased until `$2`; none while the notifier is disabled
+/// (they wait for it to be enabled or for the operator to cancel them).
+pub(crate) const CLAIM_NOTIFIER_NOTIFICATIONS: &str = "
+UPDATE notifications SET status = 'sending', attempts = attempts + 1, lease_owner = $1,
+       lease_expires_at = $2, updated_at = $3
+WHERE id IN (SELECT id FROM notifications
+             WHERE notifier_id = $5 AND status = 'pending' AND run_at <= $3
+               AND EXISTS (SELECT 1 FROM notifiers WHERE id = $5 AND disabled_at IS NULL)
+             ORDER BY run_at LIMIT $4)
+RETURNING *";
+
 /// Failed delivery: `$1` id, `$2` owner, `$3` attempt, `$4` now, `$5` error,
 /// `$6` base, `$7` cap, `$8` permanent. Back to pending with backoff while
-/// the budget lasts, else failed.
+/// the budget lasts, else failed; cancelled if an operator cancelled it while
+/// it was being sent.
 pub(crate) const FAIL_NOTIFICATION: &str = concat!(
     "
 UPDATE notifications SET
-       status = CASE WHEN $8 OR attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+       status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN $8 OR attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
        last_error = $5, lease_expires_at = NULL, updated_at = $4,
        run_at = COALESCE($9, ",
     backoff!("$4", "$6", "$7"),
@@ -190,7 +204,8 @@ WHERE id = $1 AND status = 'sending' AND lease_owner = $2 AND attempts = $3"
 pub(crate) const REAP_NOTIFICATIONS: &str = concat!(
     "
 UPDATE notifications SET
-       status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+       status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
        last_error = 'lease expired (held by ' || COALESCE(lease_owner, '?') || ')',
        lease_expires_at = NULL, updated_at = $1,
        run_at = ",
@@ -207,7 +222,8 @@ WHERE id IN (SELECT id FROM notifications WHERE status = 'sending' AND lease_exp
 pub(crate) const REAP_OWN_NOTIFICATIONS: &str = concat!(
     "
 UPDATE notifications SET
-       status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+       status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
        last_error = 'lease held by a previous run of this host (' || lease_owner || ') taken back at start',
        lease_expires_at = NULL, updated_at = $1,
        run_at = ",

@@ -1,0 +1,177 @@
+//! Running claimed jobs: each job is its own task under a host-wide
+//! concurrency limit, so a slow connector call holds only its own slot and
+//! the claim loops keep claiming for the others; each connector instance
+//! has its own concurrency limit on top; a running job is stopped when it
+//! is cancelled (by this replica's API at once, by another replica's within
+//! [`WATCH_INTERVAL`]) or when its lease is lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::Engine;
+use crate::store::{Job, JobLease, JobStatus};
+
+/// How often a running job checks that it is still its replica's to run:
+/// the bound on how late a cancellation made on another replica stops it.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The job tasks of one engine.
+#[derive(Debug)]
+pub struct JobRunner {
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    /// A claim loop found no free slot: wake the loops when one frees.
+    starved: AtomicBool,
+    tracker: TaskTracker,
+    /// Cancelled when shutdown's grace period is over: stops every task.
+    stop: CancellationToken,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    instances: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves it consistent (single
+    // inserts and removes), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl JobRunner {
+    /// A runner for at most `capacity` jobs at once.
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        JobRunner {
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            starved: AtomicBool::new(false),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            running: Mutex::new(HashMap::new()),
+            instances: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Slots free now; a claim loop claims at most this many jobs.
+    pub fn free_slots(&self) -> usize {
+        let free = self.slots.available_permits();
+        if free == 0 {
+            self.starved.store(true, Ordering::SeqCst);
+        }
+        free
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.capacity - self.slots.available_permits()
+    }
+
+    /// The tasks, for shutdown to wait on, and the token that stops them.
+    pub fn drain_handles(&self) -> (TaskTracker, CancellationToken) {
+        (self.tracker.clone(), self.stop.clone())
+    }
+
+    /// Stops the job `job_id` if it runs in this process; true if it did.
+    pub fn cancel(&self, job_id: &str) -> bool {
+        match locked(&self.running).get(job_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets the concurrency of the connector instance `instance_id` (its
+    /// sealing owner, e.g. `issuer/<id>`); a changed value takes effect for
+    /// calls that start afterwards.
+    pub fn set_instance_concurrency(&self, instance_id: &str, concurrency: u32) {
+        let mut map = locked(&self.instances);
+        match map.get(instance_id) {
+            Some((n, _)) if *n == concurrency => {}
+            _ => {
+                map.insert(
+                    instance_id.to_owned(),
+                    (
+                        concurrency,
+                        Arc::new(Semaphore::new(concurrency.max(1) as usize)),
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Waits for a call slot of `instance_id`; `None` when the instance has
+    /// no limit registered (not built through the engine).
+    pub async fn instance_permit(&self, instance_id: &str) -> Option<OwnedSemaphorePermit> {
+        let slots = locked(&self.instances)
+            .get(instance_id)
+            .map(|(_, s)| s.clone())?;
+        slots.acquire_owned().await.ok()
+    }
+
+    /// Runs `job` as its own task in a slot; returns at once.
+    pub async fn spawn(&self, engine: &Engine, job: Job) {
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let token = self.stop.child_token();
+        locked(&self.running).insert(job.id.clone(), token.clone());
+        let engine = engine.clone();
+        self.tracker.spawn(async move {
+            let id = job.id.clone();
+            let lease = job.lease();
+            tokio::select! {
+                () = dispatch(&engine, job) => {}
+                () = token.cancelled() => {
+                    tracing::warn!(job = %id, "running job stopped: cancelled or shutting down");
+                }
+                () = watch(&engine, &id, lease) => {
+                    tracing::warn!(job = %id, "running job stopped: cancelled elsewhere or its lease was lost");
+                }
+            }
+            let runner = &engine.runner;
+            locked(&runner.running).remove(&id);
+            drop(permit);
+            if runner.starved.swap(false, Ordering::SeqCst) {
+                engine.wake.wake_jobs();
+                engine.wake.wake_orders();
+            }
+        });
+    }
+}
+
+async fn dispatch(engine: &Engine, job: Job) {
+    use crate::engine::{deploy, issuance, revoke, verification};
+    use crate::store::JobType;
+    match job.job_type {
+        JobType::Issuance | JobType::Renewal => issuance::process(engine, job).await,
+        JobType::Deployment => deploy::process(engine, job).await,
+        JobType::Revocation => revoke::process(engine, job).await,
+        JobType::Verification => verification::process(engine, job).await,
+    }
+}
+
+/// Returns once the job is no longer running under `lease` (cancelled,
+/// reaped, claimed again); never while it is. A database error counts as
+/// "still ours": the outcome's own lease guard settles it.
+async fn watch(engine: &Engine, id: &str, lease: Option<JobLease>) {
+    let Some(lease) = lease else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        match engine.store.get_job(id).await {
+            Ok(Some(job))
+                if job.status == JobStatus::Running
+                    && job.lease_owner.as_deref() == Some(lease.owner.as_str())
+                    && job.attempts == lease.attempt => {}
+            Ok(_) => return,
+            Err(e) => tracing::debug!(job = %id, error = %e, "cannot check the job; carrying on"),
+        }
+    }
+}
