@@ -142,12 +142,14 @@ async fn connect_admin(admin: &str) -> sqlx::PgConnection {
     }
 }
 
-/// Options for tests: short backoff so retries are immediate.
+/// Options for tests: no backoff, so retries are immediate; the cap (which
+/// also bounds a connector's retry-after hint) is an hour, so hints are
+/// kept as they are.
 pub fn test_options() -> StoreOptions {
     StoreOptions {
         backoff: certplane_host::store::Backoff {
             base: Duration::ZERO,
-            cap: Duration::ZERO,
+            cap: Duration::from_secs(3600),
         },
         max_connections: 8,
         ..StoreOptions::default()

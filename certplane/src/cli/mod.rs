@@ -214,6 +214,9 @@ impl LimitArgs {
 
     /// Sets the given limits in `grants.limits`, keeping the others.
     fn apply(&self, grants: &mut Map<String, Value>) {
+        if self.is_empty() {
+            return;
+        }
         let limits = grants
             .entry("limits")
             .or_insert_with(|| Value::Object(Map::new()));
@@ -264,8 +267,8 @@ pub struct UpdateArgs {
     /// Remove every grant (hosts and directories).
     #[arg(long, conflicts_with = "grant_hosts")]
     pub clear_grants: bool,
-    /// Limits to set (the others are kept; with grant flags, only the
-    /// limits given here remain).
+    /// Limits to set; the instance's other limits are kept, also when grant
+    /// flags replace its hosts and directories.
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -948,11 +951,7 @@ fn update_body(args: &UpdateArgs, grant_dirs: &[String]) -> anyhow::Result<Value
         body.insert("secrets".into(), Value::Object(secrets));
     }
     if args.clear_grants || !args.grant_hosts.is_empty() || !grant_dirs.is_empty() {
-        let mut grants = grants_of(&args.grant_hosts, grant_dirs)?;
-        if let Value::Object(grants) = &mut grants {
-            args.limits.apply(grants);
-        }
-        body.insert("grants".into(), grants);
+        body.insert("grants".into(), grants_of(&args.grant_hosts, grant_dirs)?);
     }
     if body.is_empty() && args.limits.is_empty() {
         bail!(
@@ -1012,11 +1011,11 @@ async fn instance_update(
     mut body: Value,
     limits: &LimitArgs,
 ) -> anyhow::Result<()> {
-    // Limits live in the grants, which a PATCH replaces as a whole: without
-    // grant flags, change the limits given in the instance's current grants.
+    // Limits live in the grants, which a PATCH replaces as a whole: keep
+    // the instance's current limits, changed by the limit flags given,
+    // whether or not grant flags replace its hosts and directories.
     if let Value::Object(fields) = &mut body
-        && !limits.is_empty()
-        && !fields.contains_key("grants")
+        && (!limits.is_empty() || fields.contains_key("grants"))
     {
         let current = ctx
             .client
@@ -1024,11 +1023,21 @@ async fn instance_update(
             .await?
             .json
             .unwrap_or(Value::Null);
-        let mut grants = match current.get("grants") {
-            Some(Value::Object(g)) => g.clone(),
+        let mut grants = match (fields.remove("grants"), current.get("grants")) {
+            (Some(Value::Object(new)), _) => new,
+            (_, Some(Value::Object(old))) => old.clone(),
             _ => Map::new(),
         };
+        if let Some(Value::Object(kept)) = current.get("grants").and_then(|g| g.get("limits")) {
+            grants.insert("limits".into(), Value::Object(kept.clone()));
+        }
         limits.apply(&mut grants);
+        if grants
+            .get("limits")
+            .is_some_and(|l| l.as_object().is_some_and(Map::is_empty))
+        {
+            grants.remove("limits");
+        }
         fields.insert("grants".into(), Value::Object(grants));
     }
     let reply = ctx
@@ -1505,6 +1514,48 @@ mod tests {
         assert_eq!(err, "secret k is given twice");
         let map = secrets_of(&s(&["k=a=b", "j="]), &[]).unwrap();
         assert_eq!(Value::Object(map), json!({"k": "a=b", "j": ""}));
+    }
+
+    #[test]
+    fn limit_flags_go_into_the_grants_and_keep_other_limits() {
+        let args = InstanceArgs {
+            name: "n".into(),
+            plugin: "p".into(),
+            settings: "{}".into(),
+            secrets: vec![],
+            secret_files: vec![],
+            grant_hosts: vec![],
+            limits: LimitArgs {
+                deadline_secs: Some(5),
+                memory_mib: None,
+                concurrency: Some(2),
+            },
+        };
+        let body = instance_body(&args, &[]).unwrap();
+        assert_eq!(
+            body["grants"],
+            json!({"hosts": [], "directories": [], "limits": {"deadline_secs": 5, "concurrency": 2}})
+        );
+        let mut current =
+            json!({"hosts": ["https://a:443"], "limits": {"memory_mib": 16, "concurrency": 8}});
+        LimitArgs {
+            concurrency: Some(1),
+            ..LimitArgs::default()
+        }
+        .apply(current.as_object_mut().unwrap());
+        assert_eq!(
+            current,
+            json!({"hosts": ["https://a:443"], "limits": {"memory_mib": 16, "concurrency": 1}})
+        );
+        let plain = InstanceArgs {
+            limits: LimitArgs::default(),
+            ..args
+        };
+        assert!(
+            instance_body(&plain, &[]).unwrap()["grants"]
+                .get("limits")
+                .is_none()
+        );
     }
 
     #[test]

@@ -266,6 +266,11 @@ impl Dispatch {
     }
 }
 
+/// The runner scope of a notifier's deliveries.
+fn notifier_scope(notifier_id: &str) -> String {
+    format!("notifier/{notifier_id}")
+}
+
 /// One delivery slot of a notifier.
 struct Slot {
     dispatch: Arc<Dispatch>,
@@ -410,12 +415,18 @@ async fn deliver(
             Sender::Broken(why) => Err(JobFailure::permanent(why.clone())),
         }
     };
+    let halted = engine.runner.scope(&notifier_scope(notifier));
     let outcome = tokio::select! {
         biased;
         () = stop.cancelled() => {
             // The receiver may have got it: delivery is at least once, and
             // the retry carries the same id.
             Err(JobFailure::transient("delivery stopped: the host shut down"))
+        }
+        () = halted.cancelled() => {
+            // Disabled: it waits with the queue; cancelled: the recorded
+            // failure ends it as cancelled.
+            Err(JobFailure::transient("delivery stopped: the operator disabled the notifier or cancelled its queue"))
         }
         outcome = run => outcome,
     };
@@ -527,9 +538,10 @@ pub struct NotifierState {
 /// Disables (`disabled = true`) or enables a notifier for an operator,
 /// audited with the change; idempotent. A disabled notifier gets no new
 /// notifications and its queue waits: nothing is claimed for it until it
-/// is enabled again or the operator cancels the queue. Deliveries already
-/// running end at the connector's deadline at the latest and are then
-/// retried only once it is enabled.
+/// is enabled again or the operator cancels the queue. Deliveries running
+/// on this replica are stopped at once (elsewhere they end at the
+/// connector's deadline at the latest) and retried only once it is
+/// enabled.
 pub async fn set_disabled(
     engine: &Engine,
     notifier_id: &str,
@@ -555,6 +567,11 @@ pub async fn set_disabled(
         .set_notifier_disabled(notifier_id, disabled, event)
         .await?
         .ok_or_else(|| EngineError::NotFound(format!("notifier {notifier_id:?}")))?;
+    if disabled {
+        // Deliveries running on this replica stop now (elsewhere at the
+        // connector's deadline).
+        engine.runner.stop_scope(&notifier_scope(notifier_id));
+    }
     if changed {
         tracing::info!(notifier = %notifier_id, name = %notifier.name, actor, disabled,
             "notifier {}", if disabled { "disabled" } else { "enabled" });
@@ -573,9 +590,10 @@ pub async fn set_disabled(
 }
 
 /// Cancels a notifier's queue for an operator, audited with the counts:
-/// pending notifications are cancelled now; those being sent are not
-/// attempted again (each ends `cancelled` when its attempt fails or its
-/// lease is lost, `sent` if the attempt in flight succeeds).
+/// pending notifications are cancelled now; those being sent on this
+/// replica are stopped and end `cancelled` (on another replica each ends
+/// `cancelled` when its attempt fails or its lease is lost, `sent` if the
+/// attempt in flight succeeds).
 pub async fn cancel_pending(
     engine: &Engine,
     notifier_id: &str,
@@ -596,6 +614,7 @@ pub async fn cancel_pending(
         .cancel_notifier_notifications(notifier_id, &reason, event)
         .await?
         .ok_or_else(|| EngineError::NotFound(format!("notifier {notifier_id:?}")))?;
+    engine.runner.stop_scope(&notifier_scope(notifier_id));
     tracing::info!(notifier = %notifier_id, actor, cancelled = counts.cancelled,
         in_flight = counts.in_flight, "notifier's pending notifications cancelled");
     Ok(counts)

@@ -33,6 +33,8 @@ pub struct JobRunner {
     stop: CancellationToken,
     running: Mutex<HashMap<String, CancellationToken>>,
     instances: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    /// Work grouped under a name (a notifier's deliveries), stopped together.
+    scopes: Mutex<HashMap<String, CancellationToken>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,6 +55,7 @@ impl JobRunner {
             stop: CancellationToken::new(),
             running: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
+            scopes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -83,6 +86,23 @@ impl JobRunner {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The token of the work grouped under `scope` (e.g. `notifier/<id>`):
+    /// work that selects on it stops when [`JobRunner::stop_scope`] is
+    /// called; work started afterwards gets a fresh token.
+    pub fn scope(&self, scope: &str) -> CancellationToken {
+        locked(&self.scopes)
+            .entry(scope.to_owned())
+            .or_insert_with(|| self.stop.child_token())
+            .clone()
+    }
+
+    /// Stops the work running under `scope` in this process.
+    pub fn stop_scope(&self, scope: &str) {
+        if let Some(token) = locked(&self.scopes).remove(scope) {
+            token.cancel();
         }
     }
 

@@ -88,6 +88,49 @@ async fn issue_and_deploy(app: &TestApp, name: &str, issuer: &str, target: &str)
     }
 }
 
+/// A webhook notifier whose receiver accepts connections and never
+/// answers (2 s deadline, set by the operator); counts the connections.
+async fn hung_notifier(app: &TestApp) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use certplane_host::store::NewPluginInstance;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let id = uuid::Uuid::now_v7().to_string();
+    let sealed = app
+        .state
+        .secrets
+        .seal_map(
+            &std::collections::BTreeMap::from([(
+                "signing_secret".to_string(),
+                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".to_string(),
+            )]),
+            &format!("notifier/{id}"),
+        )
+        .unwrap();
+    app.store
+        .create_notifier_with_id(
+            &id,
+            NewPluginInstance {
+                settings: json!({ "url": format!("{url}/hook") }),
+                encrypted_secrets: Some(sealed.into_bytes()),
+                grants: json!({ "hosts": [url], "limits": { "deadline_secs": 2 } }),
+                ..NewPluginInstance::new("hung", "webhook", "0.1.0")
+            },
+        )
+        .await
+        .unwrap();
+    accepted
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -134,6 +177,9 @@ async fn a_connector_at_its_deadline_holds_only_its_own_slot() {
         json!({ "limits": { "deadline_secs": 3, "concurrency": 1 } }),
     )
     .await;
+    // And a notifier whose receiver accepts and never answers: every
+    // certificate.issued notification runs to its 2 s deadline.
+    let hung = hung_notifier(&app).await;
     let mut spinners = Vec::new();
     for i in 0..4 {
         spinners.push(certificate(&app, &format!("spin{i}"), &issuer, &hostile).await);
@@ -162,8 +208,12 @@ async fn a_connector_at_its_deadline_holds_only_its_own_slot() {
         loaded.push(issue_and_deploy(&app, &format!("busy{i}"), &issuer, &good).await);
     }
     let loaded = median(loaded);
+    assert!(
+        hung.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the hung notifier was never called"
+    );
     eprintln!(
-        "good issuance median: unloaded {unloaded:?}, beside a spinning and a log-flooding connector {loaded:?}"
+        "good issuance median: unloaded {unloaded:?}, beside a spinning and a log-flooding target and a hung notifier {loaded:?}"
     );
     // Within 2x of the unloaded median (a floor of 100 ms keeps a very fast
     // unloaded run from making the bound meaningless on a busy machine).

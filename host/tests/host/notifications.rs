@@ -675,6 +675,15 @@ async fn hung_notifier_does_not_delay_others_and_can_be_disabled_and_cancelled(b
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["changed"], true, "{}", r.json);
     assert!(r.json["disabled_at"].is_string(), "{}", r.json);
+    // Its deliveries running here stop now, not at the connector's deadline:
+    // back in its queue, which waits while it is disabled.
+    let disabled_at = std::time::Instant::now();
+    wait_until_count(&app.store, &hung, "sending", |n| n == 0).await;
+    assert!(
+        disabled_at.elapsed() < std::time::Duration::from_millis(1_500),
+        "deliveries ran on for {:?} after the disable",
+        disabled_at.elapsed()
+    );
     let r = app
         .post(&disable, &app.operator, serde_json::json!({}))
         .await;

@@ -324,7 +324,7 @@ impl Store {
                     .bind(base)
                     .bind(cap)
                     .bind(permanent)
-                    .bind(opt_ts(retry_at))
+                    .bind(opt_ts(self.options.backoff.cap_retry_at(retry_at, now)))
                     .execute(pool)
                     .await?
                     .rows_affected()
