@@ -90,6 +90,9 @@ pub async fn run(
                 .unwrap_or_else(|| state.plugin_cache()),
         ),
         max_instances: MAX_INSTANCES,
+        // An agent compiles its few plugins once; compiler threads would
+        // keep their heaps for the rest of its (mostly idle) life.
+        parallel_compilation: false,
         ..RuntimeConfig::default()
     })
     .map_err(|e| AgentError::Plugins(e.to_string()))?;

@@ -72,6 +72,25 @@ async fn jobs_of(app: &TestApp, cert: &str, job_type: JobType) -> Vec<certplane_
         .unwrap()
 }
 
+/// Waits (up to 20 s) for a job of `job_type` of `cert` that `pred` accepts.
+async fn job_where(
+    app: &TestApp,
+    cert: &str,
+    job_type: JobType,
+    what: &str,
+    pred: impl Fn(&certplane_host::store::Job) -> bool,
+) -> certplane_host::store::Job {
+    let by = Instant::now() + Duration::from_secs(20);
+    loop {
+        let jobs = jobs_of(app, cert, job_type).await;
+        if let Some(job) = jobs.into_iter().find(|j| pred(j)) {
+            return job;
+        }
+        assert!(Instant::now() < by, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Creates a certificate and waits until its deployment completed; returns
 /// how long that took.
 async fn issue_and_deploy(app: &TestApp, name: &str, issuer: &str, target: &str) -> Duration {
@@ -188,21 +207,14 @@ async fn a_connector_at_its_deadline_holds_only_its_own_slot() {
         certificate(&app, &format!("spam{i}"), &issuer, &spammer).await;
     }
     // Wait until a hostile deployment is running.
-    let running_by = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut running = false;
-        for cert in &spinners {
-            running |= jobs_of(&app, cert, JobType::Deployment)
-                .await
-                .iter()
-                .any(|j| j.status == JobStatus::Running);
-        }
-        if running {
-            break;
-        }
-        assert!(Instant::now() < running_by, "no hostile deployment ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    job_where(
+        &app,
+        &spinners[0],
+        JobType::Deployment,
+        "no hostile deployment ran",
+        |j| j.status == JobStatus::Running,
+    )
+    .await;
     let mut loaded = Vec::new();
     for i in 0..5 {
         loaded.push(issue_and_deploy(&app, &format!("busy{i}"), &issuer, &good).await);
@@ -223,16 +235,16 @@ async fn a_connector_at_its_deadline_holds_only_its_own_slot() {
     );
 
     // The spinning calls were stopped at the operator's deadline.
-    let stopped_by = Instant::now() + Duration::from_secs(20);
-    loop {
-        let jobs = jobs_of(&app, &spinners[0], JobType::Deployment).await;
-        if let Some(err) = jobs.iter().find_map(|j| j.last_error.clone()) {
-            assert!(err.contains("deadline of 3s"), "{err}");
-            break;
-        }
-        assert!(Instant::now() < stopped_by, "no deadline error: {jobs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failed = job_where(
+        &app,
+        &spinners[0],
+        JobType::Deployment,
+        "no deadline error",
+        |j| j.last_error.is_some(),
+    )
+    .await;
+    let err = failed.last_error.unwrap_or_default();
+    assert!(err.contains("deadline of 3s"), "{err}");
     token.cancel();
     scheduler.shutdown(Duration::from_secs(1)).await;
 }
@@ -292,15 +304,14 @@ async fn cancelling_stops_a_running_call_here_and_from_another_replica() {
 
     for via_api in [true, false] {
         let cert = certificate(&app, &format!("c{via_api}"), &issuer, &hostile).await;
-        let by = Instant::now() + Duration::from_secs(20);
-        let job = loop {
-            let jobs = jobs_of(&app, &cert, JobType::Deployment).await;
-            if let Some(job) = jobs.into_iter().find(|j| j.status == JobStatus::Running) {
-                break job;
-            }
-            assert!(Instant::now() < by, "the deployment never ran");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let job = job_where(
+            &app,
+            &cert,
+            JobType::Deployment,
+            "the deployment never ran",
+            |j| j.status == JobStatus::Running,
+        )
+        .await;
         // Let the call get going.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(app.state.runner.running(), 1);
@@ -363,15 +374,14 @@ async fn a_cancelled_issuance_is_not_created_again_by_the_sweep() {
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     let cert = reply.json["id"].as_str().unwrap().to_string();
-    let by = Instant::now() + Duration::from_secs(20);
-    let job = loop {
-        let jobs = jobs_of(&app, &cert, JobType::Issuance).await;
-        if let Some(job) = jobs.into_iter().find(|j| j.status == JobStatus::Polling) {
-            break job;
-        }
-        assert!(Instant::now() < by, "the issuance never placed its order");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let job = job_where(
+        &app,
+        &cert,
+        JobType::Issuance,
+        "the issuance never placed its order",
+        |j| j.status == JobStatus::Polling,
+    )
+    .await;
     let reply = app
         .post(
             &format!("/api/v1/jobs/{}/cancel", job.id),
@@ -524,15 +534,14 @@ async fn a_connector_secret_never_reaches_the_api() {
     let token = CancellationToken::new();
     let scheduler = engine::start(app.state.engine.clone(), token.clone());
     let cert = certificate(&app, "leak", &issuer, &leaker).await;
-    let by = Instant::now() + Duration::from_secs(20);
-    let job = loop {
-        let jobs = jobs_of(&app, &cert, JobType::Deployment).await;
-        if let Some(job) = jobs.into_iter().find(|j| j.last_error.is_some()) {
-            break job;
-        }
-        assert!(Instant::now() < by, "the leaking deployment never failed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let job = job_where(
+        &app,
+        &cert,
+        JobType::Deployment,
+        "the leaking deployment never failed",
+        |j| j.last_error.is_some(),
+    )
+    .await;
     let error = job.last_error.clone().unwrap();
     assert!(!error.contains(secret), "stored: {error}");
     assert!(error.contains("[redacted:token]"), "stored: {error}");
