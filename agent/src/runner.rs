@@ -93,6 +93,7 @@ pub async fn run(
         // An agent compiles its few plugins once; compiler threads would
         // keep their heaps for the rest of its (mostly idle) life.
         parallel_compilation: false,
+        memory_budget_bytes: config.limits.memory_budget_mib.saturating_mul(1024 * 1024),
         ..RuntimeConfig::default()
     })
     .map_err(|e| AgentError::Plugins(e.to_string()))?;

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::RwLock;
 
-use certplane_runtime::{LoadError, Plugin, PluginKind, Runtime, RuntimeConfig, RuntimeError};
+use certplane_runtime::{
+    LimitPolicy, LoadError, Plugin, PluginKind, Runtime, RuntimeConfig, RuntimeError,
+};
 
 /// Loaded plugins by name; [`PluginRegistry::reload`] swaps in what the
 /// plugin directory holds now, without a restart.
@@ -69,8 +71,19 @@ impl PluginRegistry {
         plugin_dir: &Path,
         cache_dir: Option<&Path>,
     ) -> Result<PluginRegistry, RegistryError> {
+        Self::load_with(plugin_dir, cache_dir, &LimitPolicy::default()).await
+    }
+
+    /// [`PluginRegistry::load`] with the host's `[limits]` (the global
+    /// memory budget of concurrent calls).
+    pub async fn load_with(
+        plugin_dir: &Path,
+        cache_dir: Option<&Path>,
+        limits: &LimitPolicy,
+    ) -> Result<PluginRegistry, RegistryError> {
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: cache_dir.map(Path::to_path_buf),
+            memory_budget_bytes: limits.memory_budget_mib.saturating_mul(1024 * 1024),
             ..RuntimeConfig::default()
         })?;
         let registry = PluginRegistry {

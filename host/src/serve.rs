@@ -161,7 +161,8 @@ pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyho
         .plugin_cache_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.join("plugin-cache"));
-    let plugins = PluginRegistry::load(&config.plugin_dir, Some(&cache_dir)).await?;
+    let plugins =
+        PluginRegistry::load_with(&config.plugin_dir, Some(&cache_dir), &config.limits).await?;
     let tls = if config.tls.plain_http {
         tracing::warn!("serving plain HTTP as configured (tls.plain_http = true)");
         None

@@ -51,6 +51,9 @@ pub struct LimitPolicy {
     pub default_memory_mib: u64,
     /// Concurrency when the operator sets none.
     pub default_concurrency: u32,
+    /// The memory caps of all calls running at once add up to at most
+    /// this, in MiB; further calls wait (the runtime's global budget).
+    pub memory_budget_mib: u64,
 }
 
 impl Default for LimitPolicy {
@@ -65,6 +68,7 @@ impl Default for LimitPolicy {
             default_deadline_secs: 10,
             default_memory_mib: 64,
             default_concurrency: 4,
+            memory_budget_mib: crate::limits::DEFAULT_MEMORY_BUDGET_BYTES >> 20,
         }
     }
 }
@@ -115,6 +119,13 @@ impl LimitPolicy {
             || self.default_concurrency == 0
         {
             return bad("defaults must be positive".into());
+        }
+        if self.memory_budget_mib < self.max_memory_mib {
+            return bad(format!(
+                "memory_budget_mib ({}) must be at least max_memory_mib ({}), or the largest \
+                 instance allowed could never run",
+                self.memory_budget_mib, self.max_memory_mib
+            ));
         }
         if self.default_deadline_secs > self.max_deadline_secs
             || self.default_memory_mib > self.max_memory_mib
@@ -277,5 +288,10 @@ mod tests {
             ..LimitPolicy::default()
         };
         assert!(broken.validate().is_err());
+        let starved = LimitPolicy {
+            memory_budget_mib: 64,
+            ..LimitPolicy::default()
+        };
+        assert!(starved.validate().is_err());
     }
 }

@@ -60,9 +60,13 @@ impl TestApp {
         };
         config.agents.bootstrap_tokens = vec![BOOTSTRAP.to_string()];
         edit(&mut config);
-        let plugins = PluginRegistry::load(&config.plugin_dir, Some(&plugin_cache_dir()))
-            .await
-            .expect("plugins load");
+        let plugins = PluginRegistry::load_with(
+            &config.plugin_dir,
+            Some(&plugin_cache_dir()),
+            &config.limits,
+        )
+        .await
+        .expect("plugins load");
         let secrets = Arc::new(SecretBox::generate());
         let state = AppState::new(store.clone(), Arc::new(config), Arc::new(plugins), secrets);
         let router = api::router(state.clone());

@@ -254,6 +254,7 @@ async fn operator_limits_are_checked_against_the_host_ceiling() {
     let (app, _plugins) = app_with_fixtures(&["hostile"], |c| {
         c.limits.max_deadline_secs = 30;
         c.limits.max_concurrency = 2;
+        c.limits.memory_budget_mib = 512;
     })
     .await;
     for (limits, field) in [
@@ -280,6 +281,9 @@ async fn operator_limits_are_checked_against_the_host_ceiling() {
         json!({ "limits": { "deadline_secs": 30, "memory_mib": 16, "concurrency": 2 } }),
     )
     .await;
+    // The memory budget of concurrent calls is the host's too.
+    let budget = app.state.plugins.runtime().memory_budget();
+    assert_eq!(budget.total_bytes, 512 << 20);
     let view = app.get(&format!("/api/v1/targets/{id}"), &app.reader).await;
     assert_eq!(
         view.json["grants"]["limits"],
