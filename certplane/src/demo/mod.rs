@@ -183,7 +183,7 @@ async fn with_host(
         json!({
             "name": "demo-local-ca",
             "plugin": "local-ca",
-            "settings": { "ca_certificate_pem": ca_cert, "validity_days": 30 },
+            "settings": { "ca_certificate_pem": ca_cert, "validity_days": 90 },
             "secrets": { "ca_private_key_pem": ca_key },
         }),
     )
