@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::executor::{Executor, Progress, target_plugins};
-use crate::hostapi::{self, HostApi, HostError};
+use crate::hostapi::{self, AgentJob, HostApi, HostError};
 use crate::state::{Credential, StateDir, StateError};
 
 /// Most jobs claimed per poll.
@@ -267,7 +267,7 @@ async fn once(api: &HostApi, executor: &Executor, contact: &Contact) -> Result<E
         contact.ok();
         tracing::info!(jobs = jobs.len(), "polled once");
         for job in jobs {
-            executor.execute(job).await?;
+            run_cancellable(api, executor, job).await?;
         }
         Ok::<_, HostError>(())
     };
@@ -277,6 +277,40 @@ async fn once(api: &HostApi, executor: &Executor, contact: &Contact) -> Result<E
         Err(e) => {
             contact.failed(&e.to_string());
             Err(AgentError::Host(e))
+        }
+    }
+}
+
+/// How often the agent asks the host whether the job it runs was
+/// cancelled: the bound on how long a cancelled job's connector call goes on.
+const CANCEL_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs `job`, stopping it (its connector call included) when the host
+/// reports it cancelled; a cancelled job is not reported (the host would
+/// refuse the report).
+async fn run_cancellable(
+    api: &HostApi,
+    executor: &Executor,
+    job: AgentJob,
+) -> Result<Progress, HostError> {
+    let id = job.id.clone();
+    tokio::select! {
+        progress = executor.execute(job) => progress,
+        () = cancelled_on_host(api, &id) => {
+            tracing::warn!(job = %id, "job cancelled on the host: stopped, connector call included");
+            Ok(Progress::Done)
+        }
+    }
+}
+
+/// Returns once a heartbeat lists job `id` as cancelled; never otherwise.
+async fn cancelled_on_host(api: &HostApi, id: &str) {
+    loop {
+        tokio::time::sleep(CANCEL_CHECK).await;
+        match api.heartbeat().await {
+            Ok(beat) if beat.cancelled_jobs.iter().any(|j| j == id) => return,
+            Ok(_) => {}
+            Err(e) => tracing::debug!(job = %id, error = %e, "cannot ask the host about the job"),
         }
     }
 }
@@ -335,7 +369,7 @@ async fn poll_loop(
                 let mut progressed = jobs.is_empty();
                 let mut host_failed = false;
                 for job in jobs {
-                    match executor.execute(job).await {
+                    match run_cancellable(api, executor, job).await {
                         Ok(Progress::Done) => progressed = true,
                         Ok(Progress::Skipped) => {}
                         Err(e) => match on_host_error(e, contact, config) {

@@ -26,6 +26,9 @@ pub struct Stack {
     pub bootstrap_token: String,
     pub issuer_id: String,
     pub backend: Backend,
+    /// Where host and agents load plugins from.
+    pub plugin_dir: PathBuf,
+    _fixtures: Option<tempfile::TempDir>,
     _db: Option<TestDb>,
 }
 
@@ -33,6 +36,16 @@ impl Stack {
     /// A host on `backend` with test-friendly timings: brisk scheduler
     /// loops, `lease_secs` job leases, retries after 200 ms.
     pub async fn new(backend: Backend, lease_secs: u64) -> Stack {
+        Self::with_fixtures(backend, lease_secs, &[]).await
+    }
+
+    /// [`Stack::new`] with the named test connectors beside the packaged
+    /// ones, on the host and in every agent configuration.
+    pub async fn with_fixtures(backend: Backend, lease_secs: u64, fixtures: &[&str]) -> Stack {
+        let fixtures = (!fixtures.is_empty()).then(|| crate::plugin_dir_with_fixtures(fixtures));
+        let plugin_dir = fixtures
+            .as_ref()
+            .map_or_else(plugin_dir, |d| d.path().to_path_buf());
         let root = tempfile::tempdir().unwrap();
         // SQLite: the host's default database in its data directory.
         let db = match backend {
@@ -43,7 +56,7 @@ impl Stack {
         let mut config = HostConfig {
             data_dir: root.path().join("host"),
             database_url: db.as_ref().map(|db| db.url.clone()),
-            plugin_dir: plugin_dir(),
+            plugin_dir: plugin_dir.clone(),
             plugin_cache_dir: Some(plugin_cache_dir()),
             listen: format!("127.0.0.1:{}", free_port().unwrap())
                 .parse()
@@ -86,6 +99,8 @@ impl Stack {
             issuer_id: issuer["id"].as_str().unwrap().to_owned(),
             root,
             backend,
+            plugin_dir,
+            _fixtures: fixtures,
             _db: db,
         }
     }
@@ -105,7 +120,7 @@ impl Stack {
             name,
             &self.bootstrap_token,
             self.root.path().join(format!("{name}-state")),
-            (plugin_dir(), Some(plugin_cache_dir())),
+            (self.plugin_dir.clone(), Some(plugin_cache_dir())),
             self.dir(&format!("{name}-certs")),
         );
         config.heartbeat_secs = 2;

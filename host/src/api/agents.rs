@@ -197,7 +197,14 @@ fn gone(agent_id: &str) -> ApiError {
     )
 }
 
-/// Record a heartbeat of the calling agent.
+/// How far back a heartbeat reports the agent's cancelled jobs: longer
+/// than any connector call may run.
+const CANCELLED_JOBS_WINDOW_MINUTES: i64 = 10;
+/// Most cancelled jobs one heartbeat reports.
+const CANCELLED_JOBS_MAX: u32 = 100;
+
+/// Record a heartbeat of the calling agent; the answer lists its recently
+/// cancelled jobs, so one it is running stops.
 #[utoipa::path(post, path = "/agents/heartbeat", tag = "agents",
     responses((status = 200, body = HeartbeatReply),
         (status = 401, body = super::error::ErrorBody),
@@ -206,11 +213,19 @@ fn gone(agent_id: &str) -> ApiError {
 async fn heartbeat(State(state): State<AppState>, caller: AgentCaller) -> ApiResult<Response> {
     let id = caller.agent.id;
     match state.store.record_heartbeat(&id).await? {
-        HeartbeatOutcome::Recorded => Ok(Json(HeartbeatReply {
-            agent_id: id,
-            server_time: Utc::now(),
-        })
-        .into_response()),
+        HeartbeatOutcome::Recorded => {
+            let since = Utc::now() - chrono::Duration::minutes(CANCELLED_JOBS_WINDOW_MINUTES);
+            let cancelled_jobs = state
+                .store
+                .cancelled_jobs_of_agent(&id, since, CANCELLED_JOBS_MAX)
+                .await?;
+            Ok(Json(HeartbeatReply {
+                agent_id: id,
+                server_time: Utc::now(),
+                cancelled_jobs,
+            })
+            .into_response())
+        }
         HeartbeatOutcome::Retired => Err(gone(&id)),
         HeartbeatOutcome::NotFound => Err(ApiError::unauthorized("unknown agent credential")),
     }

@@ -36,6 +36,11 @@ pub struct HeartbeatReply {
     pub agent_id: String,
     /// The host's clock, for the agent to detect skew.
     pub server_time: DateTime<Utc>,
+    /// This agent's jobs cancelled in the last ten minutes (newest first,
+    /// at most 100): a job among them that the agent is running stops.
+    /// Absent from older hosts.
+    #[serde(default)]
+    pub cancelled_jobs: Vec<String>,
 }
 
 /// `GET /agents/work` query.

@@ -546,6 +546,87 @@ async fn grant_through_planted_link_is_refused(backend: Backend) {
     assert_eq!(agent.stop().await, Exit::Stopped);
 }
 
+/// A job cancelled on the host while its agent runs it stops there, its
+/// connector call included: a hostile target spinning with a 50 s deadline
+/// no longer holds the agent, whose next deployment goes through at once.
+async fn cancel_stops_the_agents_running_call(backend: Backend) {
+    let stack = Stack::with_fixtures(backend, 60, &["hostile"]).await;
+    let mut config = stack.agent_config("busy");
+    config.connectors.insert(
+        "hostile".into(),
+        certplane_agent::config::ConnectorGrants {
+            deadline_secs: Some(50),
+            ..Default::default()
+        },
+    );
+    let deploy_dir = deploy_dir_of(&config);
+    let agent = RunningAgent::start(config);
+    let agent_id = stack.agent_id("busy").await;
+    let spinner = certplane_testkit::stack::post(
+        &stack.host.admin,
+        "/targets",
+        json!({ "name": "spinner", "plugin": "hostile", "agent_id": agent_id,
+                "settings": { "mode": "loop" } }),
+    )
+    .await
+    .unwrap();
+    let cert = stack
+        .certificate(
+            "spin",
+            &["spin.e2e.test"],
+            "ecdsa-p256",
+            spinner["id"].as_str().unwrap(),
+        )
+        .await;
+    let running = wait_for(
+        "the agent to run the deployment",
+        Duration::from_secs(30),
+        || async {
+            stack
+                .jobs(cert["id"].as_str().unwrap())
+                .await
+                .into_iter()
+                .find(|j| j["job_type"] == "deployment" && j["status"] == "running")
+        },
+    )
+    .await;
+    // Let the call get going, then cancel it on the host.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cancelled = certplane_testkit::stack::post(
+        &stack.host.admin,
+        &format!("/jobs/{}/cancel", running["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let started = Instant::now();
+    // The agent is free again: a good deployment completes long before the
+    // spinning call's 50 s deadline.
+    let files = stack
+        .pem_target("files", &agent_id, &deploy_dir, None)
+        .await;
+    let good = stack
+        .certificate(
+            "good",
+            &["good.e2e.test"],
+            "ecdsa-p256",
+            files["id"].as_str().unwrap(),
+        )
+        .await;
+    let done = stack
+        .deployment_done(good["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let took = started.elapsed();
+    eprintln!("after the cancel, the agent's next deployment completed in {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the agent stayed busy for {took:?}"
+    );
+    assert_eq!(agent.stop().await, Exit::Stopped);
+}
+
 // ------------------------------------- 5. missing plugin / other plugin build
 
 /// Deploys one certificate through an agent configured by `adjust` and
@@ -947,6 +1028,7 @@ both_backends!(
     csr_with_each_key_type,
     grant_beyond_config_is_refused,
     grant_through_planted_link_is_refused,
+    cancel_stops_the_agents_running_call,
     missing_plugin_is_reported,
     plugin_digest_mismatch_is_reported,
     retirement_ends_the_agent,

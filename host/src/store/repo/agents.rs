@@ -105,6 +105,28 @@ impl Store {
         })
     }
 
+    /// Ids of `agent_id`'s jobs cancelled since `since` (newest first, at
+    /// most `limit`): what a heartbeat tells the agent to stop.
+    pub async fn cancelled_jobs_of_agent(
+        &self,
+        agent_id: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT id FROM jobs WHERE agent_id = $1 AND status = 'cancelled'
+                   AND finished_at >= $2
+                 ORDER BY finished_at DESC LIMIT $3",
+            )
+            .bind(agent_id)
+            .bind(ts(since))
+            .bind(crate::store::repo::sql_limit(limit))
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     /// What still depends on the agent (see [`AgentDependencies`]).
     pub async fn agent_dependencies(&self, agent_id: &str) -> StoreResult<AgentDependencies> {
         let (t, c, j): (i64, i64, i64) = on_read!(self, |pool| {
