@@ -731,6 +731,7 @@ fn check_config(
 /// Builds the runtime instance from exactly this configuration and runs the
 /// plugin's `validate-config`.
 async fn validate_with_plugin(
+    state: &AppState,
     plugin: &std::sync::Arc<Plugin>,
     instance_id: &str,
     checked: &Checked,
@@ -749,7 +750,17 @@ async fn validate_with_plugin(
     config = config.with_limits(checked.resolved.limits);
     let instance = certplane_runtime::PluginInstance::new(plugin.clone(), config)
         .map_err(|e| ApiError::validation(e.to_string()))?;
-    instance.validate_config().await.map_err(call_error)
+    // On the plugin threads, like every connector call: a spinning
+    // validate-config must not take turns with the API's own requests (the
+    // request timeout drops it, which aborts the call).
+    state
+        .plugin_exec
+        .run(
+            plugin.name(),
+            async move { instance.validate_config().await },
+        )
+        .await
+        .map_err(call_error)
 }
 
 /// How a failed `validate-config` call is answered.
@@ -879,7 +890,7 @@ async fn create(
     let id = new_id();
     let runs_on_host = kind != Kind::Target || agent_id == SENTINEL_AGENT_ID;
     if runs_on_host {
-        validate_with_plugin(&plugin, &id, &checked).await?;
+        validate_with_plugin(state, &plugin, &id, &checked).await?;
     }
     let encrypted_secrets = seal(state, kind, &id, &checked.secrets)?;
     let new = NewPluginInstance {
@@ -1005,7 +1016,7 @@ async fn update(
         .as_deref()
         .is_none_or(|a| a == SENTINEL_AGENT_ID);
     if runs_on_host {
-        validate_with_plugin(&plugin, id, &checked).await?;
+        validate_with_plugin(state, &plugin, id, &checked).await?;
     }
     let encrypted_secrets = seal(state, kind, id, &checked.secrets)?;
     let grants = grants_json(&checked.grants)?;
