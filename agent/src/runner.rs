@@ -69,6 +69,44 @@ pub enum AgentError {
     Host(HostError),
 }
 
+/// The plugin runtime of an agent: its cache, a small pool, one compiler
+/// thread, the configured memory budget.
+fn runtime_config(config: &AgentConfig, state: &StateDir) -> RuntimeConfig {
+    RuntimeConfig {
+        cache_dir: Some(
+            config
+                .plugin_cache_dir
+                .clone()
+                .unwrap_or_else(|| state.plugin_cache()),
+        ),
+        max_instances: MAX_INSTANCES,
+        // An agent compiles its few plugins once; compiler threads would
+        // keep their heaps for the rest of its (mostly idle) life.
+        parallel_compilation: false,
+        memory_budget_bytes: config.limits.memory_budget_mib.saturating_mul(1024 * 1024),
+        ..RuntimeConfig::default()
+    }
+}
+
+/// Compiles the plugins into the agent's cache and returns how many loaded.
+/// The agent binary runs this in a short-lived child process before it
+/// starts: compiling leaves memory behind (the compiler's heap, its code
+/// paged in) that a long-running idle agent should not carry; loading
+/// from the cache afterwards does not.
+pub async fn precompile(config: &AgentConfig) -> Result<usize, AgentError> {
+    let state = StateDir::open(&config.state_dir)?;
+    let runtime = Runtime::new(runtime_config(config, &state))
+        .map_err(|e| AgentError::Plugins(e.to_string()))?;
+    let (loaded, failed) = runtime
+        .load_dir(&config.plugin_dir)
+        .await
+        .map_err(|e| AgentError::Plugins(e.to_string()))?;
+    for err in &failed {
+        tracing::warn!(error = %err, "a plugin did not load");
+    }
+    Ok(loaded.len())
+}
+
 /// Runs the agent until `shutdown`, retirement, or (with [`Mode::Once`])
 /// one cycle.
 pub async fn run(
@@ -82,21 +120,8 @@ pub async fn run(
     if config.bootstrap_token.is_none() && state.credential()?.is_none() {
         return Err(AgentError::NoBootstrapToken(state.root().to_path_buf()));
     }
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(
-            config
-                .plugin_cache_dir
-                .clone()
-                .unwrap_or_else(|| state.plugin_cache()),
-        ),
-        max_instances: MAX_INSTANCES,
-        // An agent compiles its few plugins once; compiler threads would
-        // keep their heaps for the rest of its (mostly idle) life.
-        parallel_compilation: false,
-        memory_budget_bytes: config.limits.memory_budget_mib.saturating_mul(1024 * 1024),
-        ..RuntimeConfig::default()
-    })
-    .map_err(|e| AgentError::Plugins(e.to_string()))?;
+    let runtime = Runtime::new(runtime_config(&config, &state))
+        .map_err(|e| AgentError::Plugins(e.to_string()))?;
     let (loaded, failed) = runtime
         .load_dir(&config.plugin_dir)
         .await
