@@ -714,6 +714,9 @@ fn check_config(
     InstanceConfig::new("check")
         .with_hosts(&grants.hosts)
         .map_err(|e| ApiError::validation(e.to_string()))?;
+    // Last of the shape checks: the cheap structural ones (sizes, counts,
+    // names) answer first.
+    check_settings_schema(plugin, &settings)?;
     let resolved = policy
         .resolve(
             plugin.manifest(),
@@ -726,6 +729,51 @@ fn check_config(
         grants,
         resolved,
     })
+}
+
+/// Most schema violations one answer lists.
+const MAX_SCHEMA_ERRORS: usize = 5;
+
+/// Checks `settings` against the plugin's `settings-schema` (JSON Schema),
+/// before the plugin itself is asked: the answer names each field that
+/// does not match. A plugin whose schema is not valid JSON Schema gets its
+/// settings checked by its own `validate-config` only (logged).
+fn check_settings_schema(plugin: &Plugin, settings: &Value) -> ApiResult<()> {
+    let schema = match serde_json::from_str::<Value>(&plugin.info().settings_schema) {
+        Ok(schema) => schema,
+        Err(e) => {
+            tracing::warn!(plugin = plugin.name(), error = %e, "the plugin's settings schema is not JSON; not checked");
+            return Ok(());
+        }
+    };
+    let validator = match jsonschema::validator_for(&schema) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(plugin = plugin.name(), error = %e, "the plugin's settings schema is not valid JSON Schema; not checked");
+            return Ok(());
+        }
+    };
+    let errors: Vec<String> = validator
+        .iter_errors(settings)
+        .take(MAX_SCHEMA_ERRORS)
+        .map(|e| {
+            let at = e.instance_path.to_string();
+            let field = if at.is_empty() {
+                "settings".to_string()
+            } else {
+                format!("settings{}", at.replace('/', "."))
+            };
+            format!("{field}: {e}")
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::validation(format!(
+        "settings do not match plugin {}'s schema: {}",
+        plugin.name(),
+        errors.join("; ")
+    )))
 }
 
 /// Builds the runtime instance from exactly this configuration and runs the

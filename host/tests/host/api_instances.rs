@@ -268,6 +268,19 @@ async fn issuer_validation_errors_change_nothing(backend: Backend) {
             "name must be",
         ),
         (
+            "settings outside the schema",
+            json!({ "name": "x", "plugin": "local-ca",
+                    "settings": { "ca_certificate_pem": "x", "validity_days": "long" } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "settings.validity_days",
+        ),
+        (
+            "a required setting missing",
+            json!({ "name": "x", "plugin": "local-ca", "settings": { "validity_days": 30 } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "\"ca_certificate_pem\" is a required property",
+        ),
+        (
             "huge settings",
             json!({ "name": "x", "plugin": "local-ca",
                     "settings": { "pad": "x".repeat(70 * 1024) } }),
@@ -482,16 +495,34 @@ async fn targets_crud_and_in_use(backend: Backend) {
         "{}",
         r.text
     );
-    // Settings the connector refuses: its invalid-config message.
+    // Settings outside the plugin's schema: refused before the connector
+    // runs, the field named.
     let mut bad = body("t0");
     bad["settings"]["layout"] = json!("diagonal");
+    let r = app.post("/api/v1/targets", &app.operator, bad).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let message = r.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("schema") && message.contains("settings.layout"),
+        "{}",
+        r.text
+    );
+    let mut bad = body("t0");
+    bad["settings"]["colour"] = json!("blue");
+    let r = app.post("/api/v1/targets", &app.operator, bad).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert!(r.text.contains("colour"), "{}", r.text);
+    // Settings the schema allows but the connector refuses: its
+    // invalid-config message (the directory is not granted).
+    let mut bad = body("t0");
+    bad["settings"]["directory"] = json!("/elsewhere");
     let r = app.post("/api/v1/targets", &app.operator, bad).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert!(
         r.json["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("invalid configuration"),
+            .contains("plugin pem-files"),
         "{}",
         r.text
     );
