@@ -32,10 +32,6 @@ use crate::store::{
     Notification, PluginInstance as StoredNotifier, StoreResult,
 };
 
-/// Deliveries of one notifier that one host runs at once: a notifier whose
-/// receiver hangs holds at most this many of its own notifications, and
-/// nothing of any other notifier.
-pub const MAX_IN_FLIGHT: usize = 4;
 /// How much longer than the notifier's deadline a claim's lease lasts (the
 /// store's lease duration is the floor).
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -198,7 +194,8 @@ pub fn event_of(n: &Notification) -> Event {
 ///
 /// Each notifier has its own queue: a tick claims, for every enabled
 /// notifier with due notifications, at most as many as that notifier has
-/// free delivery slots ([`MAX_IN_FLIGHT`] per notifier and host) and runs
+/// free delivery slots (its instance's `limits.concurrency` per host, the
+/// same slots its calls take, so nothing claimed waits for one) and runs
 /// each delivery as its own task. The tick never waits for a delivery, so a
 /// notifier whose receiver hangs until the connector's deadline holds only
 /// its own slots; every other notifier's deliveries are claimed and sent
@@ -251,8 +248,9 @@ impl Dispatch {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn free_slots(&self, notifier_id: &str) -> usize {
-        MAX_IN_FLIGHT.saturating_sub(self.in_flight().get(notifier_id).copied().unwrap_or(0))
+    /// Slots of `notifier_id` free out of `slots`.
+    fn free_slots(&self, notifier_id: &str, slots: usize) -> usize {
+        slots.saturating_sub(self.in_flight().get(notifier_id).copied().unwrap_or(0))
     }
 
     /// Takes a slot of `notifier_id`, given back when the returned guard is
@@ -334,11 +332,6 @@ async fn tick(dispatch: &Arc<Dispatch>) -> StoreResult<usize> {
         .collect();
     let mut claimed = 0;
     for notifier_id in due {
-        let free = dispatch.free_slots(&notifier_id);
-        if free == 0 {
-            // Busy (a slow receiver, say): only its own queue waits.
-            continue;
-        }
         let Some(row) = rows.get(&notifier_id) else {
             // Deleted since: delete refuses notifiers with pending
             // notifications, so this is a race with nothing to send.
@@ -362,6 +355,22 @@ async fn tick(dispatch: &Arc<Dispatch>) -> StoreResult<usize> {
             ),
             Err(why) => Sender::Broken(why),
         };
+        // As many in flight as the instance may make calls at once (its
+        // calls wait for those same slots): a claimed notification never
+        // waits for one while its lease runs. A broken notifier only fails
+        // its notifications, one at a time.
+        let slots = match &sender {
+            Sender::Ready(instance, _) => engine
+                .runner
+                .instance_concurrency(instance.id())
+                .unwrap_or(engine.config.limits.default_concurrency),
+            Sender::Broken(_) => 1,
+        };
+        let free = dispatch.free_slots(&notifier_id, slots as usize);
+        if free == 0 {
+            // Busy (a slow receiver, say): only its own queue waits.
+            continue;
+        }
         // The lease must outlast the longest call the notifier may make, or
         // another replica would send the same notification while this one
         // still waits for its receiver.

@@ -125,6 +125,11 @@ impl JobRunner {
         }
     }
 
+    /// The concurrency registered for `instance_id`, if any.
+    pub fn instance_concurrency(&self, instance_id: &str) -> Option<u32> {
+        locked(&self.instances).get(instance_id).map(|(n, _)| *n)
+    }
+
     /// Waits for a call slot of `instance_id`; `None` when the instance has
     /// no limit registered (not built through the engine).
     pub async fn instance_permit(&self, instance_id: &str) -> Option<OwnedSemaphorePermit> {

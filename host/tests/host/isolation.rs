@@ -108,45 +108,11 @@ async fn issue_and_deploy(app: &TestApp, name: &str, issuer: &str, target: &str)
 }
 
 /// A webhook notifier whose receiver accepts connections and never
-/// answers (2 s deadline, set by the operator); counts the connections.
+/// answers (every delivery runs to the connector's deadline); counts the
+/// connections.
 async fn hung_notifier(app: &TestApp) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
-    use certplane_host::store::NewPluginInstance;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-    let seen = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            seen.fetch_add(1, Ordering::SeqCst);
-            held.push(socket);
-        }
-    });
-    let id = uuid::Uuid::now_v7().to_string();
-    let sealed = app
-        .state
-        .secrets
-        .seal_map(
-            &std::collections::BTreeMap::from([(
-                "signing_secret".to_string(),
-                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".to_string(),
-            )]),
-            &format!("notifier/{id}"),
-        )
-        .unwrap();
-    app.store
-        .create_notifier_with_id(
-            &id,
-            NewPluginInstance {
-                settings: json!({ "url": format!("{url}/hook") }),
-                encrypted_secrets: Some(sealed.into_bytes()),
-                grants: json!({ "hosts": [url], "limits": { "deadline_secs": 2 } }),
-                ..NewPluginInstance::new("hung", "webhook", "0.1.0")
-            },
-        )
-        .await
-        .unwrap();
+    let (url, accepted) = crate::notifications::hung_receiver().await;
+    crate::notifications::create_webhook_to(&app.state, "hung", &url, &url).await;
     accepted
 }
 
@@ -197,7 +163,7 @@ async fn a_connector_at_its_deadline_holds_only_its_own_slot() {
     )
     .await;
     // And a notifier whose receiver accepts and never answers: every
-    // certificate.issued notification runs to its 2 s deadline.
+    // certificate.issued notification runs to its deadline.
     let hung = hung_notifier(&app).await;
     let mut spinners = Vec::new();
     for i in 0..4 {

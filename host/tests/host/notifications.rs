@@ -112,7 +112,12 @@ async fn create_webhook(state: &AppState, server: &TestServer) -> String {
 
 /// A `webhook` notifier called `name` posting to `base_url` (granted by
 /// `grant`).
-async fn create_webhook_to(state: &AppState, name: &str, base_url: &str, grant: &str) -> String {
+pub(crate) async fn create_webhook_to(
+    state: &AppState,
+    name: &str,
+    base_url: &str,
+    grant: &str,
+) -> String {
     let id = uuid::Uuid::now_v7().to_string();
     let sealed = state
         .secrets
@@ -537,7 +542,7 @@ fn plugins_with_webhook_deadline(deadline_ms: u64) -> tempfile::TempDir {
 
 /// A receiver that accepts connections and never answers: every delivery
 /// to it runs to the connector's deadline. Counts the connections.
-async fn hung_receiver() -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn hung_receiver() -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -643,7 +648,7 @@ async fn hung_notifier_does_not_delay_others_and_can_be_disabled_and_cancelled(b
         "a hung notifier delayed a healthy one: {loaded:?} (unloaded {unloaded:?})"
     );
     assert!(
-        stuck > 0 && stuck <= engine::notify::MAX_IN_FLIGHT as i64,
+        stuck > 0 && stuck <= i64::from(app.state.config.limits.default_concurrency),
         "the hung notifier is stuck with at most its own slots: {stuck}"
     );
     assert_eq!(count_of(&app.store, &hung, "sent").await, 0);
@@ -722,7 +727,7 @@ async fn hung_notifier_does_not_delay_others_and_can_be_disabled_and_cancelled(b
     let in_flight = r.json["in_flight"].as_i64().unwrap();
     assert_eq!(cancelled + in_flight, HUNG, "{}", r.json);
     assert!(
-        in_flight <= engine::notify::MAX_IN_FLIGHT as i64,
+        in_flight <= i64::from(app.state.config.limits.default_concurrency),
         "{}",
         r.json
     );
