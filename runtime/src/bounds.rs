@@ -314,6 +314,24 @@ impl GuestOutput for DeployResult {
     }
 }
 
+impl GuestOutput for Option<crate::lifecycle::RenewalInfo> {
+    fn bound(&mut self, _: &Redactor) -> Result<(), String> {
+        if let Some(window) = self {
+            if window.end < window.start {
+                return Err("renewal-window ends before it starts".into());
+            }
+            if let Some(url) = &window.explanation_url {
+                at_most("renewal-window.explanation-url", url.len(), MAX_SHORT_TEXT)?;
+            }
+            // Clamped like an order's hint: a CA cannot park the check.
+            if let Some(secs) = &mut window.retry_after_secs {
+                *secs = (*secs).min(crate::asyncpoll::MAX_RETRY_AFTER.as_secs() as u32);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl GuestOutput for Vec<String> {
     fn bound(&mut self, redactor: &Redactor) -> Result<(), String> {
         bound_list(self, redactor);

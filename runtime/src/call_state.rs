@@ -97,6 +97,8 @@ pub(crate) struct CallState {
     /// The instance's secrets, redacted from every log line.
     pub(crate) redactor: Arc<Redactor>,
     pub(crate) log_budget: LogBudget,
+    /// What the 1.1 imports answer, and what the call leaves behind.
+    pub(crate) scope: crate::context::CallScope,
     /// Keeps the epoch ticker running for as long as this call's store.
     pub(crate) _ticking: crate::ticker::TickGuard,
 }

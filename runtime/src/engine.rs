@@ -129,7 +129,7 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let engine = build_engine(&config)?;
         let linker = build_linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let tls = Arc::new(tls_config(&config.extra_roots_pem)?);
+        let tls = Arc::new(tls_config(&config.extra_roots_pem, None)?);
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         let cache = ComponentCache::new(&engine, config.cache_dir.clone());
         let budget = MemoryBudget::new(config.memory_budget_bytes);
@@ -237,7 +237,8 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
 
 /// The connector import surface: WASI CLI basics, clocks, random,
 /// filesystem (only preopens the operator granted are ever present),
-/// wasi-http behind the egress hook, and certplane's `config` and `log`.
+/// wasi-http behind the egress hook, and certplane's `config`, `log`,
+/// `context`, `store` and `challenges`.
 /// `wasi:sockets` is deliberately absent: a component that imports it fails
 /// to link with a message naming the import.
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
@@ -269,29 +270,67 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
     cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
     {
-        use crate::bindings::issuer::certplane::connector::{config, log};
+        use crate::bindings::issuer::certplane::connector::{
+            challenges, config, context, log, store,
+        };
         config::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
         log::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
+        // Contract 1.1. A 1.0 component imports none of these; wasmtime
+        // matches its `@1.0.0` imports of the others to these `@1.1.0`
+        // definitions by semver.
+        context::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
+        store::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
+        challenges::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
     }
     Ok(linker)
 }
 
-fn tls_config(extra_roots_pem: &[String]) -> Result<rustls::ClientConfig, RuntimeError> {
+/// The client TLS configuration of plugin HTTPS: the Mozilla roots plus
+/// `extra_roots_pem`, and a client certificate when one is given.
+pub(crate) fn tls_config(
+    extra_roots_pem: &[String],
+    client: Option<(&str, &str)>,
+) -> Result<rustls::ClientConfig, RuntimeError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     for pem in extra_roots_pem {
+        let mut found = false;
         for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
             let cert = cert.map_err(|e| RuntimeError::Tls(format!("extra root: {e}")))?;
             roots
                 .add(cert)
                 .map_err(|e| RuntimeError::Tls(format!("extra root: {e}")))?;
+            found = true;
+        }
+        if !found {
+            return Err(RuntimeError::Tls(
+                "extra root: no PEM certificate found".into(),
+            ));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| RuntimeError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    match client {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert_pem, key_pem)) => {
+            let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| RuntimeError::Tls(format!("client certificate: {e}")))?;
+            if chain.is_empty() {
+                return Err(RuntimeError::Tls(
+                    "client certificate: no PEM certificate found".into(),
+                ));
+            }
+            let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+                .map_err(|e| RuntimeError::Tls(format!("client key: {e}")))?
+                .ok_or_else(|| RuntimeError::Tls("client key: no PEM private key found".into()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| RuntimeError::Tls(format!("client certificate and key: {e}")))
+        }
+    }
 }

@@ -118,6 +118,9 @@ pub enum ConfigError {
     /// Settings are not a JSON object.
     #[error("settings must be a JSON object")]
     Settings,
+    /// The instance's extra trust roots or client certificate are unusable.
+    #[error("invalid TLS configuration: {0}")]
+    Tls(String),
 }
 
 /// Why one plugin call failed. The host maps these to job outcomes.

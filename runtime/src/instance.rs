@@ -21,7 +21,10 @@ use crate::bindings::target::exports::certplane::connector::target_api::{
     CertificateBundle, DeployResult,
 };
 use crate::bindings::types::{ConnectorError, PluginInfo};
+use crate::bindings::dns_solver::exports::certplane::connector::dns_solver_api::TxtRecord;
+use crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::RenewalInfo;
 use crate::bounds::{GuestOutput, Redactor};
+use crate::context::{CallContext, CallEffects, CallScope};
 use crate::call_state::{CallState, LogBudget};
 use crate::egress::EgressHooks;
 use crate::error::{CallError, ConfigError};
@@ -68,6 +71,30 @@ pub struct InstanceConfig {
     pub grants: Grants,
     /// Limits overriding the manifest's defaults.
     pub limits: Option<Limits>,
+    /// Trust roots and client certificate for this instance's HTTPS.
+    pub tls: InstanceTls,
+}
+
+/// Per-instance TLS for a connector's outgoing HTTPS: extra trust roots
+/// (a private CA's API, a test server) on top of the runtime's, and a
+/// client certificate for upstreams that authenticate with one. Neither
+/// reaches any other instance.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceTls {
+    /// PEM certificates trusted besides the runtime's roots.
+    pub extra_roots_pem: Vec<String>,
+    /// Client certificate chain, PEM (leaf first).
+    pub client_cert_pem: Option<String>,
+    /// The client certificate's private key, PEM.
+    pub client_key_pem: Option<Secret>,
+}
+
+impl InstanceTls {
+    fn is_default(&self) -> bool {
+        self.extra_roots_pem.is_empty()
+            && self.client_cert_pem.is_none()
+            && self.client_key_pem.is_none()
+    }
 }
 
 impl InstanceConfig {
@@ -79,7 +106,14 @@ impl InstanceConfig {
             secrets: BTreeMap::new(),
             grants: Grants::default(),
             limits: None,
+            tls: InstanceTls::default(),
         }
+    }
+
+    /// Sets this instance's trust roots and client certificate.
+    pub fn with_tls(mut self, tls: InstanceTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Sets settings from a JSON value, which must be an object.
@@ -140,6 +174,9 @@ pub struct PluginInstance {
     limits: Limits,
     /// Built once from `secrets`; applied to every error and log line.
     redactor: Arc<Redactor>,
+    /// This instance's own TLS client configuration, when it has extra
+    /// roots or a client certificate; else the runtime's.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl PluginInstance {
@@ -195,7 +232,26 @@ impl PluginInstance {
                 });
             }
         }
+        let tls = if config.tls.is_default() {
+            None
+        } else {
+            let mut roots = runtime_cfg.extra_roots_pem.clone();
+            roots.extend(config.tls.extra_roots_pem.iter().cloned());
+            let client = match (&config.tls.client_cert_pem, &config.tls.client_key_pem) {
+                (Some(cert), Some(key)) => Some((cert.as_str(), key.expose())),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Tls(
+                        "a client certificate needs both the certificate and its key".into(),
+                    ));
+                }
+            };
+            let config = crate::engine::tls_config(&roots, client)
+                .map_err(|e| ConfigError::Tls(e.to_string()))?;
+            Some(Arc::new(config))
+        };
         Ok(PluginInstance {
+            tls,
             redactor: Arc::new(Redactor::new(&config.secrets)),
             id: Arc::from(config.instance_id.as_str()),
             settings: Arc::new(config.settings),
@@ -222,7 +278,10 @@ impl PluginInstance {
         self.limits
     }
 
-    fn new_store(&self) -> Result<(Store<CallState>, MemoryOutputPipe), CallError> {
+    fn new_store(
+        &self,
+        context: Arc<CallContext>,
+    ) -> Result<(Store<CallState>, MemoryOutputPipe), CallError> {
         let output = MemoryOutputPipe::new(CAPTURED_OUTPUT);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(output.clone()).stderr(output.clone());
@@ -250,7 +309,10 @@ impl PluginInstance {
                 plugin: self.plugin.name.clone(),
                 instance: self.id.clone(),
                 grants: self.hosts.clone(),
-                tls: self.plugin.runtime.inner.tls.clone(),
+                tls: self
+                    .tls
+                    .clone()
+                    .unwrap_or_else(|| self.plugin.runtime.inner.tls.clone()),
                 denials: denials.clone(),
                 redactor: self.redactor.clone(),
             },
@@ -269,6 +331,7 @@ impl PluginInstance {
                 self.plugin.runtime.inner.config.max_log_lines,
                 self.plugin.runtime.inner.config.max_log_bytes,
             ),
+            scope: CallScope::new(context, self.directories.clone()),
             _ticking: self.plugin.runtime.inner.ticker.running(),
         };
         let mut store = Store::new(&self.plugin.runtime.inner.engine, state);
@@ -391,27 +454,45 @@ impl PluginInstance {
 }
 
 /// Runs one export on a fresh instance of the right world: builds the
-/// store, instantiates from the plugin's `InstancePre`, runs `$call` under
-/// the deadline and classifies the outcome. `$call` evaluates to a future
-/// of `wasmtime::Result<Result<R, ConnectorError>>`.
+/// store with the call's context, instantiates from the plugin's
+/// `InstancePre`, runs `$call` under the deadline and classifies the
+/// outcome. `$call` evaluates to a future of
+/// `wasmtime::Result<Result<R, ConnectorError>>`. Evaluates to the result
+/// and the effects the call left (empty when it never ran).
 macro_rules! call_export {
-    ($self:ident, $variant:ident, $kind:expr, |$store:ident, $exports:ident| $call:expr) => {{
-        let PluginPre::$variant(pre) = &$self.plugin.pre else {
-            return Err($self.wrong_kind($kind));
-        };
-        // Held until the call's store is gone (declared first, dropped last).
-        let _budget = $self.reserve_memory().await?;
-        let (mut store, output) = $self.new_store().map_err(|e| $self.seal(e))?;
-        let bindings = match pre.instantiate_async(&mut store).await {
-            Ok(b) => b,
-            Err(e) => return Err($self.instantiate_error(&store, e)),
-        };
-        let outcome = {
-            let $store = &mut store;
-            let $exports = &bindings;
-            tokio::time::timeout($self.limits.deadline, $call).await
-        };
-        $self.finish(store, &output, outcome)
+    ($self:ident, $ctx:expr, $kind:expr, $pre_pat:pat => $pre:expr,
+     |$store:ident, $exports:ident| $call:expr) => {{
+        async {
+            let $pre_pat = &$self.plugin.pre else {
+                return (Err($self.wrong_kind($kind)), CallEffects::default());
+            };
+            // Held until the call's store is gone (declared first, dropped last).
+            let _budget = match $self.reserve_memory().await {
+                Ok(permit) => permit,
+                Err(e) => return (Err(e), CallEffects::default()),
+            };
+            let (mut store, output) = match $self.new_store($ctx) {
+                Ok(made) => made,
+                Err(e) => return (Err($self.seal(e)), CallEffects::default()),
+            };
+            let bindings = match $pre.instantiate_async(&mut store).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return (
+                        Err($self.instantiate_error(&store, e)),
+                        CallEffects::default(),
+                    );
+                }
+            };
+            let outcome = {
+                let $store = &mut store;
+                let $exports = &bindings;
+                tokio::time::timeout($self.limits.deadline, $call).await
+            };
+            let effects = std::mem::take(&mut store.data_mut().scope.effects);
+            ($self.finish(store, &output, outcome), effects)
+        }
+        .await
     }};
 }
 
@@ -453,62 +534,160 @@ async fn infallible<T>(
     fut.await.map(Ok)
 }
 
+/// The context of calls made outside any job.
+fn no_context() -> Arc<CallContext> {
+    Arc::new(CallContext::default())
+}
+
 impl PluginInstance {
     /// Calls `describe()` on whichever world the plugin implements.
     pub async fn describe(&self) -> Result<PluginInfo, CallError> {
+        let ctx = no_context();
         match self.plugin.kind() {
             PluginKind::Issuer => {
-                call_export!(self, Issuer, PluginKind::Issuer, |s, e| infallible(
+                call_export!(self, ctx, PluginKind::Issuer, PluginPre::Issuer(pre, _) => pre, |s, e| infallible(
                     e.certplane_connector_issuer_api().call_describe(s)
                 ))
             }
             PluginKind::Target => {
-                call_export!(self, Target, PluginKind::Target, |s, e| infallible(
+                call_export!(self, ctx, PluginKind::Target, PluginPre::Target(pre) => pre, |s, e| infallible(
                     e.certplane_connector_target_api().call_describe(s)
                 ))
             }
             PluginKind::Notifier => {
-                call_export!(self, Notifier, PluginKind::Notifier, |s, e| infallible(
+                call_export!(self, ctx, PluginKind::Notifier, PluginPre::Notifier(pre) => pre, |s, e| infallible(
                     e.certplane_connector_notifier_api().call_describe(s)
                 ))
             }
+            PluginKind::DnsSolver => {
+                call_export!(self, ctx, PluginKind::DnsSolver, PluginPre::DnsSolver(pre) => pre, |s, e| infallible(
+                    e.certplane_connector_dns_solver_api().call_describe(s)
+                ))
+            }
         }
+        .0
     }
 
     /// Calls `validate-config()` on whichever world the plugin implements.
     pub async fn validate_config(&self) -> Result<(), CallError> {
+        let ctx = no_context();
         match self.plugin.kind() {
-            PluginKind::Issuer => call_export!(self, Issuer, PluginKind::Issuer, |s, e| e
+            PluginKind::Issuer => call_export!(self, ctx, PluginKind::Issuer, PluginPre::Issuer(pre, _) => pre, |s, e| e
                 .certplane_connector_issuer_api()
                 .call_validate_config(s)),
-            PluginKind::Target => call_export!(self, Target, PluginKind::Target, |s, e| e
+            PluginKind::Target => call_export!(self, ctx, PluginKind::Target, PluginPre::Target(pre) => pre, |s, e| e
                 .certplane_connector_target_api()
                 .call_validate_config(s)),
-            PluginKind::Notifier => call_export!(self, Notifier, PluginKind::Notifier, |s, e| e
+            PluginKind::Notifier => call_export!(self, ctx, PluginKind::Notifier, PluginPre::Notifier(pre) => pre, |s, e| e
                 .certplane_connector_notifier_api()
                 .call_validate_config(s)),
+            PluginKind::DnsSolver => call_export!(self, ctx, PluginKind::DnsSolver, PluginPre::DnsSolver(pre) => pre, |s, e| e
+                .certplane_connector_dns_solver_api()
+                .call_validate_config(s)),
         }
+        .0
     }
 
-    /// Issuer: asks the CA for a certificate.
+    /// Issuer: asks the CA for a certificate (outside any job).
     pub async fn submit(&self, request: &CertificateRequest) -> Result<IssueResult, CallError> {
-        call_export!(self, Issuer, PluginKind::Issuer, |s, e| e
+        self.submit_with(&CallContext::default(), request).await.0
+    }
+
+    /// Issuer: asks the CA for a certificate, with the job's context.
+    pub async fn submit_with(
+        &self,
+        context: &CallContext,
+        request: &CertificateRequest,
+    ) -> (Result<IssueResult, CallError>, CallEffects) {
+        call_export!(self, Arc::new(context.clone()), PluginKind::Issuer, PluginPre::Issuer(pre, _) => pre, |s, e| e
             .certplane_connector_issuer_api()
             .call_submit(s, request))
     }
 
-    /// Issuer: checks a pending order once.
+    /// Issuer: checks a pending order once (outside any job).
     pub async fn poll(&self, order: &Order) -> Result<IssueResult, CallError> {
-        call_export!(self, Issuer, PluginKind::Issuer, |s, e| e
+        self.poll_with(&CallContext::default(), order).await.0
+    }
+
+    /// Issuer: checks a pending order once, with the job's context.
+    pub async fn poll_with(
+        &self,
+        context: &CallContext,
+        order: &Order,
+    ) -> (Result<IssueResult, CallError>, CallEffects) {
+        call_export!(self, Arc::new(context.clone()), PluginKind::Issuer, PluginPre::Issuer(pre, _) => pre, |s, e| e
             .certplane_connector_issuer_api()
             .call_poll(s, order))
     }
 
-    /// Issuer: revokes a certificate.
+    /// Issuer: revokes a certificate (outside any job).
     pub async fn revoke(&self, request: &RevocationRequest) -> Result<(), CallError> {
-        call_export!(self, Issuer, PluginKind::Issuer, |s, e| e
+        self.revoke_with(&CallContext::default(), request).await.0
+    }
+
+    /// Issuer: revokes a certificate, with the job's context.
+    pub async fn revoke_with(
+        &self,
+        context: &CallContext,
+        request: &RevocationRequest,
+    ) -> (Result<(), CallError>, CallEffects) {
+        call_export!(self, Arc::new(context.clone()), PluginKind::Issuer, PluginPre::Issuer(pre, _) => pre, |s, e| e
             .certplane_connector_issuer_api()
             .call_revoke(s, request))
+    }
+
+    /// Issuer with `issuer-lifecycle`: the CA's suggested renewal window.
+    /// `unsupported` when the issuer does not export the interface.
+    pub async fn renewal_window(
+        &self,
+        context: &CallContext,
+        certificate_pem: &str,
+    ) -> (Result<Option<RenewalInfo>, CallError>, CallEffects) {
+        let Some(lifecycle) = self.lifecycle() else {
+            return (Err(self.no_lifecycle("renewal-window")), CallEffects::default());
+        };
+        call_export!(self, Arc::new(context.clone()), PluginKind::Issuer, PluginPre::Issuer(pre, _) => pre.instance_pre(), |s, instance| async {
+            let guest = lifecycle.load(&mut *s, instance)?;
+            guest.call_renewal_window(s, certificate_pem).await
+        })
+    }
+
+    /// Issuer with `issuer-lifecycle`: gives up a pending order.
+    pub async fn cancel_order(
+        &self,
+        context: &CallContext,
+        order_id: &str,
+        state: &str,
+    ) -> (Result<(), CallError>, CallEffects) {
+        let Some(lifecycle) = self.lifecycle() else {
+            return (Err(self.no_lifecycle("cancel")), CallEffects::default());
+        };
+        call_export!(self, Arc::new(context.clone()), PluginKind::Issuer, PluginPre::Issuer(pre, _) => pre.instance_pre(), |s, instance| async {
+            let guest = lifecycle.load(&mut *s, instance)?;
+            guest.call_cancel(s, order_id, state).await
+        })
+    }
+
+    fn lifecycle(
+        &self,
+    ) -> Option<&crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::GuestIndices>
+    {
+        match &self.plugin.pre {
+            PluginPre::Issuer(_, lifecycle) => lifecycle.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn no_lifecycle(&self, what: &str) -> CallError {
+        if self.plugin.kind() != PluginKind::Issuer {
+            return self.wrong_kind(PluginKind::Issuer);
+        }
+        CallError::Connector {
+            plugin: self.plugin.name().to_string(),
+            error: ConnectorError::Unsupported(format!(
+                "this issuer does not export issuer-lifecycle ({what})"
+            )),
+        }
     }
 
     /// Target: installs a certificate and its key.
@@ -518,9 +697,14 @@ impl PluginInstance {
         key_pem: &str,
         options: &str,
     ) -> Result<DeployResult, CallError> {
-        call_export!(self, Target, PluginKind::Target, |s, e| e
+        let ctx = Arc::new(CallContext {
+            options: options.to_string(),
+            ..CallContext::default()
+        });
+        call_export!(self, ctx, PluginKind::Target, PluginPre::Target(pre) => pre, |s, e| e
             .certplane_connector_target_api()
             .call_deploy(s, bundle, key_pem, options))
+        .0
     }
 
     /// Target: removes what `deploy` installed for a certificate.
@@ -529,15 +713,37 @@ impl PluginInstance {
         certificate_id: &str,
         options: &str,
     ) -> Result<Vec<String>, CallError> {
-        call_export!(self, Target, PluginKind::Target, |s, e| e
+        let ctx = Arc::new(CallContext {
+            options: options.to_string(),
+            ..CallContext::default()
+        });
+        call_export!(self, ctx, PluginKind::Target, PluginPre::Target(pre) => pre, |s, e| e
             .certplane_connector_target_api()
             .call_remove(s, certificate_id, options))
+        .0
     }
 
     /// Notifier: delivers one event.
     pub async fn notify(&self, event: &Event) -> Result<(), CallError> {
-        call_export!(self, Notifier, PluginKind::Notifier, |s, e| e
+        call_export!(self, no_context(), PluginKind::Notifier, PluginPre::Notifier(pre) => pre, |s, e| e
             .certplane_connector_notifier_api()
             .call_notify(s, event))
+        .0
+    }
+
+    /// DNS solver: publishes a TXT record.
+    pub async fn present_txt(&self, record: &TxtRecord) -> Result<(), CallError> {
+        call_export!(self, no_context(), PluginKind::DnsSolver, PluginPre::DnsSolver(pre) => pre, |s, e| e
+            .certplane_connector_dns_solver_api()
+            .call_present(s, record))
+        .0
+    }
+
+    /// DNS solver: removes a TXT record.
+    pub async fn cleanup_txt(&self, record: &TxtRecord) -> Result<(), CallError> {
+        call_export!(self, no_context(), PluginKind::DnsSolver, PluginPre::DnsSolver(pre) => pre, |s, e| e
+            .certplane_connector_dns_solver_api()
+            .call_cleanup(s, record))
+        .0
     }
 }

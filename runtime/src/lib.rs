@@ -34,6 +34,7 @@ pub mod bindings;
 pub mod bounds;
 mod cache;
 mod call_state;
+pub mod context;
 mod egress;
 mod engine;
 pub mod error;
@@ -50,7 +51,7 @@ pub use cache::CacheOutcome;
 pub use engine::{Runtime, RuntimeConfig};
 pub use error::{CallError, ConfigError, ConnectorError, LoadError, RateLimit, RuntimeError};
 pub use grants::{DirGrant, Grants, HostGrant, HostGrants};
-pub use instance::{InstanceConfig, PluginInstance, Secret};
+pub use instance::{InstanceConfig, InstanceTls, PluginInstance, Secret};
 pub use limits::{Limits, MemoryBudgetUsage};
 pub use manifest::{CONTRACT_VERSION, ContractVersion, Manifest, PluginKind};
 pub use plugin::Plugin;
@@ -74,6 +75,23 @@ pub mod target {
 /// Types of the notifier contract.
 pub mod notifier {
     pub use crate::bindings::notifier::exports::certplane::connector::notifier_api::Event;
+}
+
+/// Types of the dns-solver contract (since 1.1).
+pub mod dns_solver {
+    pub use crate::bindings::dns_solver::exports::certplane::connector::dns_solver_api::TxtRecord;
+}
+
+/// Types of the optional `issuer-lifecycle` export (since 1.1).
+pub mod lifecycle {
+    pub use crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::RenewalInfo;
+}
+
+/// Challenge types of the `challenges` import (since 1.1).
+pub mod challenges {
+    pub use crate::context::{
+        Challenge, ChallengeKind, ChallengeState, ChallengeStatus, kind_name,
+    };
 }
 
 pub use bindings::types::{Level, PluginInfo};

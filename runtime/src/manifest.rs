@@ -31,7 +31,7 @@ use crate::limits::Limits;
 /// The `certplane:connector` contract version this runtime implements.
 pub const CONTRACT_VERSION: ContractVersion = ContractVersion {
     major: 1,
-    minor: 0,
+    minor: 1,
     patch: 0,
 };
 
@@ -45,6 +45,8 @@ pub enum PluginKind {
     Target,
     /// Tells people about events (`world notifier`).
     Notifier,
+    /// Publishes dns-01 TXT records (`world dns-solver`, since 1.1).
+    DnsSolver,
 }
 
 impl PluginKind {
@@ -54,6 +56,7 @@ impl PluginKind {
             PluginKind::Issuer => "issuer",
             PluginKind::Target => "target",
             PluginKind::Notifier => "notifier",
+            PluginKind::DnsSolver => "dns-solver",
         }
     }
 
@@ -63,6 +66,7 @@ impl PluginKind {
             PluginKind::Issuer => "issuer-api",
             PluginKind::Target => "target-api",
             PluginKind::Notifier => "notifier-api",
+            PluginKind::DnsSolver => "dns-solver-api",
         };
         format!("certplane:connector/{iface}@{CONTRACT_VERSION}")
     }
@@ -81,8 +85,9 @@ impl FromStr for PluginKind {
             "issuer" => Ok(PluginKind::Issuer),
             "target" => Ok(PluginKind::Target),
             "notifier" => Ok(PluginKind::Notifier),
+            "dns-solver" => Ok(PluginKind::DnsSolver),
             other => Err(format!(
-                "unknown plugin kind {other:?} (expected issuer, target or notifier)"
+                "unknown plugin kind {other:?} (expected issuer, target, notifier or dns-solver)"
             )),
         }
     }

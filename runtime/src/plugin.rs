@@ -7,6 +7,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::bindings::issuer::IssuerPre;
+use crate::bindings::dns_solver::DnsSolverPre;
+use crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::GuestIndices as LifecycleIndices;
 use crate::bindings::notifier::NotifierPre;
 use crate::bindings::target::TargetPre;
 use crate::bindings::types::PluginInfo;
@@ -19,9 +21,11 @@ use crate::manifest::{Manifest, PluginKind};
 
 /// The kind-specific pre-instantiated component.
 pub(crate) enum PluginPre {
-    Issuer(IssuerPre<CallState>),
+    /// An issuer, and its `issuer-lifecycle` export when it has one.
+    Issuer(IssuerPre<CallState>, Option<LifecycleIndices>),
     Target(TargetPre<CallState>),
     Notifier(NotifierPre<CallState>),
+    DnsSolver(DnsSolverPre<CallState>),
 }
 
 /// A connector that passed every load check and is ready to instantiate.
@@ -54,6 +58,12 @@ impl Plugin {
     /// Connector version.
     pub fn version(&self) -> &str {
         &self.manifest.version
+    }
+
+    /// Whether this issuer exports the optional `issuer-lifecycle`
+    /// interface (renewal windows, order cancellation).
+    pub fn has_lifecycle(&self) -> bool {
+        matches!(self.pre, PluginPre::Issuer(_, Some(_)))
     }
 
     /// Which world it implements.
@@ -135,13 +145,18 @@ impl Plugin {
         };
         let pre = match manifest.kind {
             PluginKind::Issuer => {
-                PluginPre::Issuer(IssuerPre::new(instance_pre).map_err(wrong_kind)?)
+                // Optional since 1.1: probed, never required.
+                let lifecycle = LifecycleIndices::new(&instance_pre).ok();
+                PluginPre::Issuer(IssuerPre::new(instance_pre).map_err(wrong_kind)?, lifecycle)
             }
             PluginKind::Target => {
                 PluginPre::Target(TargetPre::new(instance_pre).map_err(wrong_kind)?)
             }
             PluginKind::Notifier => {
                 PluginPre::Notifier(NotifierPre::new(instance_pre).map_err(wrong_kind)?)
+            }
+            PluginKind::DnsSolver => {
+                PluginPre::DnsSolver(DnsSolverPre::new(instance_pre).map_err(wrong_kind)?)
             }
         };
 
