@@ -10,6 +10,7 @@ pub mod issuer {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "certplane:connector/issuer",
+        additional_derives: [PartialEq, Eq],
         exports: { default: async },
         require_store_data_send: true,
         with: {
@@ -65,6 +66,7 @@ pub mod dns_solver {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "certplane:connector/dns-solver",
+        additional_derives: [PartialEq, Eq],
         exports: { default: async },
         require_store_data_send: true,
         with: {
@@ -85,6 +87,7 @@ pub mod lifecycle {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "certplane:connector/issuer-with-lifecycle",
+        additional_derives: [PartialEq, Eq],
         exports: { default: async },
         require_store_data_send: true,
         with: {
