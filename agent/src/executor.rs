@@ -282,8 +282,9 @@ impl Executor {
             chain_pem: blocks,
             fingerprint_sha256: version.fingerprint_sha256.clone(),
         };
+        let options = cert.target_options.to_string();
         let result = instance
-            .deploy(&bundle, &key, "{}")
+            .deploy(&bundle, &key, &options)
             .await
             .map_err(|e| match e {
                 grants::TargetCallError::Refused(r) => refused(r),

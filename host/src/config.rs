@@ -274,6 +274,37 @@ pub struct HostConfig {
     /// defaults for what neither the operator nor the plugin's manifest
     /// sets.
     pub limits: certplane_runtime::LimitPolicy,
+    /// Domain-validation challenges the host publishes for issuers.
+    pub challenges: ChallengeSettings,
+}
+
+/// `[challenges]`: how the host publishes and checks ACME-style
+/// challenges (see `docs/challenges.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChallengeSettings {
+    /// Plain-HTTP listener of the http-01 responder
+    /// (`/.well-known/acme-challenge/<token>`), e.g. `0.0.0.0:80`. Unset:
+    /// only the HTTPS listener answers, which CAs do not use for http-01.
+    pub http_listen: Option<SocketAddr>,
+    /// Nameservers the host asks to check that a dns-01 record is visible
+    /// (`ip:port`); empty: the system's resolver configuration.
+    pub dns_resolvers: Vec<SocketAddr>,
+    /// Time between visibility checks of one challenge, in milliseconds.
+    pub check_interval_ms: u64,
+    /// Give up on a challenge that is not visible after this many seconds.
+    pub visible_within_secs: u64,
+}
+
+impl Default for ChallengeSettings {
+    fn default() -> Self {
+        ChallengeSettings {
+            http_listen: None,
+            dns_resolvers: Vec::new(),
+            check_interval_ms: 500,
+            visible_within_secs: 300,
+        }
+    }
 }
 
 impl Default for HostConfig {
@@ -296,6 +327,7 @@ impl Default for HostConfig {
             verify: certplane_probe::VerifyConfig::default(),
             order_max_wait_secs: 600,
             limits: certplane_runtime::LimitPolicy::default(),
+            challenges: ChallengeSettings::default(),
         }
     }
 }

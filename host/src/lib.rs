@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod faults;
+pub mod grants;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;

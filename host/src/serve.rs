@@ -201,7 +201,26 @@ pub async fn run_until(config: HostConfig, shutdown: CancellationToken) -> anyho
         "certplane host listening"
     );
     let grace = Duration::from_millis(config.scheduler.shutdown_grace_ms);
+    let responder = match config.challenges.http_listen {
+        Some(addr) => {
+            let plain = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} ([challenges] http_listen)"))?;
+            tracing::info!(address = %addr, "http-01 responder listening");
+            let app = api::acme_challenge::responder_app(state.clone());
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::server::serve(plain, app, None, stop, grace).await {
+                    tracing::error!(error = %e, "http-01 responder stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     crate::server::serve(listener, api::router(state), tls, shutdown.clone(), grace).await?;
+    if let Some(responder) = responder {
+        let _ = responder.await;
+    }
     let report = scheduler.shutdown(grace).await;
     tracing::info!(?report, "scheduler stopped");
     link_stop.cancel();

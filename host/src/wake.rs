@@ -95,6 +95,8 @@ pub struct Wake {
     pub renewals: Arc<Notify>,
     /// Notification dispatch.
     pub notifications: Arc<Notify>,
+    /// The challenge publisher (challenges presented or withdrawn).
+    pub challenges: Arc<Notify>,
     /// Cancelled when the host shuts down, so parked long polls answer at
     /// once instead of holding the graceful shutdown for their whole wait.
     pub stopping: CancellationToken,
@@ -115,6 +117,7 @@ impl Default for Wake {
             orders: Arc::default(),
             renewals: Arc::default(),
             notifications: Arc::default(),
+            challenges: Arc::default(),
             stopping: CancellationToken::new(),
             agents: Mutex::default(),
             outbox: OnceLock::new(),

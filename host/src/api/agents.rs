@@ -373,6 +373,7 @@ async fn job_view(state: &AppState, job: &Job) -> ApiResult<Result<AgentJob, Str
             common_name: c.common_name,
             sans: c.sans,
             key_type: c.key_type,
+            target_options: c.target_options,
         }),
         certificate_version,
         target,

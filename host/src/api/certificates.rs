@@ -26,7 +26,8 @@ use super::instances::{ApiJson, check_name};
 use super::listing::{Page, PageQuery, conditional_json, json as json_response};
 use crate::pipeline::keygen::KeyType;
 use crate::store::{
-    ActorType, Certificate, CertificateStatus, CertificateVersion, JobStatus, JobType, KeySource,
+    ActorType, Certificate, CertificateOptions, CertificateStatus, CertificateVersion, JobStatus,
+    JobType, KeySource,
     NewAuditEvent, NewCertificate, NewJob, SENTINEL_AGENT_ID, now,
 };
 
@@ -85,6 +86,38 @@ pub struct CreateCertificate {
     /// Owner (team, person) for notifications.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Options for the issuer connector (its `context.options`): a JSON
+    /// object of at most 16 KiB, e.g. an ACME profile. Default `{}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub issuer_options: Option<Value>,
+    /// Options for every target connector (`deploy`/`remove`): a JSON
+    /// object of at most 16 KiB. Default `{}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub target_options: Option<Value>,
+}
+
+/// Largest serialised options object, in bytes.
+pub const MAX_OPTIONS_BYTES: usize = 16 * 1024;
+
+/// Checks one options object, as a 422 naming the field.
+fn check_options(field: &str, value: Option<&Value>) -> ApiResult<Value> {
+    match value {
+        None => Ok(Value::Object(Default::default())),
+        Some(Value::Object(map)) => {
+            let len = Value::Object(map.clone()).to_string().len();
+            if len > MAX_OPTIONS_BYTES {
+                return Err(ApiError::validation(format!(
+                    "{field} is {len} bytes; at most {MAX_OPTIONS_BYTES} are allowed"
+                )));
+            }
+            Ok(Value::Object(map.clone()))
+        }
+        Some(_) => Err(ApiError::validation(format!(
+            "{field} must be a JSON object"
+        ))),
+    }
 }
 
 /// Why a certificate is revoked (RFC 5280 CRLReason subset).
@@ -129,6 +162,12 @@ pub struct UpdateCertificate {
     /// Owner for notifications; `null` clears it.
     #[serde(default, deserialize_with = "present")]
     pub owner: Option<Option<String>>,
+    /// New issuer options (replaced as a whole).
+    #[schema(value_type = Option<Object>)]
+    pub issuer_options: Option<Value>,
+    /// New target options (replaced as a whole).
+    #[schema(value_type = Option<Object>)]
+    pub target_options: Option<Value>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -180,6 +219,12 @@ pub struct CertificateView {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Options for the issuer connector.
+    #[schema(value_type = Object)]
+    pub issuer_options: Value,
+    /// Options for every target connector.
+    #[schema(value_type = Object)]
+    pub target_options: Value,
 }
 
 /// An issued version (never its private key).
@@ -370,6 +415,8 @@ fn view_with_targets(cert: Certificate, target_ids: Vec<String>) -> CertificateV
         renew_at: cert.renew_at,
         created_at: cert.created_at,
         updated_at: cert.updated_at,
+        issuer_options: cert.issuer_options,
+        target_options: cert.target_options,
     }
 }
 
@@ -556,9 +603,13 @@ async fn create_certificate(
         owner: body.owner.clone(),
     };
     let extra: Vec<String> = body.target_ids.iter().skip(1).cloned().collect();
+    let options = CertificateOptions {
+        issuer: check_options("issuer_options", body.issuer_options.as_ref())?,
+        target: check_options("target_options", body.target_options.as_ref())?,
+    };
     let cert = state
         .store
-        .create_certificate_with_targets(new, &extra)
+        .create_certificate_with_targets(new, &extra, &options)
         .await?;
     audit(
         &state,
@@ -645,6 +696,20 @@ async fn update_certificate(
             "owner must be at most 200 printable characters",
         ));
     }
+    let options = if body.issuer_options.is_some() || body.target_options.is_some() {
+        Some(CertificateOptions {
+            issuer: match &body.issuer_options {
+                Some(v) => check_options("issuer_options", Some(v))?,
+                None => cert.issuer_options.clone(),
+            },
+            target: match &body.target_options {
+                Some(v) => check_options("target_options", Some(v))?,
+                None => cert.target_options.clone(),
+            },
+        })
+    } else {
+        None
+    };
     let updated = state
         .store
         .update_certificate(
@@ -652,6 +717,7 @@ async fn update_certificate(
             body.status,
             body.renew_before_days.map(|d| i64::from(d) * SECS_PER_DAY),
             body.owner.clone(),
+            options.as_ref(),
         )
         .await?
         .ok_or_else(|| ApiError::conflict(format!("certificate {id:?} was retired meanwhile")))?;
@@ -664,6 +730,7 @@ async fn update_certificate(
             "status": body.status.map(|s| s.to_string()),
             "renew_before_days": body.renew_before_days,
             "owner": body.owner,
+            "options_changed": options.is_some(),
         }),
     )
     .await?;

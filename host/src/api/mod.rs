@@ -7,6 +7,7 @@
 //! request tracing. Each resource module exposes `routes()` returning an
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
+pub mod acme_challenge;
 mod agents;
 mod audit;
 pub mod auth;
@@ -137,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         }),
     )
     .merge(system::root_routes())
+    .merge(acme_challenge::routes())
     .route("/metrics", axum::routing::get(system::metrics))
     .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
     .layer(DefaultBodyLimit::max(max_body))

@@ -19,6 +19,8 @@ struct StoredGrants {
     directories: Vec<StoredDir>,
     /// The operator's limits for this instance.
     limits: InstanceLimits,
+    /// TLS of the connector's own HTTPS.
+    tls: Option<crate::grants::TlsGrant>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -44,19 +46,29 @@ pub fn build_instance(
     let mut config = InstanceConfig::new(owner)
         .with_settings(settings.clone())
         .map_err(|e| format!("{owner}: {e}"))?;
+    let mut opened: BTreeMap<String, String> = BTreeMap::new();
     if let Some(sealed) = encrypted_secrets {
         let sealed = std::str::from_utf8(sealed)
             .map_err(|_| format!("{owner}: secrets are not sealed text"))?;
-        let opened: BTreeMap<String, _> = engine
+        let map: BTreeMap<String, _> = engine
             .secrets
             .open_map(sealed, owner)
             .map_err(|e| format!("{owner}: cannot open secrets: {e}"))?;
-        for (name, value) in opened {
-            config = config.with_secret(name, value.as_str());
+        for (name, value) in map {
+            opened.insert(name, value.as_str().to_string());
         }
     }
     let grants: StoredGrants = serde_json::from_value(grants.clone())
         .map_err(|e| format!("{owner}: malformed grants: {e}"))?;
+    if let Some(tls) = &grants.tls {
+        config = config.with_tls(
+            tls.instance_tls(|name| opened.get(name).map(String::as_str))
+                .map_err(|e| format!("{owner}: {e}"))?,
+        );
+    }
+    for (name, value) in opened {
+        config = config.with_secret(name, value);
+    }
     config = config
         .with_hosts(&grants.hosts)
         .map_err(|e| format!("{owner}: {e}"))?;

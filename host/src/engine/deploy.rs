@@ -89,8 +89,9 @@ async fn deploy(
         chain_pem: blocks,
         fingerprint_sha256: version.fingerprint_sha256.clone(),
     };
+    let options = cert.target_options.to_string();
     let result = observed(engine, &instance, "deploy", |i| async move {
-        i.deploy(&bundle, &key, "{}").await
+        i.deploy(&bundle, &key, &options).await
     })
     .await
     .map_err(|e| failure_for(&e, chrono::Utc::now()))?;

@@ -11,7 +11,8 @@ use certplane_runtime::issuer::{CertificateRequest, IssueResult, IssuedCertifica
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::connectors::{failure_for, issuer_instance, observed};
+use super::challenges;
+use super::connectors::{failure_for, issuer_instance};
 use super::notify;
 use crate::engine::Engine;
 use crate::pipeline::certcheck::{IssuedInput, check_issued};
@@ -198,7 +199,14 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
         }
     };
 
-    let call = match &order {
+    // Contract 1.1: what the call may ask about, and what it leaves behind.
+    let owner = format!("issuer/{}", cert.issuer_id);
+    let routes = match store.get_issuer(&cert.issuer_id).await? {
+        Some(row) => challenges::routes_of(&row.grants),
+        None => Default::default(),
+    };
+    let context = challenges::issuer_context(engine, job, &cert, &owner, &routes).await?;
+    let (call, effects) = match &order {
         None => {
             let request = CertificateRequest {
                 csr_pem: csr_pem.clone(),
@@ -208,22 +216,20 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
                 validity_days: None,
                 certificate_id: cert.id.clone(),
             };
-            observed(engine, &issuer, "submit", |i| async move {
-                i.submit(&request).await
+            challenges::observed_with_effects(engine, &issuer, "submit", |i| async move {
+                i.submit_with(&context, &request).await
             })
             .await
         }
         Some(order) => {
             let order = order.clone();
-            observed(
-                engine,
-                &issuer,
-                "poll",
-                |i| async move { i.poll(&order).await },
-            )
+            challenges::observed_with_effects(engine, &issuer, "poll", |i| async move {
+                i.poll_with(&context, &order).await
+            })
             .await
         }
     };
+    challenges::apply_effects(engine, &owner, Some(&job.id), &routes, effects).await?;
     let now = Utc::now();
     match (call, order) {
         (Err(e), Some(order)) if e.is_retryable() => {
@@ -463,6 +469,8 @@ async fn record_issued(
         fingerprint_sha256: checked.fingerprint_sha256.clone(),
         encrypted_private_key,
         job_id: Some(job.id.clone()),
+        ca_certificate_id: issued.ca_certificate_id.clone(),
+        ca_order_id: job.order_id.clone(),
     });
     for target in &targets {
         let mut deployment = NewJob::new(JobType::Deployment)

@@ -13,6 +13,7 @@
 //! ([`crate::store::Outcome`]).
 
 pub mod agent_reports;
+pub mod challenges;
 pub mod connectors;
 pub mod deploy;
 pub mod ending;
@@ -275,6 +276,19 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
         &mut scheduler,
         &engine,
         spec("notifications", s.notifications_ms, &engine),
+    );
+
+    let st = engine.clone();
+    scheduler.spawn_loop(
+        spec("challenges", st.config.challenges.check_interval_ms.max(50), &engine),
+        Some(engine.wake.challenges.clone()),
+        move || {
+            let st = st.clone();
+            async move {
+                let n = challenges::tick(&st).await?;
+                Ok(report(n, 64))
+            }
+        },
     );
 
     let st = engine.clone();

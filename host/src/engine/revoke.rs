@@ -4,7 +4,8 @@
 use certplane_runtime::issuer::{RevocationReason, RevocationRequest};
 use serde_json::json;
 
-use super::connectors::{failure_for, issuer_instance, observed};
+use super::challenges;
+use super::connectors::{failure_for, issuer_instance};
 use super::ending::{Ending, end_claimed_logged, host_actor};
 use super::versions::{load_version, split_pem};
 use crate::engine::Engine;
@@ -58,13 +59,25 @@ async fn revoke(engine: &Engine, job: &Job) -> Result<String, JobFailure> {
     let request = RevocationRequest {
         certificate_pem: leaf,
         serial_hex: version.serial.clone(),
-        ca_certificate_id: None,
+        // The CA's own id, kept with the version: CAs that revoke by id
+        // (DigiCert, Sectigo) need it.
+        ca_certificate_id: version.ca_certificate_id.clone(),
         reason: reason_of(job),
     };
-    observed(engine, &issuer, "revoke", |i| async move {
-        i.revoke(&request).await
-    })
-    .await
-    .map_err(|e| failure_for(&e, chrono::Utc::now()))?;
+    // The instance's store (an ACME account revokes what it ordered).
+    let owner = format!("issuer/{}", cert.issuer_id);
+    let store_err = |e| JobFailure::transient(format!("database: {e}"));
+    let context = challenges::instance_context(engine, &owner)
+        .await
+        .map_err(store_err)?;
+    let (result, effects) =
+        challenges::observed_with_effects(engine, &issuer, "revoke", |i| async move {
+            i.revoke_with(&context, &request).await
+        })
+        .await;
+    challenges::apply_effects(engine, &owner, None, &Default::default(), effects)
+        .await
+        .map_err(store_err)?;
+    result.map_err(|e| failure_for(&e, chrono::Utc::now()))?;
     Ok(version.serial)
 }

@@ -485,6 +485,8 @@ async fn deployment_view_and_results(b: Backend) {
             fingerprint_sha256: "ab".repeat(32),
             encrypted_private_key: None,
             job_id: None,
+            ca_certificate_id: None,
+            ca_order_id: None,
         })
         .await
         .unwrap();

@@ -46,6 +46,8 @@ async fn issue(store: &Store, certificate_id: &str, days: i64) -> String {
             fingerprint_sha256: new_id(),
             encrypted_private_key: Some(b"sealed-private-key-bytes".to_vec()),
             job_id: None,
+            ca_certificate_id: None,
+            ca_order_id: None,
         })
         .await
         .expect("version")

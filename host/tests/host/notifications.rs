@@ -461,6 +461,8 @@ async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
             fingerprint_sha256: "ab".repeat(32),
             encrypted_private_key: None,
             job_id: None,
+            ca_certificate_id: None,
+            ca_order_id: None,
         })
         .await
         .unwrap();

@@ -183,6 +183,8 @@ async fn renewal_enqueue_idempotent_under_concurrency(b: Backend) {
                 fingerprint_sha256: format!("{:064x}", i),
                 encrypted_private_key: Some(vec![1, 2, 3]),
                 job_id: None,
+                ca_certificate_id: None,
+                ca_order_id: None,
             })
             .await
             .unwrap();
@@ -285,6 +287,8 @@ async fn certificate_versions(b: Backend) {
         fingerprint_sha256: "ab".repeat(32),
         encrypted_private_key: Some(vec![1]),
         job_id: None,
+        ca_certificate_id: None,
+        ca_order_id: None,
     };
     let err = store
         .record_certificate_version(v.clone())

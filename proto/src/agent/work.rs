@@ -82,6 +82,16 @@ pub struct JobCertificate {
     pub sans: Vec<String>,
     /// Key type to generate (`ecdsa-p256`, `rsa-2048`, ...).
     pub key_type: String,
+    /// The operator's per-certificate options for target connectors (a
+    /// JSON object, passed to `deploy` and `remove`). Absent from older
+    /// hosts: `{}`.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub target_options: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
 }
 
 /// The certificate version a job deploys or verifies.
@@ -175,6 +185,7 @@ mod tests {
                     common_name: "a.example".into(),
                     sans: vec!["a.example".into()],
                     key_type: "ecdsa-p256".into(),
+                    target_options: serde_json::json!({"reload": "nginx"}),
                 }),
                 certificate_version: None,
                 target: Some(JobTarget {

@@ -65,6 +65,31 @@ pub struct Certificate {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Options for the issuer (`context.options`), a JSON object.
+    #[sqlx(json)]
+    pub issuer_options: serde_json::Value,
+    /// Options for every target (`deploy`/`remove` options), a JSON object.
+    #[sqlx(json)]
+    pub target_options: serde_json::Value,
+}
+
+/// Per-certificate connector options: JSON objects handed to the issuer
+/// (`context.options`) and to every target (`deploy`/`remove`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CertificateOptions {
+    /// For the issuer.
+    pub issuer: serde_json::Value,
+    /// For every target.
+    pub target: serde_json::Value,
+}
+
+impl Default for CertificateOptions {
+    fn default() -> Self {
+        CertificateOptions {
+            issuer: serde_json::Value::Object(Default::default()),
+            target: serde_json::Value::Object(Default::default()),
+        }
+    }
 }
 
 /// Input of [`crate::store::Store::create_certificate`].
@@ -114,6 +139,10 @@ pub struct CertificateVersion {
     pub job_id: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// The CA's id of the certificate (revocation at CAs that revoke by id).
+    pub ca_certificate_id: Option<String>,
+    /// The CA order it was issued under.
+    pub ca_order_id: Option<String>,
 }
 
 /// Input of [`crate::store::Store::record_certificate_version`].
@@ -135,6 +164,10 @@ pub struct NewCertificateVersion {
     pub encrypted_private_key: Option<Vec<u8>>,
     /// Producing job.
     pub job_id: Option<String>,
+    /// The CA's id of the certificate, when the issuer returned one.
+    pub ca_certificate_id: Option<String>,
+    /// The CA order it was issued under, when there was one.
+    pub ca_order_id: Option<String>,
 }
 
 /// When a version is due for renewal: `renew_before_secs` before it

@@ -15,7 +15,7 @@ pub use agent::{
 };
 pub use audit::{ActorType, ApiKey, ApiScope, AuditEvent, NewApiKey, NewAuditEvent};
 pub use certificate::{
-    Certificate, CertificateStatus, CertificateVersion, KeySource, NewCertificate,
+    Certificate, CertificateOptions, CertificateStatus, CertificateVersion, KeySource, NewCertificate,
     NewCertificateVersion, renewal_due_at,
 };
 pub use job::{Job, JobFailure, JobFilter, JobLease, JobStatus, JobType, JobUpdate, NewJob};

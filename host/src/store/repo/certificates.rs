@@ -40,8 +40,8 @@ macro_rules! record_version {
             let version = sqlx::query_as::<_, crate::store::CertificateVersion>(
                 "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain,
                      not_before, not_after, fingerprint_sha256, encrypted_private_key, job_id,
-                     created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
+                     created_at, ca_certificate_id, ca_order_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
             )
             .bind(crate::store::new_id())
             .bind(&new.certificate_id)
@@ -53,6 +53,8 @@ macro_rules! record_version {
             .bind(new.encrypted_private_key.clone())
             .bind(new.job_id.clone())
             .bind(crate::store::codec::ts(now))
+            .bind(new.ca_certificate_id.clone())
+            .bind(new.ca_order_id.clone())
             .fetch_one(&mut **tx)
             .await
             .map_err(|e| {
@@ -179,8 +181,8 @@ impl Store {
         }))
     }
 
-    /// Changes a certificate's status, renewal window or owner (each when
-    /// given; `owner: Some(None)` clears it). A new renewal window moves
+    /// Changes a certificate's status, renewal window, owner or options
+    /// (each when given; `owner: Some(None)` clears it). A new renewal window moves
     /// `renew_at` with it. Refuses `Retired` (see
     /// [`Store::retire_certificate`]). `None` if unknown.
     pub async fn update_certificate(
@@ -189,6 +191,7 @@ impl Store {
         status: Option<CertificateStatus>,
         renew_before_secs: Option<i64>,
         owner: Option<Option<String>>,
+        options: Option<&crate::store::CertificateOptions>,
     ) -> StoreResult<Option<Certificate>> {
         if status == Some(CertificateStatus::Retired) {
             return Err(StoreError::InvalidArgument(
@@ -221,7 +224,7 @@ impl Store {
             };
             let updated = sqlx::query_as::<_, Certificate>(
                 "UPDATE certificates SET status = $2, renew_before_secs = $3, renew_at = $4,
-                        owner = $5, updated_at = $6
+                        owner = $5, updated_at = $6, issuer_options = $7, target_options = $8
                  WHERE id = $1 AND status <> 'retired' RETURNING *",
             )
             .bind(id)
@@ -230,6 +233,8 @@ impl Store {
             .bind(ts(renew_at))
             .bind(if owner_set { owner } else { row.owner.clone() })
             .bind(ts(now))
+            .bind(Json(options.map_or(&row.issuer_options, |o| &o.issuer)))
+            .bind(Json(options.map_or(&row.target_options, |o| &o.target)))
             .fetch_optional(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -363,6 +368,7 @@ impl Store {
         &self,
         new: NewCertificate,
         extra_targets: &[String],
+        options: &crate::store::CertificateOptions,
     ) -> StoreResult<Certificate> {
         if new.key_source == KeySource::Agent && new.target_id.is_none() {
             return Err(StoreError::InvalidArgument(
@@ -380,8 +386,9 @@ impl Store {
             let cert = sqlx::query_as::<_, Certificate>(
                 "INSERT INTO certificates (id, name, common_name, sans, key_type, key_source,
                      issuer_id, target_id, renew_before_secs, owner, status, renew_at,
-                     created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $11)
+                     created_at, updated_at, issuer_options, target_options)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $11,
+                         $12, $13)
                  RETURNING *",
             )
             .bind(new_id())
@@ -395,6 +402,8 @@ impl Store {
             .bind(new.renew_before_secs)
             .bind(new.owner.clone())
             .bind(ts(now))
+            .bind(Json(&options.issuer))
+            .bind(Json(&options.target))
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_insert(format!("certificate {:?}", new.name), e))?;

@@ -5,6 +5,7 @@
 
 mod agents;
 mod audit;
+pub(crate) mod challenges;
 pub(crate) mod certificates;
 mod claims;
 mod deployments;
