@@ -1,8 +1,9 @@
 //! # certplane-sdk
 //!
 //! Everything a certplane connector needs on the guest side: the generated
-//! bindings of the `certplane:connector@1.0.0` worlds (`issuer`, `target`,
-//! `notifier`), and small helpers for what every connector does:
+//! bindings of the `certplane:connector@1.1.0` worlds (`issuer`, `target`,
+//! `notifier`, `dns-solver`) and the 1.1 imports ([`context`], [`store`],
+//! [`challenges`]), and small helpers for what every connector does:
 //!
 //! - [`http`]: a blocking HTTP client over `wasi:http/outgoing-handler`, with
 //!   JSON, `Retry-After` parsing, a body size cap and a mapping from statuses
@@ -167,13 +168,55 @@ pub mod notifier {
     };
 }
 
+pub mod dns_solver {
+    //! The contract's `dns-solver` world (since 1.1): publish and remove the
+    //! TXT records of ACME dns-01 challenges in one DNS provider's zones.
+    //!
+    //! Implement [`DnsSolver`] and export it with
+    //! [`export_dns_solver!`](crate::export_dns_solver). `present` must be
+    //! idempotent and leave other values under the same name alone;
+    //! `cleanup` removes exactly the given value.
+    pub use crate::bindings::dns_solver::exports::certplane::connector::dns_solver_api::{
+        Guest as DnsSolver, TxtRecord,
+    };
+}
+
+pub mod context {
+    //! What an issuer or target call is about, beyond its arguments (since
+    //! 1.1): the job (an idempotency key upstream), the version a renewal
+    //! replaces, the certificate's options for this connector, and the
+    //! real path behind a granted guest path.
+    pub use crate::bindings::target::certplane::connector::context::{
+        Job, PreviousVersion, current_job, host_path, options, predecessor,
+    };
+}
+
+pub mod store {
+    //! A small durable key-value space of this instance (since 1.1;
+    //! issuers): at most 32 keys of 128 bytes, values of 16 KiB, sealed at
+    //! rest by the host. A value set during a call is kept even if the call
+    //! then fails.
+    pub use crate::bindings::issuer::certplane::connector::store::{StoreError, delete, get, set};
+}
+
+pub mod challenges {
+    //! Domain-validation challenges the host publishes for an issuer (since
+    //! 1.1): ask which kinds are `supported` for a name, `present` them,
+    //! return `pending`, and read their `status` in a later poll. The host
+    //! withdraws them when the job ends.
+    pub use crate::bindings::issuer::certplane::connector::challenges::{
+        Challenge, ChallengeKind, ChallengeState, ChallengeStatus, present, status, supported,
+        withdraw,
+    };
+}
+
 /// Exports a type implementing [`issuer::Issuer`] as this component's
 /// `issuer-api`: `certplane_sdk::export_issuer!(MyIssuer);` at the crate root
 /// of a `cdylib`.
 ///
 /// The export only exists when compiling for WebAssembly, so the same crate
 /// also builds natively for unit tests (export names such as
-/// `certplane:connector/issuer-api@1.0.0#submit` are not valid native symbols).
+/// `certplane:connector/issuer-api@1.1.0#submit` are not valid native symbols).
 #[macro_export]
 macro_rules! export_issuer {
     ($ty:ident) => {
@@ -203,6 +246,18 @@ macro_rules! export_notifier {
     ($ty:ident) => {
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::notifier::export_notifier!($ty);
+    };
+}
+
+/// Exports a type implementing [`dns_solver::DnsSolver`] as this
+/// component's `dns-solver-api`: `certplane_sdk::export_dns_solver!(MySolver);`
+/// at the crate root of a `cdylib`. Like [`export_issuer!`], only when
+/// compiling for WebAssembly.
+#[macro_export]
+macro_rules! export_dns_solver {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::dns_solver::export_dns_solver!($ty);
     };
 }
 
