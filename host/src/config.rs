@@ -115,6 +115,9 @@ pub struct SchedulerSettings {
     pub order_poll_ms: u64,
     /// Certificate expiry bookkeeping.
     pub expiry_ms: u64,
+    /// Asking issuers with `issuer-lifecycle` for renewal windows (ACME
+    /// renewal information); each certificate is asked when the CA says.
+    pub renewal_info_ms: u64,
     /// Bound on any one tick.
     pub tick_timeout_ms: u64,
     /// How long shutdown waits for ticks in flight.
@@ -132,6 +135,7 @@ impl Default for SchedulerSettings {
             notifications_ms: 5_000,
             order_poll_ms: 5_000,
             expiry_ms: 300_000,
+            renewal_info_ms: 600_000,
             tick_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
         }
@@ -374,6 +378,7 @@ impl HostConfig {
             s.reaper_ms,
             s.agent_health_ms,
             s.notifications_ms,
+            s.renewal_info_ms,
             s.order_poll_ms,
             s.expiry_ms,
             s.tick_timeout_ms,

@@ -11,6 +11,10 @@ ALTER TABLE certificate_versions ADD COLUMN ca_order_id TEXT;
 ALTER TABLE certificates ADD COLUMN issuer_options TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE certificates ADD COLUMN target_options TEXT NOT NULL DEFAULT '{}';
 
+-- ACME renewal information (RFC 9773) through the issuer-lifecycle export:
+-- when the host asks the CA for a renewal window next.
+ALTER TABLE certificates ADD COLUMN renewal_info_at TEXT;
+
 -- The `store` import: a small key-value space per connector instance,
 -- values sealed by the host for the owner `store/<instance>/<key>`.
 CREATE TABLE plugin_store (

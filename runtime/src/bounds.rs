@@ -314,6 +314,10 @@ impl GuestOutput for DeployResult {
     }
 }
 
+/// Longest wait before asking for a renewal window again that a connector
+/// may suggest (RFC 9773 servers suggest hours).
+pub const MAX_RENEWAL_RECHECK_SECS: u32 = 24 * 3600;
+
 impl GuestOutput for Option<crate::lifecycle::RenewalInfo> {
     fn bound(&mut self, _: &Redactor) -> Result<(), String> {
         if let Some(window) = self {
@@ -323,9 +327,9 @@ impl GuestOutput for Option<crate::lifecycle::RenewalInfo> {
             if let Some(url) = &window.explanation_url {
                 at_most("renewal-window.explanation-url", url.len(), MAX_SHORT_TEXT)?;
             }
-            // Clamped like an order's hint: a CA cannot park the check.
+            // Clamped: a CA cannot park the check for longer than a day.
             if let Some(secs) = &mut window.retry_after_secs {
-                *secs = (*secs).min(crate::asyncpoll::MAX_RETRY_AFTER.as_secs() as u32);
+                *secs = (*secs).min(MAX_RENEWAL_RECHECK_SECS);
             }
         }
         Ok(())

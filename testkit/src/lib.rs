@@ -6,10 +6,19 @@
 //!   receives, for tests that must prove "exactly one order per
 //!   certificate" (crash windows included). The `http-ca` test connector
 //!   (`runtime/tests/fixtures/http-ca`) talks to it.
+//! * [`fake_sectigo`]: a fake Sectigo Certificate Manager REST API (types,
+//!   enroll, collect, status, revoke) for the `sectigo` issuer connector.
 //! * [`test_plugin_manifest`]: where `scripts/build-plugins` put a test
 //!   connector's manifest; [`plugins`]: the packaged connectors' directory,
 //!   the shared compiled-plugin cache, directories with test connectors.
 //! * [`ca`]: throwaway CAs and CSRs.
+//! * [`pebble`]: a real ACME CA (Pebble, with `pebble-challtestsrv` as its
+//!   DNS and HTTP-01 responder) on free ports, validation on;
+//!   [`fake_ari`]: a fake ACME server for renewal information (RFC 9773)
+//!   and newOrder's `replaces`, which the packaged Pebble predates.
+//! * [`fake_cloudflare`]: a fake Cloudflare DNS API (TXT records, faults),
+//!   optionally mirrored into a [`challtestsrv`] (`pebble-challtestsrv` on
+//!   free ports, plus a TXT lookup) so real DNS queries see its records.
 //!
 //! With the `host` feature (host, CLI and end-to-end tests):
 //!
@@ -26,7 +35,15 @@
 use std::path::PathBuf;
 
 pub mod ca;
+pub mod challtestsrv;
+pub mod fake_ari;
 pub mod fake_ca;
+pub mod fake_cloudflare;
+/// A fake DigiCert CertCentral (Services API v2) for the `digicert` issuer
+/// connector: counts orders, real certificates, injectable faults.
+pub mod fake_digicert;
+pub mod fake_sectigo;
+pub mod pebble;
 pub mod plugins;
 
 #[cfg(feature = "host")]
@@ -39,7 +56,11 @@ pub mod fixtures;
 pub mod stack;
 
 pub use ca::{test_ca, test_csr};
+pub use fake_ari::{FakeAri, RenewalWindow};
 pub use fake_ca::{FakeCa, FakeCaHandle, Fault, OrderInfo, OrderStatus};
+pub use fake_cloudflare::{CfFault, FakeCloudflare, FakeCloudflareHandle};
+pub use fake_sectigo::{FakeSectigo, FakeSectigoHandle};
+pub use pebble::{Pebble, PebbleOptions};
 pub use plugins::{plugin_cache_dir, plugin_dir, plugin_dir_with_fixtures};
 
 #[cfg(feature = "host")]

@@ -1,5 +1,5 @@
 //! The operator CLI: `certplane
-//! certs|agents|jobs|issuers|targets|notifiers|notifications|plugins|audit
+//! certs|agents|jobs|issuers|targets|notifiers|dns-solvers|notifications|plugins|audit
 //! ...` against a running host's `/api/v1`.
 //!
 //! * [`client`]: the HTTP(S) client (CA file or fingerprint pinning).
@@ -128,6 +128,15 @@ pub enum Operator {
         client: ClientArgs,
         #[command(subcommand)]
         action: NotifiersAction,
+    },
+    /// dns-solver connector instances (publish the TXT records of ACME
+    /// dns-01 challenges; issuers route zones to them in
+    /// `grants.challenges`).
+    DnsSolvers {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: DnsSolversAction,
     },
     /// Outgoing notifications and their delivery state.
     Notifications {
@@ -259,12 +268,13 @@ pub struct UpdateArgs {
     #[arg(long = "remove-secret", value_name = "NAME")]
     pub remove_secrets: Vec<String>,
     /// An HTTP origin the connector may reach (repeatable). Any grant flag
-    /// REPLACES all of the instance's grants (hosts and directories) with
-    /// the ones given: list every grant to keep. Without grant flags the
-    /// grants are unchanged.
+    /// REPLACES all of the instance's host and directory grants with the
+    /// ones given: list every grant to keep. Without grant flags they are
+    /// unchanged. Limits, `tls` and an issuer's challenge routes are kept
+    /// either way.
     #[arg(long = "grant-host", value_name = "URL")]
     pub grant_hosts: Vec<String>,
-    /// Remove every grant (hosts and directories).
+    /// Remove every host and directory grant.
     #[arg(long, conflicts_with = "grant_hosts")]
     pub clear_grants: bool,
     /// Limits to set; the instance's other limits are kept, also when grant
@@ -290,20 +300,70 @@ pub enum IssuersAction {
     Create {
         #[command(flatten)]
         instance: InstanceArgs,
+        #[command(flatten)]
+        challenges: ChallengeArgs,
     },
-    /// Change an issuer's settings, secrets or grants (validated by its
-    /// plugin before it is saved).
+    /// Change an issuer's settings, secrets, grants or challenge routes
+    /// (validated by its plugin before it is saved).
     Update {
         /// Issuer id.
         id: String,
         #[command(flatten)]
         update: UpdateArgs,
+        #[command(flatten)]
+        challenges: ChallengeArgs,
+        /// Remove the issuer's challenge routes.
+        #[arg(long, conflicts_with_all = ["dns_01", "http_01_host"])]
+        no_challenges: bool,
     },
     /// Delete an issuer (refused while certificates use it).
     Delete {
         /// Issuer id.
         id: String,
     },
+}
+
+/// Who publishes an issuer's domain-validation challenges
+/// (`grants.challenges`). On `update`, any of these flags REPLACES the
+/// issuer's routes with the ones given; without them they are kept.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChallengeArgs {
+    /// Route the dns-01 challenges of a zone (the name and every name below
+    /// it; the longest zone wins) to a dns-solver, `ZONE=SOLVER_ID`
+    /// (repeatable; see `certplane dns-solvers list`).
+    #[arg(long = "dns-01", value_name = "ZONE=SOLVER_ID")]
+    pub dns_01: Vec<String>,
+    /// Serve http-01 challenges from the host's responder (not for
+    /// wildcard names).
+    #[arg(long)]
+    pub http_01_host: bool,
+}
+
+impl ChallengeArgs {
+    /// `grants.challenges` from the flags; `None` without any.
+    fn routes(&self) -> anyhow::Result<Option<Value>> {
+        if self.dns_01.is_empty() && !self.http_01_host {
+            return Ok(None);
+        }
+        let mut routes = Map::new();
+        if self.http_01_host {
+            routes.insert("http_01".into(), json!("host"));
+        }
+        let dns = self
+            .dns_01
+            .iter()
+            .map(|spec| match spec.split_once('=') {
+                Some((zone, solver)) if !zone.is_empty() && !solver.is_empty() => {
+                    Ok(json!({ "zone": zone, "solver": solver }))
+                }
+                _ => bail!("--dns-01 `{spec}` is not ZONE=SOLVER_ID"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if !dns.is_empty() {
+            routes.insert("dns_01".into(), Value::Array(dns));
+        }
+        Ok(Some(Value::Object(routes)))
+    }
 }
 
 /// `certplane notifiers ...`
@@ -359,6 +419,46 @@ pub enum NotifiersAction {
     /// sent right now are not attempted again.
     CancelPending {
         /// Notifier id.
+        id: String,
+    },
+}
+
+/// `certplane dns-solvers ...`
+#[derive(Debug, Subcommand)]
+pub enum DnsSolversAction {
+    /// List dns-solvers.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one dns-solver.
+    Get {
+        /// dns-solver id.
+        id: String,
+    },
+    /// Create a dns-solver (for example with the `cloudflare-dns` plugin).
+    ///
+    /// Example: `certplane dns-solvers create --name cf --plugin
+    /// cloudflare-dns --secret-file api_token=PATH --grant-host
+    /// https://api.cloudflare.com:443`; then route a zone to its id in an
+    /// issuer's `grants.challenges.dns_01` (`{"zone": "example.com",
+    /// "solver": "<id>"}`).
+    Create {
+        #[command(flatten)]
+        instance: InstanceArgs,
+    },
+    /// Change a dns-solver's settings, secrets or grants (validated by its
+    /// plugin before it is saved).
+    Update {
+        /// dns-solver id.
+        id: String,
+        #[command(flatten)]
+        update: UpdateArgs,
+    },
+    /// Delete a dns-solver (refused while an issuer routes dns-01
+    /// challenges to it or a challenge it published is not withdrawn yet).
+    Delete {
+        /// dns-solver id.
         id: String,
     },
 }
@@ -710,6 +810,7 @@ pub async fn run(operator: Operator) -> anyhow::Result<()> {
         Operator::Issuers { client, action } => issuers(&Ctx::new(&client)?, action).await,
         Operator::Targets { client, action } => targets(&Ctx::new(&client)?, action).await,
         Operator::Notifiers { client, action } => notifiers(&Ctx::new(&client)?, action).await,
+        Operator::DnsSolvers { client, action } => dns_solvers(&Ctx::new(&client)?, action).await,
         Operator::Notifications { client, action } => {
             notifications(&Ctx::new(&client)?, action).await
         }
@@ -934,6 +1035,12 @@ fn instance_body(args: &InstanceArgs, grant_dirs: &[String]) -> anyhow::Result<M
 /// Secrets are merged by the server (`null` removes one); grants, when
 /// any grant flag is given, replace the current ones as a whole.
 fn update_body(args: &UpdateArgs, grant_dirs: &[String]) -> anyhow::Result<Value> {
+    update_body_with(args, grant_dirs, false)
+}
+
+/// [`update_body`], where `more` says another flag (an issuer's challenge
+/// routes) changes something, so an otherwise empty body is not refused.
+fn update_body_with(args: &UpdateArgs, grant_dirs: &[String], more: bool) -> anyhow::Result<Value> {
     let mut body = Map::new();
     if let Some(settings) = &args.settings {
         body.insert("settings".into(), settings_of(settings)?);
@@ -953,7 +1060,7 @@ fn update_body(args: &UpdateArgs, grant_dirs: &[String]) -> anyhow::Result<Value
     if args.clear_grants || !args.grant_hosts.is_empty() || !grant_dirs.is_empty() {
         body.insert("grants".into(), grants_of(&args.grant_hosts, grant_dirs)?);
     }
-    if body.is_empty() && args.limits.is_empty() {
+    if body.is_empty() && args.limits.is_empty() && !more {
         bail!(
             "nothing to update: give --settings, --secret, --secret-file, --remove-secret, \
              grants or limits (see --help)"
@@ -1004,18 +1111,22 @@ async fn instance_create(
 }
 
 /// `PATCH /<collection>/{id}`, the updated instance shown as fields.
+/// `challenges` replaces an issuer's routes (`Null` removes them).
 async fn instance_update(
     ctx: &Ctx,
     collection: &str,
     id: &str,
     mut body: Value,
     limits: &LimitArgs,
+    challenges: Option<Value>,
 ) -> anyhow::Result<()> {
-    // Limits live in the grants, which a PATCH replaces as a whole: keep
-    // the instance's current limits, changed by the limit flags given,
-    // whether or not grant flags replace its hosts and directories.
+    // Limits, TLS and challenge routes live in the grants, which a PATCH
+    // replaces as a whole, but no grant flag sets them: keep the
+    // instance's current ones (changed by the limit and challenge flags
+    // given), whether or not grant flags replace its hosts and
+    // directories.
     if let Value::Object(fields) = &mut body
-        && (!limits.is_empty() || fields.contains_key("grants"))
+        && (!limits.is_empty() || challenges.is_some() || fields.contains_key("grants"))
     {
         let current = ctx
             .client
@@ -1028,10 +1139,23 @@ async fn instance_update(
             (_, Some(Value::Object(old))) => old.clone(),
             _ => Map::new(),
         };
-        if let Some(Value::Object(kept)) = current.get("grants").and_then(|g| g.get("limits")) {
-            grants.insert("limits".into(), Value::Object(kept.clone()));
+        if let Some(Value::Object(old)) = current.get("grants") {
+            for kept in KEPT_GRANTS {
+                if let Some(value) = old.get(kept) {
+                    grants.insert(kept.into(), value.clone());
+                }
+            }
         }
         limits.apply(&mut grants);
+        match challenges {
+            Some(Value::Null) => {
+                grants.remove("challenges");
+            }
+            Some(routes) => {
+                grants.insert("challenges".into(), routes);
+            }
+            None => {}
+        }
         if grants
             .get("limits")
             .is_some_and(|l| l.as_object().is_some_and(Map::is_empty))
@@ -1053,6 +1177,9 @@ async fn instance_update(
     Ok(())
 }
 
+/// The parts of an instance's grants no grant flag sets, kept by an update.
+const KEPT_GRANTS: [&str; 3] = ["limits", "tls", "challenges"];
+
 /// `DELETE /<collection>/{id}`: `deleted <what> <id>`, or `{}` as JSON.
 async fn instance_delete(ctx: &Ctx, collection: &str, what: &str, id: &str) -> anyhow::Result<()> {
     let reply = ctx
@@ -1067,20 +1194,60 @@ async fn issuers(ctx: &Ctx, action: IssuersAction) -> anyhow::Result<()> {
     match action {
         IssuersAction::List { page } => ctx.list("/issuers", &page.query(), INSTANCE_COLUMNS).await,
         IssuersAction::Get { id } => instance_get(ctx, "issuers", &id).await,
-        IssuersAction::Create { instance } => {
-            instance_create(ctx, "issuers", instance_body(&instance, &[])?).await
+        IssuersAction::Create {
+            instance,
+            challenges,
+        } => {
+            let mut body = instance_body(&instance, &[])?;
+            if let (Some(routes), Some(Value::Object(grants))) =
+                (challenges.routes()?, body.get_mut("grants"))
+            {
+                grants.insert("challenges".into(), routes);
+            }
+            instance_create(ctx, "issuers", body).await
         }
-        IssuersAction::Update { id, update } => {
+        IssuersAction::Update {
+            id,
+            update,
+            challenges,
+            no_challenges,
+        } => {
+            let routes = if no_challenges {
+                Some(Value::Null)
+            } else {
+                challenges.routes()?
+            };
+            let body = update_body_with(&update, &[], routes.is_some())?;
+            instance_update(ctx, "issuers", &id, body, &update.limits, routes).await
+        }
+        IssuersAction::Delete { id } => instance_delete(ctx, "issuers", "issuer", &id).await,
+    }
+}
+
+async fn dns_solvers(ctx: &Ctx, action: DnsSolversAction) -> anyhow::Result<()> {
+    match action {
+        DnsSolversAction::List { page } => {
+            ctx.list("/dns-solvers", &page.query(), INSTANCE_COLUMNS)
+                .await
+        }
+        DnsSolversAction::Get { id } => instance_get(ctx, "dns-solvers", &id).await,
+        DnsSolversAction::Create { instance } => {
+            instance_create(ctx, "dns-solvers", instance_body(&instance, &[])?).await
+        }
+        DnsSolversAction::Update { id, update } => {
             instance_update(
                 ctx,
-                "issuers",
+                "dns-solvers",
                 &id,
                 update_body(&update, &[])?,
                 &update.limits,
+                None,
             )
             .await
         }
-        IssuersAction::Delete { id } => instance_delete(ctx, "issuers", "issuer", &id).await,
+        DnsSolversAction::Delete { id } => {
+            instance_delete(ctx, "dns-solvers", "dns-solver", &id).await
+        }
     }
 }
 
@@ -1101,6 +1268,7 @@ async fn notifiers(ctx: &Ctx, action: NotifiersAction) -> anyhow::Result<()> {
                 &id,
                 update_body(&update, &[])?,
                 &update.limits,
+                None,
             )
             .await
         }
@@ -1160,7 +1328,7 @@ async fn targets(ctx: &Ctx, action: TargetsAction) -> anyhow::Result<()> {
             grant_dirs,
         } => {
             let body = update_body(&update, &grant_dirs)?;
-            instance_update(ctx, "targets", &id, body, &update.limits).await
+            instance_update(ctx, "targets", &id, body, &update.limits, None).await
         }
         TargetsAction::Delete { id } => instance_delete(ctx, "targets", "target", &id).await,
     }
@@ -1602,6 +1770,35 @@ mod tests {
                 .to_string()
                 .starts_with("nothing to update")
         );
+    }
+
+    #[test]
+    fn challenge_flags_become_routes() {
+        assert_eq!(ChallengeArgs::default().routes().unwrap(), None);
+        let args = ChallengeArgs {
+            dns_01: vec!["example.com=s1".into(), "dev.example.com=s2".into()],
+            http_01_host: true,
+        };
+        assert_eq!(
+            args.routes().unwrap(),
+            Some(json!({"http_01": "host", "dns_01": [
+                {"zone": "example.com", "solver": "s1"},
+                {"zone": "dev.example.com", "solver": "s2"},
+            ]}))
+        );
+        for bad in ["example.com", "=s1", "example.com="] {
+            let args = ChallengeArgs {
+                dns_01: vec![bad.into()],
+                http_01_host: false,
+            };
+            assert!(
+                args.routes()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("ZONE=SOLVER_ID"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

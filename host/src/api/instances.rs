@@ -1,4 +1,5 @@
-//! Connector instances: `/issuers`, `/targets` and `/notifiers`.
+//! Connector instances: `/issuers`, `/targets`, `/notifiers` and
+//! `/dns-solvers`.
 //!
 //! An instance binds a loaded plugin of the right kind to settings, secrets
 //! and capability grants. Before anything is saved (on create and on every
@@ -13,6 +14,10 @@
 //!
 //! Secrets are sealed with the host's [`crate::secrets::SecretBox`] for the
 //! owner `<kind>/<id>` and never returned: responses list `secret_names`.
+//!
+//! An issuer's `grants.challenges.dns_01[].solver` must name a dns-solver
+//! instance (422 otherwise), and a solver is not deleted while an issuer
+//! routes to it or a challenge it publishes is live (409).
 
 use std::collections::BTreeMap;
 
@@ -35,6 +40,7 @@ use super::AppState;
 use super::auth::{OperatorAccess, ReadAccess};
 use super::error::{ApiError, ApiResult};
 use super::listing::{Page, PageQuery, conditional_json, json as json_response, offset};
+use crate::grants::{ChallengeRoutes, TlsGrant};
 use crate::store::{
     ActorType, AgentStatus, NewAuditEvent, NewPluginInstance, NewTarget, PluginInstance,
     SENTINEL_AGENT_ID, Target, new_id,
@@ -92,12 +98,13 @@ pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
     }
 }
 
-/// The three kinds of connector instance.
+/// The four kinds of connector instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Issuer,
     Target,
     Notifier,
+    DnsSolver,
 }
 
 impl Kind {
@@ -106,6 +113,7 @@ impl Kind {
             Kind::Issuer => "issuer",
             Kind::Target => "target",
             Kind::Notifier => "notifier",
+            Kind::DnsSolver => "dns-solver",
         }
     }
 
@@ -114,6 +122,7 @@ impl Kind {
             Kind::Issuer => PluginKind::Issuer,
             Kind::Target => PluginKind::Target,
             Kind::Notifier => PluginKind::Notifier,
+            Kind::DnsSolver => PluginKind::DnsSolver,
         }
     }
 
@@ -153,6 +162,13 @@ pub struct GrantsBody {
     /// host's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsBody>,
+    /// Trust roots and client certificate for the connector's own HTTPS
+    /// (instances the host runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsGrant>,
+    /// Issuers: who publishes domain-validation challenges (ACME).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenges: Option<ChallengeRoutes>,
 }
 
 /// Per-instance limits.
@@ -183,7 +199,7 @@ impl From<LimitsBody> for InstanceLimits {
     }
 }
 
-/// Body of `POST /issuers`, `/targets`, `/notifiers`.
+/// Body of `POST /issuers`, `/targets`, `/notifiers`, `/dns-solvers`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstance {
@@ -206,7 +222,7 @@ pub struct CreateInstance {
     pub agent_id: Option<String>,
 }
 
-/// Body of `PATCH /issuers/{id}` (and targets, notifiers). Absent fields
+/// Body of `PATCH /issuers/{id}` (and targets, notifiers, dns-solvers). Absent fields
 /// keep their value; `settings` and `grants` are replaced as a whole;
 /// `secrets` are merged (a `null` value removes that secret).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -230,7 +246,7 @@ fn empty_object() -> Value {
 pub struct InstanceView {
     /// Id.
     pub id: String,
-    /// `issuer`, `target` or `notifier`.
+    /// `issuer`, `target`, `notifier` or `dns-solver`.
     pub kind: String,
     /// Display name.
     pub name: String,
@@ -253,7 +269,7 @@ pub struct InstanceView {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
-    /// Issuers and notifiers: disabled since.
+    /// Issuers, notifiers and dns-solvers: disabled since.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_at: Option<DateTime<Utc>>,
     /// Targets: retired since (deleted targets are retired, not erased).
@@ -353,6 +369,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_target, update_target, delete_target))
         .routes(routes!(list_notifiers, create_notifier))
         .routes(routes!(get_notifier, update_notifier, delete_notifier))
+        .routes(routes!(list_dns_solvers, create_dns_solver))
+        .routes(routes!(
+            get_dns_solver,
+            update_dns_solver,
+            delete_dns_solver
+        ))
 }
 
 /// `?page=&per_page=&include_retired=` of `GET /targets`.
@@ -578,6 +600,76 @@ async fn delete_notifier(
     delete(&state, Kind::Notifier, &caller, &id).await
 }
 
+/// List dns-solvers.
+#[utoipa::path(get, path = "/dns-solvers", tag = "dns-solvers", params(PageQuery),
+    responses((status = 200, body = Page<InstanceView>), (status = 304, description = "unchanged")),
+    security(("bearer" = [])))]
+async fn list_dns_solvers(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query?;
+    list(&state, Kind::DnsSolver, &headers, query, false).await
+}
+
+/// Create a dns-solver (its plugin validates the configuration first);
+/// issuers route a zone's dns-01 challenges to it in `grants.challenges`.
+#[utoipa::path(post, path = "/dns-solvers", tag = "dns-solvers", request_body = CreateInstance,
+    responses((status = 201, body = InstanceView), (status = 409, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_dns_solver(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    ApiJson(body): ApiJson<CreateInstance>,
+) -> ApiResult<Response> {
+    create(&state, Kind::DnsSolver, &caller, body).await
+}
+
+/// One dns-solver.
+#[utoipa::path(get, path = "/dns-solvers/{id}", tag = "dns-solvers", params(("id" = String, Path)),
+    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_dns_solver(
+    State(state): State<AppState>,
+    _caller: ReadAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    get(&state, Kind::DnsSolver, &id).await
+}
+
+/// Update a dns-solver's settings, secrets or grants (re-validated).
+#[utoipa::path(patch, path = "/dns-solvers/{id}", tag = "dns-solvers", params(("id" = String, Path)),
+    request_body = UpdateInstance,
+    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn update_dns_solver(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateInstance>,
+) -> ApiResult<Response> {
+    update(&state, Kind::DnsSolver, &caller, &id, body).await
+}
+
+/// Delete a dns-solver (409 while an issuer routes dns-01 challenges to it
+/// or a challenge it published is not yet withdrawn).
+#[utoipa::path(delete, path = "/dns-solvers/{id}", tag = "dns-solvers", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn delete_dns_solver(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    delete(&state, Kind::DnsSolver, &caller, &id).await
+}
+
 // ---------------------------------------------------------------- logic
 
 async fn load_row(state: &AppState, kind: Kind, id: &str) -> ApiResult<Row> {
@@ -585,6 +677,7 @@ async fn load_row(state: &AppState, kind: Kind, id: &str) -> ApiResult<Row> {
         Kind::Issuer => state.store.get_issuer(id).await?.map(Row::from),
         Kind::Target => state.store.get_target(id).await?.map(Row::from),
         Kind::Notifier => state.store.get_notifier(id).await?.map(Row::from),
+        Kind::DnsSolver => state.store.get_dns_solver(id).await?.map(Row::from),
     };
     row.ok_or_else(|| ApiError::not_found(format!("{} {id:?}", kind.as_str())))
 }
@@ -612,6 +705,10 @@ async fn list(
         }
         Kind::Notifier => {
             let (rows, total) = state.store.page_notifiers(limit, skip).await?;
+            (rows.into_iter().map(Row::from).collect(), total)
+        }
+        Kind::DnsSolver => {
+            let (rows, total) = state.store.page_dns_solvers(limit, skip).await?;
             (rows.into_iter().map(Row::from).collect(), total)
         }
     };
@@ -667,8 +764,12 @@ fn check_config(
         )));
     }
     let known = &plugin.info().secret_names;
+    let client_key = grants
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_key_secret.as_deref());
     for (name, value) in &secrets {
-        if !known.iter().any(|k| k == name) {
+        if !known.iter().any(|k| k == name) && client_key != Some(name.as_str()) {
             return Err(ApiError::validation(format!(
                 "plugin {} reads no secret named {name:?} (it reads: {})",
                 plugin.name(),
@@ -709,6 +810,25 @@ fn check_config(
                 )));
             }
         }
+    }
+    if let Some(routes) = &grants.challenges {
+        if kind != Kind::Issuer {
+            return Err(ApiError::validation(format!(
+                "grants.challenges only apply to issuers, not to a {}",
+                kind.as_str()
+            )));
+        }
+        routes.check().map_err(ApiError::validation)?;
+    }
+    if let Some(tls) = &grants.tls {
+        if kind == Kind::Target {
+            return Err(ApiError::validation(
+                "grants.tls applies to issuers, notifiers and dns-solvers (targets run on agents)",
+            ));
+        }
+        // The PEM itself is checked when the instance is built below.
+        tls.instance_tls(|name| secrets.get(name).map(String::as_str))
+            .map_err(ApiError::validation)?;
     }
     // Host grant syntax is checked without running anything.
     InstanceConfig::new("check")
@@ -796,6 +916,12 @@ async fn validate_with_plugin(
         config = config.with_dir(&dir.path, dir.guest_path.clone(), dir.writable);
     }
     config = config.with_limits(checked.resolved.limits);
+    if let Some(tls) = &checked.grants.tls {
+        config = config.with_tls(
+            tls.instance_tls(|name| checked.secrets.get(name).map(String::as_str))
+                .map_err(ApiError::validation)?,
+        );
+    }
     let instance = certplane_runtime::PluginInstance::new(plugin.clone(), config)
         .map_err(|e| ApiError::validation(e.to_string()))?;
     // On the plugin threads, like every connector call: a spinning
@@ -850,6 +976,24 @@ fn call_error(err: CallError) -> ApiError {
         }
         e => ApiError::validation(format!("validating the configuration failed: {e}")),
     }
+}
+
+/// Every dns-solver an issuer's `grants.challenges.dns_01` routes to must
+/// exist (checked again, with the rows locked, when the issuer is written).
+async fn check_solvers_exist(state: &AppState, grants: &GrantsBody) -> ApiResult<()> {
+    let Some(routes) = &grants.challenges else {
+        return Ok(());
+    };
+    for (i, route) in routes.dns_01.iter().enumerate() {
+        if state.store.get_dns_solver(&route.solver).await?.is_none() {
+            return Err(ApiError::validation(format!(
+                "grants.challenges.dns_01[{i}].solver: no dns-solver instance {:?} (create it \
+                 with POST /api/v1/dns-solvers and give its id)",
+                route.solver
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn seal(
@@ -935,6 +1079,7 @@ async fn create(
         body.secrets,
         body.grants,
     )?;
+    check_solvers_exist(state, &checked.grants).await?;
     let id = new_id();
     let runs_on_host = kind != Kind::Target || agent_id == SENTINEL_AGENT_ID;
     if runs_on_host {
@@ -952,6 +1097,11 @@ async fn create(
     let row: Row = match kind {
         Kind::Issuer => state.store.create_issuer_with_id(&id, new).await?.into(),
         Kind::Notifier => state.store.create_notifier_with_id(&id, new).await?.into(),
+        Kind::DnsSolver => state
+            .store
+            .create_dns_solver_with_id(&id, new)
+            .await?
+            .into(),
         Kind::Target => state
             .store
             .create_target_with_id(
@@ -1059,6 +1209,7 @@ async fn update(
         secrets,
         grants,
     )?;
+    check_solvers_exist(state, &checked.grants).await?;
     let runs_on_host = row
         .agent_id
         .as_deref()
@@ -1077,6 +1228,11 @@ async fn update(
         Kind::Notifier => state
             .store
             .update_notifier(id, &checked.settings, encrypted_secrets, &grants)
+            .await?
+            .map(Row::from),
+        Kind::DnsSolver => state
+            .store
+            .update_dns_solver(id, &checked.settings, encrypted_secrets, &grants)
             .await?
             .map(Row::from),
         Kind::Target => state
@@ -1142,6 +1298,42 @@ async fn delete(
                 .with_extra(
                     json!({ "counts": { "certificates": certificates, "open_jobs": jobs } }),
                 ));
+            }
+        }
+        Kind::DnsSolver => {
+            if !state.store.delete_dns_solver(id).await? {
+                let (issuers, challenges) = state.store.dns_solver_usage(id).await?;
+                if issuers.is_empty() && challenges == 0 {
+                    return Err(ApiError::not_found(format!("dns-solver {id:?}")));
+                }
+                let mut uses = Vec::new();
+                let mut fixes = Vec::new();
+                if !issuers.is_empty() {
+                    uses.push(format!(
+                        "{} issuer(s) route dns-01 challenges to it ({})",
+                        issuers.len(),
+                        issuers.join(", ")
+                    ));
+                    fixes.push(
+                        "route those issuers elsewhere (their grants.challenges.dns_01, PATCH \
+                         /api/v1/issuers/{id})",
+                    );
+                }
+                if challenges > 0 {
+                    uses.push(format!(
+                        "{challenges} challenge(s) it published are not withdrawn yet"
+                    ));
+                    fixes.push("let their jobs end (it withdraws them then)");
+                }
+                return Err(ApiError::conflict(format!(
+                    "dns-solver {id:?} is in use: {}; {}, then delete it again",
+                    uses.join(" and "),
+                    fixes.join(" and ")
+                ))
+                .with_extra(json!({
+                    "counts": { "issuers": issuers.len(), "live_challenges": challenges },
+                    "issuers": issuers,
+                })));
             }
         }
         Kind::Notifier => {

@@ -375,6 +375,14 @@ async fn cancel_job(
             if state.runner.cancel(&id) {
                 tracing::info!(job = %id, "running job stopped by its cancellation");
             }
+            if job.order_id.is_some() {
+                // An order pending at the CA: give it up there too, when
+                // the issuer can (not waited for).
+                tokio::spawn(crate::engine::lifecycle::cancel_order(
+                    state.engine.clone(),
+                    job.clone(),
+                ));
+            }
             if let Some(agent) = job.agent_id.as_deref().filter(|a| *a != SENTINEL_AGENT_ID) {
                 // A long-polling agent learns about the cancellation sooner.
                 state.wake.wake_agent(agent);

@@ -598,6 +598,7 @@ mod tests {
             updated_at: now,
             issuer_options: serde_json::json!({}),
             target_options: serde_json::json!({}),
+            renewal_info_at: None,
         }
     }
 

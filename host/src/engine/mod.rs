@@ -20,6 +20,7 @@ pub mod ending;
 pub mod error;
 pub mod expiry;
 pub mod issuance;
+pub mod lifecycle;
 pub mod notify;
 pub mod plugin_exec;
 pub mod revoke;
@@ -287,6 +288,19 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
             async move {
                 let n = challenges::tick(&st).await?;
                 Ok(report(n, 64))
+            }
+        },
+    );
+
+    let st = engine.clone();
+    scheduler.spawn_loop(
+        spec("renewal-info", s.renewal_info_ms, &engine),
+        None,
+        move || {
+            let st = st.clone();
+            async move {
+                let n = lifecycle::tick(&st).await?;
+                Ok(report(n, 100))
             }
         },
     );

@@ -72,7 +72,7 @@ async fn plugin_list_has_etags() {
         .find(|p| p["name"] == "local-ca")
         .unwrap();
     assert_eq!(local_ca["kind"], "issuer");
-    assert_eq!(local_ca["world_version"], "1.0.0");
+    assert_eq!(local_ca["world_version"], "1.1.0");
     assert_eq!(local_ca["sha256"].as_str().unwrap().len(), 64);
     let etag = r.headers["etag"].to_str().unwrap().to_string();
     let req = axum::http::Request::builder()

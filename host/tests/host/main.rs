@@ -8,9 +8,13 @@
 mod api_agents;
 mod api_basics;
 mod api_certificates;
+mod api_dns_solvers;
 mod api_instances;
 mod api_jobs;
 mod isolation;
+mod issuer_acme;
+mod issuer_digicert;
+mod issuer_sectigo;
 mod notifications;
 mod pipeline;
 mod pipeline_async;

@@ -3,7 +3,12 @@
 //! bundled connectors and the hostile ones. Each former test file is a
 //! module; add a module here for a new one.
 
+mod acme;
 mod bounds;
+mod cloudflare_dns;
 mod common;
+mod contract;
+mod digicert;
 mod plugins;
 mod sandbox;
+mod sectigo;

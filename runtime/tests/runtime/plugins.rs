@@ -280,7 +280,15 @@ async fn loading_refuses_bad_plugins_and_says_why() {
     assert!(err.to_string().contains("issuer-api"), "{err}");
 
     let (_d, path) = tampered("local-ca", |t| {
-        t.replace("world = \"1.0.0\"", "world = \"2.0.0\"")
+        t.replace("world = \"1.1.0\"", "world = \"2.0.0\"")
+    });
+    let err = harness.runtime().load_plugin(&path).await.unwrap_err();
+    assert!(matches!(err, LoadError::IncompatibleWorld { .. }), "{err}");
+
+    // A newer minor version than the host's contract is refused too: it
+    // may import what this host does not provide.
+    let (_d, path) = tampered("local-ca", |t| {
+        t.replace("world = \"1.1.0\"", "world = \"1.2.0\"")
     });
     let err = harness.runtime().load_plugin(&path).await.unwrap_err();
     assert!(matches!(err, LoadError::IncompatibleWorld { .. }), "{err}");

@@ -71,6 +71,9 @@ pub struct Certificate {
     /// Options for every target (`deploy`/`remove` options), a JSON object.
     #[sqlx(json)]
     pub target_options: serde_json::Value,
+    /// When the host next asks the issuer for a renewal window (issuers
+    /// exporting `issuer-lifecycle`); `None`: at the next check.
+    pub renewal_info_at: Option<DateTime<Utc>>,
 }
 
 /// Per-certificate connector options: JSON objects handed to the issuer

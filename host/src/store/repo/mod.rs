@@ -15,6 +15,7 @@ mod notifications;
 pub(crate) mod outcomes;
 mod plugins;
 pub(crate) mod reclaim;
+mod renewal_info;
 mod renewals;
 pub(crate) mod signals;
 mod waits;

@@ -1,4 +1,10 @@
-//! Issuer, notifier and target instances.
+//! Issuer, notifier, dns-solver and target instances.
+//!
+//! An issuer's `grants.challenges.dns_01[].solver` names dns-solver
+//! instances: writing such an issuer checks they exist, and deleting a
+//! solver checks nothing routes to it, each in the same transaction as the
+//! write, with the solver's row locked on PostgreSQL (shared by the issuer
+//! write, exclusive by the delete) so neither can slip past the other.
 
 use serde_json::Value;
 use sqlx::types::Json;
@@ -21,11 +27,31 @@ const TARGET_CERTIFICATES_SQL: &str = "SELECT COUNT(*) FROM certificates c
 const TARGET_OPEN_JOBS_SQL: &str = "SELECT COUNT(*) FROM jobs
      WHERE target_id = $1 AND status NOT IN ('completed', 'cancelled')";
 
-/// Which table an issuer/notifier lives in.
-#[derive(Clone, Copy)]
+/// Counts a solver's live challenges (not yet withdrawn); `route` is the
+/// placeholder of its route, `dns:<id>`.
+fn solver_live_challenges_sql(route: &str) -> String {
+    format!(
+        "SELECT COUNT(*) FROM challenges
+         WHERE route = {route} AND state IN ('pending', 'ready', 'failed', 'withdrawing')"
+    )
+}
+
+/// Issuers whose `grants.challenges.dns_01[].solver` is `$1` (SQLite).
+const SOLVER_ISSUERS_WHERE_SQLITE: &str = "EXISTS (
+         SELECT 1 FROM json_each(issuers.grants, '$.challenges.dns_01') r
+         WHERE CASE WHEN r.type = 'object' THEN json_extract(r.value, '$.solver') END = $1)";
+
+/// Issuers whose `grants.challenges.dns_01[].solver` is `$1` (PostgreSQL:
+/// array containment matches any element holding that solver).
+const SOLVER_ISSUERS_WHERE_PG: &str = "issuers.grants @> jsonb_build_object('challenges',
+         jsonb_build_object('dns_01', jsonb_build_array(jsonb_build_object('solver', $1::text))))";
+
+/// Which table an issuer/notifier/dns-solver lives in.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum InstanceTable {
     Issuers,
     Notifiers,
+    DnsSolvers,
 }
 
 impl InstanceTable {
@@ -33,8 +59,61 @@ impl InstanceTable {
         match self {
             InstanceTable::Issuers => "issuers",
             InstanceTable::Notifiers => "notifiers",
+            InstanceTable::DnsSolvers => "dns_solvers",
         }
     }
+}
+
+/// The dns-solver ids an issuer's grants route to, with the field that
+/// names each (sorted by id, each once, so concurrent writers lock solver
+/// rows in the same order).
+fn routed_solvers(grants: &Value) -> Vec<(String, String)> {
+    let mut solvers: Vec<(String, String)> = grants
+        .pointer("/challenges/dns_01")
+        .and_then(Value::as_array)
+        .map(|routes| {
+            routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, route)| {
+                    let solver = route.get("solver")?.as_str()?;
+                    Some((
+                        solver.to_owned(),
+                        format!("grants.challenges.dns_01[{i}].solver"),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    solvers.sort();
+    solvers.dedup_by(|a, b| a.0 == b.0);
+    solvers
+}
+
+/// Finds (and on PostgreSQL share-locks, with `$share`) each routed solver
+/// in the write transaction `$tx`; returns the refusal from the enclosing
+/// function, after a rollback, when one is missing.
+macro_rules! lock_routed_solvers {
+    ($tx:ident, $solvers:expr, $share:expr) => {
+        for (solver, field) in $solvers {
+            let found = sqlx::query_scalar::<_, String>(&format!(
+                "SELECT id FROM dns_solvers WHERE id = $1{}",
+                $share
+            ))
+            .bind(solver)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            if found.is_none() {
+                $tx.rollback().await?;
+                return Err(missing_solver(field, solver));
+            }
+        }
+    };
+}
+
+/// The refusal of an issuer write whose route names no solver.
+fn missing_solver(field: &str, solver: &str) -> StoreError {
+    StoreError::InvalidArgument(format!("{field}: no dns-solver instance {solver:?}"))
 }
 
 impl Store {
@@ -51,8 +130,12 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING *",
             table.name()
         );
+        let solvers = self.solvers_to_check(table, &new.grants);
+        let share = self.share_lock_suffix();
         on_write!(self, |pool| {
-            sqlx::query_as::<_, PluginInstance>(&sql)
+            let mut tx = pool.begin_write().await?;
+            lock_routed_solvers!(tx, &solvers, share);
+            let created = sqlx::query_as::<_, PluginInstance>(&sql)
                 .bind(&id)
                 .bind(&new.name)
                 .bind(&new.plugin_name)
@@ -61,10 +144,32 @@ impl Store {
                 .bind(new.encrypted_secrets.clone())
                 .bind(Json(&new.grants))
                 .bind(ts(now))
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await
-                .map_err(|e| StoreError::from_insert(format!("{} {:?}", table.name(), new.name), e))
+                .map_err(|e| {
+                    StoreError::from_insert(format!("{} {:?}", table.name(), new.name), e)
+                })?;
+            tx.commit().await?;
+            Ok(created)
         })
+    }
+
+    /// The solvers a write of `grants` to `table` must find (issuers only).
+    fn solvers_to_check(&self, table: InstanceTable, grants: &Value) -> Vec<(String, String)> {
+        if table == InstanceTable::Issuers {
+            routed_solvers(grants)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `" FOR SHARE"` on PostgreSQL, nothing on SQLite (where the write
+    /// transaction already holds the database).
+    fn share_lock_suffix(&self) -> &'static str {
+        match self.backend {
+            crate::store::Backend::Sqlite(_) => "",
+            crate::store::Backend::Postgres(_) => " FOR SHARE",
+        }
     }
 
     async fn get_instance(
@@ -81,7 +186,9 @@ impl Store {
         }))
     }
 
-    /// Creates an issuer instance.
+    /// Creates an issuer instance. Every dns-solver its
+    /// `grants.challenges.dns_01` names must exist
+    /// ([`StoreError::InvalidArgument`] naming the field otherwise).
     pub async fn create_issuer(&self, new: NewPluginInstance) -> StoreResult<PluginInstance> {
         self.create_instance(InstanceTable::Issuers, new_id(), new)
             .await
@@ -193,12 +300,12 @@ impl Store {
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
     ) -> StoreResult<Option<PluginInstance>> {
-        // A notifier disabled because its destination refused it for good
-        // (HTTP 410, bad credentials) is enabled again by a new, validated
-        // configuration.
+        // A notifier (or solver) disabled because its destination refused
+        // it for good (HTTP 410, bad credentials) is enabled again by a new,
+        // validated configuration.
         let reenable = match table {
-            InstanceTable::Notifiers => ", disabled_at = NULL",
-            _ => "",
+            InstanceTable::Notifiers | InstanceTable::DnsSolvers => ", disabled_at = NULL",
+            InstanceTable::Issuers => "",
         };
         let sql = format!(
             "UPDATE {} SET settings = $2, encrypted_secrets = $3, grants = $4, updated_at = $5{reenable}
@@ -206,20 +313,27 @@ impl Store {
             table.name()
         );
         let now = now();
-        Ok(on_write!(self, |pool| {
-            sqlx::query_as::<_, PluginInstance>(&sql)
+        let solvers = self.solvers_to_check(table, grants);
+        let share = self.share_lock_suffix();
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            lock_routed_solvers!(tx, &solvers, share);
+            let updated = sqlx::query_as::<_, PluginInstance>(&sql)
                 .bind(id)
                 .bind(Json(settings))
                 .bind(encrypted_secrets.clone())
                 .bind(Json(grants))
                 .bind(ts(now))
-                .fetch_optional(pool)
-                .await?
-        }))
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(updated)
+        })
     }
 
     /// Replaces an issuer's settings, encrypted secrets and grants; `None`
-    /// if unknown.
+    /// if unknown. Every dns-solver the new grants route to must exist (see
+    /// [`Store::create_issuer`]).
     pub async fn update_issuer(
         &self,
         id: &str,
@@ -350,6 +464,130 @@ impl Store {
     /// One notifier instance by id.
     pub async fn get_notifier(&self, id: &str) -> StoreResult<Option<PluginInstance>> {
         self.get_instance(InstanceTable::Notifiers, id).await
+    }
+
+    /// Creates a dns-solver instance.
+    pub async fn create_dns_solver(&self, new: NewPluginInstance) -> StoreResult<PluginInstance> {
+        self.create_instance(InstanceTable::DnsSolvers, new_id(), new)
+            .await
+    }
+
+    /// Creates a dns-solver instance with a caller-chosen id.
+    pub async fn create_dns_solver_with_id(
+        &self,
+        id: &str,
+        new: NewPluginInstance,
+    ) -> StoreResult<PluginInstance> {
+        self.create_instance(InstanceTable::DnsSolvers, id.to_owned(), new)
+            .await
+    }
+
+    /// One dns-solver instance by id.
+    pub async fn get_dns_solver(&self, id: &str) -> StoreResult<Option<PluginInstance>> {
+        self.get_instance(InstanceTable::DnsSolvers, id).await
+    }
+
+    /// One page of dns-solvers by name, and how many there are.
+    pub async fn page_dns_solvers(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<PluginInstance>, i64)> {
+        self.page_instances(InstanceTable::DnsSolvers, limit, offset)
+            .await
+    }
+
+    /// Every dns-solver instance, by name.
+    pub async fn list_dns_solvers(&self) -> StoreResult<Vec<PluginInstance>> {
+        self.list_instances(InstanceTable::DnsSolvers).await
+    }
+
+    /// Replaces a dns-solver's settings, encrypted secrets and grants (and
+    /// enables it again); `None` if unknown.
+    pub async fn update_dns_solver(
+        &self,
+        id: &str,
+        settings: &Value,
+        encrypted_secrets: Option<Vec<u8>>,
+        grants: &Value,
+    ) -> StoreResult<Option<PluginInstance>> {
+        self.update_instance(
+            InstanceTable::DnsSolvers,
+            id,
+            settings,
+            encrypted_secrets,
+            grants,
+        )
+        .await
+    }
+
+    /// What keeps a dns-solver in use: (ids of the issuers whose
+    /// `grants.challenges` route dns-01 to it, by name; its challenges not
+    /// yet withdrawn: pending, ready, failed or withdrawing).
+    pub async fn dns_solver_usage(&self, id: &str) -> StoreResult<(Vec<String>, i64)> {
+        let route = format!("dns:{id}");
+        let sqlite_sql =
+            format!("SELECT id FROM issuers WHERE {SOLVER_ISSUERS_WHERE_SQLITE} ORDER BY name, id");
+        let pg_sql =
+            format!("SELECT id FROM issuers WHERE {SOLVER_ISSUERS_WHERE_PG} ORDER BY name, id");
+        let issuers = on_read!(self, &sqlite_sql, &pg_sql, |pool, sql| {
+            sqlx::query_scalar::<_, String>(sql)
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+        });
+        let live_challenges = on_read!(self, |pool| {
+            sqlx::query_scalar::<_, i64>(&solver_live_challenges_sql("$1"))
+                .bind(&route)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok((issuers, live_challenges))
+    }
+
+    /// Deletes a dns-solver unless an issuer routes dns-01 to it or one of
+    /// its challenges is not yet withdrawn (see
+    /// [`Store::dns_solver_usage`]), checked in the same transaction with
+    /// the solver's row locked. False if it is unknown or in use (nothing
+    /// is changed then).
+    pub async fn delete_dns_solver(&self, id: &str) -> StoreResult<bool> {
+        let route = format!("dns:{id}");
+        let lock = self.row_lock_suffix();
+        let delete = |issuers_where: &str| {
+            format!(
+                "DELETE FROM dns_solvers WHERE id = $1
+                   AND NOT EXISTS (SELECT 1 FROM issuers WHERE {issuers_where})
+                   AND ({}) = 0",
+                solver_live_challenges_sql("$2")
+            )
+        };
+        let (sqlite_sql, pg_sql) = (
+            delete(SOLVER_ISSUERS_WHERE_SQLITE),
+            delete(SOLVER_ISSUERS_WHERE_PG),
+        );
+        on_write!(self, &sqlite_sql, &pg_sql, |pool, sql| {
+            let mut tx = pool.begin_write().await?;
+            // An issuer write holding the row (shared) commits first, so the
+            // check below sees its routes; one waiting for it finds the row
+            // gone.
+            sqlx::query(&format!("SELECT id FROM dns_solvers WHERE id = $1{lock}"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let done = sqlx::query(sql)
+                .bind(id)
+                .bind(&route)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if done {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(done)
+        })
     }
 
     /// Creates a target run by `new.agent_id` (which must exist and be
