@@ -442,6 +442,81 @@ async fn postgres_a_cancelled_job_withdraws_its_challenges() {
     a_cancelled_job_withdraws_its_challenges(Backend::Postgres).await;
 }
 
+async fn a_restart_mid_order_resumes_the_same_order(backend: Backend) {
+    // The responder is not served at first: the order waits on its
+    // challenges while the first host stops.
+    let s = setup(backend, false).await;
+    let issuer = acme_issuer(&s, "acme-restart", json!({ "http_01": "host" })).await;
+    let names = ["restart.acme-http.test"];
+    let cert = certificate(&s, "acme-restart", &issuer, &names).await;
+    let first = engine::start(s.app.state.engine.clone(), CancellationToken::new());
+    let polling = wait_job(&s.app.store, &cert, "an order placed", |j| {
+        j.status == JobStatus::Polling && j.order_id.is_some()
+    })
+    .await;
+    let report = first.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_clean(), "{report:?}");
+    let order = polling.order_id.clone().unwrap();
+
+    // A new host process on the same database; now the responder answers.
+    let listener = tokio::net::TcpListener::bind(s.responder).await.unwrap();
+    let store2 = Store::connect_with(
+        &s.app.db.url,
+        certplane_host::store::StoreOptions {
+            instance_id: "second-host".into(),
+            ..certplane_testkit::test_options()
+        },
+    )
+    .await
+    .unwrap();
+    let registry = certplane_host::plugins::PluginRegistry::load(&s.app.state.config.plugin_dir, None)
+        .await
+        .unwrap();
+    let state2 = certplane_host::api::AppState::new(
+        store2.clone(),
+        s.app.state.config.clone(),
+        std::sync::Arc::new(registry),
+        s.app.state.secrets.clone(),
+    );
+    tokio::spawn(certplane_host::server::serve(
+        listener,
+        certplane_host::api::acme_challenge::responder_app(state2.clone()),
+        None,
+        CancellationToken::new(),
+        Duration::from_secs(1),
+    ));
+    let second = engine::start(state2.engine.clone(), CancellationToken::new());
+    let done = wait_job(&store2, &cert, "issued after the restart", |j| {
+        matches!(j.status, JobStatus::Completed | JobStatus::Failed)
+    })
+    .await;
+    second.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.last_error);
+    assert_eq!(
+        done.order_id.as_deref(),
+        Some(order.as_str()),
+        "the restarted host finished the same ACME order"
+    );
+    assert_issued_by_pebble(&s, &cert, &names).await;
+    let version = store2
+        .list_certificate_versions(&cert.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(version.ca_order_id.as_deref(), Some(order.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_restart_mid_order_resumes_the_same_order() {
+    a_restart_mid_order_resumes_the_same_order(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_restart_mid_order_resumes_the_same_order() {
+    a_restart_mid_order_resumes_the_same_order(Backend::Postgres).await;
+}
+
 /// A leaf for `name` with an authority key identifier (ACME renewal
 /// information names a certificate by it), signed by a throwaway CA.
 fn leaf_with_aki(name: &str) -> String {
