@@ -9,6 +9,7 @@ mod cloudflare_dns;
 mod common;
 mod contract;
 mod digicert;
+mod instance_tls;
 mod plugins;
 mod sandbox;
 mod sectigo;
