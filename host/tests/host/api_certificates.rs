@@ -789,7 +789,78 @@ async fn create_parser_never_fails_badly(backend: Backend) {
     );
 }
 
+/// Per-certificate connector options: kept, shown, replaced as a whole by
+/// PATCH, and refused (changing nothing) unless they are JSON objects of at
+/// most 16 KiB.
+async fn connector_options(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, _) = setup(&app).await;
+    let mut b = body("opts", &issuer);
+    b["issuer_options"] = json!({ "profile": "tlsserver" });
+    b["target_options"] = json!({ "reload": "nginx" });
+    let created = create_ok(&app, b).await;
+    let id = created.json["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        created.json["issuer_options"],
+        json!({ "profile": "tlsserver" })
+    );
+    assert_eq!(created.json["target_options"], json!({ "reload": "nginx" }));
+    let row = app.store.get_certificate(&id).await.unwrap().unwrap();
+    assert_eq!(row.target_options, json!({ "reload": "nginx" }));
+
+    // Defaults are empty objects.
+    let plain = create_ok(&app, body("plain", &issuer)).await;
+    assert_eq!(plain.json["issuer_options"], json!({}));
+
+    let path = format!("/api/v1/certificates/{id}");
+    let r = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&app.operator),
+            Some(json!({ "issuer_options": { "profile": "short" } })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["issuer_options"], json!({ "profile": "short" }));
+    assert_eq!(
+        r.json["target_options"],
+        json!({ "reload": "nginx" }),
+        "untouched"
+    );
+
+    for (patch, field) in [
+        (
+            json!({ "issuer_options": ["not", "an", "object"] }),
+            "issuer_options",
+        ),
+        (json!({ "target_options": "x" }), "target_options"),
+        (
+            json!({ "target_options": { "big": "x".repeat(17 * 1024) } }),
+            "target_options",
+        ),
+    ] {
+        let r = app
+            .call(Method::PATCH, &path, Some(&app.operator), Some(patch))
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+        assert!(r.text.contains(field), "{}", r.text);
+    }
+    let mut bad = body("bad-opts", &issuer);
+    bad["issuer_options"] = json!(42);
+    let r = app.post("/api/v1/certificates", &app.operator, bad).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let row = app.store.get_certificate(&id).await.unwrap().unwrap();
+    assert_eq!(
+        row.issuer_options,
+        json!({ "profile": "short" }),
+        "refusals changed nothing"
+    );
+    assert_eq!(row.target_options, json!({ "reload": "nginx" }));
+}
+
 both_backends!(
+    connector_options,
     update_and_retire,
     certificate_crud,
     key_source_follows_the_target,

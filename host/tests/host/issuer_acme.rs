@@ -104,6 +104,16 @@ async fn acme_issuer(s: &Setup, name: &str, challenges: Value) -> String {
 }
 
 async fn certificate(s: &Setup, name: &str, issuer: &str, names: &[&str]) -> Certificate {
+    certificate_with(s, name, issuer, names, json!({})).await
+}
+
+async fn certificate_with(
+    s: &Setup,
+    name: &str,
+    issuer: &str,
+    names: &[&str],
+    issuer_options: Value,
+) -> Certificate {
     let reply = s
         .app
         .post(
@@ -115,6 +125,7 @@ async fn certificate(s: &Setup, name: &str, issuer: &str, names: &[&str]) -> Cer
                 "sans": names,
                 "issuer_id": issuer,
                 "key_source": "host",
+                "issuer_options": issuer_options,
             }),
         )
         .await;
@@ -140,7 +151,12 @@ async fn issuance(store: &Store, cert: &Certificate) -> Option<Job> {
         .next()
 }
 
-async fn wait_job(store: &Store, cert: &Certificate, what: &str, done: impl Fn(&Job) -> bool) -> Job {
+async fn wait_job(
+    store: &Store,
+    cert: &Certificate,
+    what: &str,
+    done: impl Fn(&Job) -> bool,
+) -> Job {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let job = issuance(store, cert).await;
@@ -180,7 +196,13 @@ async fn withdrawn(store: &Store, job: &str) -> Vec<certplane_host::store::Chall
 /// The leaf of the current version certifies `names` and chains to
 /// Pebble's issuing root.
 async fn assert_issued_by_pebble(s: &Setup, cert: &Certificate, names: &[&str]) {
-    let cert = s.app.store.get_certificate(&cert.id).await.unwrap().unwrap();
+    let cert = s
+        .app
+        .store
+        .get_certificate(&cert.id)
+        .await
+        .unwrap()
+        .unwrap();
     let version_id = cert.current_version_id.clone().expect("a current version");
     let version = s
         .app
@@ -192,7 +214,10 @@ async fn assert_issued_by_pebble(s: &Setup, cert: &Certificate, names: &[&str]) 
         .find(|v| v.id == version_id)
         .unwrap();
     assert!(
-        version.ca_certificate_id.as_deref().is_some_and(|id| id.starts_with("https://")),
+        version
+            .ca_certificate_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("https://")),
         "the ACME certificate URL is kept as the CA's id: {:?}",
         version.ca_certificate_id
     );
@@ -257,7 +282,11 @@ async fn http_01_through_the_host_responder(backend: Backend) {
 
     // Every challenge was http-01 through the host, and is gone now.
     let rows = withdrawn(&s.app.store, &job.id).await;
-    assert!(rows.iter().all(|r| r.kind == "http-01" && r.route == "host"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.kind == "http-01" && r.route == "host"),
+        "{rows:?}"
+    );
     for row in &rows {
         let url = format!(
             "http://{}/.well-known/acme-challenge/{}",
@@ -295,11 +324,7 @@ async fn http_01_through_the_host_responder(backend: Backend) {
 /// A GET's status code, over a plain connection (no proxies, no redirects).
 async fn reqwest_status(url: &str) -> u16 {
     let uri: axum::http::Uri = url.parse().unwrap();
-    let addr = format!(
-        "{}:{}",
-        uri.host().unwrap(),
-        uri.port_u16().unwrap_or(80)
-    );
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -310,7 +335,12 @@ async fn reqwest_status(url: &str) -> u16 {
         .header("host", "www.acme-http.test")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    sender.send_request(request).await.unwrap().status().as_u16()
+    sender
+        .send_request(request)
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 async fn dns_01_through_the_cloudflare_solver(backend: Backend) {
@@ -336,12 +366,24 @@ async fn dns_01_through_the_cloudflare_solver(backend: Backend) {
     let issuer = acme_issuer(
         &s,
         "acme-dns",
-        json!({ "dns_01": [ { "zone": "acme-dns.test", "solver": solver } ] }),
+        json!({
+            "http_01": "host",
+            "dns_01": [ { "zone": "acme-dns.test", "solver": solver } ],
+        }),
     )
     .await;
-    // A wildcard needs dns-01; the apex goes the same way (no http route).
+    // A wildcard needs dns-01; the apex could take http-01, but this
+    // certificate's issuer options prefer dns-01 (options reach the
+    // connector through `context.options`).
     let names = ["acme-dns.test", "*.acme-dns.test"];
-    let cert = certificate(&s, "acme-dns", &issuer, &names).await;
+    let cert = certificate_with(
+        &s,
+        "acme-dns",
+        &issuer,
+        &names,
+        json!({ "preferred_challenge": "dns-01" }),
+    )
+    .await;
     let scheduler = engine::start(s.app.state.engine.clone(), CancellationToken::new());
     let job = wait_job(&s.app.store, &cert, "issued", |j| {
         matches!(j.status, JobStatus::Completed | JobStatus::Failed)
@@ -356,8 +398,15 @@ async fn dns_01_through_the_cloudflare_solver(backend: Backend) {
         "{rows:?}"
     );
     scheduler.shutdown(Duration::from_secs(5)).await;
-    assert!(cloudflare.creates() >= 1, "records were published through Cloudflare");
-    assert_eq!(cloudflare.deletes(), cloudflare.creates(), "every record was cleaned up");
+    assert!(
+        cloudflare.creates() >= 1,
+        "records were published through Cloudflare"
+    );
+    assert_eq!(
+        cloudflare.deletes(),
+        cloudflare.creates(),
+        "every record was cleaned up"
+    );
     assert!(
         cloudflare.records().is_empty(),
         "no TXT record left: {:?}",
@@ -469,9 +518,10 @@ async fn a_restart_mid_order_resumes_the_same_order(backend: Backend) {
     )
     .await
     .unwrap();
-    let registry = certplane_host::plugins::PluginRegistry::load(&s.app.state.config.plugin_dir, None)
-        .await
-        .unwrap();
+    let registry =
+        certplane_host::plugins::PluginRegistry::load(&s.app.state.config.plugin_dir, None)
+            .await
+            .unwrap();
     let state2 = certplane_host::api::AppState::new(
         store2.clone(),
         s.app.state.config.clone(),
@@ -597,7 +647,10 @@ async fn renewal_information_moves_the_renewal_earlier(backend: Backend) {
     assert!(before.renewal_info_at.unwrap() > now, "asked again later");
 
     // The CA suggests renewing in a day or two (a revocation, say).
-    let (start, end) = (now + chrono::Duration::days(1), now + chrono::Duration::days(2));
+    let (start, end) = (
+        now + chrono::Duration::days(1),
+        now + chrono::Duration::days(2),
+    );
     ari.set_window(
         &asked[0],
         certplane_testkit::fake_ari::RenewalWindow {
