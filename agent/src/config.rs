@@ -76,6 +76,42 @@ pub struct AgentConfig {
     /// a connector entry's own `deadline_secs`/`memory_mib` set the value.
     #[serde(default)]
     pub limits: certplane_runtime::LimitPolicy,
+    /// http-01 challenges served from the local web server's webroot (an
+    /// issuer whose `grants.challenges.http_01` is `"agent"`).
+    #[serde(default)]
+    pub challenges: ChallengesConfig,
+}
+
+/// The `[challenges]` section: where this machine's web server serves
+/// `/.well-known/acme-challenge/` from, and where to ask it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengesConfig {
+    /// The directory the web server serves for every name this agent's
+    /// certificates cover; token files go to
+    /// `<webroot>/.well-known/acme-challenge/<token>`. Unset: this agent
+    /// refuses http-01 tasks (reported failed).
+    #[serde(default)]
+    pub webroot: Option<PathBuf>,
+    /// Where the web server answers plain HTTP (`http://host[:port]`); the
+    /// agent fetches each token there with the validated name as `Host`
+    /// before reporting it ready.
+    #[serde(default = "defaults::check_url")]
+    pub check_url: String,
+    /// How long the agent keeps looking for a token it wrote before it
+    /// reports the challenge failed.
+    #[serde(default = "defaults::check_within_secs")]
+    pub check_within_secs: u64,
+}
+
+impl Default for ChallengesConfig {
+    fn default() -> Self {
+        ChallengesConfig {
+            webroot: None,
+            check_url: defaults::check_url(),
+            check_within_secs: defaults::check_within_secs(),
+        }
+    }
 }
 
 /// Trust anchor for the host's certificate: exactly one of the two.
@@ -159,6 +195,12 @@ mod defaults {
     pub fn backoff_max_secs() -> u64 {
         60
     }
+    pub fn check_url() -> String {
+        "http://127.0.0.1:80".into()
+    }
+    pub fn check_within_secs() -> u64 {
+        10
+    }
 }
 
 impl AgentConfig {
@@ -220,6 +262,19 @@ impl AgentConfig {
         self.limits
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(webroot) = &self.challenges.webroot
+            && !webroot.is_absolute()
+        {
+            return invalid(format!(
+                "`challenges.webroot` `{}` must be an absolute path",
+                webroot.display()
+            ));
+        }
+        crate::challenges::CheckUrl::parse(&self.challenges.check_url)
+            .map_err(|e| ConfigError::Invalid(format!("`challenges.check_url`: {e}")))?;
+        if self.challenges.check_within_secs == 0 || self.challenges.check_within_secs > 300 {
+            return invalid("`challenges.check_within_secs` must be between 1 and 300".into());
+        }
         for (plugin, grants) in &self.connectors {
             let too_long = grants
                 .deadline_secs
@@ -347,5 +402,47 @@ mod tests {
             assert!(err.to_string().contains("absolute"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_challenges_section_has_defaults_and_is_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("agent.toml", MINIMAL)?;
+            let config = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap();
+            assert_eq!(config.challenges, ChallengesConfig::default());
+            assert_eq!(config.challenges.check_url, "http://127.0.0.1:80");
+            assert_eq!(config.challenges.webroot, None);
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                &format!(
+                    "{MINIMAL}\n[challenges]\nwebroot = \"/var/www/html\"\ncheck_url = \"http://localhost:8080\"\n"
+                ),
+            )?;
+            let config = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap();
+            assert_eq!(
+                config.challenges.webroot.as_deref(),
+                Some(Path::new("/var/www/html"))
+            );
+            assert_eq!(config.challenges.check_url, "http://localhost:8080");
+            Ok(())
+        });
+        for (key, value, needle) in [
+            ("webroot", "\"www\"", "absolute"),
+            ("check_url", "\"https://127.0.0.1\"", "check_url"),
+            ("check_within_secs", "0", "check_within_secs"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file(
+                    "agent.toml",
+                    &format!("{MINIMAL}\n[challenges]\n{key} = {value}\n"),
+                )?;
+                let err = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap_err();
+                assert!(err.to_string().contains(needle), "{key}: {err}");
+                Ok(())
+            });
+        }
     }
 }

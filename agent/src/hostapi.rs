@@ -1,6 +1,6 @@
 //! The host's agent API as the agent uses it: registration, heartbeat, work
-//! poll, CSR submission and result reports, with the answers sorted into
-//! what the agent must do about them ([`HostError`]).
+//! poll, CSR submission, result reports and challenge reports, with the
+//! answers sorted into what the agent must do about them ([`HostError`]).
 
 use std::time::Duration;
 
@@ -64,9 +64,10 @@ impl HostError {
 /// The protocol's registration, heartbeat and work-poll types, as the host
 /// serves them (one definition, shared with the host).
 pub use certplane_proto::agent::{
-    AgentJob, HeartbeatReply, JobCertificate, JobCertificateVersion, JobTarget, Registered,
+    AgentJob, ChallengeReport, ChallengeReportAccepted, ChallengeTask, HeartbeatReply,
+    JobCertificate, JobCertificateVersion, JobTarget, Registered, WorkReply as Work,
 };
-use certplane_proto::agent::{CsrRequest, RegisterRequest, WorkQuery, WorkReply};
+use certplane_proto::agent::{CsrRequest, RegisterRequest, WorkQuery};
 
 /// What the agent reports at the end of a job (the protocol's one
 /// definition, shared with the host).
@@ -148,9 +149,9 @@ impl HostApi {
         parse(reply.json)
     }
 
-    /// `GET /agents/work`: claims this agent's pending jobs, waiting up to
-    /// `wait` for some.
-    pub async fn work(&self, wait: Duration, limit: u32) -> Result<Vec<AgentJob>, HostError> {
+    /// `GET /agents/work`: claims this agent's pending jobs and gets its
+    /// challenge tasks, waiting up to `wait` for either.
+    pub async fn work(&self, wait: Duration, limit: u32) -> Result<Work, HostError> {
         let query = WorkQuery {
             wait_secs: Some(wait.as_secs()),
             limit: Some(limit),
@@ -160,7 +161,7 @@ impl HostApi {
             .get("/agents/work", &query.pairs())
             .await
             .map_err(HostError::from_client)?;
-        Ok(parse::<WorkReply>(reply.json)?.jobs)
+        parse::<Work>(reply.json)
     }
 
     /// `POST /agents/jobs/{id}/csr`.
@@ -173,6 +174,25 @@ impl HostApi {
             .await
             .map_err(HostError::from_client)?;
         Ok(())
+    }
+
+    /// `POST /agents/jobs/{job_id}/challenges/{challenge_id}`.
+    pub async fn report_challenge(
+        &self,
+        job_id: &str,
+        challenge_id: &str,
+        report: &ChallengeReport,
+    ) -> Result<ChallengeReportAccepted, HostError> {
+        let body = encode(report)?;
+        let reply = self
+            .client
+            .post(
+                &format!("/agents/jobs/{job_id}/challenges/{challenge_id}"),
+                Some(&body),
+            )
+            .await
+            .map_err(HostError::from_client)?;
+        parse(reply.json)
     }
 
     /// `POST /agents/jobs/{id}/result`.

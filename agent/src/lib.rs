@@ -9,18 +9,22 @@
 //! - [`runner`]: registration, heartbeat and the long-poll loop;
 //! - [`executor`]: CSRs, deployments and verification jobs;
 //! - [`grants`]: narrowing the host's grant requests to the allowance;
+//! - [`challenges`], [`webroot`]: http-01 token files in the local web
+//!   server's webroot, checked through the web server;
 //! - [`backoff`]: reconnect delays.
 //!
 //! [`runner::run`] is the whole agent; the binary and the host's demo
 //! both call it.
 
 pub mod backoff;
+pub mod challenges;
 pub mod config;
 pub mod executor;
 pub mod grants;
 pub mod hostapi;
 pub mod runner;
 pub mod state;
+pub mod webroot;
 
 pub use config::AgentConfig;
 pub use runner::{AgentError, Exit, Mode, run};

@@ -16,6 +16,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::challenges::{self, Challenges};
 use crate::config::AgentConfig;
 use crate::executor::{Executor, Progress, target_plugins};
 use crate::hostapi::{self, AgentJob, HostApi, HostError};
@@ -151,10 +152,11 @@ pub async fn run(
     )
     .map_err(AgentError::Host)?;
     let executor = Executor::new(config.clone(), state.clone(), api.clone(), plugins);
+    let challenges = Challenges::new(&config.challenges);
     let contact = Contact::new(state.clone());
 
     let exit = match mode {
-        Mode::Once => once(&api, &executor, &contact).await,
+        Mode::Once => once(&api, &executor, &challenges, &contact).await,
         Mode::Continuous => {
             let retired = CancellationToken::new();
             let heartbeat = tokio::spawn(heartbeat_loop(
@@ -167,6 +169,7 @@ pub async fn run(
             let exit = poll_loop(
                 &api,
                 &executor,
+                &challenges,
                 &contact,
                 &config,
                 poll_wait,
@@ -284,14 +287,24 @@ impl Contact {
     }
 }
 
-async fn once(api: &HostApi, executor: &Executor, contact: &Contact) -> Result<Exit, AgentError> {
+async fn once(
+    api: &HostApi,
+    executor: &Executor,
+    challenges: &Challenges,
+    contact: &Contact,
+) -> Result<Exit, AgentError> {
     let step = async {
         api.heartbeat().await?;
         contact.ok();
-        let jobs = api.work(Duration::ZERO, WORK_LIMIT).await?;
+        let work = api.work(Duration::ZERO, WORK_LIMIT).await?;
         contact.ok();
-        tracing::info!(jobs = jobs.len(), "polled once");
-        for job in jobs {
+        tracing::info!(
+            jobs = work.jobs.len(),
+            challenges = work.challenges.len(),
+            "polled once"
+        );
+        challenges::serve(api, challenges, work.challenges).await?;
+        for job in work.jobs {
             run_cancellable(api, executor, job).await?;
         }
         Ok::<_, HostError>(())
@@ -375,6 +388,7 @@ async fn heartbeat_loop(
 async fn poll_loop(
     api: &HostApi,
     executor: &Executor,
+    challenges: &Challenges,
     contact: &Contact,
     config: &AgentConfig,
     poll_wait: Duration,
@@ -389,10 +403,24 @@ async fn poll_loop(
             r = api.work(poll_wait, WORK_LIMIT) => r,
         };
         let delay = match polled {
-            Ok(jobs) => {
+            Ok(work) => {
                 contact.ok();
-                let mut progressed = jobs.is_empty();
+                let (jobs, tasks) = (work.jobs, work.challenges);
+                let mut progressed = jobs.is_empty() && tasks.is_empty();
                 let mut host_failed = false;
+                // Challenges first: an issuance waits on them, and they
+                // take seconds, not a connector's deadline.
+                if !tasks.is_empty() {
+                    match challenges::serve(api, challenges, tasks).await {
+                        Ok(reported) => progressed |= reported > 0,
+                        // The jobs in hand are still run: their reports
+                        // are retried on their own.
+                        Err(e) => match on_host_error(e, contact, config) {
+                            OnHostError::BackOff => host_failed = true,
+                            OnHostError::Stop(exit) => return exit,
+                        },
+                    }
+                }
                 for job in jobs {
                     match run_cancellable(api, executor, job).await {
                         Ok(Progress::Done) => progressed = true,
@@ -415,9 +443,9 @@ async fn poll_loop(
                     backoff.reset();
                     None
                 } else {
-                    // The host failed mid-batch, or only jobs this agent
-                    // cannot serve came back (the host hands them out on
-                    // every poll until they expire).
+                    // The host failed mid-batch, or only jobs (or
+                    // challenges) this agent cannot serve came back (the
+                    // host hands them out on every poll until they expire).
                     Some(backoff.next_delay())
                 }
             }

@@ -34,11 +34,11 @@ impl TlsGrant {
     ) -> Result<certplane_runtime::InstanceTls, String> {
         let client_key_pem = match (&self.client_certificate_pem, &self.client_key_secret) {
             (None, None) => None,
-            (Some(_), Some(name)) => Some(certplane_runtime::Secret::new(
-                secret(name).ok_or_else(|| {
-                    format!("grants.tls.client_key_secret names {name:?}, which is not set")
-                })?,
-            )),
+            (Some(_), Some(name)) => {
+                Some(certplane_runtime::Secret::new(secret(name).ok_or_else(
+                    || format!("grants.tls.client_key_secret names {name:?}, which is not set"),
+                )?))
+            }
             _ => {
                 return Err(
                     "grants.tls: client_certificate_pem and client_key_secret go together".into(),
@@ -61,6 +61,11 @@ pub enum Http01Route {
     /// answers from the database; `[challenges] http_listen` must be
     /// reachable on port 80 of every name).
     Host,
+    /// The agent running the certificate's key-holding (first) target
+    /// writes the token into the webroot of the web server on its machine
+    /// (its `[challenges] webroot`) and checks it there. Offered only for
+    /// certificates whose first target an agent runs.
+    Agent,
 }
 
 /// dns-01 challenges of one zone go to one dns-solver instance.
@@ -172,7 +177,10 @@ mod tests {
         assert_eq!(r.dns_for("www.example.com").unwrap().solver, "outer");
         assert_eq!(r.dns_for("example.com").unwrap().solver, "outer");
         assert_eq!(r.dns_for("a.dev.example.com").unwrap().solver, "inner");
-        assert_eq!(r.dns_for("a.dev.example.com").unwrap().zone, "dev.example.com");
+        assert_eq!(
+            r.dns_for("a.dev.example.com").unwrap().zone,
+            "dev.example.com"
+        );
         assert!(r.dns_for("notexample.com").is_none());
         assert!(r.dns_for("example.org").is_none());
     }
@@ -191,5 +199,13 @@ mod tests {
             }],
         };
         assert!(bad.check().unwrap_err().contains("bad zone"));
+    }
+
+    #[test]
+    fn http_01_may_go_to_the_agent() {
+        let r: ChallengeRoutes = serde_json::from_str(r#"{"http_01":"agent"}"#).unwrap();
+        assert_eq!(r.http_for("www.example.com"), Some(Http01Route::Agent));
+        assert_eq!(r.http_for("*.example.com"), None);
+        assert!(serde_json::from_str::<ChallengeRoutes>(r#"{"http_01":"agents"}"#).is_err());
     }
 }

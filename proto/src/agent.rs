@@ -9,8 +9,12 @@ use utoipa::ToSchema;
 
 use crate::ErrorClass;
 
+pub mod challenges;
 pub mod work;
 
+pub use challenges::{
+    ChallengeAction, ChallengeReport, ChallengeReportAccepted, ChallengeReportState, ChallengeTask,
+};
 pub use work::{
     AgentJob, HeartbeatReply, JobCertificate, JobCertificateVersion, JobTarget, RegisterRequest,
     Registered, WorkQuery, WorkReply,

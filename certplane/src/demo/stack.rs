@@ -172,6 +172,7 @@ impl LocalHost {
                 },
             )]),
             limits: Default::default(),
+            challenges: Default::default(),
         }
     }
 

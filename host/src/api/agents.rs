@@ -1,6 +1,7 @@
 //! Agents: registration (bootstrap token), heartbeats, the work long-poll,
-//! CSR submission and result reporting (agent credential), and the operator
-//! side: listing and retirement.
+//! CSR submission, result reporting and reports on the http-01 challenges
+//! an agent serves (agent credential), and the operator side: listing and
+//! retirement.
 //!
 //! A job of another agent is indistinguishable from a missing job (404), so
 //! one agent's credential reveals nothing about another agent's work.
@@ -9,14 +10,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::engine::agent_reports;
+use crate::engine::challenges::agent as agent_challenges;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use certplane_proto::agent::{
-    AgentJob, CsrAccepted, CsrRequest, HeartbeatReply, JobCertificate, JobCertificateVersion,
-    JobTarget, RegisterRequest, Registered, ResultAccepted, ResultRequest, WorkQuery, WorkReply,
+    AgentJob, ChallengeReport, ChallengeReportAccepted, CsrAccepted, CsrRequest, HeartbeatReply,
+    JobCertificate, JobCertificateVersion, JobTarget, RegisterRequest, Registered, ResultAccepted,
+    ResultRequest, WorkQuery, WorkReply,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -52,6 +55,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(poll_work))
         .routes(routes!(submit_csr))
         .routes(routes!(report_result))
+        .routes(routes!(report_challenge))
         .routes(routes!(list_agents))
         .routes(routes!(list_retired_agents))
         .routes(routes!(get_agent, retire_agent))
@@ -234,7 +238,8 @@ async fn heartbeat(State(state): State<AppState>, caller: AgentCaller) -> ApiRes
 // ------------------------------------------------------------------ work
 
 /// Long-poll for work: claims the caller's pending jobs and returns them
-/// with its jobs awaiting a CSR; waits up to `wait_secs` when there is none.
+/// with its jobs awaiting a CSR and the http-01 challenges it is to publish
+/// or withdraw; waits up to `wait_secs` when there is none of either.
 #[utoipa::path(get, path = "/agents/work", tag = "agents", params(WorkQuery),
     responses((status = 200, body = WorkReply),
         (status = 400, body = super::error::ErrorBody),
@@ -269,13 +274,15 @@ async fn poll_work(
         state
             .metrics
             .observe_claim("claim_pending_for_agent", started.elapsed());
-        if !jobs.is_empty() {
+        let challenges = agent_challenges::tasks(&state.engine, &agent_id).await?;
+        if !jobs.is_empty() || !challenges.is_empty() {
             return Ok(Json(WorkReply {
                 jobs: job_views(&state, jobs).await?,
+                challenges,
             }));
         }
         if tokio::time::Instant::now() >= deadline {
-            return Ok(Json(WorkReply { jobs: Vec::new() }));
+            return Ok(Json(WorkReply::default()));
         }
         // A wake-up sent since the claim is kept as a permit by `Notify`,
         // so work created in between is not missed. On timeout the loop
@@ -284,7 +291,7 @@ async fn poll_work(
             // Shutting down: answer now (no work) rather than hold the
             // server's graceful shutdown until the wait ends.
             () = state.wake.stopping.cancelled() => {
-                return Ok(Json(WorkReply { jobs: Vec::new() }));
+                return Ok(Json(WorkReply::default()));
             }
             r = tokio::time::timeout_at(deadline, signal.notified()) => r.is_ok(),
         };
@@ -297,7 +304,7 @@ async fn poll_work(
                 .await?
                 .is_some_and(|a| a.status == AgentStatus::Active);
             if !active {
-                return Ok(Json(WorkReply { jobs: Vec::new() }));
+                return Ok(Json(WorkReply::default()));
             }
         }
     }
@@ -458,6 +465,36 @@ async fn report_result(
     let Json(req) = body?;
     let accepted =
         agent_reports::report_result(&state.engine, &caller.agent.id, &job_id, req).await?;
+    Ok(Json(accepted))
+}
+
+/// Report on an http-01 challenge this agent serves from its webroot:
+/// `ready` or `failed` after publishing, `withdrawn` after removing it.
+/// A repeated report changes nothing (`changed: false`).
+#[utoipa::path(post, path = "/agents/jobs/{job_id}/challenges/{challenge_id}", tag = "agents",
+    params(("job_id" = String, Path, description = "job id"),
+        ("challenge_id" = String, Path, description = "challenge id within the job")),
+    request_body = ChallengeReport,
+    responses((status = 200, body = ChallengeReportAccepted),
+        (status = 404, description = "no such challenge routed to this agent", body = super::error::ErrorBody),
+        (status = 410, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+async fn report_challenge(
+    State(state): State<AppState>,
+    caller: AgentCaller,
+    Path((job_id, challenge_id)): Path<(String, String)>,
+    body: Result<Json<ChallengeReport>, JsonRejection>,
+) -> ApiResult<Json<ChallengeReportAccepted>> {
+    let Json(report) = body?;
+    let accepted = agent_challenges::report(
+        &state.engine,
+        &caller.agent.id,
+        &job_id,
+        &challenge_id,
+        report,
+    )
+    .await?;
     Ok(Json(accepted))
 }
 

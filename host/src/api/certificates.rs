@@ -27,8 +27,7 @@ use super::listing::{Page, PageQuery, conditional_json, json as json_response};
 use crate::pipeline::keygen::KeyType;
 use crate::store::{
     ActorType, Certificate, CertificateOptions, CertificateStatus, CertificateVersion, JobStatus,
-    JobType, KeySource,
-    NewAuditEvent, NewCertificate, NewJob, SENTINEL_AGENT_ID, now,
+    JobType, KeySource, NewAuditEvent, NewCertificate, NewJob, SENTINEL_AGENT_ID, now,
 };
 
 /// Most subject alternative names per certificate.

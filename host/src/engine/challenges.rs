@@ -14,6 +14,9 @@
 //! TXT query to the configured resolvers), and reports `ready` only then.
 //! When a job ends (completed, cancelled, or failed for good) every live
 //! challenge of it is withdrawn (`cleanup` at the solver).
+//!
+//! http-01 routed to the agent (`agent:<id>`) is published, checked and
+//! withdrawn by that agent ([`agent`]); the publisher only keeps its time.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,10 +31,10 @@ use chrono::Utc;
 
 use super::connectors::{build_instance, observed};
 use crate::engine::Engine;
-use crate::grants::ChallengeRoutes;
-use crate::store::{
-    Certificate, ChallengeProgress, ChallengeRow, Job, NewChallenge, StoreError,
-};
+use crate::grants::{ChallengeRoutes, Http01Route};
+use crate::store::{Certificate, ChallengeProgress, ChallengeRow, Job, NewChallenge, StoreError};
+
+pub mod agent;
 
 /// Challenges one publisher tick works on at most.
 const BATCH: u32 = 64;
@@ -52,7 +55,14 @@ pub fn routes_of(grants: &serde_json::Value) -> ChallengeRoutes {
 }
 
 /// What `challenges.supported` answers for each name of `cert`.
-fn supported(cert: &Certificate, routes: &ChallengeRoutes) -> BTreeMap<String, Vec<ChallengeKind>> {
+/// `http_agent` is the agent that serves http-01 routed to `agent` (the one
+/// running the certificate's key-holding target); without one, http-01 so
+/// routed is not offered.
+fn supported(
+    cert: &Certificate,
+    routes: &ChallengeRoutes,
+    http_agent: Option<&str>,
+) -> BTreeMap<String, Vec<ChallengeKind>> {
     let mut out: BTreeMap<String, Vec<ChallengeKind>> = BTreeMap::new();
     for name in std::iter::once(&cert.common_name).chain(cert.sans.iter()) {
         if name.parse::<IpAddr>().is_ok() {
@@ -60,7 +70,12 @@ fn supported(cert: &Certificate, routes: &ChallengeRoutes) -> BTreeMap<String, V
         }
         let base = name.trim_start_matches("*.").to_ascii_lowercase();
         let kinds = out.entry(base.clone()).or_default();
-        if routes.http_for(name).is_some() && !kinds.contains(&ChallengeKind::Http01) {
+        let http = match routes.http_for(name) {
+            Some(Http01Route::Host) => true,
+            Some(Http01Route::Agent) => http_agent.is_some(),
+            None => false,
+        };
+        if http && !kinds.contains(&ChallengeKind::Http01) {
             kinds.insert(0, ChallengeKind::Http01);
         }
         if routes.dns_for(&base).is_some() && !kinds.contains(&ChallengeKind::Dns01) {
@@ -130,6 +145,10 @@ pub async fn issuer_context(
         .into_iter()
         .map(|row| (row.challenge_id.clone(), status_of(row)))
         .collect();
+    let http_agent = match routes.http_01 {
+        Some(Http01Route::Agent) => engine.store.http01_agent_for_job(&job.id).await?,
+        _ => None,
+    };
     Ok(CallContext {
         job: Some(JobRef {
             id: job.id.clone(),
@@ -138,7 +157,7 @@ pub async fn issuer_context(
         predecessor,
         options: cert.issuer_options.to_string(),
         store: open_store(engine, owner).await?,
-        routes: supported(cert, routes),
+        routes: supported(cert, routes, http_agent.as_deref()),
         challenges,
     })
 }
@@ -188,17 +207,41 @@ pub async fn apply_effects(
     }
     let Some(job_id) = job_id else {
         if !effects.presented.is_empty() {
-            tracing::warn!(instance = owner, "challenges presented outside a job are ignored");
+            tracing::warn!(
+                instance = owner,
+                "challenges presented outside a job are ignored"
+            );
         }
         return Ok(());
     };
     if !effects.presented.is_empty() {
+        let http_agent = match routes.http_01 {
+            Some(Http01Route::Agent)
+                if effects
+                    .presented
+                    .iter()
+                    .any(|c| c.kind == ChallengeKind::Http01) =>
+            {
+                engine.store.http01_agent_for_job(job_id).await?
+            }
+            _ => None,
+        };
         let mut rows = Vec::with_capacity(effects.presented.len());
         for c in effects.presented {
             // The runtime only lets routed kinds through; route them the
             // same way here.
             let (route, zone) = match c.kind {
-                ChallengeKind::Http01 => ("host".to_string(), None),
+                ChallengeKind::Http01 => match (routes.http_01, &http_agent) {
+                    (Some(Http01Route::Agent), Some(id)) => (agent::route(id), None),
+                    (Some(Http01Route::Agent), None) => {
+                        // No agent runs the certificate's first target
+                        // (any more): nobody could publish it.
+                        tracing::warn!(job = job_id, challenge = %c.id,
+                            "http-01 is routed to the agent, but no agent runs the certificate's first target; not recorded");
+                        continue;
+                    }
+                    _ => ("host".to_string(), None),
+                },
                 ChallengeKind::Dns01 => match routes.dns_for(&c.identifier) {
                     Some(r) => (format!("dns:{}", r.solver), Some(r.zone.to_string())),
                     None => continue,
@@ -216,6 +259,9 @@ pub async fn apply_effects(
         }
         engine.store.insert_challenges(job_id, &rows).await?;
         tracing::info!(job = job_id, count = rows.len(), "challenges presented");
+        if let Some(id) = &http_agent {
+            engine.wake.wake_agent(id);
+        }
         engine.wake.challenges.notify_one();
     }
     if !effects.withdrawn.is_empty() {
@@ -223,6 +269,20 @@ pub async fn apply_effects(
             .store
             .withdraw_challenges(job_id, &effects.withdrawn)
             .await?;
+        // Agents serving them remove the files themselves: tell them now.
+        let agents: std::collections::BTreeSet<String> = engine
+            .store
+            .job_challenges(job_id)
+            .await?
+            .iter()
+            .filter(|row| {
+                row.state == "withdrawing" && effects.withdrawn.contains(&row.challenge_id)
+            })
+            .filter_map(|row| agent::agent_of(row).map(str::to_string))
+            .collect();
+        for id in agents {
+            engine.wake.wake_agent(&id);
+        }
         engine.wake.challenges.notify_one();
     }
     Ok(())
@@ -266,7 +326,10 @@ where
 pub async fn tick(engine: &Engine) -> Result<usize, StoreError> {
     let ended = engine.store.withdraw_challenges_of_ended_jobs(500).await?;
     if ended > 0 {
-        tracing::info!(challenges = ended, "withdrawing the challenges of ended jobs");
+        tracing::info!(
+            challenges = ended,
+            "withdrawing the challenges of ended jobs"
+        );
     }
     let due = engine.store.due_challenges(BATCH).await?;
     let n = due.len();
@@ -297,6 +360,9 @@ fn later(engine: &Engine, row: &ChallengeRow) -> chrono::DateTime<Utc> {
 }
 
 async fn step(engine: &Engine, checker: &Checker, row: &ChallengeRow) -> ChallengeProgress {
+    if let Some(id) = agent::agent_of(row) {
+        return agent::step(engine, row, id);
+    }
     let mut progress = ChallengeProgress {
         state: if row.state == "withdrawing" {
             "withdrawing"
@@ -500,7 +566,11 @@ impl Checker {
             .await
             .map_err(|e| format!("TXT {name}: {e}"))?;
         let found = lookup.iter().any(|txt| {
-            let joined: Vec<u8> = txt.txt_data().iter().flat_map(|p| p.iter().copied()).collect();
+            let joined: Vec<u8> = txt
+                .txt_data()
+                .iter()
+                .flat_map(|p| p.iter().copied())
+                .collect();
             joined == row.value.as_bytes()
         });
         if found {
@@ -612,8 +682,14 @@ mod tests {
             }],
         };
         let got = supported(
-            &cert(&["www.example.test", "*.example.test", "other.test", "10.0.0.1"]),
+            &cert(&[
+                "www.example.test",
+                "*.example.test",
+                "other.test",
+                "10.0.0.1",
+            ]),
             &routes,
+            None,
         );
         assert_eq!(
             got.get("www.example.test").unwrap(),
@@ -627,7 +703,24 @@ mod tests {
         );
         assert_eq!(got.get("other.test").unwrap(), &vec![ChallengeKind::Http01]);
         assert!(!got.contains_key("10.0.0.1"));
-        let none = supported(&cert(&["a.test"]), &ChallengeRoutes::default());
+        let none = supported(&cert(&["a.test"]), &ChallengeRoutes::default(), None);
         assert!(none.get("a.test").unwrap().is_empty());
+    }
+
+    #[test]
+    fn http_01_through_the_agent_needs_an_agent() {
+        let routes = ChallengeRoutes {
+            http_01: Some(Http01Route::Agent),
+            dns_01: Vec::new(),
+        };
+        let names = cert(&["www.example.test", "*.example.test"]);
+        let with = supported(&names, &routes, Some("agent-1"));
+        assert_eq!(
+            with.get("www.example.test").unwrap(),
+            &vec![ChallengeKind::Http01]
+        );
+        assert!(with.get("example.test").unwrap().is_empty());
+        let without = supported(&names, &routes, None);
+        assert!(without.get("www.example.test").unwrap().is_empty());
     }
 }

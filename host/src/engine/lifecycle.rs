@@ -33,7 +33,12 @@ fn after(d: Duration) -> DateTime<Utc> {
 /// A time in the window to renew at: uniformly random (RFC 9773 §4.2, so
 /// a fleet does not renew in one burst), or now when the window has begun
 /// to pass.
-pub fn pick_in_window(start: DateTime<Utc>, end: DateTime<Utc>, now: DateTime<Utc>, unit: f64) -> DateTime<Utc> {
+pub fn pick_in_window(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    now: DateTime<Utc>,
+    unit: f64,
+) -> DateTime<Utc> {
     let start = start.max(now);
     if end <= start {
         return start;
@@ -45,7 +50,10 @@ pub fn pick_in_window(start: DateTime<Utc>, end: DateTime<Utc>, now: DateTime<Ut
 /// One tick: asks the issuers of due certificates for their renewal
 /// window. Returns how many certificates were looked at.
 pub async fn tick(engine: &Engine) -> Result<usize, StoreError> {
-    let due = engine.store.certificates_due_for_renewal_info(BATCH).await?;
+    let due = engine
+        .store
+        .certificates_due_for_renewal_info(BATCH)
+        .await?;
     let n = due.len();
     for cert in due {
         let (renew_at, next) = ask(engine, &cert).await?;
@@ -153,16 +161,19 @@ pub async fn cancel_order(engine: Engine, job: Job) {
         }
     };
     let order = order_id.clone();
-    let (result, effects) = observed_with_effects(&engine, &issuer, "cancel", move |i| async move {
-        i.cancel_order(&context, &order, &state).await
-    })
-    .await;
+    let (result, effects) =
+        observed_with_effects(&engine, &issuer, "cancel", move |i| async move {
+            i.cancel_order(&context, &order, &state).await
+        })
+        .await;
     if let Err(e) = apply_effects(&engine, &owner, None, &Default::default(), effects).await {
         tracing::warn!(job = %job.id, error = %e, "cannot keep the issuer's store writes");
     }
     match result {
         Ok(()) => tracing::info!(job = %job.id, order = %order_id, "order cancelled at the CA"),
-        Err(e) => tracing::warn!(job = %job.id, order = %order_id, error = %e, "the CA did not cancel the order"),
+        Err(e) => {
+            tracing::warn!(job = %job.id, order = %order_id, error = %e, "the CA did not cancel the order")
+        }
     }
 }
 
@@ -180,10 +191,20 @@ mod tests {
             assert!(at >= start && at <= end, "{unit}: {at}");
         }
         // A window that has begun: from now on.
-        let at = pick_in_window(now - chrono::Duration::days(1), now + chrono::Duration::hours(1), now, 0.0);
+        let at = pick_in_window(
+            now - chrono::Duration::days(1),
+            now + chrono::Duration::hours(1),
+            now,
+            0.0,
+        );
         assert_eq!(at, now);
         // One that has passed entirely: now.
-        let at = pick_in_window(now - chrono::Duration::days(3), now - chrono::Duration::days(2), now, 0.5);
+        let at = pick_in_window(
+            now - chrono::Duration::days(3),
+            now - chrono::Duration::days(2),
+            now,
+            0.5,
+        );
         assert_eq!(at, now);
     }
 }

@@ -281,7 +281,11 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
 
     let st = engine.clone();
     scheduler.spawn_loop(
-        spec("challenges", st.config.challenges.check_interval_ms.max(50), &engine),
+        spec(
+            "challenges",
+            st.config.challenges.check_interval_ms.max(50),
+            &engine,
+        ),
         Some(engine.wake.challenges.clone()),
         move || {
             let st = st.clone();

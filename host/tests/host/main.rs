@@ -11,6 +11,7 @@ mod api_certificates;
 mod api_dns_solvers;
 mod api_instances;
 mod api_jobs;
+mod challenges_agent;
 mod isolation;
 mod issuer_acme;
 mod issuer_digicert;

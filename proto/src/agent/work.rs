@@ -159,10 +159,15 @@ pub struct AgentJob {
 }
 
 /// Answer of a work poll.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkReply {
     /// Claimed jobs first, then jobs awaiting a CSR; possibly empty.
     pub jobs: Vec<AgentJob>,
+    /// http-01 challenges this agent serves from its webroot that want
+    /// action: publish (then report) or withdraw. Absent from older hosts;
+    /// older agents ignore it.
+    #[serde(default)]
+    pub challenges: Vec<super::challenges::ChallengeTask>,
 }
 
 #[cfg(test)]
@@ -172,6 +177,7 @@ mod tests {
     #[test]
     fn a_work_reply_round_trips() {
         let reply = WorkReply {
+            challenges: Vec::new(),
             jobs: vec![AgentJob {
                 id: "j1".into(),
                 job_type: "deployment".into(),
@@ -205,6 +211,9 @@ mod tests {
         assert_eq!(json["jobs"][0]["payload"], Value::Null);
         let back: WorkReply = serde_json::from_value(json).unwrap();
         assert_eq!(back, reply);
+        // An older host sends no challenges.
+        let old: WorkReply = serde_json::from_str(r#"{"jobs":[]}"#).unwrap();
+        assert!(old.challenges.is_empty());
     }
 
     #[test]

@@ -970,6 +970,7 @@ async fn network_errors_back_off() {
         verify: VerifyConfig::default(),
         connectors: Default::default(),
         limits: Default::default(),
+        challenges: Default::default(),
     })
     .unwrap();
     let agent = RunningAgent::start(config);

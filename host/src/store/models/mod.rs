@@ -15,8 +15,8 @@ pub use agent::{
 };
 pub use audit::{ActorType, ApiKey, ApiScope, AuditEvent, NewApiKey, NewAuditEvent};
 pub use certificate::{
-    Certificate, CertificateOptions, CertificateStatus, CertificateVersion, KeySource, NewCertificate,
-    NewCertificateVersion, renewal_due_at,
+    Certificate, CertificateOptions, CertificateStatus, CertificateVersion, KeySource,
+    NewCertificate, NewCertificateVersion, renewal_due_at,
 };
 pub use job::{Job, JobFailure, JobFilter, JobLease, JobStatus, JobType, JobUpdate, NewJob};
 pub use notification::{

@@ -3,10 +3,11 @@
 //! `$n` placeholders (SQLite accepts them too); SQL that differs lives in
 //! `sqlite/claims.rs` / `postgres/claims.rs`.
 
+mod agent_challenges;
 mod agents;
 mod audit;
-pub(crate) mod challenges;
 pub(crate) mod certificates;
+pub(crate) mod challenges;
 mod claims;
 mod deployments;
 pub(crate) mod host_meta;
