@@ -20,7 +20,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -31,6 +30,8 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
+
+use crate::server_thread::ServerThread;
 
 /// A renewal window the fake answers for one certificate identifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +60,8 @@ pub struct SignedPost {
 /// A running fake; see the module docs.
 pub struct FakeAri {
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Serves until the fake is dropped.
+    _server: ServerThread,
 }
 
 struct Shared {
@@ -122,8 +123,7 @@ impl FakeAri {
     }
 
     fn try_start(renewal_info: bool) -> std::io::Result<FakeAri> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
+        let listener = ServerThread::bind()?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             addr,
@@ -137,27 +137,10 @@ impl FakeAri {
             .route("/order", post(signed))
             .route("/renewal-info/{cert_id}", get(renewal))
             .with_state(shared.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-ari-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = axum::serve(listener, router) => {}
-                        _ = rx => {}
-                    }
-                });
-            })?;
+        let server = ServerThread::spawn("fake ARI", listener, router)?;
         Ok(FakeAri {
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -212,17 +195,6 @@ impl FakeAri {
             .filter(|p| p.path == "/order")
             .filter_map(|p| p.payload)
             .collect()
-    }
-}
-
-impl Drop for FakeAri {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

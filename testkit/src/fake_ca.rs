@@ -48,7 +48,6 @@
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
@@ -63,6 +62,8 @@ use rcgen::{
 };
 use serde::Deserialize;
 use serde_json::json;
+
+use crate::server_thread::ServerThread;
 
 /// Validity of a leaf when the order names none.
 pub const DEFAULT_VALIDITY_DAYS: u32 = 90;
@@ -155,8 +156,8 @@ pub struct OrderInfo {
 /// with other tasks.
 pub struct FakeCa {
     handle: FakeCaHandle,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Serves until the fake is dropped.
+    _server: ServerThread,
 }
 
 /// A cloneable handle on a [`FakeCa`]'s state: its address, root, counters
@@ -202,8 +203,7 @@ impl FakeCa {
 
     fn try_start() -> std::io::Result<FakeCa> {
         let (root, root_key) = make_root().map_err(std::io::Error::other)?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
+        let listener = ServerThread::bind()?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             addr,
@@ -223,39 +223,11 @@ impl FakeCa {
             }),
         });
         let router = router(shared.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-ca-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("fake CA cannot listen: {e}");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        result = axum::serve(listener, router) => {
-                            if let Err(e) = result {
-                                tracing::error!("fake CA stopped: {e}");
-                            }
-                        }
-                        _ = rx => {}
-                    }
-                });
-                // Dropping the runtime here cancels every connection task,
-                // sleeping polls included.
-                drop(runtime);
-            })?;
+        let server = ServerThread::spawn("fake CA", listener, router)?;
         tracing::debug!("fake CA listening on {addr}");
         Ok(FakeCa {
             handle: FakeCaHandle { shared },
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -270,18 +242,6 @@ impl Deref for FakeCa {
 
     fn deref(&self) -> &FakeCaHandle {
         &self.handle
-    }
-}
-
-impl Drop for FakeCa {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            // Quick: the server thread only has to drop its runtime.
-            let _ = thread.join();
-        }
     }
 }
 

@@ -51,7 +51,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -63,6 +62,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::challtestsrv::ChalltestsrvMgmt;
+use crate::server_thread::ServerThread;
 
 /// Path of the API root on the fake's address.
 pub const API_PREFIX: &str = "/client/v4";
@@ -111,8 +111,8 @@ enum TokenKind {
 /// dereferences to.
 pub struct FakeCloudflare {
     handle: FakeCloudflareHandle,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Serves until the fake is dropped.
+    _server: ServerThread,
 }
 
 /// A cloneable handle on a [`FakeCloudflare`]'s state.
@@ -167,8 +167,7 @@ impl FakeCloudflare {
     }
 
     fn try_start(upstream: Option<ChalltestsrvMgmt>) -> std::io::Result<FakeCloudflare> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
+        let listener = ServerThread::bind()?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             addr,
@@ -180,36 +179,10 @@ impl FakeCloudflare {
             mirror: tokio::sync::Mutex::new(()),
         });
         let router = router(shared.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-cloudflare-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("fake Cloudflare cannot listen: {e}");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        result = axum::serve(listener, router) => {
-                            if let Err(e) = result {
-                                tracing::error!("fake Cloudflare stopped: {e}");
-                            }
-                        }
-                        _ = rx => {}
-                    }
-                });
-                drop(runtime);
-            })?;
+        let server = ServerThread::spawn("fake Cloudflare", listener, router)?;
         Ok(FakeCloudflare {
             handle: FakeCloudflareHandle { shared },
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -224,17 +197,6 @@ impl Deref for FakeCloudflare {
 
     fn deref(&self) -> &FakeCloudflareHandle {
         &self.handle
-    }
-}
-
-impl Drop for FakeCloudflare {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -56,7 +56,6 @@
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::StatusCode;
@@ -66,6 +65,8 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use serde_json::{Value, json};
+
+use crate::server_thread::ServerThread;
 
 mod checks;
 mod routes;
@@ -190,8 +191,8 @@ pub struct Revocation {
 /// through [`FakeDigicertHandle`], which it dereferences to.
 pub struct FakeDigicert {
     handle: FakeDigicertHandle,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Serves until the fake is dropped.
+    _server: ServerThread,
 }
 
 /// A cloneable handle on a [`FakeDigicert`]'s state.
@@ -249,8 +250,7 @@ impl FakeDigicert {
             Some((&root, &root_key)),
         )
         .map_err(std::io::Error::other)?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
+        let listener = ServerThread::bind()?;
         let addr = listener.local_addr()?;
         let key: [u8; 16] = rand::random();
         let shared = Arc::new(Shared {
@@ -266,36 +266,10 @@ impl FakeDigicert {
             }),
         });
         let router = routes::router(shared.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-digicert-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("fake DigiCert cannot listen: {e}");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        result = axum::serve(listener, router) => {
-                            if let Err(e) = result {
-                                tracing::error!("fake DigiCert stopped: {e}");
-                            }
-                        }
-                        _ = rx => {}
-                    }
-                });
-                drop(runtime);
-            })?;
+        let server = ServerThread::spawn("fake DigiCert", listener, router)?;
         Ok(FakeDigicert {
             handle: FakeDigicertHandle { shared },
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -310,17 +284,6 @@ impl Deref for FakeDigicert {
 
     fn deref(&self) -> &FakeDigicertHandle {
         &self.handle
-    }
-}
-
-impl Drop for FakeDigicert {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -43,7 +43,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
@@ -59,6 +58,8 @@ use rcgen::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::server_thread::ServerThread;
 
 /// The `login` header the fake accepts.
 pub const LOGIN: &str = "certplane-api";
@@ -235,8 +236,8 @@ pub struct Revocation {
 /// Dereferences to its [`FakeSectigoHandle`].
 pub struct FakeSectigo {
     handle: FakeSectigoHandle,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Serves until the fake is dropped.
+    _server: ServerThread,
 }
 
 /// A cloneable handle on a [`FakeSectigo`]'s state.
@@ -280,8 +281,7 @@ impl FakeSectigo {
 
     fn try_start() -> std::io::Result<FakeSectigo> {
         let (root, intermediate, intermediate_key) = make_ca().map_err(std::io::Error::other)?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
+        let listener = ServerThread::bind()?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             addr,
@@ -301,36 +301,10 @@ impl FakeSectigo {
             }),
         });
         let router = router(shared.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-sectigo-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("fake Sectigo cannot listen: {e}");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        result = axum::serve(listener, router) => {
-                            if let Err(e) = result {
-                                tracing::error!("fake Sectigo stopped: {e}");
-                            }
-                        }
-                        _ = rx => {}
-                    }
-                });
-                drop(runtime);
-            })?;
+        let server = ServerThread::spawn("fake Sectigo", listener, router)?;
         Ok(FakeSectigo {
             handle: FakeSectigoHandle { shared },
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -345,17 +319,6 @@ impl Deref for FakeSectigo {
 
     fn deref(&self) -> &FakeSectigoHandle {
         &self.handle
-    }
-}
-
-impl Drop for FakeSectigo {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

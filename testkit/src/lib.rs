@@ -19,6 +19,8 @@
 //! * [`fake_cloudflare`]: a fake Cloudflare DNS API (TXT records, faults),
 //!   optionally mirrored into a [`challtestsrv`] (`pebble-challtestsrv` on
 //!   free ports, plus a TXT lookup) so real DNS queries see its records.
+//! * [`server_thread`]: an axum router served on a loopback port from its
+//!   own thread and runtime until dropped, which every fake above runs on.
 //!
 //! With the `host` feature (host, CLI and end-to-end tests):
 //!
@@ -45,6 +47,7 @@ pub mod fake_digicert;
 pub mod fake_sectigo;
 pub mod pebble;
 pub mod plugins;
+pub mod server_thread;
 
 #[cfg(feature = "host")]
 pub mod app;

@@ -313,7 +313,7 @@ pub enum IssuersAction {
         #[command(flatten)]
         challenges: ChallengeArgs,
         /// Remove the issuer's challenge routes.
-        #[arg(long, conflicts_with_all = ["dns_01", "http_01_host"])]
+        #[arg(long, conflicts_with_all = ["dns_01", "http_01_host", "http_01_agent"])]
         no_challenges: bool,
     },
     /// Delete an issuer (refused while certificates use it).
@@ -335,19 +335,27 @@ pub struct ChallengeArgs {
     pub dns_01: Vec<String>,
     /// Serve http-01 challenges from the host's responder (not for
     /// wildcard names).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "http_01_agent")]
     pub http_01_host: bool,
+    /// Serve http-01 challenges through the agent of each certificate's
+    /// key-holding target, from the webroot in that agent's
+    /// `[challenges]` configuration (not for wildcard names).
+    #[arg(long)]
+    pub http_01_agent: bool,
 }
 
 impl ChallengeArgs {
     /// `grants.challenges` from the flags; `None` without any.
     fn routes(&self) -> anyhow::Result<Option<Value>> {
-        if self.dns_01.is_empty() && !self.http_01_host {
+        if self.dns_01.is_empty() && !self.http_01_host && !self.http_01_agent {
             return Ok(None);
         }
         let mut routes = Map::new();
         if self.http_01_host {
             routes.insert("http_01".into(), json!("host"));
+        }
+        if self.http_01_agent {
+            routes.insert("http_01".into(), json!("agent"));
         }
         let dns = self
             .dns_01
@@ -1778,6 +1786,7 @@ mod tests {
         let args = ChallengeArgs {
             dns_01: vec!["example.com=s1".into(), "dev.example.com=s2".into()],
             http_01_host: true,
+            http_01_agent: false,
         };
         assert_eq!(
             args.routes().unwrap(),
@@ -1786,10 +1795,16 @@ mod tests {
                 {"zone": "dev.example.com", "solver": "s2"},
             ]}))
         );
+        let agent = ChallengeArgs {
+            http_01_agent: true,
+            ..ChallengeArgs::default()
+        };
+        assert_eq!(agent.routes().unwrap(), Some(json!({"http_01": "agent"})));
         for bad in ["example.com", "=s1", "example.com="] {
             let args = ChallengeArgs {
                 dns_01: vec![bad.into()],
                 http_01_host: false,
+                http_01_agent: false,
             };
             assert!(
                 args.routes()
