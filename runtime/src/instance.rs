@@ -13,19 +13,19 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
 
+use crate::bindings::dns_solver::exports::certplane::connector::dns_solver_api::TxtRecord;
 use crate::bindings::issuer::exports::certplane::connector::issuer_api::{
     CertificateRequest, IssueResult, Order, RevocationRequest,
 };
+use crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::RenewalInfo;
 use crate::bindings::notifier::exports::certplane::connector::notifier_api::Event;
 use crate::bindings::target::exports::certplane::connector::target_api::{
     CertificateBundle, DeployResult,
 };
 use crate::bindings::types::{ConnectorError, PluginInfo};
-use crate::bindings::dns_solver::exports::certplane::connector::dns_solver_api::TxtRecord;
-use crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::RenewalInfo;
 use crate::bounds::{GuestOutput, Redactor};
-use crate::context::{CallContext, CallEffects, CallScope};
 use crate::call_state::{CallState, LogBudget};
+use crate::context::{CallContext, CallEffects, CallScope};
 use crate::egress::EgressHooks;
 use crate::error::{CallError, ConfigError};
 use crate::grants::{DirGrant, Grants, HostGrants};
@@ -644,7 +644,10 @@ impl PluginInstance {
         certificate_pem: &str,
     ) -> (Result<Option<RenewalInfo>, CallError>, CallEffects) {
         let Some(lifecycle) = self.lifecycle() else {
-            return (Err(self.no_lifecycle("renewal-window")), CallEffects::default());
+            return (
+                Err(self.no_lifecycle("renewal-window")),
+                CallEffects::default(),
+            );
         };
         call_export!(self, Arc::new(context.clone()), PluginKind::Issuer, PluginPre::Issuer(pre, _) => pre.instance_pre(), |s, instance| async {
             let guest = lifecycle.load(&mut *s, instance)?;
@@ -670,8 +673,9 @@ impl PluginInstance {
 
     fn lifecycle(
         &self,
-    ) -> Option<&crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::GuestIndices>
-    {
+    ) -> Option<
+        &crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::GuestIndices,
+    > {
         match &self.plugin.pre {
             PluginPre::Issuer(_, lifecycle) => lifecycle.as_ref(),
             _ => None,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::bindings::issuer::IssuerPre;
 use crate::bindings::dns_solver::DnsSolverPre;
+use crate::bindings::issuer::IssuerPre;
 use crate::bindings::lifecycle::exports::certplane::connector::issuer_lifecycle::GuestIndices as LifecycleIndices;
 use crate::bindings::notifier::NotifierPre;
 use crate::bindings::target::TargetPre;

@@ -20,7 +20,10 @@ const WORLDS: &[&str] = &["issuer", "target", "notifier"];
 
 /// A resolve holding one released version and the current WIT (given as
 /// text, so a test can check a changed copy).
-fn resolve_with(released: &str, current: &str) -> (Resolve, wit_parser::PackageId, wit_parser::PackageId) {
+fn resolve_with(
+    released: &str,
+    current: &str,
+) -> (Resolve, wit_parser::PackageId, wit_parser::PackageId) {
     let wit = repo_root().join("wit");
     let mut resolve = Resolve::default();
     let (old, _) = resolve

@@ -151,7 +151,10 @@ async fn extra_roots_and_client_certificates_belong_to_one_instance() {
     )
     .unwrap();
     let err = trusting.submit(&request()).await.unwrap_err();
-    assert!(err.to_string().contains("503"), "the upstream answered: {err}");
+    assert!(
+        err.to_string().contains("503"),
+        "the upstream answered: {err}"
+    );
     assert_eq!(served.load(Ordering::SeqCst), 1);
     let other = PluginInstance::new(plugin.clone(), config(addr, "other")).unwrap();
     let err = other.submit(&request()).await.unwrap_err();
