@@ -1,10 +1,18 @@
-//! http-01 challenges this agent serves from the local web server's
-//! webroot (an issuer whose `grants.challenges.http_01` is `"agent"`):
-//! the work poll hands out tasks; `publish` writes the token file
-//! ([`crate::webroot`]), fetches it back through the web server the way
+//! http-01 challenges this agent serves (an issuer whose
+//! `grants.challenges.http_01` is `"agent"`), in one of two modes:
+//!
+//! - **webroot** (`[challenges] webroot`): the token file goes into the
+//!   local web server's webroot ([`crate::webroot`]) and is checked through
+//!   that web server at `[challenges] check_url`;
+//! - **standalone** (`[challenges] listen`): the agent's own listener
+//!   ([`crate::standalone`]) answers the token from memory and is checked
+//!   at its bound address.
+//!
+//! Both go through the same flow: the work poll hands out tasks;
+//! `publish` puts the token where it is served, fetches it back the way
 //! the CA will (`GET /.well-known/acme-challenge/<token>` with the name as
-//! `Host`, at `[challenges] check_url`) and reports `ready` or `failed`;
-//! `withdraw` deletes the file and reports `withdrawn`.
+//! `Host`) and reports `ready` or `failed`; `withdraw` removes it and
+//! reports `withdrawn`.
 //!
 //! Reports are idempotent on the host, and an unreported task is handed out
 //! again, so a task interrupted anywhere is simply done again.
@@ -16,10 +24,12 @@ use certplane_proto::agent::{
     ChallengeAction, ChallengeReport, ChallengeReportState, ChallengeTask,
 };
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ChallengesConfig;
 use crate::hostapi::{HostApi, HostError};
-use crate::webroot::{Webroot, WebrootError};
+use crate::standalone::{ListenError, Standalone};
+use crate::webroot::{Webroot, WebrootError, valid_key_authorization, valid_token};
 
 /// Longest answer read from the web server.
 const MAX_BODY: usize = 64 * 1024;
@@ -30,7 +40,7 @@ const FIRST_PAUSE: Duration = Duration::from_millis(200);
 /// Longest pause between fetches.
 const LAST_PAUSE: Duration = Duration::from_secs(2);
 
-/// Where the local web server answers plain HTTP.
+/// Where a token is fetched back over plain HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckUrl {
     host: CheckHost,
@@ -77,6 +87,15 @@ impl CheckUrl {
         })
     }
 
+    /// `http://<addr>`.
+    fn of_addr(addr: SocketAddr) -> CheckUrl {
+        CheckUrl {
+            host: CheckHost::Ip(addr.ip()),
+            port: addr.port(),
+            text: format!("http://{addr}"),
+        }
+    }
+
     async fn addr(&self) -> std::io::Result<SocketAddr> {
         match &self.host {
             CheckHost::Ip(ip) => Ok(SocketAddr::new(*ip, self.port)),
@@ -88,21 +107,120 @@ impl CheckUrl {
     }
 }
 
+/// Where this agent puts tokens for the CA to fetch.
+#[derive(Debug, Clone)]
+enum Publisher {
+    /// Neither `webroot` nor `listen`: http-01 tasks are refused.
+    Unset,
+    /// Token files served by the local web server, checked at `check`.
+    Webroot {
+        webroot: Webroot,
+        check: Result<CheckUrl, String>,
+    },
+    /// Tokens in memory, served by the agent's own listener.
+    Standalone(Standalone),
+}
+
+impl Publisher {
+    /// What serves the tokens, for messages.
+    fn server(&self) -> &'static str {
+        match self {
+            Publisher::Standalone(_) => "the agent's listener",
+            Publisher::Unset | Publisher::Webroot { .. } => "the web server",
+        }
+    }
+
+    /// What a token is, for messages.
+    fn token_noun(&self) -> &'static str {
+        match self {
+            Publisher::Standalone(_) => "the token",
+            Publisher::Unset | Publisher::Webroot { .. } => "the token file",
+        }
+    }
+
+    fn check(&self) -> Result<CheckUrl, String> {
+        match self {
+            Publisher::Unset => Err(NO_PUBLISHER.into()),
+            Publisher::Webroot { check, .. } => check
+                .clone()
+                .map_err(|e| format!("`[challenges] check_url`: {e}")),
+            Publisher::Standalone(standalone) => Ok(CheckUrl::of_addr(standalone.check_addr())),
+        }
+    }
+
+    /// Makes `token` served; returns where, for the log.
+    async fn put(&self, token: &str, key_authorization: &str) -> Result<String, String> {
+        match self {
+            Publisher::Unset => Err(NO_PUBLISHER.into()),
+            Publisher::Webroot { webroot, .. } => {
+                let (webroot, token, value) = (
+                    webroot.clone(),
+                    token.to_string(),
+                    key_authorization.to_string(),
+                );
+                let path = blocking(move || webroot.write_token(&token, &value)).await?;
+                Ok(path.display().to_string())
+            }
+            Publisher::Standalone(standalone) => {
+                standalone
+                    .insert(token, key_authorization)
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("http://{}", standalone.local_addr()))
+            }
+        }
+    }
+
+    /// Stops serving `token`; `false` when it was not served.
+    async fn remove(&self, token: &str) -> Result<bool, String> {
+        match self {
+            Publisher::Unset => Ok(false),
+            Publisher::Webroot { webroot, .. } => {
+                let (webroot, token) = (webroot.clone(), token.to_string());
+                blocking(move || webroot.remove_token(&token)).await
+            }
+            Publisher::Standalone(standalone) => Ok(standalone.remove(token)),
+        }
+    }
+}
+
+const NO_PUBLISHER: &str = "this agent serves no http-01 challenges: set `[challenges] webroot` \
+    in its configuration to the directory its web server serves, or `[challenges] listen` to \
+    the address where the agent answers them itself";
+
 /// Serves challenge tasks with this agent's `[challenges]` settings.
 #[derive(Debug, Clone)]
 pub struct Challenges {
-    webroot: Option<Webroot>,
-    check: Result<CheckUrl, String>,
+    publisher: Publisher,
     check_within: Duration,
 }
 
 impl Challenges {
     /// The handler of `config` (checked when the configuration loaded).
-    pub fn new(config: &ChallengesConfig) -> Challenges {
-        Challenges {
-            webroot: config.webroot.clone().map(Webroot::new),
-            check: CheckUrl::parse(&config.check_url),
+    /// With `listen`, binds it and serves until `shutdown` is cancelled or
+    /// the last clone of the handler is dropped.
+    pub async fn start(
+        config: &ChallengesConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Challenges, ListenError> {
+        let publisher = match (&config.webroot, config.listen) {
+            (_, Some(addr)) => Publisher::Standalone(Standalone::bind(addr, shutdown).await?),
+            (Some(webroot), None) => Publisher::Webroot {
+                webroot: Webroot::new(webroot.clone()),
+                check: CheckUrl::parse(&config.check_url),
+            },
+            (None, None) => Publisher::Unset,
+        };
+        Ok(Challenges {
+            publisher,
             check_within: Duration::from_secs(config.check_within_secs),
+        })
+    }
+
+    /// The listener's bound address in standalone mode.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        match &self.publisher {
+            Publisher::Standalone(standalone) => Some(standalone.local_addr()),
+            Publisher::Unset | Publisher::Webroot { .. } => None,
         }
     }
 
@@ -115,27 +233,37 @@ impl Challenges {
     }
 
     async fn publish(&self, task: &ChallengeTask) -> ChallengeReport {
-        let Some(webroot) = self.webroot.clone() else {
-            return failed(
-                "this agent has no webroot for http-01 challenges: set `[challenges] webroot` \
-                 in its configuration to the directory its web server serves",
-            );
-        };
+        let publisher = &self.publisher;
+        if matches!(publisher, Publisher::Unset) {
+            return failed(NO_PUBLISHER);
+        }
         if !valid_name(&task.identifier) {
             return failed(format!("{:?} is not a DNS name", task.identifier));
         }
-        let check = match &self.check {
-            Ok(check) => check.clone(),
-            Err(e) => return failed(format!("`[challenges] check_url`: {e}")),
+        // Checked here for both modes, so neither the disk nor the map ever
+        // sees a token a path or a response could make use of.
+        if !valid_token(&task.token) {
+            return failed(format!(
+                "cannot publish the token: {}",
+                WebrootError::BadToken(task.token.clone())
+            ));
+        }
+        if !valid_key_authorization(&task.key_authorization) {
+            return failed(format!(
+                "cannot publish the token: {}",
+                WebrootError::BadKeyAuthorization
+            ));
+        }
+        let check = match publisher.check() {
+            Ok(check) => check,
+            Err(e) => return failed(e),
         };
-        let (token, value) = (task.token.clone(), task.key_authorization.clone());
-        let written = blocking(move || webroot.write_token(&token, &value)).await;
-        let path = match written {
-            Ok(path) => path,
+        let at = match publisher.put(&task.token, &task.key_authorization).await {
+            Ok(at) => at,
             Err(e) => return failed(format!("cannot publish the token: {e}")),
         };
         tracing::info!(job = %task.job_id, challenge = %task.challenge_id,
-            identifier = %task.identifier, path = %path.display(), "challenge token written");
+            identifier = %task.identifier, %at, "challenge token published");
         match self.served(&check, task).await {
             Ok(()) => ChallengeReport {
                 state: ChallengeReportState::Ready,
@@ -143,15 +271,13 @@ impl Challenges {
             },
             Err(seen) => {
                 // Not served: nothing should be left for the CA to find.
-                if let Some(webroot) = self.webroot.clone() {
-                    let token = task.token.clone();
-                    if let Err(e) = blocking(move || webroot.remove_token(&token)).await {
-                        tracing::warn!(job = %task.job_id, challenge = %task.challenge_id,
-                            error = %e, "cannot remove a token that is not served");
-                    }
+                if let Err(e) = publisher.remove(&task.token).await {
+                    tracing::warn!(job = %task.job_id, challenge = %task.challenge_id,
+                        error = %e, "cannot remove a token that is not served");
                 }
                 failed(format!(
-                    "the web server does not serve the token within {} s: {seen}",
+                    "{} does not serve the token within {} s: {seen}",
+                    publisher.server(),
                     self.check_within.as_secs()
                 ))
             }
@@ -159,22 +285,23 @@ impl Challenges {
     }
 
     async fn withdraw(&self, task: &ChallengeTask) -> ChallengeReport {
-        let Some(webroot) = self.webroot.clone() else {
+        let publisher = &self.publisher;
+        if matches!(publisher, Publisher::Unset) {
             return ChallengeReport {
                 state: ChallengeReportState::Withdrawn,
-                message: Some("this agent has no webroot; nothing to remove".into()),
+                message: Some("this agent serves no http-01 challenges; nothing to remove".into()),
             };
-        };
-        let token = task.token.clone();
-        let message = match blocking(move || webroot.remove_token(&token)).await {
+        }
+        let noun = publisher.token_noun();
+        let message = match publisher.remove(&task.token).await {
             Ok(true) => None,
-            Ok(false) => Some("the token file was already gone".to_string()),
+            Ok(false) => Some(format!("{noun} was already gone")),
             // Retrying would not make a file this agent cannot delete go
             // away; the host keeps the message with the challenge.
             Err(e) => {
                 tracing::warn!(job = %task.job_id, challenge = %task.challenge_id,
-                    error = %e, "a token file could not be removed");
-                Some(format!("the token file could not be removed: {e}"))
+                    error = %e, "a token could not be removed");
+                Some(format!("{noun} could not be removed: {e}"))
             }
         };
         ChallengeReport {
@@ -183,9 +310,9 @@ impl Challenges {
         }
     }
 
-    /// Fetches the token through the web server until it answers the key
-    /// authorization or `check_within` has passed; the error is the last
-    /// observation.
+    /// Fetches the token through whatever serves it until it answers the
+    /// key authorization or `check_within` has passed; the error is the
+    /// last observation.
     async fn served(&self, check: &CheckUrl, task: &ChallengeTask) -> Result<(), String> {
         let deadline = Instant::now() + self.check_within;
         let path = format!("/.well-known/acme-challenge/{}", task.token);
@@ -345,7 +472,6 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-    use crate::webroot::valid_token;
 
     /// A web server serving `root` for the name `www.example.test` only
     /// (anything else, or another `Host`, is a 404); returns its URL.
@@ -431,19 +557,43 @@ mod tests {
     fn config(webroot: Option<&std::path::Path>, check_url: &str) -> ChallengesConfig {
         ChallengesConfig {
             webroot: webroot.map(|p| p.to_path_buf()),
+            listen: None,
             check_url: check_url.into(),
             check_within_secs: 1,
         }
     }
 
+    async fn start(config: &ChallengesConfig) -> Challenges {
+        Challenges::start(config, &CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    /// The agent in standalone mode on a free loopback port.
+    async fn standalone() -> Challenges {
+        let mut config = config(None, "http://127.0.0.1:9");
+        config.listen = Some("127.0.0.1:0".parse().unwrap());
+        start(&config).await
+    }
+
+    async fn get(challenges: &Challenges, token: &str) -> (u16, String) {
+        let addr = challenges.listen_addr().unwrap();
+        let path = format!("/.well-known/acme-challenge/{token}");
+        fetch(&CheckUrl::of_addr(addr), &path, "www.example.test")
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn without_a_webroot_publishing_fails_clearly_and_withdrawing_is_done() {
-        let challenges = Challenges::new(&config(None, "http://127.0.0.1:9"));
+        let challenges = start(&config(None, "http://127.0.0.1:9")).await;
         let report = challenges
             .perform(&task(ChallengeAction::Publish, "tok"))
             .await;
         assert_eq!(report.state, ChallengeReportState::Failed);
-        assert!(report.message.unwrap().contains("[challenges] webroot"));
+        let message = report.message.unwrap();
+        assert!(message.contains("[challenges] webroot"), "{message}");
+        assert!(message.contains("[challenges] listen"), "{message}");
         let report = challenges
             .perform(&task(ChallengeAction::Withdraw, "tok"))
             .await;
@@ -454,7 +604,7 @@ mod tests {
     async fn a_served_token_is_ready_and_withdrawal_deletes_it() {
         let tmp = tempfile::tempdir().unwrap();
         let url = web_server(tmp.path().to_path_buf()).await;
-        let challenges = Challenges::new(&config(Some(tmp.path()), &url));
+        let challenges = start(&config(Some(tmp.path()), &url)).await;
         let report = challenges
             .perform(&task(ChallengeAction::Publish, "tok_1"))
             .await;
@@ -479,7 +629,7 @@ mod tests {
     async fn the_check_asks_for_the_validated_name() {
         let tmp = tempfile::tempdir().unwrap();
         let url = web_server(tmp.path().to_path_buf()).await;
-        let challenges = Challenges::new(&config(Some(tmp.path()), &url));
+        let challenges = start(&config(Some(tmp.path()), &url)).await;
         let mut other = task(ChallengeAction::Publish, "tok");
         other.identifier = "other.example.test".into();
         let report = challenges.perform(&other).await;
@@ -498,10 +648,11 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let challenges = Challenges::new(&config(
+        let challenges = start(&config(
             Some(tmp.path()),
             &format!("http://127.0.0.1:{port}"),
-        ));
+        ))
+        .await;
         let report = challenges
             .perform(&task(ChallengeAction::Publish, "tok"))
             .await;
@@ -516,5 +667,83 @@ mod tests {
             .await;
         assert_eq!(report.state, ChallengeReportState::Failed);
         assert!(report.message.unwrap().contains("base64url"));
+    }
+
+    #[tokio::test]
+    async fn standalone_serves_a_token_while_it_is_live() {
+        let challenges = standalone().await;
+        assert_eq!(get(&challenges, "tok_1").await.0, 404);
+        let report = challenges
+            .perform(&task(ChallengeAction::Publish, "tok_1"))
+            .await;
+        assert_eq!(
+            report,
+            ChallengeReport {
+                state: ChallengeReportState::Ready,
+                message: None
+            }
+        );
+        assert_eq!(
+            get(&challenges, "tok_1").await,
+            (200, "tok_1.thumb".to_string())
+        );
+        // Another token, live or not, is not this one.
+        assert_eq!(get(&challenges, "tok_2").await.0, 404);
+        let report = challenges
+            .perform(&task(ChallengeAction::Withdraw, "tok_1"))
+            .await;
+        assert_eq!(
+            report,
+            ChallengeReport {
+                state: ChallengeReportState::Withdrawn,
+                message: None
+            }
+        );
+        assert_eq!(get(&challenges, "tok_1").await.0, 404);
+        let again = challenges
+            .perform(&task(ChallengeAction::Withdraw, "tok_1"))
+            .await;
+        assert_eq!(again.state, ChallengeReportState::Withdrawn);
+        assert_eq!(again.message.as_deref(), Some("the token was already gone"));
+    }
+
+    #[tokio::test]
+    async fn standalone_refuses_malformed_tokens_before_serving_them() {
+        let challenges = standalone().await;
+        for token in ["../tok", "a.b", ""] {
+            let report = challenges
+                .perform(&task(ChallengeAction::Publish, token))
+                .await;
+            assert_eq!(report.state, ChallengeReportState::Failed, "{token:?}");
+            assert!(report.message.unwrap().contains("base64url"), "{token:?}");
+        }
+        let mut bad_value = task(ChallengeAction::Publish, "tok");
+        bad_value.key_authorization = "tok thumb".into();
+        let report = challenges.perform(&bad_value).await;
+        assert_eq!(report.state, ChallengeReportState::Failed);
+        assert!(report.message.unwrap().contains("key authorization"));
+        assert_eq!(get(&challenges, "tok").await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn standalone_on_any_address_checks_through_loopback() {
+        let mut config = config(None, "http://127.0.0.1:9");
+        config.listen = Some("0.0.0.0:0".parse().unwrap());
+        let challenges = start(&config).await;
+        let report = challenges
+            .perform(&task(ChallengeAction::Publish, "tok"))
+            .await;
+        assert_eq!(report.state, ChallengeReportState::Ready, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_listen_address_in_use_fails_the_start() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = config(None, "http://127.0.0.1:9");
+        config.listen = Some(taken.local_addr().unwrap());
+        let err = Challenges::start(&config, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot listen"), "{err}");
     }
 }

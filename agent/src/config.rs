@@ -7,6 +7,7 @@
 //! each target connector may touch on this machine. The rest has defaults.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,30 +77,39 @@ pub struct AgentConfig {
     /// a connector entry's own `deadline_secs`/`memory_mib` set the value.
     #[serde(default)]
     pub limits: certplane_runtime::LimitPolicy,
-    /// http-01 challenges served from the local web server's webroot (an
-    /// issuer whose `grants.challenges.http_01` is `"agent"`).
+    /// http-01 challenges served from the local web server's webroot or
+    /// by the agent's own listener (an issuer whose
+    /// `grants.challenges.http_01` is `"agent"`).
     #[serde(default)]
     pub challenges: ChallengesConfig,
 }
 
 /// The `[challenges]` section: where this machine's web server serves
-/// `/.well-known/acme-challenge/` from, and where to ask it.
+/// `/.well-known/acme-challenge/` from and where to ask it (webroot mode),
+/// or where the agent answers it itself (standalone mode); at most one of
+/// `webroot` and `listen`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ChallengesConfig {
     /// The directory the web server serves for every name this agent's
     /// certificates cover; token files go to
-    /// `<webroot>/.well-known/acme-challenge/<token>`. Unset: this agent
-    /// refuses http-01 tasks (reported failed).
+    /// `<webroot>/.well-known/acme-challenge/<token>`. Neither this nor
+    /// `listen`: this agent refuses http-01 tasks (reported failed).
     #[serde(default)]
     pub webroot: Option<PathBuf>,
+    /// Standalone mode: the address (e.g. `0.0.0.0:80`) the agent listens
+    /// on for plain-HTTP `GET /.well-known/acme-challenge/<token>` and
+    /// answers live tokens from memory; bound at start.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
     /// Where the web server answers plain HTTP (`http://host[:port]`); the
     /// agent fetches each token there with the validated name as `Host`
-    /// before reporting it ready.
+    /// before reporting it ready (webroot mode; with `listen` the agent
+    /// asks its own listener).
     #[serde(default = "defaults::check_url")]
     pub check_url: String,
-    /// How long the agent keeps looking for a token it wrote before it
-    /// reports the challenge failed.
+    /// How long the agent keeps looking for a token it published before
+    /// it reports the challenge failed.
     #[serde(default = "defaults::check_within_secs")]
     pub check_within_secs: u64,
 }
@@ -108,6 +118,7 @@ impl Default for ChallengesConfig {
     fn default() -> Self {
         ChallengesConfig {
             webroot: None,
+            listen: None,
             check_url: defaults::check_url(),
             check_within_secs: defaults::check_within_secs(),
         }
@@ -262,6 +273,13 @@ impl AgentConfig {
         self.limits
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.challenges.webroot.is_some() && self.challenges.listen.is_some() {
+            return invalid(
+                "set one of `challenges.webroot` (the local web server serves the tokens) and \
+                 `challenges.listen` (the agent serves them itself), not both"
+                    .into(),
+            );
+        }
         if let Some(webroot) = &self.challenges.webroot
             && !webroot.is_absolute()
         {
@@ -429,10 +447,46 @@ mod tests {
             assert_eq!(config.challenges.check_url, "http://localhost:8080");
             Ok(())
         });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                &format!("{MINIMAL}\n[challenges]\nlisten = \"0.0.0.0:80\"\n"),
+            )?;
+            let config = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap();
+            assert_eq!(
+                config.challenges.listen,
+                Some("0.0.0.0:80".parse().unwrap())
+            );
+            assert_eq!(config.challenges.webroot, None);
+            // The environment sets it as well.
+            jail.set_env("CERTPLANE_AGENT_CHALLENGES__LISTEN", "127.0.0.1:8080");
+            let config = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap();
+            assert_eq!(
+                config.challenges.listen,
+                Some("127.0.0.1:8080".parse().unwrap())
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                &format!(
+                    "{MINIMAL}\n[challenges]\nwebroot = \"/var/www/html\"\nlisten = \"0.0.0.0:80\"\n"
+                ),
+            )?;
+            let err = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains("challenges.webroot"), "{message}");
+            assert!(message.contains("challenges.listen"), "{message}");
+            assert!(message.contains("not both"), "{message}");
+            Ok(())
+        });
         for (key, value, needle) in [
             ("webroot", "\"www\"", "absolute"),
             ("check_url", "\"https://127.0.0.1\"", "check_url"),
             ("check_within_secs", "0", "check_within_secs"),
+            ("listen", "\"0.0.0.0\"", "listen"),
+            ("listen", "80", "listen"),
         ] {
             figment::Jail::expect_with(|jail| {
                 jail.create_file(

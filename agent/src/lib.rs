@@ -9,8 +9,9 @@
 //! - [`runner`]: registration, heartbeat and the long-poll loop;
 //! - [`executor`]: CSRs, deployments and verification jobs;
 //! - [`grants`]: narrowing the host's grant requests to the allowance;
-//! - [`challenges`], [`webroot`]: http-01 token files in the local web
-//!   server's webroot, checked through the web server;
+//! - [`challenges`], [`webroot`], [`standalone`]: http-01 tokens, as
+//!   files in the local web server's webroot or answered by the agent's
+//!   own listener, checked the way the CA fetches them;
 //! - [`backoff`]: reconnect delays.
 //!
 //! [`runner::run`] is the whole agent; the binary and the host's demo
@@ -23,6 +24,7 @@ pub mod executor;
 pub mod grants;
 pub mod hostapi;
 pub mod runner;
+pub mod standalone;
 pub mod state;
 pub mod webroot;
 

@@ -64,6 +64,9 @@ pub enum AgentError {
         .0.display()
     )]
     NoBootstrapToken(std::path::PathBuf),
+    /// `[challenges] listen` cannot be bound.
+    #[error(transparent)]
+    Listen(#[from] crate::standalone::ListenError),
     /// The host refused the credential or bootstrap token, or the client
     /// cannot be set up.
     #[error(transparent)]
@@ -121,6 +124,9 @@ pub async fn run(
     if config.bootstrap_token.is_none() && state.credential()?.is_none() {
         return Err(AgentError::NoBootstrapToken(state.root().to_path_buf()));
     }
+    // Bound before anything slow, so a taken port fails the start at once;
+    // the listener stops with `shutdown`, or when this returns.
+    let challenges = Challenges::start(&config.challenges, &shutdown).await?;
     let runtime = Runtime::new(runtime_config(&config, &state))
         .map_err(|e| AgentError::Plugins(e.to_string()))?;
     let (loaded, failed) = runtime
@@ -152,7 +158,6 @@ pub async fn run(
     )
     .map_err(AgentError::Host)?;
     let executor = Executor::new(config.clone(), state.clone(), api.clone(), plugins);
-    let challenges = Challenges::new(&config.challenges);
     let contact = Contact::new(state.clone());
 
     let exit = match mode {

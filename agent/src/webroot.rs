@@ -82,7 +82,9 @@ pub fn valid_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn valid_key_authorization(value: &str) -> bool {
+/// Whether `value` is fit to be served as a key authorization: printable
+/// ASCII, bounded.
+pub fn valid_key_authorization(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= MAX_KEY_AUTHORIZATION
         && value.bytes().all(|b| b.is_ascii_graphic())

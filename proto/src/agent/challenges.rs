@@ -1,4 +1,5 @@
-//! http-01 challenges an agent serves from its web server's webroot: the
+//! http-01 challenges an agent serves (from its web server's webroot, or
+//! from its own listener, as its `[challenges]` configuration says): the
 //! tasks a work poll hands out (`WorkReply::challenges`) and the agent's
 //! report on one (`POST /agents/jobs/{job_id}/challenges/{challenge_id}`).
 
@@ -9,7 +10,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChallengeAction {
-    /// Write the token file, check it is served, report `ready` or `failed`.
+    /// Publish the token (write the file, or serve it from the agent's
+    /// listener), check it is served, report `ready` or `failed`.
     Publish,
     /// Delete the token file (a missing one is fine), report `withdrawn`.
     Withdraw,

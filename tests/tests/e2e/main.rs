@@ -5,7 +5,9 @@
 //! is a module beside this one (`tests/tests/e2e/<name>.rs`); add `mod
 //! <name>;` here for a new one.
 
+mod acme_standalone;
 mod acme_webroot;
+mod agent_http01;
 mod agent_e2e;
 mod agent_process;
 mod crash;
