@@ -13,7 +13,8 @@ pub enum ChallengeAction {
     /// Publish the token (write the file, or serve it from the agent's
     /// listener), check it is served, report `ready` or `failed`.
     Publish,
-    /// Delete the token file (a missing one is fine), report `withdrawn`.
+    /// Stop serving the token (delete the file; a missing one is fine),
+    /// report `withdrawn`.
     Withdraw,
 }
 
