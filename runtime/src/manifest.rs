@@ -4,7 +4,7 @@
 //! name = "local-ca"
 //! version = "0.1.0"
 //! kind = "issuer"              # issuer | target | notifier
-//! world = "1.0.0"              # certplane:connector version built against
+//! world = "1.1.0"              # certplane:connector version built against
 //! component = "local-ca.wasm"  # relative to the manifest
 //! sha256 = "<64 lower-case hex digits of the .wasm bytes>"
 //! description = "..."
@@ -386,6 +386,9 @@ hosts = ["https://example.com"]
     fn incompatible_major_is_refused_with_versions_in_message() {
         let m = Manifest::parse(&GOOD.replace("\"1.0.0\"", "\"2.0.0\""), Path::new("/p")).unwrap();
         let err = m.check_compatible().unwrap_err().to_string();
-        assert!(err.contains("2.0.0") && err.contains("1.0.0"), "{err}");
+        assert!(
+            err.contains("2.0.0") && err.contains(&CONTRACT_VERSION.to_string()),
+            "{err}"
+        );
     }
 }

@@ -93,9 +93,23 @@ async fn upstream(pki: &Pki, require_client: bool) -> (SocketAddr, Arc<AtomicU32
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                // The whole request, body included: answering before the
+                // client has sent its body would race its write.
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let complete = |seen: &[u8]| {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        return false;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    seen.len() >= end + 4 + length
+                };
+                while !complete(&seen) {
                     match tls.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
