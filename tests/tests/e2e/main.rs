@@ -7,8 +7,8 @@
 
 mod acme_standalone;
 mod acme_webroot;
-mod agent_http01;
 mod agent_e2e;
+mod agent_http01;
 mod agent_process;
 mod crash;
 mod host_https_e2e;
