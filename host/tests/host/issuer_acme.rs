@@ -165,11 +165,20 @@ async fn wait_job(
         {
             return job.clone();
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; job: {:?}",
-            job.map(|j| (j.status, j.last_error))
-        );
+        if Instant::now() >= deadline {
+            // Say where it stood: the job and each challenge's state.
+            let rows = match &job {
+                Some(j) => store.job_challenges(&j.id).await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            panic!(
+                "timed out waiting for {what}; job: {:?}; challenges: {:?}",
+                job.map(|j| (j.status, j.order_id, j.last_error)),
+                rows.iter()
+                    .map(|r| (&r.challenge_id, &r.kind, &r.state, r.checks, &r.message))
+                    .collect::<Vec<_>>()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

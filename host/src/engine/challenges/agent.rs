@@ -1,9 +1,10 @@
 //! http-01 challenges served by an agent (`grants.challenges.http_01 =
 //! "agent"`, route `agent:<agent id>`).
 //!
-//! The agent running the certificate's key-holding target writes the token
-//! into its web server's webroot, checks that the web server serves it, and
-//! reports; on withdrawal it deletes the file and confirms. The host never
+//! The agent running the certificate's key-holding target publishes the
+//! token (into its web server's webroot, or on its own listener), checks
+//! that it is served, and reports; on withdrawal it stops serving it and
+//! confirms. The host never
 //! names a path on the agent's machine. What is left to the host: handing
 //! the tasks out with the agent's work poll, recording the reports, failing
 //! a challenge the agent did not report visible within
