@@ -66,6 +66,10 @@ CREATE TABLE challenges (
 -- The responder finds a token without a scan; only live challenges answer.
 CREATE INDEX challenges_http_tokens ON challenges (name)
     WHERE kind = 'http-01' AND state IN ('pending', 'ready');
+-- Live challenges, so withdrawing those of ended jobs (every publisher
+-- tick) reads only them, however long the history of withdrawn rows.
+CREATE INDEX challenges_live ON challenges (job_id)
+    WHERE state IN ('pending', 'ready', 'failed');
 -- The publisher's work: challenges to publish, check or withdraw.
 CREATE INDEX challenges_work ON challenges (next_check_at)
     WHERE state IN ('pending', 'withdrawing');
