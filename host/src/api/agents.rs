@@ -468,7 +468,8 @@ async fn report_result(
     Ok(Json(accepted))
 }
 
-/// Report on an http-01 challenge this agent serves from its webroot:
+/// Report on an http-01 challenge this agent serves (webroot or its own
+/// listener):
 /// `ready` or `failed` after publishing, `withdrawn` after removing it.
 /// A repeated report changes nothing (`changed: false`).
 #[utoipa::path(post, path = "/agents/jobs/{job_id}/challenges/{challenge_id}", tag = "agents",
