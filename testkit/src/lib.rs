@@ -56,6 +56,8 @@ pub mod db;
 #[cfg(feature = "host")]
 pub mod fixtures;
 #[cfg(feature = "host")]
+pub mod jobs;
+#[cfg(feature = "host")]
 pub mod stack;
 
 pub use ca::{test_ca, test_csr};

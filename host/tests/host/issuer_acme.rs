@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use certplane_host::engine;
-use certplane_host::store::{Certificate, Job, JobFilter, JobStatus, JobType, Store};
+use certplane_host::store::{Certificate, Job, JobStatus, JobType, Store};
 use certplane_testkit::Backend;
 use certplane_testkit::app::TestApp;
 use certplane_testkit::fake_cloudflare::FakeCloudflare;
+use certplane_testkit::jobs::{job_of, wait_for_job};
 use certplane_testkit::pebble::{Pebble, PebbleOptions};
 use certplane_testkit::plugin_dir_with_fixtures;
 use serde_json::{Value, json};
@@ -139,16 +140,7 @@ async fn certificate_with(
 }
 
 async fn issuance(store: &Store, cert: &Certificate) -> Option<Job> {
-    store
-        .list_jobs(&JobFilter {
-            job_type: Some(JobType::Issuance),
-            certificate_id: Some(cert.id.clone()),
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
+    job_of(store, &cert.id, JobType::Issuance).await
 }
 
 async fn wait_job(
@@ -157,30 +149,8 @@ async fn wait_job(
     what: &str,
     done: impl Fn(&Job) -> bool,
 ) -> Job {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let job = issuance(store, cert).await;
-        if let Some(job) = &job
-            && done(job)
-        {
-            return job.clone();
-        }
-        if Instant::now() >= deadline {
-            // Say where it stood: the job and each challenge's state.
-            let rows = match &job {
-                Some(j) => store.job_challenges(&j.id).await.unwrap_or_default(),
-                None => Vec::new(),
-            };
-            panic!(
-                "timed out waiting for {what}; job: {:?}; challenges: {:?}",
-                job.map(|j| (j.status, j.order_id, j.last_error)),
-                rows.iter()
-                    .map(|r| (&r.challenge_id, &r.kind, &r.state, r.checks, &r.message))
-                    .collect::<Vec<_>>()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let within = Duration::from_secs(90);
+    wait_for_job(store, &cert.id, JobType::Issuance, what, within, done).await
 }
 
 /// Waits until every challenge of `job` is withdrawn; returns them.

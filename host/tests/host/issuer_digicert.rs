@@ -6,15 +6,16 @@
 //! reaches CertCentral with DigiCert's certificate id.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use certplane_host::api::AppState;
 use certplane_host::engine;
 use certplane_host::plugins::PluginRegistry;
-use certplane_host::store::{Job, JobFilter, JobStatus, JobType, Store, StoreOptions};
+use certplane_host::store::{Job, JobStatus, JobType, Store, StoreOptions};
 use certplane_testkit::app::TestApp;
 use certplane_testkit::fake_digicert::{FAKE_ORGANIZATION_ID, FakeDigicert};
+use certplane_testkit::jobs::wait_for_job;
 use certplane_testkit::{Backend, plugin_dir_with_fixtures};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -109,19 +110,6 @@ async fn setup(backend: Backend) -> Setup {
     }
 }
 
-async fn job_of(store: &Store, cert_id: &str, job_type: JobType) -> Option<Job> {
-    store
-        .list_jobs(&JobFilter {
-            job_type: Some(job_type),
-            certificate_id: Some(cert_id.to_string()),
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-}
-
 async fn wait_for(
     store: &Store,
     cert_id: &str,
@@ -129,21 +117,8 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&Job) -> bool,
 ) -> Job {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = job_of(store, cert_id, job_type).await;
-        if let Some(job) = &job
-            && done(job)
-        {
-            return job.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; job: {:?}",
-            job.map(|j| (j.status, j.last_error))
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let within = Duration::from_secs(60);
+    wait_for_job(store, cert_id, job_type, what, within, done).await
 }
 
 /// A second host process on the same database: new pool (another lease

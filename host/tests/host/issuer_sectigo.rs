@@ -6,18 +6,19 @@
 //! sslId.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use certplane_host::api::AppState;
 use certplane_host::engine;
 use certplane_host::plugins::PluginRegistry;
 use certplane_host::store::{
-    Certificate, Job, JobFilter, JobStatus, JobType, KeySource, NewCertificate, Store, StoreOptions,
+    Certificate, Job, JobStatus, JobType, KeySource, NewCertificate, Store, StoreOptions,
 };
 use certplane_testkit::Backend;
 use certplane_testkit::app::TestApp;
 use certplane_testkit::fake_sectigo::{self, FakeSectigo};
+use certplane_testkit::jobs::wait_for_job;
 use certplane_testkit::plugin_dir_with_fixtures;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -88,19 +89,6 @@ async fn setup(backend: Backend, pending_collects: u32) -> Setup {
     }
 }
 
-async fn job_of(store: &Store, cert: &Certificate, job_type: JobType) -> Option<Job> {
-    store
-        .list_jobs(&JobFilter {
-            job_type: Some(job_type),
-            certificate_id: Some(cert.id.clone()),
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-}
-
 async fn wait_for(
     store: &Store,
     cert: &Certificate,
@@ -108,21 +96,8 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&Job) -> bool,
 ) -> Job {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let job = job_of(store, cert, job_type).await;
-        if let Some(job) = &job
-            && done(job)
-        {
-            return job.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; job: {:?}",
-            job.map(|j| (j.status, j.last_error))
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let within = Duration::from_secs(40);
+    wait_for_job(store, &cert.id, job_type, what, within, done).await
 }
 
 async fn restart_mid_order_resumes_the_same_enrollment(backend: Backend) {

@@ -5,16 +5,17 @@
 //! contract says.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use certplane_host::api::AppState;
 use certplane_host::engine;
 use certplane_host::plugins::PluginRegistry;
 use certplane_host::store::{
-    Certificate, Job, JobFilter, JobStatus, JobType, KeySource, NewCertificate, Store, StoreOptions,
+    Certificate, Job, JobStatus, JobType, KeySource, NewCertificate, Store, StoreOptions,
 };
 use certplane_testkit::Backend;
 use certplane_testkit::app::TestApp;
+use certplane_testkit::jobs::wait_for_job;
 use certplane_testkit::plugin_dir_with_fixtures;
 use tokio_util::sync::CancellationToken;
 
@@ -58,44 +59,14 @@ async fn setup(backend: Backend, settings: serde_json::Value) -> Setup {
     }
 }
 
-async fn issuance_job(store: &Store, cert: &Certificate) -> Option<Job> {
-    store
-        .list_jobs(&JobFilter {
-            job_type: Some(JobType::Issuance),
-            certificate_id: Some(cert.id.clone()),
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-}
-
 async fn wait_for(
     store: &Store,
     cert: &Certificate,
     what: &str,
     done: impl Fn(&Job) -> bool,
 ) -> Job {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Some(job) = issuance_job(store, cert).await {
-            if done(&job) {
-                return job;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; job is {:?} ({:?})",
-                job.status,
-                job.last_error
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: no job"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let within = Duration::from_secs(40);
+    wait_for_job(store, &cert.id, JobType::Issuance, what, within, done).await
 }
 
 async fn orders_placed(store: &Store, job: &Job) -> i64 {

@@ -28,7 +28,7 @@ const TARGET_OPEN_JOBS_SQL: &str = "SELECT COUNT(*) FROM jobs
      WHERE target_id = $1 AND status NOT IN ('completed', 'cancelled')";
 
 /// Counts a solver's live challenges (not yet withdrawn); `route` is the
-/// placeholder of its route, `dns:<id>`.
+/// SQL parameter (`$n`) bound to its route, `dns:<id>`.
 fn solver_live_challenges_sql(route: &str) -> String {
     format!(
         "SELECT COUNT(*) FROM challenges
