@@ -94,9 +94,21 @@ pub async fn issuer_instance(
     engine: &Engine,
     issuer_id: &str,
 ) -> Result<Result<PluginInstance, String>, StoreError> {
+    Ok(issuer_with_routes(engine, issuer_id)
+        .await?
+        .map(|(instance, _)| instance))
+}
+
+/// [`issuer_instance`] and the issuer's challenge routes, from one read of
+/// its row.
+pub async fn issuer_with_routes(
+    engine: &Engine,
+    issuer_id: &str,
+) -> Result<Result<(PluginInstance, crate::grants::ChallengeRoutes), String>, StoreError> {
     let Some(row) = engine.store.get_issuer(issuer_id).await? else {
         return Ok(Err(format!("issuer {issuer_id} no longer exists")));
     };
+    let routes = super::challenges::routes_of(&row.grants);
     Ok(build_instance(
         engine,
         PluginKind::Issuer,
@@ -105,7 +117,8 @@ pub async fn issuer_instance(
         &row.settings,
         row.encrypted_secrets.as_deref(),
         &row.grants,
-    ))
+    )
+    .map(|instance| (instance, routes)))
 }
 
 /// Runs one connector call on the plugin threads ([`super::plugin_exec`])

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::challenges;
-use super::connectors::{failure_for, issuer_instance};
+use super::connectors::{failure_for, issuer_with_routes};
 use super::notify;
 use crate::engine::Engine;
 use crate::pipeline::certcheck::{IssuedInput, check_issued};
@@ -151,7 +151,7 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
         .get_certificate(cert_id)
         .await?
         .ok_or_else(|| permanent(format!("certificate {cert_id} no longer exists")))?;
-    let issuer = issuer_instance(engine, &cert.issuer_id)
+    let (issuer, routes) = issuer_with_routes(engine, &cert.issuer_id)
         .await?
         .map_err(permanent)?;
     let (dns_names, ips) = names_of(&cert);
@@ -201,10 +201,6 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
 
     // Contract 1.1: what the call may ask about, and what it leaves behind.
     let owner = format!("issuer/{}", cert.issuer_id);
-    let routes = match store.get_issuer(&cert.issuer_id).await? {
-        Some(row) => challenges::routes_of(&row.grants),
-        None => Default::default(),
-    };
     let context = challenges::issuer_context(engine, job, &cert, &owner, &routes).await?;
     let (call, effects) = match &order {
         None => {
