@@ -21,7 +21,7 @@
 //! ```
 
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -129,8 +129,10 @@ impl Challtestsrv {
     }
 
     fn try_start() -> io::Result<Challtestsrv> {
-        let dns = free_udp_and_tcp_port()?;
-        let mgmt = free_tcp_port()?;
+        let mut ports = crate::ports::PortReservation::default();
+        let dns = ports.udp_and_tcp();
+        let mgmt = ports.tcp();
+        drop(ports);
         let log = tempfile::NamedTempFile::new()?;
         let child = Command::new(BINARY)
             .args(["-dns01", &dns.to_string()])
@@ -195,24 +197,6 @@ impl Drop for Challtestsrv {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_tcp_port() -> io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
-/// A loopback port free for both UDP and TCP (a DNS server takes both).
-fn free_udp_and_tcp_port() -> io::Result<SocketAddr> {
-    for _ in 0..20 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        let addr = udp.local_addr()?;
-        if TcpListener::bind(addr).is_ok() {
-            return Ok(addr);
-        }
-    }
-    Err(io::Error::other(
-        "no loopback port free for both UDP and TCP",
-    ))
 }
 
 /// The TXT values of `name` as the DNS server at `server` answers them

@@ -47,6 +47,7 @@ pub mod fake_digicert;
 pub mod fake_sectigo;
 pub mod pebble;
 pub mod plugins;
+mod ports;
 pub mod server_thread;
 
 #[cfg(feature = "host")]

@@ -36,7 +36,7 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -62,6 +62,9 @@ pub const EAB_HMAC_KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nME
 
 /// How long [`Pebble::start`] waits for both processes to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often [`Pebble::start`] tries when a port was taken under it.
+const START_ATTEMPTS: u32 = 3;
 
 /// How to run Pebble.
 #[derive(Debug, Clone, Default)]
@@ -115,6 +118,22 @@ impl Pebble {
     /// do not, and with `apt-get install pebble` when they are not
     /// installed.
     pub fn start(options: PebbleOptions) -> Pebble {
+        // Another test process may still bind a port between its release
+        // here and the server's bind; such a start is tried again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Pebble::try_start(&options) {
+                Ok(pebble) => return pebble,
+                Err(e) if attempts < START_ATTEMPTS && e.contains("address already in use") => {
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn try_start(options: &PebbleOptions) -> Result<Pebble, String> {
         let dir = tempfile::tempdir().expect("a temporary directory for Pebble");
         let tls_material = tls_material().expect("Pebble's TLS certificate");
         let (tls_root_pem, cert_pem, key_pem) = (
@@ -130,21 +149,25 @@ impl Pebble {
         // Free ports are found by binding and releasing them, so two tests
         // starting at once (nextest runs them as parallel processes) could
         // pick the same one. Starts are serialized across processes until
-        // every port is bound by its server.
+        // every port is bound by its server, and every port of one start
+        // stays bound until all are picked, so the kernel cannot hand the
+        // same one out twice.
         let _start_lock = start_lock();
-        let dns = free_udp_and_tcp_port();
+        let mut ports = crate::ports::PortReservation::default();
+        let dns = ports.udp_and_tcp();
         let http01 = match options.http_port {
             Some(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-            None => free_tcp_port(),
+            None => ports.tcp(),
         };
         let challtestsrv_http01 = match options.http_port {
             Some(_) => String::new(),
             None => http01.to_string(),
         };
-        let challtestsrv_management = free_tcp_port();
-        let acme = free_tcp_port();
-        let management = free_tcp_port();
-        let tls_port = free_tcp_port();
+        let challtestsrv_management = ports.tcp();
+        let acme = ports.tcp();
+        let management = ports.tcp();
+        let tls_port = ports.tcp();
+        drop(ports);
 
         let challtestsrv = spawn(
             Command::new(CHALLTESTSRV)
@@ -207,11 +230,11 @@ impl Pebble {
             tls,
             external_http01: options.http_port.is_some(),
         };
-        this.wait_until_up();
+        this.wait_until_up()?;
         if options.http_port.is_none() {
             this.check_http01_responder();
         }
-        this
+        Ok(this)
     }
 
     /// The http-01 port must be our challtestsrv's: a port taken by
@@ -248,7 +271,7 @@ impl Pebble {
         crate::challtestsrv::ChalltestsrvMgmt::new(self.challtestsrv_management)
     }
 
-    fn wait_until_up(&mut self) {
+    fn wait_until_up(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let exited = [
@@ -257,10 +280,10 @@ impl Pebble {
             ];
             for (name, status) in exited {
                 if let Ok(Some(status)) = status {
-                    panic!(
+                    return Err(format!(
                         "{name} exited at start ({status}):\n{}",
                         self.logs_for_panic()
-                    );
+                    ));
                 }
             }
             let up = self.get_tls(self.acme, "/dir").is_ok_and(|(s, _)| s == 200)
@@ -268,13 +291,13 @@ impl Pebble {
                 && TcpStream::connect(self.challtestsrv_management).is_ok()
                 && (self.external_http01 || TcpStream::connect(self.http01).is_ok());
             if up {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "Pebble did not answer within {START_TIMEOUT:?}:\n{}",
                     self.logs_for_panic()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -470,23 +493,6 @@ fn absolute(host: &str) -> String {
     } else {
         format!("{host}.")
     }
-}
-
-fn free_tcp_port() -> SocketAddr {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("a free loopback port");
-    listener.local_addr().expect("its address")
-}
-
-/// A port free for both UDP and TCP (the DNS server binds both).
-fn free_udp_and_tcp_port() -> SocketAddr {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind(("127.0.0.1", 0)).expect("a free UDP port");
-        let addr = udp.local_addr().expect("its address");
-        if TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-    panic!("no loopback port free for both UDP and TCP");
 }
 
 /// (status, body) of a raw HTTP/1.x response.
