@@ -26,6 +26,8 @@ pub mod target {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "certplane:connector/target",
+        // An action waits for a process; everything else answers at once.
+        imports: { "certplane:connector/actions": async },
         exports: { default: async },
         require_store_data_send: true,
         with: {

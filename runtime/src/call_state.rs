@@ -93,7 +93,11 @@ pub(crate) struct CallState {
     pub(crate) instance: Arc<str>,
     pub(crate) denials: DenialLog,
     pub(crate) started: Instant,
+    /// The call's wall-clock deadline (actions are cut to what is left).
+    pub(crate) deadline: std::time::Duration,
     pub(crate) deadline_hit: bool,
+    /// The named actions granted to the instance (targets).
+    pub(crate) actions: Arc<BTreeMap<String, crate::actions::ActionSpec>>,
     /// The instance's secrets, redacted from every log line.
     pub(crate) redactor: Arc<Redactor>,
     pub(crate) log_budget: LogBudget,

@@ -281,6 +281,10 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
         context::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
         store::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
         challenges::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
+        crate::bindings::target::certplane::connector::actions::add_to_linker::<T, HasSelf<T>>(
+            l,
+            |t| t,
+        )?;
     }
     Ok(linker)
 }

@@ -121,6 +121,14 @@ pub enum ConfigError {
     /// The instance's extra trust roots or client certificate are unusable.
     #[error("invalid TLS configuration: {0}")]
     Tls(String),
+    /// A named action's definition or grant is unusable.
+    #[error("invalid action {name:?}: {reason}")]
+    Action {
+        /// The action's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Why one plugin call failed. The host maps these to job outcomes.

@@ -355,6 +355,8 @@ pub struct Grants {
     pub hosts: HostGrants,
     /// Preopened directories.
     pub directories: Vec<DirGrant>,
+    /// Named actions (targets only), by name, as the operator defined them.
+    pub actions: std::collections::BTreeMap<String, crate::actions::ActionSpec>,
 }
 
 #[cfg(test)]

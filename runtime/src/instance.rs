@@ -171,6 +171,7 @@ pub struct PluginInstance {
     secrets: Arc<BTreeMap<String, Secret>>,
     hosts: Arc<HostGrants>,
     directories: Arc<[DirGrant]>,
+    actions: Arc<BTreeMap<String, crate::actions::ActionSpec>>,
     limits: Limits,
     /// Built once from `secrets`; applied to every error and log line.
     redactor: Arc<Redactor>,
@@ -232,6 +233,24 @@ impl PluginInstance {
                 });
             }
         }
+        if !config.grants.actions.is_empty() && plugin.kind() != crate::PluginKind::Target {
+            return Err(ConfigError::Action {
+                name: config
+                    .grants
+                    .actions
+                    .keys()
+                    .next()
+                    .cloned()
+                    .unwrap_or_default(),
+                reason: format!(
+                    "plugin {} is not a target; only targets run actions",
+                    plugin.name()
+                ),
+            });
+        }
+        for (name, spec) in &config.grants.actions {
+            spec.validate(name)?;
+        }
         let tls = if config.tls.is_default() {
             None
         } else {
@@ -258,6 +277,7 @@ impl PluginInstance {
             secrets: Arc::new(config.secrets),
             hosts: Arc::new(config.grants.hosts),
             directories: config.grants.directories.into(),
+            actions: Arc::new(config.grants.actions),
             limits,
             plugin,
         })
@@ -323,7 +343,9 @@ impl PluginInstance {
             instance: self.id.clone(),
             denials,
             started: Instant::now(),
+            deadline: self.limits.deadline,
             deadline_hit: false,
+            actions: self.actions.clone(),
             redactor: self.redactor.clone(),
             log_budget: LogBudget::new(
                 self.plugin.name.clone(),

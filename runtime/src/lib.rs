@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod actions;
 pub mod asyncpoll;
 pub mod bindings;
 pub mod bounds;

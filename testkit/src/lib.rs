@@ -37,14 +37,18 @@
 use std::path::PathBuf;
 
 pub mod ca;
+pub mod caddy;
 pub mod challtestsrv;
 pub mod fake_ari;
 pub mod fake_ca;
+pub mod fake_chat;
 pub mod fake_cloudflare;
 /// A fake DigiCert CertCentral (Services API v2) for the `digicert` issuer
 /// connector: counts orders, real certificates, injectable faults.
 pub mod fake_digicert;
+pub mod fake_pagerduty;
 pub mod fake_sectigo;
+pub mod nginx;
 pub mod pebble;
 pub mod plugins;
 mod ports;

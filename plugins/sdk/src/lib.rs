@@ -3,7 +3,7 @@
 //! Everything a certplane connector needs on the guest side: the generated
 //! bindings of the `certplane:connector@1.1.0` worlds (`issuer`, `target`,
 //! `notifier`, `dns-solver`) and the 1.1 imports ([`context`], [`store`],
-//! [`challenges`]), and small helpers for what every connector does:
+//! [`challenges`], [`actions`]), and small helpers for what every connector does:
 //!
 //! - [`http`]: a blocking HTTP client over `wasi:http/outgoing-handler`, with
 //!   JSON, `Retry-After` parsing, a body size cap and a mapping from statuses
@@ -208,6 +208,90 @@ pub mod challenges {
         Challenge, ChallengeKind, ChallengeState, ChallengeStatus, present, status, supported,
         withdraw,
     };
+}
+
+pub mod actions {
+    //! Named commands the operator granted this target instance (since
+    //! 1.1): reload a web server, test its configuration. The connector
+    //! names an action; what runs is defined only in the agent's (or the
+    //! host's) configuration. [`run`] returns any exit status as an answer;
+    //! [`run_ok`] treats a non-zero one as a failure.
+    pub use crate::bindings::target::certplane::connector::actions::{ActionOutput, granted, run};
+
+    use crate::ConnectorError;
+
+    /// Runs `name` and returns its output when it exits 0. A non-zero exit
+    /// (or a signal) is `rejected`, with the action's name and the end of
+    /// what it wrote to standard error (or standard output when that is
+    /// empty), which is where servers explain a refused configuration.
+    pub fn run_ok(name: &str) -> Result<ActionOutput, ConnectorError> {
+        let output = run(name)?;
+        if output.exit_code == Some(0) {
+            return Ok(output);
+        }
+        Err(ConnectorError::Rejected(failure_message(name, &output)))
+    }
+
+    /// One line for the operator about an action that did not exit 0.
+    pub fn failure_message(name: &str, output: &ActionOutput) -> String {
+        let status = match output.exit_code {
+            Some(code) => format!("exited with status {code}"),
+            None => "was ended by a signal".to_string(),
+        };
+        let said = if output.stderr.trim().is_empty() {
+            output.stdout.trim()
+        } else {
+            output.stderr.trim()
+        };
+        let said = tail(said, 1024);
+        if said.is_empty() {
+            format!("action {name} {status}")
+        } else {
+            format!("action {name} {status}: {said}")
+        }
+    }
+
+    fn tail(text: &str, max: usize) -> &str {
+        if text.len() <= max {
+            return text;
+        }
+        let mut start = text.len() - max;
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        &text[start..]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn output(code: Option<i32>, stdout: &str, stderr: &str) -> ActionOutput {
+            ActionOutput {
+                exit_code: code,
+                stdout: stdout.into(),
+                stderr: stderr.into(),
+            }
+        }
+
+        #[test]
+        fn failure_messages_name_the_action_and_what_it_said() {
+            assert_eq!(
+                failure_message("nginx-test", &output(Some(1), "", "emerg: bad cert\n")),
+                "action nginx-test exited with status 1: emerg: bad cert"
+            );
+            assert_eq!(
+                failure_message("reload", &output(None, "out", "")),
+                "action reload was ended by a signal: out"
+            );
+            assert_eq!(
+                failure_message("reload", &output(Some(2), "", "")),
+                "action reload exited with status 2"
+            );
+            let long = "é".repeat(2000);
+            assert!(failure_message("x", &output(Some(1), "", &long)).len() < 1100);
+        }
+    }
 }
 
 /// Exports a type implementing [`issuer::Issuer`] as this component's

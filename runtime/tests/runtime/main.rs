@@ -5,11 +5,17 @@
 
 mod acme;
 mod bounds;
+mod caddy;
 mod cloudflare_dns;
 mod common;
 mod contract;
 mod digicert;
 mod instance_tls;
+mod nginx;
+mod pagerduty;
 mod plugins;
 mod sandbox;
 mod sectigo;
+mod slack;
+mod teams;
+mod traefik;

@@ -1,0 +1,1 @@
+//! `caddy` connector (being written).

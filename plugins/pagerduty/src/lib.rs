@@ -1,0 +1,1 @@
+//! `pagerduty` connector (being written).

@@ -1,0 +1,1 @@
+//! `slack` connector (being written).

@@ -1,0 +1,1 @@
+//! `teams` connector (being written).

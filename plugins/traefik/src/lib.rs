@@ -1,0 +1,1 @@
+//! `traefik` connector (being written).

@@ -1,0 +1,1 @@
+//! The `caddy` connector on the real runtime (being written).

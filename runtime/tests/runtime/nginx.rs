@@ -1,0 +1,1 @@
+//! The `nginx` connector on the real runtime (being written).

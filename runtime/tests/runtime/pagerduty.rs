@@ -1,0 +1,1 @@
+//! The `pagerduty` connector on the real runtime (being written).

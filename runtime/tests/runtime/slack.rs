@@ -1,0 +1,1 @@
+//! The `slack` connector on the real runtime (being written).

@@ -1,0 +1,1 @@
+//! The `teams` connector on the real runtime (being written).

@@ -1,0 +1,1 @@
+//! The `traefik` connector on the real runtime (being written).
