@@ -82,6 +82,11 @@ pub struct AgentConfig {
     /// `grants.challenges.http_01` is `"agent"`).
     #[serde(default)]
     pub challenges: ChallengesConfig,
+    /// Named actions (a web server's configuration test, its reload) a
+    /// target connector may be granted by name in `connectors.<plugin>.actions`.
+    /// Only this file defines what they run.
+    #[serde(default)]
+    pub actions: BTreeMap<String, certplane_runtime::actions::ActionDefinition>,
 }
 
 /// The `[challenges]` section: where this machine's web server serves
@@ -180,6 +185,10 @@ pub struct ConnectorGrants {
     /// Per-call memory cap in MiB, set like `deadline_secs`.
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// Names of `[actions]` the connector may be granted; a target's grants
+    /// request them by name.
+    #[serde(default)]
+    pub actions: Vec<String>,
 }
 
 /// A directory a connector may be granted.
@@ -293,6 +302,11 @@ impl AgentConfig {
         if self.challenges.check_within_secs == 0 || self.challenges.check_within_secs > 300 {
             return invalid("`challenges.check_within_secs` must be between 1 and 300".into());
         }
+        for (name, definition) in &self.actions {
+            definition
+                .spec(name)
+                .map_err(|e| ConfigError::Invalid(format!("actions.{name}: {e}")))?;
+        }
         for (plugin, grants) in &self.connectors {
             let too_long = grants
                 .deadline_secs
@@ -306,6 +320,13 @@ impl AgentConfig {
                      within limits.max_deadline_secs ({}) and limits.max_memory_mib ({})",
                     self.limits.max_deadline_secs, self.limits.max_memory_mib
                 ));
+            }
+            for name in &grants.actions {
+                if !self.actions.contains_key(name) {
+                    return invalid(format!(
+                        "connectors.{plugin}: action `{name}` is not defined in [actions]"
+                    ));
+                }
             }
             for dir in &grants.directories {
                 if !dir.path.is_absolute() {
@@ -381,6 +402,43 @@ mod tests {
             assert!(matches!(config.trust(), Some(Trust::PinSha256(_))));
             Ok(())
         });
+    }
+
+    #[test]
+    fn actions_are_defined_here_and_granted_by_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                &format!(
+                    "{MINIMAL}\n[actions.reload]\nargv = [\"/bin/true\"]\ntimeout_secs = 5\n\
+                     [connectors.nginx]\nactions = [\"reload\"]\n"
+                ),
+            )?;
+            let config = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap();
+            assert_eq!(config.connectors["nginx"].actions, ["reload"]);
+            assert_eq!(config.actions["reload"].timeout_secs, Some(5));
+            Ok(())
+        });
+        for (extra, wanted) in [
+            (
+                "[connectors.nginx]\nactions = [\"reload\"]\n",
+                "action `reload` is not defined",
+            ),
+            ("[actions.reload]\nargv = [\"true\"]\n", "absolute path"),
+            ("[actions.reload]\nargv = []\n", "argv is empty"),
+            (
+                "[actions.reload]\nargv = [\"/bin/true\"]\ntimeout_secs = 0\n",
+                "timeout",
+            ),
+            ("[actions.Reload]\nargv = [\"/bin/true\"]\n", "names are"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("agent.toml", &format!("{MINIMAL}\n{extra}"))?;
+                let err = AgentConfig::load(Some(Path::new("agent.toml"))).unwrap_err();
+                assert!(err.to_string().contains(wanted), "{extra}: {err}");
+                Ok(())
+            });
+        }
     }
 
     #[test]

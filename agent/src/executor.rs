@@ -369,6 +369,9 @@ impl Executor {
             )
         })?;
         config = config.with_limits(resolved.limits);
+        config.grants.actions =
+            certplane_runtime::actions::granted_specs(grants.actions(), &self.config.actions)
+                .map_err(|e| invalid(&e))?;
         grants
             .instance(plugin.clone(), config)
             .map_err(|e| invalid(&e))

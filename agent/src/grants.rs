@@ -51,6 +51,8 @@ pub struct RequestedGrants {
     pub hosts: Vec<String>,
     /// Directories.
     pub directories: Vec<RequestedDir>,
+    /// Named actions (defined in the agent's `[actions]`).
+    pub actions: Vec<String>,
     /// The host operator's limits for this target's calls (requests within
     /// this agent's `[limits]`).
     pub limits: certplane_runtime::InstanceLimits,
@@ -135,6 +137,16 @@ pub enum GrantRefused {
         /// The requested pattern.
         host: String,
     },
+    /// An action the agent does not allow this connector.
+    #[error(
+        "grant refused: action {action:?} is not allowed for connector {plugin} by this agent's configuration (connectors.{plugin}.actions)"
+    )]
+    Action {
+        /// Connector plugin name.
+        plugin: String,
+        /// The requested action.
+        action: String,
+    },
 }
 
 fn mode(writable: bool) -> &'static str {
@@ -197,6 +209,7 @@ pub struct CheckedGrants {
     allowed: ConnectorGrants,
     hosts: Vec<String>,
     directories: Vec<OpenedDir>,
+    actions: Vec<String>,
     limits: certplane_runtime::InstanceLimits,
 }
 
@@ -215,6 +228,11 @@ impl CheckedGrants {
     /// The granted directories.
     pub fn directories(&self) -> &[OpenedDir] {
         &self.directories
+    }
+
+    /// The granted action names.
+    pub fn actions(&self) -> &[String] {
+        &self.actions
     }
 
     /// Checks again that every directory still is where it was checked:
@@ -351,6 +369,16 @@ pub fn check(
             });
         }
     }
+    if let Some(action) = requested
+        .actions
+        .iter()
+        .find(|a| !allowed.actions.contains(a))
+    {
+        return Err(GrantRefused::Action {
+            plugin: plugin.to_owned(),
+            action: action.clone(),
+        });
+    }
     let roots = resolved_roots(&allowed);
     let mut directories = Vec::with_capacity(requested.directories.len());
     for dir in requested.directories {
@@ -361,6 +389,7 @@ pub fn check(
         allowed,
         hosts: requested.hosts,
         directories,
+        actions: requested.actions,
         limits: requested.limits,
     })
 }
@@ -608,6 +637,42 @@ mod tests {
             check("p", &json!({ "directories": "x" }), Some(&a)),
             Err(GrantRefused::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn only_allowed_actions_are_granted() {
+        let allowed = ConnectorGrants {
+            actions: vec!["nginx-test".into(), "nginx-reload".into()],
+            ..ConnectorGrants::default()
+        };
+        let checked = check(
+            "nginx",
+            &json!({ "actions": ["nginx-test"] }),
+            Some(&allowed),
+        )
+        .unwrap();
+        assert_eq!(checked.actions(), ["nginx-test"]);
+        for requested in [
+            json!({ "actions": ["rm-rf"] }),
+            json!({ "actions": ["NGINX-TEST"] }),
+        ] {
+            let err = check("nginx", &requested, Some(&allowed)).unwrap_err();
+            assert!(matches!(err, GrantRefused::Action { .. }), "{err}");
+            assert!(
+                err.to_string().contains("connectors.nginx.actions"),
+                "{err}"
+            );
+        }
+        let err = check("nginx", &json!({ "actions": ["nginx-test"] }), None).unwrap_err();
+        assert!(matches!(err, GrantRefused::Action { .. }), "{err}");
+        // A command can only be named, never supplied.
+        let err = check(
+            "nginx",
+            &json!({ "actions": [{ "argv": ["/bin/sh"] }] }),
+            Some(&allowed),
+        )
+        .unwrap_err();
+        assert!(matches!(err, GrantRefused::Malformed(_)), "{err}");
     }
 
     #[test]

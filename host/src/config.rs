@@ -280,6 +280,39 @@ pub struct HostConfig {
     pub limits: certplane_runtime::LimitPolicy,
     /// Domain-validation challenges the host publishes for issuers.
     pub challenges: ChallengeSettings,
+    /// What the host tells notifiers about.
+    pub notifications: NotificationSettings,
+    /// Named actions the targets the host deploys itself may be granted by
+    /// name (their `grants.actions`); only this file defines what they run.
+    pub actions: std::collections::BTreeMap<String, certplane_runtime::actions::ActionDefinition>,
+}
+
+/// `[notifications]`: which events the host emits (see `docs/events.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// Days before expiry at which an unrenewed certificate is announced
+    /// (`certificate.expiring`), once per stage; the last stage is an
+    /// error, the others warnings.
+    pub expiring_days: Vec<u32>,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        NotificationSettings {
+            expiring_days: vec![14, 7, 1],
+        }
+    }
+}
+
+impl NotificationSettings {
+    /// The stages, most urgent first, without duplicates.
+    pub fn stages(&self) -> Vec<u32> {
+        let mut days = self.expiring_days.clone();
+        days.sort_unstable();
+        days.dedup();
+        days
+    }
 }
 
 /// `[challenges]`: how the host publishes and checks ACME-style
@@ -332,6 +365,8 @@ impl Default for HostConfig {
             order_max_wait_secs: 600,
             limits: certplane_runtime::LimitPolicy::default(),
             challenges: ChallengeSettings::default(),
+            notifications: NotificationSettings::default(),
+            actions: Default::default(),
         }
     }
 }
@@ -412,6 +447,20 @@ impl HostConfig {
         self.limits
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.notifications.expiring_days.is_empty()
+            || self
+                .notifications
+                .expiring_days
+                .iter()
+                .any(|d| *d == 0 || *d > 365)
+        {
+            return bad("notifications.expiring_days must list 1 to 365 days, at least one");
+        }
+        for (name, definition) in &self.actions {
+            definition
+                .spec(name)
+                .map_err(|e| ConfigError::Invalid(format!("actions.{name}: {e}")))?;
+        }
         // A call may not outlive the lease of the job it runs for: the
         // reaper would hand the job to another worker mid-call.
         if self.limits.max_deadline_secs >= j.lease_secs {

@@ -92,6 +92,58 @@ impl ActionSpec {
     }
 }
 
+/// An action as written in an agent's or host's configuration file
+/// (`[actions.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionDefinition {
+    /// The program, an absolute path, and its arguments.
+    pub argv: Vec<String>,
+    /// Seconds it may run (default 30, at most 600).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Its whole environment (nothing is inherited).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Its working directory (default `/`).
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+}
+
+impl ActionDefinition {
+    /// The checked [`ActionSpec`] of action `name`.
+    pub fn spec(&self, name: &str) -> Result<ActionSpec, ConfigError> {
+        let spec = ActionSpec {
+            argv: self.argv.clone(),
+            timeout: self
+                .timeout_secs
+                .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+            env: self.env.clone(),
+            working_dir: self.working_dir.clone(),
+        };
+        spec.validate(name)?;
+        Ok(spec)
+    }
+}
+
+/// The specs of the actions `names` out of `defined` (a configuration's
+/// `[actions]`): the grants of one instance. A name that is not defined
+/// is an error naming it.
+pub fn granted_specs<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+    defined: &BTreeMap<String, ActionDefinition>,
+) -> Result<BTreeMap<String, ActionSpec>, ConfigError> {
+    let mut specs = BTreeMap::new();
+    for name in names {
+        let definition = defined.get(name).ok_or_else(|| ConfigError::Action {
+            name: name.clone(),
+            reason: "no [actions] entry of this configuration defines it".into(),
+        })?;
+        specs.insert(name.clone(), definition.spec(name)?);
+    }
+    Ok(specs)
+}
+
 /// Whether `name` is a valid action name.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()

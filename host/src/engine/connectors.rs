@@ -21,6 +21,8 @@ struct StoredGrants {
     limits: InstanceLimits,
     /// TLS of the connector's own HTTPS.
     tls: Option<crate::grants::TlsGrant>,
+    /// Named actions (targets), defined in the host's `[actions]`.
+    actions: Vec<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -75,6 +77,9 @@ pub fn build_instance(
     for dir in grants.directories {
         config = config.with_dir(dir.path, dir.guest_path, dir.writable);
     }
+    config.grants.actions =
+        certplane_runtime::actions::granted_specs(&grants.actions, &engine.config.actions)
+            .map_err(|e| format!("{owner}: {e}"))?;
     let resolved = engine
         .config
         .limits
