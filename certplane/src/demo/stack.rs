@@ -173,6 +173,7 @@ impl LocalHost {
             )]),
             limits: Default::default(),
             challenges: Default::default(),
+            actions: Default::default(),
         }
     }
 

@@ -634,15 +634,25 @@ async fn retire_agent(
     query: Result<Query<RetireQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
+    let force = q.force.unwrap_or(false);
+    let notices = match state.store.get_agent(&id).await? {
+        Some(agent) => vec![crate::engine::agent_health::retired_notice(
+            &agent,
+            q.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()),
+            force,
+        )],
+        None => Vec::new(),
+    };
     let outcome = state
         .store
         .retire_agent(
             &id,
             RetireAgent {
-                force: q.force.unwrap_or(false),
+                force,
                 reason: q.reason,
                 actor: caller.0.actor(),
                 actor_type: ActorType::ApiKey,
+                notices,
             },
         )
         .await?;
@@ -656,6 +666,7 @@ async fn retire_agent(
             // (The signal is kept: forgetting it could let a poll that
             // raced the retirement miss this wake-up.)
             state.wake.wake_agent(&id);
+            state.wake.wake_notifications();
             Ok(Json(Retired {
                 agent: AgentView::new(&agent, state.config.agents.offline_after_secs, Utc::now()),
                 targets_retired,

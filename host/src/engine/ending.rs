@@ -45,6 +45,9 @@ pub async fn end_claimed(
         actions,
         mut details,
     } = ending;
+    let notices =
+        super::events::deployment_notices(engine, job, result.is_ok(), verification.as_ref())
+            .await?;
     let (kind, end, action) = match result {
         Ok(()) => (kind, JobEnd::Complete, actions.0),
         Err(failure) => {
@@ -61,6 +64,7 @@ pub async fn end_claimed(
         verification_result: verification,
         ..JobUpdate::default()
     };
+    outcome.notices = notices;
     outcome.audit.push(NewAuditEvent {
         actor: actor.0,
         actor_type: actor.1,

@@ -8,14 +8,13 @@
 
 use certplane_runtime::Level;
 use chrono::{DateTime, Duration, Utc};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::events::{About, deployment_key, expiry_key, issuance_key, kind, verification_key};
 use super::notify::{Announcement, announce, enabled_notifiers};
 use crate::engine::Engine;
-use crate::store::{Certificate, PluginInstance, StoreResult};
+use crate::store::{AlertChange, Certificate, Job, JobType, StoreResult};
 
-/// Warning stages before expiry, in days, most urgent first.
-pub const STAGES_DAYS: [i64; 3] = [1, 7, 14];
 /// Certificates one tick looks at, soonest expiry first.
 const CERT_BATCH: u32 = 1_000;
 /// Failed jobs one tick looks at.
@@ -25,44 +24,48 @@ const JOB_BATCH: u32 = 500;
 const FAILED_LOOKBACK_HOURS: i64 = 24;
 
 /// The notification a certificate's time left calls for: (kind, stage
-/// label, severity), or `None` outside every stage.
+/// label, severity), or `None` outside every stage. `stages` are days
+/// before expiry, most urgent first; the most urgent is an error.
 pub fn stage(
     not_after: DateTime<Utc>,
     now: DateTime<Utc>,
+    stages: &[u32],
 ) -> Option<(&'static str, String, Level)> {
     let left = not_after - now;
     if left <= Duration::zero() {
-        return Some(("certificate.expired", "expired".into(), Level::Error));
+        return Some((kind::EXPIRED, "expired".into(), Level::Error));
     }
-    STAGES_DAYS
+    let last = stages.first().copied();
+    stages
         .iter()
-        .find(|days| left <= Duration::days(**days))
+        .find(|days| left <= Duration::days(i64::from(**days)))
         .map(|days| {
-            let severity = if *days <= 1 {
+            let severity = if Some(*days) == last {
                 Level::Error
             } else {
                 Level::Warn
             };
-            ("certificate.expiring", format!("{days}d"), severity)
+            (kind::EXPIRING, format!("{days}d"), severity)
         })
 }
 
 /// One tick: returns how many notifications were enqueued. Without an
 /// enabled notifier there is nobody to tell, and nothing is read.
 pub async fn tick(engine: &Engine) -> StoreResult<usize> {
-    let notifiers = enabled_notifiers(engine).await?;
-    if notifiers.is_empty() {
+    if enabled_notifiers(engine).await?.is_empty() {
         return Ok(0);
     }
     let now = Utc::now();
-    let horizon = now + Duration::days(STAGES_DAYS[STAGES_DAYS.len() - 1]);
+    let stages = engine.config.notifications.stages();
+    let widest = stages.last().copied().unwrap_or(0);
+    let horizon = now + Duration::days(i64::from(widest));
     let mut enqueued = 0;
     for cert in engine
         .store
         .list_expiring_certificates(horizon, CERT_BATCH)
         .await?
     {
-        enqueued += expiring(engine, &notifiers, &cert, now).await?;
+        enqueued += expiring(engine, cert, now, &stages).await?;
     }
     let since = now - Duration::hours(FAILED_LOOKBACK_HOURS);
     for job in engine
@@ -70,29 +73,7 @@ pub async fn tick(engine: &Engine) -> StoreResult<usize> {
         .list_jobs_failed_for_good(since, JOB_BATCH)
         .await?
     {
-        let summary = format!(
-            "{} job {} failed for good after {} attempts: {}",
-            job.job_type,
-            job.id,
-            job.attempts,
-            job.last_error.as_deref().unwrap_or("no error recorded")
-        );
-        let event = Announcement {
-            kind: "job.failed",
-            subject: &format!("job/{}", job.id),
-            summary: &summary,
-            severity: Level::Error,
-            details: json!({
-                "job_id": job.id,
-                "job_type": job.job_type.to_string(),
-                "certificate_id": job.certificate_id,
-                "target_id": job.target_id,
-                "attempts": job.attempts,
-                "last_error": job.last_error,
-            }),
-        };
-        let key = format!("job.failed:{}", job.id);
-        enqueued += announce(engine, &notifiers, &event, Some(&key)).await?;
+        enqueued += failed_for_good(engine, &job).await?;
     }
     if enqueued > 0 {
         tracing::info!(enqueued, "expiry and failure notifications enqueued");
@@ -100,20 +81,85 @@ pub async fn tick(engine: &Engine) -> StoreResult<usize> {
     Ok(enqueued)
 }
 
+/// `issuance.failed`, `deployment.failed` or `job.failed` for a job that
+/// failed for good, once per job. A deployment whose check on the wire
+/// found another certificate was announced as `verification.mismatch`
+/// with its outcome.
+async fn failed_for_good(engine: &Engine, job: &Job) -> StoreResult<usize> {
+    let mismatch = job
+        .verification_result
+        .as_ref()
+        .and_then(|v| v.get("status"))
+        .and_then(Value::as_str)
+        == Some("mismatch");
+    let cert_id = job.certificate_id.as_deref();
+    let target_id = job.target_id.as_deref();
+    let (event_kind, alert) = match (job.job_type, cert_id, target_id) {
+        (JobType::Issuance | JobType::Renewal, Some(c), _) => {
+            (kind::ISSUANCE_FAILED, Some(issuance_key(c)))
+        }
+        (JobType::Deployment | JobType::Verification, Some(_), Some(_)) if mismatch => {
+            return Ok(0);
+        }
+        (JobType::Deployment, Some(c), Some(t)) => {
+            (kind::DEPLOYMENT_FAILED, Some(deployment_key(c, t)))
+        }
+        (JobType::Verification, Some(c), Some(t)) => {
+            (kind::DEPLOYMENT_FAILED, Some(verification_key(c, t)))
+        }
+        _ => (kind::JOB_FAILED, None),
+    };
+    let about = About::load(engine, cert_id, target_id, job.agent_id.as_deref()).await?;
+    let error = job.last_error.as_deref().unwrap_or("no error recorded");
+    let summary = match event_kind {
+        kind::ISSUANCE_FAILED => format!(
+            "issuing certificate {} failed after {} attempts: {error}",
+            about.certificate_name(cert_id.unwrap_or_default()),
+            job.attempts
+        ),
+        kind::DEPLOYMENT_FAILED => format!(
+            "deploying certificate {} to target {} failed after {} attempts: {error}",
+            about.certificate_name(cert_id.unwrap_or_default()),
+            about.target_name(target_id.unwrap_or_default()),
+            job.attempts
+        ),
+        _ => format!(
+            "{} job {} failed for good after {} attempts: {error}",
+            job.job_type, job.id, job.attempts
+        ),
+    };
+    let subject = match cert_id {
+        Some(c) if event_kind != kind::JOB_FAILED => format!("certificate/{c}"),
+        _ => format!("job/{}", job.id),
+    };
+    let event = Announcement {
+        alerts: alert.into_iter().map(AlertChange::Trigger).collect(),
+        ..Announcement::new(
+            event_kind,
+            &subject,
+            &summary,
+            Level::Error,
+            about.details(Some(job), Some(error), json!({})),
+        )
+    };
+    let key = format!("job.failed:{}", job.id);
+    announce(engine, &event, Some(&key)).await
+}
+
 async fn expiring(
     engine: &Engine,
-    notifiers: &[PluginInstance],
-    cert: &Certificate,
+    cert: Certificate,
     now: DateTime<Utc>,
+    stages: &[u32],
 ) -> StoreResult<usize> {
-    let (Some(not_after), Some(version)) = (cert.not_after, cert.current_version_id.as_deref())
-    else {
+    let (Some(not_after), Some(version)) = (cert.not_after, cert.current_version_id.clone()) else {
         return Ok(0);
     };
-    let Some((kind, stage, severity)) = stage(not_after, now) else {
+    let Some((event_kind, stage, severity)) = stage(not_after, now, stages) else {
         return Ok(0);
     };
-    let summary = if kind == "certificate.expired" {
+    let key = format!("{event_kind}:{}:{version}:{stage}", cert.id);
+    let summary = if event_kind == kind::EXPIRED {
         format!("certificate {} expired at {not_after}", cert.name)
     } else {
         format!(
@@ -122,21 +168,31 @@ async fn expiring(
             (not_after - now).num_hours()
         )
     };
-    let event = Announcement {
-        kind,
-        subject: &format!("certificate/{}", cert.id),
-        summary: &summary,
-        severity,
-        details: json!({
-            "certificate_id": cert.id,
-            "name": cert.name,
-            "version_id": version,
-            "not_after": not_after,
-            "stage": stage,
-        }),
+    let subject = format!("certificate/{}", cert.id);
+    let alert = AlertChange::Trigger(expiry_key(&cert.id));
+    let mut about = About::load(engine, None, cert.target_id.as_deref(), None).await?;
+    about.issuer_name = engine
+        .store
+        .get_issuer(&cert.issuer_id)
+        .await?
+        .map(|i| i.name);
+    about.certificate = Some(cert);
+    let extra = if event_kind == kind::EXPIRING {
+        json!({ "expiring": { "stage": stage, "hours_left": (not_after - now).num_hours() } })
+    } else {
+        json!({})
     };
-    let key = format!("{kind}:{}:{version}:{stage}", cert.id);
-    announce(engine, notifiers, &event, Some(&key)).await
+    let event = Announcement {
+        alerts: vec![alert],
+        ..Announcement::new(
+            event_kind,
+            &subject,
+            &summary,
+            severity,
+            about.details(None, None, extra),
+        )
+    };
+    announce(engine, &event, Some(&key)).await
 }
 
 #[cfg(test)]
@@ -147,10 +203,17 @@ mod tests {
     fn stages_pick_the_most_urgent() {
         let now = Utc::now();
         let at = |h: i64| now + Duration::hours(h);
-        assert_eq!(stage(at(-1), now).unwrap().0, "certificate.expired");
-        assert_eq!(stage(at(20), now).unwrap().1, "1d");
-        assert_eq!(stage(at(24 * 5), now).unwrap().1, "7d");
-        assert_eq!(stage(at(24 * 10), now).unwrap().1, "14d");
-        assert!(stage(at(24 * 20), now).is_none());
+        let stages = [1, 7, 14];
+        assert_eq!(
+            stage(at(-1), now, &stages).unwrap().0,
+            "certificate.expired"
+        );
+        assert_eq!(stage(at(20), now, &stages).unwrap().1, "1d");
+        assert_eq!(stage(at(20), now, &stages).unwrap().2, Level::Error);
+        assert_eq!(stage(at(24 * 5), now, &stages).unwrap().1, "7d");
+        assert_eq!(stage(at(24 * 5), now, &stages).unwrap().2, Level::Warn);
+        assert_eq!(stage(at(24 * 10), now, &stages).unwrap().1, "14d");
+        assert!(stage(at(24 * 20), now, &stages).is_none());
+        assert_eq!(stage(at(24 * 20), now, &[3, 30]).unwrap().1, "30d");
     }
 }

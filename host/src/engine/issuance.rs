@@ -500,24 +500,9 @@ async fn record_issued(
             "deployments": targets.len(),
         }),
     ));
-    let summary = format!(
-        "certificate {} issued (serial {})",
-        cert.name, checked.serial_hex
-    );
-    outcome.notices.push(notify::notice(
-        &notify::Announcement {
-            kind: "certificate.issued",
-            subject: &format!("certificate/{}", cert.id),
-            summary: &summary,
-            severity: certplane_runtime::Level::Info,
-            details: json!({
-                "certificate_id": cert.id,
-                "serial": checked.serial_hex,
-                "not_after": checked.not_after,
-            }),
-        },
-        None,
-    ));
+    outcome
+        .notices
+        .push(issued_notice(engine, job, cert, &checked.serial_hex, checked.not_after).await?);
     let Some(committed) = engine.store.commit_outcome(outcome).await? else {
         tracing::warn!(job = %job.id, "lost the job before recording the issued certificate; a retry polls or submits again");
         return Ok(());
@@ -545,4 +530,49 @@ async fn record_issued(
 /// Owner string binding a sealed private key to a certificate version.
 pub fn version_key_owner(certificate_id: &str, fingerprint: &str) -> String {
     format!("certificate/{certificate_id}/{fingerprint}/private-key")
+}
+
+/// `certificate.issued` (the first version) or `certificate.renewed`,
+/// clearing the certificate's expiry and issuance conditions.
+async fn issued_notice(
+    engine: &Engine,
+    job: &Job,
+    cert: &Certificate,
+    serial: &str,
+    not_after: DateTime<Utc>,
+) -> Result<crate::store::Notice, StoreError> {
+    use super::events::{About, expiry_key, issuance_key, kind};
+    let renewed = cert.current_version_id.is_some();
+    let mut about = About::default();
+    about.issuer_name = engine
+        .store
+        .get_issuer(&cert.issuer_id)
+        .await?
+        .map(|i| i.name);
+    let mut issued = cert.clone();
+    issued.not_after = Some(not_after);
+    about.certificate = Some(issued);
+    about.serial = Some(serial.to_owned());
+    let (event_kind, verb) = if renewed {
+        (kind::RENEWED, "renewed")
+    } else {
+        (kind::ISSUED, "issued")
+    };
+    let summary = format!("certificate {} {verb} (serial {serial})", cert.name);
+    Ok(notify::notice(
+        &notify::Announcement {
+            alerts: vec![
+                crate::store::AlertChange::Resolve(expiry_key(&cert.id)),
+                crate::store::AlertChange::Resolve(issuance_key(&cert.id)),
+            ],
+            ..notify::Announcement::new(
+                event_kind,
+                &format!("certificate/{}", cert.id),
+                &summary,
+                certplane_runtime::Level::Info,
+                about.details(Some(job), None, json!({})),
+            )
+        },
+        None,
+    ))
 }

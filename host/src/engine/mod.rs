@@ -12,12 +12,14 @@
 //! loops call, and it commits through one store transaction
 //! ([`crate::store::Outcome`]).
 
+pub mod agent_health;
 pub mod agent_reports;
 pub mod challenges;
 pub mod connectors;
 pub mod deploy;
 pub mod ending;
 pub mod error;
+pub mod events;
 pub mod expiry;
 pub mod issuance;
 pub mod lifecycle;
@@ -305,6 +307,19 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
             async move {
                 let n = lifecycle::tick(&st).await?;
                 Ok(report(n, 100))
+            }
+        },
+    );
+
+    let st = engine.clone();
+    scheduler.spawn_loop(
+        spec("agent-health", s.agent_health_ms, &engine),
+        None,
+        move || {
+            let st = st.clone();
+            async move {
+                let n = agent_health::tick(&st).await?;
+                Ok(TickReport::done(n as u64))
             }
         },
     );

@@ -28,8 +28,8 @@ use crate::engine::Engine;
 use crate::engine::error::{EngineError, EngineResult};
 use crate::scheduler::ticker::{LoopSpec, Scheduler, TickReport};
 use crate::store::{
-    ActorType, CancelledNotifications, JobFailure, NewAuditEvent, NewNotification, Notice,
-    Notification, PluginInstance as StoredNotifier, StoreResult,
+    ActorType, AlertChange, CancelledNotifications, JobFailure, NewAuditEvent, Notice,
+    Notification, PluginInstance as StoredNotifier, SendWhen, StoreResult,
 };
 
 /// How much longer than the notifier's deadline a claim's lease lasts (the
@@ -72,8 +72,33 @@ pub struct Announcement<'a> {
     pub summary: &'a str,
     /// How bad it is.
     pub severity: Level,
-    /// Extra structured details (a JSON object).
+    /// Extra structured details (a JSON object, `docs/events.md`).
     pub details: Value,
+    /// The alert conditions it opens and clears.
+    pub alerts: Vec<AlertChange>,
+    /// When it is sent at all.
+    pub send_when: SendWhen,
+}
+
+impl<'a> Announcement<'a> {
+    /// An announcement that opens or clears no condition.
+    pub fn new(
+        kind: &'a str,
+        subject: &'a str,
+        summary: &'a str,
+        severity: Level,
+        details: Value,
+    ) -> Self {
+        Announcement {
+            kind,
+            subject,
+            summary,
+            severity,
+            details,
+            alerts: Vec::new(),
+            send_when: SendWhen::Always,
+        }
+    }
 }
 
 /// Enqueues one notification of `kind` (e.g. `certificate.issued`) per
@@ -88,15 +113,8 @@ pub async fn notify_all(
     severity: Level,
     details: Value,
 ) -> StoreResult<usize> {
-    let notifiers = enabled_notifiers(engine).await?;
-    let event = Announcement {
-        kind,
-        subject,
-        summary,
-        severity,
-        details,
-    };
-    announce(engine, &notifiers, &event, None).await
+    let event = Announcement::new(kind, subject, summary, severity, details);
+    announce(engine, &event, None).await
 }
 
 /// The notifier instances that are not disabled.
@@ -125,39 +143,29 @@ pub fn notice(event: &Announcement<'_>, dedupe_key: Option<&str>) -> Notice {
         payload: payload_of(event, Utc::now().timestamp()),
         max_attempts: MAX_ATTEMPTS,
         dedupe_key: dedupe_key.map(str::to_owned),
+        alerts: event.alerts.clone(),
+        send_when: event.send_when,
     }
 }
 
-/// Enqueues `event` for each of `notifiers` and wakes the dispatch loop.
-/// With a `dedupe_key`, a notifier that already has a notification with
-/// that key gets none (for events periodic sweeps see repeatedly). Returns
-/// how many were enqueued.
+/// Queues `event` for every enabled notifier, with the conditions it opens
+/// and clears, in one transaction, and wakes the dispatch loop. With a
+/// `dedupe_key`, a notifier that already has a notification with that key
+/// gets none (for events periodic sweeps see repeatedly). Returns how many
+/// were enqueued.
 pub async fn announce(
     engine: &Engine,
-    notifiers: &[StoredNotifier],
     event: &Announcement<'_>,
     dedupe_key: Option<&str>,
 ) -> StoreResult<usize> {
-    let occurred_at = Utc::now().timestamp();
-    let mut enqueued = 0;
-    for notifier in notifiers {
-        let new = NewNotification {
-            notifier_id: notifier.id.clone(),
-            event_type: event.kind.to_owned(),
-            subject: Some(event.subject.to_owned()),
-            payload: payload_of(event, occurred_at),
-            max_attempts: MAX_ATTEMPTS,
-        };
-        let added = match dedupe_key {
-            None => engine.store.enqueue_notification(new).await.map(|_| true)?,
-            Some(key) => engine.store.enqueue_notification_once(new, key).await?,
-        };
-        enqueued += usize::from(added);
-    }
-    if enqueued > 0 {
+    let queued = engine
+        .store
+        .queue_notices(&[notice(event, dedupe_key)])
+        .await?;
+    if queued > 0 {
         engine.wake.wake_notifications();
     }
-    Ok(enqueued)
+    Ok(usize::try_from(queued).unwrap_or(usize::MAX))
 }
 
 /// The connector event of a stored notification; its id is the

@@ -12,6 +12,7 @@ mod api_dns_solvers;
 mod api_instances;
 mod api_jobs;
 mod challenges_agent;
+mod events;
 mod isolation;
 mod issuer_acme;
 mod issuer_digicert;

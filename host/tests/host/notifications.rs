@@ -434,8 +434,14 @@ async fn issuance_notifies(backend: Backend) {
         body["data"]["subject"],
         format!("certificate/{}", cert.id).as_str()
     );
-    assert_eq!(body["data"]["details"]["certificate_id"], cert.id.as_str());
-    assert!(body["data"]["details"]["serial"].is_string(), "{body}");
+    assert_eq!(
+        body["data"]["details"]["certificate"]["id"],
+        cert.id.as_str()
+    );
+    assert!(
+        body["data"]["details"]["certificate"]["serial"].is_string(),
+        "{body}"
+    );
 }
 
 /// The expiry loop: a certificate entering a warning stage and a job that
@@ -515,7 +521,7 @@ async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
         .iter()
         .find(|b| b["type"] == "certificate.expiring")
         .unwrap();
-    assert_eq!(expiring["data"]["details"]["stage"], "7d");
+    assert_eq!(expiring["data"]["details"]["expiring"]["stage"], "7d");
     let failed = bodies.iter().find(|b| b["type"] == "job.failed").unwrap();
     assert!(
         failed["data"]["summary"]

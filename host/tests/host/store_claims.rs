@@ -309,6 +309,7 @@ async fn agent_claim_scope(b: Backend) {
                 reason: Some("gone".into()),
                 actor: "test".into(),
                 actor_type: ActorType::User,
+                notices: Vec::new(),
             },
         )
         .await

@@ -10,6 +10,7 @@ fn req(force: bool, reason: Option<&str>) -> RetireAgent {
         reason: reason.map(str::to_owned),
         actor: "admin".into(),
         actor_type: ActorType::User,
+        notices: Vec::new(),
     }
 }
 

@@ -971,6 +971,7 @@ async fn network_errors_back_off() {
         connectors: Default::default(),
         limits: Default::default(),
         challenges: Default::default(),
+        actions: Default::default(),
     })
     .unwrap();
     let agent = RunningAgent::start(config);

@@ -87,6 +87,9 @@ pub struct RetireAgent {
     pub actor: String,
     /// Kind of actor.
     pub actor_type: ActorType,
+    /// Notices queued with the retirement (`agent.retired`), only when it
+    /// happens.
+    pub notices: Vec<crate::store::Notice>,
 }
 
 /// Result of a retirement request. Suggested HTTP mapping in brackets.

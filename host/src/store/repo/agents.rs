@@ -2,6 +2,7 @@
 
 use crate::store::codec::{now, ts};
 use crate::store::repo::insert_audit;
+use crate::store::repo::notices::queue_notices;
 use crate::store::{
     Agent, AgentDependencies, AgentStatus, BeginWrite, HeartbeatOutcome, NewAgent, NewAuditEvent,
     RetireAgent, RetireOutcome, Store, StoreError, StoreResult, new_id, on_read, on_write,
@@ -76,6 +77,26 @@ impl Store {
                  ORDER BY sentinel DESC, name, id",
             )
             .bind(include_retired)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Active agents (not the sentinel) silent since `before`: no
+    /// heartbeat after it (or none at all, registered before it).
+    pub async fn list_silent_agents(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Agent>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, Agent>(
+                "SELECT * FROM agents WHERE status = 'active' AND NOT sentinel
+                   AND COALESCE(last_heartbeat_at, created_at) < $1
+                 ORDER BY id LIMIT $2",
+            )
+            .bind(ts(before))
+            .bind(crate::store::repo::sql_limit(limit))
             .fetch_all(pool)
             .await?
         }))
@@ -243,6 +264,7 @@ impl Store {
                 }),
             };
             insert_audit!(&mut *tx, now, &event)?;
+            queue_notices!(&mut tx, now, &req.notices)?;
             tx.commit().await?;
             Ok(RetireOutcome::Retired {
                 agent,

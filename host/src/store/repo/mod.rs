@@ -12,6 +12,7 @@ mod claims;
 mod deployments;
 pub(crate) mod host_meta;
 pub(crate) mod jobs;
+pub(crate) mod notices;
 mod notifications;
 pub(crate) mod outcomes;
 mod plugins;

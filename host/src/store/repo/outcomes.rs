@@ -7,7 +7,6 @@
 //! lease for a claimed job, by the status otherwise); when the guard fails
 //! nothing is written and the caller learns that it lost the job.
 
-use serde_json::Value;
 use sqlx::QueryBuilder;
 use sqlx::types::Json;
 
@@ -16,6 +15,7 @@ use crate::store::codec::{now, opt_ts, ts};
 use crate::store::postgres::claims as pg;
 use crate::store::repo::certificates::record_version;
 use crate::store::repo::insert_audit;
+use crate::store::repo::notices::{Notice, queue_notices};
 use crate::store::sqlite::claims as lite;
 use crate::store::{
     BeginWrite, CertificateVersion, Job, JobFailure, JobLease, JobStatus, JobUpdate, NewAuditEvent,
@@ -55,22 +55,6 @@ pub enum JobEnd {
     Fail(JobFailure),
     /// Another live status (Polling, AwaitingCsr, Pending).
     Move(JobStatus),
-}
-
-/// A notification for every enabled notifier, queued with the outcome.
-#[derive(Debug, Clone)]
-pub struct Notice {
-    /// Event type, e.g. `certificate.issued`.
-    pub event_type: String,
-    /// What it is about, e.g. `certificate/<id>`.
-    pub subject: Option<String>,
-    /// Stored payload (`summary`, `severity`, `occurred_at`, `details`).
-    pub payload: Value,
-    /// Attempt budget of each notification.
-    pub max_attempts: i32,
-    /// With a key, a notifier that already has a notification with it gets
-    /// none (events that sweeps see repeatedly).
-    pub dedupe_key: Option<String>,
 }
 
 /// One job outcome. Build it, then [`Store::commit_outcome`].
@@ -256,11 +240,7 @@ impl Store {
             crate::store::repo::jobs::check_new_job(job)?;
         }
         for notice in &notices {
-            if notice.max_attempts < 1 {
-                return Err(StoreError::InvalidArgument(
-                    "max_attempts must be >= 1".into(),
-                ));
-            }
+            notice.check()?;
         }
         let now = now();
         let backoff = (
@@ -366,36 +346,10 @@ impl Store {
                 faults::point(kind, "audit");
             }
 
-            // 5. Notifications, one per enabled notifier.
-            let mut queued = 0;
+            // 5. Notifications, one per enabled notifier, and the alert
+            // conditions they open and clear.
+            let queued = queue_notices!(&mut tx, now, &notices)?;
             if !notices.is_empty() {
-                let notifiers: Vec<(String,)> = sqlx::query_as(
-                    "SELECT id FROM notifiers WHERE disabled_at IS NULL ORDER BY id",
-                )
-                .fetch_all(&mut *tx)
-                .await?;
-                for notice in &notices {
-                    for (notifier_id,) in &notifiers {
-                        queued += sqlx::query(
-                            "INSERT INTO notifications (id, notifier_id, event_type, subject,
-                                 payload, status, attempts, max_attempts, run_at, created_at,
-                                 updated_at, dedupe_key)
-                             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $7, $7, $8)
-                             ON CONFLICT DO NOTHING",
-                        )
-                        .bind(new_id())
-                        .bind(notifier_id)
-                        .bind(&notice.event_type)
-                        .bind(notice.subject.clone())
-                        .bind(Json(&notice.payload))
-                        .bind(notice.max_attempts)
-                        .bind(ts(now))
-                        .bind(notice.dedupe_key.clone())
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    }
-                }
                 faults::point(kind, "notifications");
             }
 
