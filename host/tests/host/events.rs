@@ -354,7 +354,101 @@ async fn agent_offline_online_and_retired(backend: Backend) {
     );
 }
 
+/// The first version is `certificate.issued`, the next one
+/// `certificate.renewed`, which clears the certificate's open expiry and
+/// issuance conditions (each told as resolved).
+async fn issued_then_renewed_clears_the_conditions(backend: Backend) {
+    let app = TestApp::with_config(backend, |c| {
+        c.scheduler.jobs_ms = 100;
+        c.scheduler.renewal_ms = 100;
+    })
+    .await;
+    let server = TestServer::start(|_| TestResponse::text(204, ""))
+        .await
+        .unwrap();
+    create_webhook_to(&app.state, "hook", &server.url(), &server.grant()).await;
+    let issuer = certplane_testkit::ca_issuer(&app.state, "local-ca", json!({})).await;
+    let cert = app
+        .store
+        .create_certificate(NewCertificate {
+            name: "shop".into(),
+            common_name: "shop.events.test".into(),
+            sans: vec!["shop.events.test".into()],
+            key_type: "ecdsa-p256".into(),
+            key_source: KeySource::Host,
+            issuer_id: issuer.id.clone(),
+            target_id: None,
+            renew_before_secs: 86_400,
+            owner: None,
+        })
+        .await
+        .unwrap();
+    let scheduler = engine::start(
+        app.state.engine.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let wait_for_kind = |kind: &'static str| {
+        let app = &app;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let found = queued(app, kind).await;
+                if !found.is_empty() {
+                    return found;
+                }
+                assert!(std::time::Instant::now() < deadline, "no {kind} queued");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let issued = wait_for_kind("certificate.issued").await;
+    assert_eq!(issued.len(), 1);
+    let d = &issued[0].0["details"];
+    assert_eq!(d["certificate"]["name"], "shop");
+    assert!(d["certificate"]["serial"].is_string(), "{d}");
+    assert!(d["certificate"]["not_after"].is_string(), "{d}");
+    assert_eq!(d["certificate"]["issuer"], issuer.name.as_str());
+    assert!(alerts(&issued[0].0).is_empty(), "nothing was open");
+
+    // Both conditions open (as the sweeps would open them), then renew.
+    let open = |key: String| Notice {
+        event_type: "test.open".into(),
+        subject: None,
+        payload: json!({ "details": {} }),
+        max_attempts: 1,
+        dedupe_key: None,
+        alerts: vec![AlertChange::Trigger(key)],
+        send_when: SendWhen::Always,
+    };
+    app.store
+        .queue_notices(&[
+            open(format!("expiry:{}", cert.id)),
+            open(format!("issuance:{}", cert.id)),
+        ])
+        .await
+        .unwrap();
+    let admin = app.api_key("admin", ApiScope::Admin).await;
+    let reply = app
+        .post(&format!("/api/v1/certificates/{}/renew", cert.id), &admin, json!({}))
+        .await;
+    assert!(reply.status.is_success(), "{}", reply.text);
+    let renewed = wait_for_kind("certificate.renewed").await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(renewed.len(), 1);
+    let mut changed = alerts(&renewed[0].0);
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            (format!("expiry:{}", cert.id), "resolved".to_owned()),
+            (format!("issuance:{}", cert.id), "resolved".to_owned()),
+        ]
+    );
+    assert_eq!(queued(&app, "certificate.issued").await.len(), 1);
+}
+
 both_backends!(
+    issued_then_renewed_clears_the_conditions,
     deployment_failure_and_recovery,
     verification_mismatch_and_recovery,
     expiry_stages_and_failed_jobs,
