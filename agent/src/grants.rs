@@ -272,8 +272,9 @@ impl CheckedGrants {
     ) -> Result<GrantedInstance<'_>, ConfigError> {
         let mut config = config.with_hosts(&self.hosts)?;
         for dir in &self.directories {
-            config = config.with_dir(
+            config = config.with_held_dir(
                 dir.preopen_path(),
+                dir.real_path.clone(),
                 dir.requested.guest_path.clone(),
                 dir.requested.writable,
             );

@@ -192,7 +192,7 @@ fn host_path(directories: &[DirGrant], guest_path: &str) -> Option<String> {
     }
     directories.iter().find_map(|dir| {
         let rest = guest.strip_prefix(&dir.guest_path).ok()?;
-        let joined = dir.host_path.join(rest);
+        let joined = dir.known_as.as_ref().unwrap_or(&dir.host_path).join(rest);
         joined.to_str().map(str::to_owned)
     })
 }
@@ -351,6 +351,7 @@ mod tests {
             host_path: host.into(),
             guest_path: guest.into(),
             writable: true,
+            known_as: None,
         }
     }
 
@@ -364,6 +365,17 @@ mod tests {
         assert_eq!(host_path(&dirs, "/webroot/../etc/passwd"), None);
         assert_eq!(host_path(&dirs, "/other/x"), None);
         assert_eq!(host_path(&dirs, "/webrootx/y"), None);
+    }
+
+    #[test]
+    fn a_held_directory_maps_to_the_path_it_is_known_by() {
+        let mut held = grant("/proc/self/fd/7", "/certs");
+        held.known_as = Some("/etc/ssl/certplane".into());
+        assert_eq!(
+            host_path(&[held], "/certs/web/fullchain.pem").as_deref(),
+            Some("/etc/ssl/certplane/web/fullchain.pem"),
+            "a web server cannot open the agent's handle path"
+        );
     }
 
     #[test]

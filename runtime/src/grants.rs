@@ -327,6 +327,11 @@ pub struct DirGrant {
     pub guest_path: String,
     /// Whether the guest may create, change and delete files in it.
     pub writable: bool,
+    /// The path the directory is known by on this machine when `host_path`
+    /// is a held handle (`/proc/self/fd/N`, as the agent grants them):
+    /// what `context.host-path` answers, so a connector writes a path the
+    /// web server can open into its configuration.
+    pub known_as: Option<PathBuf>,
 }
 
 impl DirGrant {
@@ -471,6 +476,7 @@ mod tests {
             host_path: dir.path().to_path_buf(),
             guest_path: "/certs".into(),
             writable: true,
+            known_as: None,
         };
         assert!(ok.validate().is_ok());
         let relative = DirGrant {

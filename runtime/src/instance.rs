@@ -150,6 +150,26 @@ impl InstanceConfig {
             host_path: host_path.into(),
             guest_path: guest_path.into(),
             writable,
+            known_as: None,
+        });
+        self
+    }
+
+    /// Grants the directory held open at `handle_path` (`/proc/self/fd/N`),
+    /// known on this machine as `known_as` (what `context.host-path`
+    /// answers), at `guest_path`.
+    pub fn with_held_dir(
+        mut self,
+        handle_path: impl Into<std::path::PathBuf>,
+        known_as: impl Into<std::path::PathBuf>,
+        guest_path: impl Into<String>,
+        writable: bool,
+    ) -> Self {
+        self.grants.directories.push(DirGrant {
+            host_path: handle_path.into(),
+            guest_path: guest_path.into(),
+            writable,
+            known_as: Some(known_as.into()),
         });
         self
     }

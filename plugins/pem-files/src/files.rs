@@ -139,6 +139,76 @@ pub fn deploy(base: &Path, layout: Layout, material: &Material) -> Result<Vec<St
     Ok(changed)
 }
 
+/// Whether [`deploy`] would write or remove anything: a file of `layout`
+/// is missing or differs, or a file of the other layout is there. Reads
+/// only.
+pub fn would_change(base: &Path, layout: Layout, material: &Material) -> bool {
+    let differs = material.files(layout).into_iter().any(|(rel, contents)| {
+        fs::read(base.join(rel)).map_or(true, |have| have != contents.as_bytes())
+    });
+    let other = match layout {
+        Layout::Split => Layout::Combined,
+        Layout::Combined => Layout::Split,
+    };
+    differs || layout_present(base, &material.certificate_id, other)
+}
+
+/// Whether anything [`deploy`] may have written for `certificate_id` is
+/// there, i.e. whether [`remove`] would find something. Reads only.
+pub fn present(base: &Path, certificate_id: &str) -> bool {
+    layout_present(base, certificate_id, Layout::Split)
+        || layout_present(base, certificate_id, Layout::Combined)
+}
+
+fn layout_present(base: &Path, id: &str, layout: Layout) -> bool {
+    match layout {
+        // The directory alone counts: `remove` deletes it when empty.
+        Layout::Split => base.join(id).symlink_metadata().is_ok(),
+        Layout::Combined => {
+            let path = base.join(format!("{id}.pem"));
+            path.symlink_metadata().is_ok() || tmp_path(&path).symlink_metadata().is_ok()
+        }
+    }
+}
+
+/// The hidden file that says a post-deploy action is still owed for
+/// `certificate_id`: written before files change, deleted once the action
+/// succeeded. A deploy that finds it runs the action even when nothing
+/// changes, so a failed or interrupted action is not forgotten.
+pub fn pending_action_path(base: &Path, certificate_id: &str) -> PathBuf {
+    base.join(format!(".{certificate_id}.certplane-action-pending"))
+}
+
+/// Records that `action` is owed for `certificate_id`.
+pub fn mark_action_pending(
+    base: &Path,
+    certificate_id: &str,
+    action: &str,
+) -> Result<(), FileError> {
+    let path = pending_action_path(base, certificate_id);
+    fs::write(&path, format!("{action}\n")).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Whether an action is owed for `certificate_id`.
+pub fn action_pending(base: &Path, certificate_id: &str) -> bool {
+    pending_action_path(base, certificate_id)
+        .symlink_metadata()
+        .is_ok()
+}
+
+/// Clears the record of an owed action; a missing record is fine.
+pub fn clear_action_pending(base: &Path, certificate_id: &str) -> Result<(), FileError> {
+    let path = pending_action_path(base, certificate_id);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FileError {
+            action: format!("removing {}", path.display()),
+            error: e,
+        }),
+    }
+}
+
 /// Removes every file `deploy` may have written for `certificate_id` (both
 /// layouts, and leftover temporary files). Missing files are not an error.
 /// Returns a line per file or directory removed.
@@ -367,6 +437,48 @@ mod tests {
         fs::write(base.join("mixed/notes.txt"), "operator's").unwrap();
         remove(base, "mixed").unwrap();
         assert_eq!(listing(base), ["mixed", "mixed/notes.txt"]);
+    }
+
+    #[test]
+    fn would_change_and_present_predict_deploy_and_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        let m = material("web", 1);
+        for layout in [Layout::Split, Layout::Combined] {
+            assert!(would_change(base, layout, &m));
+            assert!(!deploy(base, layout, &m).unwrap().is_empty());
+            assert!(!would_change(base, layout, &m));
+            assert!(deploy(base, layout, &m).unwrap().is_empty());
+            assert!(would_change(base, layout, &material("web", 2)));
+        }
+        // Combined now; split would change (and remove api.pem).
+        assert!(would_change(base, Layout::Split, &m));
+        assert!(present(base, "web"));
+        assert!(!present(base, "other"));
+        remove(base, "web").unwrap();
+        assert!(!present(base, "web"));
+        // An empty leftover directory is something remove deletes.
+        fs::create_dir(base.join("web")).unwrap();
+        assert!(present(base, "web"));
+        assert_eq!(remove(base, "web").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_owed_action_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        assert!(!action_pending(base, "web"));
+        mark_action_pending(base, "web", "reload").unwrap();
+        assert!(action_pending(base, "web"));
+        assert!(!action_pending(base, "web-2"));
+        assert_eq!(listing(base), [".web.certplane-action-pending"]);
+        // Deploy and remove leave it to the caller.
+        deploy(base, Layout::Combined, &material("web", 1)).unwrap();
+        remove(base, "web").unwrap();
+        assert!(action_pending(base, "web"));
+        clear_action_pending(base, "web").unwrap();
+        clear_action_pending(base, "web").unwrap();
+        assert!(listing(base).is_empty());
     }
 
     #[test]

@@ -9,10 +9,28 @@
 //! - `verify_host`, `verify_port` (default 443), `server_name` (default the
 //!   first DNS name of the certificate): where the agent should check that
 //!   the new certificate is served; returned as `deploy-result.verify-at`.
+//! - `post_deploy_action` (optional): the name of an action the agent's
+//!   operator defined and granted to this instance (a server reload, say),
+//!   run after `deploy` changed a file and after `remove` removed one.
+//!
+//! Per-certificate options: `post_deploy_action`, an action name that
+//! replaces the setting for that certificate. Other keys are ignored (one
+//! options object serves every target of a certificate).
 //!
 //! Every file is written atomically (temporary file in the same directory,
 //! then a rename), unchanged files are not rewritten, and `remove` deletes
 //! what `deploy` wrote.
+//!
+//! **The post-deploy action** runs only when something changed: the same
+//! bundle deployed again runs nothing. It runs after the files are written,
+//! so when it fails the new files stay in place (the call fails `rejected`
+//! with the action's name and the end of its standard error; `transient`
+//! when it could not start or ran past its timeout). A hidden file
+//! `.<id>.certplane-action-pending` in the directory records an action
+//! still owed: the next deploy or remove of that certificate runs it even
+//! when no file changes, and deletes the record once it succeeded. An
+//! action named but not granted is `invalid-config` before any file is
+//! touched.
 //!
 //! **File modes.** WASI 0.2 cannot set file permissions: files are created
 //! with the agent's default mode (typically 0644 after its umask), and a
@@ -27,7 +45,7 @@ pub mod files;
 use std::path::Path;
 
 use certplane_sdk::target::{CertificateBundle, DeployResult, Endpoint, Target};
-use certplane_sdk::{ConnectorError, PluginInfo, log, pem, settings};
+use certplane_sdk::{ConnectorError, PluginInfo, actions, log, pem, settings};
 use serde::Deserialize;
 
 use crate::files::{FileError, Layout, Material};
@@ -68,6 +86,11 @@ pub const SETTINGS_SCHEMA: &str = r#"{
     "server_name": {
       "type": "string",
       "description": "SNI name for the check; defaults to the certificate's first DNS name."
+    },
+    "post_deploy_action": {
+      "type": "string",
+      "pattern": "^[a-z0-9._-]{1,64}$",
+      "description": "Name of an action granted to this instance (defined in the agent's configuration), run after a deploy changed files or a remove removed some. A certificate's options.post_deploy_action replaces it."
     }
   },
   "additionalProperties": false
@@ -91,6 +114,134 @@ pub struct Settings {
     /// SNI name to verify with.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// Action to run after a change.
+    #[serde(default)]
+    pub post_deploy_action: Option<String>,
+}
+
+/// The per-certificate options this connector reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Options {
+    /// Replaces the `post_deploy_action` setting for this certificate.
+    #[serde(default)]
+    pub post_deploy_action: Option<String>,
+}
+
+impl Options {
+    /// Reads the options object; unknown keys belong to other connectors.
+    pub fn parse(json: &str) -> Result<Options, ConnectorError> {
+        if json.trim().is_empty() {
+            return Ok(Options::default());
+        }
+        let bad = |e: String| ConnectorError::invalid_config(format!("invalid options: {e}"));
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        if !value.is_object() {
+            // serde would read a list as the struct's fields in order.
+            return Err(bad("expected a JSON object".into()));
+        }
+        serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// An action to run after a change, and where its name came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostDeploy {
+    /// The action's name.
+    pub name: String,
+    /// `options.post_deploy_action` or the setting, for messages.
+    pub source: &'static str,
+}
+
+/// The action for this call: the certificate's option, else the setting;
+/// its name checked by the runtime's rules (1-64 of `a-z 0-9 - _ .`).
+pub fn post_deploy(s: &Settings, o: &Options) -> Result<Option<PostDeploy>, ConnectorError> {
+    let (name, source) = match (&o.post_deploy_action, &s.post_deploy_action) {
+        (Some(n), _) => (n, "options.post_deploy_action"),
+        (None, Some(n)) => (n, "setting `post_deploy_action`"),
+        (None, None) => return Ok(None),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if !valid {
+        return Err(ConnectorError::invalid_config(format!(
+            "{source} = {name:?} is not an action name (1-64 characters of a-z, 0-9, '-', '_', '.')"
+        )));
+    }
+    Ok(Some(PostDeploy {
+        name: name.clone(),
+        source,
+    }))
+}
+
+impl PostDeploy {
+    /// Fails `invalid-config` unless the action is granted, so a wrong name
+    /// is reported before any file changes.
+    fn ensure_granted(&self) -> Result<(), ConnectorError> {
+        if actions::granted(&self.name) {
+            Ok(())
+        } else {
+            Err(ConnectorError::invalid_config(format!(
+                "{} names action {:?}, which is not granted to this instance (actions are \
+                 defined in the agent's configuration and granted by name)",
+                self.source, self.name
+            )))
+        }
+    }
+
+    /// Runs the action; a non-zero exit is `rejected` with what it said.
+    fn run(&self) -> Result<String, ConnectorError> {
+        match actions::run_ok(&self.name) {
+            Ok(_) => {
+                log::info!("action {} succeeded", self.name);
+                Ok(format!("ran action {}", self.name))
+            }
+            Err(ConnectorError::Rejected(message)) => Err(ConnectorError::rejected(format!(
+                "{message} (the files are written; the action runs again at the next deploy or \
+                 remove of this certificate)"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Runs `change` (a deploy or a remove of `id` in `base`) with the
+/// post-deploy action around it: the owed-action record is written before
+/// a change (`will_change` predicts one), the action runs after a change
+/// or when one was owed, and the record is cleared once it succeeded.
+fn with_action(
+    action: Option<&PostDeploy>,
+    base: &Path,
+    id: &str,
+    will_change: impl FnOnce() -> bool,
+    change: impl FnOnce() -> Result<Vec<String>, ConnectorError>,
+    dir: &str,
+) -> Result<Vec<String>, ConnectorError> {
+    let owed = files::action_pending(base, id);
+    let Some(action) = action else {
+        let changed = change()?;
+        if owed {
+            // Nothing is configured to run any more: the record means nothing.
+            files::clear_action_pending(base, id).map_err(|e| file_error(e, dir))?;
+        }
+        return Ok(changed);
+    };
+    let marked = owed || will_change();
+    if marked && !owed {
+        files::mark_action_pending(base, id, &action.name).map_err(|e| file_error(e, dir))?;
+    }
+    let mut changed = change()?;
+    if owed || !changed.is_empty() {
+        changed.push(action.run()?);
+    }
+    if marked && let Err(e) = files::clear_action_pending(base, id) {
+        // The action already ran; at worst it runs once more next time.
+        log::warn!("{e}");
+    }
+    Ok(changed)
 }
 
 fn default_directory() -> String {
@@ -232,6 +383,9 @@ impl Target for PemFiles {
 
     fn validate_config() -> Result<(), ConnectorError> {
         let s = load_settings()?;
+        if let Some(action) = post_deploy(&s, &Options::default())? {
+            action.ensure_granted()?;
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -246,13 +400,24 @@ impl Target for PemFiles {
     fn deploy(
         bundle: CertificateBundle,
         key_pem: String,
-        _options: String,
+        options: String,
     ) -> Result<DeployResult, ConnectorError> {
         let s = load_settings()?;
+        let action = post_deploy(&s, &Options::parse(&options)?)?;
         files::check_certificate_id(&bundle.certificate_id).map_err(ConnectorError::rejected)?;
         let m = material(&bundle, &key_pem)?;
-        let changed = files::deploy(Path::new(&s.directory), s.layout, &m)
-            .map_err(|e| file_error(e, &s.directory))?;
+        if let Some(a) = &action {
+            a.ensure_granted()?;
+        }
+        let base = Path::new(&s.directory);
+        let changed = with_action(
+            action.as_ref(),
+            base,
+            &bundle.certificate_id,
+            || files::would_change(base, s.layout, &m),
+            || files::deploy(base, s.layout, &m).map_err(|e| file_error(e, &s.directory)),
+            &s.directory,
+        )?;
         if changed.is_empty() {
             log::info!(
                 "{} already deployed in {}",
@@ -268,11 +433,22 @@ impl Target for PemFiles {
         })
     }
 
-    fn remove(certificate_id: String, _options: String) -> Result<Vec<String>, ConnectorError> {
+    fn remove(certificate_id: String, options: String) -> Result<Vec<String>, ConnectorError> {
         let s = load_settings()?;
+        let action = post_deploy(&s, &Options::parse(&options)?)?;
         files::check_certificate_id(&certificate_id).map_err(ConnectorError::rejected)?;
-        let changed = files::remove(Path::new(&s.directory), &certificate_id)
-            .map_err(|e| file_error(e, &s.directory))?;
+        if let Some(a) = &action {
+            a.ensure_granted()?;
+        }
+        let base = Path::new(&s.directory);
+        let changed = with_action(
+            action.as_ref(),
+            base,
+            &certificate_id,
+            || files::present(base, &certificate_id),
+            || files::remove(base, &certificate_id).map_err(|e| file_error(e, &s.directory)),
+            &s.directory,
+        )?;
         log::info!("{certificate_id}: removed {} entries", changed.len());
         Ok(changed)
     }
@@ -331,6 +507,58 @@ mod tests {
         );
         let e = s(r#"{"verify_host":"lb"}"#).endpoint(&[]).unwrap();
         assert_eq!(e.server_name, "lb");
+    }
+
+    #[test]
+    fn the_post_deploy_action_comes_from_options_then_settings() {
+        let none = s("{}");
+        let setting = s(r#"{"post_deploy_action":"reload-nginx"}"#);
+        let opts = |json: &str| Options::parse(json).unwrap();
+        assert_eq!(post_deploy(&none, &opts("{}")).unwrap(), None);
+        assert_eq!(post_deploy(&none, &opts("")).unwrap(), None);
+        let a = post_deploy(&setting, &opts("{}")).unwrap().unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.source),
+            ("reload-nginx", "setting `post_deploy_action`")
+        );
+        // The certificate's option wins; other connectors' keys are ignored.
+        let a = post_deploy(
+            &setting,
+            &opts(r#"{"post_deploy_action":"reload.haproxy_2","reload":"nginx"}"#),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.source),
+            ("reload.haproxy_2", "options.post_deploy_action")
+        );
+        let a = post_deploy(&none, &opts(r#"{"post_deploy_action":null}"#)).unwrap();
+        assert_eq!(a, None);
+
+        for bad in [
+            r#"{"post_deploy_action":""}"#,
+            r#"{"post_deploy_action":"/bin/sh -c reboot"}"#,
+            r#"{"post_deploy_action":"Reload"}"#,
+        ] {
+            let e = post_deploy(&none, &opts(bad)).unwrap_err();
+            assert_eq!(e.kind(), "invalid-config", "{bad}");
+            assert!(e.message().contains("options.post_deploy_action"), "{e:?}");
+        }
+        let long = format!(r#"{{"post_deploy_action":"{}"}}"#, "a".repeat(65));
+        assert!(post_deploy(&none, &opts(&long)).is_err());
+        let e = post_deploy(&s(r#"{"post_deploy_action":"x y"}"#), &opts("{}")).unwrap_err();
+        assert!(
+            e.message().contains("setting `post_deploy_action`"),
+            "{e:?}"
+        );
+        // Options of the wrong shape are the operator's to fix.
+        for bad in [r#"{"post_deploy_action":5}"#, "[]", "{"] {
+            assert_eq!(
+                Options::parse(bad).unwrap_err().kind(),
+                "invalid-config",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -382,3 +382,250 @@ async fn plugin_logs_land_in_tracing_with_plugin_and_instance() {
     }
     assert!(out.contains("inst-42"), "instance id missing:\n{out}");
 }
+
+// pem-files' post-deploy action: an action the operator defines (argv) and
+// grants by name; the connector only names it, from its settings or a
+// certificate's options.
+
+/// A self-signed certificate for `id`, as a bundle, and its key.
+fn pem_files_bundle(id: &str) -> (certplane_runtime::target::CertificateBundle, String) {
+    use sha2::Digest;
+    let certified = rcgen::generate_simple_self_signed(vec!["www.example.com".to_string()])
+        .expect("certificate");
+    let bundle = certplane_runtime::target::CertificateBundle {
+        certificate_id: id.into(),
+        dns_names: vec!["www.example.com".into()],
+        certificate_pem: certified.cert.pem(),
+        chain_pem: vec![],
+        fingerprint_sha256: hex::encode(sha2::Sha256::digest(certified.cert.der())),
+    };
+    (bundle, certified.key_pair.serialize_pem())
+}
+
+/// An action running `script` with `/bin/sh` (the operator's definition).
+fn shell_action(script: &str) -> certplane_runtime::actions::ActionSpec {
+    certplane_runtime::actions::ActionSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        timeout: std::time::Duration::from_secs(10),
+        env: std::collections::BTreeMap::new(),
+        working_dir: None,
+    }
+}
+
+/// An action that appends a line to `log` each time it runs.
+fn logging_action(log: &std::path::Path) -> certplane_runtime::actions::ActionSpec {
+    shell_action(&format!("echo ran >> '{}'", log.display()))
+}
+
+fn runs(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// pem-files granted `dir` at /certs and `actions`, with `settings`.
+fn pem_files_config(
+    dir: &std::path::Path,
+    settings: serde_json::Value,
+    actions: &[(&str, certplane_runtime::actions::ActionSpec)],
+) -> InstanceConfig {
+    let mut config = InstanceConfig::new("files-actions")
+        .with_settings(settings)
+        .unwrap()
+        .with_dir(dir, "/certs", true);
+    for (name, spec) in actions {
+        config.grants.actions.insert(name.to_string(), spec.clone());
+    }
+    config
+}
+
+fn connector_error_of<T: std::fmt::Debug>(result: Result<T, CallError>) -> ConnectorError {
+    match result {
+        Err(CallError::Connector { error, .. }) => error,
+        other => panic!("expected a connector error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pem_files_runs_its_post_deploy_action_only_when_files_change() {
+    let harness = Harness::new().unwrap();
+    let plugin = load(&harness, "pem-files").await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (reload_log, other_log) = (logs.path().join("reload"), logs.path().join("other"));
+    let target = instance(
+        &plugin,
+        pem_files_config(
+            dir.path(),
+            serde_json::json!({"directory": "/certs", "post_deploy_action": "reload"}),
+            &[
+                ("reload", logging_action(&reload_log)),
+                ("reload-other", logging_action(&other_log)),
+            ],
+        ),
+    );
+    target.validate_config().await.unwrap();
+    assert_eq!(runs(&reload_log), 0, "validate-config runs nothing");
+
+    let (bundle, key) = pem_files_bundle("web-1");
+    let result = target.deploy(&bundle, &key, "{}").await.unwrap();
+    assert_eq!(runs(&reload_log), 1);
+    assert_eq!(
+        result.changed.last().map(String::as_str),
+        Some("ran action reload")
+    );
+    assert!(dir.path().join("web-1/cert.pem").is_file());
+
+    // The same bundle again: no file changes, the action does not run.
+    let again = target.deploy(&bundle, &key, "{}").await.unwrap();
+    assert!(again.changed.is_empty(), "{:?}", again.changed);
+    assert_eq!(runs(&reload_log), 1);
+
+    // A renewal changes files: it runs again.
+    let (renewed, renewed_key) = pem_files_bundle("web-1");
+    target.deploy(&renewed, &renewed_key, "{}").await.unwrap();
+    assert_eq!(runs(&reload_log), 2);
+
+    // A certificate's options name another granted action for it alone;
+    // keys meant for other connectors are ignored.
+    let options = r#"{"post_deploy_action": "reload-other", "reload": "nginx"}"#;
+    let (api, api_key) = pem_files_bundle("api");
+    target.deploy(&api, &api_key, options).await.unwrap();
+    assert_eq!((runs(&reload_log), runs(&other_log)), (2, 1));
+
+    // Remove runs it after removing something, not when nothing was there.
+    let removed = target.remove("web-1", "{}").await.unwrap();
+    assert!(
+        removed.iter().any(|c| c.ends_with("cert.pem")),
+        "{removed:?}"
+    );
+    assert_eq!(runs(&reload_log), 3);
+    assert!(target.remove("web-1", "{}").await.unwrap().is_empty());
+    assert_eq!(runs(&reload_log), 3);
+    target.remove("api", options).await.unwrap();
+    assert_eq!((runs(&reload_log), runs(&other_log)), (3, 2));
+    // Nothing of certplane's is left in the directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // Without the setting or an option, nothing runs.
+    let plain = instance(
+        &plugin,
+        pem_files_config(
+            dir.path(),
+            serde_json::json!({"directory": "/certs"}),
+            &[("reload", logging_action(&reload_log))],
+        ),
+    );
+    plain.deploy(&bundle, &key, "{}").await.unwrap();
+    assert_eq!(runs(&reload_log), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pem_files_refuses_an_ungranted_action_before_touching_files() {
+    let harness = Harness::new().unwrap();
+    let plugin = load(&harness, "pem-files").await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("reload");
+    let target = instance(
+        &plugin,
+        pem_files_config(
+            dir.path(),
+            serde_json::json!({"directory": "/certs"}),
+            &[("reload", logging_action(&log))],
+        ),
+    );
+    let (bundle, key) = pem_files_bundle("web-1");
+    let err = connector_error_of(
+        target
+            .deploy(&bundle, &key, r#"{"post_deploy_action": "reboot"}"#)
+            .await,
+    );
+    assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("options.post_deploy_action")
+            && err.to_string().contains("reboot"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    assert_eq!(runs(&log), 0);
+
+    // Not an action name at all: the same class.
+    let err = connector_error_of(
+        target
+            .deploy(&bundle, &key, r#"{"post_deploy_action": "/sbin/reboot"}"#)
+            .await,
+    );
+    assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
+
+    // The setting naming an ungranted action fails validate-config.
+    let misconfigured = instance(
+        &plugin,
+        pem_files_config(
+            dir.path(),
+            serde_json::json!({"directory": "/certs", "post_deploy_action": "reload-nginx"}),
+            &[("reload", logging_action(&log))],
+        ),
+    );
+    let err = connector_error_of(misconfigured.validate_config().await);
+    assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("reload-nginx"), "{err}");
+    let err = connector_error_of(misconfigured.remove("web-1", "{}").await);
+    assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pem_files_reports_a_failing_action_and_runs_it_again_next_time() {
+    let harness = Harness::new().unwrap();
+    let plugin = load(&harness, "pem-files").await;
+    let dir = tempfile::tempdir().unwrap();
+    let failing = shell_action("echo checking; echo 'emerg: cannot load certificate' >&2; exit 3");
+    let target = instance(
+        &plugin,
+        pem_files_config(
+            dir.path(),
+            serde_json::json!({"directory": "/certs", "post_deploy_action": "reload"}),
+            &[("reload", failing)],
+        ),
+    );
+    let (bundle, key) = pem_files_bundle("web-1");
+    let err = connector_error_of(target.deploy(&bundle, &key, "{}").await);
+    let ConnectorError::Rejected(message) = &err else {
+        panic!("expected rejected, got {err:?}");
+    };
+    assert!(
+        message.contains("action reload exited with status 3")
+            && message.contains("emerg: cannot load certificate"),
+        "{message}"
+    );
+    // The files stay written, and the action is recorded as owed.
+    let cert = std::fs::read_to_string(dir.path().join("web-1/cert.pem")).unwrap();
+    assert_eq!(der_of(&cert), der_of(&bundle.certificate_pem));
+    assert!(dir.path().join(".web-1.certplane-action-pending").is_file());
+
+    // Once the operator fixed what the action checks, the same deploy (no
+    // file changes) runs it, and then no more.
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("reload");
+    let fixed = instance(
+        &plugin,
+        pem_files_config(
+            dir.path(),
+            serde_json::json!({"directory": "/certs", "post_deploy_action": "reload"}),
+            &[("reload", logging_action(&log))],
+        ),
+    );
+    let result = fixed.deploy(&bundle, &key, "{}").await.unwrap();
+    assert_eq!(result.changed, ["ran action reload"]);
+    assert_eq!(runs(&log), 1);
+    assert!(!dir.path().join(".web-1.certplane-action-pending").exists());
+    assert!(
+        fixed
+            .deploy(&bundle, &key, "{}")
+            .await
+            .unwrap()
+            .changed
+            .is_empty()
+    );
+    assert_eq!(runs(&log), 1);
+}
