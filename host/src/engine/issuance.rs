@@ -543,16 +543,18 @@ async fn issued_notice(
 ) -> Result<crate::store::Notice, StoreError> {
     use super::events::{About, expiry_key, issuance_key, kind};
     let renewed = cert.current_version_id.is_some();
-    let mut about = About::default();
-    about.issuer_name = engine
-        .store
-        .get_issuer(&cert.issuer_id)
-        .await?
-        .map(|i| i.name);
     let mut issued = cert.clone();
     issued.not_after = Some(not_after);
-    about.certificate = Some(issued);
-    about.serial = Some(serial.to_owned());
+    let about = About {
+        issuer_name: engine
+            .store
+            .get_issuer(&cert.issuer_id)
+            .await?
+            .map(|i| i.name),
+        certificate: Some(issued),
+        serial: Some(serial.to_owned()),
+        ..About::default()
+    };
     let (event_kind, verb) = if renewed {
         (kind::RENEWED, "renewed")
     } else {

@@ -429,7 +429,11 @@ async fn issued_then_renewed_clears_the_conditions(backend: Backend) {
         .unwrap();
     let admin = app.api_key("admin", ApiScope::Admin).await;
     let reply = app
-        .post(&format!("/api/v1/certificates/{}/renew", cert.id), &admin, json!({}))
+        .post(
+            &format!("/api/v1/certificates/{}/renew", cert.id),
+            &admin,
+            json!({}),
+        )
         .await;
     assert!(reply.status.is_success(), "{}", reply.text);
     let renewed = wait_for_kind("certificate.renewed").await;

@@ -277,6 +277,7 @@ pub struct Response {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    trailers: Vec<(String, String)>,
 }
 
 impl Response {
@@ -293,7 +294,16 @@ impl Response {
             status,
             headers,
             body: body.into(),
+            trailers: Vec::new(),
         }
+    }
+
+    /// The same response with these trailer fields (for tests of code that
+    /// reads trailers).
+    #[must_use]
+    pub fn with_trailers(mut self, trailers: Vec<(String, String)>) -> Self {
+        self.trailers = trailers;
+        self
     }
 
     /// The HTTP status code.
@@ -315,6 +325,21 @@ impl Response {
     /// The first value of a header, matched case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The trailer fields that followed a chunked body, names lower-cased
+    /// (empty when there were none). Some servers send metadata computed
+    /// while the body streamed here, e.g. Caddy's admin API its `ETag`.
+    pub fn trailers(&self) -> &[(String, String)] {
+        &self.trailers
+    }
+
+    /// The first value of a trailer field, matched case-insensitively.
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
@@ -692,7 +717,16 @@ mod wasi_send {
         })?;
         let future = outgoing_handler::handle(request, Some(options))
             .map_err(|code| transport_error(&what, &code))?;
-        write_body(&what, body, &req.body)?;
+        if let Err(write_failed) = write_body(&what, body, &req.body) {
+            // The host refuses a destination (not granted, a forbidden
+            // address) by failing the request, which closes the body
+            // stream under the writer: its own error says why.
+            future.subscribe().block();
+            return Err(match future.get() {
+                Some(Ok(Err(code))) => transport_error(&what, &code),
+                _ => write_failed,
+            });
+        }
 
         future.subscribe().block();
         let response = match future.get() {
@@ -726,7 +760,7 @@ mod wasi_send {
             ConnectorError::transient(format!("{what}: the response body was already taken"))
         })?;
         let body = read_body(&what, &incoming, req.max_response_bytes)?;
-        drop(IncomingBody::finish(incoming));
+        let trailers = read_trailers(IncomingBody::finish(incoming));
         drop(response);
 
         Ok(Response {
@@ -734,7 +768,32 @@ mod wasi_send {
             status,
             headers,
             body,
+            trailers,
         })
+    }
+
+    /// The trailers after a body read to its end. They are metadata the
+    /// caller may use, not part of the answer: a failure to get them leaves
+    /// them empty rather than failing a request whose body arrived.
+    fn read_trailers(future: http::FutureTrailers) -> Vec<(String, String)> {
+        future.subscribe().block();
+        let fields = match future.get() {
+            Some(Ok(Ok(Some(fields)))) => fields,
+            _ => return Vec::new(),
+        };
+        let entries = fields
+            .entries()
+            .into_iter()
+            .map(|(n, v)| {
+                (
+                    n.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        // A child of `future`: it must go first.
+        drop(fields);
+        entries
     }
 
     fn write_body(what: &str, body: OutgoingBody, bytes: &[u8]) -> Result<(), ConnectorError> {
@@ -912,6 +971,12 @@ mod tests {
             br#"{"a":1}"#.to_vec(),
         );
         assert_eq!(r.header("Retry-After"), Some("7"));
+        assert!(r.trailers().is_empty());
+        let t = r
+            .clone()
+            .with_trailers(vec![("etag".into(), "\"/config/ 1\"".into())]);
+        assert_eq!(t.trailer("ETag"), Some("\"/config/ 1\""));
+        assert_eq!(t.header("etag"), None);
         assert_eq!(r.retry_after_secs(), Some(7));
         assert!(!r.is_success());
         #[derive(Debug, serde::Deserialize)]
