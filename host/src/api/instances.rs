@@ -58,6 +58,8 @@ pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 pub const MAX_HOST_GRANTS: usize = 64;
 /// Most directory grants per instance.
 pub const MAX_DIR_GRANTS: usize = 16;
+/// Most action grants per instance.
+pub const MAX_ACTION_GRANTS: usize = 16;
 
 /// A JSON body whose rejections (malformed JSON, wrong types, unknown
 /// fields, wrong content type, too large) become envelope errors.
@@ -169,6 +171,12 @@ pub struct GrantsBody {
     /// Issuers: who publishes domain-validation challenges (ACME).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenges: Option<ChallengeRoutes>,
+    /// Targets: named actions (a server's configuration test, its reload)
+    /// the connector may run, by name only. The agent's `[actions]` (or,
+    /// for targets the host deploys itself, the host's) defines what each
+    /// runs; the agent also allows each name per connector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
 }
 
 /// Per-instance limits.
@@ -811,6 +819,27 @@ fn check_config(
             }
         }
     }
+    if !grants.actions.is_empty() && kind != Kind::Target {
+        return Err(ApiError::validation(format!(
+            "grants.actions only apply to targets, not to a {}",
+            kind.as_str()
+        )));
+    }
+    if grants.actions.len() > MAX_ACTION_GRANTS {
+        return Err(ApiError::validation(format!(
+            "at most {MAX_ACTION_GRANTS} action grants are allowed"
+        )));
+    }
+    if let Some(bad) = grants
+        .actions
+        .iter()
+        .find(|a| !certplane_runtime::actions::valid_name(a))
+    {
+        return Err(ApiError::validation(format!(
+            "grants.actions: {bad:?} is not an action name (1-64 characters of a-z, 0-9, '-', '_', '.'); \
+             actions are named here and defined in the agent's or host's [actions]"
+        )));
+    }
     if let Some(routes) = &grants.challenges {
         if kind != Kind::Issuer {
             return Err(ApiError::validation(format!(
@@ -916,6 +945,9 @@ async fn validate_with_plugin(
         config = config.with_dir(&dir.path, dir.guest_path.clone(), dir.writable);
     }
     config = config.with_limits(checked.resolved.limits);
+    config.grants.actions =
+        certplane_runtime::actions::granted_specs(&checked.grants.actions, &state.config.actions)
+            .map_err(|e| ApiError::validation(format!("grants.actions: {e}")))?;
     if let Some(tls) = &checked.grants.tls {
         config = config.with_tls(
             tls.instance_tls(|name| checked.secrets.get(name).map(String::as_str))

@@ -655,7 +655,7 @@ async fn notifiers_list_get_delete(backend: Backend) {
 
     let n = app
         .store
-        .create_notifier(NewPluginInstance::new("slack", "slack", "1.0.0"))
+        .create_notifier(NewPluginInstance::new("retired", "retired-chat", "1.0.0"))
         .await
         .unwrap();
     let path = format!("/api/v1/notifiers/{}", n.id);

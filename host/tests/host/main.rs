@@ -5,6 +5,7 @@
 //! database. Helpers come from `certplane-testkit`. Each former test file
 //! is a module; add a module here for a new one.
 
+mod actions;
 mod api_agents;
 mod api_basics;
 mod api_certificates;

@@ -9,6 +9,7 @@ mod acme_standalone;
 mod acme_webroot;
 mod agent_e2e;
 mod agent_http01;
+mod agent_nginx;
 mod agent_process;
 mod crash;
 mod host_https_e2e;

@@ -140,7 +140,12 @@ macro_rules! queue_notices {
                 if !send {
                     continue;
                 }
-                let payload = $crate::store::repo::notices::with_alerts(&notice.payload, changed);
+                // An event about no condition carries no `alerts` at all.
+                let payload = if notice.alerts.is_empty() {
+                    notice.payload.clone()
+                } else {
+                    $crate::store::repo::notices::with_alerts(&notice.payload, changed)
+                };
                 for (notifier_id,) in &notifiers {
                     queued += sqlx::query(
                         "INSERT INTO notifications (id, notifier_id, event_type, subject,
