@@ -55,3 +55,30 @@ pub async fn certificate(
         .await
         .expect("certificate")
 }
+
+/// Records a placeholder version of `cert_id` (not a parseable
+/// certificate: for tests of bookkeeping, not of certificates) issued 80
+/// days ago and ending `days_left` days from now, made current.
+pub async fn version_ending_in(
+    store: &Store,
+    cert_id: &str,
+    serial: &str,
+    days_left: i64,
+) -> CertificateVersion {
+    let now = chrono::Utc::now();
+    store
+        .record_certificate_version(NewCertificateVersion {
+            certificate_id: cert_id.to_owned(),
+            serial: serial.to_owned(),
+            pem_chain: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            not_before: now - chrono::Duration::days(80),
+            not_after: now + chrono::Duration::days(days_left),
+            fingerprint_sha256: "ab".repeat(32),
+            encrypted_private_key: None,
+            job_id: None,
+            ca_certificate_id: None,
+            ca_order_id: None,
+        })
+        .await
+        .expect("version")
+}

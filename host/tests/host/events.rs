@@ -218,23 +218,7 @@ async fn verification_mismatch_and_recovery(backend: Backend) {
 /// failing for good is a plain `job.failed`.
 async fn expiry_stages_and_failed_jobs(backend: Backend) {
     let w = world(backend, |c| c.notifications.expiring_days = vec![2, 10]).await;
-    let now = chrono::Utc::now();
-    w.app
-        .store
-        .record_certificate_version(NewCertificateVersion {
-            certificate_id: w.cert.id.clone(),
-            serial: "0a".into(),
-            pem_chain: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
-            not_before: now - chrono::Duration::days(80),
-            not_after: now + chrono::Duration::days(5),
-            fingerprint_sha256: "ab".repeat(32),
-            encrypted_private_key: None,
-            job_id: None,
-            ca_certificate_id: None,
-            ca_order_id: None,
-        })
-        .await
-        .unwrap();
+    certplane_testkit::fixtures::version_ending_in(&w.app.store, &w.cert.id, "0a", 5).await;
     let issuance = {
         let mut new = NewJob::new(JobType::Renewal).certificate(w.cert.id.clone());
         new.max_attempts = 1;

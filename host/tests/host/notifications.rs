@@ -17,8 +17,8 @@ use certplane_host::api::AppState;
 use certplane_host::engine;
 use certplane_host::plugins::PluginRegistry;
 use certplane_host::store::{
-    JobFailure, JobType, KeySource, NewCertificate, NewCertificateVersion, NewJob, NewNotification,
-    NewPluginInstance, Notification, NotificationStatus, Store, StoreOptions,
+    JobFailure, JobType, KeySource, NewCertificate, NewJob, NewNotification, NewPluginInstance,
+    Notification, NotificationStatus, Store, StoreOptions,
 };
 use certplane_runtime::Level;
 use certplane_runtime::harness::{RecordedRequest, TestResponse, TestServer};
@@ -456,22 +456,7 @@ async fn expiry_and_failed_jobs_are_notified_once(backend: Backend) {
     let cert =
         certplane_testkit::fixtures::certificate(&app.store, &issuer.id, None, KeySource::Host)
             .await;
-    let now = chrono::Utc::now();
-    app.store
-        .record_certificate_version(NewCertificateVersion {
-            certificate_id: cert.id.clone(),
-            serial: "01".into(),
-            pem_chain: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
-            not_before: now - chrono::Duration::days(80),
-            not_after: now + chrono::Duration::days(3),
-            fingerprint_sha256: "ab".repeat(32),
-            encrypted_private_key: None,
-            job_id: None,
-            ca_certificate_id: None,
-            ca_order_id: None,
-        })
-        .await
-        .unwrap();
+    certplane_testkit::fixtures::version_ending_in(&app.store, &cert.id, "01", 3).await;
     let mut new = NewJob::new(JobType::Revocation).certificate(cert.id.clone());
     new.max_attempts = 1;
     let job = app.store.create_job(new).await.unwrap();
