@@ -53,6 +53,7 @@ pub mod pebble;
 pub mod plugins;
 mod ports;
 pub mod server_thread;
+pub mod tls;
 
 #[cfg(feature = "host")]
 pub mod app;

@@ -30,13 +30,10 @@ use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use crate::tls;
+pub use crate::tls::fingerprint_sha256;
 
 /// The nginx binary.
 pub const NGINX: &str = "/usr/sbin/nginx";
@@ -98,14 +95,6 @@ pub fn leaf(names: &[&str]) -> Leaf {
         chain_pem: vec![ca_cert_pem],
         fingerprint_sha256: fingerprint_sha256(cert.der()),
     }
-}
-
-/// Lower-case hex SHA-256 of `der`.
-pub fn fingerprint_sha256(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `argv` wrapped so that each run appends a line to `counter` before it
@@ -300,30 +289,12 @@ impl Nginx {
     /// (lower-case hex) of the leaf nginx presents. The certificate is not
     /// validated (this observes what is served); the handshake signature is.
     pub fn served_fingerprint(&self, server_name: &str) -> Result<String, String> {
-        let name = ServerName::try_from(server_name.to_string())
-            .map_err(|e| format!("server name {server_name:?}: {e}"))?;
-        let mut connection =
-            rustls::ClientConnection::new(observing_config(), name).map_err(|e| e.to_string())?;
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.config.port));
-        let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        tcp.set_write_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        while connection.is_handshaking() {
-            connection
-                .complete_io(&mut tcp)
-                .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
-        }
-        let leaf = connection
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .ok_or_else(|| format!("{addr} presented no certificate"))?;
-        let fingerprint = fingerprint_sha256(leaf.as_ref());
-        connection.send_close_notify();
-        let _ = connection.complete_io(&mut tcp);
-        Ok(fingerprint)
+        tls::served_fingerprint(
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.config.port)),
+            server_name,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )
     }
 
     /// Waits (at most `timeout`) until a handshake with `server_name`
@@ -468,66 +439,5 @@ impl Drop for Nginx {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A client that accepts whatever certificate it is shown and checks only
-/// the handshake signatures: the tests compare fingerprints themselves.
-fn observing_config() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("TLS 1.2 and 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Observing(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
-#[derive(Debug)]
-struct Observing(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Observing {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -5,34 +5,16 @@
 //! the new pair.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+
+pub use certplane_sdk::files::{FileError, TMP_SUFFIX, probe_writable};
+use certplane_sdk::files::{tmp_path, write_atomic};
 
 /// The certificate file: leaf, then the chain.
 pub const FULLCHAIN: &str = "fullchain.pem";
 /// The private key file.
 pub const PRIVKEY: &str = "privkey.pem";
-/// Suffix of the temporary files written before a rename.
-pub const TMP_SUFFIX: &str = ".certplane-tmp";
-
-/// An I/O failure with what was being done.
-#[derive(Debug)]
-pub struct FileError {
-    /// E.g. `writing /certs/web/fullchain.pem`.
-    pub action: String,
-    /// The underlying error.
-    pub error: io::Error,
-}
-
-impl std::fmt::Display for FileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.action, self.error)
-    }
-}
-
-fn io_err(action: String) -> impl FnOnce(io::Error) -> FileError {
-    move |error| FileError { action, error }
-}
 
 /// The two files of `certificate_id` under `base`: (fullchain, privkey).
 pub fn paths(base: &Path, certificate_id: &str) -> (PathBuf, PathBuf) {
@@ -167,60 +149,6 @@ fn remove_file(path: &Path) -> Result<bool, FileError> {
             error: e,
         }),
     }
-}
-
-/// `dir/.name.certplane-tmp` for `dir/name`.
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}{TMP_SUFFIX}"))
-}
-
-/// Writes `contents` to `path` through a temporary file in the same
-/// directory, flushed, then renamed over it.
-fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FileError> {
-    let tmp = tmp_path(path);
-    let result = (|| {
-        let mut f =
-            fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-        f.write_all(contents)
-            .map_err(io_err(format!("writing {}", tmp.display())))?;
-        f.sync_all()
-            .map_err(io_err(format!("flushing {}", tmp.display())))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io_err(format!(
-            "renaming {} to {}",
-            tmp.display(),
-            path.display()
-        )))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Checks that `dir` is an existing directory this instance can write to,
-/// by creating and deleting a probe file in it.
-pub fn probe_writable(dir: &Path, probe_name: &str) -> Result<(), FileError> {
-    let meta = fs::metadata(dir).map_err(io_err(format!("looking up {}", dir.display())))?;
-    if !meta.is_dir() {
-        return Err(FileError {
-            action: format!("using {}", dir.display()),
-            error: io::Error::other("not a directory"),
-        });
-    }
-    let probe = dir.join(probe_name);
-    fs::write(&probe, b"certplane write probe\n").map_err(io_err(format!(
-        "creating the probe file {}",
-        probe.display()
-    )))?;
-    fs::remove_file(&probe).map_err(io_err(format!(
-        "deleting the probe file {}",
-        probe.display()
-    )))
 }
 
 #[cfg(test)]

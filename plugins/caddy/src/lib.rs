@@ -61,6 +61,7 @@ pub mod plan;
 
 use std::path::{Path, PathBuf};
 
+use certplane_sdk::files as sdk_files;
 use certplane_sdk::target::{CertificateBundle, DeployResult, Endpoint, Target};
 use certplane_sdk::{ConnectorError, PluginInfo, context, log, pem, settings};
 use serde::Deserialize;
@@ -204,24 +205,11 @@ impl Settings {
             }
             _ => {}
         }
-        if non_empty(self.verify_host.as_deref()).is_none() {
-            if self.verify_port.is_some() {
-                return Err(ConnectorError::invalid_config(
-                    "setting `verify_port` needs `verify_host`",
-                ));
-            }
-            if self.server_name.is_some() {
-                return Err(ConnectorError::invalid_config(
-                    "setting `server_name` needs `verify_host`",
-                ));
-            }
-        }
-        if self.verify_port == Some(0) {
-            return Err(ConnectorError::invalid_config(
-                "setting `verify_port` must be 1-65535",
-            ));
-        }
-        Ok(())
+        sdk_files::check_verify_settings(
+            self.verify_host.as_deref(),
+            self.verify_port,
+            self.server_name.as_deref(),
+        )
     }
 
     /// The admin API (the URL was checked by [`Settings::check`]).
@@ -239,16 +227,12 @@ impl Settings {
     /// Where the agent should verify, given the deployed certificate's DNS
     /// names; `None` without `verify_host`.
     pub fn endpoint(&self, dns_names: &[String]) -> Option<Endpoint> {
-        let host = non_empty(self.verify_host.as_deref())?;
-        let server_name = non_empty(self.server_name.as_deref())
-            .map(str::to_string)
-            .or_else(|| dns_names.first().cloned())
-            .unwrap_or_else(|| host.to_string());
-        Some(Endpoint {
-            host: host.to_string(),
-            port: self.verify_port.unwrap_or(443),
-            server_name,
-        })
+        sdk_files::verify_endpoint(
+            self.verify_host.as_deref(),
+            self.verify_port,
+            self.server_name.as_deref(),
+            dns_names,
+        )
     }
 }
 
@@ -261,20 +245,8 @@ fn load_settings() -> Result<Settings, ConnectorError> {
 /// Checks that a certificate id is usable in a tag and as a directory
 /// name: 1..=128 characters of `[a-z0-9-]`, not starting with `-`.
 pub fn check_certificate_id(id: &str) -> Result<(), ConnectorError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('-')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ConnectorError::rejected(format!(
-            "certificate id {id:?} is not usable in a Caddy tag and a directory name (expected \
-             1-128 characters of [a-z0-9-], not starting with '-')"
-        )))
-    }
+    sdk_files::check_certificate_id(id, "in a Caddy tag and a directory name")
+        .map_err(ConnectorError::rejected)
 }
 
 /// What goes to Caddy for one bundle.

@@ -15,16 +15,15 @@
 //! accepted; a committed one is only cleaned up.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use certplane_sdk::files::{self, hidden_sibling, io_err, tmp_path};
+pub use certplane_sdk::files::{FileError, TMP_SUFFIX, probe_writable, remove_file};
 use serde::{Deserialize, Serialize};
 
 /// The placeholder a file name pattern uses for the certificate id.
 pub const ID_PLACEHOLDER: &str = "<id>";
-
-/// Suffix of the temporary files written before a rename.
-pub const TMP_SUFFIX: &str = ".certplane-tmp";
 
 /// Suffix of the backups of replaced or removed files.
 pub const BACKUP_SUFFIX: &str = ".certplane-prev";
@@ -33,42 +32,10 @@ pub const BACKUP_SUFFIX: &str = ".certplane-prev";
 /// file, the journal): anything bigger is not what it wrote.
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// An I/O failure with the path it happened on.
-#[derive(Debug)]
-pub struct FileError {
-    /// What was being done, e.g. `writing /certs/web/privkey.pem`.
-    pub action: String,
-    /// The underlying error.
-    pub error: io::Error,
-}
-
-impl std::fmt::Display for FileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.action, self.error)
-    }
-}
-
-fn io_err(action: String) -> impl FnOnce(io::Error) -> FileError {
-    move |error| FileError { action, error }
-}
-
 /// Checks that a certificate id is safe inside a file name: 1..=128
 /// characters of `[a-z0-9-]`, not starting with `-`.
 pub fn check_certificate_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('-')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "certificate id {id:?} is not usable in a file name (expected 1-128 characters of \
-             [a-z0-9-], not starting with '-')"
-        ))
-    }
+    files::check_certificate_id(id, "in a file name")
 }
 
 /// The relative path `pattern` names for certificate `id`: every `<id>`
@@ -337,22 +304,6 @@ pub fn create_parents(base: &Path, rel: &Path) -> Result<Vec<PathBuf>, FileError
     Ok(created)
 }
 
-/// Removes `path`; a missing file is not an error. Adds a line to
-/// `changed` when it removed something.
-pub fn remove_file(path: &Path, changed: &mut Vec<String>) -> Result<(), FileError> {
-    match fs::remove_file(path) {
-        Ok(()) => {
-            changed.push(format!("removed {}", path.display()));
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(FileError {
-            action: format!("removing {}", path.display()),
-            error: e,
-        }),
-    }
-}
-
 /// Removes the now empty parent directories of `rel` under `base`, deepest
 /// first, stopping at the first one that is not empty. Adds a line per
 /// directory removed.
@@ -368,20 +319,6 @@ pub fn remove_empty_parents(base: &Path, rel: &Path, changed: &mut Vec<String>) 
     }
 }
 
-/// `dir/.name.certplane-tmp` for `dir/name`.
-fn tmp_path(path: &Path) -> PathBuf {
-    hidden_sibling(path, TMP_SUFFIX)
-}
-
-/// `dir/.name<suffix>` for `dir/name`.
-fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}{suffix}"))
-}
-
 /// Writes `contents` to `path` through a temporary file and a rename (a
 /// reader at any moment sees the old or the new bytes, never a mix),
 /// unless the file already holds exactly `contents`. Returns whether it
@@ -390,46 +327,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<bool, FileError> {
     if read_optional(path).ok().flatten().as_deref() == Some(contents) {
         return Ok(false);
     }
-    let tmp = tmp_path(path);
-    let result = (|| {
-        let mut f =
-            fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-        f.write_all(contents)
-            .map_err(io_err(format!("writing {}", tmp.display())))?;
-        f.sync_all()
-            .map_err(io_err(format!("flushing {}", tmp.display())))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io_err(format!(
-            "renaming {} to {}",
-            tmp.display(),
-            path.display()
-        )))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|()| true)
-}
-
-/// Checks that `dir` is an existing directory this instance can write to, by
-/// creating and deleting a probe file in it.
-pub fn probe_writable(dir: &Path, probe_name: &str) -> Result<(), FileError> {
-    let meta = fs::metadata(dir).map_err(io_err(format!("looking up {}", dir.display())))?;
-    if !meta.is_dir() {
-        return Err(FileError {
-            action: format!("using {}", dir.display()),
-            error: io::Error::other("not a directory"),
-        });
-    }
-    let probe = dir.join(probe_name);
-    fs::write(&probe, b"certplane write probe\n").map_err(io_err(format!(
-        "creating the probe file {}",
-        probe.display()
-    )))?;
-    fs::remove_file(&probe).map_err(io_err(format!(
-        "deleting the probe file {}",
-        probe.display()
-    )))
+    files::write_atomic(path, contents).map(|()| true)
 }
 
 // The tests compare inodes and modes (std::os::unix): they run natively.

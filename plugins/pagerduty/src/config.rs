@@ -1,7 +1,7 @@
 //! The instance's settings and secret, and the JSON Schema the host checks
 //! settings against before the connector ever sees them.
 
-use certplane_sdk::{ConnectorError, Level, http, settings};
+use certplane_sdk::{ConnectorError, Level, http, notify, settings};
 use serde::Deserialize;
 
 /// PagerDuty's Events API v2 endpoint.
@@ -81,19 +81,8 @@ pub enum MinSeverity {
 impl MinSeverity {
     /// Whether an event of `level` is at or above this threshold.
     pub fn admits(self, level: Level) -> bool {
-        rank(level) >= self as u8 + 2
-    }
-}
-
-/// Contract levels in ascending order (trace 0 ... error 4); `MinSeverity`
-/// starts at info, rank 2.
-fn rank(level: Level) -> u8 {
-    match level {
-        Level::Trace => 0,
-        Level::Debug => 1,
-        Level::Info => 2,
-        Level::Warn => 3,
-        Level::Error => 4,
+        // `MinSeverity` starts at info, rank 2.
+        notify::rank(level) >= self as u8 + 2
     }
 }
 

@@ -47,6 +47,7 @@ pub mod mapping;
 use core::time::Duration;
 
 use certplane_sdk::notifier::{Event, Notifier};
+use certplane_sdk::notify::{self, one_line};
 use certplane_sdk::{ConnectorError, PluginInfo, http, log};
 use serde::Deserialize;
 use serde_json::Value;
@@ -66,23 +67,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How much of an answer that is not PagerDuty's JSON an error quotes.
 const BODY_SNIPPET: usize = 256;
 
-/// Unix seconds as RFC 3339 UTC (`2022-04-07T21:39:13Z`).
-pub fn rfc3339(unix_secs: u64) -> String {
-    let days = unix_secs / 86_400;
-    let rem = unix_secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
-}
+pub use certplane_sdk::notify::rfc3339;
 
 /// PagerDuty's JSON answer: `{"status", "message", "dedup_key"}` on
 /// success, `{"status", "message", "errors": [...]}` on failure.
@@ -124,14 +109,6 @@ impl Answer {
     }
 }
 
-fn one_line(text: &str) -> String {
-    let line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    line.trim().to_string()
-}
-
 /// What the answer's body says: PagerDuty's fields when it is their JSON,
 /// else the start of the body.
 fn explain(body: &[u8]) -> String {
@@ -157,14 +134,7 @@ pub fn outcome(
     location: Option<&str>,
     body: &[u8],
 ) -> Result<(), ConnectorError> {
-    let what = || {
-        let text = explain(body);
-        if text.is_empty() {
-            format!("{request}: HTTP {status}")
-        } else {
-            format!("{request}: HTTP {status}: {text}")
-        }
-    };
+    let what = || notify::status_line(request, status, &explain(body));
     match status {
         200..=299 => Ok(()),
         300..=399 => Err(ConnectorError::invalid_config(format!(
@@ -318,14 +288,6 @@ mod tests {
         assert!(manifest.contains("kind = \"notifier\""));
         assert!(manifest.contains("world = \"1.1.0\""));
         assert!(manifest.contains(config::DEFAULT_EVENTS_URL.trim_end_matches("/v2/enqueue")));
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_649_367_553), "2022-04-07T21:39:13Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
     const R: &str = "trigger certplane:x: POST https://events.pagerduty.com/v2/enqueue";

@@ -3,9 +3,11 @@
 //! unit tests (in a temporary directory).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
+use certplane_sdk::files::{self, io_err, remove_file, tmp_path};
+pub use certplane_sdk::files::{FileError, TMP_SUFFIX, probe_writable};
 use serde::Deserialize;
 
 /// How files are laid out for one managed certificate.
@@ -24,9 +26,6 @@ pub enum Layout {
 /// File names of the split layout, in the order they are written.
 pub const SPLIT_FILES: [&str; 4] = ["privkey.pem", "cert.pem", "chain.pem", "fullchain.pem"];
 
-/// Suffix of the temporary files written before the rename.
-pub const TMP_SUFFIX: &str = ".certplane-tmp";
-
 /// What to write for one certificate.
 #[derive(Clone, Debug)]
 pub struct Material {
@@ -40,42 +39,10 @@ pub struct Material {
     pub key: String,
 }
 
-/// An I/O failure with the path it happened on.
-#[derive(Debug)]
-pub struct FileError {
-    /// What was being done, e.g. `writing /certs/web/cert.pem`.
-    pub action: String,
-    /// The underlying error.
-    pub error: io::Error,
-}
-
-impl std::fmt::Display for FileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.action, self.error)
-    }
-}
-
-fn io_err(action: String) -> impl FnOnce(io::Error) -> FileError {
-    move |error| FileError { action, error }
-}
-
 /// Checks that a certificate id is safe as a file name: 1..=128 characters
 /// of `[a-z0-9-]`, not starting with `-`.
 pub fn check_certificate_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('-')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "certificate id {id:?} is not usable as a file name (expected 1-128 characters of \
-             [a-z0-9-], not starting with '-')"
-        ))
-    }
+    files::check_certificate_id(id, "as a file name")
 }
 
 impl Material {
@@ -241,29 +208,6 @@ fn remove_layout(base: &Path, id: &str, layout: Layout) -> Result<Vec<String>, F
     Ok(changed)
 }
 
-fn remove_file(path: &Path, changed: &mut Vec<String>) -> Result<(), FileError> {
-    match fs::remove_file(path) {
-        Ok(()) => {
-            changed.push(format!("removed {}", path.display()));
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(FileError {
-            action: format!("removing {}", path.display()),
-            error: e,
-        }),
-    }
-}
-
-/// `dir/.name.certplane-tmp` for `dir/name`.
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}{TMP_SUFFIX}"))
-}
-
 /// Writes `contents` to `path` through a temporary file and a rename, unless
 /// the file already holds exactly `contents`. Returns whether it wrote.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<bool, FileError> {
@@ -271,46 +215,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<bool, FileError> {
         Ok(existing) if existing == contents => return Ok(false),
         _ => {}
     }
-    let tmp = tmp_path(path);
-    let result = (|| {
-        let mut f =
-            fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-        f.write_all(contents)
-            .map_err(io_err(format!("writing {}", tmp.display())))?;
-        f.sync_all()
-            .map_err(io_err(format!("flushing {}", tmp.display())))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io_err(format!(
-            "renaming {} to {}",
-            tmp.display(),
-            path.display()
-        )))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|()| true)
-}
-
-/// Checks that `dir` is an existing directory this instance can write to, by
-/// creating and deleting a probe file in it.
-pub fn probe_writable(dir: &Path, probe_name: &str) -> Result<(), FileError> {
-    let meta = fs::metadata(dir).map_err(io_err(format!("looking up {}", dir.display())))?;
-    if !meta.is_dir() {
-        return Err(FileError {
-            action: format!("using {}", dir.display()),
-            error: io::Error::other("not a directory"),
-        });
-    }
-    let probe = dir.join(probe_name);
-    fs::write(&probe, b"certplane write probe\n").map_err(io_err(format!(
-        "creating the probe file {}",
-        probe.display()
-    )))?;
-    fs::remove_file(&probe).map_err(io_err(format!(
-        "deleting the probe file {}",
-        probe.display()
-    )))
+    files::write_atomic(path, contents).map(|()| true)
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub mod files;
 
 use std::path::Path;
 
+use certplane_sdk::files as sdk_files;
 use certplane_sdk::target::{CertificateBundle, DeployResult, Endpoint, Target};
 use certplane_sdk::{ConnectorError, PluginInfo, actions, log, pem, settings};
 use serde::Deserialize;
@@ -256,52 +257,22 @@ impl Settings {
                 "setting `directory` is empty",
             ));
         }
-        let host = self
-            .verify_host
-            .as_deref()
-            .map(str::trim)
-            .filter(|h| !h.is_empty());
-        if host.is_none() {
-            if self.verify_port.is_some() {
-                return Err(ConnectorError::invalid_config(
-                    "setting `verify_port` needs `verify_host`",
-                ));
-            }
-            if self.server_name.is_some() {
-                return Err(ConnectorError::invalid_config(
-                    "setting `server_name` needs `verify_host`",
-                ));
-            }
-        }
-        if self.verify_port == Some(0) {
-            return Err(ConnectorError::invalid_config(
-                "setting `verify_port` must be 1-65535",
-            ));
-        }
-        Ok(())
+        sdk_files::check_verify_settings(
+            self.verify_host.as_deref(),
+            self.verify_port,
+            self.server_name.as_deref(),
+        )
     }
 
     /// Where the agent should verify, given the deployed certificate's DNS
     /// names; `None` without `verify_host`.
     pub fn endpoint(&self, dns_names: &[String]) -> Option<Endpoint> {
-        let host = self
-            .verify_host
-            .as_deref()
-            .map(str::trim)
-            .filter(|h| !h.is_empty())?;
-        let server_name = self
-            .server_name
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .or_else(|| dns_names.first().cloned())
-            .unwrap_or_else(|| host.to_string());
-        Some(Endpoint {
-            host: host.to_string(),
-            port: self.verify_port.unwrap_or(443),
-            server_name,
-        })
+        sdk_files::verify_endpoint(
+            self.verify_host.as_deref(),
+            self.verify_port,
+            self.server_name.as_deref(),
+            dns_names,
+        )
     }
 }
 

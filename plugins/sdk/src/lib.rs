@@ -117,8 +117,10 @@ extern crate self as certplane_sdk;
 
 pub mod bindings;
 mod error;
+pub mod files;
 pub mod http;
 pub mod log;
+pub mod notify;
 pub mod pem;
 pub mod settings;
 

@@ -41,8 +41,8 @@
 //! failures are `transient`; other 4xx `rejected`.
 
 use certplane_sdk::notifier::{Event, Notifier};
-use certplane_sdk::{ConnectorError, Level, PluginInfo, RateLimit, http, log, settings};
-use core::time::Duration;
+use certplane_sdk::notify::{self, parse_details, text_at};
+use certplane_sdk::{ConnectorError, Level, PluginInfo, http, log, settings};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -52,12 +52,6 @@ pub const NAME: &str = "slack";
 /// Name of the secret holding the incoming webhook URL.
 pub const WEBHOOK_URL: &str = "webhook_url";
 
-/// Connect timeout of a delivery.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time to wait for Slack's answer.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Slack answers with a short code: keep little of whatever comes back.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How much of an error answer a message quotes.
 const QUOTED_BYTES: usize = 256;
 
@@ -76,22 +70,7 @@ pub const MAX_FALLBACK_TEXT: usize = 3000;
 /// longer one is cut so the line stays readable.
 const MAX_CONTEXT_PART: usize = 200;
 
-/// The event kinds of `docs/events.md`, with the words the header uses.
-pub const KINDS: [(&str, &str); 13] = [
-    ("certificate.issued", "Certificate issued"),
-    ("certificate.renewed", "Certificate renewed"),
-    ("certificate.expiring", "Certificate expiring"),
-    ("certificate.expired", "Certificate expired"),
-    ("issuance.failed", "Issuance failed"),
-    ("deployment.failed", "Deployment failed"),
-    ("deployment.recovered", "Deployment recovered"),
-    ("verification.mismatch", "Verification mismatch"),
-    ("verification.recovered", "Verification recovered"),
-    ("agent.offline", "Agent offline"),
-    ("agent.online", "Agent back online"),
-    ("agent.retired", "Agent retired"),
-    ("job.failed", "Job failed"),
-];
+pub use certplane_sdk::notify::{KINDS, facts, origin, parse_level, rfc3339, scrub, title};
 
 /// JSON Schema (draft 2020-12) of the settings.
 pub const SETTINGS_SCHEMA: &str = r#"{
@@ -155,32 +134,8 @@ impl Settings {
     /// naming the setting otherwise.
     pub fn from_json(json: &str) -> Result<Settings, ConnectorError> {
         let raw: RawSettings = settings::settings_from_json(json)?;
-        let min_severity = match raw.min_severity.as_deref().map(str::trim) {
-            None => Level::Info,
-            Some(name) => parse_level(name).ok_or_else(|| {
-                ConnectorError::invalid_config(format!(
-                    "setting `min_severity`: {name:?} is not one of trace, debug, info, warn, error"
-                ))
-            })?,
-        };
-        let events = match raw.events {
-            None => None,
-            Some(list) if list.is_empty() => {
-                return Err(ConnectorError::invalid_config(
-                    "setting `events` is empty, which would send nothing: omit it to send every kind",
-                ));
-            }
-            Some(list) => {
-                if let Some(unknown) = list.iter().find(|k| !is_known_kind(k)) {
-                    let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
-                    return Err(ConnectorError::invalid_config(format!(
-                        "setting `events`: {unknown:?} is not an event kind; known kinds: {}",
-                        known.join(", ")
-                    )));
-                }
-                Some(list)
-            }
-        };
+        let min_severity = notify::min_severity_setting(raw.min_severity.as_deref())?;
+        let events = notify::events_setting(raw.events)?;
         let mention = match raw.mention {
             None => None,
             Some(m) if m.trim().is_empty() => None,
@@ -195,46 +150,8 @@ impl Settings {
 
     /// Why `event` is not sent, or `None` when it is.
     pub fn skip_reason(&self, event: &Event) -> Option<String> {
-        if rank(event.severity) < rank(self.min_severity) {
-            return Some(format!(
-                "severity {} is below min_severity {}",
-                log::level_name(event.severity),
-                log::level_name(self.min_severity)
-            ));
-        }
-        match &self.events {
-            Some(kinds) if !kinds.contains(&event.kind) => {
-                Some(format!("kind {} is not in `events`", event.kind))
-            }
-            _ => None,
-        }
+        notify::skip_reason(self.min_severity, self.events.as_deref(), event)
     }
-}
-
-/// A severity by its lower-case name (`warning` too).
-pub fn parse_level(name: &str) -> Option<Level> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "trace" => Level::Trace,
-        "debug" => Level::Debug,
-        "info" => Level::Info,
-        "warn" | "warning" => Level::Warn,
-        "error" => Level::Error,
-        _ => return None,
-    })
-}
-
-fn rank(level: Level) -> u8 {
-    match level {
-        Level::Trace => 0,
-        Level::Debug => 1,
-        Level::Info => 2,
-        Level::Warn => 3,
-        Level::Error => 4,
-    }
-}
-
-fn is_known_kind(kind: &str) -> bool {
-    KINDS.iter().any(|(k, _)| *k == kind)
 }
 
 /// Checks a `mention` setting token by token and joins the tokens with
@@ -295,43 +212,6 @@ pub fn webhook_url(secret: &str) -> Result<String, ConnectorError> {
         )));
     }
     Ok(secret.to_string())
-}
-
-/// `scheme://host[:port]` of a URL: all of it that messages may show.
-pub fn origin(url: &str) -> String {
-    match http::parse_url(url) {
-        Ok(parts) => format!(
-            "{}://{}",
-            if parts.https { "https" } else { "http" },
-            parts.authority
-        ),
-        Err(_) => "(the webhook URL)".into(),
-    }
-}
-
-/// `err` with the webhook URL (in full or without its query, as the SDK
-/// quotes it) replaced by `shown` in its message.
-pub fn scrub(err: ConnectorError, url: &str, shown: &str) -> ConnectorError {
-    let clean = |m: String| {
-        let m = m.replace(url, shown);
-        let bare = http::redact_url(url);
-        if bare.is_empty() {
-            m
-        } else {
-            m.replace(bare, shown)
-        }
-    };
-    match err {
-        ConnectorError::InvalidConfig(m) => ConnectorError::InvalidConfig(clean(m)),
-        ConnectorError::Unauthorized(m) => ConnectorError::Unauthorized(clean(m)),
-        ConnectorError::Rejected(m) => ConnectorError::Rejected(clean(m)),
-        ConnectorError::Transient(m) => ConnectorError::Transient(clean(m)),
-        ConnectorError::Unsupported(m) => ConnectorError::Unsupported(clean(m)),
-        ConnectorError::RateLimited(r) => ConnectorError::RateLimited(RateLimit {
-            retry_after_secs: r.retry_after_secs,
-            message: clean(r.message),
-        }),
-    }
 }
 
 /// Whether line breaks of a text survive (multi-line sections) or become
@@ -399,26 +279,6 @@ fn plain_fit(text: &str, max: usize) -> String {
     out
 }
 
-/// The header's words for a kind; an unknown kind is shown by name, reduced
-/// to the characters kinds are made of.
-pub fn title(kind: &str) -> String {
-    match KINDS.iter().find(|(k, _)| *k == kind) {
-        Some((_, t)) => (*t).to_string(),
-        None => {
-            let name: String = kind
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                .take(100)
-                .collect();
-            if name.is_empty() {
-                "Event".into()
-            } else {
-                format!("Event {name}")
-            }
-        }
-    }
-}
-
 /// The emoji that styles a severity.
 pub fn emoji(level: Level) -> &'static str {
     match level {
@@ -429,116 +289,9 @@ pub fn emoji(level: Level) -> &'static str {
     }
 }
 
-/// Unix seconds as RFC 3339 UTC (`2022-04-07T21:39:13Z`).
-pub fn rfc3339(unix_secs: u64) -> String {
-    let days = unix_secs / 86_400;
-    let rem = unix_secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
-/// A scalar of the details as text; `None` for absent, null, empty,
-/// arrays and objects.
-fn text_at(details: &Value, pointer: &str) -> Option<String> {
-    match details.pointer(pointer)? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
 /// Text inside a code span: a backtick would end it early.
 fn code_safe(text: &str) -> String {
     text.replace('`', "'")
-}
-
-/// The labelled facts of an event's details, most useful first. Values are
-/// raw (not yet escaped).
-pub fn facts(details: &Value) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    let mut push = |label: &'static str, value: Option<String>| {
-        if let Some(v) = value {
-            out.push((label, v));
-        }
-    };
-    push(
-        "Certificate",
-        text_at(details, "/certificate/name").or_else(|| text_at(details, "/certificate/id")),
-    );
-    let names: Vec<&str> = details
-        .pointer("/certificate/dns_names")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    push("DNS names", (!names.is_empty()).then(|| names.join(", ")));
-    push("Not after", text_at(details, "/certificate/not_after"));
-    let stage = text_at(details, "/expiring/stage");
-    let hours = text_at(details, "/expiring/hours_left");
-    push(
-        "Expiry warning",
-        match (stage, hours) {
-            (Some(s), Some(h)) => Some(format!("{s} stage, {h} hours left")),
-            (Some(s), None) => Some(format!("{s} stage")),
-            (None, Some(h)) => Some(format!("{h} hours left")),
-            (None, None) => None,
-        },
-    );
-    let target = text_at(details, "/target/name").or_else(|| text_at(details, "/target/id"));
-    let plugin = text_at(details, "/target/plugin");
-    push(
-        "Target",
-        match (target, plugin) {
-            (Some(t), Some(p)) => Some(format!("{t} ({p})")),
-            (t, _) => t,
-        },
-    );
-    push(
-        "Agent",
-        text_at(details, "/agent/name")
-            .or_else(|| text_at(details, "/agent/id"))
-            .or_else(|| text_at(details, "/target/agent_id")),
-    );
-    push(
-        "Last heartbeat",
-        text_at(details, "/agent/last_heartbeat_at"),
-    );
-    let job = text_at(details, "/job/type");
-    let attempts = details.pointer("/job/attempts").and_then(Value::as_u64);
-    push(
-        "Job",
-        match (job, attempts) {
-            (Some(t), Some(1)) => Some(format!("{t}, 1 attempt")),
-            (Some(t), Some(n)) => Some(format!("{t}, {n} attempts")),
-            (t, _) => t,
-        },
-    );
-    push("Issuer", text_at(details, "/certificate/issuer"));
-    push("Owner", text_at(details, "/certificate/owner"));
-    push("Serial", text_at(details, "/certificate/serial"));
-    out
-}
-
-/// The event's details as JSON: an object, or `None` plus the raw text when
-/// it is something else (shown as is, escaped).
-fn parse_details(details: &str) -> (Value, Option<String>) {
-    if details.trim().is_empty() {
-        return (json!({}), None);
-    }
-    match serde_json::from_str::<Value>(details) {
-        Ok(v @ Value::Object(_)) => (v, None),
-        _ => (json!({}), Some(details.to_string())),
-    }
 }
 
 fn mrkdwn(text: String) -> Value {
@@ -639,16 +392,6 @@ pub fn message(settings: &Settings, event: &Event) -> Value {
     json!({"text": fallback, "blocks": blocks})
 }
 
-/// Slack's answer as one short line for messages.
-fn quoted(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BYTES)]);
-    let text: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    text.trim().to_string()
-}
-
 /// What the operator should do about one of Slack's error codes.
 fn hint(code: &str) -> &'static str {
     match code {
@@ -679,12 +422,9 @@ pub fn outcome(
     retry_after: Option<u32>,
     body: &[u8],
 ) -> Result<(), ConnectorError> {
-    let code = quoted(body);
-    let what = if code.is_empty() {
-        format!("{request}: HTTP {status}")
-    } else {
-        format!("{request}: HTTP {status}: {code}")
-    };
+    // Slack's answer, one short line: its error code.
+    let code = notify::quoted(body, QUOTED_BYTES);
+    let what = notify::status_line(request, status, &code);
     match status {
         200..=299 => Ok(()),
         300..=399 => Err(ConnectorError::invalid_config(format!(
@@ -745,15 +485,8 @@ impl Notifier for Slack {
             return Ok(());
         }
         let url = webhook_url(&settings::required_secret(WEBHOOK_URL)?)?;
-        let shown = origin(&url);
-        let request = format!("POST {shown}");
-        log::debug!("sending {} ({}) to {shown}", event.id, event.kind);
-        let response = http::Request::post(url.as_str())
-            .json(&message(&settings, &event))?
-            .timeout(CONNECT_TIMEOUT, READ_TIMEOUT)
-            .max_response_bytes(MAX_RESPONSE_BYTES)
-            .send()
-            .map_err(|e| scrub(e, &url, &shown))?;
+        let (request, response) =
+            notify::post_to_webhook(&url, &message(&settings, &event), &event)?;
         outcome(
             &request,
             response.status(),
@@ -1159,12 +892,5 @@ mod tests {
             "{}",
             e.message()
         );
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_649_367_553), "2022-04-07T21:39:13Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

@@ -12,6 +12,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use certplane_sdk::files::io_err;
+pub use certplane_sdk::files::{FileError, probe_writable, write_atomic};
 use certplane_sdk::log;
 
 use crate::dynamic::{self, Entry, Managed, Problem};
@@ -72,25 +74,6 @@ impl Material {
     pub fn stem(&self) -> String {
         names::stem(&self.certificate_id, &self.cert, &self.key)
     }
-}
-
-/// An I/O failure with the path it happened on.
-#[derive(Debug)]
-pub struct FileError {
-    /// What was being done, e.g. `writing /traefik/certplane.yml`.
-    pub action: String,
-    /// The underlying error.
-    pub error: io::Error,
-}
-
-impl std::fmt::Display for FileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.action, self.error)
-    }
-}
-
-fn io_err(action: String) -> impl FnOnce(io::Error) -> FileError {
-    move |error| FileError { action, error }
 }
 
 /// Why a call could not do its work.
@@ -416,55 +399,6 @@ fn sweep(
         }
     }
     Ok(changed)
-}
-
-/// Writes `contents` to `path` through a temporary file in the same
-/// directory and a rename, so a reader sees the old file or the new one.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FileError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(names::tmp_name(&name));
-    let result = (|| {
-        let mut f =
-            fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-        f.write_all(contents)
-            .map_err(io_err(format!("writing {}", tmp.display())))?;
-        f.sync_all()
-            .map_err(io_err(format!("flushing {}", tmp.display())))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io_err(format!(
-            "renaming {} to {}",
-            tmp.display(),
-            path.display()
-        )))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Checks that `dir` is an existing directory this instance can write to, by
-/// creating and deleting a probe file in it.
-pub fn probe_writable(dir: &Path, probe_name: &str) -> Result<(), FileError> {
-    let meta = fs::metadata(dir).map_err(io_err(format!("looking up {}", dir.display())))?;
-    if !meta.is_dir() {
-        return Err(FileError {
-            action: format!("using {}", dir.display()),
-            error: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-        });
-    }
-    let probe = dir.join(probe_name);
-    fs::write(&probe, b"certplane write probe\n").map_err(io_err(format!(
-        "creating the probe file {}",
-        probe.display()
-    )))?;
-    fs::remove_file(&probe).map_err(io_err(format!(
-        "deleting the probe file {}",
-        probe.display()
-    )))
 }
 
 /// Exclusive use of one configuration file among calls that may run at

@@ -64,6 +64,7 @@ pub mod names;
 
 use std::path::{Path, PathBuf};
 
+use certplane_sdk::files as sdk_files;
 use certplane_sdk::target::{CertificateBundle, DeployResult, Endpoint, Target};
 use certplane_sdk::{ConnectorError, PluginInfo, context, log, pem, settings};
 use serde::Deserialize;
@@ -198,34 +199,22 @@ impl Settings {
         if let Some(t) = &self.traefik_directory {
             check_served_dir(t, "setting `traefik_directory`")?;
         }
-        let host = non_empty(&self.verify_host);
-        if host.is_none() {
-            if self.verify_port.is_some() {
-                return bad("setting `verify_port` needs `verify_host`".into());
-            }
-            if self.server_name.is_some() {
-                return bad("setting `server_name` needs `verify_host`".into());
-            }
-        }
-        if self.verify_port == Some(0) {
-            return bad("setting `verify_port` must be 1-65535".into());
-        }
-        Ok(())
+        sdk_files::check_verify_settings(
+            self.verify_host.as_deref(),
+            self.verify_port,
+            self.server_name.as_deref(),
+        )
     }
 
     /// Where the agent should verify, given the deployed certificate's DNS
     /// names; `None` without `verify_host`.
     pub fn endpoint(&self, dns_names: &[String]) -> Option<Endpoint> {
-        let host = non_empty(&self.verify_host)?;
-        let server_name = non_empty(&self.server_name)
-            .map(str::to_string)
-            .or_else(|| dns_names.first().cloned())
-            .unwrap_or_else(|| host.to_string());
-        Some(Endpoint {
-            host: host.to_string(),
-            port: self.verify_port.unwrap_or(443),
-            server_name,
-        })
+        sdk_files::verify_endpoint(
+            self.verify_host.as_deref(),
+            self.verify_port,
+            self.server_name.as_deref(),
+            dns_names,
+        )
     }
 
     /// Where things go, with `served` the certificate directory as Traefik

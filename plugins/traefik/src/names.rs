@@ -11,7 +11,7 @@ pub const DIGEST_HEX: usize = 16;
 
 /// Suffix of temporary files written before a rename. Traefik reads only
 /// `.yml`, `.yaml` and `.toml` files, so it never sees one half-written.
-pub const TMP_SUFFIX: &str = ".certplane-tmp";
+pub use certplane_sdk::files::TMP_SUFFIX;
 
 /// Which of a certificate's two files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,20 +36,7 @@ pub struct FileName {
 /// Checks that a certificate id is safe in a file name: 1..=128 characters
 /// of `[a-z0-9-]`, not starting with `-`.
 pub fn check_certificate_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('-')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "certificate id {id:?} is not usable in a file name (expected 1-128 characters of \
-             [a-z0-9-], not starting with '-')"
-        ))
-    }
+    certplane_sdk::files::check_certificate_id(id, "in a file name")
 }
 
 /// `<id>-<hex>`: the shared name of the two files holding `cert` and

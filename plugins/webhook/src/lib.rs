@@ -31,7 +31,7 @@ use base64::Engine;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use certplane_sdk::notifier::{Event, Notifier};
-use certplane_sdk::{ConnectorError, Level, PluginInfo, http, log, settings};
+use certplane_sdk::{ConnectorError, PluginInfo, http, log, notify, settings};
 use core::time::Duration;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -111,33 +111,8 @@ pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
 }
 
 /// The contract's severity as a lower-case word.
-pub fn severity_name(level: Level) -> &'static str {
-    match level {
-        Level::Trace => "trace",
-        Level::Debug => "debug",
-        Level::Info => "info",
-        Level::Warn => "warn",
-        Level::Error => "error",
-    }
-}
-
-/// Unix seconds as RFC 3339 UTC (`2022-04-07T21:39:13Z`).
-pub fn rfc3339(unix_secs: u64) -> String {
-    let days = unix_secs / 86_400;
-    let rem = unix_secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
-}
+pub use certplane_sdk::log::level_name as severity_name;
+pub use certplane_sdk::notify::rfc3339;
 
 /// The JSON body of one event.
 pub fn payload(event: &Event) -> Value {
@@ -169,19 +144,7 @@ pub fn outcome(
     location: Option<&str>,
     body: &[u8],
 ) -> Result<(), ConnectorError> {
-    let what = || {
-        let text = String::from_utf8_lossy(&body[..body.len().min(256)]);
-        let text: String = text
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        let text = text.trim();
-        if text.is_empty() {
-            format!("{request}: HTTP {status}")
-        } else {
-            format!("{request}: HTTP {status}: {text}")
-        }
-    };
+    let what = || notify::status_line(request, status, &notify::quoted(body, 256));
     match status {
         200..=299 => Ok(()),
         300..=399 => Err(ConnectorError::rejected(format!(
@@ -267,6 +230,7 @@ certplane_sdk::export_notifier!(Webhook);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use certplane_sdk::Level;
 
     #[test]
     fn standard_webhooks_test_vector() {
@@ -292,14 +256,6 @@ mod tests {
             assert_eq!(e.kind(), "invalid-config", "{bad}");
             assert!(!e.message().contains("not-base64"), "{}", e.message());
         }
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_649_367_553), "2022-04-07T21:39:13Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
     fn event(details: &str) -> Event {

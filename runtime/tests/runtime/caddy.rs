@@ -106,6 +106,15 @@ fn connector_error<T: std::fmt::Debug>(result: Result<T, CallError>) -> Connecto
     }
 }
 
+/// Deploys `leaf` for `name` as certificate `id` through `target`, which
+/// must succeed.
+async fn deploy(target: &PluginInstance, id: &str, leaf: &Leaf, name: &str) -> DeployResult {
+    target
+        .deploy(&bundle(id, leaf, name), &leaf.key_pem, "{}")
+        .await
+        .unwrap()
+}
+
 fn served(caddy: &Caddy, name: &str) -> String {
     caddy
         .served_fingerprint(name)
@@ -122,10 +131,7 @@ async fn api_mode_deploys_replaces_and_removes() {
     // A first certificate: added to a configuration without certificates.
     assert_eq!(caddy.certificates(), Value::Null);
     let a = leaf(&[WWW]);
-    let result = target
-        .deploy(&bundle("web", &a, WWW), &a.key_pem, "{}")
-        .await
-        .unwrap();
+    let result = deploy(&target, "web", &a, WWW).await;
     assert_eq!(
         result.changed,
         ["caddy: added load_pem entry (certplane:web)"]
@@ -152,19 +158,13 @@ async fn api_mode_deploys_replaces_and_removes() {
 
     // The same again: nothing written, the configuration as it was.
     let before = caddy.config();
-    let again = target
-        .deploy(&bundle("web", &a, WWW), &a.key_pem, "{}")
-        .await
-        .unwrap();
+    let again = deploy(&target, "web", &a, WWW).await;
     assert!(again.changed.is_empty(), "{:?}", again.changed);
     assert_eq!(caddy.config(), before);
 
     // A renewal of the same certificate id replaces its entry in place.
     let b = leaf(&[WWW]);
-    let result = target
-        .deploy(&bundle("web", &b, WWW), &b.key_pem, "{}")
-        .await
-        .unwrap();
+    let result = deploy(&target, "web", &b, WWW).await;
     assert_eq!(
         result.changed,
         ["caddy: replaced load_pem[0] (certplane:web)"]
@@ -178,10 +178,7 @@ async fn api_mode_deploys_replaces_and_removes() {
 
     // A second certificate id coexists.
     let c = leaf(&[API]);
-    let result = target
-        .deploy(&bundle("api", &c, API), &c.key_pem, "{}")
-        .await
-        .unwrap();
+    let result = deploy(&target, "api", &c, API).await;
     assert_eq!(
         result.changed,
         ["caddy: added load_pem entry (certplane:api)"]
@@ -217,10 +214,7 @@ async fn files_mode_deploys_replaces_and_removes() {
     target.validate_config().await.unwrap();
 
     let a = leaf(&[WWW]);
-    let result = target
-        .deploy(&bundle("web", &a, WWW), &a.key_pem, "{}")
-        .await
-        .unwrap();
+    let result = deploy(&target, "web", &a, WWW).await;
     let fullchain = base.join("web/fullchain.pem");
     let privkey = base.join("web/privkey.pem");
     assert_eq!(
@@ -253,10 +247,7 @@ async fn files_mode_deploys_replaces_and_removes() {
     // The same again: no file rewritten, no configuration change.
     let before = caddy.config();
     let modified = std::fs::metadata(&fullchain).unwrap().modified().unwrap();
-    let again = target
-        .deploy(&bundle("web", &a, WWW), &a.key_pem, "{}")
-        .await
-        .unwrap();
+    let again = deploy(&target, "web", &a, WWW).await;
     assert!(again.changed.is_empty(), "{:?}", again.changed);
     assert_eq!(caddy.config(), before);
     assert_eq!(
@@ -266,10 +257,7 @@ async fn files_mode_deploys_replaces_and_removes() {
 
     // A renewal: both files rewritten, the entry replaced, the new leaf served.
     let b = leaf(&[WWW]);
-    let result = target
-        .deploy(&bundle("web", &b, WWW), &b.key_pem, "{}")
-        .await
-        .unwrap();
+    let result = deploy(&target, "web", &b, WWW).await;
     assert_eq!(result.changed.len(), 3, "{:?}", result.changed);
     assert_eq!(
         result.changed[2],
@@ -280,10 +268,7 @@ async fn files_mode_deploys_replaces_and_removes() {
 
     // A second certificate id coexists.
     let c = leaf(&[API]);
-    target
-        .deploy(&bundle("api", &c, API), &c.key_pem, "{}")
-        .await
-        .unwrap();
+    deploy(&target, "api", &c, API).await;
     assert_eq!(served(&caddy, API), c.fingerprint);
     assert_eq!(served(&caddy, WWW), b.fingerprint);
 
@@ -317,10 +302,7 @@ async fn files_mode_reloads_caddy_when_only_the_files_changed() {
     let base = dir.path().canonicalize().unwrap();
     let target = files_instance(&plugin, &caddy, &base);
     let a = leaf(&[WWW]);
-    target
-        .deploy(&bundle("web", &a, WWW), &a.key_pem, "{}")
-        .await
-        .unwrap();
+    deploy(&target, "web", &a, WWW).await;
 
     // Someone else puts another pair into the files and makes Caddy load
     // them: the entry (and its fingerprint tag) still says `a`.
@@ -346,10 +328,7 @@ async fn files_mode_reloads_caddy_when_only_the_files_changed() {
 
     // Deploying `a` again rewrites the files; Caddy's JSON needs no change,
     // yet Caddy must reload them.
-    let result = target
-        .deploy(&bundle("web", &a, WWW), &a.key_pem, "{}")
-        .await
-        .unwrap();
+    let result = deploy(&target, "web", &a, WWW).await;
     assert_eq!(result.changed.len(), 3, "{:?}", result.changed);
     assert_eq!(
         result.changed[2],
@@ -397,13 +376,8 @@ async fn a_broken_pair_is_rejected_and_the_previous_certificate_stays() {
     let files = files_instance(&plugin, &caddy, &base);
     let a = leaf(&[WWW]);
     let c = leaf(&[API]);
-    api.deploy(&bundle("web", &a, WWW), &a.key_pem, "{}")
-        .await
-        .unwrap();
-    files
-        .deploy(&bundle("api", &c, API), &c.key_pem, "{}")
-        .await
-        .unwrap();
+    deploy(&api, "web", &a, WWW).await;
+    deploy(&files, "api", &c, API).await;
     let before = caddy.config();
     let files_before = (
         std::fs::read_to_string(base.join("api/fullchain.pem")).unwrap(),
@@ -544,10 +518,7 @@ async fn a_write_without_an_answer_is_checked_before_it_is_repeated() {
         let target = api_instance(&plugin, &proxy.url(), &proxy.grant());
         let cert = leaf(&[name]);
         async move {
-            let result = target
-                .deploy(&bundle(id, &cert, name), &cert.key_pem, "{}")
-                .await
-                .unwrap();
+            let result = deploy(&target, id, &cert, name).await;
             (proxy, cert, result)
         }
     };

@@ -12,6 +12,7 @@ mod contract;
 mod digicert;
 mod instance_tls;
 mod nginx;
+mod notify_events;
 mod pagerduty;
 mod plugins;
 mod sandbox;

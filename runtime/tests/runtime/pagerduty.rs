@@ -15,13 +15,12 @@ use certplane_testkit::fake_pagerduty::{FakePagerDuty, Incident, IncidentState, 
 use serde_json::{Value, json};
 
 use crate::common::{instance, load};
+use crate::notify_events::{OCCURRED_AT, alert};
 
 const CERT: &str = "c0ffee00-0000-4000-8000-000000000001";
 const TARGET: &str = "7a26e700-0000-4000-8000-000000000002";
 const TARGET_2: &str = "7a26e700-0000-4000-8000-000000000003";
 const AGENT: &str = "a6e47000-0000-4000-8000-000000000004";
-/// 2026-12-02T08:00:00Z.
-const OCCURRED_AT: u64 = 1_796_198_400;
 
 struct World {
     pd: FakePagerDuty,
@@ -97,10 +96,6 @@ fn target(id: &str, name: &str) -> Value {
 
 fn agent() -> Value {
     json!({"id": AGENT, "name": "edge-1", "last_heartbeat_at": "2026-12-02T07:50:00Z"})
-}
-
-fn alert(key: &str, state: &str) -> Value {
-    json!({"key": key, "state": state})
 }
 
 fn event(id: &str, kind: &str, severity: Level, summary: &str, details: Value) -> Event {

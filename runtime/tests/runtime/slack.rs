@@ -6,124 +6,27 @@
 //! ungranted URL. The webhook URL is the secret: no error may show its
 //! token.
 
-use std::sync::Arc;
-
-use certplane_runtime::harness::Harness;
 use certplane_runtime::notifier::Event;
-use certplane_runtime::{
-    CallError, ConnectorError, InstanceConfig, Level, Plugin, PluginInstance, RuntimeConfig,
-};
+use certplane_runtime::{CallError, ConnectorError, InstanceConfig, Level};
 use certplane_testkit::fake_chat::{
     ChatFault, FakeChat, slack_ampersands_escaped, slack_controls, slack_texts, slack_unescape,
     validate_slack_message,
 };
-use certplane_testkit::plugin_cache_dir;
 use serde_json::{Value, json};
 
-use crate::common::{instance, load};
-
-/// 2026-12-02T08:00:00Z.
-const OCCURRED_AT: u64 = 1_796_198_400;
-
-struct World {
-    chat: FakeChat,
-    plugin: Arc<Plugin>,
-    _harness: Harness,
-}
+use crate::common::instance;
+use crate::notify_events::{
+    self as events, ChatWorld as World, OCCURRED_AT, agent_event, event, failing_event,
+};
 
 async fn world() -> World {
-    let chat = FakeChat::slack();
-    let harness = Harness::with_config(RuntimeConfig {
-        cache_dir: Some(plugin_cache_dir()),
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    let plugin = load(&harness, "slack").await;
-    World {
-        chat,
-        plugin,
-        _harness: harness,
-    }
-}
-
-impl World {
-    /// An instance with `settings`, the fake's URL as its secret and a grant
-    /// of the fake's address only.
-    fn notifier(&self, settings: Value) -> PluginInstance {
-        self.notifier_to(settings, &self.chat.url())
-    }
-
-    fn notifier_to(&self, settings: Value, url: &str) -> PluginInstance {
-        let config = InstanceConfig::new("slack-1")
-            .with_settings(settings)
-            .unwrap()
-            .with_secret("webhook_url", url)
-            .with_hosts(&[self.chat.grant()])
-            .unwrap();
-        instance(&self.plugin, config)
-    }
-
-    /// Delivers `event` and returns the one message the fake accepted.
-    async fn deliver(&self, settings: Value, event: &Event) -> Value {
-        let before = self.chat.messages().len();
-        self.notifier(settings).notify(event).await.unwrap();
-        let messages = self.chat.messages();
-        assert_eq!(messages.len(), before + 1, "{:?}", self.chat.requests());
-        let message = messages[before].clone();
-        validate_slack_message(&message).unwrap();
-        message
-    }
-
-    /// The connector error of a failed delivery; checks that it does not
-    /// show the webhook's token.
-    async fn failure(&self, settings: Value, event: &Event) -> ConnectorError {
-        let err = match self.notifier(settings).notify(event).await {
-            Err(CallError::Connector { error, .. }) => error,
-            other => panic!("expected a connector error, got {other:?}"),
-        };
-        assert!(
-            !err.to_string().contains(self.chat.credential()),
-            "the token leaked: {err}"
-        );
-        err
-    }
-}
-
-fn event(kind: &str, severity: Level, summary: &str, details: Value) -> Event {
-    Event {
-        id: format!("ntf-{kind}"),
-        kind: kind.into(),
-        severity,
-        summary: summary.into(),
-        subject: "certificate/c0ffee01".into(),
-        occurred_at: OCCURRED_AT,
-        details: details.to_string(),
-    }
-}
-
-fn certificate() -> Value {
-    json!({
-        "id": "c0ffee01",
-        "name": "web-prod",
-        "dns_names": ["www.example.com", "example.com"],
-        "owner": "team-web",
-        "issuer_id": "iss-1",
-        "issuer": "letsencrypt",
-        "serial": "04a1",
-        "not_after": "2027-03-01T12:00:00Z"
-    })
-}
-
-fn target() -> Value {
-    json!({"id": "tgt-1", "name": "edge-nginx", "plugin": "nginx", "agent_id": "agt-1"})
-}
-
-fn agent() -> Value {
-    json!({"id": "agt-1", "name": "edge-1", "last_heartbeat_at": "2026-12-02T07:40:00Z"})
-}
-
-fn alert(key: &str, state: &str) -> Value {
-    json!({"key": key, "state": state})
+    World::start(
+        "slack",
+        FakeChat::slack(),
+        validate_slack_message,
+        |credential, text| assert!(!text.contains(credential), "the token leaked: {text}"),
+    )
+    .await
 }
 
 fn header(message: &Value) -> String {
@@ -224,17 +127,7 @@ fn with_mention() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_issued() {
     let w = world().await;
-    let e = event(
-        "certificate.issued",
-        Level::Info,
-        "web-prod issued by letsencrypt",
-        json!({
-            "schema_version": 1,
-            "certificate": certificate(),
-            "job": {"id": "job-1", "type": "issuance", "attempts": 1},
-            "alerts": [alert("issuance:c0ffee01", "resolved")]
-        }),
-    );
+    let e = events::certificate_issued();
     let m = w.deliver(with_mention(), &e).await;
     assert_common(&m, &e, None);
     assert_eq!(header(&m), ":large_green_circle: Certificate issued");
@@ -261,16 +154,7 @@ async fn certificate_issued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_renewed() {
     let w = world().await;
-    let e = event(
-        "certificate.renewed",
-        Level::Info,
-        "web-prod renewed",
-        json!({
-            "schema_version": 1,
-            "certificate": certificate(),
-            "alerts": [alert("expiry:c0ffee01", "resolved"), alert("issuance:c0ffee01", "resolved")]
-        }),
-    );
+    let e = events::certificate_renewed();
     let m = w.deliver(with_mention(), &e).await;
     assert_common(&m, &e, None);
     assert_eq!(header(&m), ":large_green_circle: Certificate renewed");
@@ -285,20 +169,7 @@ async fn certificate_renewed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_expiring_warns_then_pages_at_the_last_stage() {
     let w = world().await;
-    let details = |stage: &str, hours: u64| {
-        json!({
-            "schema_version": 1,
-            "certificate": certificate(),
-            "expiring": {"stage": stage, "hours_left": hours},
-            "alerts": [alert("expiry:c0ffee01", "triggered")]
-        })
-    };
-    let warn = event(
-        "certificate.expiring",
-        Level::Warn,
-        "web-prod expires in 6 days",
-        details("7d", 150),
-    );
+    let warn = events::certificate_expiring(Level::Warn, "web-prod expires in 6 days", "7d", 150);
     let m = w.deliver(with_mention(), &warn).await;
     assert_common(&m, &warn, None);
     assert_eq!(header(&m), ":warning: Certificate expiring");
@@ -311,12 +182,7 @@ async fn certificate_expiring_warns_then_pages_at_the_last_stage() {
         Some("2027-03-01T12:00:00Z")
     );
 
-    let last = event(
-        "certificate.expiring",
-        Level::Error,
-        "web-prod expires in 20 hours",
-        details("1d", 20),
-    );
+    let last = events::certificate_expiring(Level::Error, "web-prod expires in 20 hours", "1d", 20);
     let m = w.deliver(with_mention(), &last).await;
     assert_common(&m, &last, Some(MENTION));
     assert_eq!(header(&m), ":red_circle: Certificate expiring");
@@ -329,18 +195,7 @@ async fn certificate_expiring_warns_then_pages_at_the_last_stage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_expired() {
     let w = world().await;
-    let mut cert = certificate();
-    cert["owner"] = Value::Null;
-    let e = event(
-        "certificate.expired",
-        Level::Error,
-        "web-prod expired",
-        json!({
-            "schema_version": 1,
-            "certificate": cert,
-            "alerts": [alert("expiry:c0ffee01", "triggered")]
-        }),
-    );
+    let e = events::certificate_expired();
     let m = w.deliver(with_mention(), &e).await;
     assert_common(&m, &e, Some(MENTION));
     assert_eq!(header(&m), ":red_circle: Certificate expired");
@@ -357,20 +212,8 @@ async fn certificate_expired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuance_failed() {
     let w = world().await;
-    let mut cert = certificate();
-    cert["serial"] = Value::Null;
-    cert["not_after"] = Value::Null;
-    let e = event(
-        "issuance.failed",
-        Level::Error,
-        "issuing web-prod failed",
-        json!({
-            "schema_version": 1,
-            "certificate": cert,
-            "job": {"id": "job-9", "type": "issuance", "attempts": 5},
-            "reason": "letsencrypt: urn:ietf:params:acme:error:rejectedIdentifier: example.com is blocked",
-            "alerts": [alert("issuance:c0ffee01", "triggered")]
-        }),
+    let e = events::issuance_failed(
+        "letsencrypt: urn:ietf:params:acme:error:rejectedIdentifier: example.com is blocked",
     );
     let m = w.deliver(with_mention(), &e).await;
     assert_common(&m, &e, Some(MENTION));
@@ -388,19 +231,8 @@ async fn issuance_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_failed() {
     let w = world().await;
-    let e = event(
-        "deployment.failed",
-        Level::Error,
-        "deploying web-prod to edge-nginx failed",
-        json!({
-            "schema_version": 1,
-            "certificate": certificate(),
-            "target": target(),
-            "agent": agent(),
-            "job": {"id": "job-3", "type": "deploy", "attempts": 3},
-            "reason": "action nginx-test exited with status 1: nginx: [emerg] cannot load certificate\nnginx: configuration file /etc/nginx/nginx.conf test failed",
-            "alerts": [alert("deployment:c0ffee01:tgt-1", "triggered")]
-        }),
+    let e = events::deployment_failed(
+        "action nginx-test exited with status 1: nginx: [emerg] cannot load certificate\nnginx: configuration file /etc/nginx/nginx.conf test failed",
     );
     let m = w.deliver(with_mention(), &e).await;
     assert_common(&m, &e, Some(MENTION));
@@ -422,18 +254,7 @@ async fn deployment_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_recovered() {
     let w = world().await;
-    let e = event(
-        "deployment.recovered",
-        Level::Info,
-        "web-prod deployed to edge-nginx again",
-        json!({
-            "schema_version": 1,
-            "certificate": certificate(),
-            "target": target(),
-            "agent": agent(),
-            "alerts": [alert("deployment:c0ffee01:tgt-1", "resolved")]
-        }),
-    );
+    let e = events::deployment_recovered();
     let m = w.deliver(with_mention(), &e).await;
     assert_common(&m, &e, None);
     assert_eq!(header(&m), ":large_green_circle: Deployment recovered");
@@ -444,20 +265,7 @@ async fn deployment_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verification_mismatch() {
     let w = world().await;
-    let mut host_target = target();
-    host_target["agent_id"] = json!("host");
-    let e = event(
-        "verification.mismatch",
-        Level::Error,
-        "edge-nginx serves another certificate than web-prod",
-        json!({
-            "schema_version": 1,
-            "certificate": certificate(),
-            "target": host_target,
-            "reason": "www.example.com:443 served SHA-256 ab12… instead of cd34…",
-            "alerts": [alert("verification:c0ffee01:tgt-1", "triggered")]
-        }),
-    );
+    let e = events::verification_mismatch();
     let m = w.deliver(with_mention(), &e).await;
     assert_common(&m, &e, Some(MENTION));
     assert_eq!(header(&m), ":red_circle: Verification mismatch");
@@ -473,37 +281,11 @@ async fn verification_mismatch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verification_recovered() {
     let w = world().await;
-    let e = event(
-        "verification.recovered",
-        Level::Info,
-        "edge-nginx serves web-prod again",
-        json!({
-            "schema_version": 1,
-            "certificate": certificate(),
-            "target": target(),
-            "agent": agent(),
-            "alerts": [alert("verification:c0ffee01:tgt-1", "resolved")]
-        }),
-    );
+    let e = events::verification_recovered(true);
     let m = w.deliver(with_mention(), &e).await;
     assert_common(&m, &e, None);
     assert_eq!(header(&m), ":large_green_circle: Verification recovered");
     assert_eq!(field(&m, "Target").as_deref(), Some("edge-nginx (nginx)"));
-}
-
-fn agent_event(kind: &str, severity: Level, summary: &str, state: &str) -> Event {
-    let mut e = event(
-        kind,
-        severity,
-        summary,
-        json!({
-            "schema_version": 1,
-            "agent": agent(),
-            "alerts": [alert("agent:agt-1", state)]
-        }),
-    );
-    e.subject = "agent/agt-1".into();
-    e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,17 +354,7 @@ async fn agent_retired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_failed() {
     let w = world().await;
-    let e = event(
-        "job.failed",
-        Level::Error,
-        "revoking web-prod failed",
-        json!({
-            "schema_version": 1,
-            "certificate": certificate(),
-            "job": {"id": "job-7", "type": "revocation", "attempts": 4},
-            "reason": "letsencrypt: HTTP 503"
-        }),
-    );
+    let e = events::job_failed();
     // Without `mention` an error pings nobody.
     let m = w.deliver(json!({}), &e).await;
     assert_common(&m, &e, None);
@@ -597,34 +369,28 @@ async fn job_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_events_send_nothing() {
     let w = world().await;
-    let issued = event(
-        "certificate.issued",
-        Level::Info,
-        "issued",
-        json!({"certificate": certificate()}),
-    );
-    let retired = agent_event("agent.retired", Level::Warn, "retired", "resolved");
-    let offline = agent_event("agent.offline", Level::Error, "offline", "triggered");
-
-    let warn_and_up = w.notifier(json!({"min_severity": "warn"}));
-    warn_and_up.notify(&issued).await.unwrap();
-    assert!(w.chat.requests().is_empty(), "{:?}", w.chat.requests());
-    warn_and_up.notify(&retired).await.unwrap();
-    assert_eq!(w.chat.messages().len(), 1);
-
-    let offline_only = w.notifier(json!({"events": ["agent.offline"]}));
-    offline_only.notify(&retired).await.unwrap();
-    offline_only.notify(&issued).await.unwrap();
-    assert_eq!(w.chat.requests().len(), 1);
-    offline_only.notify(&offline).await.unwrap();
-    let messages = w.chat.messages();
-    assert_eq!(messages.len(), 2);
+    let messages = w.assert_filters().await;
+    // The second is agent.offline's.
     assert_eq!(header(&messages[1]), ":red_circle: Agent offline");
 
     // Both settings at once: the kind must be listed and severe enough.
     let both = w.notifier(json!({"min_severity": "error", "events": ["agent.retired"]}));
-    both.notify(&retired).await.unwrap();
-    both.notify(&offline).await.unwrap();
+    both.notify(&agent_event(
+        "agent.retired",
+        Level::Warn,
+        "retired",
+        "resolved",
+    ))
+    .await
+    .unwrap();
+    both.notify(&agent_event(
+        "agent.offline",
+        Level::Error,
+        "offline",
+        "triggered",
+    ))
+    .await
+    .unwrap();
     assert_eq!(w.chat.requests().len(), 2);
 }
 
@@ -756,15 +522,6 @@ async fn huge_events_are_cut_to_slacks_limits() {
     );
 }
 
-fn failing_event() -> Event {
-    event(
-        "deployment.failed",
-        Level::Error,
-        "deploying web-prod failed",
-        json!({"certificate": certificate(), "target": target(), "reason": "boom"}),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_payload_is_rejected() {
     let w = world().await;
@@ -871,29 +628,7 @@ async fn server_errors_and_transport_failures_are_transient() {
         }
     }
     // Nothing listens any more: connection refused.
-    let url = w.chat.url();
-    let grant = w.chat.grant();
-    let credential = w.chat.credential().to_string();
-    let World {
-        chat,
-        plugin,
-        _harness,
-    } = w;
-    drop(chat);
-    let config = InstanceConfig::new("slack-refused")
-        .with_secret("webhook_url", url)
-        .with_hosts(std::slice::from_ref(&grant))
-        .unwrap();
-    match instance(&plugin, config).notify(&failing_event()).await {
-        Err(CallError::Connector {
-            error: ConnectorError::Transient(m),
-            ..
-        }) => {
-            assert!(m.contains(&format!("POST {grant}")), "{m}");
-            assert!(!m.contains(&credential), "{m}");
-        }
-        other => panic!("expected transient, got {other:?}"),
-    }
+    w.assert_refused_is_transient().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -914,34 +649,8 @@ async fn redirects_are_not_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ungranted_webhook_url_is_denied() {
-    let w = world().await;
-    let config = InstanceConfig::new("slack-ungranted")
-        .with_secret("webhook_url", w.chat.url())
-        .with_hosts(&["https://hooks.slack.com"])
-        .unwrap();
-    let err = instance(&w.plugin, config)
-        .notify(&failing_event())
+    world()
         .await
-        .unwrap_err();
-    let CallError::CapabilityDenied { denials, error, .. } = &err else {
-        panic!("expected a capability denial, got {err:?}");
-    };
-    // The denial decides the class: permanent, whatever the connector made
-    // of the refused request. The runtime redacts the whole URL (the secret)
-    // from the denial; the connector's own error names the destination
-    // without the credential.
-    assert_eq!(err.class(), certplane_proto::ErrorClass::CapabilityDenied);
-    assert!(!err.is_retryable());
-    assert_eq!(denials.len(), 1, "{denials:?}");
-    assert!(denials[0].contains("[redacted:webhook_url]"), "{denials:?}");
-    let message = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-    assert!(
-        message.contains(&format!("POST {}", w.chat.grant())),
-        "{message}"
-    );
-    assert!(
-        !err.to_string().contains(w.chat.credential()),
-        "the token leaked: {err}"
-    );
-    assert!(w.chat.requests().is_empty(), "{:?}", w.chat.requests());
+        .assert_ungranted_is_denied("https://hooks.slack.com")
+        .await;
 }

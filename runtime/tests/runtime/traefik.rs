@@ -181,6 +181,15 @@ fn connector_error(result: Result<impl std::fmt::Debug, CallError>) -> Connector
     }
 }
 
+/// What deploying `issued` as `web-1` through `target` fails with.
+async fn deploy_error(target: &PluginInstance, issued: &Issued) -> ConnectorError {
+    connector_error(
+        target
+            .deploy(&bundle("web-1", issued), &issued.key, "{}")
+            .await,
+    )
+}
+
 /// The certificate file holds the leaf then the chain, the key file the
 /// key, both at host paths in the certificate directory.
 fn assert_serves(w: &World, entry: &(String, String), issued: &Issued) {
@@ -361,11 +370,7 @@ async fn a_grant_opened_by_handle_is_not_a_path_for_traefik() {
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
     assert!(err.to_string().contains("traefik_directory"), "{err}");
     let issued = issue(&["www.example.com"]);
-    let err = connector_error(
-        target
-            .deploy(&bundle("web-1", &issued), &issued.key, "{}")
-            .await,
-    );
+    let err = deploy_error(&target, &issued).await;
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
     assert!(listing(&w.dynamic).is_empty(), "nothing written");
 
@@ -396,11 +401,7 @@ async fn configuration_that_is_not_certplanes_is_never_overwritten() {
     std::fs::write(w.config_path(), foreign).unwrap();
     let err = connector_error(target.validate_config().await);
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
-    let err = connector_error(
-        target
-            .deploy(&bundle("web-1", &issued), &issued.key, "{}")
-            .await,
-    );
+    let err = deploy_error(&target, &issued).await;
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
     assert!(err.to_string().contains("config_file"), "{err}");
     assert_eq!(read(&w.config_path()), foreign);
@@ -412,11 +413,7 @@ async fn configuration_that_is_not_certplanes_is_never_overwritten() {
     // certplane's file, broken: refused as well, left as it is.
     let broken = format!("{MARKER}\ntls:\n  certificates: [ {{certFile: \n");
     std::fs::write(w.config_path(), &broken).unwrap();
-    let err = connector_error(
-        target
-            .deploy(&bundle("web-1", &issued), &issued.key, "{}")
-            .await,
-    );
+    let err = deploy_error(&target, &issued).await;
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
     assert!(err.to_string().contains("certplane's but holds"), "{err}");
     assert_eq!(read(&w.config_path()), broken);
@@ -427,11 +424,7 @@ async fn configuration_that_is_not_certplanes_is_never_overwritten() {
         "{MARKER}\ntls:\n  certificates:\n  - certFile: /etc/ssl/mine.pem\n    keyFile: /etc/ssl/mine.key\n"
     );
     std::fs::write(w.config_path(), &edited).unwrap();
-    let err = connector_error(
-        target
-            .deploy(&bundle("web-1", &issued), &issued.key, "{}")
-            .await,
-    );
+    let err = deploy_error(&target, &issued).await;
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
     assert_eq!(read(&w.config_path()), edited);
     assert!(listing(&w.certs).is_empty());
@@ -459,11 +452,7 @@ async fn failed_deploys_leave_the_previous_state() {
     let read_only = w.target_with(json!({}), false);
     let err = connector_error(read_only.validate_config().await);
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
-    let err = connector_error(
-        read_only
-            .deploy(&bundle("web-1", &renewal), &renewal.key, "{}")
-            .await,
-    );
+    let err = deploy_error(&read_only, &renewal).await;
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
     assert_eq!(read(&w.config_path()), config);
     assert_eq!(listing(&w.certs), certs);
@@ -521,11 +510,7 @@ async fn a_missing_watched_directory_is_a_configuration_error() {
     let moved = root.join("dynamic.moved");
     std::fs::rename(&w.dynamic, &moved).unwrap();
     let renewal = issue(&["www.example.com"]);
-    let err = connector_error(
-        target
-            .deploy(&bundle("web-1", &renewal), &renewal.key, "{}")
-            .await,
-    );
+    let err = deploy_error(&target, &renewal).await;
     assert!(matches!(err, ConnectorError::InvalidConfig(_)), "{err:?}");
     assert!(err.to_string().contains("/srv/dynamic"), "{err}");
     assert_eq!(listing(&w.certs), certs, "no new files");
@@ -554,11 +539,7 @@ async fn a_concurrent_update_is_waited_for_and_a_dead_ones_lock_taken_over() {
     let issued = issue(&["www.example.com"]);
     let lock = w.dynamic.join(".certplane.yml.certplane-lock");
     std::fs::write(&lock, "held").unwrap();
-    let err = connector_error(
-        target
-            .deploy(&bundle("web-1", &issued), &issued.key, "{}")
-            .await,
-    );
+    let err = deploy_error(&target, &issued).await;
     assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
     assert!(!w.config_path().exists());
     assert!(listing(&w.certs).is_empty());
