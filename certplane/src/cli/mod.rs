@@ -521,6 +521,11 @@ pub enum TargetsAction {
         /// PATH may contain `:` (GUEST_PATH may not).
         #[arg(long = "grant-dir", value_name = "PATH:GUEST[:rw]")]
         grant_dirs: Vec<String>,
+        /// A named action the connector may run (repeatable), defined in
+        /// the agent's `[actions]` (or the host's, for `--agent host`); a
+        /// name, never a command.
+        #[arg(long = "grant-action", value_name = "NAME")]
+        grant_actions: Vec<String>,
     },
     /// Change a target's settings, secrets or grants (validated by its
     /// plugin before it is saved, unless a remote agent runs it).
@@ -539,6 +544,14 @@ pub enum TargetsAction {
             conflicts_with = "clear_grants"
         )]
         grant_dirs: Vec<String>,
+        /// A named action the connector may run (repeatable); like
+        /// --grant-dir, it replaces all of the target's grants.
+        #[arg(
+            long = "grant-action",
+            value_name = "NAME",
+            conflicts_with = "clear_grants"
+        )]
+        grant_actions: Vec<String>,
     },
     /// Delete (retire) a target.
     Delete {
@@ -1021,6 +1034,16 @@ fn grants_of(hosts: &[String], dirs: &[String]) -> anyhow::Result<Value> {
     Ok(json!({ "hosts": hosts, "directories": directories }))
 }
 
+/// Adds `actions` (names) to the `grants` of a target's body.
+fn with_actions(body: &mut Map<String, Value>, actions: &[String]) {
+    if actions.is_empty() {
+        return;
+    }
+    if let Some(Value::Object(grants)) = body.get_mut("grants") {
+        grants.insert("actions".into(), json!(actions));
+    }
+}
+
 /// The create body of an issuer, target or notifier (`grant_dirs` only
 /// for targets).
 fn instance_body(args: &InstanceArgs, grant_dirs: &[String]) -> anyhow::Result<Map<String, Value>> {
@@ -1323,8 +1346,10 @@ async fn targets(ctx: &Ctx, action: TargetsAction) -> anyhow::Result<()> {
             instance,
             agent,
             grant_dirs,
+            grant_actions,
         } => {
             let mut body = instance_body(&instance, &grant_dirs)?;
+            with_actions(&mut body, &grant_actions);
             if let Some(agent) = agent {
                 body.insert("agent_id".into(), json!(agent));
             }
@@ -1334,8 +1359,20 @@ async fn targets(ctx: &Ctx, action: TargetsAction) -> anyhow::Result<()> {
             id,
             update,
             grant_dirs,
+            grant_actions,
         } => {
-            let body = update_body(&update, &grant_dirs)?;
+            let mut body = update_body_with(&update, &grant_dirs, !grant_actions.is_empty())?;
+            if !grant_actions.is_empty()
+                && let Value::Object(map) = &mut body
+            {
+                if !map.contains_key("grants") {
+                    map.insert(
+                        "grants".into(),
+                        grants_of(&update.grant_hosts, &grant_dirs)?,
+                    );
+                }
+                with_actions(map, &grant_actions);
+            }
             instance_update(ctx, "targets", &id, body, &update.limits, None).await
         }
         TargetsAction::Delete { id } => instance_delete(ctx, "targets", "target", &id).await,
@@ -1778,6 +1815,22 @@ mod tests {
                 .to_string()
                 .starts_with("nothing to update")
         );
+    }
+
+    #[test]
+    fn action_flags_name_actions_in_the_grants() {
+        let mut body = Map::new();
+        body.insert("grants".into(), grants_of(&[], &[]).unwrap());
+        with_actions(&mut body, &["nginx-test".into(), "nginx-reload".into()]);
+        assert_eq!(
+            Value::Object(body),
+            json!({"grants": {"hosts": [], "directories": [],
+                "actions": ["nginx-test", "nginx-reload"]}})
+        );
+        let mut untouched = Map::new();
+        untouched.insert("grants".into(), grants_of(&[], &[]).unwrap());
+        with_actions(&mut untouched, &[]);
+        assert!(untouched["grants"].get("actions").is_none());
     }
 
     #[test]
