@@ -3,7 +3,10 @@
 //!
 //! Every response carries the next nonce in `Replay-Nonce`; the client keeps
 //! it for the next request, so a call needs `HEAD newNonce` only once. A
-//! `badNonce` answer is retried once with the nonce that came with it.
+//! `badNonce` answer is retried with the nonce that came with it, up to
+//! [`BAD_NONCE_RETRIES`] times: a CA may refuse good nonces at random (Pebble
+//! refuses 5 % by default), and a request that fails twice in a row would
+//! otherwise cost a whole poll interval, which grows with each one.
 
 use certplane_sdk::http::{self, Method, Request, Response};
 use certplane_sdk::{ConnectorError, log};
@@ -101,6 +104,9 @@ pub fn status_error(response: &Response) -> AcmeError {
     }
 }
 
+/// How many times one request is sent again after `badNonce`.
+pub const BAD_NONCE_RETRIES: u32 = 3;
+
 /// Signs and sends ACME requests for one account key.
 #[derive(Debug)]
 pub struct Client {
@@ -147,12 +153,17 @@ impl Client {
         payload: Payload<'_>,
         accept: Option<&str>,
     ) -> Result<Response, AcmeError> {
-        match self.post_once(url, payload, accept) {
-            Err(e) if e.is("badNonce") => {
-                log::debug!("the CA refused our nonce for {url}; retrying once with a fresh one");
-                self.post_once(url, payload, accept)
+        let mut retries = 0;
+        loop {
+            match self.post_once(url, payload, accept) {
+                Err(e) if e.is("badNonce") && retries < BAD_NONCE_RETRIES => {
+                    retries += 1;
+                    log::debug!(
+                        "the CA refused our nonce for {url}; retrying with a fresh one ({retries} of {BAD_NONCE_RETRIES})"
+                    );
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 

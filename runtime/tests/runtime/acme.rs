@@ -673,7 +673,7 @@ async fn several_orders_succeed_despite_refused_nonces() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_nonce_is_retried_once_with_the_new_nonce() {
+async fn a_bad_nonce_is_retried_with_the_new_nonce_a_bounded_number_of_times() {
     let ari = FakeAri::start();
     let harness = Harness::new().unwrap();
     let config = InstanceConfig::new("acme-fake")
@@ -691,15 +691,22 @@ async fn a_bad_nonce_is_retried_once_with_the_new_nonce() {
     assert_eq!(ari.bad_nonces_sent(), 1);
     assert_eq!(ari.new_orders().len(), 1);
 
-    // Two in a row on the same request: transient, nothing placed.
-    ari.reject_nonces(2);
-    let e = connector_error(host.submit(&request(&["a.example.com"])).await);
+    // Three in a row on the same request: still placed.
+    ari.reject_nonces(3);
+    let result = host.submit(&request(&["b.example.com"])).await;
+    assert!(matches!(result, Ok(IssueResult::Pending(_))), "{result:?}");
+    assert_eq!(ari.bad_nonces_sent(), 4);
+    assert_eq!(ari.new_orders().len(), 2);
+
+    // Four in a row (one more than the retries): transient, nothing placed.
+    ari.reject_nonces(4);
+    let e = connector_error(host.submit(&request(&["c.example.com"])).await);
     assert!(
         matches!(&e, ConnectorError::Transient(m) if m.contains("badNonce")),
         "{e:?}"
     );
-    assert_eq!(ari.bad_nonces_sent(), 3);
-    assert_eq!(ari.new_orders().len(), 1);
+    assert_eq!(ari.bad_nonces_sent(), 8);
+    assert_eq!(ari.new_orders().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
