@@ -11,7 +11,11 @@
 //! - [`pem`]: split PEM bundles, order chains leaf-first, SHA-256
 //!   fingerprints;
 //! - [`settings`]: the instance's settings (typed with serde) and secrets;
-//! - [`log`]: `log::info!(...)` and friends into the host's log pipeline.
+//! - [`log`]: `log::info!(...)` and friends into the host's log pipeline;
+//! - [`files`]: atomic writes into a granted directory and the `verify_*`
+//!   settings every target offers;
+//! - [`notify`]: the event kinds of the host's `docs/events.md`, the
+//!   `min_severity` / `events` filters and webhook posting notifiers share.
 //!
 //! A connector is a `cdylib` crate built for `wasm32-wasip2`; rustc then
 //! produces a WebAssembly component directly. It implements the trait of one
