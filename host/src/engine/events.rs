@@ -95,17 +95,30 @@ impl About {
         target_id: Option<&str>,
         agent_id: Option<&str>,
     ) -> StoreResult<About> {
+        let certificate = match certificate_id {
+            Some(id) => engine.store.get_certificate(id).await?,
+            None => None,
+        };
+        About::of(engine, certificate, target_id, agent_id).await
+    }
+
+    /// [`About::load`] with the certificate already at hand (its issuer's
+    /// name is still read).
+    pub async fn of(
+        engine: &Engine,
+        certificate: Option<Certificate>,
+        target_id: Option<&str>,
+        agent_id: Option<&str>,
+    ) -> StoreResult<About> {
         let mut about = About::default();
-        if let Some(id) = certificate_id {
-            about.certificate = engine.store.get_certificate(id).await?;
-        }
-        if let Some(cert) = &about.certificate {
+        if let Some(cert) = &certificate {
             about.issuer_name = engine
                 .store
                 .get_issuer(&cert.issuer_id)
                 .await?
                 .map(|i| i.name);
         }
+        about.certificate = certificate;
         if let Some(id) = target_id {
             about.target = engine.store.get_target(id).await?;
         }

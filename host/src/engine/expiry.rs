@@ -170,13 +170,8 @@ async fn expiring(
     };
     let subject = format!("certificate/{}", cert.id);
     let alert = AlertChange::Trigger(expiry_key(&cert.id));
-    let mut about = About::load(engine, None, cert.target_id.as_deref(), None).await?;
-    about.issuer_name = engine
-        .store
-        .get_issuer(&cert.issuer_id)
-        .await?
-        .map(|i| i.name);
-    about.certificate = Some(cert);
+    let target_id = cert.target_id.clone();
+    let about = About::of(engine, Some(cert), target_id.as_deref(), None).await?;
     let extra = if event_kind == kind::EXPIRING {
         json!({ "expiring": { "stage": stage, "hours_left": (not_after - now).num_hours() } })
     } else {

@@ -545,16 +545,8 @@ async fn issued_notice(
     let renewed = cert.current_version_id.is_some();
     let mut issued = cert.clone();
     issued.not_after = Some(not_after);
-    let about = About {
-        issuer_name: engine
-            .store
-            .get_issuer(&cert.issuer_id)
-            .await?
-            .map(|i| i.name),
-        certificate: Some(issued),
-        serial: Some(serial.to_owned()),
-        ..About::default()
-    };
+    let mut about = About::of(engine, Some(issued), None, None).await?;
+    about.serial = Some(serial.to_owned());
     let (event_kind, verb) = if renewed {
         (kind::RENEWED, "renewed")
     } else {
