@@ -82,6 +82,8 @@ struct Args {
     plugin_dir: PathBuf,
     cache_dir: PathBuf,
     stall: Duration,
+    /// After the mass issuance, renew every certificate at once.
+    storm: bool,
 }
 
 fn target_dir() -> PathBuf {
@@ -95,7 +97,7 @@ fn target_dir() -> PathBuf {
 /// The command line; a malformed value is an error naming the flag.
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
-        certs: 2000,
+        certs: 10_000,
         backends: vec!["sqlite", "postgres"],
         concurrency: 16,
         floor_calls: 2000,
@@ -104,6 +106,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins")),
         cache_dir: target_dir().join("bench-plugin-cache"),
         stall: Duration::from_secs(180),
+        storm: true,
     };
     fn number<T: std::str::FromStr>(flag: &str, value: &str) -> anyhow::Result<T> {
         value
@@ -129,6 +132,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--floor-calls" => args.floor_calls = number("--floor-calls", &value)?,
             "--plugin-dir" => args.plugin_dir = PathBuf::from(value),
             "--stall-secs" => args.stall = Duration::from_secs(number("--stall-secs", &value)?),
+            "--no-storm" => {
+                args.storm = false;
+                takes_value = false;
+            }
             _ => takes_value = false, // e.g. --bench passed by cargo
         }
         i += if takes_value { 2 } else { 1 };
@@ -305,6 +312,9 @@ struct Floor {
     parallel: f64,
     /// µs per ecdsa-p256 key + CSR (host key mode's extra work per cert).
     keygen_us: f64,
+    /// Native ECDSA P-256 signatures per second on one core (ring), the
+    /// cryptographic floor of a CA that signs each certificate once.
+    native_signs: f64,
 }
 
 async fn local_ca_instance(
@@ -407,7 +417,31 @@ fn measure_floor(args: &Args) -> anyhow::Result<Floor> {
         sequential,
         parallel,
         keygen_us,
+        native_signs: native_signing_floor()?,
     })
+}
+
+/// ECDSA P-256 signatures per second, natively, one thread: signing a
+/// TBSCertificate-sized message with a parsed key in a loop.
+fn native_signing_floor() -> anyhow::Result<f64> {
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| anyhow::anyhow!("generating a P-256 key"))?;
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|e| anyhow::anyhow!("parsing the P-256 key: {e}"))?;
+    let message = vec![0x5a_u8; 600];
+    let n = 20_000;
+    for _ in 0..n / 10 {
+        key.sign(&rng, &message)
+            .map_err(|_| anyhow::anyhow!("signing"))?;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        key.sign(&rng, &message)
+            .map_err(|_| anyhow::anyhow!("signing"))?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 // ---------------------------------------------------------------- one backend
@@ -436,6 +470,28 @@ struct Outcome {
     peak_rss_mib: f64,
     /// 1-minute load average before and after the timed run.
     load: (f64, f64),
+    /// The host's database transactions per certificate over the run
+    /// (reads, writes), from its own counters.
+    transactions_per_cert: (f64, f64),
+    storm: Option<Storm>,
+}
+
+/// Every certificate renewed at once (`POST /certificates/renew`).
+#[derive(Debug, Clone)]
+struct Storm {
+    certs: usize,
+    /// Request → last renewal's deployment finished.
+    elapsed_s: f64,
+    /// Request → renewal job created (detection), per certificate.
+    detect: Dist,
+    /// Request → renewed certificate deployed, per certificate.
+    deployed: Dist,
+    /// Request → first renewed certificate deployed.
+    first_deployed_s: f64,
+    /// Request → last renewal issued.
+    last_issued_s: f64,
+    cpu_s: f64,
+    transactions_per_cert: (f64, f64),
 }
 
 impl Outcome {
@@ -547,6 +603,48 @@ impl Api {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .exchange(conn, method.clone(), &format!("/api/v1{path_and_query}"), body)
+            .await?;
+        if !status.is_success() {
+            bail!(
+                "{method} {path_and_query}: {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("{method} {path_and_query}: the answer is not JSON"))
+    }
+
+    /// Database transactions the host has run so far (reads, writes), from
+    /// its `certplane_store_transactions_total` counters.
+    async fn store_transactions(&self, conn: &mut Conn) -> anyhow::Result<(u64, u64)> {
+        let (status, body) = self.exchange(conn, Method::GET, "/metrics", None).await?;
+        if !status.is_success() {
+            bail!("GET /metrics: {status}");
+        }
+        let text = String::from_utf8_lossy(&body);
+        let counter = |kind: &str| -> anyhow::Result<u64> {
+            let prefix = format!("certplane_store_transactions_total{{kind=\"{kind}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("no {prefix}in /metrics"))
+        };
+        Ok((counter("read")?, counter("write")?))
+    }
+
+    /// One exchange on `conn`: the status and the body.
+    async fn exchange(
+        &self,
+        conn: &mut Conn,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
         let mut sender = match conn.0.take() {
             Some(mut s) => match s.ready().await {
                 Ok(()) => s,
@@ -557,7 +655,7 @@ impl Api {
         };
         let mut request = Request::builder()
             .method(method.clone())
-            .uri(format!("/api/v1{path_and_query}"))
+            .uri(path_and_query)
             .header(header::HOST, self.addr.to_string())
             .header(header::ACCEPT, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {}", self.key))
@@ -576,17 +674,7 @@ impl Api {
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         conn.0 = Some(sender);
-        if !status.is_success() {
-            bail!(
-                "{method} {path_and_query}: {status}: {}",
-                String::from_utf8_lossy(&body)
-            );
-        }
-        if body.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&body)
-            .with_context(|| format!("{method} {path_and_query}: the answer is not JSON"))
+        Ok((status, body))
     }
 
     async fn get(
@@ -871,6 +959,7 @@ async fn with_host(
     let created = Cell::new(0usize);
     let create_done: Cell<Option<Duration>> = Cell::new(None);
     let failed_create: Cell<bool> = Cell::new(false);
+    let tx0 = api.store_transactions(&mut conn).await?;
     let load0 = loadavg();
     let peak_reset = reset_peak_rss();
     let (cpu0, _) = process_usage();
@@ -974,6 +1063,7 @@ async fn with_host(
     created_result?;
     let wall = polled?;
     let (cpu1, maxrss_mib) = process_usage();
+    let tx1 = api.store_transactions(&mut conn).await?;
     let client1 = this_thread_cpu();
     let rss_mib = proc_status_mib("VmRSS:");
     let peak_rss_mib = if peak_reset {
@@ -1088,6 +1178,11 @@ async fn with_host(
         .max()
         .context("no deployment finished_at")?;
     let elapsed_s = millis(t0_utc, last_finished) / 1e3;
+    let storm = if args.storm {
+        Some(renewal_storm(args, backend, api, &issuer_id, n).await?)
+    } else {
+        None
+    };
 
     Ok(Outcome {
         backend,
@@ -1108,6 +1203,124 @@ async fn with_host(
         rss_mib,
         peak_rss_mib,
         load: (load0, load1),
+        transactions_per_cert: per_cert(tx0, tx1, n),
+        storm,
+    })
+}
+
+/// (reads, writes) per certificate between two counter readings.
+fn per_cert(before: (u64, u64), after: (u64, u64), n: usize) -> (f64, f64) {
+    let n = n.max(1) as f64;
+    (
+        after.0.saturating_sub(before.0) as f64 / n,
+        after.1.saturating_sub(before.1) as f64 / n,
+    )
+}
+
+/// Every certificate of the issuer renewed at once: timed from the request
+/// until the last renewed version is deployed; checks that each got exactly
+/// one renewal and one more deployment.
+async fn renewal_storm(
+    args: &Args,
+    backend: &'static str,
+    api: &Api,
+    issuer_id: &str,
+    n: usize,
+) -> anyhow::Result<Storm> {
+    let mut conn = Conn::default();
+    let tx0 = api.store_transactions(&mut conn).await?;
+    let (cpu0, _) = process_usage();
+    let t0_utc = Utc::now();
+    let t0 = Instant::now();
+    let answer = api
+        .post(
+            &mut conn,
+            "/certificates/renew",
+            json!({ "issuer_id": issuer_id }),
+        )
+        .await?;
+    let renewing = answer["renewing"].as_u64().unwrap_or(0);
+    println!(
+        "[{backend}] storm: {renewing} certificates due now (answered in {:.0} ms)",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    if renewing != n as u64 {
+        bail!("{renewing} certificates made due, expected {n}");
+    }
+    let mut last_print = Instant::now();
+    let mut last_change = Instant::now();
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(POLL_EVERY).await;
+        let deployed = count_jobs(api, &mut conn, Some("deployment"), Some("completed")).await?;
+        if deployed != last {
+            last = deployed;
+            last_change = Instant::now();
+        }
+        if deployed >= 2 * n as u64 {
+            break;
+        }
+        if last_print.elapsed() >= PROGRESS_EVERY {
+            last_print = Instant::now();
+            let renewed = count_jobs(api, &mut conn, Some("renewal"), Some("completed")).await?;
+            println!(
+                "[{backend}] storm {:>6.1} s  renewed {renewed:>5}/{n}  deployed {:>5}/{n}",
+                t0.elapsed().as_secs_f64(),
+                deployed.saturating_sub(n as u64)
+            );
+        }
+        if last_change.elapsed() > args.stall {
+            bail!("storm: no deployment completed for {:?}", args.stall);
+        }
+    }
+    let (cpu1, _) = process_usage();
+    let tx1 = api.store_transactions(&mut conn).await?;
+    let renewals = fetch_all(api, &mut conn, "/jobs", &[("type", "renewal")]).await?;
+    let deployments = fetch_all(api, &mut conn, "/jobs", &[("type", "deployment")]).await?;
+    let done = |j: &&Value| j["status"] == "completed";
+    if renewals.len() != n || renewals.iter().filter(done).count() != n {
+        bail!(
+            "storm: {} renewal jobs, {} completed (expected {n} and {n})",
+            renewals.len(),
+            renewals.iter().filter(done).count()
+        );
+    }
+    let renewal_ids: std::collections::HashSet<&str> =
+        renewals.iter().filter_map(|j| j["id"].as_str()).collect();
+    let storm_deploys: Vec<&Value> = deployments
+        .iter()
+        .filter(|d| d["parent_job_id"].as_str().is_some_and(|p| renewal_ids.contains(p)))
+        .collect();
+    if storm_deploys.len() != n || storm_deploys.iter().filter(|d| d["status"] == "completed").count() != n {
+        bail!("storm: {} deployments of renewed versions (expected {n}, all completed)", storm_deploys.len());
+    }
+    let detect = dist(
+        renewals
+            .iter()
+            .filter_map(|j| Some(millis(t0_utc, time(j, "created_at")?)))
+            .collect(),
+    );
+    let finished: Vec<f64> = storm_deploys
+        .iter()
+        .filter_map(|j| Some(millis(t0_utc, time(j, "finished_at")?)))
+        .collect();
+    let first_deployed_s = finished.iter().copied().fold(f64::MAX, f64::min) / 1e3;
+    let elapsed_s = finished.iter().copied().fold(0.0, f64::max) / 1e3;
+    let last_issued_s = renewals
+        .iter()
+        .filter_map(|j| Some(millis(t0_utc, time(j, "finished_at")?)))
+        .fold(0.0, f64::max)
+        / 1e3;
+    let (_, writes_per_cert) = per_cert(tx0, tx1, n);
+    Ok(Storm {
+        certs: n,
+        elapsed_s,
+        detect,
+        deployed: dist(finished),
+        first_deployed_s,
+        last_issued_s,
+        cpu_s: cpu1 - cpu0,
+        transactions_per_cert: (per_cert(tx0, tx1, n).0, writes_per_cert),
     })
 }
 
@@ -1134,7 +1347,16 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
             o.certs_per_s() / f.parallel,
             f.parallel
         );
+        println!(
+            "  vs native         {:.4} of native P-256 signing on one core ({:.0} signatures/s)",
+            o.certs_per_s() / f.native_signs,
+            f.native_signs
+        );
     }
+    println!(
+        "  database          {:.1} reads + {:.1} writes (transactions) per certificate",
+        o.transactions_per_cert.0, o.transactions_per_cert.1
+    );
     println!(
         "  cert created → issuance job created      {}",
         ms(&o.cert_to_job)
@@ -1176,6 +1398,26 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
         o.rss_mib, o.peak_rss_mib
     );
     println!("  retries           {} extra attempts", o.extra_attempts);
+    if let Some(st) = &o.storm {
+        println!(
+            "  storm             {} renewed and deployed in {:.2} s ({:.0} certs/s); first deployed after {:.2} s, \
+             last issued after {:.2} s",
+            st.certs,
+            st.elapsed_s,
+            st.certs as f64 / st.elapsed_s,
+            st.first_deployed_s,
+            st.last_issued_s
+        );
+        println!("    request → renewal job created           {}", ms(&st.detect));
+        println!("    request → renewed version deployed      {}", ms(&st.deployed));
+        println!(
+            "    CPU {:.2} s ({:.2} ms/cert); {:.1} reads + {:.1} writes per certificate",
+            st.cpu_s,
+            st.cpu_s * 1e3 / st.certs as f64,
+            st.transactions_per_cert.0,
+            st.transactions_per_cert.1
+        );
+    }
     println!(
         "  machine           1-min load average {:.2} before, {:.2} after ({} cores)",
         o.load.0,
@@ -1212,8 +1454,8 @@ fn main() -> anyhow::Result<()> {
         Ok(f) => {
             println!(
                 "floor: {:.1} calls/s in a loop, {:.1} calls/s with 16 tasks on 2 workers; \
-                 ecdsa-p256 key + CSR {:.0} µs",
-                f.sequential, f.parallel, f.keygen_us
+                 ecdsa-p256 key + CSR {:.0} µs; native P-256 signing {:.0}/s",
+                f.sequential, f.parallel, f.keygen_us, f.native_signs
             );
             Some(f)
         }
@@ -1246,18 +1488,22 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "| backend | certs | certs/s | ÷ floor | issuance queue p50/p95 ms | issuance run p50/p95 ms | issued → deployed p50/p95 ms | CPU s | peak RSS MiB | load |"
+        "| backend | certs | certs/s | ÷ connector floor | ÷ native signing | issuance queue p50/p95 ms | issuance run p50/p95 ms | issued → deployed p50/p95 ms | CPU s | peak RSS MiB | load | storm s |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for o in &outcomes {
         println!(
-            "| {} | {} | {:.1} | {} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.0} | {:.1}–{:.1} |",
+            "| {} | {} | {:.1} | {} | {} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.0} | {:.1}–{:.1} | {} |",
             o.backend,
             o.certs,
             o.certs_per_s(),
             floor.map_or("-".into(), |f| format!(
                 "{:.3}",
                 o.certs_per_s() / f.sequential
+            )),
+            floor.map_or("-".into(), |f| format!(
+                "{:.4}",
+                o.certs_per_s() / f.native_signs
             )),
             o.issue_queue.p50,
             o.issue_queue.p95,
@@ -1268,7 +1514,10 @@ fn main() -> anyhow::Result<()> {
             o.cpu_s,
             o.peak_rss_mib,
             o.load.0,
-            o.load.1
+            o.load.1,
+            o.storm
+                .as_ref()
+                .map_or("-".into(), |st| format!("{:.2}", st.elapsed_s)),
         );
     }
     if let Some(f) = floor {

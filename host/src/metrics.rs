@@ -62,6 +62,12 @@ struct ExpiryLabels {
     bucket: String,
 }
 
+/// Labels of the store transaction counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn claim_histogram() -> Histogram {
@@ -223,7 +229,24 @@ async fn scrape_registry(store: &Store) -> StoreResult<Registry> {
             })
             .set(n);
     }
+    let (reads, writes) = store.operation_counts();
+    let transactions = Family::<KindLabels, Counter>::default();
+    transactions
+        .get_or_create(&KindLabels {
+            kind: "read".into(),
+        })
+        .inc_by(reads);
+    transactions
+        .get_or_create(&KindLabels {
+            kind: "write".into(),
+        })
+        .inc_by(writes);
     let mut registry = Registry::default();
+    registry.register(
+        "certplane_store_transactions",
+        "Database transactions (single statements or explicit transactions) this process ran, by kind",
+        transactions,
+    );
     registry.register(
         "certplane_jobs",
         "Jobs in the database, by status and type",

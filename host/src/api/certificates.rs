@@ -138,6 +138,30 @@ pub enum RevocationReason {
     CessationOfOperation,
 }
 
+/// Body of `POST /certificates/renew`: which active certificates to renew
+/// now. At least one filter, or `all: true`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewCertificates {
+    /// Only certificates of this issuer (e.g. a distrusted CA's).
+    #[serde(default)]
+    pub issuer_id: Option<String>,
+    /// Only certificates with this owner.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Every active certificate (required when no filter is given, so an
+    /// empty body never renews the whole inventory by accident).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Answer of `POST /certificates/renew`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RenewalsAccepted {
+    /// Active certificates made due now (already-due ones are not counted).
+    pub renewing: u64,
+}
+
 /// Body of `POST /certificates/{id}/revoke`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +332,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
             retire_certificate
         ))
         .routes(routes!(renew_certificate))
+        .routes(routes!(renew_certificates))
         .routes(routes!(revoke_certificate))
 }
 
@@ -606,28 +631,35 @@ async fn create_certificate(
         issuer: check_options("issuer_options", body.issuer_options.as_ref())?,
         target: check_options("target_options", body.target_options.as_ref())?,
     };
-    let cert = state
-        .store
-        .create_certificate_with_targets(new, &extra, &options)
-        .await?;
-    audit(
-        &state,
-        &caller,
-        "certificate.create",
-        &cert.id,
-        json!({
-            "name": cert.name,
-            "common_name": cert.common_name,
-            "sans": cert.sans,
-            "key_type": cert.key_type,
-            "key_source": cert.key_source,
-            "issuer_id": cert.issuer_id,
+    let event = NewAuditEvent {
+        actor: caller.0.actor(),
+        actor_type: ActorType::ApiKey,
+        action: "certificate.create".to_string(),
+        subject_type: "certificate".to_string(),
+        subject_id: None,
+        details: json!({
+            "name": new.name,
+            "common_name": new.common_name,
+            "sans": new.sans,
+            "key_type": new.key_type,
+            "key_source": new.key_source,
+            "issuer_id": new.issuer_id,
             "target_ids": body.target_ids,
         }),
-    )
-    .await?;
+    };
+    let cert = state
+        .store
+        .create_certificate_with_targets(new, &extra, &options, Some(&event))
+        .await?;
     state.wake.renewals.notify_one();
-    let view = view(&state, cert).await?;
+    // Just written: no need to read them back. Listed as
+    // `certificate_target_ids` orders them (key-holding target first, then
+    // the others, written together, by id).
+    let mut target_ids = body.target_ids;
+    if let Some(rest) = target_ids.get_mut(1..) {
+        rest.sort();
+    }
+    let view = view_with_targets(cert, target_ids);
     Ok(json_response(StatusCode::CREATED, view))
 }
 
@@ -809,6 +841,54 @@ async fn renew_certificate(
     let cert = load(&state, &id).await?;
     let view = view(&state, cert).await?;
     Ok(json_response(StatusCode::ACCEPTED, view))
+}
+
+/// Renew many at once (a distrusted CA, a fleet-wide key rotation): every
+/// active certificate of the issuer and/or owner given, or all of them,
+/// becomes due now in one statement, and the renewal sweep turns them into
+/// jobs in batches while deployments of the first ones already run.
+#[utoipa::path(post, path = "/certificates/renew", tag = "certificates",
+    request_body = RenewCertificates,
+    responses((status = 202, body = RenewalsAccepted), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn renew_certificates(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    ApiJson(body): ApiJson<RenewCertificates>,
+) -> ApiResult<Response> {
+    if body.issuer_id.is_none() && body.owner.is_none() && !body.all {
+        return Err(ApiError::validation(
+            "name issuer_id and/or owner, or set all: true to renew every active certificate",
+        ));
+    }
+    if body.all && (body.issuer_id.is_some() || body.owner.is_some()) {
+        return Err(ApiError::validation(
+            "all: true renews every active certificate; leave issuer_id and owner out",
+        ));
+    }
+    if let Some(issuer) = &body.issuer_id
+        && state.store.get_issuer(issuer).await?.is_none()
+    {
+        return Err(ApiError::validation(format!("no issuer {issuer:?}")));
+    }
+    let event = NewAuditEvent {
+        actor: caller.0.actor(),
+        actor_type: ActorType::ApiKey,
+        action: "certificate.renew_now".to_string(),
+        subject_type: "certificate".to_string(),
+        subject_id: None,
+        details: json!({ "issuer_id": body.issuer_id, "owner": body.owner, "all": body.all }),
+    };
+    let renewing = state
+        .store
+        .renew_now_where(body.issuer_id.as_deref(), body.owner.as_deref(), &event)
+        .await?;
+    tracing::info!(renewing, issuer_id = ?body.issuer_id, owner = ?body.owner, "certificates made due now");
+    state.wake.renewals.notify_one();
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        RenewalsAccepted { renewing },
+    ))
 }
 
 /// Revoke the version in force: creates a revocation job. 409 when nothing

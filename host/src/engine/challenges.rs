@@ -674,6 +674,7 @@ mod tests {
             issuer_options: serde_json::json!({}),
             target_options: serde_json::json!({}),
             renewal_info_at: None,
+            open_issuance: 0,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod expiry;
 pub mod issuance;
 pub mod lifecycle;
 pub mod notify;
+pub mod renewals;
 pub mod plugin_exec;
 pub mod revoke;
 pub mod runner;
@@ -62,6 +63,8 @@ pub struct Engine {
     pub runner: Arc<runner::JobRunner>,
     /// The threads connector calls run on.
     pub plugin_exec: Arc<plugin_exec::PluginExec>,
+    /// Connector instances built from stored rows.
+    pub instances: Arc<connectors::InstanceCache>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -83,6 +86,7 @@ impl Engine {
         Engine {
             runner: Arc::new(runner::JobRunner::new(config.jobs.max_concurrent)),
             plugin_exec: Arc::new(plugin_exec::PluginExec::new()),
+            instances: Arc::default(),
             store,
             config,
             plugins,
@@ -95,10 +99,6 @@ impl Engine {
 
 /// Jobs one tick of the processor claims at most.
 const BATCH: u32 = 16;
-/// Renewal jobs one sweep statement creates at most (bounds the transaction).
-const RENEWAL_BATCH: u32 = 10_000;
-/// Attempts a renewal job gets.
-const RENEWAL_ATTEMPTS: i32 = 5;
 
 fn spec(name: &'static str, interval_ms: u64, engine: &Engine) -> LoopSpec {
     LoopSpec::new(name, Duration::from_millis(interval_ms)).with_tick_timeout(
@@ -172,6 +172,25 @@ where
     Ok(report(n, want))
 }
 
+/// Claims up to `limit` host jobs, deployments before anything else: a
+/// deployment finishes what an issuance started, so in a storm certificates
+/// reach their targets while the rest are still being issued instead of
+/// all waiting for the whole issuance backlog.
+async fn claim_deployments_first(
+    engine: &Engine,
+    limit: u32,
+) -> Result<Vec<crate::store::Job>, crate::store::StoreError> {
+    let mut jobs = engine
+        .store
+        .claim_pending_jobs(Some(crate::store::JobType::Deployment), limit)
+        .await?;
+    let left = limit.saturating_sub(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
+    if left > 0 {
+        jobs.extend(engine.store.claim_pending_jobs(None, left).await?);
+    }
+    Ok(jobs)
+}
+
 /// Starts every loop; cancel `token` (or call `shutdown`) to stop them.
 /// Shutdown lets running jobs finish within its grace period and stops
 /// them after it.
@@ -188,10 +207,8 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
         move || {
             let st = st.clone();
             async move {
-                claim_and_run(&st, "claim_pending_jobs", |n| {
-                    st.store.claim_pending_jobs(None, n)
-                })
-                .await
+                claim_and_run(&st, "claim_pending_jobs", |n| claim_deployments_first(&st, n))
+                    .await
             }
         },
     );
@@ -207,26 +224,14 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
     );
 
     let st = engine.clone();
+    let alarm = Arc::new(renewals::RenewalAlarm::new(engine.wake.renewals.clone()));
+    let renewal_interval = Duration::from_millis(s.renewal_ms);
     scheduler.spawn_loop(
         spec("renewals", s.renewal_ms, &engine),
         Some(engine.wake.renewals.clone()),
         move || {
-            let st = st.clone();
-            async move {
-                let started = crate::store::now();
-                let created = st
-                    .store
-                    .enqueue_due_renewals(RENEWAL_ATTEMPTS, RENEWAL_BATCH)
-                    .await?;
-                if created > 0 {
-                    tracing::info!(created, "renewal jobs enqueued");
-                    st.wake.wake_jobs();
-                    // Agent-key certificates start out awaiting their
-                    // agent's CSR: wake those agents' long polls.
-                    wake_agents_with_work(&st, started).await?;
-                }
-                Ok(report(created as usize, RENEWAL_BATCH))
-            }
+            let (st, alarm) = (st.clone(), alarm.clone());
+            async move { renewals::tick(&st, &alarm, renewal_interval).await }
         },
     );
 

@@ -139,6 +139,36 @@ pub enum PoolRef<'a> {
 pub struct Store {
     pub(crate) backend: Backend,
     pub(crate) options: Arc<StoreOptions>,
+    pub(crate) counts: Arc<OperationCounts>,
+}
+
+/// Database operations this process ran through a [`Store`] (each one
+/// transaction: a single statement or an explicit transaction), for the
+/// `certplane_store_transactions_total` metric and benchmarks.
+#[derive(Debug, Default)]
+pub struct OperationCounts {
+    reads: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+impl OperationCounts {
+    pub(crate) fn read(&self) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn write(&self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (reads, writes) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.reads.load(std::sync::atomic::Ordering::Relaxed),
+            self.writes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -174,7 +204,14 @@ impl Store {
         Ok(Store {
             backend,
             options: Arc::new(options),
+            counts: Arc::default(),
         })
+    }
+
+    /// Database operations (reads, writes) this process has run through
+    /// this store and its clones, each one transaction.
+    pub fn operation_counts(&self) -> (u64, u64) {
+        self.counts.get()
     }
 
     /// Which backend this store runs on.
@@ -232,7 +269,8 @@ pub fn new_id() -> String {
 /// single writer connection; PostgreSQL: the pool). The body is compiled
 /// once per backend, so it must only use binds both backends encode.
 macro_rules! on_write {
-    ($store:expr, |$pool:ident| $body:expr) => {
+    ($store:expr, |$pool:ident| $body:expr) => {{
+        $store.counts.write();
         match &$store.backend {
             $crate::store::Backend::Sqlite(b) => {
                 let $pool = &b.writer;
@@ -243,8 +281,9 @@ macro_rules! on_write {
                 $body
             }
         }
-    };
-    ($store:expr, $sqlite_sql:expr, $pg_sql:expr, |$pool:ident, $sql:ident| $body:expr) => {
+    }};
+    ($store:expr, $sqlite_sql:expr, $pg_sql:expr, |$pool:ident, $sql:ident| $body:expr) => {{
+        $store.counts.write();
         match &$store.backend {
             $crate::store::Backend::Sqlite(b) => {
                 let $pool = &b.writer;
@@ -257,12 +296,13 @@ macro_rules! on_write {
                 $body
             }
         }
-    };
+    }};
 }
 
 /// Like `on_write!` but with the read pool (SQLite readers).
 macro_rules! on_read {
-    ($store:expr, |$pool:ident| $body:expr) => {
+    ($store:expr, |$pool:ident| $body:expr) => {{
+        $store.counts.read();
         match &$store.backend {
             $crate::store::Backend::Sqlite(b) => {
                 let $pool = &b.reader;
@@ -273,8 +313,9 @@ macro_rules! on_read {
                 $body
             }
         }
-    };
-    ($store:expr, $sqlite_sql:expr, $pg_sql:expr, |$pool:ident, $sql:ident| $body:expr) => {
+    }};
+    ($store:expr, $sqlite_sql:expr, $pg_sql:expr, |$pool:ident, $sql:ident| $body:expr) => {{
+        $store.counts.read();
         match &$store.backend {
             $crate::store::Backend::Sqlite(b) => {
                 let $pool = &b.reader;
@@ -287,7 +328,7 @@ macro_rules! on_read {
                 $body
             }
         }
-    };
+    }};
 }
 
 pub(crate) use {on_read, on_write};

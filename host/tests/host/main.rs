@@ -21,6 +21,7 @@ mod issuer_sectigo;
 mod notifications;
 mod pipeline;
 mod pipeline_async;
+mod renewal_storm;
 mod replicas;
 mod store_claims;
 mod store_migrations;

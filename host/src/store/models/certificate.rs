@@ -74,6 +74,10 @@ pub struct Certificate {
     /// When the host next asks the issuer for a renewal window (issuers
     /// exporting `issuer-lifecycle`); `None`: at the next check.
     pub renewal_info_at: Option<DateTime<Utc>>,
+    /// Open (not completed, not cancelled) issuance and renewal jobs: 0 or
+    /// 1, kept by the database's triggers. The renewal sweep reads only
+    /// certificates at 0.
+    pub open_issuance: i64,
 }
 
 /// Per-certificate connector options: JSON objects handed to the issuer

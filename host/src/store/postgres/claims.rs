@@ -86,7 +86,8 @@ JOIN targets t ON t.id = c.target_id
 JOIN agents a ON a.id = t.agent_id
 WHERE j.status = 'awaiting_csr' AND t.agent_id = $1 AND t.retired_at IS NULL
   AND a.status = 'active'
-ORDER BY j.created_at, j.id";
+ORDER BY j.created_at, j.id
+LIMIT $2";
 
 /// Polling jobs due (`next_poll_at <= $3`) → Running with a lease; a poll
 /// does not count as an attempt.
@@ -180,7 +181,7 @@ SELECT gen_random_uuid()::text,
        CASE WHEN c.key_source = 'agent' THEN 'awaiting_csr' ELSE 'pending' END,
        c.id, 'host', 0, $2, $1, $1, $1
 FROM certificates c
-WHERE c.status = 'active' AND c.renew_at <= $1
+WHERE c.status = 'active' AND c.open_issuance = 0 AND c.renew_at <= $1
   AND NOT EXISTS (SELECT 1 FROM jobs j
                   WHERE j.certificate_id = c.id AND j.job_type IN ('issuance', 'renewal')
                     AND j.status NOT IN ('completed', 'cancelled'))

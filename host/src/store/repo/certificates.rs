@@ -363,12 +363,15 @@ impl Store {
 
     /// Creates a certificate and its further deployment targets in one
     /// transaction (see [`Store::create_certificate`]); `extra_targets` are
-    /// the targets beyond the key-holding `new.target_id`.
+    /// the targets beyond the key-holding `new.target_id`. `audit`, when
+    /// given, is recorded in the same transaction with the new
+    /// certificate's id as its subject.
     pub async fn create_certificate_with_targets(
         &self,
         new: NewCertificate,
         extra_targets: &[String],
         options: &crate::store::CertificateOptions,
+        audit: Option<&crate::store::NewAuditEvent>,
     ) -> StoreResult<Certificate> {
         if new.key_source == KeySource::Agent && new.target_id.is_none() {
             return Err(StoreError::InvalidArgument(
@@ -417,6 +420,13 @@ impl Store {
                 .bind(ts(now))
                 .execute(&mut *tx)
                 .await?;
+            }
+            if let Some(event) = audit {
+                let event = crate::store::NewAuditEvent {
+                    subject_id: Some(cert.id.clone()),
+                    ..event.clone()
+                };
+                crate::store::repo::insert_audit!(&mut *tx, now, &event)?;
             }
             tx.commit().await?;
             Ok(cert)

@@ -44,14 +44,16 @@ impl Store {
         Ok(jobs)
     }
 
-    /// The seed's agent routing. Returns, for agent `agent_id`:
+    /// The agent routing. Returns, for agent `agent_id`, at most `limit`
+    /// jobs:
     ///
-    /// * up to `limit` pending jobs routed to it — `agent_id` equal to it, or
-    ///   no `agent_id` and a target run by it — flipped to `Running` (attempt
+    /// * pending jobs routed to it — `agent_id` equal to it, or no
+    ///   `agent_id` and a target run by it — flipped to `Running` (attempt
     ///   counted, leased to the agent id);
-    /// * every `AwaitingCsr` job whose certificate's key-holding target is
-    ///   run by it, **in place** (still `AwaitingCsr`, not leased): the agent
-    ///   answers with [`Store::submit_csr`].
+    /// * then, oldest first, as many `AwaitingCsr` jobs whose certificate's
+    ///   key-holding target is run by it as `limit` leaves room for, **in
+    ///   place** (still `AwaitingCsr`, not leased): the agent answers with
+    ///   [`Store::submit_csr`].
     ///
     /// A retired (or unknown) agent gets nothing; jobs of retired targets are
     /// never returned. Claimed jobs come first, each group in a stable order.
@@ -72,6 +74,14 @@ impl Store {
                 .await?
         });
         sort_jobs(&mut claimed);
+        // CSR requests only fill what the claimed jobs left of `limit`: in a
+        // storm an agent would otherwise answer every CSR before it deploys
+        // anything (deployments are claimed first, so they never wait
+        // behind more than one poll's worth of CSRs).
+        let room = limit.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
+        if room == 0 {
+            return Ok(claimed);
+        }
         let awaiting = on_read!(
             self,
             lite::AWAITING_CSR_FOR_AGENT,
@@ -79,6 +89,7 @@ impl Store {
             |pool, sql| {
                 sqlx::query_as::<_, Job>(sql)
                     .bind(agent_id)
+                    .bind(sql_limit(room))
                     .fetch_all(pool)
                     .await?
             }

@@ -1,10 +1,14 @@
-//! Set-based renewal enqueue.
+//! Set-based renewal enqueue, the next due time, and renewing many
+//! certificates at once.
+
+use chrono::{DateTime, Utc};
 
 use crate::store::codec::{now, ts};
 use crate::store::postgres::claims as pg;
 use crate::store::repo::sql_limit;
 use crate::store::sqlite::claims as lite;
-use crate::store::{Store, StoreResult, on_write};
+use crate::store::repo::insert_audit;
+use crate::store::{NewAuditEvent, Store, StoreResult, on_read, on_write};
 
 impl Store {
     /// One statement that creates an `issuance` (never issued) or `renewal`
@@ -32,5 +36,55 @@ impl Store {
                     .rows_affected()
             }
         ))
+    }
+
+    /// The earliest `renew_at` of an active certificate without an open
+    /// issuance/renewal job: when the sweep next has work, unless something
+    /// changes before. `None` when no certificate is waiting to fall due.
+    pub async fn next_renewal_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        let next: Option<DateTime<Utc>> = on_read!(self, |pool| {
+            sqlx::query_scalar::<_, DateTime<Utc>>(
+                "SELECT renew_at FROM certificates
+                 WHERE status = 'active' AND open_issuance = 0
+                 ORDER BY renew_at LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(next)
+    }
+
+    /// Makes every active certificate of `issuer_id` and/or `owner` (both
+    /// `None`: every active certificate) due now, and records `audit` with
+    /// the count in the same transaction; returns how many became due. The
+    /// renewal sweep, woken by the caller, turns them into jobs in batches.
+    pub async fn renew_now_where(
+        &self,
+        issuer_id: Option<&str>,
+        owner: Option<&str>,
+        audit: &NewAuditEvent,
+    ) -> StoreResult<u64> {
+        let now = now();
+        on_write!(self, |pool| {
+            let mut tx = crate::store::BeginWrite::begin_write(pool).await?;
+            let n = sqlx::query(
+                "UPDATE certificates SET renew_at = $1, updated_at = $1
+                 WHERE status = 'active' AND renew_at > $1
+                   AND ($2 IS NULL OR issuer_id = $2) AND ($3 IS NULL OR owner = $3)",
+            )
+            .bind(ts(now))
+            .bind(issuer_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let mut event = audit.clone();
+            if let Some(details) = event.details.as_object_mut() {
+                details.insert("renewing".into(), serde_json::json!(n));
+            }
+            insert_audit!(&mut *tx, now, &event)?;
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 }

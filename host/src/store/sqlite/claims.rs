@@ -74,7 +74,8 @@ JOIN targets t ON t.id = c.target_id
 JOIN agents a ON a.id = t.agent_id
 WHERE j.status = 'awaiting_csr' AND t.agent_id = $1 AND t.retired_at IS NULL
   AND a.status = 'active'
-ORDER BY j.created_at, j.id";
+ORDER BY j.created_at, j.id
+LIMIT $2";
 
 /// Polling jobs due (`next_poll_at <= $3`) → Running with a lease; a poll
 /// does not count as an attempt.
@@ -143,7 +144,9 @@ WHERE id IN (SELECT id FROM jobs
 /// Set-based renewal enqueue: one issuance (never issued) or renewal job for
 /// every active certificate with `renew_at <= $1` and no open
 /// issuance/renewal job; `$2` max attempts, `$3` limit. The partial unique
-/// index `jobs_one_open_issuance` makes concurrent callers harmless.
+/// index `jobs_one_open_issuance` makes concurrent callers harmless. Reads
+/// only `certificates_renewal_ready` (due, no open job: the trigger-kept
+/// `open_issuance`), so a pass costs what it creates, not the backlog.
 pub(crate) const ENQUEUE_RENEWALS: &str = "
 INSERT INTO jobs (id, job_type, status, certificate_id, agent_id, attempts, max_attempts,
                   run_at, created_at, updated_at)
@@ -153,8 +156,8 @@ SELECT lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' ||
        CASE WHEN c.current_version_id IS NULL THEN 'issuance' ELSE 'renewal' END,
        CASE WHEN c.key_source = 'agent' THEN 'awaiting_csr' ELSE 'pending' END,
        c.id, 'host', 0, $2, $1, $1, $1
-FROM certificates c
-WHERE c.status = 'active' AND c.renew_at <= $1
+FROM certificates c INDEXED BY certificates_renewal_ready
+WHERE c.status = 'active' AND c.open_issuance = 0 AND c.renew_at <= $1
   AND NOT EXISTS (SELECT 1 FROM jobs j
                   WHERE j.certificate_id = c.id AND j.job_type IN ('issuance', 'renewal')
                     AND j.status NOT IN ('completed', 'cancelled'))
