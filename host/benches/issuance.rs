@@ -604,7 +604,12 @@ impl Api {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         let (status, body) = self
-            .exchange(conn, method.clone(), &format!("/api/v1{path_and_query}"), body)
+            .exchange(
+                conn,
+                method.clone(),
+                &format!("/api/v1{path_and_query}"),
+                body,
+            )
             .await?;
         if !status.is_success() {
             bail!(
@@ -1289,10 +1294,23 @@ async fn renewal_storm(
         renewals.iter().filter_map(|j| j["id"].as_str()).collect();
     let storm_deploys: Vec<&Value> = deployments
         .iter()
-        .filter(|d| d["parent_job_id"].as_str().is_some_and(|p| renewal_ids.contains(p)))
+        .filter(|d| {
+            d["parent_job_id"]
+                .as_str()
+                .is_some_and(|p| renewal_ids.contains(p))
+        })
         .collect();
-    if storm_deploys.len() != n || storm_deploys.iter().filter(|d| d["status"] == "completed").count() != n {
-        bail!("storm: {} deployments of renewed versions (expected {n}, all completed)", storm_deploys.len());
+    if storm_deploys.len() != n
+        || storm_deploys
+            .iter()
+            .filter(|d| d["status"] == "completed")
+            .count()
+            != n
+    {
+        bail!(
+            "storm: {} deployments of renewed versions (expected {n}, all completed)",
+            storm_deploys.len()
+        );
     }
     let detect = dist(
         renewals
@@ -1408,8 +1426,14 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
             st.first_deployed_s,
             st.last_issued_s
         );
-        println!("    request → renewal job created           {}", ms(&st.detect));
-        println!("    request → renewed version deployed      {}", ms(&st.deployed));
+        println!(
+            "    request → renewal job created           {}",
+            ms(&st.detect)
+        );
+        println!(
+            "    request → renewed version deployed      {}",
+            ms(&st.deployed)
+        );
         println!(
             "    CPU {:.2} s ({:.2} ms/cert); {:.1} reads + {:.1} writes per certificate",
             st.cpu_s,
@@ -1490,7 +1514,9 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| backend | certs | certs/s | ÷ connector floor | ÷ native signing | issuance queue p50/p95 ms | issuance run p50/p95 ms | issued → deployed p50/p95 ms | CPU s | peak RSS MiB | load | storm s |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for o in &outcomes {
         println!(
             "| {} | {} | {:.1} | {} | {} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.0} | {:.1}–{:.1} | {} |",

@@ -111,14 +111,7 @@ pub fn build_instance(
     if let Some(instance) = engine.instances.get(owner, &digest, &plugin) {
         return Ok(instance);
     }
-    let instance = build_uncached(
-        engine,
-        plugin,
-        owner,
-        settings,
-        encrypted_secrets,
-        grants,
-    )?;
+    let instance = build_uncached(engine, plugin, owner, settings, encrypted_secrets, grants)?;
     engine.instances.put(owner, digest, &instance);
     Ok(instance)
 }

@@ -24,8 +24,8 @@ pub mod expiry;
 pub mod issuance;
 pub mod lifecycle;
 pub mod notify;
-pub mod renewals;
 pub mod plugin_exec;
+pub mod renewals;
 pub mod revoke;
 pub mod runner;
 pub mod verification;
@@ -207,8 +207,10 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
         move || {
             let st = st.clone();
             async move {
-                claim_and_run(&st, "claim_pending_jobs", |n| claim_deployments_first(&st, n))
-                    .await
+                claim_and_run(&st, "claim_pending_jobs", |n| {
+                    claim_deployments_first(&st, n)
+                })
+                .await
             }
         },
     );

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use certplane_host::engine;
 use certplane_host::store::{
-    JobFilter, JobStatus, JobType, JobUpdate, KeySource, NewCertificate, NewJob, NewPluginInstance, NewTarget,
-    SENTINEL_AGENT_ID, Store,
+    JobFilter, JobStatus, JobType, JobUpdate, KeySource, NewCertificate, NewJob, NewPluginInstance,
+    NewTarget, SENTINEL_AGENT_ID, Store,
 };
 use certplane_testkit::Backend;
 use certplane_testkit::app::TestApp;
@@ -212,7 +212,12 @@ async fn the_sweep_wakes_when_a_certificate_falls_due(backend: Backend) {
     let id = certificate(store, &issuer.id, &target, 0).await;
     let due_in = Duration::from_millis(1_500);
     let due_at = certplane_host::store::now() + chrono::Duration::from_std(due_in).unwrap();
-    assert!(store.set_certificate_renew_at(&id, due_at, None).await.unwrap());
+    assert!(
+        store
+            .set_certificate_renew_at(&id, due_at, None)
+            .await
+            .unwrap()
+    );
     let started = Instant::now();
     // The first tick runs at once, finds nothing due and arms the alarm.
     let scheduler = engine::start(app.state.engine.clone(), CancellationToken::new());
@@ -250,7 +255,11 @@ async fn the_sweep_skips_the_backlog(backend: Backend) {
     }
     assert_eq!(ready(store).await, 30);
     assert_eq!(store.enqueue_due_renewals(5, 10).await.unwrap(), 10);
-    assert_eq!(ready(store).await, 20, "certificates with a job leave the index");
+    assert_eq!(
+        ready(store).await,
+        20,
+        "certificates with a job leave the index"
+    );
     assert_eq!(store.enqueue_due_renewals(5, 1_000).await.unwrap(), 20);
     assert_eq!(ready(store).await, 0);
     // Nothing left to read: the backlog of 30 open jobs costs the sweep nothing.
@@ -265,22 +274,46 @@ async fn the_sweep_skips_the_backlog(backend: Backend) {
     assert_eq!(claimed.len(), 3);
     let (a, b, c) = (&claimed[0], &claimed[1], &claimed[2]);
     store
-        .transition_job(&a.id, JobStatus::Running, JobStatus::Completed, JobUpdate::default(), None)
+        .transition_job(
+            &a.id,
+            JobStatus::Running,
+            JobStatus::Completed,
+            JobUpdate::default(),
+            None,
+        )
         .await
         .unwrap();
     store
-        .transition_job(&b.id, JobStatus::Running, JobStatus::Cancelled, JobUpdate::default(), None)
+        .transition_job(
+            &b.id,
+            JobStatus::Running,
+            JobStatus::Cancelled,
+            JobUpdate::default(),
+            None,
+        )
         .await
         .unwrap();
     store
-        .transition_job(&c.id, JobStatus::Running, JobStatus::Failed, JobUpdate::default(), None)
+        .transition_job(
+            &c.id,
+            JobStatus::Running,
+            JobStatus::Failed,
+            JobUpdate::default(),
+            None,
+        )
         .await
         .unwrap();
     assert_open_matches_jobs(store, &ids).await;
     // Completed and cancelled ones are due again (their renew_at has come).
     assert_eq!(ready(store).await, 2);
     store
-        .transition_job(&c.id, JobStatus::Failed, JobStatus::Pending, JobUpdate::default(), None)
+        .transition_job(
+            &c.id,
+            JobStatus::Failed,
+            JobStatus::Pending,
+            JobUpdate::default(),
+            None,
+        )
         .await
         .unwrap();
     assert_open_matches_jobs(store, &ids).await;
@@ -292,7 +325,13 @@ async fn the_sweep_skips_the_backlog(backend: Backend) {
     assert_open_matches_jobs(store, &ids).await;
     assert_eq!(ready(store).await, 1);
     store
-        .transition_job(&extra.id, JobStatus::Pending, JobStatus::Cancelled, JobUpdate::default(), None)
+        .transition_job(
+            &extra.id,
+            JobStatus::Pending,
+            JobStatus::Cancelled,
+            JobUpdate::default(),
+            None,
+        )
         .await
         .unwrap();
     assert_open_matches_jobs(store, &ids).await;
@@ -302,7 +341,11 @@ async fn the_sweep_skips_the_backlog(backend: Backend) {
 async fn ready(store: &Store) -> usize {
     let now = certplane_host::store::now() + chrono::Duration::seconds(1);
     let mut n = 0;
-    for cert in store.list_certificates(None, None, 0, 10_000).await.unwrap() {
+    for cert in store
+        .list_certificates(None, None, 0, 10_000)
+        .await
+        .unwrap()
+    {
         if cert.renew_at <= now && store_open_issuance(store, &cert.id).await == 0 {
             n += 1;
         }
@@ -335,7 +378,11 @@ async fn assert_open_matches_jobs(store: &Store, ids: &[String]) {
                     && !matches!(j.status, JobStatus::Completed | JobStatus::Cancelled)
             })
             .count() as i64;
-        assert_eq!(store_open_issuance(store, id).await, open, "certificate {id}");
+        assert_eq!(
+            store_open_issuance(store, id).await,
+            open,
+            "certificate {id}"
+        );
     }
 }
 

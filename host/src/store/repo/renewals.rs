@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 
 use crate::store::codec::{now, ts};
 use crate::store::postgres::claims as pg;
+use crate::store::repo::insert_audit;
 use crate::store::repo::sql_limit;
 use crate::store::sqlite::claims as lite;
-use crate::store::repo::insert_audit;
 use crate::store::{NewAuditEvent, Store, StoreResult, on_read, on_write};
 
 impl Store {
