@@ -609,10 +609,23 @@ pub enum CertsAction {
         #[arg(long)]
         owner: Option<String>,
     },
-    /// Renew now.
+    /// Renew now: one certificate, or every active one of an issuer and/or
+    /// owner (`--issuer`, `--owner`), or all of them (`--all`).
     Renew {
-        /// Certificate id.
-        id: String,
+        /// Certificate id (leave out with `--issuer`, `--owner` or `--all`).
+        #[arg(required_unless_present_any = ["issuer", "owner", "all"],
+              conflicts_with_all = ["issuer", "owner", "all"])]
+        id: Option<String>,
+        /// Every active certificate of this issuer (a distrusted CA, a
+        /// rotated key).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Every active certificate with this owner.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Every active certificate.
+        #[arg(long, conflicts_with_all = ["issuer", "owner"])]
+        all: bool,
     },
     /// Revoke the version in force.
     Revoke {
@@ -1473,7 +1486,23 @@ async fn certs(ctx: &Ctx, action: CertsAction) -> anyhow::Result<()> {
             ctx.show_fields(reply, &[]);
             Ok(())
         }
-        CertsAction::Renew { id } => {
+        CertsAction::Renew {
+            id: None,
+            issuer,
+            owner,
+            all,
+        } => {
+            let body = json!({ "issuer_id": issuer, "owner": owner, "all": all });
+            let reply = ctx.client.post("/certificates/renew", Some(&body)).await?;
+            ctx.show(reply, |v| {
+                format!(
+                    "{} certificates due now; the renewal sweep is issuing them\n",
+                    output::cell(v.get("renewing"))
+                )
+            });
+            Ok(())
+        }
+        CertsAction::Renew { id: Some(id), .. } => {
             let reply = ctx
                 .client
                 .post(&format!("/certificates/{}/renew", seg(&id)), None)

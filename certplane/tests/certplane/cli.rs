@@ -1795,6 +1795,21 @@ async fn issued_certificate_jobs_verification_and_revocation() {
         ok_json(&certplane(&["certs", "renew", &cert_id, "--output", "json"], &client).await);
     assert_eq!(renewed["id"], cert_id.as_str(), "{renewed}");
     assert!(renewed["renew_at"].is_string(), "{renewed}");
+    // Many at once: by issuer (already due: not counted again), or all.
+    let bulk = ok(&certplane(&["certs", "renew", "--issuer", &issuer], &client).await);
+    assert!(bulk.contains("certificates due now"), "{bulk}");
+    let bulk = ok_json(&certplane(&["certs", "renew", "--all", "--output", "json"], &client).await);
+    assert!(bulk["renewing"].is_u64(), "{bulk}");
+    usage_error(&certplane(&["certs", "renew"], &client).await, "--issuer");
+    usage_error(
+        &certplane(&["certs", "renew", &cert_id, "--all"], &client).await,
+        "cannot be used with",
+    );
+    let line = api_error(
+        &certplane(&["certs", "renew", "--issuer", "no-such-issuer"], &client).await,
+        "validation_failed",
+    );
+    assert!(line.contains("no-such-issuer"), "{line}");
     let updated = ok_json(
         &certplane(
             &[

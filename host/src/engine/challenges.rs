@@ -122,10 +122,8 @@ pub async fn issuer_context(
     let predecessor = match &cert.current_version_id {
         Some(id) => engine
             .store
-            .list_certificate_versions(&cert.id)
+            .get_certificate_version(&cert.id, id)
             .await?
-            .into_iter()
-            .find(|v| &v.id == id)
             .map(|v| PreviousVersion {
                 certificate_pem: super::versions::split_pem(&v.pem_chain)
                     .into_iter()

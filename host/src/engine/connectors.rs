@@ -180,7 +180,7 @@ pub async fn issuer_instance(
 ) -> Result<Result<PluginInstance, String>, StoreError> {
     Ok(issuer_with_routes(engine, issuer_id)
         .await?
-        .map(|(instance, _)| instance))
+        .map(|issuer| issuer.instance))
 }
 
 /// [`issuer_instance`] and the issuer's challenge routes, from one read of
@@ -188,7 +188,7 @@ pub async fn issuer_instance(
 pub async fn issuer_with_routes(
     engine: &Engine,
     issuer_id: &str,
-) -> Result<Result<(PluginInstance, crate::grants::ChallengeRoutes), String>, StoreError> {
+) -> Result<Result<IssuerInstance, String>, StoreError> {
     let Some(row) = engine.store.get_issuer(issuer_id).await? else {
         return Ok(Err(format!("issuer {issuer_id} no longer exists")));
     };
@@ -202,7 +202,22 @@ pub async fn issuer_with_routes(
         row.encrypted_secrets.as_deref(),
         &row.grants,
     )
-    .map(|instance| (instance, routes)))
+    .map(|instance| IssuerInstance {
+        instance,
+        routes,
+        name: row.name,
+    }))
+}
+
+/// An issuer row made usable: its runtime instance, its challenge routes
+/// and its name (for events), from one read of the row.
+pub struct IssuerInstance {
+    /// The runtime instance.
+    pub instance: PluginInstance,
+    /// Where its challenges are published.
+    pub routes: crate::grants::ChallengeRoutes,
+    /// The issuer's name.
+    pub name: String,
 }
 
 /// Runs one connector call on the plugin threads ([`super::plugin_exec`])

@@ -127,7 +127,16 @@ fn persisted_order(job: &Job) -> Option<Order> {
 /// next state.
 async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
     let store = &engine.store;
-    if let Some(version) = store.version_of_job(&job.id).await? {
+    // A version is recorded only by the commit that completes the attempt
+    // that recorded it, so a first attempt without an order has none: it
+    // skips the read.
+    let first_call = job.attempts <= 1 && job.order_id.is_none();
+    let recorded = if first_call {
+        None
+    } else {
+        store.version_of_job(&job.id).await?
+    };
+    if let Some(version) = recorded {
         // Recorded by an earlier run of this job: finish without the CA.
         let lease = job
             .lease()
@@ -151,7 +160,11 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
         .get_certificate(cert_id)
         .await?
         .ok_or_else(|| permanent(format!("certificate {cert_id} no longer exists")))?;
-    let (issuer, routes) = issuer_with_routes(engine, &cert.issuer_id)
+    let super::connectors::IssuerInstance {
+        instance: issuer,
+        routes,
+        name: issuer_name,
+    } = issuer_with_routes(engine, &cert.issuer_id)
         .await?
         .map_err(permanent)?;
     let (dns_names, ips) = names_of(&cert);
@@ -246,10 +259,14 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
             still_pending(engine, job, new_order, payload, hint, None, now).await
         }
         (Ok(IssueResult::Issued(issued)), _) => {
-            record_issued(
-                engine, job, &cert, &csr_pem, sealed_key, &dns_names, &ips, issued, now,
-            )
-            .await
+            let request = IssuedFor {
+                cert: &cert,
+                issuer_name: &issuer_name,
+                csr_pem: &csr_pem,
+                dns_names: &dns_names,
+                ips: &ips,
+            };
+            record_issued(engine, job, &request, sealed_key, issued, now).await
         }
     }
 }
@@ -400,19 +417,31 @@ async fn still_pending(
     Ok(())
 }
 
+/// What a certificate was issued for.
+struct IssuedFor<'a> {
+    cert: &'a Certificate,
+    issuer_name: &'a str,
+    csr_pem: &'a str,
+    dns_names: &'a [String],
+    ips: &'a [IpAddr],
+}
+
 /// Issued: check it, record the version, create deployment jobs, complete.
-#[allow(clippy::too_many_arguments)]
 async fn record_issued(
     engine: &Engine,
     job: &Job,
-    cert: &Certificate,
-    csr_pem: &str,
+    request: &IssuedFor<'_>,
     sealed_key: Option<String>,
-    dns_names: &[String],
-    ips: &[IpAddr],
     issued: IssuedCertificate,
     now: DateTime<Utc>,
 ) -> Result<(), Stop> {
+    let IssuedFor {
+        cert,
+        issuer_name,
+        csr_pem,
+        dns_names,
+        ips,
+    } = *request;
     let checked = check_issued(&IssuedInput {
         csr_pem,
         dns_names,
@@ -500,9 +529,13 @@ async fn record_issued(
             "deployments": targets.len(),
         }),
     ));
-    outcome
-        .notices
-        .push(issued_notice(engine, job, cert, &checked.serial_hex, checked.not_after).await?);
+    outcome.notices.push(issued_notice(
+        job,
+        cert,
+        issuer_name,
+        &checked.serial_hex,
+        checked.not_after,
+    ));
     let Some(committed) = engine.store.commit_outcome(outcome).await? else {
         tracing::warn!(job = %job.id, "lost the job before recording the issued certificate; a retry polls or submits again");
         return Ok(());
@@ -534,26 +567,30 @@ pub fn version_key_owner(certificate_id: &str, fingerprint: &str) -> String {
 
 /// `certificate.issued` (the first version) or `certificate.renewed`,
 /// clearing the certificate's expiry and issuance conditions.
-async fn issued_notice(
-    engine: &Engine,
+fn issued_notice(
     job: &Job,
     cert: &Certificate,
+    issuer_name: &str,
     serial: &str,
     not_after: DateTime<Utc>,
-) -> Result<crate::store::Notice, StoreError> {
+) -> crate::store::Notice {
     use super::events::{About, expiry_key, issuance_key, kind};
     let renewed = cert.current_version_id.is_some();
     let mut issued = cert.clone();
     issued.not_after = Some(not_after);
-    let mut about = About::of(engine, Some(issued), None, None).await?;
-    about.serial = Some(serial.to_owned());
+    let about = About {
+        certificate: Some(issued),
+        issuer_name: Some(issuer_name.to_owned()),
+        serial: Some(serial.to_owned()),
+        ..About::default()
+    };
     let (event_kind, verb) = if renewed {
         (kind::RENEWED, "renewed")
     } else {
         (kind::ISSUED, "issued")
     };
     let summary = format!("certificate {} {verb} (serial {serial})", cert.name);
-    Ok(notify::notice(
+    notify::notice(
         &notify::Announcement {
             alerts: vec![
                 crate::store::AlertChange::Resolve(expiry_key(&cert.id)),
@@ -568,5 +605,5 @@ async fn issued_notice(
             )
         },
         None,
-    ))
+    )
 }

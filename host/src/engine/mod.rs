@@ -99,6 +99,11 @@ impl Engine {
 
 /// Jobs one tick of the processor claims at most.
 const BATCH: u32 = 16;
+/// With fewer free slots than this while jobs run, a claim waits
+/// [`COALESCE_FOR`] for more to free up first.
+const COALESCE_BELOW: usize = 4;
+/// How long a claim waits for slots to free up (the latency it may add).
+const COALESCE_FOR: std::time::Duration = std::time::Duration::from_millis(2);
 
 fn spec(name: &'static str, interval_ms: u64, engine: &Engine) -> LoopSpec {
     LoopSpec::new(name, Duration::from_millis(interval_ms)).with_tick_timeout(
@@ -156,10 +161,17 @@ where
     F: FnOnce(u32) -> Fut,
     Fut: Future<Output = Result<Vec<crate::store::Job>, crate::store::StoreError>>,
 {
-    let free = engine.runner.free_slots();
+    let mut free = engine.runner.free_slots();
     if free == 0 {
         // A finishing job wakes the loop again.
         return Ok(TickReport::done(0));
+    }
+    if free < COALESCE_BELOW && engine.runner.running() > 0 {
+        // Busy: a job that just finished woke the loop. Let a few more
+        // finish so one claim takes several jobs; at a thousand jobs a
+        // second claiming them one by one would cost a commit each.
+        tokio::time::sleep(COALESCE_FOR).await;
+        free = engine.runner.free_slots().max(free);
     }
     let want = u32::try_from(free).unwrap_or(BATCH).min(BATCH);
     let started = std::time::Instant::now();

@@ -29,11 +29,9 @@ pub async fn load_version(
         .ok_or_else(|| JobFailure::permanent(format!("certificate {cert_id} not found")))?;
     let version = engine
         .store
-        .list_certificate_versions(cert_id)
+        .get_certificate_version(cert_id, version_id)
         .await
         .map_err(store_err)?
-        .into_iter()
-        .find(|v| v.id == version_id)
         .ok_or_else(|| {
             JobFailure::permanent(format!("certificate version {version_id} not found"))
         })?;

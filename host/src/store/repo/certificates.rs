@@ -336,6 +336,25 @@ impl Store {
         }))
     }
 
+    /// One version of certificate `certificate_id` (`None` if it has no
+    /// such version): jobs name the version they work on, so they read it
+    /// alone rather than every version the certificate ever had.
+    pub async fn get_certificate_version(
+        &self,
+        certificate_id: &str,
+        version_id: &str,
+    ) -> StoreResult<Option<CertificateVersion>> {
+        Ok(on_read!(self, |pool| {
+            sqlx::query_as::<_, CertificateVersion>(
+                "SELECT * FROM certificate_versions WHERE id = $1 AND certificate_id = $2",
+            )
+            .bind(version_id)
+            .bind(certificate_id)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
     /// Sets `renew_at` directly (operator "renew now", tests). False if
     /// unknown.
     pub async fn set_certificate_renew_at(
