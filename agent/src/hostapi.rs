@@ -73,10 +73,14 @@ use certplane_proto::agent::{CsrRequest, RegisterRequest, WorkQuery};
 /// definition, shared with the host).
 pub use certplane_proto::agent::{ResultRequest as JobReport, Verification as ReportVerification};
 
-/// An authenticated client of the agent API.
+/// An authenticated client of the agent API. Its requests (and its
+/// clones') share one connection to the host: HTTP/2 multiplexes the
+/// parked long poll and the heartbeats, so an agent holds one socket on the
+/// host.
 #[derive(Debug, Clone)]
 pub struct HostApi {
     client: ApiClient,
+    /// The same connection, with a limit that outlasts a long poll.
     poll_client: ApiClient,
 }
 
@@ -133,10 +137,16 @@ impl HostApi {
         credential: &str,
         poll_wait: Duration,
     ) -> Result<HostApi, HostError> {
+        let client = client(base_url, trust, credential, REQUEST_TIMEOUT)?;
         Ok(HostApi {
-            client: client(base_url, trust.clone(), credential, REQUEST_TIMEOUT)?,
-            poll_client: client(base_url, trust, credential, poll_wait + POLL_SLACK)?,
+            poll_client: client.with_timeout(poll_wait + POLL_SLACK),
+            client,
         })
+    }
+
+    /// Connections to the host opened so far (one while it stays up).
+    pub fn connections_opened(&self) -> u64 {
+        self.client.connections_opened()
     }
 
     /// `POST /agents/heartbeat`.

@@ -1,5 +1,6 @@
 //! The HTTP(S) client of the host API: hyper 1 over tokio-rustls (ring
-//! provider), one request per connection.
+//! provider), HTTP/2 on one kept connection where the server offers it
+//! ([`crate::conn`]), HTTP/1.1 otherwise.
 //!
 //! The server is trusted either through a PEM file of certificates
 //! ([`Trust::CaFile`], for example the host's development certificate) or
@@ -9,13 +10,13 @@
 //! configured with `tls.plain_http = true`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -23,8 +24,8 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+
+use crate::conn::{Endpoint, Pool, Sent, TlsSetup, Version};
 
 /// Largest response body accepted, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -172,28 +173,18 @@ pub struct ApiReply {
     pub json: Option<Value>,
 }
 
-/// A client of one host's `/api/v1`.
+/// A client of one host's `/api/v1`. Clones share its connections
+/// ([`crate::conn`]): one HTTP/2 connection carries all their requests.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
-    /// Host to connect to (IPv6 without brackets).
-    connect_host: String,
-    port: u16,
-    /// `host:port` as in the URL, for the `Host` header and messages.
-    authority: String,
+    pool: Arc<Pool>,
+    /// `http` or `https`, for HTTP/2's absolute request URIs.
+    scheme: &'static str,
     /// Path prefix before `/api/v1` (a reverse proxy's), without trailing `/`.
     base_path: String,
     api_key: String,
-    tls: Option<TlsSetup>,
     timeout: Duration,
     user_agent: String,
-}
-
-#[derive(Debug, Clone)]
-struct TlsSetup {
-    config: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-    pin: Option<Arc<FingerprintVerifier>>,
-    public_roots: bool,
 }
 
 impl ApiClient {
@@ -243,15 +234,32 @@ impl ApiClient {
             None
         };
         Ok(ApiClient {
-            connect_host,
-            port,
-            authority,
+            pool: Arc::new(Pool::new(Endpoint {
+                connect_host,
+                port,
+                authority,
+                tls,
+            })),
+            scheme: if https { "https" } else { "http" },
             base_path: url.path().trim_end_matches('/').to_owned(),
             api_key: options.api_key,
-            tls,
             timeout: options.timeout,
             user_agent: options.user_agent,
         })
+    }
+
+    /// The same client (sharing its connections) with another limit per
+    /// request: a long poll needs more than a heartbeat.
+    pub fn with_timeout(&self, timeout: Duration) -> ApiClient {
+        ApiClient {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// Connections this client and its clones have opened so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.pool.opened()
     }
 
     /// `GET` an API path (relative to `/api/v1`) with query parameters.
@@ -297,8 +305,10 @@ impl ApiClient {
         .await
     }
 
-    /// Sends one request on a fresh connection. Error statuses become
-    /// [`ClientError::Api`] (or [`ClientError::UnexpectedStatus`]).
+    /// Sends one request, on the client's connection when it has a live
+    /// one. Error statuses become [`ClientError::Api`] (or
+    /// [`ClientError::UnexpectedStatus`]). Sent at most once: only a
+    /// request hyper hands back unsent is tried again, on a new connection.
     pub async fn send(
         &self,
         method: Method,
@@ -315,110 +325,115 @@ impl ApiClient {
             target.push('?');
             target.push_str(&ser.finish());
         }
+        let body = body.map(|v| Bytes::from(v.to_string()));
+        // The connection in use when the limit struck: it is not trusted
+        // with another request (the host or the path to it may be gone).
+        let in_use = AtomicU64::new(0);
+        let exchange = self.exchange(&method, &target, body.as_ref(), &in_use);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => {
+                let (status, body) = result?;
+                interpret(status, &body)
+            }
+            Err(_) => {
+                self.pool.discard(in_use.load(Ordering::Relaxed)).await;
+                Err(ClientError::Timeout {
+                    authority: self.authority().to_owned(),
+                    secs: self.timeout.as_secs(),
+                })
+            }
+        }
+    }
+
+    fn authority(&self) -> &str {
+        &self.pool.endpoint().authority
+    }
+
+    /// One request in the form its connection's HTTP version wants.
+    fn request(
+        &self,
+        version: Version,
+        method: &Method,
+        target: &str,
+        body: Option<&Bytes>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let mut builder = Request::builder()
-            .method(method)
-            .uri(target)
-            .header(header::HOST, &self.authority)
+            .method(method.clone())
             .header(header::ACCEPT, "application/json")
-            .header(header::CONNECTION, "close")
             .header(header::USER_AGENT, &self.user_agent);
+        builder = match version {
+            // `:scheme` and `:authority` come from the URI.
+            Version::Http2 => {
+                builder.uri(format!("{}://{}{target}", self.scheme, self.authority()))
+            }
+            Version::Http1 => builder.uri(target).header(header::HOST, self.authority()),
+        };
         if !self.api_key.is_empty() {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {}", self.api_key));
         }
         let bytes = match body {
-            Some(v) => {
+            Some(b) => {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
+                b.clone()
             }
             None => Bytes::new(),
         };
-        let request = builder
+        builder
             .body(Full::new(bytes))
-            .map_err(|e| self.http_error(e))?;
-        let (status, body) = tokio::time::timeout(self.timeout, self.exchange(request))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                authority: self.authority.clone(),
-                secs: self.timeout.as_secs(),
-            })??;
-        interpret(status, &body)
+            .map_err(|e| self.http_error(e))
     }
 
     async fn exchange(
         &self,
-        request: Request<Full<Bytes>>,
+        method: &Method,
+        target: &str,
+        body: Option<&Bytes>,
+        in_use: &AtomicU64,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let tcp = TcpStream::connect((self.connect_host.as_str(), self.port))
-            .await
-            .map_err(|source| ClientError::Connect {
-                authority: self.authority.clone(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            None => self.exchange_on(tcp, request).await,
-            Some(tls) => {
-                let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
-                    .connect(tls.server_name.clone(), tcp)
-                    .await
-                    .map_err(|source| match tls.pin.as_ref().and_then(|p| p.mismatch()) {
-                        Some((expected, observed)) => ClientError::PinMismatch {
-                            authority: self.authority.clone(),
-                            expected,
-                            observed,
-                        },
-                        None => ClientError::Handshake {
-                            authority: self.authority.clone(),
-                            source,
-                            hint: if tls.public_roots {
-                                " (trusted against the public CAs; for a private or self-signed host certificate pass --ca-file or --pin-sha256)"
-                            } else {
-                                ""
-                            },
-                        },
-                    })?;
-                self.exchange_on(stream, request).await
-            }
-        }
-    }
-
-    async fn exchange_on<S>(
-        &self,
-        stream: S,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, Bytes), ClientError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.http_error(e))?;
-        let driver = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "API connection ended with an error");
-            }
-        });
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| self.http_error(e))?;
+        let mut retried = false;
+        loop {
+            let mut lease = self.pool.acquire().await?;
+            in_use.store(lease.id, Ordering::Relaxed);
+            let request = self.request(lease.version(), method, target, body)?;
+            let response = match lease.send(request).await {
+                Sent::Answered(response) => response,
+                // The connection died before the request left: the host
+                // never saw it. Once, on a new connection.
+                Sent::Unsent(e) => {
+                    self.pool.discard(lease.id).await;
+                    if retried {
+                        return Err(self.http_error(e));
+                    }
+                    tracing::debug!(authority = %self.authority(), error = %e,
+                        "connection closed before the request was sent; using a new one");
+                    retried = true;
+                    continue;
+                }
+                Sent::Failed(e) => {
+                    self.pool.discard(lease.id).await;
+                    return Err(self.http_error(e));
+                }
+            };
             let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            let collected = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
-                .await
-                .map_err(|e| self.http_error(e))?
-                .to_bytes();
-            Ok((status, body))
+                .await;
+            return match collected {
+                Ok(body) => {
+                    self.pool.release(lease);
+                    Ok((status, body.to_bytes()))
+                }
+                Err(e) => {
+                    self.pool.discard(lease.id).await;
+                    Err(self.http_error(e))
+                }
+            };
         }
-        .await;
-        driver.abort();
-        result
     }
 
     fn http_error(&self, e: impl std::fmt::Display) -> ClientError {
         ClientError::Http {
-            authority: self.authority.clone(),
+            authority: self.authority().to_owned(),
             reason: e.to_string(),
         }
     }
@@ -503,7 +518,8 @@ fn client_config(
             )
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first: one connection for everything (see `conn`).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((config, pin))
 }
 

@@ -152,6 +152,20 @@ pub struct AgentSettings {
     pub offline_after_secs: u64,
     /// How long an AwaitingCSR job waits for its agent.
     pub csr_ttl_secs: u64,
+    /// Registrations per second from one source address (IPv6: one /64),
+    /// whatever token they carry: the pace at which one address can guess
+    /// bootstrap tokens. A fleet behind one NAT or proxy shares it.
+    pub registration_per_address_per_second: u32,
+    /// Registrations one source address may make at once on top of the
+    /// sustained rate.
+    pub registration_per_address_burst: u32,
+    /// Successful registrations per second with one bootstrap token, from
+    /// anywhere; wrong tokens never count here, so guessing cannot lock a
+    /// fleet out.
+    pub registration_per_token_per_second: u32,
+    /// Registrations with one bootstrap token at once on top of the
+    /// sustained rate (a fleet rolled out at once).
+    pub registration_per_token_burst: u32,
 }
 
 impl Default for AgentSettings {
@@ -160,6 +174,10 @@ impl Default for AgentSettings {
             bootstrap_tokens: Vec::new(),
             offline_after_secs: 90,
             csr_ttl_secs: 24 * 3600,
+            registration_per_address_per_second: 20,
+            registration_per_address_burst: 200,
+            registration_per_token_per_second: 500,
+            registration_per_token_burst: 5000,
         }
     }
 }
@@ -405,6 +423,12 @@ impl HostConfig {
         if self.api.max_body_bytes == 0 || self.api.rate_limit_per_second == 0 {
             return bad("api.max_body_bytes and api.rate_limit_per_second must be positive");
         }
+        let a = &self.agents;
+        if a.registration_per_address_per_second == 0 || a.registration_per_token_per_second == 0 {
+            return bad(
+                "agents.registration_per_address_per_second and agents.registration_per_token_per_second must be positive",
+            );
+        }
         let s = &self.scheduler;
         if [
             s.renewal_ms,
@@ -551,6 +575,36 @@ mod tests {
             jail.set_env("CERTPLANE_DATABASE__MAX_CONNECTIONS", "6");
             jail.create_file("host.toml", "instance_id = \"  \"\n")?;
             assert!(HostConfig::load(Some(Path::new("host.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn registration_limits_are_agents_settings() {
+        figment::Jail::expect_with(|jail| {
+            let d = HostConfig::default().agents;
+            assert_eq!(
+                (
+                    d.registration_per_address_per_second,
+                    d.registration_per_address_burst,
+                    d.registration_per_token_per_second,
+                    d.registration_per_token_burst
+                ),
+                (20, 200, 500, 5000)
+            );
+            jail.create_file(
+                "host.toml",
+                "[agents]\nregistration_per_address_per_second = 5\nregistration_per_token_burst = 100\n",
+            )?;
+            jail.set_env("CERTPLANE_AGENTS__REGISTRATION_PER_ADDRESS_BURST", "7");
+            let c = HostConfig::load(Some(Path::new("host.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.agents.registration_per_address_per_second, 5);
+            assert_eq!(c.agents.registration_per_address_burst, 7);
+            assert_eq!(c.agents.registration_per_token_burst, 100);
+            assert_eq!(c.agents.registration_per_token_per_second, 500);
+            jail.set_env("CERTPLANE_AGENTS__REGISTRATION_PER_TOKEN_PER_SECOND", "0");
+            let err = HostConfig::load(Some(Path::new("host.toml"))).unwrap_err();
+            assert!(err.to_string().contains("registration_per_token"), "{err}");
             Ok(())
         });
     }

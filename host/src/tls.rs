@@ -1,7 +1,7 @@
 //! TLS for the host's HTTPS listener.
 //!
 //! [`server_config`] builds the rustls server configuration (ring provider,
-//! TLS 1.2 and 1.3, ALPN `http/1.1`) from an operator's PEM certificate chain
+//! TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`) from an operator's PEM certificate chain
 //! and private key.
 //!
 //! When the operator has not configured a certificate,
@@ -27,8 +27,10 @@ use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// ALPN protocols offered by the listener.
-const ALPN: &[&[u8]] = &[b"http/1.1"];
+/// ALPN protocols offered by the listener, preferred first: HTTP/2 lets an
+/// agent keep one connection for its long poll and its heartbeats; the
+/// listener serves both (`server.rs`).
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// Validity of a generated development certificate.
 pub const DEV_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// A development certificate this close to expiry is regenerated.
@@ -107,7 +109,7 @@ pub struct DevCertificate {
 
 /// The HTTPS listener's rustls configuration from a PEM certificate chain
 /// (leaf first) and a PEM private key (PKCS#8, SEC1 or PKCS#1), using the
-/// ring provider, TLS 1.2/1.3 and ALPN `http/1.1`. Fails when the key does
+/// ring provider, TLS 1.2/1.3 and ALPN `h2`, `http/1.1`. Fails when the key does
 /// not match the certificate.
 pub fn server_config(
     cert_pem_path: &Path,
@@ -565,7 +567,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dev = ensure_dev_certificate(tmp.path(), &[]).unwrap();
         let config = server_config(&dev.cert_path, &dev.key_path).unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
 
         let missing = tmp.path().join("missing.pem");
         assert!(matches!(

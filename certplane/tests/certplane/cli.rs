@@ -1800,7 +1800,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     assert!(bulk.contains("certificates due now"), "{bulk}");
     let bulk = ok_json(&certplane(&["certs", "renew", "--all", "--output", "json"], &client).await);
     assert!(bulk["renewing"].is_u64(), "{bulk}");
-    usage_error(&certplane(&["certs", "renew"], &client).await, "--issuer");
+    usage_error(&certplane(&["certs", "renew"], &client).await, "<ID>");
     usage_error(
         &certplane(&["certs", "renew", &cert_id, "--all"], &client).await,
         "cannot be used with",

@@ -7,15 +7,16 @@
 //! one agent's credential reveals nothing about another agent's work.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::engine::agent_reports;
 use crate::engine::challenges::agent as agent_challenges;
-use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use certplane_proto::agent::{
     AgentJob, ChallengeReport, ChallengeReportAccepted, CsrAccepted, CsrRequest, HeartbeatReply,
     JobCertificate, JobCertificateVersion, JobTarget, RegisterRequest, Registered, ResultAccepted,
@@ -30,8 +31,8 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::{
-    AGENT_CREDENTIAL_PREFIX, AdminAccess, AgentCaller, ReadAccess, hash_token, is_bootstrap_token,
-    random_secret,
+    AGENT_CREDENTIAL_PREFIX, AdminAccess, AgentCaller, ReadAccess, bootstrap_token_index,
+    hash_token, random_secret,
 };
 use super::error::{ApiError, ApiResult};
 use super::listing::{Page, PageQuery, conditional_json};
@@ -146,16 +147,34 @@ pub struct AgentDetail {
     request_body = RegisterRequest,
     responses((status = 201, body = Registered),
         (status = 401, description = "unknown bootstrap token", body = super::error::ErrorBody),
-        (status = 422, description = "invalid name", body = super::error::ErrorBody)))]
+        (status = 422, description = "invalid name", body = super::error::ErrorBody),
+        (status = 429, description = "too many registrations from this address or with this token; `Retry-After` says when to try again", body = super::error::ErrorBody)))]
 async fn register_agent(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    // Unauthenticated endpoint: one shared bucket bounds token guessing.
-    state.rate_limits.check("agent-registration")?;
+    // Unauthenticated: every attempt counts against its source address
+    // (the pace of guessing), a valid one against its token as well (the
+    // pace of a fleet), so neither a flood from one address nor wrong
+    // tokens from many refuse agents registering elsewhere.
+    let limits = state.rate_limits.registration(&state.config.agents);
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    if let Err(refused) = limits.check_address(peer) {
+        tracing::debug!(peer = ?peer, retry_after_secs = refused.after_secs,
+            "agent registration refused: too many from this address");
+        return Ok(refused.into_response());
+    }
     let Json(req) = body?;
-    if !is_bootstrap_token(&state.config.agents.bootstrap_tokens, &req.bootstrap_token) {
+    let Some(token) =
+        bootstrap_token_index(&state.config.agents.bootstrap_tokens, &req.bootstrap_token)
+    else {
         return Err(ApiError::unauthorized("unknown bootstrap token"));
+    };
+    if let Err(refused) = limits.check_token(token) {
+        tracing::info!(peer = ?peer, retry_after_secs = refused.after_secs,
+            "agent registration refused: too many with this bootstrap token");
+        return Ok(refused.into_response());
     }
     let name = req.name.trim();
     if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {

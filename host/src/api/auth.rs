@@ -5,14 +5,19 @@
 //! * Agents use their own credential (`Authorization: Bearer cpa_<agent-id>.<secret>`),
 //!   issued once at registration; only its hash is stored.
 //!
-//! Both are rate limited per key / per agent (governor).
+//! Both are rate limited per key / per agent (governor). Registration, the
+//! one unauthenticated agent call, has limits of its own per source address
+//! and per bootstrap token ([`RegistrationLimits`]).
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::RngCore;
@@ -20,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::config::AgentSettings;
 use crate::store::{Agent, AgentStatus, ApiKey, ApiScope};
 
 /// Prefix of operator API keys.
@@ -69,25 +75,45 @@ fn digest_eq(a: &str, b: &str) -> bool {
 /// Whether `token` is one of the configured bootstrap tokens (constant time
 /// per comparison).
 pub fn is_bootstrap_token(configured: &[String], token: &str) -> bool {
+    bootstrap_token_index(configured, token).is_some()
+}
+
+/// Which configured bootstrap token `token` is. Every configured token is
+/// compared (in constant time each), whichever matches.
+pub fn bootstrap_token_index(configured: &[String], token: &str) -> Option<usize> {
     let presented = hash_token(token);
-    configured.iter().fold(false, |found, t| {
-        found | digest_eq(&hash_token(t), &presented)
+    configured.iter().enumerate().fold(None, |found, (i, t)| {
+        let matches = digest_eq(&hash_token(t), &presented);
+        found.or(matches.then_some(i))
     })
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
+    Quota::per_second(rate).allow_burst(burst)
 }
 
 /// Per-caller rate limits.
 pub struct RateLimits {
     limiter: DefaultKeyedRateLimiter<String>,
+    registration: OnceLock<RegistrationLimits>,
 }
 
 impl RateLimits {
     /// `per_second` sustained with `burst` on top, per caller.
     pub fn new(per_second: u32, burst: u32) -> Self {
-        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
         RateLimits {
-            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            limiter: RateLimiter::keyed(quota(per_second, burst)),
+            registration: OnceLock::new(),
         }
+    }
+
+    /// The registration limits of `[agents]`. Built on first use: the
+    /// configuration does not change while the host runs.
+    pub fn registration(&self, agents: &AgentSettings) -> &RegistrationLimits {
+        self.registration
+            .get_or_init(|| RegistrationLimits::new(agents))
     }
 
     /// Admits one request for `caller` or returns a 429 with `Retry-After`.
@@ -107,6 +133,123 @@ impl RateLimits {
                 .with_extra(serde_json::json!({ "retry_after_secs": secs })))
             }
         }
+    }
+}
+
+/// Source addresses tracked before the fully replenished ones are dropped:
+/// bounds the memory a flood from many addresses can take.
+const MAX_TRACKED_ADDRESSES: usize = 100_000;
+
+/// Limits on `POST /agents/register`, which anyone may call.
+///
+/// Every attempt counts against its source address (IPv6 by /64, where one
+/// machine's addresses come from), so one address guesses tokens only so
+/// fast and a flood from it refuses nobody else. A registration with a
+/// valid token counts against that token as well, and only such
+/// registrations do: wrong tokens, from however many addresses, cannot
+/// spend a fleet's allowance.
+pub struct RegistrationLimits {
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+    per_token: DefaultKeyedRateLimiter<usize>,
+}
+
+/// A registration refused for now: 429 with `Retry-After`.
+#[derive(Debug)]
+pub struct RetryLater {
+    /// Whole seconds until the limit admits one more.
+    pub after_secs: u64,
+    what: &'static str,
+}
+
+impl IntoResponse for RetryLater {
+    fn into_response(self) -> Response {
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many registrations {}; retry in {} s",
+                self.what, self.after_secs
+            ),
+        )
+        .with_extra(serde_json::json!({ "retry_after_secs": self.after_secs }))
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(self.after_secs));
+        response
+    }
+}
+
+impl RegistrationLimits {
+    /// The limits of `[agents]`.
+    pub fn new(agents: &AgentSettings) -> Self {
+        RegistrationLimits {
+            per_address: RateLimiter::keyed(quota(
+                agents.registration_per_address_per_second,
+                agents.registration_per_address_burst,
+            )),
+            per_token: RateLimiter::keyed(quota(
+                agents.registration_per_token_per_second,
+                agents.registration_per_token_burst,
+            )),
+        }
+    }
+
+    /// Admits one attempt from `peer` (`None`: a request that did not come
+    /// through the listener, counted as one unknown address).
+    pub fn check_address(&self, peer: Option<IpAddr>) -> Result<(), RetryLater> {
+        if self.per_address.len() > MAX_TRACKED_ADDRESSES {
+            self.per_address.retain_recent();
+            self.per_address.shrink_to_fit();
+        }
+        let key = peer.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), address_key);
+        self.per_address
+            .check_key(&key)
+            .map_err(|not_until| retry_later(&not_until, "from this address"))
+    }
+
+    /// Admits one registration with the configured token number `token`.
+    pub fn check_token(&self, token: usize) -> Result<(), RetryLater> {
+        self.per_token
+            .check_key(&token)
+            .map_err(|not_until| retry_later(&not_until, "with this bootstrap token"))
+    }
+}
+
+fn retry_later(
+    not_until: &governor::NotUntil<
+        <governor::clock::DefaultClock as governor::clock::Clock>::Instant,
+    >,
+    what: &'static str,
+) -> RetryLater {
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(
+        &governor::clock::DefaultClock::default(),
+    ));
+    RetryLater {
+        after_secs: whole_secs_at_least_one(wait),
+        what,
+    }
+}
+
+/// `Retry-After` counts whole seconds; rounding down would invite a retry
+/// that is refused again.
+fn whole_secs_at_least_one(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// The key an address is limited under: IPv4 as is (IPv4-mapped IPv6
+/// included), IPv6 by its /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
     }
 }
 
@@ -290,6 +433,58 @@ mod tests {
         assert!(is_bootstrap_token(&["t1".into(), "t2".into()], "t2"));
         assert!(!is_bootstrap_token(&["t1".into()], "t2"));
         assert!(!is_bootstrap_token(&[], ""));
+    }
+
+    #[test]
+    fn the_matching_bootstrap_token_is_found() {
+        let configured = ["t1".to_string(), "t2".to_string()];
+        assert_eq!(bootstrap_token_index(&configured, "t2"), Some(1));
+        assert_eq!(bootstrap_token_index(&configured, "t1"), Some(0));
+        assert_eq!(bootstrap_token_index(&configured, "t3"), None);
+    }
+
+    #[test]
+    fn addresses_are_limited_by_machine() {
+        let v6 = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2:aaaa::1"), v6("2001:db8:1:2:bbbb::9"));
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(v6("::ffff:192.0.2.7"), v6("192.0.2.7"));
+        assert_ne!(v6("192.0.2.7"), v6("192.0.2.8"));
+    }
+
+    #[test]
+    fn registration_limits_are_per_address_and_per_token() {
+        let agents = AgentSettings {
+            registration_per_address_per_second: 1,
+            registration_per_address_burst: 3,
+            registration_per_token_per_second: 1,
+            registration_per_token_burst: 2,
+            ..AgentSettings::default()
+        };
+        let limits = RegistrationLimits::new(&agents);
+        let a = Some("192.0.2.1".parse().unwrap());
+        let b = Some("192.0.2.2".parse().unwrap());
+        for _ in 0..3 {
+            limits.check_address(a).unwrap();
+        }
+        let refused = limits.check_address(a).unwrap_err();
+        assert!(refused.after_secs >= 1);
+        let response = refused.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        limits.check_address(b).unwrap();
+        limits.check_token(0).unwrap();
+        limits.check_token(0).unwrap();
+        assert!(limits.check_token(0).is_err());
+        limits.check_token(1).unwrap();
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(whole_secs_at_least_one(Duration::from_millis(1)), 1);
+        assert_eq!(whole_secs_at_least_one(Duration::from_millis(1500)), 2);
+        assert_eq!(whole_secs_at_least_one(Duration::from_secs(3)), 3);
+        assert_eq!(whole_secs_at_least_one(Duration::ZERO), 1);
     }
 
     #[test]

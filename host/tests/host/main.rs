@@ -21,6 +21,7 @@ mod issuer_sectigo;
 mod notifications;
 mod pipeline;
 mod pipeline_async;
+mod registration_limits;
 mod renewal_storm;
 mod replicas;
 mod store_claims;
