@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certplane_runtime::bindings::issuer::IssuerPre;
-use certplane_runtime::bindings::issuer::certplane::connector::{config, log};
+use certplane_runtime::bindings::issuer::certplane::connector::{config, log, signing};
 use certplane_runtime::bindings::target::TargetPre;
-use certplane_runtime::bindings::types::Level;
+use certplane_runtime::bindings::target::certplane::connector::actions;
+use certplane_runtime::bindings::types::{ConnectorError, Level};
 use certplane_runtime::{InstanceConfig, Plugin, PluginInstance, Runtime, RuntimeConfig};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -161,9 +162,38 @@ impl log::Host for Floor {
     fn log(&mut self, _: Level, _: String) {}
 }
 
+// pem-files imports `actions`, local-ca `signing`; `describe` calls
+// neither.
+impl actions::Host for Floor {
+    async fn granted(&mut self, _: String) -> bool {
+        false
+    }
+    async fn run(&mut self, _: String) -> Result<actions::ActionOutput, ConnectorError> {
+        Err(ConnectorError::Unsupported("floor".into()))
+    }
+}
+
+impl signing::Host for Floor {
+    fn key_info(&mut self, _: String) -> Result<signing::SigningKey, ConnectorError> {
+        Err(ConnectorError::Unsupported("floor".into()))
+    }
+    fn sign(&mut self, _: String, _: Vec<u8>) -> Result<Vec<u8>, ConnectorError> {
+        Err(ConnectorError::Unsupported("floor".into()))
+    }
+    fn verify(
+        &mut self,
+        _: Vec<u8>,
+        _: String,
+        _: Vec<u8>,
+        _: Vec<u8>,
+    ) -> Result<bool, ConnectorError> {
+        Err(ConnectorError::Unsupported("floor".into()))
+    }
+}
+
 /// Instantiates `plugin`'s component on `engine` with the same imports the
-/// runtime's linker defines (WASI, wasi-http, certplane's `config`/`log`,
-/// here inert).
+/// runtime's linker defines (WASI, wasi-http, certplane's `config`, `log`,
+/// `actions` and `signing`, here inert).
 fn floor_pre(engine: &Engine, plugin: &Plugin) -> wasmtime::component::InstancePre<Floor> {
     let component =
         Component::from_file(engine, &plugin.manifest().component_path).expect("component");
@@ -172,6 +202,8 @@ fn floor_pre(engine: &Engine, plugin: &Plugin) -> wasmtime::component::InstanceP
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("wasi-http");
     config::add_to_linker::<Floor, HasSelf<Floor>>(&mut linker, |t| t).expect("config");
     log::add_to_linker::<Floor, HasSelf<Floor>>(&mut linker, |t| t).expect("log");
+    signing::add_to_linker::<Floor, HasSelf<Floor>>(&mut linker, |t| t).expect("signing");
+    actions::add_to_linker::<Floor, HasSelf<Floor>>(&mut linker, |t| t).expect("actions");
     linker.instantiate_pre(&component).expect("instance pre")
 }
 

@@ -102,6 +102,7 @@ pub mod lifecycle {
             "certplane:connector/context": super::issuer::certplane::connector::context,
             "certplane:connector/store": super::issuer::certplane::connector::store,
             "certplane:connector/challenges": super::issuer::certplane::connector::challenges,
+            "certplane:connector/signing": super::issuer::certplane::connector::signing,
         },
     });
 }

@@ -89,6 +89,8 @@ pub(crate) struct CallState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) settings: Arc<serde_json::Map<String, serde_json::Value>>,
     pub(crate) secrets: Arc<BTreeMap<String, Secret>>,
+    /// The runtime's parsed signing keys (the `signing` import).
+    pub(crate) keys: crate::signing::KeyCache,
     pub(crate) plugin: Arc<str>,
     pub(crate) instance: Arc<str>,
     pub(crate) denials: DenialLog,

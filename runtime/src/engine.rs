@@ -66,6 +66,9 @@ pub struct RuntimeConfig {
     /// compiler threads and their heaps stay around afterwards). Default
     /// true.
     pub parallel_compilation: bool,
+    /// Signing keys (the `signing` import) kept parsed, across instances
+    /// (default [`crate::signing::DEFAULT_KEY_CACHE_ENTRIES`]).
+    pub signing_key_cache_entries: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -87,6 +90,7 @@ impl Default for RuntimeConfig {
             memory_keep_resident_bytes: 1024 * 1024,
             table_keep_resident_bytes: 64 * 1024,
             parallel_compilation: true,
+            signing_key_cache_entries: crate::signing::DEFAULT_KEY_CACHE_ENTRIES,
         }
     }
 }
@@ -103,6 +107,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) tls: Arc<rustls::ClientConfig>,
     pub(crate) ticker: EpochTicker,
     pub(crate) budget: MemoryBudget,
+    pub(crate) keys: crate::signing::KeyCache,
 }
 
 /// Loads and runs connector plugins. Cheap to clone; share one per process.
@@ -133,6 +138,7 @@ impl Runtime {
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         let cache = ComponentCache::new(&engine, config.cache_dir.clone());
         let budget = MemoryBudget::new(config.memory_budget_bytes);
+        let keys = crate::signing::KeyCache::new(config.signing_key_cache_entries);
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -142,6 +148,7 @@ impl Runtime {
                 tls,
                 ticker,
                 budget,
+                keys,
             }),
         })
     }
@@ -162,6 +169,11 @@ impl Runtime {
     /// its total (for metrics).
     pub fn memory_budget(&self) -> MemoryBudgetUsage {
         self.inner.budget.usage()
+    }
+
+    /// How many parsed signing keys the runtime holds now (for metrics).
+    pub fn signing_keys_cached(&self) -> u64 {
+        self.inner.keys.len()
     }
 
     /// Loads the plugin described by the manifest at `manifest_path`:
@@ -238,7 +250,7 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
 /// The connector import surface: WASI CLI basics, clocks, random,
 /// filesystem (only preopens the operator granted are ever present),
 /// wasi-http behind the egress hook, and certplane's `config`, `log`,
-/// `context`, `store` and `challenges`.
+/// `context`, `store`, `challenges`, `actions` and `signing`.
 /// `wasi:sockets` is deliberately absent: a component that imports it fails
 /// to link with a message naming the import.
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
@@ -282,6 +294,10 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
         store::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
         challenges::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
         crate::bindings::target::certplane::connector::actions::add_to_linker::<T, HasSelf<T>>(
+            l,
+            |t| t,
+        )?;
+        crate::bindings::issuer::certplane::connector::signing::add_to_linker::<T, HasSelf<T>>(
             l,
             |t| t,
         )?;

@@ -46,6 +46,7 @@ pub mod limits;
 pub mod manifest;
 mod plugin;
 pub mod policy;
+pub mod signing;
 mod ticker;
 
 pub use cache::CacheOutcome;

@@ -1,5 +1,7 @@
 //! Parsing of PKCS#10 certificate signing requests and verification of their
-//! self-signature (proof that the requester holds the private key).
+//! self-signature (proof that the requester holds the private key). What
+//! checks the signature is a [`CaCrypto`]: the host in the component; the
+//! RustCrypto code here (`verify_in_guest`) in native tests.
 
 use const_oid::ObjectIdentifier;
 use const_oid::db::{rfc5912, rfc8410};
@@ -8,6 +10,8 @@ use der::{Decode, Encode, Header, SliceReader};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::request::CertReq;
+
+use crate::crypto::CaCrypto;
 
 /// Smallest RSA modulus accepted in a CSR.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -48,7 +52,7 @@ pub struct VerifiedCsr {
 /// SHA-256/384/512 (RSA keys of at least 2048 bits).
 ///
 /// Every failure is a message for a `rejected` error.
-pub fn parse_and_verify(csr_pem: &str) -> Result<VerifiedCsr, String> {
+pub fn parse_and_verify(csr_pem: &str, crypto: &impl CaCrypto) -> Result<VerifiedCsr, String> {
     let blocks = certplane_sdk::pem::parse_blocks(csr_pem).map_err(|e| format!("CSR: {e}"))?;
     let block = blocks
         .iter()
@@ -61,7 +65,13 @@ pub fn parse_and_verify(csr_pem: &str) -> Result<VerifiedCsr, String> {
         .signature
         .as_bytes()
         .ok_or_else(|| "CSR signature has unused bits".to_string())?;
-    let kind = verify(&req.info.public_key, &req.algorithm.oid, &signed, signature)?;
+    let kind = key_kind(&req.info.public_key, &req.algorithm.oid)?;
+    let verified = crypto
+        .verify(&req.info.public_key, &req.algorithm.oid, &signed, signature)
+        .map_err(|e| format!("CSR: {e}"))?;
+    if !verified {
+        return Err(bad_signature());
+    }
     Ok(VerifiedCsr {
         public_key: req.info.public_key,
         kind,
@@ -142,19 +152,22 @@ pub fn algorithm_name(oid: &ObjectIdentifier) -> String {
     name.to_string()
 }
 
-pub(crate) fn verify(
+fn bad_signature() -> String {
+    "CSR signature does not verify (the request was altered or not signed by the key it carries)"
+        .to_string()
+}
+
+/// What kind of key `spki` is, when this CA certifies such keys and
+/// `sig_alg` is a signature algorithm of that key; the reason otherwise.
+/// Checks no signature.
+pub(crate) fn key_kind(
     spki: &SubjectPublicKeyInfoOwned,
     sig_alg: &ObjectIdentifier,
-    msg: &[u8],
-    sig: &[u8],
 ) -> Result<KeyKind, String> {
     let key_bytes = spki
         .subject_public_key
         .as_bytes()
         .ok_or_else(|| "CSR public key has unused bits".to_string())?;
-    let bad_sig = || {
-        "CSR signature does not verify (the request was altered or not signed by the key it carries)".to_string()
-    };
     let mismatch = |key: &str| {
         format!(
             "CSR signature algorithm {} does not fit its {key} key",
@@ -165,25 +178,10 @@ pub(crate) fn verify(
         rfc5912::ID_EC_PUBLIC_KEY => {
             let curve = curve_oid(&spki.algorithm)
                 .ok_or_else(|| "CSR EC public key names no curve".to_string())?;
-            let hash = ecdsa_hash(sig_alg).ok_or_else(|| mismatch("ECDSA"))?;
-            let digest = hash.digest(msg);
+            ecdsa_hash(sig_alg).ok_or_else(|| mismatch("ECDSA"))?;
             match curve {
-                rfc5912::SECP_256_R_1 => {
-                    use p256::ecdsa::signature::hazmat::PrehashVerifier;
-                    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
-                        .map_err(|_| "CSR P-256 public key is invalid".to_string())?;
-                    let sig = p256::ecdsa::Signature::from_der(sig).map_err(|_| bad_sig())?;
-                    key.verify_prehash(&digest, &sig).map_err(|_| bad_sig())?;
-                    Ok(KeyKind::P256)
-                }
-                rfc5912::SECP_384_R_1 => {
-                    use p384::ecdsa::signature::hazmat::PrehashVerifier;
-                    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
-                        .map_err(|_| "CSR P-384 public key is invalid".to_string())?;
-                    let sig = p384::ecdsa::Signature::from_der(sig).map_err(|_| bad_sig())?;
-                    key.verify_prehash(&digest, &sig).map_err(|_| bad_sig())?;
-                    Ok(KeyKind::P384)
-                }
+                rfc5912::SECP_256_R_1 => Ok(KeyKind::P256),
+                rfc5912::SECP_384_R_1 => Ok(KeyKind::P384),
                 other => Err(format!(
                     "CSR key curve {} is not supported (use P-256, P-384, Ed25519 or RSA)",
                     algorithm_name(&other)
@@ -194,19 +192,13 @@ pub(crate) fn verify(
             if *sig_alg != rfc8410::ID_ED_25519 {
                 return Err(mismatch("Ed25519"));
             }
-            let key_bytes: &[u8; 32] = key_bytes
-                .try_into()
-                .map_err(|_| "CSR Ed25519 public key is not 32 bytes".to_string())?;
-            let key = ed25519_dalek::VerifyingKey::from_bytes(key_bytes)
-                .map_err(|_| "CSR Ed25519 public key is invalid".to_string())?;
-            let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| bad_sig())?;
-            key.verify_strict(msg, &sig).map_err(|_| bad_sig())?;
+            if key_bytes.len() != 32 {
+                return Err("CSR Ed25519 public key is not 32 bytes".to_string());
+            }
             Ok(KeyKind::Ed25519)
         }
         rfc5912::RSA_ENCRYPTION => {
-            use rsa::pkcs1::DecodeRsaPublicKey;
-            use rsa::traits::PublicKeyParts;
-            let hash = rsa_hash(sig_alg).ok_or_else(|| {
+            rsa_hash(sig_alg).ok_or_else(|| {
                 if *sig_alg == rfc5912::ID_RSASSA_PSS {
                     "CSR is signed with RSASSA-PSS, which this CA does not verify; sign it with \
                      PKCS#1 v1.5 (sha256WithRSAEncryption)"
@@ -215,22 +207,13 @@ pub(crate) fn verify(
                     mismatch("RSA")
                 }
             })?;
-            let key = rsa::RsaPublicKey::from_pkcs1_der(key_bytes)
+            let key = rsa::pkcs1::RsaPublicKey::from_der(key_bytes)
                 .map_err(|e| format!("CSR RSA public key is invalid: {e}"))?;
-            let bits = key.n().bits();
+            let bits = modulus_bits(key.modulus.as_bytes());
             if bits < MIN_RSA_BITS {
                 return Err(format!(
                     "CSR RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"
                 ));
-            }
-            let sig = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| bad_sig())?;
-            let ok = match hash {
-                Hash::Sha256 => verify_rsa::<Sha256>(key, msg, &sig),
-                Hash::Sha384 => verify_rsa::<Sha384>(key, msg, &sig),
-                Hash::Sha512 => verify_rsa::<Sha512>(key, msg, &sig),
-            };
-            if !ok {
-                return Err(bad_sig());
             }
             Ok(KeyKind::Rsa)
         }
@@ -238,6 +221,92 @@ pub(crate) fn verify(
             "CSR key type {} is not supported (use P-256, P-384, Ed25519 or RSA)",
             algorithm_name(&other)
         )),
+    }
+}
+
+/// The bit length of a big-endian unsigned integer.
+fn modulus_bits(n: &[u8]) -> usize {
+    match n.iter().position(|b| *b != 0) {
+        Some(first) => (n.len() - first) * 8 - n[first].leading_zeros() as usize,
+        None => 0,
+    }
+}
+
+/// Checks a CSR's signature: its key kind, then the signature itself with
+/// the RustCrypto crates, in the guest.
+#[cfg(test)]
+pub(crate) fn verify(
+    spki: &SubjectPublicKeyInfoOwned,
+    sig_alg: &ObjectIdentifier,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<KeyKind, String> {
+    let kind = key_kind(spki, sig_alg)?;
+    if !verify_in_guest(spki, sig_alg, msg, sig)? {
+        return Err(bad_signature());
+    }
+    Ok(kind)
+}
+
+/// Whether `sig` over `msg` verifies with `spki` under `sig_alg`, with the
+/// RustCrypto crates; `Err` for a key or algorithm it cannot check.
+pub(crate) fn verify_in_guest(
+    spki: &SubjectPublicKeyInfoOwned,
+    sig_alg: &ObjectIdentifier,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<bool, String> {
+    let key_bytes = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or_else(|| "CSR public key has unused bits".to_string())?;
+    let unsupported = || format!("cannot check a {} signature", algorithm_name(sig_alg));
+    match spki.algorithm.oid {
+        rfc5912::ID_EC_PUBLIC_KEY => {
+            let hash = ecdsa_hash(sig_alg).ok_or_else(unsupported)?;
+            let digest = hash.digest(msg);
+            match curve_oid(&spki.algorithm) {
+                Some(rfc5912::SECP_256_R_1) => {
+                    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+                    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
+                        .map_err(|_| "CSR P-256 public key is invalid".to_string())?;
+                    Ok(p256::ecdsa::Signature::from_der(sig)
+                        .is_ok_and(|sig| key.verify_prehash(&digest, &sig).is_ok()))
+                }
+                Some(rfc5912::SECP_384_R_1) => {
+                    use p384::ecdsa::signature::hazmat::PrehashVerifier;
+                    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
+                        .map_err(|_| "CSR P-384 public key is invalid".to_string())?;
+                    Ok(p384::ecdsa::Signature::from_der(sig)
+                        .is_ok_and(|sig| key.verify_prehash(&digest, &sig).is_ok()))
+                }
+                _ => Err(unsupported()),
+            }
+        }
+        rfc8410::ID_ED_25519 => {
+            let key_bytes: &[u8; 32] = key_bytes
+                .try_into()
+                .map_err(|_| "CSR Ed25519 public key is not 32 bytes".to_string())?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(key_bytes)
+                .map_err(|_| "CSR Ed25519 public key is invalid".to_string())?;
+            Ok(ed25519_dalek::Signature::from_slice(sig)
+                .is_ok_and(|sig| key.verify_strict(msg, &sig).is_ok()))
+        }
+        rfc5912::RSA_ENCRYPTION => {
+            use rsa::pkcs1::DecodeRsaPublicKey;
+            let hash = rsa_hash(sig_alg).ok_or_else(unsupported)?;
+            let key = rsa::RsaPublicKey::from_pkcs1_der(key_bytes)
+                .map_err(|e| format!("CSR RSA public key is invalid: {e}"))?;
+            let Ok(sig) = rsa::pkcs1v15::Signature::try_from(sig) else {
+                return Ok(false);
+            };
+            Ok(match hash {
+                Hash::Sha256 => verify_rsa::<Sha256>(key, msg, &sig),
+                Hash::Sha384 => verify_rsa::<Sha384>(key, msg, &sig),
+                Hash::Sha512 => verify_rsa::<Sha512>(key, msg, &sig),
+            })
+        }
+        _ => Err(unsupported()),
     }
 }
 
@@ -260,6 +329,11 @@ mod tests {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
+    /// The in-guest checker (any key will do: verifying uses only the CSR's).
+    fn ca_key() -> crate::ca::CaKey {
+        crate::ca::CaKey::from_pem(&csr("ca-p256.key")).unwrap()
+    }
+
     #[test]
     fn verifies_every_supported_key_type() {
         for (file, kind) in [
@@ -269,22 +343,23 @@ mod tests {
             ("csr-ed25519.pem", KeyKind::Ed25519),
             ("csr-rsa.pem", KeyKind::Rsa),
         ] {
-            let v = parse_and_verify(&csr(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let v =
+                parse_and_verify(&csr(file), &ca_key()).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!(v.kind, kind, "{file}");
         }
     }
 
     #[test]
     fn refuses_tampered_and_unsupported() {
-        let e = parse_and_verify(&csr("csr-p256-tampered.pem")).unwrap_err();
+        let e = parse_and_verify(&csr("csr-p256-tampered.pem"), &ca_key()).unwrap_err();
         assert!(e.starts_with("CSR signature does not verify"), "{e}");
-        let e = parse_and_verify(&csr("csr-p521.pem")).unwrap_err();
+        let e = parse_and_verify(&csr("csr-p521.pem"), &ca_key()).unwrap_err();
         assert!(e.contains("curve P-521 is not supported"), "{e}");
-        let e = parse_and_verify(&csr("csr-rsa-pss.pem")).unwrap_err();
+        let e = parse_and_verify(&csr("csr-rsa-pss.pem"), &ca_key()).unwrap_err();
         assert!(e.contains("RSASSA-PSS"), "{e}");
-        let e = parse_and_verify("garbage").unwrap_err();
+        let e = parse_and_verify("garbage", &ca_key()).unwrap_err();
         assert_eq!(e, "CSR: no PEM block found");
-        let e = parse_and_verify(&csr("ca-p256.pem")).unwrap_err();
+        let e = parse_and_verify(&csr("ca-p256.pem"), &ca_key()).unwrap_err();
         assert_eq!(e, "CSR: no CERTIFICATE REQUEST PEM block found");
     }
 }

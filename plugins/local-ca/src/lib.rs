@@ -14,10 +14,16 @@
 //! Ed25519 or RSA; SEC1 `EC PRIVATE KEY` and PKCS#1 `RSA PRIVATE KEY` are
 //! accepted too).
 //!
+//! The component never reads the key: the host signs with it and checks
+//! CSR signatures natively (the contract's `signing` import, through
+//! [`crypto::HostCrypto`]); the guest builds and encodes the certificate.
+//!
 //! The certificate logic lives in [`ca`], [`csr`] and [`names`], which do not
-//! depend on the WebAssembly target and are unit-tested natively.
+//! depend on the WebAssembly target and are unit-tested natively, signing
+//! in-process with [`ca::CaKey`].
 
 pub mod ca;
+pub mod crypto;
 pub mod csr;
 pub mod names;
 
@@ -30,6 +36,7 @@ use certplane_sdk::{ConnectorError, PluginInfo, log, settings};
 use serde::Deserialize;
 
 use crate::ca::{CaError, LeafRequest, LocalCa};
+use crate::crypto::HostCrypto;
 
 /// The connector's name; equals the manifest's `name`.
 pub const NAME: &str = "local-ca";
@@ -131,12 +138,12 @@ fn ca_error(e: CaError) -> ConnectorError {
     }
 }
 
-/// Loads settings, secret and CA, and checks the CA can sign now.
-fn load() -> Result<(Settings, LocalCa), ConnectorError> {
+/// Loads the settings and the CA (its key held by the host), and checks
+/// the CA can sign now.
+fn load() -> Result<(Settings, LocalCa<HostCrypto>), ConnectorError> {
     let s: Settings = settings::settings()?;
     s.validity()?;
-    let key = settings::required_secret(KEY_SECRET)?;
-    let ca = LocalCa::load(&s.ca_certificate_pem, &key).map_err(ca_error)?;
+    let ca = LocalCa::new(&s.ca_certificate_pem, HostCrypto::new(KEY_SECRET)).map_err(ca_error)?;
     ca.check_usable(SystemTime::now()).map_err(ca_error)?;
     Ok((s, ca))
 }
@@ -167,7 +174,7 @@ impl Issuer for LocalCaIssuer {
         log::info!(
             "local CA {} ({}) is ready to sign",
             ca.subject(),
-            ca.key().kind_name()
+            ca.scheme().key_name()
         );
         Ok(())
     }

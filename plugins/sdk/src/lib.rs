@@ -3,7 +3,8 @@
 //! Everything a certplane connector needs on the guest side: the generated
 //! bindings of the `certplane:connector@1.1.0` worlds (`issuer`, `target`,
 //! `notifier`, `dns-solver`) and the 1.1 imports ([`context`], [`store`],
-//! [`challenges`], [`actions`]), and small helpers for what every connector does:
+//! [`challenges`], [`actions`], [`signing`]), and small helpers for what
+//! every connector does:
 //!
 //! - [`http`]: a blocking HTTP client over `wasi:http/outgoing-handler`, with
 //!   JSON, `Retry-After` parsing, a body size cap and a mapping from statuses
@@ -296,6 +297,64 @@ pub mod actions {
             );
             let long = "é".repeat(2000);
             assert!(failure_message("x", &output(Some(1), "", &long)).len() < 1100);
+        }
+    }
+}
+
+pub mod signing {
+    //! Signatures made by the host with a private key held in one of this
+    //! instance's own secrets, and signature checks (since 1.1; issuers).
+    //!
+    //! The key never has to enter the connector: name the secret, and the
+    //! host parses it once (a changed secret value is a new key), signs
+    //! natively and returns the signature as it goes into an X.509
+    //! signature BIT STRING. Only the calling instance's secrets can be
+    //! named. Much faster than signing with a pure-Rust crate inside the
+    //! component (a P-256 signature: tens of µs instead of milliseconds).
+    //!
+    //! ```no_run
+    //! use certplane_sdk::signing;
+    //! # fn tbs() -> Vec<u8> { vec![] }
+    //! # fn demo() -> Result<(), certplane_sdk::ConnectorError> {
+    //! let key = signing::key_info("ca_private_key_pem")?;
+    //! // Compare key.spki_der with the CA certificate's public key, put
+    //! // key.scheme.algorithm_oid() into the TBSCertificate, then:
+    //! let signature = signing::sign("ca_private_key_pem", &tbs())?;
+    //! # Ok(()) }
+    //! ```
+    //!
+    //! Errors: `invalid-config` when the instance has no such secret or it
+    //! holds no usable key (PKCS#8, SEC1 or PKCS#1 PEM; not encrypted);
+    //! `rejected` for a message over [`MAX_MESSAGE_BYTES`]. [`verify`]
+    //! answers `false` for a signature that does not verify and
+    //! `unsupported` for an algorithm it does not check.
+    pub use crate::bindings::issuer::certplane::connector::signing::{
+        SignatureScheme, SigningKey, key_info, sign, verify,
+    };
+
+    /// Longest message the host signs or verifies (1 MiB).
+    pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+    impl SignatureScheme {
+        /// The X.509 signature algorithm of this scheme, a dotted OID
+        /// (for RSA the AlgorithmIdentifier also carries NULL parameters).
+        pub fn algorithm_oid(self) -> &'static str {
+            match self {
+                SignatureScheme::EcdsaP256Sha256 => "1.2.840.10045.4.3.2",
+                SignatureScheme::EcdsaP384Sha384 => "1.2.840.10045.4.3.3",
+                SignatureScheme::Ed25519 => "1.3.101.112",
+                SignatureScheme::RsaPkcs1Sha256 => "1.2.840.113549.1.1.11",
+            }
+        }
+
+        /// The key type, for people: `ECDSA P-256`, `Ed25519`, ...
+        pub fn key_name(self) -> &'static str {
+            match self {
+                SignatureScheme::EcdsaP256Sha256 => "ECDSA P-256",
+                SignatureScheme::EcdsaP384Sha384 => "ECDSA P-384",
+                SignatureScheme::Ed25519 => "Ed25519",
+                SignatureScheme::RsaPkcs1Sha256 => "RSA",
+            }
         }
     }
 }

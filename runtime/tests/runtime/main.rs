@@ -11,6 +11,7 @@ mod common;
 mod contract;
 mod digicert;
 mod instance_tls;
+mod local_ca_signing;
 mod nginx;
 mod notify_events;
 mod pagerduty;

@@ -397,3 +397,130 @@ fn extra_certificates_follow_the_ca_in_the_chain() {
         vec![data("ca-p256.pem"), data("ca-rsa.pem")]
     );
 }
+
+/// A [`CaCrypto`] standing in for the host: delegates to an in-guest key,
+/// counts signatures, and answers CSR checks with `verdict` when set.
+struct Host {
+    key: CaKey,
+    verdict: Option<Result<bool, String>>,
+    signed: std::cell::Cell<u32>,
+}
+
+impl CaCrypto for Host {
+    fn ca_key(&self) -> Result<(Scheme, SubjectPublicKeyInfoOwned), String> {
+        self.key.ca_key()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.signed.set(self.signed.get() + 1);
+        CaCrypto::sign(&self.key, message)
+    }
+    fn verify(
+        &self,
+        key: &SubjectPublicKeyInfoOwned,
+        algorithm: &const_oid::ObjectIdentifier,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, String> {
+        match &self.verdict {
+            Some(v) => v.clone(),
+            None => self.key.verify(key, algorithm, message, signature),
+        }
+    }
+}
+
+fn host(kind: &str, verdict: Option<Result<bool, String>>) -> Host {
+    Host {
+        key: CaKey::from_pem(&data(&format!("ca-{kind}.key"))).unwrap(),
+        verdict,
+        signed: Default::default(),
+    }
+}
+
+#[test]
+fn the_crypto_seam_signs_checks_csrs_and_passes_key_errors_on() {
+    let dns = vec!["a.example.com".to_string()];
+    let csr = data("csr-p256.pem");
+    for kind in ["p256", "p384", "ed25519", "rsa"] {
+        let ca = LocalCa::new(&data(&format!("ca-{kind}.pem")), host(kind, None)).unwrap();
+        let issued = ca.issue(&request(&csr, &dns, &[]), now(), &SERIAL).unwrap();
+        assert_eq!(ca.crypto.signed.get(), 1, "{kind}");
+        let leaf = parse(&issued.certificate_pem);
+        assert_eq!(
+            leaf.signature_algorithm,
+            crate::crypto::signature_algorithm(ca.scheme())
+        );
+        let native = self::ca(kind);
+        verify_signature(&leaf, &native);
+    }
+    // The checker's "no" rejects the CSR, whatever its signature; nothing
+    // is signed.
+    let ca = LocalCa::new(&data("ca-p256.pem"), host("p256", Some(Ok(false)))).unwrap();
+    match ca.issue(&request(&csr, &dns, &[]), now(), &SERIAL) {
+        Err(CaError::Rejected(m)) => assert!(m.starts_with("CSR signature does not verify"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ca.crypto.signed.get(), 0);
+    // A checker that cannot check says why.
+    let ca = LocalCa::new(
+        &data("ca-p256.pem"),
+        host("p256", Some(Err("the public key does not parse".into()))),
+    )
+    .unwrap();
+    match ca.issue(&request(&csr, &dns, &[]), now(), &SERIAL) {
+        Err(CaError::Rejected(m)) => assert_eq!(m, "CSR: the public key does not parse"),
+        other => panic!("{other:?}"),
+    }
+
+    // The host's word about a missing key reaches the operator unchanged.
+    struct NoKey;
+    impl CaCrypto for NoKey {
+        fn ca_key(&self) -> Result<(Scheme, SubjectPublicKeyInfoOwned), String> {
+            Err("this instance has no secret \"ca_private_key_pem\" to sign with".into())
+        }
+        fn sign(&self, _: &[u8]) -> Result<Vec<u8>, String> {
+            unreachable!("no key, no signature")
+        }
+        fn verify(
+            &self,
+            _: &SubjectPublicKeyInfoOwned,
+            _: &const_oid::ObjectIdentifier,
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<bool, String> {
+            unreachable!("no key, no CA")
+        }
+    }
+    match LocalCa::new(&data("ca-p256.pem"), NoKey) {
+        Err(CaError::Config(m)) => {
+            assert_eq!(
+                m,
+                "this instance has no secret \"ca_private_key_pem\" to sign with"
+            )
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("loaded without a key"),
+    }
+}
+
+#[test]
+fn a_compressed_ca_point_is_the_same_key() {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let cert = parse(&data("ca-p256.pem"));
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    let point = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.as_bytes().unwrap())
+        .unwrap()
+        .to_encoded_point(true);
+    let compressed = SubjectPublicKeyInfoOwned {
+        algorithm: spki.algorithm.clone(),
+        subject_public_key: BitString::from_bytes(point.as_bytes()).unwrap(),
+    };
+    assert_ne!(&compressed, spki);
+    assert!(same_key(&compressed, spki));
+    let other = parse(&data("ca-p384.pem"));
+    assert!(!same_key(
+        &compressed,
+        &other.tbs_certificate.subject_public_key_info
+    ));
+    let ed = parse(&data("ca-ed25519.pem"));
+    assert!(!same_key(spki, &ed.tbs_certificate.subject_public_key_info));
+}
