@@ -273,49 +273,13 @@ async fn the_sweep_skips_the_backlog(backend: Backend) {
         .unwrap();
     assert_eq!(claimed.len(), 3);
     let (a, b, c) = (&claimed[0], &claimed[1], &claimed[2]);
-    store
-        .transition_job(
-            &a.id,
-            JobStatus::Running,
-            JobStatus::Completed,
-            JobUpdate::default(),
-            None,
-        )
-        .await
-        .unwrap();
-    store
-        .transition_job(
-            &b.id,
-            JobStatus::Running,
-            JobStatus::Cancelled,
-            JobUpdate::default(),
-            None,
-        )
-        .await
-        .unwrap();
-    store
-        .transition_job(
-            &c.id,
-            JobStatus::Running,
-            JobStatus::Failed,
-            JobUpdate::default(),
-            None,
-        )
-        .await
-        .unwrap();
+    move_job(store, &a.id, JobStatus::Running, JobStatus::Completed).await;
+    move_job(store, &b.id, JobStatus::Running, JobStatus::Cancelled).await;
+    move_job(store, &c.id, JobStatus::Running, JobStatus::Failed).await;
     assert_open_matches_jobs(store, &ids).await;
     // Completed and cancelled ones are due again (their renew_at has come).
     assert_eq!(ready(store).await, 2);
-    store
-        .transition_job(
-            &c.id,
-            JobStatus::Failed,
-            JobStatus::Pending,
-            JobUpdate::default(),
-            None,
-        )
-        .await
-        .unwrap();
+    move_job(store, &c.id, JobStatus::Failed, JobStatus::Pending).await;
     assert_open_matches_jobs(store, &ids).await;
     // A job created outside the sweep (an operator's) counts too.
     let extra = store
@@ -324,17 +288,18 @@ async fn the_sweep_skips_the_backlog(backend: Backend) {
         .unwrap();
     assert_open_matches_jobs(store, &ids).await;
     assert_eq!(ready(store).await, 1);
-    store
-        .transition_job(
-            &extra.id,
-            JobStatus::Pending,
-            JobStatus::Cancelled,
-            JobUpdate::default(),
-            None,
-        )
-        .await
-        .unwrap();
+    move_job(store, &extra.id, JobStatus::Pending, JobStatus::Cancelled).await;
     assert_open_matches_jobs(store, &ids).await;
+}
+
+async fn move_job(store: &Store, id: &str, from: JobStatus, to: JobStatus) {
+    assert!(
+        store
+            .transition_job(id, from, to, JobUpdate::default(), None)
+            .await
+            .unwrap(),
+        "{id}: {from} → {to}"
+    );
 }
 
 /// Active certificates the sweep would read now: due, no open job.
