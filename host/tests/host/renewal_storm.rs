@@ -53,6 +53,14 @@ async fn certificate(store: &Store, issuer: &str, target: &str, i: usize) -> Str
         .id
 }
 
+async fn renew(
+    app: &TestApp,
+    token: &str,
+    body: serde_json::Value,
+) -> certplane_testkit::app::Reply {
+    app.post("/api/v1/certificates/renew", token, body).await
+}
+
 async fn jobs(store: &Store, job_type: JobType) -> Vec<certplane_host::store::Job> {
     store
         .list_jobs(&JobFilter {
@@ -108,34 +116,19 @@ async fn storm_deploys_while_it_issues(backend: Backend) {
     .await;
 
     // An empty body would renew everything by accident: refused.
-    let refused = app
-        .post("/api/v1/certificates/renew", &app.operator, json!({}))
-        .await;
+    let refused = renew(&app, &app.operator, json!({})).await;
     assert_eq!(refused.status, 422, "{}", refused.text);
-    let reader = app
-        .post(
-            "/api/v1/certificates/renew",
-            &app.reader,
-            json!({ "issuer_id": issuer.id }),
-        )
-        .await;
+    let reader = renew(&app, &app.reader, json!({ "issuer_id": issuer.id })).await;
     assert_eq!(reader.status, 403, "{}", reader.text);
-    let unknown = app
-        .post(
-            "/api/v1/certificates/renew",
-            &app.operator,
-            json!({ "issuer_id": "no-such-issuer" }),
-        )
-        .await;
+    let unknown = renew(
+        &app,
+        &app.operator,
+        json!({ "issuer_id": "no-such-issuer" }),
+    )
+    .await;
     assert_eq!(unknown.status, 422, "{}", unknown.text);
 
-    let r = app
-        .post(
-            "/api/v1/certificates/renew",
-            &app.operator,
-            json!({ "issuer_id": issuer.id }),
-        )
-        .await;
+    let r = renew(&app, &app.operator, json!({ "issuer_id": issuer.id })).await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(r.json["renewing"], N as u64);
     wait_until("the storm", Duration::from_secs(120), || async {

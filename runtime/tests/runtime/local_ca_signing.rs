@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::common::{instance, load};
+use crate::plugins::der_of;
 use certplane_runtime::harness::Harness;
 use certplane_runtime::issuer::{CertificateRequest, IssueResult, IssuedCertificate};
 use certplane_runtime::{
@@ -30,20 +31,9 @@ fn config(id: &str, ca_cert: &str, ca_key: Option<&str>) -> InstanceConfig {
     }
 }
 
+/// The request of `plugins::request` for the one name these tests use.
 fn request(csr: &str) -> CertificateRequest {
-    CertificateRequest {
-        csr_pem: csr.to_string(),
-        common_name: "www.example.com".into(),
-        dns_names: vec!["www.example.com".into()],
-        ip_addresses: vec![],
-        validity_days: Some(30),
-        certificate_id: "web-1".into(),
-    }
-}
-
-fn der_of(pem_text: &str) -> Vec<u8> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).expect("PEM");
-    pem.contents
+    crate::plugins::request(csr, &["www.example.com"])
 }
 
 async fn issue(ca: &PluginInstance, csr: &str) -> IssuedCertificate {

@@ -19,7 +19,7 @@ fn local_ca_config(ca_cert: &str, ca_key: &str) -> InstanceConfig {
         .with_secret("ca_private_key_pem", ca_key)
 }
 
-fn request(csr: &str, names: &[&str]) -> CertificateRequest {
+pub(crate) fn request(csr: &str, names: &[&str]) -> CertificateRequest {
     CertificateRequest {
         csr_pem: csr.to_string(),
         common_name: names[0].to_string(),
@@ -30,7 +30,7 @@ fn request(csr: &str, names: &[&str]) -> CertificateRequest {
     }
 }
 
-fn der_of(pem_text: &str) -> Vec<u8> {
+pub(crate) fn der_of(pem_text: &str) -> Vec<u8> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).expect("PEM");
     pem.contents
 }
