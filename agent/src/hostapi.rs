@@ -226,6 +226,8 @@ mod tests {
             status,
             code: "c".into(),
             message: "m".into(),
+            param: None,
+            details: None,
             request_id: "r".into(),
         }
     }

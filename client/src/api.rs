@@ -148,6 +148,10 @@ pub enum ClientError {
         code: String,
         /// Human-readable message.
         message: String,
+        /// The request field at fault, when the host named one.
+        param: Option<String>,
+        /// Structured context (dependency counts, a retry delay …).
+        details: Option<Value>,
         /// The request id the host logged.
         request_id: String,
     },
@@ -303,6 +307,29 @@ impl ApiClient {
             None,
         )
         .await
+    }
+
+    /// `POST /api-keys` (admin): a new operator API key with `scope`
+    /// (`admin`, `operator`, `read_only`), expiring after `expires_in_days`
+    /// if given. The answer's `secret` is the key, shown this once.
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        scope: &str,
+        expires_in_days: Option<u32>,
+    ) -> Result<ApiReply, ClientError> {
+        let mut body = serde_json::json!({ "name": name, "scope": scope });
+        if let Some(days) = expires_in_days {
+            body["expires_in_days"] = Value::from(days);
+        }
+        self.post("/api-keys", Some(&body)).await
+    }
+
+    /// `DELETE /api-keys/{id}` (admin): revokes the key; a revoked key
+    /// answers the same again.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<ApiReply, ClientError> {
+        self.delete(&format!("/api-keys/{}", path_segment(id)), &[])
+            .await
     }
 
     /// Sends one request, on the client's connection when it has a live
@@ -464,6 +491,8 @@ fn interpret(status: StatusCode, body: &[u8]) -> Result<ApiReply, ClientError> {
             status: status.as_u16(),
             code: code.to_owned(),
             message: message.to_owned(),
+            param: err["param"].as_str().map(str::to_owned),
+            details: err.get("details").filter(|d| !d.is_null()).cloned(),
             request_id: err["request_id"].as_str().unwrap_or("-").to_owned(),
         });
     }

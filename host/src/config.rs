@@ -81,6 +81,52 @@ pub struct ApiSettings {
     pub long_poll_max_secs: u64,
     /// Per-request timeout in seconds (long-polls excepted).
     pub request_timeout_secs: u64,
+    /// A token `/metrics` requires as `Authorization: Bearer <token>`.
+    /// Unset (and no `metrics_token_file`): `/metrics` is open to anyone
+    /// who can reach the listener.
+    pub metrics_token: Option<String>,
+    /// A file holding the `/metrics` token (surrounding whitespace
+    /// ignored), instead of `metrics_token`. Read at every scrape, so the
+    /// token can be changed without a restart.
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+impl ApiSettings {
+    /// The token `/metrics` requires, if one is configured. Reads
+    /// `metrics_token_file` when that is the one set.
+    pub fn metrics_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (&self.metrics_token, &self.metrics_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "set api.metrics_token or api.metrics_token_file, not both".into(),
+                ));
+            }
+            (Some(token), None) => token.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "api.metrics_token_file {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        // What a client can send after `Bearer ` (RFC 9110 token68).
+        let body = token.trim_end_matches('=');
+        if body.is_empty()
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+        {
+            return Err(ConfigError::Invalid(
+                "the api.metrics_token (or its file) must be one token68 value: letters, digits and -._~+/, then any '='"
+                    .into(),
+            ));
+        }
+        Ok(Some(token))
+    }
 }
 
 impl Default for ApiSettings {
@@ -91,6 +137,8 @@ impl Default for ApiSettings {
             rate_limit_burst: 200,
             long_poll_max_secs: 30,
             request_timeout_secs: 30,
+            metrics_token: None,
+            metrics_token_file: None,
         }
     }
 }
@@ -423,6 +471,7 @@ impl HostConfig {
         if self.api.max_body_bytes == 0 || self.api.rate_limit_per_second == 0 {
             return bad("api.max_body_bytes and api.rate_limit_per_second must be positive");
         }
+        self.api.metrics_token()?;
         let a = &self.agents;
         if a.registration_per_address_per_second == 0 || a.registration_per_token_per_second == 0 {
             return bad(
@@ -626,5 +675,31 @@ mod tests {
             HostConfig::load(Some(Path::new("/nonexistent/certplane.toml"))),
             Err(ConfigError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn the_metrics_token_comes_from_the_setting_or_its_file() {
+        figment::Jail::expect_with(|jail| {
+            let open = HostConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(open.api.metrics_token().map_err(|e| e.to_string())?, None);
+            jail.create_file("host.toml", "[api]\nmetrics_token = \"m3trics\"\n")?;
+            let c = HostConfig::load(Some(Path::new("host.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.api.metrics_token().unwrap().as_deref(), Some("m3trics"));
+            jail.create_file("token", "from-file\n")?;
+            jail.create_file("host.toml", "[api]\nmetrics_token_file = \"token\"\n")?;
+            let c = HostConfig::load(Some(Path::new("host.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.api.metrics_token().unwrap().as_deref(), Some("from-file"));
+            for bad in [
+                "[api]\nmetrics_token = \"a\"\nmetrics_token_file = \"token\"\n",
+                "[api]\nmetrics_token = \"  \"\n",
+                "[api]\nmetrics_token = \"two words\"\n",
+                "[api]\nmetrics_token_file = \"missing\"\n",
+            ] {
+                jail.create_file("host.toml", bad)?;
+                let err = HostConfig::load(Some(Path::new("host.toml"))).unwrap_err();
+                assert!(err.to_string().contains("metrics_token"), "{bad}: {err}");
+            }
+            Ok(())
+        });
     }
 }

@@ -24,4 +24,5 @@ pub mod serve;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;
 pub mod wake;

@@ -1,5 +1,5 @@
 //! The operator CLI: `certplane
-//! certs|agents|jobs|issuers|targets|notifiers|dns-solvers|notifications|plugins|audit
+//! certs|agents|jobs|issuers|targets|notifiers|dns-solvers|notifications|plugins|audit|keys
 //! ...` against a running host's `/api/v1`.
 //!
 //! * [`client`]: the HTTP(S) client (CA file or fingerprint pinning).
@@ -12,6 +12,7 @@
 //! errors) for the binary to report on stderr with a non-zero exit code.
 
 pub use certplane_client as client;
+pub mod keys;
 pub mod output;
 
 use std::path::PathBuf;
@@ -54,8 +55,7 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "CERTPLANE_PIN_SHA256")]
     pub pin_sha256: Option<String>,
     /// Output format. With `json`, a command the server answers without a
-    /// body (deletes, retiring an agent that is already retired) prints
-    /// `{}`.
+    /// body prints `{}` (a delete answers with what it retired).
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -158,6 +158,13 @@ pub enum Operator {
         client: ClientArgs,
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Operator API keys (admin): list, create, show, revoke.
+    Keys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: keys::KeysAction,
     },
 }
 
@@ -567,12 +574,16 @@ pub enum CertsAction {
     List {
         #[command(flatten)]
         page: PageArgs,
-        /// Only this status: `active`, `disabled` or `retired`.
+        /// Only this status: `active`, `disabled` or `retired` (which
+        /// implies --include-retired).
         #[arg(long)]
         status: Option<String>,
         /// Only those expiring within this many days.
         #[arg(long)]
         expiring_within_days: Option<u32>,
+        /// Include retired certificates.
+        #[arg(long)]
+        include_retired: bool,
     },
     /// Show one certificate with its versions.
     Get {
@@ -668,7 +679,7 @@ pub enum JobsAction {
         #[arg(long)]
         status: Option<String>,
         /// Only this type (`issuance`, `renewal`, `deployment`, ...).
-        #[arg(long = "type")]
+        #[arg(long = "job-type", visible_alias = "type")]
         job_type: Option<String>,
         /// Only jobs of this certificate.
         #[arg(long)]
@@ -734,12 +745,17 @@ pub enum AgentsAction {
     Retire {
         /// Agent id.
         id: String,
-        /// Also retire its targets and cancel its jobs (needs --reason).
+        /// Also retire its targets and cancel its jobs (needs --reason);
+        /// the certificates whose keys it held are disabled.
         #[arg(long, requires = "reason")]
         force: bool,
         /// Why.
         #[arg(long)]
         reason: Option<String>,
+        /// With --force: move the certificates whose keys it held to this
+        /// target instead (they get a new key there by a renewal).
+        #[arg(long, requires = "force")]
+        move_to_target: Option<String>,
     },
 }
 
@@ -850,6 +866,7 @@ pub async fn run(operator: Operator) -> anyhow::Result<()> {
         }
         Operator::Plugins { client, action } => plugins(&Ctx::new(&client)?, action).await,
         Operator::Audit { client, action } => audit(&Ctx::new(&client)?, action).await,
+        Operator::Keys { client, action } => keys::run(&Ctx::new(&client)?, action).await,
     }
 }
 
@@ -1230,7 +1247,12 @@ async fn instance_delete(ctx: &Ctx, collection: &str, what: &str, id: &str) -> a
         .client
         .delete(&format!("/{collection}/{}", seg(id)), &[])
         .await?;
-    ctx.show(reply, |_| format!("deleted {what} {id}\n"));
+    ctx.show(reply, |v| {
+        format!(
+            "{what} {id} is retired since {}\n",
+            output::cell(v.get("retired_at"))
+        )
+    });
     Ok(())
 }
 
@@ -1430,7 +1452,9 @@ async fn certs(ctx: &Ctx, action: CertsAction) -> anyhow::Result<()> {
             page,
             status,
             expiring_within_days,
+            include_retired,
         } => {
+            let include_retired = include_retired || status.as_deref() == Some("retired");
             let q = query_of(
                 &page,
                 &[
@@ -1438,6 +1462,10 @@ async fn certs(ctx: &Ctx, action: CertsAction) -> anyhow::Result<()> {
                     (
                         "expiring_within_days",
                         expiring_within_days.map(|d| d.to_string()),
+                    ),
+                    (
+                        "include_retired",
+                        include_retired.then(|| "true".to_owned()),
                     ),
                 ],
             );
@@ -1565,8 +1593,8 @@ async fn certs(ctx: &Ctx, action: CertsAction) -> anyhow::Result<()> {
                 .await?;
             ctx.show(reply, |v| {
                 format!(
-                    "certificate {id} retired; {} job(s) cancelled\n",
-                    output::cell(v.get("cancelled_jobs"))
+                    "certificate {id} is retired since {}\n",
+                    output::cell(v.get("retired_at"))
                 )
             });
             Ok(())
@@ -1587,7 +1615,7 @@ async fn jobs(ctx: &Ctx, action: JobsAction) -> anyhow::Result<()> {
                 &page,
                 &[
                     ("status", status),
-                    ("type", job_type),
+                    ("job_type", job_type),
                     ("certificate_id", certificate),
                     ("agent_id", agent),
                 ],
@@ -1668,7 +1696,12 @@ async fn agents(ctx: &Ctx, action: AgentsAction) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        AgentsAction::Retire { id, force, reason } => {
+        AgentsAction::Retire {
+            id,
+            force,
+            reason,
+            move_to_target,
+        } => {
             let mut q = Vec::new();
             if force {
                 q.push(("force", "true".to_owned()));
@@ -1676,20 +1709,19 @@ async fn agents(ctx: &Ctx, action: AgentsAction) -> anyhow::Result<()> {
             if let Some(r) = reason {
                 q.push(("reason", r));
             }
+            if let Some(t) = move_to_target {
+                q.push(("move_to_target", t));
+            }
             let reply = ctx
                 .client
                 .delete(&format!("/agents/{}", seg(&id)), &q)
                 .await?;
+            // The answer is the agent as retired, the same on a repeat.
             ctx.show(reply, |v| {
-                if v.is_null() {
-                    format!("agent {id} was already retired\n")
-                } else {
-                    format!(
-                        "retired agent {id} ({} target(s) retired, {} job(s) cancelled)\n",
-                        output::cell(v.get("targets_retired")),
-                        output::cell(v.get("jobs_cancelled"))
-                    )
-                }
+                format!(
+                    "agent {id} is retired since {}\n",
+                    output::cell(v.get("retired_at"))
+                )
             });
             Ok(())
         }

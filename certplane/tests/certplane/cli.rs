@@ -3212,3 +3212,88 @@ async fn jobs_verify_queues_a_verification_of_a_completed_deployment() {
     );
     assert!(line.contains("only deployments can be verified"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_create_list_show_and_revoke() {
+    let host = Host::start(false).await;
+    let admin = host.ca_args(&host.app.admin);
+
+    // Created: the key is printed once, apart from its fields.
+    let created = ok(&certplane(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--scope",
+            "read_only",
+            "--expires-in-days",
+            "30",
+        ],
+        &admin,
+    )
+    .await);
+    assert!(created.contains("shown once"), "{created}");
+    let secret = created
+        .split_whitespace()
+        .find(|w| w.starts_with("cpk_") && w.len() > 20)
+        .unwrap_or_else(|| panic!("no key in:\n{created}"))
+        .to_owned();
+    let id = field(&created, "ID");
+    assert_eq!(field(&created, "SCOPE"), "read_only");
+
+    // Used, then listed and shown without it.
+    let as_ci = host.ca_args(&secret);
+    ok(&certplane(&["plugins", "list"], &as_ci).await);
+    let list = ok(&certplane(&["keys", "list"], &admin).await);
+    assert!(!list.contains(&secret), "{list}");
+    let row = rows(&list)
+        .into_iter()
+        .find(|r| r[0] == id)
+        .unwrap_or_else(|| panic!("{id} not listed:\n{list}"));
+    assert_eq!(&row[1..4], ["ci", "read_only", "active"], "{list}");
+    let shown = ok_json(&certplane(&["keys", "show", &id, "--output", "json"], &admin).await);
+    assert!(shown["last_used_at"].is_string(), "{shown}");
+    assert!(shown.get("secret").is_none(), "{shown}");
+
+    // Readers cannot manage keys; the admin revokes, twice alike.
+    api_error(&certplane(&["keys", "list"], &as_ci).await, "forbidden");
+    let revoked = ok_json(&certplane(&["keys", "revoke", &id, "--output", "json"], &admin).await);
+    assert_eq!(revoked["status"], "revoked", "{revoked}");
+    let again = ok_json(&certplane(&["keys", "revoke", &id, "--output", "json"], &admin).await);
+    assert_eq!(again, revoked);
+    api_error(&certplane(&["plugins", "list"], &as_ci).await, "unauthorized");
+    let listed = ok_json(
+        &certplane(
+            &["keys", "list", "--status", "revoked", "--output", "json"],
+            &admin,
+        )
+        .await,
+    );
+    assert_eq!(item_ids(&listed), [id]);
+
+    // The last admin key stays.
+    let admin_id = ok_json(
+        &certplane(
+            &["keys", "list", "--status", "active", "--output", "json"],
+            &admin,
+        )
+        .await,
+    )["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["scope"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api_error(
+        &certplane(&["keys", "revoke", &admin_id], &admin).await,
+        "invalid_state",
+    );
+    usage_error(
+        &certplane(&["keys", "create", "--name", "x", "--scope", "root"], &admin).await,
+        "root",
+    );
+}

@@ -116,8 +116,9 @@ pub struct DependencyCounts {
     pub active_targets: i64,
     /// Active certificates deployed through those targets.
     pub active_certificates: i64,
-    /// Open jobs routed to the agent.
-    pub pending_jobs: i64,
+    /// Open jobs (pending, awaiting a CSR or an approval, polling,
+    /// running) routed to the agent: `open_jobs`, as a target's counts say.
+    pub open_jobs: i64,
 }
 
 impl From<AgentDependencies> for DependencyCounts {
@@ -125,7 +126,7 @@ impl From<AgentDependencies> for DependencyCounts {
         DependencyCounts {
             active_targets: d.active_targets,
             active_certificates: d.active_certificates,
-            pending_jobs: d.pending_jobs,
+            open_jobs: d.pending_jobs,
         }
     }
 }
@@ -232,7 +233,7 @@ const CANCELLED_JOBS_MAX: u32 = 100;
     responses((status = 200, body = HeartbeatReply),
         (status = 401, body = super::error::ErrorBody),
         (status = 410, description = "the agent is retired", body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("agent" = [])))]
 async fn heartbeat(State(state): State<AppState>, caller: AgentCaller) -> ApiResult<Response> {
     let id = caller.agent.id;
     match state.store.record_heartbeat(&id).await? {
@@ -264,7 +265,7 @@ async fn heartbeat(State(state): State<AppState>, caller: AgentCaller) -> ApiRes
         (status = 400, body = super::error::ErrorBody),
         (status = 401, body = super::error::ErrorBody),
         (status = 410, description = "the agent is retired", body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("agent" = [])))]
 async fn poll_work(
     State(state): State<AppState>,
     caller: AgentCaller,
@@ -451,7 +452,7 @@ fn target_view(state: &AppState, target: Target) -> Result<JobTarget, String> {
         (status = 409, description = "the job is not awaiting a CSR (and this is not a replay)", body = super::error::ErrorBody),
         (status = 410, body = super::error::ErrorBody),
         (status = 422, description = "CSR invalid or for other names", body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("agent" = [])))]
 async fn submit_csr(
     State(state): State<AppState>,
     caller: AgentCaller,
@@ -474,7 +475,7 @@ async fn submit_csr(
         (status = 409, description = "the agent holds no live lease on the job", body = super::error::ErrorBody),
         (status = 410, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("agent" = [])))]
 async fn report_result(
     State(state): State<AppState>,
     caller: AgentCaller,
@@ -499,7 +500,7 @@ async fn report_result(
         (status = 404, description = "no such challenge routed to this agent", body = super::error::ErrorBody),
         (status = 410, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("agent" = [])))]
 async fn report_challenge(
     State(state): State<AppState>,
     caller: AgentCaller,
@@ -526,11 +527,14 @@ async fn report_challenge(
 #[into_params(parameter_in = Query)]
 pub struct AgentListQuery {
     /// 1-based page number.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<u32>,
-    /// Include retired agents (default false).
-    pub include_retired: Option<bool>,
+    /// Also list retired agents (`true`/`false`, default `false`).
+    #[serde(default)]
+    pub include_retired: bool,
 }
 
 fn page_of(
@@ -551,7 +555,7 @@ fn page_of(
 /// List agents (active ones unless `include_retired=true`).
 #[utoipa::path(get, path = "/agents", tag = "agents", params(AgentListQuery),
     responses((status = 200, body = Page<AgentView>), (status = 304, description = "unchanged")),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_agents(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -561,16 +565,18 @@ async fn list_agents(
     let Query(q) = query?;
     let agents = state
         .store
-        .list_agents(q.include_retired.unwrap_or(false))
+        .list_agents(q.include_retired)
         .await?;
     let page = page_of(&state, &agents, q.page, q.per_page)?;
     Ok(conditional_json(&headers, &page))
 }
 
-/// List retired agents.
+/// List retired agents only. Deprecated: `GET /agents?include_retired=true`
+/// lists them (with the active ones), the way every list shows retired
+/// items; this alias stays for operator CLIs that still call it.
 #[utoipa::path(get, path = "/agents/retired", tag = "agents", params(PageQuery),
     responses((status = 200, body = Page<AgentView>), (status = 304, description = "unchanged")),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_retired_agents(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -586,14 +592,28 @@ async fn list_retired_agents(
         .filter(|a| a.status == AgentStatus::Retired)
         .collect();
     let page = page_of(&state, &retired, q.page, q.per_page)?;
-    Ok(conditional_json(&headers, &page))
+    let mut response = conditional_json(&headers, &page);
+    let deprecation = [
+        ("deprecation", "true"),
+        (
+            "link",
+            "</api/v1/agents?include_retired=true>; rel=\"successor-version\"",
+        ),
+    ];
+    for (name, value) in deprecation {
+        response
+            .headers_mut()
+            .insert(name, axum::http::HeaderValue::from_static(value));
+    }
+    Ok(response)
 }
 
 /// One agent with its dependency counts.
 #[utoipa::path(get, path = "/agents/{id}", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
-    responses((status = 200, body = AgentDetail), (status = 404, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = AgentDetail), (status = 304, description = "unchanged (If-None-Match)"),
+        (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = ["read_only"])))]
 async fn get_agent(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -605,12 +625,16 @@ async fn get_agent(
         .get_agent(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("agent {id}")))?;
-    let dependencies = state.store.agent_dependencies(&id).await?.into();
-    let detail = AgentDetail {
-        agent: AgentView::new(&agent, state.config.agents.offline_after_secs, Utc::now()),
+    Ok(conditional_json(&headers, &detail(&state, &agent).await?))
+}
+
+/// An agent as `GET /agents/{id}` shows it.
+async fn detail(state: &AppState, agent: &Agent) -> ApiResult<AgentDetail> {
+    let dependencies = state.store.agent_dependencies(&agent.id).await?.into();
+    Ok(AgentDetail {
+        agent: AgentView::new(agent, state.config.agents.offline_after_secs, Utc::now()),
         dependencies,
-    };
-    Ok(conditional_json(&headers, &detail))
+    })
 }
 
 /// `DELETE /agents/{id}` query.
@@ -623,29 +647,29 @@ pub struct RetireQuery {
     pub force: Option<bool>,
     /// Why (required with `force`; recorded on the agent and its targets).
     pub reason: Option<String>,
+    /// With `force`: move the certificates whose keys the agent held
+    /// (agent key mode, key-holding target on this agent) to this target
+    /// instead of disabling them. A target on another agent gets a new key
+    /// there, a target the host runs a host-generated one, each by a
+    /// renewal made due at once.
+    pub move_to_target: Option<String>,
 }
 
-/// Answer of a fresh retirement.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Retired {
-    /// The agent as retired.
-    pub agent: AgentView,
-    /// Targets retired with it (force only).
-    pub targets_retired: u64,
-    /// Open jobs cancelled with it (force only).
-    pub jobs_cancelled: u64,
-}
-
-/// Retire an agent (soft; never a hard delete).
+/// Retire an agent (soft; never a hard delete). With `force`, the
+/// certificates whose private keys it held are disabled
+/// (`disabled_reason`: `key holder agent <id> was retired`) and their open
+/// issuance/renewal jobs cancelled, or moved to `move_to_target`; all in
+/// one transaction with audit rows. 200 with the agent as `GET` shows it,
+/// also when it already was retired.
 #[utoipa::path(delete, path = "/agents/{id}", tag = "agents",
     params(("id" = String, Path, description = "agent id"), RetireQuery),
-    responses((status = 200, body = Retired),
-        (status = 204, description = "already retired; nothing changed"),
+    responses((status = 200, description = "retired (also when it already was)", body = AgentDetail),
         (status = 400, description = "force without a reason", body = super::error::ErrorBody),
+        (status = 422, description = "move_to_target unusable", body = super::error::ErrorBody),
         (status = 403, description = "sentinel agent", body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody),
         (status = 409, description = "dependencies block it; body has `counts`", body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 async fn retire_agent(
     State(state): State<AppState>,
     caller: AdminAccess,
@@ -672,6 +696,7 @@ async fn retire_agent(
                 actor: caller.0.actor(),
                 actor_type: ActorType::ApiKey,
                 notices,
+                move_to_target: q.move_to_target,
             },
         )
         .await?;
@@ -680,20 +705,28 @@ async fn retire_agent(
             agent,
             targets_retired,
             jobs_cancelled,
+            certificates_disabled,
+            certificates_moved,
         } => {
+            tracing::info!(agent = %id, force, targets_retired, jobs_cancelled,
+                certificates_disabled, certificates_moved, "agent retired");
             // A parked long-poll returns now; its next call gets 410.
             // (The signal is kept: forgetting it could let a poll that
             // raced the retirement miss this wake-up.)
             state.wake.wake_agent(&id);
             state.wake.wake_notifications();
-            Ok(Json(Retired {
-                agent: AgentView::new(&agent, state.config.agents.offline_after_secs, Utc::now()),
-                targets_retired,
-                jobs_cancelled,
-            })
-            .into_response())
+            if certificates_moved > 0 {
+                // Moved certificates are due now, on their new key holder.
+                state.wake.renewals.notify_one();
+            }
+            Ok(Json(detail(&state, &agent).await?).into_response())
         }
-        RetireOutcome::AlreadyRetired { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
+        RetireOutcome::AlreadyRetired { agent } => {
+            Ok(Json(detail(&state, &agent).await?).into_response())
+        }
+        RetireOutcome::BadMoveTarget(message) => {
+            Err(ApiError::validation(message).with_param("move_to_target"))
+        }
         RetireOutcome::ReasonRequired => Err(ApiError::bad_request(
             "force=true requires a non-empty reason",
         )),
@@ -701,12 +734,12 @@ async fn retire_agent(
             "agent {id} is a built-in sentinel and can never be retired"
         ))),
         RetireOutcome::NotFound => Err(ApiError::not_found(format!("agent {id}"))),
-        RetireOutcome::Blocked(deps) => Err(ApiError::conflict(format!(
+        RetireOutcome::Blocked(deps) => Err(ApiError::invalid_state(format!(
             "agent {id} still has {} active target(s), {} active certificate(s) and {} open job(s); \
              move them, or force the retirement with a reason (API: force=true&reason=…; \
              CLI: --force --reason …), which retires its targets too",
             deps.active_targets, deps.active_certificates, deps.pending_jobs
         ))
-        .with_extra(json!({ "counts": DependencyCounts::from(deps) }))),
+        .with_details(json!({ "counts": DependencyCounts::from(deps) }))),
     }
 }

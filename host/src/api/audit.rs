@@ -78,8 +78,10 @@ pub struct AuditQuery {
     #[param(value_type = Option<String>, format = DateTime)]
     pub until: Option<String>,
     /// 1-based page number.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<u32>,
 }
 
@@ -104,7 +106,7 @@ fn parse_time(name: &str, value: Option<&str>) -> ApiResult<Option<DateTime<Utc>
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 400, description = "bad filter, timestamp or page", body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_audit(
     State(state): State<AppState>,
     _caller: ReadAccess,

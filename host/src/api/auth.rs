@@ -7,16 +7,26 @@
 //!
 //! Both are rate limited per key / per agent (governor). Registration, the
 //! one unauthenticated agent call, has limits of its own per source address
-//! and per bootstrap token ([`RegistrationLimits`]).
+//! and per bootstrap token ([`RegistrationLimits`]). Every 429 carries
+//! `Retry-After` (whole seconds, at least 1).
+//!
+//! The `Authorization` header is read once, the same way for both
+//! ([`bearer_token`]): the scheme is case-insensitive (RFC 9110), spaces
+//! around the token are tolerated, and the token must be token68. Every
+//! 401 carries `WWW-Authenticate: Bearer realm="certplane"`, with
+//! `error="invalid_token"` when a token was presented but is unknown,
+//! expired or revoked, and `error="invalid_request"` when the header is
+//! malformed (RFC 6750 section 3).
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -26,7 +36,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::error::ApiError;
 use crate::config::AgentSettings;
-use crate::store::{Agent, AgentStatus, ApiKey, ApiScope};
+use crate::store::{Agent, AgentStatus, ApiKey, ApiKeyStatus, ApiScope};
 
 /// Prefix of operator API keys.
 pub const API_KEY_PREFIX: &str = "cpk_";
@@ -116,23 +126,12 @@ impl RateLimits {
             .get_or_init(|| RegistrationLimits::new(agents))
     }
 
-    /// Admits one request for `caller` or returns a 429 with `Retry-After`.
-    pub fn check(&self, caller: &str) -> Result<(), ApiError> {
-        match self.limiter.check_key(&caller.to_string()) {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
-                let secs = wait.as_secs().max(1);
-                Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("too many requests; retry in {secs} s"),
-                )
-                .with_extra(serde_json::json!({ "retry_after_secs": secs })))
-            }
-        }
+    /// Admits one request for `caller` or refuses it for now (429 with
+    /// `Retry-After`).
+    pub fn check(&self, caller: &str) -> Result<(), RetryLater> {
+        self.limiter
+            .check_key(&caller.to_string())
+            .map_err(|not_until| retry_later(&not_until, "requests with this credential"))
     }
 }
 
@@ -153,7 +152,7 @@ pub struct RegistrationLimits {
     per_token: DefaultKeyedRateLimiter<usize>,
 }
 
-/// A registration refused for now: 429 with `Retry-After`.
+/// A request refused for now by a rate limit: 429 with `Retry-After`.
 #[derive(Debug)]
 pub struct RetryLater {
     /// Whole seconds until the limit admits one more.
@@ -166,12 +165,9 @@ impl IntoResponse for RetryLater {
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            format!(
-                "too many registrations {}; retry in {} s",
-                self.what, self.after_secs
-            ),
+            format!("too many {}; retry in {} s", self.what, self.after_secs),
         )
-        .with_extra(serde_json::json!({ "retry_after_secs": self.after_secs }))
+        .with_details(serde_json::json!({ "retry_after_secs": self.after_secs }))
         .into_response();
         response
             .headers_mut()
@@ -205,14 +201,14 @@ impl RegistrationLimits {
         let key = peer.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), address_key);
         self.per_address
             .check_key(&key)
-            .map_err(|not_until| retry_later(&not_until, "from this address"))
+            .map_err(|not_until| retry_later(&not_until, "registrations from this address"))
     }
 
     /// Admits one registration with the configured token number `token`.
     pub fn check_token(&self, token: usize) -> Result<(), RetryLater> {
         self.per_token
             .check_key(&token)
-            .map_err(|not_until| retry_later(&not_until, "with this bootstrap token"))
+            .map_err(|not_until| retry_later(&not_until, "registrations with this bootstrap token"))
     }
 }
 
@@ -253,19 +249,235 @@ fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let header = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-    let value = header
+/// The challenge of every 401 (RFC 6750 section 3).
+pub const CHALLENGE: &str = "Bearer realm=\"certplane\"";
+
+/// The RFC 6750 error code of a refused bearer request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BearerError {
+    /// The `Authorization` header is malformed.
+    InvalidRequest,
+    /// A token was presented but is unknown, expired or revoked.
+    InvalidToken,
+}
+
+/// A request refused as unauthenticated: 401 with `WWW-Authenticate`.
+#[derive(Debug)]
+pub struct Unauthenticated {
+    error: Option<BearerError>,
+    message: String,
+}
+
+impl Unauthenticated {
+    /// No credentials (no `Authorization` header, or another scheme): the
+    /// bare challenge, no error code (RFC 6750 section 3.1).
+    pub fn missing(message: impl Into<String>) -> Self {
+        Unauthenticated {
+            error: None,
+            message: message.into(),
+        }
+    }
+
+    /// A malformed `Authorization` header (`error="invalid_request"`).
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Unauthenticated {
+            error: Some(BearerError::InvalidRequest),
+            message: message.into(),
+        }
+    }
+
+    /// A token presented and not accepted (`error="invalid_token"`).
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        Unauthenticated {
+            error: Some(BearerError::InvalidToken),
+            message: message.into(),
+        }
+    }
+
+    /// The `WWW-Authenticate` value.
+    fn challenge(&self) -> HeaderValue {
+        HeaderValue::from_static(match self.error {
+            None => CHALLENGE,
+            Some(BearerError::InvalidRequest) => {
+                "Bearer realm=\"certplane\", error=\"invalid_request\""
+            }
+            Some(BearerError::InvalidToken) => {
+                "Bearer realm=\"certplane\", error=\"invalid_token\""
+            }
+        })
+    }
+}
+
+impl IntoResponse for Unauthenticated {
+    fn into_response(self) -> Response {
+        let challenge = self.challenge();
+        let mut response = ApiError::unauthorized(self.message).into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+        response
+    }
+}
+
+/// Why an authenticating extractor refused a request.
+#[derive(Debug)]
+pub enum AuthRejection {
+    /// 401 with its challenge.
+    Unauthenticated(Unauthenticated),
+    /// 403: the key lacks the scope (`error="insufficient_scope"`).
+    InsufficientScope(ApiScope),
+    /// 429 with `Retry-After`.
+    RateLimited(RetryLater),
+    /// Anything else (a retired agent's 410, a store failure's 500).
+    Refused(ApiError),
+}
+
+impl From<Unauthenticated> for AuthRejection {
+    fn from(e: Unauthenticated) -> Self {
+        AuthRejection::Unauthenticated(e)
+    }
+}
+
+impl From<RetryLater> for AuthRejection {
+    fn from(e: RetryLater) -> Self {
+        AuthRejection::RateLimited(e)
+    }
+}
+
+impl From<ApiError> for AuthRejection {
+    fn from(e: ApiError) -> Self {
+        AuthRejection::Refused(e)
+    }
+}
+
+impl From<crate::store::StoreError> for AuthRejection {
+    fn from(e: crate::store::StoreError) -> Self {
+        AuthRejection::Refused(e.into())
+    }
+}
+
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> Response {
+        match self {
+            AuthRejection::Unauthenticated(e) => e.into_response(),
+            AuthRejection::InsufficientScope(needed) => {
+                let mut response =
+                    ApiError::forbidden(format!("this API key lacks the {needed} scope"))
+                        .into_response();
+                let challenge = format!(
+                    "Bearer realm=\"certplane\", error=\"insufficient_scope\", scope=\"{needed}\""
+                );
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, value);
+                }
+                response
+            }
+            AuthRejection::RateLimited(e) => e.into_response(),
+            AuthRejection::Refused(e) => e.into_response(),
+        }
+    }
+}
+
+/// Whether `token` is RFC 9110 token68: `1*( ALPHA / DIGIT / "-" / "." /
+/// "_" / "~" / "+" / "/" ) *"="`.
+fn is_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// The bearer token of a request: API keys, agent credentials and the
+/// `/metrics` token are all read here. The scheme is matched without
+/// regard to case and any run of spaces or tabs may surround the token
+/// (RFC 9110 section 11.4); the token must be token68, and one
+/// `Authorization` header only.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthenticated> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(Unauthenticated::missing(
+            "missing Authorization: Bearer <token>",
+        ));
+    };
+    if values.next().is_some() {
+        return Err(Unauthenticated::malformed(
+            "more than one Authorization header",
+        ));
+    }
+    let value = value
         .to_str()
-        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
-    value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))
+        .map_err(|_| Unauthenticated::malformed("malformed Authorization header"))?
+        .trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Unauthenticated::missing(
+            "expected Authorization: Bearer <token>",
+        ));
+    }
+    let token = rest.trim_start_matches([' ', '\t']);
+    if token.is_empty() {
+        return Err(Unauthenticated::malformed(
+            "Authorization: Bearer without a token",
+        ));
+    }
+    if !is_token68(token) {
+        return Err(Unauthenticated::malformed(
+            "the bearer token is not one token68 value",
+        ));
+    }
+    Ok(token)
+}
+
+/// Checks that a request presents `expected` as its bearer token (the
+/// `/metrics` token); compared as digests, in constant time.
+pub fn require_static_token(headers: &HeaderMap, expected: &str) -> Result<(), Unauthenticated> {
+    let token = bearer_token(headers)?;
+    if digest_eq(&hash_token(token), &hash_token(expected)) {
+        Ok(())
+    } else {
+        Err(Unauthenticated::invalid_token("wrong token"))
+    }
+}
+
+/// Adds what a refusal must carry where the code that refused did not say
+/// it: `WWW-Authenticate` on every 401 (e.g. an unknown bootstrap token at
+/// registration) and `Retry-After` on every 429 (from the envelope's
+/// `details.retry_after_secs`, else 1 s). The refusals of this module set
+/// both themselves; this keeps the promise for any other.
+pub async fn refusal_headers(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    match response.status() {
+        StatusCode::UNAUTHORIZED if !response.headers().contains_key(header::WWW_AUTHENTICATE) => {
+            let mut response = response;
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(CHALLENGE),
+            );
+            response
+        }
+        StatusCode::TOO_MANY_REQUESTS if !response.headers().contains_key(header::RETRY_AFTER) => {
+            let (mut parts, body) = response.into_parts();
+            // Error envelopes are small; a body past this is no envelope.
+            let bytes = axum::body::to_bytes(body, 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let secs = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"]["details"]["retry_after_secs"].as_u64())
+                .unwrap_or(1)
+                .max(1);
+            tracing::debug!(retry_after_secs = secs, "429 without Retry-After; added");
+            parts
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        _ => response,
+    }
 }
 
 /// An authenticated operator (API key holder).
@@ -275,17 +487,21 @@ pub struct Operator {
     pub key: ApiKey,
 }
 
+fn scope_level(scope: ApiScope) -> u8 {
+    match scope {
+        ApiScope::ReadOnly => 1,
+        ApiScope::Operator => 2,
+        ApiScope::Admin => 3,
+    }
+}
+
 impl Operator {
     /// The strongest scope the key holds.
     pub fn level(&self) -> u8 {
         self.key
             .scopes
             .iter()
-            .map(|s| match s {
-                ApiScope::ReadOnly => 1,
-                ApiScope::Operator => 2,
-                ApiScope::Admin => 3,
-            })
+            .map(|s| scope_level(*s))
             .max()
             .unwrap_or(0)
     }
@@ -295,34 +511,45 @@ impl Operator {
         format!("apikey:{}", self.key.name)
     }
 
-    fn require(self, needed: ApiScope) -> Result<Self, ApiError> {
-        let need = match needed {
-            ApiScope::ReadOnly => 1,
-            ApiScope::Operator => 2,
-            ApiScope::Admin => 3,
-        };
-        if self.level() >= need {
+    fn require(self, needed: ApiScope) -> Result<Self, AuthRejection> {
+        if self.level() >= scope_level(needed) {
             Ok(self)
         } else {
-            Err(ApiError::forbidden(format!(
-                "this API key lacks the {needed} scope"
-            )))
+            Err(AuthRejection::InsufficientScope(needed))
         }
     }
 }
 
-async fn authenticate_operator(parts: &Parts, state: &AppState) -> Result<Operator, ApiError> {
-    let token = bearer(parts)?;
+async fn authenticate_operator(parts: &Parts, state: &AppState) -> Result<Operator, AuthRejection> {
+    let token = bearer_token(&parts.headers)?;
     if !token.starts_with(API_KEY_PREFIX) {
-        return Err(ApiError::unauthorized("not an API key"));
+        return Err(Unauthenticated::invalid_token("not an API key").into());
     }
     let key = state
         .store
         .find_api_key_by_hash(&hash_token(token))
         .await?
-        .filter(|k| k.is_usable(chrono::Utc::now()))
-        .ok_or_else(|| ApiError::unauthorized("unknown, revoked or expired API key"))?;
+        .ok_or_else(|| Unauthenticated::invalid_token("unknown API key"))?;
+    // Every request reads the key's row (there is no key cache), so a
+    // revocation or an expiry holds from the next request on, on every
+    // replica.
+    let now = chrono::Utc::now();
+    match key.status(now) {
+        ApiKeyStatus::Active => {}
+        ApiKeyStatus::Revoked => {
+            return Err(Unauthenticated::invalid_token("this API key was revoked").into());
+        }
+        ApiKeyStatus::Expired => {
+            return Err(Unauthenticated::invalid_token("this API key has expired").into());
+        }
+    }
     state.rate_limits.check(&format!("key:{}", key.id))?;
+    if key.use_is_stale(now) {
+        // Bookkeeping: a failed write must not refuse the request.
+        if let Err(e) = state.store.record_api_key_use(&key.id, now).await {
+            tracing::warn!(key_id = %key.id, error = %e, "recording the API key's use failed");
+        }
+    }
     Ok(Operator { key })
 }
 
@@ -333,7 +560,7 @@ macro_rules! scoped_extractor {
         pub struct $name(pub Operator);
 
         impl FromRequestParts<AppState> for $name {
-            type Rejection = ApiError;
+            type Rejection = AuthRejection;
 
             async fn from_request_parts(
                 parts: &mut Parts,
@@ -372,27 +599,30 @@ pub struct AgentCaller {
 }
 
 impl FromRequestParts<AppState> for AgentCaller {
-    type Rejection = ApiError;
+    type Rejection = AuthRejection;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, AuthRejection> {
+        let token = bearer_token(&parts.headers)?;
         let rest = token
             .strip_prefix(AGENT_CREDENTIAL_PREFIX)
-            .ok_or_else(|| ApiError::unauthorized("not an agent credential"))?;
+            .ok_or_else(|| Unauthenticated::invalid_token("not an agent credential"))?;
         let (agent_id, secret) = rest
             .split_once('.')
-            .ok_or_else(|| ApiError::unauthorized("malformed agent credential"))?;
+            .ok_or_else(|| Unauthenticated::invalid_token("malformed agent credential"))?;
         let agent = state
             .store
             .get_agent(agent_id)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown agent credential"))?;
+            .ok_or_else(|| Unauthenticated::invalid_token("unknown agent credential"))?;
         let valid = agent
             .credential_hash
             .as_deref()
             .is_some_and(|h| digest_eq(h, &hash_token(secret)));
         if !valid {
-            return Err(ApiError::unauthorized("unknown agent credential"));
+            return Err(Unauthenticated::invalid_token("unknown agent credential").into());
         }
         if agent.status == AgentStatus::Retired {
             return Err(ApiError::new(
@@ -407,7 +637,8 @@ impl FromRequestParts<AppState> for AgentCaller {
                         .map(|r| format!(": {r}"))
                         .unwrap_or_default()
                 ),
-            ));
+            )
+            .into());
         }
         state.rate_limits.check(&format!("agent:{}", agent.id))?;
         Ok(AgentCaller { agent })
@@ -492,8 +723,104 @@ mod tests {
         let limits = RateLimits::new(1, 2);
         assert!(limits.check("a").is_ok());
         assert!(limits.check("a").is_ok());
-        let err = limits.check("a").unwrap_err();
-        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        let refused = limits.check("a").unwrap_err();
+        assert!(refused.after_secs >= 1);
+        let response = refused.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = response.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1);
         assert!(limits.check("b").is_ok(), "limits are per caller");
+    }
+
+    fn auth(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    fn code_of(e: &Unauthenticated) -> Option<BearerError> {
+        e.error
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_spaces_are_tolerated() {
+        for value in [
+            "Bearer cpk_abc",
+            "bearer cpk_abc",
+            "BEARER cpk_abc",
+            "bEaReR   cpk_abc",
+            "  Bearer \t cpk_abc  ",
+        ] {
+            let headers = auth(&[value]);
+            assert_eq!(bearer_token(&headers).unwrap(), "cpk_abc", "{value:?}");
+        }
+        let padded = auth(&["Bearer YWJj=="]);
+        assert_eq!(bearer_token(&padded).unwrap(), "YWJj==");
+        let agent = auth(&["bearer cpa_0192.abc-_x"]);
+        assert_eq!(bearer_token(&agent).unwrap(), "cpa_0192.abc-_x");
+    }
+
+    #[test]
+    fn bad_authorization_headers_get_the_right_challenge() {
+        let missing = bearer_token(&HeaderMap::new()).unwrap_err();
+        assert_eq!(code_of(&missing), None);
+        let basic = bearer_token(&auth(&["Basic dXNlcjpwdw=="])).unwrap_err();
+        assert_eq!(code_of(&basic), None, "another scheme is no bearer error");
+        let glued = bearer_token(&auth(&["Bearercpk_abc"])).unwrap_err();
+        assert_eq!(code_of(&glued), None);
+        for value in [
+            "Bearer",
+            "Bearer   ",
+            "Bearer cpk_a b",
+            "Bearer cpk_a,b",
+            "Bearer =abc",
+            "Bearer cpk_\"x\"",
+        ] {
+            let e = bearer_token(&auth(&[value])).unwrap_err();
+            assert_eq!(code_of(&e), Some(BearerError::InvalidRequest), "{value:?}");
+        }
+        let twice = bearer_token(&auth(&["Bearer a", "Bearer b"])).unwrap_err();
+        assert_eq!(code_of(&twice), Some(BearerError::InvalidRequest));
+        let mut opaque = HeaderMap::new();
+        opaque.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        let e = bearer_token(&opaque).unwrap_err();
+        assert_eq!(code_of(&e), Some(BearerError::InvalidRequest));
+    }
+
+    #[test]
+    fn every_401_names_its_challenge() {
+        for (e, expected) in [
+            (Unauthenticated::missing("m"), "Bearer realm=\"certplane\""),
+            (
+                Unauthenticated::malformed("m"),
+                "Bearer realm=\"certplane\", error=\"invalid_request\"",
+            ),
+            (
+                Unauthenticated::invalid_token("m"),
+                "Bearer realm=\"certplane\", error=\"invalid_token\"",
+            ),
+        ] {
+            let response = e.into_response();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(response.headers()[header::WWW_AUTHENTICATE], expected);
+        }
+    }
+
+    #[test]
+    fn a_static_token_is_compared_whole() {
+        assert!(require_static_token(&auth(&["bearer s3cret"]), "s3cret").is_ok());
+        let wrong = require_static_token(&auth(&["Bearer s3cre"]), "s3cret").unwrap_err();
+        assert_eq!(code_of(&wrong), Some(BearerError::InvalidToken));
+        let none = require_static_token(&HeaderMap::new(), "s3cret").unwrap_err();
+        assert_eq!(code_of(&none), None);
     }
 }

@@ -3,6 +3,12 @@
 //! Creating a certificate makes it due for issuance at once (the renewal
 //! sweep turns it into an issuance job). Private keys are never returned:
 //! versions show the chain, validity and fingerprint only.
+//!
+//! `DELETE` retires: 200 with the certificate as `GET` shows it
+//! (`retired_at` set), the same on a repeat. The list hides retired ones
+//! unless `include_retired=true`. `GET` has a strong `ETag`
+//! (`If-None-Match` → 304) and `PATCH` honours `If-Match` (412). `PATCH`
+//! checks the fields it shares with create exactly as create does.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -23,7 +29,10 @@ use super::AppState;
 use super::auth::{OperatorAccess, ReadAccess};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::instances::{ApiJson, check_name};
-use super::listing::{Page, PageQuery, conditional_json, json as json_response};
+use super::listing::{
+    Page, PageQuery, check_if_match, conditional_json, etag_of, has_if_match,
+    json as json_response,
+};
 use crate::pipeline::keygen::KeyType;
 use crate::store::{
     ActorType, Certificate, CertificateOptions, CertificateStatus, CertificateVersion, JobStatus,
@@ -109,14 +118,54 @@ fn check_options(field: &str, value: Option<&Value>) -> ApiResult<Value> {
             if len > MAX_OPTIONS_BYTES {
                 return Err(ApiError::validation(format!(
                     "{field} is {len} bytes; at most {MAX_OPTIONS_BYTES} are allowed"
-                )));
+                ))
+                .with_param(field));
             }
             Ok(Value::Object(map.clone()))
         }
-        Some(_) => Err(ApiError::validation(format!(
-            "{field} must be a JSON object"
-        ))),
+        Some(_) => Err(
+            ApiError::validation(format!("{field} must be a JSON object")).with_param(field),
+        ),
     }
+}
+
+/// The fields create and `PATCH` both set, as given (`None`: not given).
+struct Settable<'a> {
+    renew_before_days: Option<u32>,
+    owner: Option<&'a str>,
+    issuer_options: Option<&'a Value>,
+    target_options: Option<&'a Value>,
+}
+
+/// Checks the fields create and `PATCH` share, one way for both (a `PATCH`
+/// must not store what create refuses); returns the options objects given.
+fn check_settable(fields: &Settable<'_>) -> ApiResult<(Option<Value>, Option<Value>)> {
+    if fields
+        .renew_before_days
+        .is_some_and(|d| d > MAX_RENEW_BEFORE_DAYS)
+    {
+        return Err(ApiError::validation(format!(
+            "renew_before_days must be at most {MAX_RENEW_BEFORE_DAYS}"
+        ))
+        .with_param("renew_before_days"));
+    }
+    if let Some(owner) = fields.owner
+        && (owner.is_empty() || owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control))
+    {
+        return Err(ApiError::validation(format!(
+            "owner must be 1-{MAX_OWNER_LEN} printable characters (null clears it)"
+        ))
+        .with_param("owner"));
+    }
+    let issuer = fields
+        .issuer_options
+        .map(|v| check_options("issuer_options", Some(v)))
+        .transpose()?;
+    let target = fields
+        .target_options
+        .map(|v| check_options("target_options", Some(v)))
+        .transpose()?;
+    Ok((issuer, target))
 }
 
 /// Why a certificate is revoked (RFC 5280 CRLReason subset).
@@ -198,15 +247,6 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
-/// Answer of `DELETE /certificates/{id}`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct CertificateRetired {
-    /// The certificate, now `retired`.
-    pub certificate: CertificateView,
-    /// Jobs of it that had not started and were cancelled.
-    pub cancelled_jobs: u64,
-}
-
 /// A managed certificate.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CertificateView {
@@ -232,6 +272,11 @@ pub struct CertificateView {
     pub owner: Option<String>,
     /// `active`, `disabled` or `retired`.
     pub status: String,
+    /// Why the host disabled it by itself (e.g. `key holder agent <id> was
+    /// retired`); `null` when active or disabled by an operator.
+    pub disabled_reason: Option<String>,
+    /// Retired since (`DELETE` retires; the certificate stays readable).
+    pub retired_at: Option<DateTime<Utc>>,
     /// Version in force.
     pub current_version_id: Option<String>,
     /// Expiry of the version in force.
@@ -310,16 +355,25 @@ pub struct RevocationAccepted {
 /// `?status=&expiring_within_days=&page=&per_page=` of `GET /certificates`.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CertificateListQuery {
     /// 1-based page number.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<u32>,
     /// Only certificates in this status (`active`, `disabled`, `retired`).
+    #[param(schema_with = super::openapi::certificate_status_param)]
     pub status: Option<String>,
     /// Only certificates whose current version expires within this many
     /// days (at most 36500).
+    #[param(minimum = 0, maximum = 36500)]
     pub expiring_within_days: Option<u32>,
+    /// Also list retired certificates (default `false`; `status=retired`
+    /// needs it).
+    #[serde(default)]
+    pub include_retired: bool,
 }
 
 /// Routes under `/api/v1`.
@@ -434,6 +488,8 @@ fn view_with_targets(cert: Certificate, target_ids: Vec<String>) -> CertificateV
         renew_before_days: cert.renew_before_secs / SECS_PER_DAY,
         owner: cert.owner,
         status: cert.status.to_string(),
+        disabled_reason: cert.disabled_reason,
+        retired_at: cert.retired_at,
         current_version_id: cert.current_version_id,
         not_after: cert.not_after,
         renew_at: cert.renew_at,
@@ -477,7 +533,7 @@ async fn audit(
 #[utoipa::path(get, path = "/certificates", tag = "certificates", params(CertificateListQuery),
     responses((status = 200, body = Page<CertificateView>), (status = 304, description = "unchanged"),
         (status = 400, body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_certificates(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -496,6 +552,13 @@ async fn list_certificates(
         .map(CertificateStatus::from_str)
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if status == Some(CertificateStatus::Retired) && !q.include_retired {
+        // One way to show retired items on every list: include_retired.
+        return Err(ApiError::bad_request(
+            "status=retired lists retired certificates: add include_retired=true",
+        )
+        .with_param("include_retired"));
+    }
     let expiring_before = match q.expiring_within_days {
         Some(d) if d > 36_500 => {
             return Err(ApiError::bad_request(
@@ -508,11 +571,11 @@ async fn list_certificates(
     let offset = super::listing::offset(page, per_page);
     let total = state
         .store
-        .count_certificates(status, expiring_before)
+        .count_certificates(q.include_retired, status, expiring_before)
         .await?;
     let rows = state
         .store
-        .list_certificates(status, expiring_before, offset, per_page)
+        .list_certificates(q.include_retired, status, expiring_before, offset, per_page)
         .await?;
     // One query for every row's targets, not one per row.
     let ids: Vec<String> = rows.iter().map(|c| c.id.clone()).collect();
@@ -537,7 +600,7 @@ async fn list_certificates(
 #[utoipa::path(post, path = "/certificates", tag = "certificates", request_body = CreateCertificate,
     responses((status = 201, body = CertificateView), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn create_certificate(
     State(state): State<AppState>,
     caller: OperatorAccess,
@@ -547,19 +610,20 @@ async fn create_certificate(
     let (common_name, sans) = check_names(&body.common_name, &body.sans)?;
     let key_type = body.key_type.unwrap_or_default();
     let renew_before_days = body.renew_before_days.unwrap_or(DEFAULT_RENEW_BEFORE_DAYS);
-    if renew_before_days > MAX_RENEW_BEFORE_DAYS {
-        return Err(ApiError::validation(format!(
-            "renew_before_days must be at most {MAX_RENEW_BEFORE_DAYS}"
-        )));
-    }
-    if let Some(owner) = &body.owner
-        && (owner.is_empty() || owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control))
-    {
-        return Err(ApiError::validation(format!(
-            "owner must be 1-{MAX_OWNER_LEN} printable characters"
-        )));
-    }
+    let (issuer_options, target_options) = check_settable(&Settable {
+        renew_before_days: Some(renew_before_days),
+        owner: body.owner.as_deref(),
+        issuer_options: body.issuer_options.as_ref(),
+        target_options: body.target_options.as_ref(),
+    })?;
     match state.store.get_issuer(&body.issuer_id).await? {
+        Some(i) if i.retired_at.is_some() => {
+            return Err(ApiError::validation(format!(
+                "issuer {:?} is retired",
+                body.issuer_id
+            ))
+            .with_param("issuer_id"));
+        }
         Some(i) if i.disabled_at.is_none() => {}
         Some(_) => {
             return Err(ApiError::validation(format!(
@@ -628,8 +692,8 @@ async fn create_certificate(
     };
     let extra: Vec<String> = body.target_ids.iter().skip(1).cloned().collect();
     let options = CertificateOptions {
-        issuer: check_options("issuer_options", body.issuer_options.as_ref())?,
-        target: check_options("target_options", body.target_options.as_ref())?,
+        issuer: issuer_options.unwrap_or_else(|| Value::Object(Default::default())),
+        target: target_options.unwrap_or_else(|| Value::Object(Default::default())),
     };
     let event = NewAuditEvent {
         actor: caller.0.actor(),
@@ -667,25 +731,31 @@ async fn create_certificate(
 #[utoipa::path(get, path = "/certificates/{id}", tag = "certificates",
     params(("id" = String, Path)),
     responses((status = 200, body = CertificateDetail), (status = 404, body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn get_certificate(
     State(state): State<AppState>,
     _caller: ReadAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let cert = load(&state, &id).await?;
+    Ok(conditional_json(&headers, &detail(&state, cert).await?))
+}
+
+/// A certificate as `GET /certificates/{id}` shows it (what its ETag is
+/// computed from).
+async fn detail(state: &AppState, cert: Certificate) -> ApiResult<CertificateDetail> {
     let versions = state
         .store
-        .list_certificate_versions(&id)
+        .list_certificate_versions(&cert.id)
         .await?
         .into_iter()
         .map(VersionView::from)
         .collect();
-    let detail = CertificateDetail {
-        certificate: view(&state, cert).await?,
+    Ok(CertificateDetail {
+        certificate: view(state, cert).await?,
         versions,
-    };
-    Ok(json_response(StatusCode::OK, detail))
+    })
 }
 
 /// Change a certificate's status (`active`/`disabled`), renewal window or
@@ -694,49 +764,45 @@ async fn get_certificate(
     params(("id" = String, Path)), request_body = UpdateCertificate,
     responses((status = 200, body = CertificateView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn update_certificate(
     State(state): State<AppState>,
     caller: OperatorAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateCertificate>,
 ) -> ApiResult<Response> {
     let cert = load(&state, &id).await?;
+    let (etag, _) = etag_of(&detail(&state, cert.clone()).await?)?;
+    check_if_match(&headers, &etag)?;
+    // The certificate the caller's ETag named must still be the one
+    // written: the store refuses the write if it changed since (412).
+    let unchanged_since = has_if_match(&headers).then_some(cert.updated_at);
     if cert.status == CertificateStatus::Retired {
-        return Err(ApiError::conflict(format!(
+        return Err(ApiError::invalid_state(format!(
             "certificate {id:?} is retired and cannot be changed"
         )));
     }
     if body.status == Some(CertificateStatus::Retired) {
         return Err(ApiError::validation(
             "status must be active or disabled; retire with DELETE /certificates/{id}",
-        ));
+        )
+        .with_param("status"));
     }
-    if body
-        .renew_before_days
-        .is_some_and(|d| d > MAX_RENEW_BEFORE_DAYS)
+    let (issuer_options, target_options) = check_settable(&Settable {
+        renew_before_days: body.renew_before_days,
+        owner: body.owner.as_ref().and_then(Option::as_deref),
+        issuer_options: body.issuer_options.as_ref(),
+        target_options: body.target_options.as_ref(),
+    })?;
+    if body.status == Some(CertificateStatus::Active) && cert.status != CertificateStatus::Active
     {
-        return Err(ApiError::validation(format!(
-            "renew_before_days must be at most {MAX_RENEW_BEFORE_DAYS}"
-        )));
+        check_key_holder(&state, &cert).await?;
     }
-    if let Some(Some(owner)) = &body.owner
-        && (owner.len() > 200 || owner.chars().any(char::is_control))
-    {
-        return Err(ApiError::validation(
-            "owner must be at most 200 printable characters",
-        ));
-    }
-    let options = if body.issuer_options.is_some() || body.target_options.is_some() {
+    let options = if issuer_options.is_some() || target_options.is_some() {
         Some(CertificateOptions {
-            issuer: match &body.issuer_options {
-                Some(v) => check_options("issuer_options", Some(v))?,
-                None => cert.issuer_options.clone(),
-            },
-            target: match &body.target_options {
-                Some(v) => check_options("target_options", Some(v))?,
-                None => cert.target_options.clone(),
-            },
+            issuer: issuer_options.unwrap_or_else(|| cert.issuer_options.clone()),
+            target: target_options.unwrap_or_else(|| cert.target_options.clone()),
         })
     } else {
         None
@@ -749,9 +815,24 @@ async fn update_certificate(
             body.renew_before_days.map(|d| i64::from(d) * SECS_PER_DAY),
             body.owner.clone(),
             options.as_ref(),
+            unchanged_since,
         )
-        .await?
-        .ok_or_else(|| ApiError::conflict(format!("certificate {id:?} was retired meanwhile")))?;
+        .await?;
+    let Some(updated) = updated else {
+        let now = load(&state, &id).await?;
+        return Err(if now.status == CertificateStatus::Retired {
+            ApiError::invalid_state(format!("certificate {id:?} was retired meanwhile"))
+        } else {
+            ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!(
+                    "certificate {id:?} changed since the version If-Match names; GET it again \
+                     and retry"
+                ),
+            )
+        });
+    };
     audit(
         &state,
         &caller,
@@ -771,39 +852,65 @@ async fn update_certificate(
     Ok(json_response(StatusCode::OK, view))
 }
 
+/// A certificate with agent-generated keys is enabled again only while its
+/// key-holding target and that target's agent are live: otherwise the
+/// renewal sweep would create CSR jobs nobody answers.
+async fn check_key_holder(state: &AppState, cert: &Certificate) -> ApiResult<()> {
+    if cert.key_source != KeySource::Agent {
+        return Ok(());
+    }
+    let Some(target_id) = cert.target_id.as_deref() else {
+        return Ok(());
+    };
+    let target = state.store.get_target(target_id).await?;
+    let agent = match &target {
+        Some(t) => state.store.get_agent(&t.agent_id).await?,
+        None => None,
+    };
+    let live = target.is_some_and(|t| t.retired_at.is_none())
+        && agent.is_some_and(|a| a.status == crate::store::AgentStatus::Active);
+    if live {
+        return Ok(());
+    }
+    Err(ApiError::invalid_state(format!(
+        "certificate {:?} keeps its key on target {target_id:?}, which is retired (or its \
+         agent is); it cannot be enabled again there",
+        cert.id
+    ))
+    .with_param("status"))
+}
+
 /// Retire a certificate: it is no longer managed or renewed, and its jobs
 /// that have not started are cancelled. Nothing is revoked or removed from
-/// targets (revoke first if needed). 404 if unknown, 409 if already retired.
+/// targets (revoke first if needed). 200 with the certificate as `GET`
+/// shows it, also when it already was retired; 404 if unknown.
 #[utoipa::path(delete, path = "/certificates/{id}", tag = "certificates",
     params(("id" = String, Path)),
-    responses((status = 200, body = CertificateRetired), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "retired (also when it already was)", body = CertificateDetail),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = ["operator"])))]
 async fn retire_certificate(
     State(state): State<AppState>,
     caller: OperatorAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    load(&state, &id).await?;
-    let Some(cancelled_jobs) = state.store.retire_certificate(&id).await? else {
-        return Err(ApiError::conflict(format!(
-            "certificate {id:?} is already retired"
-        )));
-    };
-    audit(
-        &state,
-        &caller,
-        "certificate.retire",
-        &id,
-        json!({ "cancelled_jobs": cancelled_jobs }),
-    )
-    .await?;
     let cert = load(&state, &id).await?;
-    let body = CertificateRetired {
-        certificate: view(&state, cert).await?,
-        cancelled_jobs,
-    };
-    Ok(json_response(StatusCode::OK, body))
+    // Already retired (by an earlier DELETE, or one racing this): nothing
+    // changes and nothing is audited; the answer is the same.
+    if cert.status != CertificateStatus::Retired
+        && let Some(cancelled_jobs) = state.store.retire_certificate(&id).await?
+    {
+        audit(
+            &state,
+            &caller,
+            "certificate.retire",
+            &id,
+            json!({ "cancelled_jobs": cancelled_jobs }),
+        )
+        .await?;
+    }
+    let cert = load(&state, &id).await?;
+    Ok(json_response(StatusCode::OK, detail(&state, cert).await?))
 }
 
 /// Renew now: makes the certificate due at once and wakes the renewal
@@ -812,7 +919,7 @@ async fn retire_certificate(
     params(("id" = String, Path)),
     responses((status = 202, body = CertificateView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn renew_certificate(
     State(state): State<AppState>,
     caller: OperatorAccess,
@@ -820,7 +927,7 @@ async fn renew_certificate(
 ) -> ApiResult<Response> {
     let cert = load(&state, &id).await?;
     if cert.status != CertificateStatus::Active {
-        return Err(ApiError::conflict(format!(
+        return Err(ApiError::invalid_state(format!(
             "certificate {id:?} is {}; only active certificates are renewed",
             cert.status
         )));
@@ -850,7 +957,7 @@ async fn renew_certificate(
 #[utoipa::path(post, path = "/certificates/renew", tag = "certificates",
     request_body = RenewCertificates,
     responses((status = 202, body = RenewalsAccepted), (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn renew_certificates(
     State(state): State<AppState>,
     caller: OperatorAccess,
@@ -897,7 +1004,7 @@ async fn renew_certificates(
     params(("id" = String, Path)), request_body = RevokeCertificate,
     responses((status = 202, body = RevocationAccepted), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn revoke_certificate(
     State(state): State<AppState>,
     caller: OperatorAccess,
@@ -906,7 +1013,7 @@ async fn revoke_certificate(
 ) -> ApiResult<Response> {
     let cert = load(&state, &id).await?;
     let Some(version_id) = cert.current_version_id.clone() else {
-        return Err(ApiError::conflict(format!(
+        return Err(ApiError::invalid_state(format!(
             "certificate {id:?} has no issued version to revoke"
         )));
     };
@@ -925,11 +1032,11 @@ async fn revoke_certificate(
                 && !matches!(j.status, JobStatus::Completed | JobStatus::Cancelled)
         });
     if let Some(job) = open {
-        return Err(ApiError::conflict(format!(
+        return Err(ApiError::invalid_state(format!(
             "revocation of version {version_id} is already under way (job {})",
             job.id
         ))
-        .with_extra(json!({ "job_id": job.id })));
+        .with_details(json!({ "job_id": job.id })));
     }
     let mut new = NewJob::new(JobType::Revocation)
         .certificate(id.clone())

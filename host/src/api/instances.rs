@@ -16,14 +16,22 @@
 //! owner `<kind>/<id>` and never returned: responses list `secret_names`.
 //!
 //! An issuer's `grants.challenges.dns_01[].solver` must name a dns-solver
-//! instance (422 otherwise), and a solver is not deleted while an issuer
-//! routes to it or a challenge it publishes is live (409).
+//! instance that is not retired (422 otherwise), and a solver is not
+//! retired while a live issuer routes to it or a challenge it publishes is
+//! live (409).
+//!
+//! `DELETE` retires, for every kind: 200 with the instance as `GET` shows it
+//! (`retired_at` set), the same on a repeated `DELETE`; 409
+//! `invalid_state` with `error.details.counts` while something still uses
+//! it. Lists hide retired instances unless `include_retired=true`. `GET`
+//! answers with a strong `ETag` (`If-None-Match` → 304); `PATCH` honours
+//! `If-Match` (412 `precondition_failed` when it is stale).
 
 use std::collections::BTreeMap;
 
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use certplane_runtime::{
     CallError, ConnectorError, InstanceConfig, InstanceLimits, LimitPolicy, Plugin, PluginKind,
     Resolved,
@@ -39,7 +47,10 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::{OperatorAccess, ReadAccess};
 use super::error::{ApiError, ApiResult};
-use super::listing::{Page, PageQuery, conditional_json, json as json_response, offset};
+use super::listing::{
+    Page, PageQuery, check_if_match, conditional_json, etag_of, has_if_match,
+    json as json_response, offset,
+};
 use crate::grants::{ChallengeRoutes, TlsGrant};
 use crate::store::{
     ActorType, AgentStatus, NewAuditEvent, NewPluginInstance, NewTarget, PluginInstance,
@@ -277,10 +288,11 @@ pub struct InstanceView {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
-    /// Issuers, notifiers and dns-solvers: disabled since.
+    /// Issuers, notifiers and dns-solvers: disabled since (a retired
+    /// notifier is disabled too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_at: Option<DateTime<Utc>>,
-    /// Targets: retired since (deleted targets are retired, not erased).
+    /// Retired since (`DELETE` retires; nothing is erased).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<DateTime<Utc>>,
 }
@@ -315,7 +327,7 @@ impl From<PluginInstance> for Row {
             created_at: p.created_at,
             updated_at: p.updated_at,
             disabled_at: p.disabled_at,
-            retired_at: None,
+            retired_at: p.retired_at,
         }
     }
 }
@@ -385,15 +397,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
         ))
 }
 
-/// `?page=&per_page=&include_retired=` of `GET /targets`.
+/// `?page=&per_page=&include_retired=` of `GET /issuers`, `/targets`,
+/// `/notifiers` and `/dns-solvers`.
 #[derive(Debug, Clone, Copy, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TargetListQuery {
     /// 1-based page number.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<u32>,
-    /// Also list retired (deleted) targets.
+    /// Also list retired (deleted) instances (default `false`).
     #[serde(default)]
     pub include_retired: bool,
 }
@@ -401,24 +417,24 @@ pub struct TargetListQuery {
 // ---------------------------------------------------------------- handlers
 
 /// List issuers.
-#[utoipa::path(get, path = "/issuers", tag = "issuers", params(PageQuery),
+#[utoipa::path(get, path = "/issuers", tag = "issuers", params(TargetListQuery),
     responses((status = 200, body = Page<InstanceView>), (status = 304, description = "unchanged")),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_issuers(
     State(state): State<AppState>,
     _caller: ReadAccess,
     headers: HeaderMap,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<TargetListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(query) = query?;
-    list(&state, Kind::Issuer, &headers, query, false).await
+    let Query(q) = query?;
+    list(&state, Kind::Issuer, &headers, q).await
 }
 
 /// Create an issuer (its plugin validates the configuration first).
 #[utoipa::path(post, path = "/issuers", tag = "issuers", request_body = CreateInstance,
     responses((status = 201, body = InstanceView), (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn create_issuer(
     State(state): State<AppState>,
     caller: OperatorAccess,
@@ -430,47 +446,51 @@ async fn create_issuer(
 /// One issuer.
 #[utoipa::path(get, path = "/issuers/{id}", tag = "issuers", params(("id" = String, Path)),
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn get_issuer(
     State(state): State<AppState>,
     _caller: ReadAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    get(&state, Kind::Issuer, &id).await
+    get(&state, Kind::Issuer, &headers, &id).await
 }
 
 /// Update an issuer's settings, secrets or grants (re-validated).
 #[utoipa::path(patch, path = "/issuers/{id}", tag = "issuers", params(("id" = String, Path)),
     request_body = UpdateInstance,
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 409, description = "its plugin is no longer loaded", body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn update_issuer(
     State(state): State<AppState>,
     caller: OperatorAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateInstance>,
 ) -> ApiResult<Response> {
-    update(&state, Kind::Issuer, &caller, &id, body).await
+    update(&state, Kind::Issuer, &caller, &headers, &id, body).await
 }
 
-/// Delete an issuer (409 while certificates reference it).
+/// Retire an issuer (409 while certificates not retired use it).
 #[utoipa::path(delete, path = "/issuers/{id}", tag = "issuers", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+    responses((status = 200, description = "retired (also when it already was)", body = InstanceView),
+        (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn delete_issuer(
     State(state): State<AppState>,
     caller: OperatorAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    delete(&state, Kind::Issuer, &caller, &id).await
+    retire(&state, Kind::Issuer, &caller, &id).await
 }
 
 /// List targets (retired ones with `include_retired=true`).
 #[utoipa::path(get, path = "/targets", tag = "targets", params(TargetListQuery),
     responses((status = 200, body = Page<InstanceView>), (status = 304, description = "unchanged")),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_targets(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -478,18 +498,14 @@ async fn list_targets(
     query: Result<Query<TargetListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
-    let page = PageQuery {
-        page: q.page,
-        per_page: q.per_page,
-    };
-    list(&state, Kind::Target, &headers, page, q.include_retired).await
+    list(&state, Kind::Target, &headers, q).await
 }
 
 /// Create a target (run by `agent_id`, default the host).
 #[utoipa::path(post, path = "/targets", tag = "targets", request_body = CreateInstance,
     responses((status = 201, body = InstanceView), (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn create_target(
     State(state): State<AppState>,
     caller: OperatorAccess,
@@ -501,13 +517,14 @@ async fn create_target(
 /// One target (also a retired one).
 #[utoipa::path(get, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn get_target(
     State(state): State<AppState>,
     _caller: ReadAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    get(&state, Kind::Target, &id).await
+    get(&state, Kind::Target, &headers, &id).await
 }
 
 /// Update a target's settings, secrets or grants (re-validated).
@@ -516,49 +533,51 @@ async fn get_target(
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn update_target(
     State(state): State<AppState>,
     caller: OperatorAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateInstance>,
 ) -> ApiResult<Response> {
-    update(&state, Kind::Target, &caller, &id, body).await
+    update(&state, Kind::Target, &caller, &headers, &id, body).await
 }
 
-/// Delete (retire) a target: 409 while certificates deploy to it or it has
-/// open jobs.
+/// Retire a target: 409 while certificates deploy to it or it has open
+/// jobs.
 #[utoipa::path(delete, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+    responses((status = 200, description = "retired (also when it already was)", body = InstanceView),
+        (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn delete_target(
     State(state): State<AppState>,
     caller: OperatorAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    delete(&state, Kind::Target, &caller, &id).await
+    retire(&state, Kind::Target, &caller, &id).await
 }
 
 /// List notifiers.
-#[utoipa::path(get, path = "/notifiers", tag = "notifiers", params(PageQuery),
+#[utoipa::path(get, path = "/notifiers", tag = "notifiers", params(TargetListQuery),
     responses((status = 200, body = Page<InstanceView>), (status = 304, description = "unchanged")),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_notifiers(
     State(state): State<AppState>,
     _caller: ReadAccess,
     headers: HeaderMap,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<TargetListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(query) = query?;
-    list(&state, Kind::Notifier, &headers, query, false).await
+    let Query(q) = query?;
+    list(&state, Kind::Notifier, &headers, q).await
 }
 
 /// Create a notifier.
 #[utoipa::path(post, path = "/notifiers", tag = "notifiers", request_body = CreateInstance,
     responses((status = 201, body = InstanceView), (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn create_notifier(
     State(state): State<AppState>,
     caller: OperatorAccess,
@@ -570,56 +589,60 @@ async fn create_notifier(
 /// One notifier.
 #[utoipa::path(get, path = "/notifiers/{id}", tag = "notifiers", params(("id" = String, Path)),
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn get_notifier(
     State(state): State<AppState>,
     _caller: ReadAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    get(&state, Kind::Notifier, &id).await
+    get(&state, Kind::Notifier, &headers, &id).await
 }
 
 /// Update a notifier's settings, secrets or grants (re-validated).
 #[utoipa::path(patch, path = "/notifiers/{id}", tag = "notifiers", params(("id" = String, Path)),
     request_body = UpdateInstance,
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 409, description = "its plugin is no longer loaded", body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn update_notifier(
     State(state): State<AppState>,
     caller: OperatorAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateInstance>,
 ) -> ApiResult<Response> {
-    update(&state, Kind::Notifier, &caller, &id, body).await
+    update(&state, Kind::Notifier, &caller, &headers, &id, body).await
 }
 
-/// Delete a notifier and its delivery history (409 while notifications are
-/// pending or being sent).
+/// Retire (and disable) a notifier, keeping its delivery history (409
+/// while notifications are pending or being sent).
 #[utoipa::path(delete, path = "/notifiers/{id}", tag = "notifiers", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+    responses((status = 200, description = "retired (also when it already was)", body = InstanceView),
+        (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn delete_notifier(
     State(state): State<AppState>,
     caller: OperatorAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    delete(&state, Kind::Notifier, &caller, &id).await
+    retire(&state, Kind::Notifier, &caller, &id).await
 }
 
 /// List dns-solvers.
-#[utoipa::path(get, path = "/dns-solvers", tag = "dns-solvers", params(PageQuery),
+#[utoipa::path(get, path = "/dns-solvers", tag = "dns-solvers", params(TargetListQuery),
     responses((status = 200, body = Page<InstanceView>), (status = 304, description = "unchanged")),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_dns_solvers(
     State(state): State<AppState>,
     _caller: ReadAccess,
     headers: HeaderMap,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<TargetListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(query) = query?;
-    list(&state, Kind::DnsSolver, &headers, query, false).await
+    let Query(q) = query?;
+    list(&state, Kind::DnsSolver, &headers, q).await
 }
 
 /// Create a dns-solver (its plugin validates the configuration first);
@@ -627,7 +650,7 @@ async fn list_dns_solvers(
 #[utoipa::path(post, path = "/dns-solvers", tag = "dns-solvers", request_body = CreateInstance,
     responses((status = 201, body = InstanceView), (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn create_dns_solver(
     State(state): State<AppState>,
     caller: OperatorAccess,
@@ -639,13 +662,14 @@ async fn create_dns_solver(
 /// One dns-solver.
 #[utoipa::path(get, path = "/dns-solvers/{id}", tag = "dns-solvers", params(("id" = String, Path)),
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn get_dns_solver(
     State(state): State<AppState>,
     _caller: ReadAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    get(&state, Kind::DnsSolver, &id).await
+    get(&state, Kind::DnsSolver, &headers, &id).await
 }
 
 /// Update a dns-solver's settings, secrets or grants (re-validated).
@@ -654,28 +678,30 @@ async fn get_dns_solver(
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn update_dns_solver(
     State(state): State<AppState>,
     caller: OperatorAccess,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateInstance>,
 ) -> ApiResult<Response> {
-    update(&state, Kind::DnsSolver, &caller, &id, body).await
+    update(&state, Kind::DnsSolver, &caller, &headers, &id, body).await
 }
 
-/// Delete a dns-solver (409 while an issuer routes dns-01 challenges to it
-/// or a challenge it published is not yet withdrawn).
+/// Retire a dns-solver (409 while a live issuer routes dns-01 challenges
+/// to it or a challenge it published is not yet withdrawn).
 #[utoipa::path(delete, path = "/dns-solvers/{id}", tag = "dns-solvers", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+    responses((status = 200, description = "retired (also when it already was)", body = InstanceView),
+        (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn delete_dns_solver(
     State(state): State<AppState>,
     caller: OperatorAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    delete(&state, Kind::DnsSolver, &caller, &id).await
+    retire(&state, Kind::DnsSolver, &caller, &id).await
 }
 
 // ---------------------------------------------------------------- logic
@@ -694,14 +720,21 @@ async fn list(
     state: &AppState,
     kind: Kind,
     headers: &HeaderMap,
-    query: PageQuery,
-    include_retired: bool,
+    query: TargetListQuery,
 ) -> ApiResult<Response> {
-    let (page, per_page) = query.resolve()?;
+    let include_retired = query.include_retired;
+    let (page, per_page) = PageQuery {
+        page: query.page,
+        per_page: query.per_page,
+    }
+    .resolve()?;
     let (limit, skip) = (per_page, offset(page, per_page));
     let (rows, total): (Vec<Row>, i64) = match kind {
         Kind::Issuer => {
-            let (rows, total) = state.store.page_issuers(limit, skip).await?;
+            let (rows, total) = state
+                .store
+                .page_issuers(include_retired, limit, skip)
+                .await?;
             (rows.into_iter().map(Row::from).collect(), total)
         }
         Kind::Target => {
@@ -712,11 +745,17 @@ async fn list(
             (rows.into_iter().map(Row::from).collect(), total)
         }
         Kind::Notifier => {
-            let (rows, total) = state.store.page_notifiers(limit, skip).await?;
+            let (rows, total) = state
+                .store
+                .page_notifiers(include_retired, limit, skip)
+                .await?;
             (rows.into_iter().map(Row::from).collect(), total)
         }
         Kind::DnsSolver => {
-            let (rows, total) = state.store.page_dns_solvers(limit, skip).await?;
+            let (rows, total) = state
+                .store
+                .page_dns_solvers(include_retired, limit, skip)
+                .await?;
             (rows.into_iter().map(Row::from).collect(), total)
         }
     };
@@ -732,9 +771,9 @@ async fn list(
     Ok(conditional_json(headers, &body))
 }
 
-async fn get(state: &AppState, kind: Kind, id: &str) -> ApiResult<Response> {
+async fn get(state: &AppState, kind: Kind, headers: &HeaderMap, id: &str) -> ApiResult<Response> {
     let row = load_row(state, kind, id).await?;
-    Ok(json_response(StatusCode::OK, row.view(kind)))
+    Ok(conditional_json(headers, &row.view(kind)))
 }
 
 /// A configuration checked for shape, ready to validate and store.
@@ -1011,16 +1050,18 @@ fn call_error(err: CallError) -> ApiError {
 }
 
 /// Every dns-solver an issuer's `grants.challenges.dns_01` routes to must
-/// exist (checked again, with the rows locked, when the issuer is written).
+/// exist and not be retired (checked again, with the rows locked, when the
+/// issuer is written).
 async fn check_solvers_exist(state: &AppState, grants: &GrantsBody) -> ApiResult<()> {
     let Some(routes) = &grants.challenges else {
         return Ok(());
     };
     for (i, route) in routes.dns_01.iter().enumerate() {
-        if state.store.get_dns_solver(&route.solver).await?.is_none() {
+        let solver = state.store.get_dns_solver(&route.solver).await?;
+        if solver.is_none_or(|s| s.retired_at.is_some()) {
             return Err(ApiError::validation(format!(
-                "grants.challenges.dns_01[{i}].solver: no dns-solver instance {:?} (create it \
-                 with POST /api/v1/dns-solvers and give its id)",
+                "grants.challenges.dns_01[{i}].solver: no dns-solver instance {:?}, or it is \
+                 retired (create one with POST /api/v1/dns-solvers and give its id)",
                 route.solver
             )));
         }
@@ -1175,12 +1216,18 @@ async fn update(
     state: &AppState,
     kind: Kind,
     caller: &OperatorAccess,
+    headers: &HeaderMap,
     id: &str,
     body: UpdateInstance,
 ) -> ApiResult<Response> {
     let row = load_row(state, kind, id).await?;
+    let (etag, _) = etag_of(&row.view(kind))?;
+    check_if_match(headers, &etag)?;
+    // The row the caller's ETag named must still be the one written: the
+    // store refuses the write if it changed since (412 below).
+    let unchanged_since = has_if_match(headers).then_some(row.updated_at);
     if row.retired_at.is_some() {
-        return Err(ApiError::conflict(format!(
+        return Err(ApiError::invalid_state(format!(
             "{} {id:?} is retired",
             kind.as_str()
         )));
@@ -1188,7 +1235,7 @@ async fn update(
     let plugin = state
         .plugins
         .get_kind(&row.plugin_name, kind.plugin_kind())
-        .map_err(|e| ApiError::conflict(format!("cannot validate the new configuration: {e}")))?
+        .map_err(|e| ApiError::invalid_state(format!("cannot validate the new configuration: {e}")))?
         .clone();
     let mut changed = Vec::new();
     let settings = match body.settings {
@@ -1254,27 +1301,65 @@ async fn update(
     let updated: Option<Row> = match kind {
         Kind::Issuer => state
             .store
-            .update_issuer(id, &checked.settings, encrypted_secrets, &grants)
+            .update_issuer(
+                id,
+                &checked.settings,
+                encrypted_secrets,
+                &grants,
+                unchanged_since,
+            )
             .await?
             .map(Row::from),
         Kind::Notifier => state
             .store
-            .update_notifier(id, &checked.settings, encrypted_secrets, &grants)
+            .update_notifier(
+                id,
+                &checked.settings,
+                encrypted_secrets,
+                &grants,
+                unchanged_since,
+            )
             .await?
             .map(Row::from),
         Kind::DnsSolver => state
             .store
-            .update_dns_solver(id, &checked.settings, encrypted_secrets, &grants)
+            .update_dns_solver(
+                id,
+                &checked.settings,
+                encrypted_secrets,
+                &grants,
+                unchanged_since,
+            )
             .await?
             .map(Row::from),
         Kind::Target => state
             .store
-            .update_target(id, &checked.settings, encrypted_secrets, &grants)
+            .update_target(
+                id,
+                &checked.settings,
+                encrypted_secrets,
+                &grants,
+                unchanged_since,
+            )
             .await?
             .map(Row::from),
     };
-    let updated =
-        updated.ok_or_else(|| ApiError::not_found(format!("{} {id:?}", kind.as_str())))?;
+    let Some(updated) = updated else {
+        // Retired, or changed since the caller's If-Match, meanwhile.
+        let now = load_row(state, kind, id).await?;
+        return Err(if now.retired_at.is_some() {
+            ApiError::invalid_state(format!("{} {id:?} was retired meanwhile", kind.as_str()))
+        } else {
+            ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!(
+                    "{} {id:?} changed since the version If-Match names; GET it again and retry",
+                    kind.as_str()
+                ),
+            )
+        });
+    };
     audit(
         state,
         caller,
@@ -1288,56 +1373,90 @@ async fn update(
     Ok(json_response(StatusCode::OK, updated.view(kind)))
 }
 
-async fn delete(
+/// How often a retirement re-reads when what used the instance went away
+/// (or came) between the refusal and the count that explains it.
+const RETIRE_ATTEMPTS: usize = 3;
+
+/// `DELETE`: retires the instance and answers with it as `GET` shows it,
+/// also when it already was retired (nothing changes then, nothing is
+/// audited). Each store call checks "in use" in the same transaction as
+/// the change; the counts are read only to explain a refusal.
+async fn retire(
     state: &AppState,
     kind: Kind,
     caller: &OperatorAccess,
     id: &str,
 ) -> ApiResult<Response> {
-    let row = load_row(state, kind, id).await?;
-    // Each store call checks "in use" in the same statement / transaction as
-    // the change; the counts are read only to explain a refusal.
-    match kind {
-        Kind::Issuer => {
-            if !state.store.delete_issuer(id).await? {
-                let n = state.store.issuer_certificate_count(id).await?;
-                if n == 0 {
-                    return Err(ApiError::not_found(format!("issuer {id:?}")));
-                }
-                return Err(ApiError::conflict(format!(
-                    "issuer {id:?} is named by {n} certificate(s), retired ones included (their \
-                     versions keep the issuer that signed them); it cannot be deleted"
-                ))
-                .with_extra(json!({ "counts": { "certificates": n } })));
+    for _ in 0..RETIRE_ATTEMPTS {
+        let row = load_row(state, kind, id).await?;
+        if row.retired_at.is_some() {
+            return Ok(json_response(StatusCode::OK, row.view(kind)));
+        }
+        let retired = match kind {
+            Kind::Issuer => state.store.retire_issuer(id).await?,
+            Kind::Target => {
+                let reason = format!("deleted by {}", caller.0.actor());
+                state.store.retire_unused_target(id, &reason).await?
             }
+            Kind::Notifier => state.store.retire_notifier(id).await?,
+            Kind::DnsSolver => state.store.retire_dns_solver(id).await?,
+        };
+        if retired {
+            audit(
+                state,
+                caller,
+                format!("{}.retire", kind.as_str()),
+                kind.as_str(),
+                id,
+                json!({ "name": row.name, "plugin": row.plugin_name }),
+            )
+            .await?;
+            let row = load_row(state, kind, id).await?;
+            return Ok(json_response(StatusCode::OK, row.view(kind)));
+        }
+        if let Some(refusal) = in_use(state, kind, id).await? {
+            return Err(refusal);
+        }
+    }
+    Err(ApiError::invalid_state(format!(
+        "{} {id:?} kept changing; try again",
+        kind.as_str()
+    )))
+}
+
+/// Why `kind` `id` cannot be retired now: 409 `invalid_state` with the
+/// counts of what uses it in `error.details.counts`; `None` when nothing
+/// does (any more).
+async fn in_use(state: &AppState, kind: Kind, id: &str) -> ApiResult<Option<ApiError>> {
+    Ok(match kind {
+        Kind::Issuer => {
+            let n = state.store.issuer_certificate_count(id).await?;
+            (n > 0).then(|| {
+                ApiError::invalid_state(format!(
+                    "issuer {id:?} is used by {n} certificate(s) that are not retired; retire \
+                     them (DELETE /api/v1/certificates/{{id}}) first (retired ones keep naming \
+                     it)"
+                ))
+                .with_details(json!({ "counts": { "certificates": n } }))
+            })
         }
         Kind::Target => {
-            if row.retired_at.is_some() {
-                // Already deleted: nothing changes.
-                return Ok(StatusCode::NO_CONTENT.into_response());
-            }
-            let reason = format!("deleted by {}", caller.0.actor());
-            if !state.store.retire_unused_target(id, &reason).await? {
-                let (certificates, jobs) = state.store.target_usage(id).await?;
-                if certificates == 0 && jobs == 0 {
-                    // Retired or gone meanwhile.
-                    return Ok(StatusCode::NO_CONTENT.into_response());
-                }
-                return Err(ApiError::conflict(format!(
+            let (certificates, jobs) = state.store.target_usage(id).await?;
+            (certificates > 0 || jobs > 0).then(|| {
+                ApiError::invalid_state(format!(
                     "target {id:?} is in use by {certificates} certificate(s) and {jobs} open \
                      job(s)"
                 ))
-                .with_extra(
+                .with_details(
                     json!({ "counts": { "certificates": certificates, "open_jobs": jobs } }),
-                ));
-            }
+                )
+            })
         }
         Kind::DnsSolver => {
-            if !state.store.delete_dns_solver(id).await? {
-                let (issuers, challenges) = state.store.dns_solver_usage(id).await?;
-                if issuers.is_empty() && challenges == 0 {
-                    return Err(ApiError::not_found(format!("dns-solver {id:?}")));
-                }
+            let (issuers, challenges) = state.store.dns_solver_usage(id).await?;
+            if issuers.is_empty() && challenges == 0 {
+                None
+            } else {
                 let mut uses = Vec::new();
                 let mut fixes = Vec::new();
                 if !issuers.is_empty() {
@@ -1357,48 +1476,41 @@ async fn delete(
                     ));
                     fixes.push("let their jobs end (it withdraws them then)");
                 }
-                return Err(ApiError::conflict(format!(
-                    "dns-solver {id:?} is in use: {}; {}, then delete it again",
-                    uses.join(" and "),
-                    fixes.join(" and ")
-                ))
-                .with_extra(json!({
-                    "counts": { "issuers": issuers.len(), "live_challenges": challenges },
-                    "issuers": issuers,
-                })));
+                Some(
+                    ApiError::invalid_state(format!(
+                        "dns-solver {id:?} is in use: {}; {}, then retire it again",
+                        uses.join(" and "),
+                        fixes.join(" and ")
+                    ))
+                    .with_details(json!({
+                        "counts": { "issuers": issuers.len(), "live_challenges": challenges },
+                        "issuers": issuers,
+                    })),
+                )
             }
         }
         Kind::Notifier => {
-            if !state.store.delete_notifier(id).await? {
-                let n = state.store.notifier_open_notifications(id).await?;
-                if n == 0 {
-                    return Err(ApiError::not_found(format!("notifier {id:?}")));
-                }
-                // Say how out of it: cancel the queue, then delete (the
+            let n = state.store.notifier_open_notifications(id).await?;
+            if n == 0 {
+                None
+            } else {
+                // Say how out of it: cancel the queue, then retire (the
                 // deliveries in flight end at the connector's deadline).
                 let (pending, sending) = state.store.notifier_queue_counts(id).await?;
-                return Err(ApiError::conflict(format!(
-                    "notifier {id:?} has {n} notification(s) pending delivery ({pending} \
-                     pending, {sending} being sent): cancel them with POST \
-                     /api/v1/notifiers/{id}/notifications/cancel (`certplane notifiers \
-                     cancel-pending {id}`; `disable` first stops new ones), then delete it \
-                     again once none is being sent"
-                ))
-                .with_extra(json!({
-                    "counts": { "open_notifications": n, "pending": pending, "sending": sending },
-                    "cancel": format!("/api/v1/notifiers/{id}/notifications/cancel"),
-                })));
+                Some(
+                    ApiError::invalid_state(format!(
+                        "notifier {id:?} has {n} notification(s) pending delivery ({pending} \
+                         pending, {sending} being sent): cancel them with POST \
+                         /api/v1/notifiers/{id}/notifications/cancel (`certplane notifiers \
+                         cancel-pending {id}`; `disable` first stops new ones), then retire it \
+                         again once none is being sent"
+                    ))
+                    .with_details(json!({
+                        "counts": { "open_notifications": n, "pending": pending, "sending": sending },
+                        "cancel": format!("/api/v1/notifiers/{id}/notifications/cancel"),
+                    })),
+                )
             }
         }
-    }
-    audit(
-        state,
-        caller,
-        format!("{}.delete", kind.as_str()),
-        kind.as_str(),
-        id,
-        json!({ "name": row.name, "plugin": row.plugin_name }),
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    })
 }

@@ -131,19 +131,21 @@ impl From<Job> for JobView {
 #[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     /// Only jobs in this status.
-    #[param(value_type = Option<String>, example = "failed")]
+    #[param(schema_with = super::openapi::job_status_param)]
     pub status: Option<JobStatus>,
-    /// Only jobs of this type.
-    #[serde(rename = "type")]
-    #[param(rename = "type", value_type = Option<String>, example = "deployment")]
+    /// Only jobs of this type (the job's `job_type`; the old name `type` is
+    /// refused).
+    #[param(schema_with = super::openapi::job_type_param)]
     pub job_type: Option<JobType>,
     /// Only jobs of this certificate.
     pub certificate_id: Option<String>,
     /// Only jobs executed by this agent (`host` for host work).
     pub agent_id: Option<String>,
     /// 1-based page number.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<u32>,
 }
 
@@ -259,7 +261,7 @@ fn wake_executor(state: &AppState, job: &Job) {
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 400, description = "bad filter or page", body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_jobs(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -307,7 +309,7 @@ async fn list_jobs(
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 404, body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn get_job(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -329,7 +331,7 @@ async fn get_job(
         (status = 404, body = super::error::ErrorBody),
         (status = 409, description = "already completed or cancelled", body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn cancel_job(
     State(state): State<AppState>,
     OperatorAccess(caller): OperatorAccess,
@@ -339,8 +341,11 @@ async fn cancel_job(
     let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        // `null` is no body too: the document allows it, and generated
+        // clients send it for an absent optional body.
+        serde_json::from_slice::<Option<CancelRequest>>(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
+            .unwrap_or_default()
     };
     let actor = caller.actor();
     let reason = request
@@ -352,7 +357,7 @@ async fn cancel_job(
     for _ in 0..CANCEL_ATTEMPTS {
         let job = load_job(&state, &id).await?;
         if job.status.is_terminal() {
-            return Err(ApiError::conflict(format!(
+            return Err(ApiError::invalid_state(format!(
                 "job {id} is already {}",
                 job.status
             )));
@@ -391,7 +396,7 @@ async fn cancel_job(
             return Ok(Json(JobView::from(job)).into_response());
         }
     }
-    Err(ApiError::conflict(format!(
+    Err(ApiError::invalid_state(format!(
         "job {id} kept changing; try again"
     )))
 }
@@ -406,7 +411,7 @@ async fn cancel_job(
         (status = 404, body = super::error::ErrorBody),
         (status = 409, description = "the job is not failed", body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn retry_job(
     State(state): State<AppState>,
     OperatorAccess(caller): OperatorAccess,
@@ -414,7 +419,7 @@ async fn retry_job(
 ) -> ApiResult<Response> {
     let job = load_job(&state, &id).await?;
     if job.status != JobStatus::Failed {
-        return Err(ApiError::conflict(format!(
+        return Err(ApiError::invalid_state(format!(
             "job {id} is {}, only failed jobs can be retried",
             job.status
         )));
@@ -440,7 +445,7 @@ async fn retry_job(
         )
         .await?;
     if !won {
-        return Err(ApiError::conflict(format!(
+        return Err(ApiError::invalid_state(format!(
             "job {id} changed meanwhile and is no longer failed"
         )));
     }
@@ -454,13 +459,14 @@ async fn retry_job(
 #[utoipa::path(post, path = "/jobs/{id}/verify", tag = "jobs",
     params(("id" = String, Path, description = "deployment job id")),
     responses(
-        (status = 202, description = "verification job created", body = JobView),
+        (status = 202, description = "verification job created", body = JobView,
+            headers(("Location" = String, description = "the new verification job"))),
         (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody),
         (status = 409, description = "the deployment has not completed", body = super::error::ErrorBody),
         (status = 422, description = "not a deployment job, or it has no target", body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn verify_job(
     State(state): State<AppState>,
     OperatorAccess(caller): OperatorAccess,
@@ -474,7 +480,7 @@ async fn verify_job(
         )));
     }
     if deployment.status != JobStatus::Completed {
-        return Err(ApiError::conflict(format!(
+        return Err(ApiError::invalid_state(format!(
             "deployment {id} is {}; it can be verified once completed",
             deployment.status
         )));
@@ -519,7 +525,7 @@ async fn verify_job(
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 404, description = "no such job, or no result yet", body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn get_verification(
     State(state): State<AppState>,
     _caller: ReadAccess,

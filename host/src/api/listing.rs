@@ -1,4 +1,6 @@
-//! Pagination and conditional GETs for list endpoints.
+//! Pagination, and the conditional requests of lists and single
+//! resources: a strong `ETag` on every GET with `If-None-Match` → 304, and
+//! `If-Match` → 412 on writes.
 
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,10 +17,13 @@ pub const MAX_PER_PAGE: u32 = 500;
 /// `?page=&per_page=` (1-based page, default 50 per page).
 #[derive(Debug, Clone, Copy, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1-based page number.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<u32>,
 }
 
@@ -78,23 +83,65 @@ impl<T: Clone> Page<T> {
     }
 }
 
+/// `body` serialised as JSON, and its strong ETag (a quoted digest of
+/// those bytes): what [`conditional_json`] sends and [`check_if_match`]
+/// compares against.
+pub fn etag_of<T: Serialize>(body: &T) -> Result<(String, Vec<u8>), ApiError> {
+    let bytes = serde_json::to_vec(body).map_err(ApiError::internal)?;
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&bytes))[..32]);
+    Ok((etag, bytes))
+}
+
+/// The entity tags a conditional header lists (`*` included as is).
+fn listed_tags<'a>(
+    request_headers: &'a HeaderMap,
+    name: header::HeaderName,
+) -> impl Iterator<Item = &'a str> {
+    request_headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Honours `If-Match` on a write: without the header anything goes;
+/// otherwise `*` or one of its tags must be `current` (the ETag a GET of
+/// the resource gives now), compared strongly (a weak `W/` tag never
+/// matches), else 412 `precondition_failed`.
+pub fn check_if_match(request_headers: &HeaderMap, current: &str) -> Result<(), ApiError> {
+    let mut tags = listed_tags(request_headers, header::IF_MATCH).peekable();
+    if tags.peek().is_none() {
+        return Ok(());
+    }
+    if tags.any(|t| t == "*" || t == current) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        format!(
+            "If-Match does not name the current version ({current}); GET it again and retry"
+        ),
+    ))
+}
+
+/// Whether an `If-Match` header was sent (the write must then also be
+/// guarded against a change between the check and the write).
+pub fn has_if_match(request_headers: &HeaderMap) -> bool {
+    request_headers.contains_key(header::IF_MATCH)
+}
+
 /// Serialises `body` as JSON with a strong ETag; answers 304 when the
 /// request's `If-None-Match` already names it.
 pub fn conditional_json<T: Serialize>(request_headers: &HeaderMap, body: &T) -> Response {
-    let bytes = match serde_json::to_vec(body) {
-        Ok(b) => b,
-        Err(e) => return ApiError::internal(e).into_response(),
+    let (etag, bytes) = match etag_of(body) {
+        Ok(tagged) => tagged,
+        Err(e) => return e.into_response(),
     };
-    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&bytes))[..32]);
-    let matches = request_headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.trim();
-            t == "*" || t.trim_start_matches("W/") == etag
-        });
+    let matches = listed_tags(request_headers, header::IF_NONE_MATCH)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == etag);
     let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
     if matches {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
@@ -179,5 +226,23 @@ mod tests {
         );
         let changed = serde_json::json!({"a": 2});
         assert_eq!(conditional_json(&h, &changed).status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn if_match_is_strong_and_lists_are_read() {
+        let (tag, _) = etag_of(&serde_json::json!({"a": 1})).unwrap();
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_MATCH, HeaderValue::from_str(value).unwrap());
+            h
+        };
+        assert!(check_if_match(&HeaderMap::new(), &tag).is_ok());
+        assert!(check_if_match(&with(&tag), &tag).is_ok());
+        assert!(check_if_match(&with("*"), &tag).is_ok());
+        assert!(check_if_match(&with(&format!("\"x\", {tag}")), &tag).is_ok());
+        let stale = check_if_match(&with("\"x\""), &tag).unwrap_err();
+        assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+        assert_eq!(stale.code, "precondition_failed");
+        assert!(check_if_match(&with(&format!("W/{tag}")), &tag).is_err());
     }
 }

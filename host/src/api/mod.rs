@@ -13,10 +13,13 @@ mod audit;
 pub mod auth;
 mod certificates;
 pub mod error;
+mod input;
 mod instances;
 mod jobs;
+mod keys;
 pub mod listing;
 mod notifications;
+pub mod openapi;
 mod system;
 
 use std::sync::Arc;
@@ -86,23 +89,9 @@ impl AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "certplane API", description = "certplane control plane, API v1"),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
-    modifiers(&BearerAuth)
+    components(schemas(error::ErrorBody, error::ErrorDetail))
 )]
 struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 /// The `/api/v1` routes with their OpenAPI document.
 pub fn v1_routes() -> OpenApiRouter<AppState> {
@@ -114,23 +103,28 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(notifications::routes())
         .merge(instances::routes())
         .merge(certificates::routes())
+        .merge(keys::routes())
 }
 
 /// The OpenAPI document of the whole API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+    let mut doc = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1_routes())
-        .into_openapi()
+        .into_openapi();
+    openapi::finish(&mut doc);
+    doc
 }
 
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.api.max_body_bytes;
-    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1_routes())
         .split_for_parts();
+    openapi::finish(&mut doc);
     let doc = Arc::new(doc);
-    api.route(
+    let engine = state.engine.clone();
+    let app = api.route(
         "/api/v1/openapi.json",
         axum::routing::get(move || {
             let doc = doc.clone();
@@ -142,13 +136,19 @@ pub fn router(state: AppState) -> Router {
     .route("/metrics", axum::routing::get(system::metrics))
     .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
     .layer(DefaultBodyLimit::max(max_body))
+    .layer(middleware::from_fn_with_state(max_body, input::refuse_bad_input))
     .layer(middleware::from_fn_with_state(
         Duration::from_secs(state.config.api.request_timeout_secs),
         bounded,
     ))
+    .layer(middleware::from_fn(auth::refusal_headers))
     .layer(middleware::from_fn(envelope_and_request_id))
     .layer(tower_http::trace::TraceLayer::new_for_http())
-    .with_state(state)
+    .with_state(state);
+    // The dashboard calls the finished API in process, with its layers.
+    let ui = crate::ui::routes(engine, app.clone())
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    app.merge(ui)
 }
 
 /// The agents' work long-poll, the one request allowed to outlast
@@ -202,7 +202,7 @@ async fn envelope_and_request_id(request: Request, next: Next) -> Response {
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
             if (status.is_client_error() || status.is_server_error()) && !is_json {
                 let message = status.canonical_reason().unwrap_or("error");
-                let body = envelope(code_for_status(status), message, None);
+                let body = envelope(code_for_status(status), message, None, None);
                 let mut wrapped = (status, axum::Json(body)).into_response();
                 for (name, value) in response.headers() {
                     if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {

@@ -97,7 +97,7 @@ impl CancelledNotificationsView {
         (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn disable_notifier(
     State(state): State<AppState>,
     OperatorAccess(caller): OperatorAccess,
@@ -108,7 +108,8 @@ async fn disable_notifier(
 }
 
 /// Enable a notifier: new events are queued for it again and its waiting
-/// queue is delivered. Idempotent; audited when it changes.
+/// queue is delivered. Idempotent; audited when it changes. 409 for a
+/// retired notifier.
 #[utoipa::path(post, path = "/notifiers/{id}/enable", tag = "notifiers",
     params(("id" = String, Path, description = "notifier id")),
     responses(
@@ -116,13 +117,19 @@ async fn disable_notifier(
         (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn enable_notifier(
     State(state): State<AppState>,
     OperatorAccess(caller): OperatorAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Json<NotifierStateView>> {
     let s = notify::set_disabled(&state, &id, false, &caller.actor(), ActorType::ApiKey).await?;
+    if s.notifier.retired_at.is_some() {
+        // The store left it disabled: a retired notifier sends nothing.
+        return Err(ApiError::invalid_state(format!(
+            "notifier {id:?} is retired and cannot be enabled"
+        )));
+    }
     Ok(Json(s.into()))
 }
 
@@ -136,7 +143,7 @@ async fn enable_notifier(
         (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["operator"])))]
 async fn cancel_notifier_notifications(
     State(state): State<AppState>,
     OperatorAccess(caller): OperatorAccess,
@@ -205,13 +212,15 @@ impl From<Notification> for NotificationView {
 #[into_params(parameter_in = Query)]
 pub struct NotificationQuery {
     /// Only notifications in this delivery state.
-    #[param(value_type = Option<String>, example = "failed")]
+    #[param(schema_with = super::openapi::notification_status_param)]
     pub status: Option<NotificationStatus>,
     /// Only notifications of this notifier instance.
     pub notifier_id: Option<String>,
     /// 1-based page number.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<u32>,
 }
 
@@ -222,7 +231,7 @@ pub struct NotificationQuery {
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 400, description = "bad filter or page", body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_notifications(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -257,7 +266,7 @@ async fn list_notifications(
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 404, body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn get_notification(
     State(state): State<AppState>,
     _caller: ReadAccess,

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::{AdminAccess, ReadAccess};
+use super::auth::{AdminAccess, ReadAccess, require_static_token};
 use super::error::{ApiError, ApiResult};
 use super::listing::conditional_json;
 use crate::store::{ActorType, NewAuditEvent};
@@ -29,8 +29,21 @@ pub fn root_routes() -> axum::Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-/// `GET /metrics` (OpenMetrics text, no auth).
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics` (OpenMetrics text). Open unless `api.metrics_token` (or
+/// `api.metrics_token_file`) is set; then it takes `Authorization: Bearer
+/// <token>` and answers anything else 401 with `WWW-Authenticate`. A token
+/// file that cannot be read refuses every scrape (500) rather than
+/// opening the endpoint.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match state.config.api.metrics_token() {
+        Ok(None) => {}
+        Ok(Some(token)) => {
+            if let Err(refused) = require_static_token(&headers, &token) {
+                return refused.into_response();
+            }
+        }
+        Err(e) => return ApiError::internal(e).into_response(),
+    }
     match state.metrics.render(&state.store).await {
         Ok(text) => (
             [(
@@ -93,7 +106,7 @@ pub struct PluginList {
 /// List loaded connector plugins.
 #[utoipa::path(get, path = "/plugins", tag = "plugins",
     responses((status = 200, body = PluginList), (status = 304, description = "unchanged")),
-    security(("bearer" = [])))]
+    security(("bearer" = ["read_only"])))]
 async fn list_plugins(
     State(state): State<AppState>,
     _caller: ReadAccess,
@@ -146,7 +159,7 @@ pub struct ReloadView {
         (status = 403, body = super::error::ErrorBody),
         (status = 500, body = super::error::ErrorBody),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 async fn reload_plugins(
     State(state): State<AppState>,
     AdminAccess(caller): AdminAccess,

@@ -70,7 +70,7 @@ pub async fn submit_csr(
         return Ok(replay);
     }
     if job.status != JobStatus::AwaitingCsr {
-        return Err(EngineError::Conflict(format!(
+        return Err(EngineError::InvalidState(format!(
             "job {job_id} is {}, not awaiting a CSR",
             job.status
         )));
@@ -103,7 +103,7 @@ pub async fn submit_csr(
         let now = engine.store.get_job(job_id).await?;
         return match now.as_ref().and_then(|j| csr_replay(j, &csr_pem)) {
             Some(replay) => Ok(replay),
-            None => Err(EngineError::Conflict(format!(
+            None => Err(EngineError::InvalidState(format!(
                 "job {job_id} is no longer awaiting a CSR"
             ))),
         };
@@ -180,7 +180,7 @@ pub async fn report_result(
         return Ok(replay);
     }
     let conflict = |job: &Job| {
-        EngineError::Conflict(format!(
+        EngineError::LeaseLost(format!(
             "job {job_id} is {} and not leased to this agent{}",
             job.status,
             req.attempt
@@ -240,7 +240,7 @@ pub async fn report_result(
         let now = engine.store.get_job(job_id).await?.ok_or_else(missing)?;
         return match result_replay(&now, agent_id, &req) {
             Some(replay) => Ok(replay),
-            None => Err(EngineError::Conflict(format!(
+            None => Err(EngineError::LeaseLost(format!(
                 "the lease on job {job_id} was lost"
             ))),
         };

@@ -673,6 +673,8 @@ mod tests {
             target_options: serde_json::json!({}),
             renewal_info_at: None,
             open_issuance: 0,
+            retired_at: None,
+            disabled_reason: None,
         }
     }
 

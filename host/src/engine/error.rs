@@ -9,10 +9,13 @@ pub enum EngineError {
     /// No such thing, as far as the caller may know.
     #[error("{0} not found")]
     NotFound(String),
-    /// The thing is not in a state that allows this (lease lost, job
-    /// moved on, a different CSR already accepted).
+    /// The thing is not in a state that allows this (job moved on, a
+    /// different CSR already accepted).
     #[error("{0}")]
-    Conflict(String),
+    InvalidState(String),
+    /// The caller's lease on the job expired or passed to another attempt.
+    #[error("{0}")]
+    LeaseLost(String),
     /// The request itself is wrong (a CSR for other names, a failure
     /// without an error).
     #[error("{0}")]

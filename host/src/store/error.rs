@@ -120,6 +120,10 @@ pub enum StoreError {
     #[error("{0} already exists")]
     AlreadyExists(String),
 
+    /// The one open job a certificate may have at a time already exists.
+    #[error("{0} already exists")]
+    OpenJobExists(String),
+
     /// A transition the state machine forbids.
     #[error("illegal job transition {from} -> {to}")]
     IllegalTransition {
@@ -146,6 +150,15 @@ impl StoreError {
                 StoreError::AlreadyExists(what.into())
             }
             _ => StoreError::Database(err),
+        }
+    }
+
+    /// Maps the one-open-job-per-certificate index's violation to
+    /// [`StoreError::OpenJobExists`]: a state conflict, not a taken name.
+    pub(crate) fn from_job_insert(what: impl Into<String>, err: sqlx::Error) -> StoreError {
+        match StoreError::from_insert(what, err) {
+            StoreError::AlreadyExists(what) => StoreError::OpenJobExists(what),
+            other => other,
         }
     }
 }

@@ -49,6 +49,7 @@ pub use repo::host_meta::BOOTSTRAP_ADMIN_META;
 pub use repo::notices::{AlertChange, Notice, SendWhen};
 pub use repo::outcomes::{Committed, Guard, JobEnd, Outcome};
 pub use repo::reclaim::Reclaimed;
+pub use repo::inventory::InventoryFilter;
 pub use repo::signals::{Received, SignalListener, WAKE_CHANNEL};
 
 /// Result type of the store.

@@ -422,7 +422,7 @@ async fn csr_flow(b: Backend) {
     let other = good.replace("MII", "MIJ");
     let r = app.post(&path, &cred, json!({ "csr_pem": other })).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
-    assert_eq!(error_code(&r), "conflict");
+    assert_eq!(error_code(&r), "invalid_state");
     // And it is no longer handed out.
     assert!(jobs(&poll(&app, &cred, 0).await).is_empty());
 }
@@ -664,10 +664,10 @@ async fn retirement_outcomes(b: Backend) {
         .call(Method::DELETE, &del(&id, ""), Some(&app.admin), None)
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
-    assert_eq!(error_code(&r), "conflict");
+    assert_eq!(error_code(&r), "invalid_state");
     assert_eq!(
-        r.json["counts"],
-        json!({ "active_targets": 2, "active_certificates": 0, "pending_jobs": 1 })
+        r.json["error"]["details"]["counts"],
+        json!({ "active_targets": 2, "active_certificates": 0, "open_jobs": 1 })
     );
 
     // 400: force without a reason (also a blank one).
@@ -692,9 +692,13 @@ async fn retirement_outcomes(b: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.json["targets_retired"], 2);
-    assert_eq!(r.json["jobs_cancelled"], 1);
-    assert_eq!(r.json["agent"]["status"], "retired");
+    assert_eq!(r.json["status"], "retired");
+    assert_eq!(r.json["dependencies"]["active_targets"], 0);
+    assert_eq!(
+        count(&app.store, "SELECT COUNT(*) FROM jobs WHERE status = 'cancelled'").await,
+        1
+    );
+    let first = r.json.clone();
     let agent = app.store.get_agent(&id).await.unwrap().unwrap();
     for t in [&target, &other] {
         let t = app.store.get_target(&t.id).await.unwrap().unwrap();
@@ -703,7 +707,7 @@ async fn retirement_outcomes(b: Backend) {
     }
     let audits = audit_count(&app, "agent", &id).await;
 
-    // 204 replay, no new audit row, empty body.
+    // A replay is the same 200 with the same agent, and no new audit row.
     let r = app
         .call(
             Method::DELETE,
@@ -712,12 +716,13 @@ async fn retirement_outcomes(b: Backend) {
             None,
         )
         .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert!(r.text.is_empty());
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json, first);
     let r = app
         .call(Method::DELETE, &del(&id, ""), Some(&app.admin), None)
         .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json, first);
     assert_eq!(audit_count(&app, "agent", &id).await, audits);
     assert_eq!(
         count(
@@ -734,7 +739,7 @@ async fn retirement_outcomes(b: Backend) {
         .call(Method::DELETE, &del(&free, ""), Some(&app.admin), None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.json["targets_retired"], 0);
+    assert_eq!(r.json["status"], "retired");
 }
 
 async fn listing(b: Backend) {

@@ -129,3 +129,68 @@ async fn openapi_document_lists_every_route() {
         }
     }
 }
+
+/// The envelope always has all five fields; deserializer complaints name
+/// the field in `param` and the message; a duplicate name is `name_taken`,
+/// a wrong state `invalid_state`, and structured context sits in
+/// `error.details`.
+async fn error_envelope_is_specific(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let issuer = certplane_testkit::fixtures::issuer(&app.store).await;
+    let fields = |r: &certplane_testkit::app::Reply| {
+        let err = r.json["error"].as_object().cloned().unwrap_or_default();
+        let mut keys: Vec<String> = err.keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let all = ["code", "details", "message", "param", "request_id"];
+
+    // A wrongly typed field inside an array.
+    let r = app
+        .post(
+            "/api/v1/certificates",
+            &app.operator,
+            json!({ "name": "a", "common_name": "a.example.com", "issuer_id": issuer.id, "sans": ["ok.example.com", 7] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(error_code(&r), "validation_failed");
+    assert_eq!(r.json["error"]["param"], "sans[1]", "{}", r.text);
+    assert!(
+        r.json["error"]["message"].as_str().unwrap().contains("`sans[1]`"),
+        "{}",
+        r.text
+    );
+    assert_eq!(fields(&r), all);
+
+    // A missing field.
+    let r = app
+        .post("/api/v1/certificates", &app.operator, json!({ "name": "a" }))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert!(r.json["error"]["param"].is_string(), "{}", r.text);
+
+    // A query parameter that does not parse.
+    let r = app
+        .get("/api/v1/certificates?per_page=lots", &app.reader)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.json["error"]["param"], "per_page", "{}", r.text);
+    assert_eq!(fields(&r), all);
+
+    // The same name twice.
+    let body = json!({ "name": "dup", "common_name": "dup.example.com", "issuer_id": issuer.id });
+    let r = app.post("/api/v1/certificates", &app.operator, body.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app.post("/api/v1/certificates", &app.operator, body).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(error_code(&r), "name_taken");
+    assert_eq!(fields(&r), all);
+
+    // An error without a field or context still carries both, as null.
+    let r = app.get("/api/v1/nope", &app.reader).await;
+    assert_eq!(fields(&r), all);
+    assert!(r.json["error"]["param"].is_null() && r.json["error"]["details"].is_null());
+}
+
+certplane_testkit::both_backends!(error_envelope_is_specific);

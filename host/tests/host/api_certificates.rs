@@ -131,7 +131,10 @@ async fn certificate_crud(backend: Backend) {
 
     // Filters.
     assert_eq!(total(&app, "/api/v1/certificates?status=active").await, 2);
-    assert_eq!(total(&app, "/api/v1/certificates?status=retired").await, 0);
+    assert_eq!(
+        total(&app, "/api/v1/certificates?status=retired&include_retired=true").await,
+        0
+    );
     assert_eq!(
         total(&app, "/api/v1/certificates?expiring_within_days=30").await,
         1
@@ -533,8 +536,9 @@ async fn update_and_retire(backend: Backend) {
         .call(Method::DELETE, &path, Some(&app.operator), None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.json["certificate"]["status"], "retired");
-    assert_eq!(r.json["cancelled_jobs"], 1);
+    assert_eq!(r.json["status"], "retired");
+    assert!(r.json["retired_at"].is_string(), "{}", r.text);
+    let retired = r.json.clone();
     let open = app
         .store
         .list_jobs(&JobFilter {
@@ -550,7 +554,8 @@ async fn update_and_retire(backend: Backend) {
     let r = app
         .call(Method::DELETE, &path, Some(&app.operator), None)
         .await;
-    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json, retired);
     let r = patch(json!({ "status": "active" })).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     let r = app
@@ -576,7 +581,7 @@ async fn revoke(backend: Backend) {
         .post(&path, &app.operator, json!({ "reason": "key-compromise" }))
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
-    assert_eq!(error_code(&r), "conflict");
+    assert_eq!(error_code(&r), "invalid_state");
     let jobs = |store: Store, id: String| async move {
         store
             .list_jobs(&JobFilter {

@@ -166,10 +166,11 @@ async fn dns_solver_crud(backend: Backend) {
     assert_eq!(row.settings["ttl"], 120);
 
     let r = delete(&app, &path).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = app.get(&path, &app.reader).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(delete(&app, &path).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json["retired_at"].is_string(), "{}", r.text);
+    assert_eq!(delete(&app, &path).await.status, StatusCode::OK);
     assert_eq!(total(&app, SOLVERS).await, 0);
 
     let audited = count(
@@ -313,9 +314,9 @@ async fn issuer_routes_name_existing_solvers(backend: Backend) {
     let solver_path = format!("{SOLVERS}/{solver}");
     let r = delete(&app, &solver_path).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
-    assert_eq!(r.json["counts"]["issuers"], 1);
-    assert_eq!(r.json["counts"]["live_challenges"], 0);
-    assert_eq!(r.json["issuers"], json!([issuer]));
+    assert_eq!(r.json["error"]["details"]["counts"]["issuers"], 1);
+    assert_eq!(r.json["error"]["details"]["counts"]["live_challenges"], 0);
+    assert_eq!(r.json["error"]["details"]["issuers"], json!([issuer]));
     assert!(
         message(&r).contains("grants.challenges.dns_01"),
         "{}",
@@ -343,12 +344,12 @@ async fn issuer_routes_name_existing_solvers(backend: Backend) {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = delete(&app, &solver_path).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     // Grants without challenges free the second one too.
     let r = patch(&app, &issuer_path, json!({ "grants": {} })).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = delete(&app, &format!("{SOLVERS}/{second}")).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(total(&app, SOLVERS).await, 0);
 }
 
@@ -389,8 +390,8 @@ async fn live_challenges_keep_a_solver(backend: Backend) {
         .await;
         let r = delete(&app, &path).await;
         assert_eq!(r.status, StatusCode::CONFLICT, "{state}: {}", r.text);
-        assert_eq!(r.json["counts"]["live_challenges"], 1, "{state}");
-        assert_eq!(r.json["counts"]["issuers"], 0, "{state}");
+        assert_eq!(r.json["error"]["details"]["counts"]["live_challenges"], 1, "{state}");
+        assert_eq!(r.json["error"]["details"]["counts"]["issuers"], 0, "{state}");
         assert!(message(&r).contains("1 challenge(s)"), "{}", r.text);
         assert!(!message(&r).contains("issuer(s)"), "{}", r.text);
     }
@@ -400,7 +401,7 @@ async fn live_challenges_keep_a_solver(backend: Backend) {
     )
     .await;
     let r = delete(&app, &path).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
 
 /// The store itself refuses an issuer routed to a missing solver, on
@@ -425,7 +426,7 @@ async fn store_refuses_routes_to_missing_solvers(backend: Backend) {
     let issuer = app.store.create_issuer(new).await.unwrap();
     let err = app
         .store
-        .update_issuer(&issuer.id, &json!({}), None, &grants(&new_id()))
+        .update_issuer(&issuer.id, &json!({}), None, &grants(&new_id()), None)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
@@ -438,15 +439,23 @@ async fn store_refuses_routes_to_missing_solvers(backend: Backend) {
             .grants,
         grants(&solver)
     );
-    assert!(!app.store.delete_dns_solver(&solver).await.unwrap());
+    assert!(!app.store.retire_dns_solver(&solver).await.unwrap());
     let (issuers, live) = app.store.dns_solver_usage(&solver).await.unwrap();
     assert_eq!((issuers, live), (vec![issuer.id.clone()], 0));
     app.store
-        .update_issuer(&issuer.id, &json!({}), None, &json!({}))
+        .update_issuer(&issuer.id, &json!({}), None, &json!({}), None)
         .await
         .unwrap();
-    assert!(app.store.delete_dns_solver(&solver).await.unwrap());
-    assert!(app.store.get_dns_solver(&solver).await.unwrap().is_none());
+    assert!(app.store.retire_dns_solver(&solver).await.unwrap());
+    let retired = app.store.get_dns_solver(&solver).await.unwrap().unwrap();
+    assert!(retired.retired_at.is_some());
+    // A retired solver takes no routes.
+    let err = app
+        .store
+        .update_issuer(&issuer.id, &json!({}), None, &grants(&solver), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
 }
 
 both_backends!(

@@ -146,14 +146,16 @@ async fn issuer_crud(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_no_secret(&r, &ca2.1);
 
+    // DELETE retires: still readable, hidden from the list, idempotent.
     let r = delete(&app, &path, &app.operator).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.json["retired_at"].is_string(), "{}", r.text);
     let r = app.get(&path, &app.reader).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(error_code(&r), "not_found");
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json["retired_at"].is_string(), "{}", r.text);
     assert_eq!(total(&app, "/api/v1/issuers").await, 0);
     let r = delete(&app, &path, &app.operator).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.status, StatusCode::OK);
 
     let audited = count(
         &app.store,
@@ -163,7 +165,7 @@ async fn issuer_crud(backend: Backend) {
         ),
     )
     .await;
-    assert_eq!(audited, 4, "create, two updates, delete");
+    assert_eq!(audited, 4, "create, two updates, retire");
     let leaked = count(
         &app.store,
         &format!(
@@ -591,8 +593,8 @@ async fn targets_crud_and_in_use(backend: Backend) {
     let cert = fixtures::certificate(&app.store, &issuer.id, Some(&id), KeySource::Host).await;
     let r = delete(&app, &path, &app.operator).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
-    assert_eq!(error_code(&r), "conflict");
-    assert_eq!(r.json["counts"]["certificates"], 1);
+    assert_eq!(error_code(&r), "invalid_state");
+    assert_eq!(r.json["error"]["details"]["counts"]["certificates"], 1);
     let r = delete(
         &app,
         &format!("/api/v1/issuers/{}", issuer.id),
@@ -609,21 +611,22 @@ async fn targets_crud_and_in_use(backend: Backend) {
         .await
         .unwrap();
     let r = delete(&app, &path, &app.operator).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(total(&app, "/api/v1/targets").await, 1);
     assert_eq!(total(&app, "/api/v1/targets?include_retired=true").await, 2);
     let r = app.get(&path, &app.reader).await;
     assert!(r.json["retired_at"].is_string(), "{}", r.text);
     let r = patch(&app, &path, &app.operator, json!({ "settings": {} })).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    // The issuer is still referenced by the retired certificate.
+    // Only a retired certificate names the issuer: it can be retired
+    // (the certificate's versions keep naming it).
     let r = delete(
         &app,
         &format!("/api/v1/issuers/{}", issuer.id),
         &app.operator,
     )
     .await;
-    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let audited = count(
         &app.store,
         &format!("SELECT COUNT(*) FROM audit_events WHERE subject_type = 'target' AND subject_id = '{id}'"),
@@ -679,15 +682,16 @@ async fn notifiers_list_get_delete(backend: Backend) {
         .unwrap();
     let r = delete(&app, &path, &app.operator).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
-    assert_eq!(r.json["counts"]["open_notifications"], 1);
+    assert_eq!(r.json["error"]["details"]["counts"]["open_notifications"], 1);
     assert_eq!(total(&app, "/api/v1/notifiers").await, 1);
     certplane_testkit::exec(&app.store, "UPDATE notifications SET status = 'sent'").await;
     let r = delete(&app, &path, &app.operator).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(total(&app, "/api/v1/notifiers").await, 0);
+    // Retired, not erased: its delivery history stays.
     assert_eq!(
         count(&app.store, "SELECT COUNT(*) FROM notifications").await,
-        0
+        1
     );
 }
 

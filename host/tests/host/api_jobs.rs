@@ -101,7 +101,7 @@ async fn jobs_list_filter_paginate_and_etag(b: Backend) {
     let newest_first: Vec<String> = created.iter().rev().map(|j| j.id.clone()).collect();
     assert_eq!(ids(&r), newest_first);
 
-    let r = app.get("/api/v1/jobs?type=deployment", &app.reader).await;
+    let r = app.get("/api/v1/jobs?job_type=deployment", &app.reader).await;
     assert_eq!(r.json["total"], 2, "{}", r.text);
     for job in r.json["items"].as_array().unwrap() {
         assert_eq!(job["job_type"], "deployment");
@@ -117,7 +117,7 @@ async fn jobs_list_filter_paginate_and_etag(b: Backend) {
     let r = app
         .get(
             &format!(
-                "/api/v1/jobs?certificate_id={}&type=deployment&status=pending",
+                "/api/v1/jobs?certificate_id={}&job_type=deployment&status=pending",
                 cert.id
             ),
             &app.reader,
@@ -199,7 +199,7 @@ async fn cancel_and_retry(b: Backend) {
     assert!(r.json["finished_at"].is_string());
     let r = app.post(&path, &app.operator, json!({})).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert_eq!(error_code(&r), "conflict");
+    assert_eq!(error_code(&r), "invalid_state");
     let events = store
         .list_audit_events(Some("job"), Some(&job.id), 10)
         .await
@@ -290,7 +290,7 @@ async fn cancel_and_retry(b: Backend) {
     assert!(claimed.iter().any(|j| j.id == failed.id));
     let r = post_empty(&app, &path, &app.operator).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "running job: {}", r.text);
-    assert_eq!(error_code(&r), "conflict");
+    assert_eq!(error_code(&r), "invalid_state");
     let pending = store
         .create_job(NewJob::new(JobType::Revocation))
         .await
@@ -683,7 +683,9 @@ async fn bad_query_params_get_the_400_envelope(b: Backend) {
     let app = TestApp::new(b).await;
     for path in [
         "/api/v1/jobs?status=bogus",
-        "/api/v1/jobs?type=teleport",
+        "/api/v1/jobs?job_type=teleport",
+        // The old name of the job-type filter is refused, not ignored.
+        "/api/v1/jobs?type=deployment",
         "/api/v1/jobs?per_page=0",
         "/api/v1/jobs?per_page=501",
         "/api/v1/jobs?page=0",

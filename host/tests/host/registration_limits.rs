@@ -78,7 +78,7 @@ impl Caller {
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["error"]["code"], "rate_limited", "{json}");
             assert_eq!(
-                json["retry_after_secs"].as_u64(),
+                json["error"]["details"]["retry_after_secs"].as_u64(),
                 retry_after,
                 "body and header agree"
             );

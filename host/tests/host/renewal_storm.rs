@@ -300,7 +300,7 @@ async fn ready(store: &Store) -> usize {
     let now = certplane_host::store::now() + chrono::Duration::seconds(1);
     let mut n = 0;
     for cert in store
-        .list_certificates(None, None, 0, 10_000)
+        .list_certificates(false, None, None, 0, 10_000)
         .await
         .unwrap()
     {

@@ -310,6 +310,7 @@ async fn agent_claim_scope(b: Backend) {
                 actor: "test".into(),
                 actor_type: ActorType::User,
                 notices: Vec::new(),
+                move_to_target: None,
             },
         )
         .await

@@ -11,6 +11,7 @@ fn req(force: bool, reason: Option<&str>) -> RetireAgent {
         actor: "admin".into(),
         actor_type: ActorType::User,
         notices: Vec::new(),
+        move_to_target: None,
     }
 }
 
@@ -111,6 +112,7 @@ async fn retirement_rules(b: Backend) {
         agent: retired,
         targets_retired,
         jobs_cancelled,
+        ..
     } = out
     else {
         panic!("expected Retired, got {out:?}");

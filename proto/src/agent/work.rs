@@ -52,6 +52,7 @@ pub struct WorkQuery {
     /// (default 0; capped at the host's `api.long_poll_max_secs`).
     pub wait_secs: Option<u64>,
     /// Most jobs to claim (1–100, default 10).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 

@@ -163,7 +163,7 @@ async fn certificate_is_issued_and_deployed_through_the_https_api() {
     let deployment = loop {
         let jobs = get(
             &client,
-            &format!("/jobs?certificate_id={cert_id}&type=deployment"),
+            &format!("/jobs?certificate_id={cert_id}&job_type=deployment"),
         )
         .await;
         let items = jobs["items"].as_array().cloned().unwrap_or_default();

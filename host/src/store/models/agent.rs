@@ -90,6 +90,11 @@ pub struct RetireAgent {
     /// Notices queued with the retirement (`agent.retired`), only when it
     /// happens.
     pub notices: Vec<crate::store::Notice>,
+    /// With `force`: the target the certificates whose keys the agent held
+    /// move to (instead of being disabled). Another agent's target gets a
+    /// new key there by a renewal made due at once; a target the host runs
+    /// makes the host generate the key (`key_source` becomes `host`).
+    pub move_to_target: Option<String>,
 }
 
 /// Result of a retirement request. Suggested HTTP mapping in brackets.
@@ -104,8 +109,14 @@ pub enum RetireOutcome {
         targets_retired: u64,
         /// Open jobs cancelled with it (force only).
         jobs_cancelled: u64,
+        /// Certificates whose keys it held, disabled with
+        /// `disabled_reason` (force without `move_to_target`).
+        certificates_disabled: u64,
+        /// Certificates whose keys it held, moved to `move_to_target` and
+        /// due for a renewal there.
+        certificates_moved: u64,
     },
-    /// Was already retired; nothing changed [204].
+    /// Was already retired; nothing changed [200, the agent as it is].
     AlreadyRetired {
         /// The agent.
         agent: Agent,
@@ -114,6 +125,9 @@ pub enum RetireOutcome {
     Blocked(AgentDependencies),
     /// `force` without a non-empty `reason` [400].
     ReasonRequired,
+    /// `move_to_target` is unusable (unknown, retired, on this agent, or
+    /// given without `force`) [422]; nothing changed.
+    BadMoveTarget(String),
     /// Sentinel agents cannot be retired, even with force [403].
     Sentinel,
     /// No such agent [404].

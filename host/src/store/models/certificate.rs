@@ -78,6 +78,11 @@ pub struct Certificate {
     /// 1, kept by the database's triggers. The renewal sweep reads only
     /// certificates at 0.
     pub open_issuance: i64,
+    /// Retired since (status `retired`).
+    pub retired_at: Option<DateTime<Utc>>,
+    /// Why the host disabled it by itself (its key-holding agent was
+    /// retired); `None` when active or disabled by an operator.
+    pub disabled_reason: Option<String>,
 }
 
 /// Per-certificate connector options: JSON objects handed to the issuer

@@ -13,7 +13,10 @@ pub use agent::{
     Agent, AgentDependencies, AgentStatus, HeartbeatOutcome, NewAgent, RetireAgent, RetireOutcome,
     SENTINEL_AGENT_ID,
 };
-pub use audit::{ActorType, ApiKey, ApiScope, AuditEvent, NewApiKey, NewAuditEvent};
+pub use audit::{
+    API_KEY_USE_PRECISION, ActorType, ApiKey, ApiKeyRevocation, ApiKeyStatus, ApiScope, AuditEvent,
+    NewApiKey, NewAuditEvent,
+};
 pub use certificate::{
     Certificate, CertificateOptions, CertificateStatus, CertificateVersion, KeySource,
     NewCertificate, NewCertificateVersion, renewal_due_at,

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-/// An issuer or notifier instance (same shape; different tables).
+/// An issuer, notifier or dns-solver instance (same shape; different
+/// tables).
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct PluginInstance {
     /// UUID text.
@@ -30,6 +31,8 @@ pub struct PluginInstance {
     pub updated_at: DateTime<Utc>,
     /// Disabled since.
     pub disabled_at: Option<DateTime<Utc>>,
+    /// Retired since (`DELETE` retires; the row stays readable).
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
 /// Input for creating an issuer or notifier instance.

@@ -170,13 +170,18 @@ FROM c WHERE jobs.id = c.id";
 
 /// Set-based renewal enqueue: one issuance (never issued) or renewal job for
 /// every active certificate with `renew_at <= $1` and no open
-/// issuance/renewal job; `$2` max attempts, `$3` limit. Concurrent callers
+/// issuance/renewal job; `$2` max attempts, `$3` limit, `$4` now in Unix
+/// milliseconds (job ids are UUIDv7: a random UUID's first 15 characters
+/// replaced by the time and the version). Concurrent callers
 /// collide on the partial unique index `jobs_one_open_issuance`, and ON
 /// CONFLICT DO NOTHING turns that into a no-op.
 pub(crate) const ENQUEUE_RENEWALS: &str = "
 INSERT INTO jobs (id, job_type, status, certificate_id, agent_id, attempts, max_attempts,
                   run_at, created_at, updated_at)
-SELECT gen_random_uuid()::text,
+SELECT overlay(gen_random_uuid()::text
+               placing lpad(to_hex($4::bigint >> 16), 8, '0') || '-'
+                       || lpad(to_hex($4::bigint & 65535), 4, '0') || '-7'
+               from 1 for 15),
        CASE WHEN c.current_version_id IS NULL THEN 'issuance' ELSE 'renewal' END,
        CASE WHEN c.key_source = 'agent' THEN 'awaiting_csr' ELSE 'pending' END,
        c.id, 'host', 0, $2, $1, $1, $1

@@ -5,7 +5,8 @@ use crate::store::repo::insert_audit;
 use crate::store::repo::notices::queue_notices;
 use crate::store::{
     Agent, AgentDependencies, AgentStatus, BeginWrite, HeartbeatOutcome, NewAgent, NewAuditEvent,
-    RetireAgent, RetireOutcome, Store, StoreError, StoreResult, new_id, on_read, on_write,
+    RetireAgent, RetireOutcome, SENTINEL_AGENT_ID, Store, StoreError, StoreResult, new_id,
+    on_read, on_write,
 };
 
 /// Dependency counts of agent `$1` (see [`AgentDependencies`]).
@@ -37,6 +38,32 @@ WHERE status IN ('pending', 'awaiting_csr', 'awaiting_approval', 'polling', 'run
        OR (status = 'awaiting_csr' AND certificate_id IN
             (SELECT c.id FROM certificates c JOIN targets t ON t.id = c.target_id
               WHERE t.agent_id = $1)))";
+
+/// Certificates whose private key agent `$1` holds: agent key mode with
+/// the key-holding target on that agent (retired targets included: a
+/// forced retirement retires them in the same transaction).
+const KEY_HELD_CERTIFICATES_SQL: &str = "
+SELECT id, target_id FROM certificates
+WHERE key_source = 'agent' AND status <> 'retired'
+  AND target_id IN (SELECT id FROM targets WHERE agent_id = $1)
+ORDER BY id";
+
+/// Cancels certificate `$1`'s issuance and renewal jobs that have not
+/// started (`$2` now, `$3` why): with its key holder gone, no CSR comes.
+const CANCEL_KEY_JOBS_SQL: &str = "
+UPDATE jobs SET status = 'cancelled', finished_at = $2, updated_at = $2,
+       lease_owner = NULL, lease_expires_at = NULL, last_error = $3
+WHERE certificate_id = $1 AND job_type IN ('issuance', 'renewal')
+  AND status IN ('pending', 'awaiting_csr', 'awaiting_approval', 'polling', 'failed')";
+
+/// What a forced retirement does with the certificates whose keys the agent
+/// held.
+enum KeyHolderPlan {
+    /// Disable them (`disabled_reason` says why).
+    Disable,
+    /// Move them to this target, run by this agent (`host` or another one).
+    Move { target_id: String, agent_id: String },
+}
 
 impl Store {
     /// Registers an agent (status active) and returns it.
@@ -169,9 +196,15 @@ impl Store {
     /// * unknown → `NotFound`; sentinel → `Sentinel` (even with force);
     /// * already retired → `AlreadyRetired` (idempotent, nothing changes);
     /// * dependencies and no `force` → `Blocked(counts)`;
+    /// * `move_to_target` without `force`, or naming a target that is not
+    ///   an active target of another active agent → `BadMoveTarget`;
     /// * otherwise `Retired`: the agent gets `retired_at`/`retired_reason`,
     ///   and with `force` its active targets get the **same** timestamp and
-    ///   reason and its open jobs are cancelled; an audit event is written.
+    ///   reason, its open jobs are cancelled, and the certificates whose
+    ///   keys it held get their open issuance/renewal jobs cancelled and are
+    ///   disabled (`disabled_reason`) or moved to `move_to_target` and made
+    ///   due; an audit event is written for the agent and for each of those
+    ///   certificates.
     pub async fn retire_agent(
         &self,
         agent_id: &str,
@@ -185,6 +218,11 @@ impl Store {
             .map(str::to_owned);
         if req.force && reason.is_none() {
             return Ok(RetireOutcome::ReasonRequired);
+        }
+        if req.move_to_target.is_some() && !req.force {
+            return Ok(RetireOutcome::BadMoveTarget(
+                "move_to_target applies to a forced retirement (force=true)".into(),
+            ));
         }
         let now = now();
         let lock_suffix = match self.backend {
@@ -229,9 +267,126 @@ impl Store {
             .bind(reason.clone())
             .fetch_one(&mut *tx)
             .await?;
+            let plan = match &req.move_to_target {
+                None => KeyHolderPlan::Disable,
+                Some(target_id) => {
+                    let target: Option<(String,)> = sqlx::query_as(&format!(
+                        "SELECT t.agent_id FROM targets t JOIN agents a ON a.id = t.agent_id
+                         WHERE t.id = $1 AND t.retired_at IS NULL AND a.status = 'active'{lock_suffix}"
+                    ))
+                    .bind(target_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match target {
+                        Some((owner,)) if owner != agent_id => KeyHolderPlan::Move {
+                            target_id: target_id.clone(),
+                            agent_id: owner,
+                        },
+                        Some(_) => {
+                            return Ok(RetireOutcome::BadMoveTarget(format!(
+                                "move_to_target {target_id:?} is run by the agent being retired"
+                            )));
+                        }
+                        None => {
+                            return Ok(RetireOutcome::BadMoveTarget(format!(
+                                "move_to_target {target_id:?} is not an active target of an \
+                                 active agent"
+                            )));
+                        }
+                    }
+                }
+            };
             let (mut targets_retired, mut jobs_cancelled) = (0, 0);
+            let (mut certificates_disabled, mut certificates_moved) = (0, 0);
             if req.force {
                 let why = reason.clone().unwrap_or_default();
+                // The certificates whose keys it held first: read before its
+                // targets are retired, handled in this transaction so the
+                // renewal sweep never sees them active with a retired key
+                // holder (it would create CSR jobs nobody answers).
+                let held: Vec<(String, Option<String>)> =
+                    sqlx::query_as(KEY_HELD_CERTIFICATES_SQL)
+                        .bind(agent_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let holder_gone = format!("key holder agent {agent_id} was retired");
+                for (certificate_id, old_target) in &held {
+                    let cancelled = sqlx::query(CANCEL_KEY_JOBS_SQL)
+                        .bind(certificate_id)
+                        .bind(ts(now))
+                        .bind(&holder_gone)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    jobs_cancelled += cancelled;
+                    let event = match &plan {
+                        KeyHolderPlan::Disable => {
+                            sqlx::query(
+                                "UPDATE certificates SET status = 'disabled', disabled_reason = $2,
+                                        updated_at = $3
+                                 WHERE id = $1",
+                            )
+                            .bind(certificate_id)
+                            .bind(&holder_gone)
+                            .bind(ts(now))
+                            .execute(&mut *tx)
+                            .await?;
+                            certificates_disabled += 1;
+                            NewAuditEvent {
+                                actor: req.actor.clone(),
+                                actor_type: req.actor_type,
+                                action: "certificate.disable".into(),
+                                subject_type: "certificate".into(),
+                                subject_id: Some(certificate_id.clone()),
+                                details: serde_json::json!({
+                                    "reason": holder_gone,
+                                    "agent_id": agent_id,
+                                    "jobs_cancelled": cancelled,
+                                }),
+                            }
+                        }
+                        KeyHolderPlan::Move {
+                            target_id,
+                            agent_id: new_agent,
+                        } => {
+                            // A new key where it goes: the host's for a
+                            // target the host runs, else that agent's; the
+                            // renewal made due now brings it.
+                            let key_source = if new_agent == SENTINEL_AGENT_ID {
+                                "host"
+                            } else {
+                                "agent"
+                            };
+                            sqlx::query(
+                                "UPDATE certificates SET target_id = $2, key_source = $3,
+                                        renew_at = $4, updated_at = $4, disabled_reason = NULL
+                                 WHERE id = $1",
+                            )
+                            .bind(certificate_id)
+                            .bind(target_id)
+                            .bind(key_source)
+                            .bind(ts(now))
+                            .execute(&mut *tx)
+                            .await?;
+                            certificates_moved += 1;
+                            NewAuditEvent {
+                                actor: req.actor.clone(),
+                                actor_type: req.actor_type,
+                                action: "certificate.move".into(),
+                                subject_type: "certificate".into(),
+                                subject_id: Some(certificate_id.clone()),
+                                details: serde_json::json!({
+                                    "reason": holder_gone,
+                                    "from_target_id": old_target,
+                                    "to_target_id": target_id,
+                                    "key_source": key_source,
+                                    "jobs_cancelled": cancelled,
+                                }),
+                            }
+                        }
+                    };
+                    insert_audit!(&mut *tx, now, &event)?;
+                }
                 targets_retired = sqlx::query(
                     "UPDATE targets SET retired_at = $2, retired_reason = $3, updated_at = $2
                      WHERE agent_id = $1 AND retired_at IS NULL",
@@ -242,7 +397,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                jobs_cancelled = sqlx::query(CANCEL_AGENT_JOBS_SQL)
+                jobs_cancelled += sqlx::query(CANCEL_AGENT_JOBS_SQL)
                     .bind(agent_id)
                     .bind(ts(now))
                     .bind(format!("agent retired: {why}"))
@@ -261,6 +416,9 @@ impl Store {
                     "reason": reason,
                     "targets_retired": targets_retired,
                     "jobs_cancelled": jobs_cancelled,
+                    "certificates_disabled": certificates_disabled,
+                    "certificates_moved": certificates_moved,
+                    "move_to_target": req.move_to_target,
                 }),
             };
             insert_audit!(&mut *tx, now, &event)?;
@@ -270,6 +428,8 @@ impl Store {
                 agent,
                 targets_retired,
                 jobs_cancelled,
+                certificates_disabled,
+                certificates_moved,
             })
         })
     }

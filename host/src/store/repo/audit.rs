@@ -1,14 +1,10 @@
-//! Audit events and API keys.
+//! Audit events (API keys: `api_keys.rs`).
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
 
-use crate::store::codec::{now, opt_ts, ts};
+use crate::store::codec::{now, opt_ts};
 use crate::store::repo::{insert_audit, sql_limit};
-use crate::store::{
-    ApiKey, AuditEvent, NewApiKey, NewAuditEvent, Store, StoreError, StoreResult, new_id, on_read,
-    on_write,
-};
+use crate::store::{AuditEvent, NewAuditEvent, Store, StoreResult, on_read, on_write};
 
 /// WHERE clause of the audit listing: `$1` subject type, `$2` subject id,
 /// `$3` actor, `$4` since, `$5` until (each NULL for "any"). Valid on both
@@ -84,49 +80,5 @@ impl Store {
             (events, total)
         });
         Ok((events, u64::try_from(total).unwrap_or(0)))
-    }
-
-    /// Stores a new API key (its hash) and returns the row.
-    pub async fn create_api_key(&self, new: NewApiKey) -> StoreResult<ApiKey> {
-        let now = now();
-        on_write!(self, |pool| {
-            sqlx::query_as::<_, ApiKey>(
-                "INSERT INTO api_keys (id, name, key_hash, scopes, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
-            )
-            .bind(new_id())
-            .bind(&new.name)
-            .bind(&new.key_hash)
-            .bind(Json(&new.scopes))
-            .bind(ts(now))
-            .bind(opt_ts(new.expires_at))
-            .fetch_one(pool)
-            .await
-            .map_err(|e| StoreError::from_insert("API key with this hash", e))
-        })
-    }
-
-    /// Looks up an API key by hash (check [`ApiKey::is_usable`]).
-    pub async fn find_api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
-        Ok(on_read!(self, |pool| {
-            sqlx::query_as::<_, ApiKey>("SELECT * FROM api_keys WHERE key_hash = $1")
-                .bind(key_hash)
-                .fetch_optional(pool)
-                .await?
-        }))
-    }
-
-    /// Revokes an API key; false if unknown or already revoked.
-    pub async fn revoke_api_key(&self, id: &str) -> StoreResult<bool> {
-        let now = now();
-        Ok(on_write!(self, |pool| {
-            sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-                .bind(id)
-                .bind(ts(now))
-                .execute(pool)
-                .await?
-                .rows_affected()
-                == 1
-        }))
     }
 }

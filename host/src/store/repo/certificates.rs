@@ -162,7 +162,8 @@ impl Store {
         }))
     }
 
-    /// Sets a certificate's status; false if unknown.
+    /// Sets a certificate's status (and `retired_at` with it); false if
+    /// unknown.
     pub async fn set_certificate_status(
         &self,
         id: &str,
@@ -170,7 +171,11 @@ impl Store {
     ) -> StoreResult<bool> {
         let now = now();
         Ok(on_write!(self, |pool| {
-            sqlx::query("UPDATE certificates SET status = $2, updated_at = $3 WHERE id = $1")
+            sqlx::query(
+                "UPDATE certificates SET status = $2, updated_at = $3,
+                        retired_at = CASE WHEN $2 = 'retired' THEN COALESCE(retired_at, $3) END
+                 WHERE id = $1",
+            )
                 .bind(id)
                 .bind(status)
                 .bind(ts(now))
@@ -183,8 +188,9 @@ impl Store {
 
     /// Changes a certificate's status, renewal window, owner or options
     /// (each when given; `owner: Some(None)` clears it). A new renewal window moves
-    /// `renew_at` with it. Refuses `Retired` (see
-    /// [`Store::retire_certificate`]). `None` if unknown.
+    /// `renew_at` with it; becoming active clears `disabled_reason`. Refuses
+    /// `Retired` (see [`Store::retire_certificate`]). `None` if unknown,
+    /// retired, or (with `unchanged_since`) changed since that `updated_at`.
     pub async fn update_certificate(
         &self,
         id: &str,
@@ -192,6 +198,7 @@ impl Store {
         renew_before_secs: Option<i64>,
         owner: Option<Option<String>>,
         options: Option<&crate::store::CertificateOptions>,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<Certificate>> {
         if status == Some(CertificateStatus::Retired) {
             return Err(StoreError::InvalidArgument(
@@ -217,6 +224,14 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else { return Ok(None) };
+            if unchanged_since.is_some_and(|at| at != row.updated_at) {
+                return Ok(None);
+            }
+            let status = status.unwrap_or(row.status);
+            let disabled_reason = match status {
+                CertificateStatus::Active => None,
+                _ => row.disabled_reason.clone(),
+            };
             let renew_before = renew_before_secs.unwrap_or(row.renew_before_secs);
             let renew_at = match (renew_before_secs, row.not_after) {
                 (Some(secs), Some(not_after)) => not_after - chrono::Duration::seconds(secs),
@@ -224,17 +239,19 @@ impl Store {
             };
             let updated = sqlx::query_as::<_, Certificate>(
                 "UPDATE certificates SET status = $2, renew_before_secs = $3, renew_at = $4,
-                        owner = $5, updated_at = $6, issuer_options = $7, target_options = $8
+                        owner = $5, updated_at = $6, issuer_options = $7, target_options = $8,
+                        disabled_reason = $9
                  WHERE id = $1 AND status <> 'retired' RETURNING *",
             )
             .bind(id)
-            .bind(status.unwrap_or(row.status))
+            .bind(status)
             .bind(renew_before)
             .bind(ts(renew_at))
             .bind(if owner_set { owner } else { row.owner.clone() })
             .bind(ts(now))
             .bind(Json(options.map_or(&row.issuer_options, |o| &o.issuer)))
             .bind(Json(options.map_or(&row.target_options, |o| &o.target)))
+            .bind(disabled_reason)
             .fetch_optional(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -252,7 +269,7 @@ impl Store {
         on_write!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let retired = sqlx::query(
-                "UPDATE certificates SET status = 'retired', updated_at = $2
+                "UPDATE certificates SET status = 'retired', retired_at = $2, updated_at = $2
                  WHERE id = $1 AND status <> 'retired'",
             )
             .bind(id)
@@ -384,7 +401,10 @@ impl Store {
     /// transaction (see [`Store::create_certificate`]); `extra_targets` are
     /// the targets beyond the key-holding `new.target_id`. `audit`, when
     /// given, is recorded in the same transaction with the new
-    /// certificate's id as its subject.
+    /// certificate's id as its subject. The issuer must exist and not be
+    /// retired ([`StoreError::InvalidArgument`] otherwise); its row is
+    /// share-locked on PostgreSQL, so a concurrent
+    /// [`Store::retire_issuer`] either sees this certificate or refuses it.
     pub async fn create_certificate_with_targets(
         &self,
         new: NewCertificate,
@@ -403,8 +423,25 @@ impl Store {
             ));
         }
         let now = now();
+        let share = match self.backend {
+            crate::store::Backend::Sqlite(_) => "",
+            crate::store::Backend::Postgres(_) => " FOR SHARE",
+        };
         on_write!(self, |pool| {
             let mut tx = pool.begin_write().await?;
+            let issuer: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT id FROM issuers WHERE id = $1 AND retired_at IS NULL{share}"
+            ))
+            .bind(&new.issuer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if issuer.is_none() {
+                tx.rollback().await?;
+                return Err(StoreError::InvalidArgument(format!(
+                    "issuer_id: no issuer {:?} (or it is retired)",
+                    new.issuer_id
+                )));
+            }
             let cert = sqlx::query_as::<_, Certificate>(
                 "INSERT INTO certificates (id, name, common_name, sans, key_type, key_source,
                      issuer_id, target_id, renew_before_secs, owner, status, renew_at,
@@ -452,11 +489,12 @@ impl Store {
         })
     }
 
-    /// Certificates by name, optionally only those in `status` and/or whose
-    /// current version expires before `expiring_before`, one page
-    /// (`offset`, `limit`).
+    /// Certificates by name (retired ones only with `include_retired`),
+    /// optionally only those in `status` and/or whose current version
+    /// expires before `expiring_before`, one page (`offset`, `limit`).
     pub async fn list_certificates(
         &self,
+        include_retired: bool,
         status: Option<CertificateStatus>,
         expiring_before: Option<DateTime<Utc>>,
         offset: u64,
@@ -468,12 +506,14 @@ impl Store {
                 "SELECT * FROM certificates
                  WHERE ($1 IS NULL OR status = $1)
                    AND ($2 IS NULL OR (not_after IS NOT NULL AND not_after < $2))
+                   AND ($5 OR status <> 'retired')
                  ORDER BY name, id LIMIT $3 OFFSET $4",
             )
             .bind(status)
             .bind(opt_ts(expiring_before))
             .bind(crate::store::repo::sql_limit(limit))
             .bind(offset)
+            .bind(include_retired)
             .fetch_all(pool)
             .await?
         }))
@@ -483,6 +523,7 @@ impl Store {
     /// pages.
     pub async fn count_certificates(
         &self,
+        include_retired: bool,
         status: Option<CertificateStatus>,
         expiring_before: Option<DateTime<Utc>>,
     ) -> StoreResult<u64> {
@@ -490,10 +531,12 @@ impl Store {
             sqlx::query_scalar(
                 "SELECT COUNT(*) FROM certificates
                  WHERE ($1 IS NULL OR status = $1)
-                   AND ($2 IS NULL OR (not_after IS NOT NULL AND not_after < $2))",
+                   AND ($2 IS NULL OR (not_after IS NOT NULL AND not_after < $2))
+                   AND ($3 OR status <> 'retired')",
             )
             .bind(status)
             .bind(opt_ts(expiring_before))
+            .bind(include_retired)
             .fetch_one(pool)
             .await?
         });

@@ -73,7 +73,7 @@ impl Store {
                 .fetch_one(pool)
                 .await
                 .map_err(|e| {
-                    StoreError::from_insert(
+                    StoreError::from_job_insert(
                         format!("open job for certificate {:?}", job.certificate_id),
                         e,
                     )
@@ -107,7 +107,7 @@ impl Store {
                     .build()
                     .execute(&mut *tx)
                     .await
-                    .map_err(|e| StoreError::from_insert("open job for a certificate", e))?
+                    .map_err(|e| StoreError::from_job_insert("open job for a certificate", e))?
                     .rows_affected();
                 tx.commit().await?;
                 n

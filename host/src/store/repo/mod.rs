@@ -5,12 +5,14 @@
 
 mod agent_challenges;
 mod agents;
+mod api_keys;
 mod audit;
 pub(crate) mod certificates;
 pub(crate) mod challenges;
 mod claims;
 mod deployments;
 pub(crate) mod host_meta;
+pub(crate) mod inventory;
 pub(crate) mod jobs;
 pub(crate) mod notices;
 mod notifications;

@@ -218,7 +218,8 @@ impl Store {
 
     /// Disables (`disabled = true`) or enables a notifier in one
     /// transaction with `audit`, which is written only when the state
-    /// changes (a repeated call changes nothing). Returns the row and
+    /// changes (a repeated call changes nothing; a retired notifier stays
+    /// disabled). Returns the row and
     /// whether it changed; `None` if the notifier does not exist.
     pub async fn set_notifier_disabled(
         &self,
@@ -232,7 +233,7 @@ impl Store {
              WHERE id = $1 AND disabled_at IS NULL"
         } else {
             "UPDATE notifiers SET disabled_at = NULL, updated_at = $2
-             WHERE id = $1 AND disabled_at IS NOT NULL"
+             WHERE id = $1 AND disabled_at IS NOT NULL AND retired_at IS NULL"
         };
         on_write!(self, |pool| {
             let mut tx = pool.begin_write().await?;

@@ -331,7 +331,7 @@ impl Store {
                     .build_query_as::<Job>()
                     .fetch_one(&mut *tx)
                     .await
-                    .map_err(|e| StoreError::from_insert("follow-up job", e))?;
+                    .map_err(|e| StoreError::from_job_insert("follow-up job", e))?;
                 created.push(row);
             }
             if !created.is_empty() {

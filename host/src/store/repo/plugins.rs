@@ -1,15 +1,21 @@
 //! Issuer, notifier, dns-solver and target instances.
 //!
 //! An issuer's `grants.challenges.dns_01[].solver` names dns-solver
-//! instances: writing such an issuer checks they exist, and deleting a
-//! solver checks nothing routes to it, each in the same transaction as the
-//! write, with the solver's row locked on PostgreSQL (shared by the issuer
-//! write, exclusive by the delete) so neither can slip past the other.
+//! instances: writing such an issuer checks they exist and are not
+//! retired, and retiring a solver checks no live issuer routes to it, each
+//! in the same transaction as the write, with the solver's row locked on
+//! PostgreSQL (shared by the issuer write, exclusive by the retirement) so
+//! neither can slip past the other.
+//!
+//! Nothing here is deleted: `retire_*` sets `retired_at` and the row stays
+//! readable (a retired instance is not changed again).
 
 use serde_json::Value;
 use sqlx::types::Json;
 
-use crate::store::codec::{now, ts};
+use chrono::{DateTime, Utc};
+
+use crate::store::codec::{now, opt_ts, ts};
 use crate::store::repo::sql_limit;
 use crate::store::{
     BeginWrite, NewPluginInstance, NewTarget, PluginInstance, Store, StoreError, StoreResult,
@@ -22,6 +28,10 @@ const TARGET_CERTIFICATES_SQL: &str = "SELECT COUNT(*) FROM certificates c
      WHERE c.status <> 'retired'
        AND (c.target_id = $1 OR EXISTS (SELECT 1 FROM certificate_targets ct
                                         WHERE ct.certificate_id = c.id AND ct.target_id = $1))";
+
+/// Certificates not retired that name issuer `$1`.
+const ISSUER_CERTIFICATES_SQL: &str =
+    "SELECT COUNT(*) FROM certificates WHERE issuer_id = $1 AND status <> 'retired'";
 
 /// Open jobs (any state but completed/cancelled) of a target (`$1`).
 const TARGET_OPEN_JOBS_SQL: &str = "SELECT COUNT(*) FROM jobs
@@ -36,14 +46,16 @@ fn solver_live_challenges_sql(route: &str) -> String {
     )
 }
 
-/// Issuers whose `grants.challenges.dns_01[].solver` is `$1` (SQLite).
-const SOLVER_ISSUERS_WHERE_SQLITE: &str = "EXISTS (
+/// Live (not retired) issuers whose `grants.challenges.dns_01[].solver` is
+/// `$1` (SQLite).
+const SOLVER_ISSUERS_WHERE_SQLITE: &str = "issuers.retired_at IS NULL AND EXISTS (
          SELECT 1 FROM json_each(issuers.grants, '$.challenges.dns_01') r
          WHERE CASE WHEN r.type = 'object' THEN json_extract(r.value, '$.solver') END = $1)";
 
-/// Issuers whose `grants.challenges.dns_01[].solver` is `$1` (PostgreSQL:
-/// array containment matches any element holding that solver).
-const SOLVER_ISSUERS_WHERE_PG: &str = "issuers.grants @> jsonb_build_object('challenges',
+/// Live (not retired) issuers whose `grants.challenges.dns_01[].solver` is
+/// `$1` (PostgreSQL: array containment matches any element holding that
+/// solver).
+const SOLVER_ISSUERS_WHERE_PG: &str = "issuers.retired_at IS NULL AND issuers.grants @> jsonb_build_object('challenges',
          jsonb_build_object('dns_01', jsonb_build_array(jsonb_build_object('solver', $1::text))))";
 
 /// Which table an issuer/notifier/dns-solver lives in.
@@ -92,12 +104,12 @@ fn routed_solvers(grants: &Value) -> Vec<(String, String)> {
 
 /// Finds (and on PostgreSQL share-locks, with `$share`) each routed solver
 /// in the write transaction `$tx`; returns the refusal from the enclosing
-/// function, after a rollback, when one is missing.
+/// function, after a rollback, when one is missing or retired.
 macro_rules! lock_routed_solvers {
     ($tx:ident, $solvers:expr, $share:expr) => {
         for (solver, field) in $solvers {
             let found = sqlx::query_scalar::<_, String>(&format!(
-                "SELECT id FROM dns_solvers WHERE id = $1{}",
+                "SELECT id FROM dns_solvers WHERE id = $1 AND retired_at IS NULL{}",
                 $share
             ))
             .bind(solver)
@@ -113,7 +125,9 @@ macro_rules! lock_routed_solvers {
 
 /// The refusal of an issuer write whose route names no solver.
 fn missing_solver(field: &str, solver: &str) -> StoreError {
-    StoreError::InvalidArgument(format!("{field}: no dns-solver instance {solver:?}"))
+    StoreError::InvalidArgument(format!(
+        "{field}: no dns-solver instance {solver:?} (or it is retired)"
+    ))
 }
 
 impl Store {
@@ -240,45 +254,56 @@ impl Store {
     async fn page_instances(
         &self,
         table: InstanceTable,
+        include_retired: bool,
         limit: u32,
         offset: u64,
     ) -> StoreResult<(Vec<PluginInstance>, i64)> {
         let rows_sql = format!(
-            "SELECT * FROM {} ORDER BY name, id LIMIT $1 OFFSET $2",
+            "SELECT * FROM {} WHERE ($1 OR retired_at IS NULL) ORDER BY name, id
+             LIMIT $2 OFFSET $3",
             table.name()
         );
-        let count_sql = format!("SELECT COUNT(*) FROM {}", table.name());
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE ($1 OR retired_at IS NULL)",
+            table.name()
+        );
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
         Ok(on_read!(self, |pool| {
             let rows = sqlx::query_as::<_, PluginInstance>(&rows_sql)
+                .bind(include_retired)
                 .bind(sql_limit(limit))
                 .bind(offset)
                 .fetch_all(pool)
                 .await?;
             let total = sqlx::query_scalar::<_, i64>(&count_sql)
+                .bind(include_retired)
                 .fetch_one(pool)
                 .await?;
             (rows, total)
         }))
     }
 
-    /// One page of issuers by name, and how many there are.
+    /// One page of issuers (retired ones only if asked) by name, and how
+    /// many there are.
     pub async fn page_issuers(
         &self,
+        include_retired: bool,
         limit: u32,
         offset: u64,
     ) -> StoreResult<(Vec<PluginInstance>, i64)> {
-        self.page_instances(InstanceTable::Issuers, limit, offset)
+        self.page_instances(InstanceTable::Issuers, include_retired, limit, offset)
             .await
     }
 
-    /// One page of notifiers by name, and how many there are.
+    /// One page of notifiers (retired ones only if asked) by name, and how
+    /// many there are.
     pub async fn page_notifiers(
         &self,
+        include_retired: bool,
         limit: u32,
         offset: u64,
     ) -> StoreResult<(Vec<PluginInstance>, i64)> {
-        self.page_instances(InstanceTable::Notifiers, limit, offset)
+        self.page_instances(InstanceTable::Notifiers, include_retired, limit, offset)
             .await
     }
 
@@ -299,6 +324,7 @@ impl Store {
         settings: &Value,
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<PluginInstance>> {
         // A notifier (or solver) disabled because its destination refused
         // it for good (HTTP 410, bad credentials) is enabled again by a new,
@@ -309,7 +335,7 @@ impl Store {
         };
         let sql = format!(
             "UPDATE {} SET settings = $2, encrypted_secrets = $3, grants = $4, updated_at = $5{reenable}
-             WHERE id = $1 RETURNING *",
+             WHERE id = $1 AND retired_at IS NULL AND ($6 IS NULL OR updated_at = $6) RETURNING *",
             table.name()
         );
         let now = now();
@@ -324,6 +350,7 @@ impl Store {
                 .bind(encrypted_secrets.clone())
                 .bind(Json(grants))
                 .bind(ts(now))
+                .bind(opt_ts(unchanged_since))
                 .fetch_optional(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -332,14 +359,16 @@ impl Store {
     }
 
     /// Replaces an issuer's settings, encrypted secrets and grants; `None`
-    /// if unknown. Every dns-solver the new grants route to must exist (see
-    /// [`Store::create_issuer`]).
+    /// if unknown, retired, or (with `unchanged_since`) changed since that
+    /// `updated_at`. Every dns-solver the new grants route to must exist
+    /// (see [`Store::create_issuer`]).
     pub async fn update_issuer(
         &self,
         id: &str,
         settings: &Value,
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<PluginInstance>> {
         self.update_instance(
             InstanceTable::Issuers,
@@ -347,18 +376,20 @@ impl Store {
             settings,
             encrypted_secrets,
             grants,
+            unchanged_since,
         )
         .await
     }
 
     /// Replaces a notifier's settings, encrypted secrets and grants; `None`
-    /// if unknown.
+    /// as for [`Store::update_issuer`].
     pub async fn update_notifier(
         &self,
         id: &str,
         settings: &Value,
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<PluginInstance>> {
         self.update_instance(
             InstanceTable::Notifiers,
@@ -366,6 +397,7 @@ impl Store {
             settings,
             encrypted_secrets,
             grants,
+            unchanged_since,
         )
         .await
     }
@@ -388,30 +420,75 @@ impl Store {
         }))
     }
 
-    /// How many certificates (in any status) name this issuer.
+    /// How many certificates not retired name this issuer (what keeps it
+    /// from being retired).
     pub async fn issuer_certificate_count(&self, id: &str) -> StoreResult<i64> {
         Ok(on_read!(self, |pool| {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM certificates WHERE issuer_id = $1")
+            sqlx::query_scalar::<_, i64>(ISSUER_CERTIFICATES_SQL)
                 .bind(id)
                 .fetch_one(pool)
                 .await?
         }))
     }
 
-    /// Deletes an issuer that no certificate references (checked in the same
-    /// statement). False if it is unknown or still referenced.
-    pub async fn delete_issuer(&self, id: &str) -> StoreResult<bool> {
-        Ok(on_write!(self, |pool| {
-            sqlx::query(
-                "DELETE FROM issuers WHERE id = $1
-                 AND NOT EXISTS (SELECT 1 FROM certificates WHERE issuer_id = $1)",
-            )
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-                == 1
-        }))
+    /// Retires `table`'s row `id` unless `in_use` (SQL over `$1`, the id)
+    /// holds, checked in one transaction after the row is locked, so a
+    /// writer that holds it (an issuer naming a solver, a certificate
+    /// naming an issuer) commits first and is seen. True if this call
+    /// retired it; false if it is unknown, already retired or in use
+    /// (nothing changed then). Notifiers are disabled too, so nothing is
+    /// queued for or sent by them again.
+    async fn retire_instance(
+        &self,
+        table: InstanceTable,
+        id: &str,
+        in_use: &str,
+    ) -> StoreResult<bool> {
+        let now = now();
+        let also = match table {
+            InstanceTable::Notifiers => ", disabled_at = COALESCE(disabled_at, $2)",
+            InstanceTable::Issuers | InstanceTable::DnsSolvers => "",
+        };
+        let lock = format!(
+            "SELECT id FROM {} WHERE id = $1{}",
+            table.name(),
+            self.row_lock_suffix()
+        );
+        let retire = format!(
+            "UPDATE {} SET retired_at = $2, updated_at = $2{also}
+             WHERE id = $1 AND retired_at IS NULL AND NOT ({in_use})",
+            table.name()
+        );
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(&lock).bind(id).fetch_optional(&mut *tx).await?;
+            let done = sqlx::query(&retire)
+                .bind(id)
+                .bind(ts(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if done {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(done)
+        })
+    }
+
+    /// Retires an issuer that no certificate but retired ones names
+    /// (checked in the same transaction; their versions keep naming it).
+    /// True if this call retired it; false if it is unknown, already
+    /// retired or in use.
+    pub async fn retire_issuer(&self, id: &str) -> StoreResult<bool> {
+        self.retire_instance(
+            InstanceTable::Issuers,
+            id,
+            &format!("({ISSUER_CERTIFICATES_SQL}) > 0"),
+        )
+        .await
     }
 
     /// Notifications of a notifier that are still to be delivered (pending
@@ -428,37 +505,18 @@ impl Store {
         }))
     }
 
-    /// Deletes a notifier and its finished notifications in one transaction,
-    /// unless notifications are still pending or being sent. False if it is
-    /// unknown or has open notifications (nothing is changed then).
-    pub async fn delete_notifier(&self, id: &str) -> StoreResult<bool> {
-        on_write!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            // The finished notifications go first (they reference the row).
-            sqlx::query(
-                "DELETE FROM notifications WHERE notifier_id = $1
-                 AND NOT EXISTS (SELECT 1 FROM notifications
-                                 WHERE notifier_id = $1 AND status IN ('pending', 'sending'))",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            let done = sqlx::query(
-                "DELETE FROM notifiers WHERE id = $1
-                 AND NOT EXISTS (SELECT 1 FROM notifications WHERE notifier_id = $1)",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if done {
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
-            Ok(done)
-        })
+    /// Retires (and disables) a notifier unless notifications are still
+    /// pending or being sent; its delivery history stays. True if this call
+    /// retired it; false if it is unknown, already retired or has open
+    /// notifications (nothing is changed then).
+    pub async fn retire_notifier(&self, id: &str) -> StoreResult<bool> {
+        self.retire_instance(
+            InstanceTable::Notifiers,
+            id,
+            "EXISTS (SELECT 1 FROM notifications
+                     WHERE notifier_id = $1 AND status IN ('pending', 'sending'))",
+        )
+        .await
     }
 
     /// One notifier instance by id.
@@ -487,13 +545,15 @@ impl Store {
         self.get_instance(InstanceTable::DnsSolvers, id).await
     }
 
-    /// One page of dns-solvers by name, and how many there are.
+    /// One page of dns-solvers (retired ones only if asked) by name, and
+    /// how many there are.
     pub async fn page_dns_solvers(
         &self,
+        include_retired: bool,
         limit: u32,
         offset: u64,
     ) -> StoreResult<(Vec<PluginInstance>, i64)> {
-        self.page_instances(InstanceTable::DnsSolvers, limit, offset)
+        self.page_instances(InstanceTable::DnsSolvers, include_retired, limit, offset)
             .await
     }
 
@@ -503,13 +563,14 @@ impl Store {
     }
 
     /// Replaces a dns-solver's settings, encrypted secrets and grants (and
-    /// enables it again); `None` if unknown.
+    /// enables it again); `None` as for [`Store::update_issuer`].
     pub async fn update_dns_solver(
         &self,
         id: &str,
         settings: &Value,
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<PluginInstance>> {
         self.update_instance(
             InstanceTable::DnsSolvers,
@@ -517,11 +578,12 @@ impl Store {
             settings,
             encrypted_secrets,
             grants,
+            unchanged_since,
         )
         .await
     }
 
-    /// What keeps a dns-solver in use: (ids of the issuers whose
+    /// What keeps a dns-solver in use: (ids of the live issuers whose
     /// `grants.challenges` route dns-01 to it, by name; its challenges not
     /// yet withdrawn: pending, ready, failed or withdrawing).
     pub async fn dns_solver_usage(&self, id: &str) -> StoreResult<(Vec<String>, i64)> {
@@ -545,49 +607,28 @@ impl Store {
         Ok((issuers, live_challenges))
     }
 
-    /// Deletes a dns-solver unless an issuer routes dns-01 to it or one of
-    /// its challenges is not yet withdrawn (see
+    /// Retires a dns-solver unless a live issuer routes dns-01 to it or one
+    /// of its challenges is not yet withdrawn (see
     /// [`Store::dns_solver_usage`]), checked in the same transaction with
-    /// the solver's row locked. False if it is unknown or in use (nothing
-    /// is changed then).
-    pub async fn delete_dns_solver(&self, id: &str) -> StoreResult<bool> {
-        let route = format!("dns:{id}");
-        let lock = self.row_lock_suffix();
-        let delete = |issuers_where: &str| {
+    /// the solver's row locked: an issuer write holding the row (shared)
+    /// commits first, so the check sees its routes; one waiting for it
+    /// finds the solver retired and is refused. True if this call retired
+    /// it; false if it is unknown, already retired or in use.
+    pub async fn retire_dns_solver(&self, id: &str) -> StoreResult<bool> {
+        // The solver's route is `'dns:' || id`, spelled in SQL so the one
+        // bound id serves both checks.
+        let in_use = |issuers_where: &str| {
             format!(
-                "DELETE FROM dns_solvers WHERE id = $1
-                   AND NOT EXISTS (SELECT 1 FROM issuers WHERE {issuers_where})
-                   AND ({}) = 0",
-                solver_live_challenges_sql("$2")
+                "EXISTS (SELECT 1 FROM issuers WHERE {issuers_where}) OR ({}) > 0",
+                solver_live_challenges_sql("('dns:' || $1)")
             )
         };
-        let (sqlite_sql, pg_sql) = (
-            delete(SOLVER_ISSUERS_WHERE_SQLITE),
-            delete(SOLVER_ISSUERS_WHERE_PG),
-        );
-        on_write!(self, &sqlite_sql, &pg_sql, |pool, sql| {
-            let mut tx = pool.begin_write().await?;
-            // An issuer write holding the row (shared) commits first, so the
-            // check below sees its routes; one waiting for it finds the row
-            // gone.
-            sqlx::query(&format!("SELECT id FROM dns_solvers WHERE id = $1{lock}"))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let done = sqlx::query(sql)
-                .bind(id)
-                .bind(&route)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if done {
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
-            Ok(done)
-        })
+        let in_use = match self.backend {
+            crate::store::Backend::Sqlite(_) => in_use(SOLVER_ISSUERS_WHERE_SQLITE),
+            crate::store::Backend::Postgres(_) => in_use(SOLVER_ISSUERS_WHERE_PG),
+        };
+        self.retire_instance(InstanceTable::DnsSolvers, id, &in_use)
+            .await
     }
 
     /// Creates a target run by `new.agent_id` (which must exist and be
@@ -716,26 +757,30 @@ impl Store {
     }
 
     /// Replaces a target's settings, encrypted secrets and grants; `None` if
-    /// it is unknown or retired.
+    /// it is unknown, retired, or (with `unchanged_since`) changed since
+    /// that `updated_at`.
     pub async fn update_target(
         &self,
         id: &str,
         settings: &Value,
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> StoreResult<Option<Target>> {
         let now = now();
         Ok(on_write!(self, |pool| {
             sqlx::query_as::<_, Target>(
                 "UPDATE targets SET settings = $2, encrypted_secrets = $3, grants = $4,
                         updated_at = $5
-                 WHERE id = $1 AND retired_at IS NULL RETURNING *",
+                 WHERE id = $1 AND retired_at IS NULL AND ($6 IS NULL OR updated_at = $6)
+                 RETURNING *",
             )
             .bind(id)
             .bind(Json(settings))
             .bind(encrypted_secrets.clone())
             .bind(Json(grants))
             .bind(ts(now))
+            .bind(opt_ts(unchanged_since))
             .fetch_optional(pool)
             .await?
         }))

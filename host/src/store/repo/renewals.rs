@@ -31,6 +31,7 @@ impl Store {
                     .bind(ts(now))
                     .bind(max_attempts.max(1))
                     .bind(sql_limit(limit))
+                    .bind(now.timestamp_millis())
                     .execute(pool)
                     .await?
                     .rows_affected()

@@ -143,14 +143,16 @@ WHERE id IN (SELECT id FROM jobs
 
 /// Set-based renewal enqueue: one issuance (never issued) or renewal job for
 /// every active certificate with `renew_at <= $1` and no open
-/// issuance/renewal job; `$2` max attempts, `$3` limit. The partial unique
+/// issuance/renewal job; `$2` max attempts, `$3` limit, `$4` now in Unix
+/// milliseconds (the job ids are UUIDv7, like every id the host makes: the
+/// time in the first 48 bits, random bits after). The partial unique
 /// index `jobs_one_open_issuance` makes concurrent callers harmless. Reads
 /// only `certificates_renewal_ready` (due, no open job: the trigger-kept
 /// `open_issuance`), so a pass costs what it creates, not the backlog.
 pub(crate) const ENQUEUE_RENEWALS: &str = "
 INSERT INTO jobs (id, job_type, status, certificate_id, agent_id, attempts, max_attempts,
                   run_at, created_at, updated_at)
-SELECT lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' ||
+SELECT lower(printf('%08x', $4 >> 16) || '-' || printf('%04x', $4 & 65535) || '-7' ||
              substr(hex(randomblob(2)), 2) || '-' || substr('89ab', 1 + (random() & 3), 1) ||
              substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6))),
        CASE WHEN c.current_version_id IS NULL THEN 'issuance' ELSE 'renewal' END,
