@@ -10,7 +10,7 @@
 //!     .default_headers(
 //!         [(
 //!             reqwest::header::AUTHORIZATION,
-//!             "Bearer cpk_…".parse()?,
+//!             "Bearer cpk_example".parse()?,
 //!         )]
 //!         .into_iter()
 //!         .collect(),

@@ -150,8 +150,9 @@ pub enum ClientError {
         message: String,
         /// The request field at fault, when the host named one.
         param: Option<String>,
-        /// Structured context (dependency counts, a retry delay …).
-        details: Option<Value>,
+        /// Structured context (dependency counts, a retry delay …), boxed to
+        /// keep the error small.
+        details: Option<Box<Value>>,
         /// The request id the host logged.
         request_id: String,
     },
@@ -492,7 +493,10 @@ fn interpret(status: StatusCode, body: &[u8]) -> Result<ApiReply, ClientError> {
             code: code.to_owned(),
             message: message.to_owned(),
             param: err["param"].as_str().map(str::to_owned),
-            details: err.get("details").filter(|d| !d.is_null()).cloned(),
+            details: err
+                .get("details")
+                .filter(|d| !d.is_null())
+                .map(|d| Box::new(d.clone())),
             request_id: err["request_id"].as_str().unwrap_or("-").to_owned(),
         });
     }

@@ -104,10 +104,7 @@ impl ApiSettings {
             (Some(token), None) => token.trim().to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| {
-                    ConfigError::Invalid(format!(
-                        "api.metrics_token_file {}: {e}",
-                        path.display()
-                    ))
+                    ConfigError::Invalid(format!("api.metrics_token_file {}: {e}", path.display()))
                 })?
                 .trim()
                 .to_owned(),

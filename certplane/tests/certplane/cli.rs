@@ -289,12 +289,12 @@ async fn certificate_round_trip(client: &[String], suffix: &str) {
     assert_eq!(disabled["total"], 1, "{disabled}");
     let retired = ok(&certplane(&["certs", "retire", &id], client).await);
     assert!(
-        retired.contains(&format!("certificate {id} retired")),
+        retired.starts_with(&format!("certificate {id} is retired since ")),
         "{retired}"
     );
-    let again = certplane(&["certs", "retire", &id], client).await;
-    assert!(!again.status.success());
-    assert!(stderr(&again).contains("conflict: "), "{}", stderr(&again));
+    // Retiring again changes nothing and answers the same.
+    let again = ok(&certplane(&["certs", "retire", &id], client).await);
+    assert_eq!(again, retired);
 
     // An unknown id: the envelope line, non-zero exit.
     let missing = certplane(&["certs", "get", "no-such-cert"], client).await;
@@ -764,16 +764,20 @@ async fn issuers_list_get_and_delete() {
     // Delete: refused while a certificate uses it, else done.
     new_certificate(&client, "web", &used, None).await;
     let refused = certplane(&["issuers", "delete", &used], &client).await;
-    let line = api_error(&refused, "conflict");
+    let line = api_error(&refused, "invalid_state");
     assert!(line.contains("1 certificate(s)"), "{line}");
     let denied = certplane(&["issuers", "delete", &spare], &reader).await;
     api_error(&denied, "forbidden");
+    // Delete retires: still readable, hidden from the list, idempotent.
     let deleted = ok(&certplane(&["issuers", "delete", &spare], &client).await);
-    assert_eq!(deleted, format!("deleted issuer {spare}\n"));
-    let gone = certplane(&["issuers", "get", &spare], &reader).await;
-    assert!(api_error(&gone, "not_found").contains(&spare));
-    let again = certplane(&["issuers", "delete", &spare], &client).await;
-    api_error(&again, "not_found");
+    assert!(
+        deleted.starts_with(&format!("issuer {spare} is retired since ")),
+        "{deleted}"
+    );
+    let shown = ok(&certplane(&["issuers", "get", &spare], &reader).await);
+    assert_ne!(field(&shown, "RETIRED AT"), "-", "{shown}");
+    let again = ok(&certplane(&["issuers", "delete", &spare], &client).await);
+    assert_eq!(again, deleted);
     let page = ok_json(&certplane(&["issuers", "list", "--output", "json"], &reader).await);
     assert_eq!(item_ids(&page), vec![used.clone()], "{page}");
 }
@@ -1072,7 +1076,7 @@ async fn targets_on_the_host_agent() {
     assert_eq!(cert["target_ids"], serde_json::json!([id]), "{cert}");
     let cert_id = cert["id"].as_str().expect("cert id").to_owned();
     let refused = certplane(&["targets", "delete", &id], &client).await;
-    let line = api_error(&refused, "conflict");
+    let line = api_error(&refused, "invalid_state");
     assert!(
         line.contains("is in use by 1 certificate(s) and 0 open job(s)"),
         "{line}"
@@ -1086,7 +1090,10 @@ async fn targets_on_the_host_agent() {
     // readable and listed with --include-retired.
     ok(&certplane(&["certs", "retire", &cert_id], &client).await);
     let deleted = ok(&certplane(&["targets", "delete", &id], &client).await);
-    assert_eq!(deleted, format!("deleted target {id}\n"));
+    assert!(
+        deleted.starts_with(&format!("target {id} is retired since ")),
+        "{deleted}"
+    );
     let table = ok(&certplane(&["targets", "list"], &reader).await);
     let listed = rows(&table);
     assert_eq!(listed.len(), 1, "{table}");
@@ -1251,7 +1258,7 @@ async fn registered_agents_get_retire_and_retired_list() {
     assert_eq!(target["agent_id"], edge1.as_str(), "{target}");
     let detail = ok_json(&certplane(&["agents", "get", &edge1, "--output", "json"], &reader).await);
     assert_eq!(detail["dependencies"]["active_targets"], 1, "{detail}");
-    assert_eq!(detail["dependencies"]["pending_jobs"], 0, "{detail}");
+    assert_eq!(detail["dependencies"]["open_jobs"], 0, "{detail}");
 
     // Retirement: admins only; blocked by the target; --force needs
     // --reason (refused by clap); forced, it retires the target too.
@@ -1261,7 +1268,7 @@ async fn registered_agents_get_retire_and_retired_list() {
     );
     let line = api_error(
         &certplane(&["agents", "retire", &edge1], &admin).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(line.contains("still has 1 active target(s)"), "{line}");
     usage_error(
@@ -1280,25 +1287,21 @@ async fn registered_agents_get_retire_and_retired_list() {
         &admin,
     )
     .await);
-    assert_eq!(
-        retired,
-        format!("retired agent {edge1} (1 target(s) retired, 0 job(s) cancelled)\n")
+    assert!(
+        retired.starts_with(&format!("agent {edge1} is retired since ")),
+        "{retired}"
     );
+    // Retiring again changes nothing and answers the same.
     let again = ok(&certplane(&["agents", "retire", &edge1], &admin).await);
-    assert_eq!(again, format!("agent {edge1} was already retired\n"));
+    assert_eq!(again, retired);
     let edge2_retired =
         ok_json(&certplane(&["agents", "retire", &edge2, "--output", "json"], &admin).await);
+    assert_eq!(edge2_retired["id"], edge2.as_str(), "{edge2_retired}");
+    assert_eq!(edge2_retired["status"], "retired", "{edge2_retired}");
     assert_eq!(
-        edge2_retired["agent"]["id"],
-        edge2.as_str(),
+        edge2_retired["dependencies"]["active_targets"], 0,
         "{edge2_retired}"
     );
-    assert_eq!(
-        edge2_retired["agent"]["status"], "retired",
-        "{edge2_retired}"
-    );
-    assert_eq!(edge2_retired["targets_retired"], 0, "{edge2_retired}");
-    assert_eq!(edge2_retired["jobs_cancelled"], 0, "{edge2_retired}");
 
     // The retired list, and the default list without them.
     let table = ok(&certplane(&["agents", "retired"], &reader).await);
@@ -2304,13 +2307,13 @@ async fn issuers_update_settings_secrets_and_grants() {
         "unexpected argument '--grant-dir'",
     );
 
-    // A delete as JSON prints `{}` (the server answers 204).
+    // A delete as JSON prints the retired issuer, the same on a repeat.
     let out = certplane(&["issuers", "delete", &id, "--output", "json"], &client).await;
-    assert_eq!(ok(&out), "{}\n");
-    api_error(
-        &certplane(&["issuers", "delete", &id, "--output", "json"], &client).await,
-        "not_found",
-    );
+    let retired = ok_json(&out);
+    assert_eq!(retired["id"], id.as_str(), "{retired}");
+    assert!(retired["retired_at"].is_string(), "{retired}");
+    let out = certplane(&["issuers", "delete", &id, "--output", "json"], &client).await;
+    assert_eq!(ok_json(&out), retired);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2474,15 +2477,16 @@ async fn targets_update_and_directory_grants_with_colons() {
         "not_found",
     );
 
-    // Deleted as JSON: `{}`, also when it was already retired; a retired
-    // target takes no update.
+    // Deleted as JSON: the retired target, the same when it already was
+    // retired; a retired target takes no update.
     let out = certplane(&["targets", "delete", &id, "--output", "json"], &client).await;
-    assert_eq!(ok(&out), "{}\n");
+    let retired = ok_json(&out);
+    assert!(retired["retired_at"].is_string(), "{retired}");
     let out = certplane(&["targets", "delete", &id, "--output", "json"], &client).await;
-    assert_eq!(ok(&out), "{}\n");
+    assert_eq!(ok_json(&out), retired);
     let line = api_error(
         &certplane(&["targets", "update", &id, "--settings", "{}"], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(line.contains("is retired"), "{line}");
 }
@@ -2741,19 +2745,21 @@ async fn notifiers_create_list_get_update_delete() {
         assert!(line.contains("no-such-notifier"), "{command:?}: {line}");
     }
 
-    // Delete: a table line, or `{}` as JSON.
+    // Delete retires: a table line, or the retired notifier as JSON; it
+    // stays readable.
     let deleted = ok(&certplane(&["notifiers", "delete", &id], &client).await);
-    assert_eq!(deleted, format!("deleted notifier {id}\n"));
+    assert!(
+        deleted.starts_with(&format!("notifier {id} is retired since ")),
+        "{deleted}"
+    );
     let out = certplane(
         &["notifiers", "delete", &other, "--output", "json"],
         &client,
     )
     .await;
-    assert_eq!(ok(&out), "{}\n");
-    api_error(
-        &certplane(&["notifiers", "get", &id], &reader).await,
-        "not_found",
-    );
+    assert!(ok_json(&out)["retired_at"].is_string());
+    let shown = ok(&certplane(&["notifiers", "get", &id], &reader).await);
+    assert_ne!(field(&shown, "RETIRED AT"), "-", "{shown}");
     let page = ok_json(&certplane(&["notifiers", "list", "--output", "json"], &reader).await);
     assert_eq!(page["total"], 0, "{page}");
 }
@@ -3262,7 +3268,10 @@ async fn api_keys_create_list_show_and_revoke() {
     assert_eq!(revoked["status"], "revoked", "{revoked}");
     let again = ok_json(&certplane(&["keys", "revoke", &id, "--output", "json"], &admin).await);
     assert_eq!(again, revoked);
-    api_error(&certplane(&["plugins", "list"], &as_ci).await, "unauthorized");
+    api_error(
+        &certplane(&["plugins", "list"], &as_ci).await,
+        "unauthorized",
+    );
     let listed = ok_json(
         &certplane(
             &["keys", "list", "--status", "revoked", "--output", "json"],
@@ -3293,7 +3302,11 @@ async fn api_keys_create_list_show_and_revoke() {
         "invalid_state",
     );
     usage_error(
-        &certplane(&["keys", "create", "--name", "x", "--scope", "root"], &admin).await,
+        &certplane(
+            &["keys", "create", "--name", "x", "--scope", "root"],
+            &admin,
+        )
+        .await,
         "root",
     );
 }

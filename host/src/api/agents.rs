@@ -563,10 +563,7 @@ async fn list_agents(
     query: Result<Query<AgentListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
-    let agents = state
-        .store
-        .list_agents(q.include_retired)
-        .await?;
+    let agents = state.store.list_agents(q.include_retired).await?;
     let page = page_of(&state, &agents, q.page, q.per_page)?;
     Ok(conditional_json(&headers, &page))
 }

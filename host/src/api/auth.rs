@@ -815,6 +815,53 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn refusals_without_their_headers_get_them() {
+        use axum::routing::get;
+        use tower::ServiceExt as _;
+        let app = axum::Router::new()
+            .route(
+                "/401",
+                get(|| async { ApiError::unauthorized("no").into_response() }),
+            )
+            .route(
+                "/429",
+                get(|| async {
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down")
+                        .with_details(serde_json::json!({ "retry_after_secs": 7 }))
+                        .into_response()
+                }),
+            )
+            .route("/429-bare", get(|| async { StatusCode::TOO_MANY_REQUESTS }))
+            .route(
+                "/429-own",
+                get(|| async {
+                    let limits = RateLimits::new(1, 1);
+                    limits.check("a").ok();
+                    limits.check("a").unwrap_err().into_response()
+                }),
+            )
+            .layer(axum::middleware::from_fn(refusal_headers));
+        let call = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = axum::http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                app.oneshot(request).await.unwrap()
+            }
+        };
+        let r = call("/401").await;
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], CHALLENGE);
+        let r = call("/429").await;
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("slow down"));
+        assert_eq!(call("/429-bare").await.headers()[header::RETRY_AFTER], "1");
+        let own = call("/429-own").await;
+        assert_eq!(own.headers().get_all(header::RETRY_AFTER).iter().count(), 1);
+    }
+
     #[test]
     fn a_static_token_is_compared_whole() {
         assert!(require_static_token(&auth(&["bearer s3cret"]), "s3cret").is_ok());

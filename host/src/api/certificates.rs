@@ -30,8 +30,7 @@ use super::auth::{OperatorAccess, ReadAccess};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::instances::{ApiJson, check_name};
 use super::listing::{
-    Page, PageQuery, check_if_match, conditional_json, etag_of, has_if_match,
-    json as json_response,
+    Page, PageQuery, check_if_match, conditional_json, etag_of, has_if_match, json as json_response,
 };
 use crate::pipeline::keygen::KeyType;
 use crate::store::{
@@ -58,31 +57,36 @@ const SECS_PER_DAY: i64 = 86_400;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCertificate {
-    /// Unique display name.
+    /// Unique display name: letters, digits, `.`, `_`, `-`, starting with
+    /// a letter or digit.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub name: String,
     /// Subject common name: a DNS name or IP address (also added to the
     /// SANs when missing there).
+    #[schema(min_length = 1, max_length = 64)]
     pub common_name: String,
     /// Subject alternative names: DNS names (`*.` allowed as the first
     /// label) or IP addresses; at most 100, no duplicates.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub sans: Vec<String>,
     /// `ecdsa-p256` (default), `ecdsa-p384`, `rsa-2048`, `rsa-3072`,
     /// `rsa-4096` or `ed25519`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::openapi::key_type_schema)]
     pub key_type: Option<KeyType>,
     /// Issuer instance id.
     pub issuer_id: String,
     /// Deployment targets; the first one holds the key when it is
     /// agent-generated.
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub target_ids: Vec<String>,
     /// `agent` (the key is generated on the first target's agent and never
     /// leaves it) or `host`. Default: `agent` when the first target belongs
     /// to an agent, else `host`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::openapi::key_source_schema)]
     pub key_source: Option<KeySource>,
     /// Renew this many days before expiry (default 30, at most 3650). A
     /// window longer than two thirds of an issued certificate's lifetime is
@@ -90,9 +94,11 @@ pub struct CreateCertificate {
     /// the host warns), so a short-lived certificate never renews on every
     /// sweep.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 3650)]
     pub renew_before_days: Option<u32>,
     /// Owner (team, person) for notifications.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub owner: Option<String>,
     /// Options for the issuer connector (its `context.options`): a JSON
     /// object of at most 16 KiB, e.g. an ACME profile. Default `{}`.
@@ -123,9 +129,9 @@ fn check_options(field: &str, value: Option<&Value>) -> ApiResult<Value> {
             }
             Ok(Value::Object(map.clone()))
         }
-        Some(_) => Err(
-            ApiError::validation(format!("{field} must be a JSON object")).with_param(field),
-        ),
+        Some(_) => {
+            Err(ApiError::validation(format!("{field} must be a JSON object")).with_param(field))
+        }
     }
 }
 
@@ -226,10 +232,11 @@ pub struct RevokeCertificate {
 pub struct UpdateCertificate {
     /// `active` (managed and renewed) or `disabled` (kept, not renewed).
     /// Retire with `DELETE /certificates/{id}`.
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::openapi::certificate_patch_status_schema)]
     pub status: Option<CertificateStatus>,
     /// Renew this many days before expiry (at most 3650; see the create
     /// body for windows longer than a certificate's lifetime).
+    #[schema(minimum = 0, maximum = 3650)]
     pub renew_before_days: Option<u32>,
     /// Owner for notifications; `null` clears it.
     #[serde(default, deserialize_with = "present")]
@@ -618,11 +625,10 @@ async fn create_certificate(
     })?;
     match state.store.get_issuer(&body.issuer_id).await? {
         Some(i) if i.retired_at.is_some() => {
-            return Err(ApiError::validation(format!(
-                "issuer {:?} is retired",
-                body.issuer_id
-            ))
-            .with_param("issuer_id"));
+            return Err(
+                ApiError::validation(format!("issuer {:?} is retired", body.issuer_id))
+                    .with_param("issuer_id"),
+            );
         }
         Some(i) if i.disabled_at.is_none() => {}
         Some(_) => {
@@ -795,8 +801,7 @@ async fn update_certificate(
         issuer_options: body.issuer_options.as_ref(),
         target_options: body.target_options.as_ref(),
     })?;
-    if body.status == Some(CertificateStatus::Active) && cert.status != CertificateStatus::Active
-    {
+    if body.status == Some(CertificateStatus::Active) && cert.status != CertificateStatus::Active {
         check_key_holder(&state, &cert).await?;
     }
     let options = if issuer_options.is_some() || target_options.is_some() {

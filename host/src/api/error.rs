@@ -248,6 +248,10 @@ fn name_the_field(what: &str, text: &str) -> (Option<String>, String) {
             Some(&problem[start..start + len])
         });
     let param = match (path, named) {
+        // serde_path_to_error already ends the path with an unknown field.
+        (Some(path), Some(field)) if path == field || path.ends_with(&format!(".{field}")) => {
+            Some(path.to_owned())
+        }
         (Some(path), Some(field)) => Some(format!("{path}.{field}")),
         (Some(path), None) => Some(path.to_owned()),
         (None, Some(field)) => Some(field.to_owned()),
@@ -330,6 +334,11 @@ mod tests {
             "Failed to deserialize the JSON body into the target type: settings: unknown field `colour`, expected `color`",
         );
         assert_eq!(param.as_deref(), Some("settings.colour"));
+        let (param, _) = name_the_field(
+            "request body",
+            "Failed to deserialize the JSON body into the target type: key_hash: unknown field `key_hash`, expected one of `name`, `scope`",
+        );
+        assert_eq!(param.as_deref(), Some("key_hash"));
         let (param, _) = name_the_field(
             "query string",
             "Failed to deserialize query string: per_page: invalid digit found in string",

@@ -109,9 +109,11 @@ fn percent_decode(raw: &str, plus_is_space: bool) -> Vec<u8> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let pair = bytes.get(i + 1).copied().and_then(hex).zip(
-                    bytes.get(i + 2).copied().and_then(hex),
-                );
+                let pair = bytes
+                    .get(i + 1)
+                    .copied()
+                    .and_then(hex)
+                    .zip(bytes.get(i + 2).copied().and_then(hex));
                 match pair {
                     Some((hi, lo)) => {
                         out.push(hi << 4 | lo);
@@ -325,7 +327,10 @@ mod tests {
             flaw(r#"{"settings":{"dirs":["/x\u0000"]}}"#).as_deref(),
             Some("settings.dirs[0]")
         );
-        assert_eq!(flaw(r#"{"grants":{"a\u0000":1}}"#).as_deref(), Some("grants"));
+        assert_eq!(
+            flaw(r#"{"grants":{"a\u0000":1}}"#).as_deref(),
+            Some("grants")
+        );
         assert_eq!(flaw(r#""\u0000""#).as_deref(), Some(""));
         // An escaped backslash before `u0000` is no NUL.
         assert_eq!(flaw(r#"{"name":"C:\\u0000"}"#), None);
@@ -342,6 +347,9 @@ mod tests {
         assert!(message.starts_with("a key of the JSON body"), "{message}");
         let (message, param) = body_flaw(br#"{"grants":{"a\u0000":1}}"#).unwrap();
         assert_eq!(param.as_deref(), Some("grants"));
-        assert!(message.starts_with("a key of body field `grants`"), "{message}");
+        assert!(
+            message.starts_with("a key of body field `grants`"),
+            "{message}"
+        );
     }
 }

@@ -222,7 +222,9 @@ impl From<LimitsBody> for InstanceLimits {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstance {
-    /// Unique display name.
+    /// Unique display name: letters, digits, `.`, `_`, `-`, starting with
+    /// a letter or digit.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub name: String,
     /// Name of a loaded plugin of the right kind.
     pub plugin: String,
@@ -230,7 +232,7 @@ pub struct CreateInstance {
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub settings: Value,
-    /// Named secrets (write-only).
+    /// Named secrets (write-only), at most 32, each at most 64 KiB.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
     /// Capability grants.
@@ -1235,7 +1237,9 @@ async fn update(
     let plugin = state
         .plugins
         .get_kind(&row.plugin_name, kind.plugin_kind())
-        .map_err(|e| ApiError::invalid_state(format!("cannot validate the new configuration: {e}")))?
+        .map_err(|e| {
+            ApiError::invalid_state(format!("cannot validate the new configuration: {e}"))
+        })?
         .clone();
     let mut changed = Vec::new();
     let settings = match body.settings {

@@ -114,11 +114,13 @@ pub struct CreatedApiKey {
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
     /// Display name (1 to 100 printable characters).
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// `admin`, `operator` or `read_only`.
-    #[schema(example = "operator")]
+    #[schema(schema_with = super::openapi::api_scope_schema)]
     pub scope: String,
     /// Lifetime in days from now (1 to 3660); not with `expires_at`.
+    #[schema(minimum = 1, maximum = 3660)]
     pub expires_in_days: Option<u32>,
     /// Expiry time (RFC 3339, in the future); not with `expires_in_days`.
     pub expires_at: Option<DateTime<Utc>>,
@@ -131,10 +133,13 @@ pub struct CreateApiKeyRequest {
 pub struct ApiKeyListQuery {
     /// Only keys in this state: `active`, `expired` or `revoked` (default:
     /// all, revoked ones included).
+    #[param(schema_with = super::openapi::api_key_status_param)]
     pub status: Option<String>,
     /// 1-based page number.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// Items per page (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub per_page: Option<u32>,
 }
 
@@ -145,9 +150,11 @@ pub struct ApiKeyListQuery {
         (status = 200, body = Page<ApiKeyView>),
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 400, description = "bad status filter or page", body = ErrorBody),
-        (status = 401, description = "missing, unknown, expired or revoked API key", body = ErrorBody),
+        (status = 401, description = "missing, malformed, unknown, expired or revoked API key (`unauthorized`)", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"certplane\"`, with `error=\"invalid_token\"` for a key presented and refused"))),
         (status = 403, description = "the key is not an admin key", body = ErrorBody),
-        (status = 429, description = "rate limited; see `Retry-After`", body = ErrorBody),
+        (status = 429, description = "rate limited (`rate_limited`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "whole seconds (at least 1) until a retry may be admitted"))),
     ),
     security(("bearer" = ["admin"])))]
 async fn list_keys(
@@ -230,10 +237,12 @@ fn expiry_of(req: &CreateApiKeyRequest, now: DateTime<Utc>) -> ApiResult<Option<
     responses(
         (status = 201, body = CreatedApiKey),
         (status = 400, description = "malformed body", body = ErrorBody),
-        (status = 401, description = "missing, unknown, expired or revoked API key", body = ErrorBody),
+        (status = 401, description = "missing, malformed, unknown, expired or revoked API key (`unauthorized`)", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"certplane\"`, with `error=\"invalid_token\"` for a key presented and refused"))),
         (status = 403, description = "the key is not an admin key", body = ErrorBody),
         (status = 422, description = "bad name, scope or expiry", body = ErrorBody),
-        (status = 429, description = "rate limited; see `Retry-After`", body = ErrorBody),
+        (status = 429, description = "rate limited (`rate_limited`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "whole seconds (at least 1) until a retry may be admitted"))),
     ),
     security(("bearer" = ["admin"])))]
 async fn create_key(
@@ -305,10 +314,12 @@ async fn create_key(
         (status = 200, body = ApiKeyView),
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 400, description = "bad id", body = ErrorBody),
-        (status = 401, description = "missing, unknown, expired or revoked API key", body = ErrorBody),
+        (status = 401, description = "missing, malformed, unknown, expired or revoked API key (`unauthorized`)", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"certplane\"`, with `error=\"invalid_token\"` for a key presented and refused"))),
         (status = 403, description = "the key is not an admin key", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 429, description = "rate limited; see `Retry-After`", body = ErrorBody),
+        (status = 429, description = "rate limited (`rate_limited`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "whole seconds (at least 1) until a retry may be admitted"))),
     ),
     security(("bearer" = ["admin"])))]
 async fn get_key(
@@ -335,11 +346,13 @@ async fn get_key(
     responses(
         (status = 200, description = "revoked (now or before)", body = ApiKeyView),
         (status = 400, description = "bad id", body = ErrorBody),
-        (status = 401, description = "missing, unknown, expired or revoked API key", body = ErrorBody),
+        (status = 401, description = "missing, malformed, unknown, expired or revoked API key (`unauthorized`)", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"certplane\"`, with `error=\"invalid_token\"` for a key presented and refused"))),
         (status = 403, description = "the key is not an admin key", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "the last active admin key (`invalid_state`)", body = ErrorBody),
-        (status = 429, description = "rate limited; see `Retry-After`", body = ErrorBody),
+        (status = 429, description = "rate limited (`rate_limited`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "whole seconds (at least 1) until a retry may be admitted"))),
     ),
     security(("bearer" = ["admin"])))]
 async fn revoke_key(

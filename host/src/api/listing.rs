@@ -93,10 +93,10 @@ pub fn etag_of<T: Serialize>(body: &T) -> Result<(String, Vec<u8>), ApiError> {
 }
 
 /// The entity tags a conditional header lists (`*` included as is).
-fn listed_tags<'a>(
-    request_headers: &'a HeaderMap,
+fn listed_tags(
+    request_headers: &HeaderMap,
     name: header::HeaderName,
-) -> impl Iterator<Item = &'a str> {
+) -> impl Iterator<Item = &str> {
     request_headers
         .get_all(name)
         .into_iter()
@@ -121,9 +121,7 @@ pub fn check_if_match(request_headers: &HeaderMap, current: &str) -> Result<(), 
     Err(ApiError::new(
         StatusCode::PRECONDITION_FAILED,
         "precondition_failed",
-        format!(
-            "If-Match does not name the current version ({current}); GET it again and retry"
-        ),
+        format!("If-Match does not name the current version ({current}); GET it again and retry"),
     ))
 }
 

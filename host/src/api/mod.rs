@@ -3,8 +3,9 @@
 //!
 //! Cross-cutting behaviour lives here: request ids (`x-request-id`, echoed
 //! and quoted in every error), the error envelope on every 4xx/5xx (also for
-//! responses produced by layers and axum itself), body size limits and
-//! request tracing. Each resource module exposes `routes()` returning an
+//! responses produced by layers and axum itself), body size limits, input
+//! hygiene (NUL and invalid UTF-8 refused, `input.rs`) and request tracing.
+//! Each resource module exposes `routes()` returning an
 //! `OpenApiRouter`, so a route cannot exist without its OpenAPI entry.
 
 pub mod acme_challenge;

@@ -7,9 +7,9 @@
 //! * 400 `bad_request` / `invalid_input`: every request (the input layer
 //!   refuses NUL bytes and invalid UTF-8, the query and path extractors
 //!   refuse what does not parse);
-//! * 401 `unauthorized` and 429 `rate_limited`: every operation with a
-//!   security requirement (credentials are checked, then limited per key
-//!   or agent);
+//! * 401 `unauthorized` (with `WWW-Authenticate`) and 429 `rate_limited`
+//!   (with `Retry-After`): every operation with a security requirement
+//!   (credentials are checked, then limited per key or agent);
 //! * 403 `forbidden`: operations whose API-key requirement names the
 //!   `operator` or `admin` role (the annotations list the role the
 //!   handler's extractor demands: `security(("bearer" = ["operator"]))`);
@@ -36,7 +36,10 @@ use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required, Response, ResponseBuilder};
 
-use crate::store::{CertificateStatus, JobStatus, JobType, NotificationStatus};
+use crate::pipeline::keygen::KeyType;
+use crate::store::{
+    ApiKeyStatus, ApiScope, CertificateStatus, JobStatus, JobType, KeySource, NotificationStatus,
+};
 
 /// The path of the one operation exempt from the request timeout (see
 /// `LONG_POLL_PATH` in the router).
@@ -207,7 +210,14 @@ fn add_common_responses(path: &str, operation: &mut Operation) {
             ),
         );
     }
-    // An annotation's own 429 (registration's limits) carries the header too.
+    // The refusal headers `auth::refusal_headers` guarantees, also on the
+    // annotations' own 401 and 429 (registration's).
+    if let Some(RefOr::T(response)) = responses.get_mut("401") {
+        response
+            .headers
+            .entry("WWW-Authenticate".to_string())
+            .or_insert_with(www_authenticate);
+    }
     if let Some(RefOr::T(response)) = responses.get_mut("429") {
         response
             .headers
@@ -249,6 +259,13 @@ fn rate_limited() -> Response {
         "too many requests from this API key or agent (`rate_limited`); \
          `error.details.retry_after_secs` and `Retry-After` say when to try again",
     )
+}
+
+fn www_authenticate() -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::String))
+        .description(Some("the `Bearer` challenge (RFC 6750)"))
+        .build()
 }
 
 fn retry_after() -> utoipa::openapi::header::Header {
@@ -304,5 +321,53 @@ pub fn notification_status_param() -> utoipa::openapi::Object {
     one_of(
         "Only notifications in this delivery state.",
         NotificationStatus::ALL.iter().map(|s| s.as_str()),
+    )
+}
+
+/// `status` of `GET /api-keys`: a key state.
+pub fn api_key_status_param() -> utoipa::openapi::Object {
+    one_of(
+        "Only keys in this state (default: all, revoked ones included).",
+        ApiKeyStatus::ALL.iter().map(|s| s.as_str()),
+    )
+}
+
+/// `scope` of `POST /api-keys`: an API scope.
+pub fn api_scope_schema() -> utoipa::openapi::Object {
+    one_of(
+        "`admin`, `operator` or `read_only`.",
+        ApiScope::ALL.iter().map(|s| s.as_str()),
+    )
+}
+
+/// `key_type` of a certificate: the key types hosts and agents generate.
+pub fn key_type_schema() -> utoipa::openapi::Object {
+    one_of(
+        "Key type (default `ecdsa-p256`).",
+        [
+            KeyType::EcdsaP256,
+            KeyType::EcdsaP384,
+            KeyType::Rsa2048,
+            KeyType::Rsa3072,
+            KeyType::Rsa4096,
+            KeyType::Ed25519,
+        ]
+        .map(|k| k.as_str()),
+    )
+}
+
+/// `key_source` of a certificate.
+pub fn key_source_schema() -> utoipa::openapi::Object {
+    one_of(
+        "`agent` (generated on the first target's agent, never leaves it) or `host`.",
+        KeySource::ALL.iter().map(|s| s.as_str()),
+    )
+}
+
+/// `status` a certificate may be given by `PATCH` (retire with `DELETE`).
+pub fn certificate_patch_status_schema() -> utoipa::openapi::Object {
+    one_of(
+        "`active` (managed and renewed) or `disabled` (kept, not renewed).",
+        [CertificateStatus::Active, CertificateStatus::Disabled].map(|s| s.as_str()),
     )
 }

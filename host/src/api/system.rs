@@ -92,6 +92,18 @@ pub struct PluginView {
     pub settings_schema: serde_json::Value,
     /// Secrets it reads.
     pub secret_names: Vec<String>,
+    /// Per-call limits the manifest asks for; the host caps them with its
+    /// `[limits]` and an instance's own limits override them.
+    pub limits: PluginLimits,
+}
+
+/// A plugin's suggested per-call limits.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginLimits {
+    /// Wall-clock deadline of one call, milliseconds (host default if absent).
+    pub cpu_deadline_ms: Option<u64>,
+    /// Linear memory cap of one instance, MiB (host default if absent).
+    pub memory_mib: Option<u64>,
 }
 
 /// The plugin list with load failures.
@@ -126,6 +138,10 @@ async fn list_plugins(
             settings_schema: serde_json::from_str(&p.info().settings_schema)
                 .unwrap_or(serde_json::Value::Null),
             secret_names: p.info().secret_names.clone(),
+            limits: PluginLimits {
+                cpu_deadline_ms: p.manifest().limits.cpu_deadline_ms,
+                memory_mib: p.manifest().limits.memory_mib,
+            },
         })
         .collect();
     let list = PluginList {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use maud::{Markup, html};
 use serde_json::{Value, json};
 
@@ -71,7 +71,7 @@ pub async fn page(
             dt { "Owner" } dd { (text(&cert["owner"])) }
             dt { "Key" } dd { (text(&cert["key_type"])) ", held by " (text(&cert["key_source"])) }
             dt { "Issuer" } dd.mono { (text(&cert["issuer_id"])) }
-            dt { "Targets" } dd { (cert["target_ids"].as_array().map(|a| a.iter().map(|t| target_name(t)).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+            dt { "Targets" } dd { (cert["target_ids"].as_array().map(|a| a.iter().map(&target_name).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
             dt { "Expires" } dd { (when(&cert["not_after"])) }
             dt { "Renews" } dd { (when(&cert["renew_at"])) }
             @if cert["disabled_reason"].is_string() { dt { "Disabled because" } dd { (text(&cert["disabled_reason"])) } }
@@ -122,21 +122,26 @@ fn deployments(jobs: &[Value], vid: &str, target_name: &dyn Fn(&Value) -> String
     }
 }
 
-/// What the verification jobs of version `vid` observed.
+/// What was seen on the wire for version `vid`: the verification an agent
+/// reported with its deployment, or a host verification job's.
 fn seen_on_wire(jobs: &[Value], vid: &str, target_name: &dyn Fn(&Value) -> String) -> Markup {
     let rows: Vec<&Value> = jobs
         .iter()
-        .filter(|j| j["job_type"] == "verification" && j["certificate_version_id"] == vid)
+        .filter(|j| {
+            j["certificate_version_id"] == vid
+                && (j["verification_result"].is_object() || j["job_type"] == "verification")
+        })
         .collect();
     html! {
         @for j in &rows {
             @let r = &j["verification_result"];
-            div {
+            div.seen {
                 (target_name(&j["target_id"])) " "
                 @if r.is_object() {
                     (badge(r["status"].as_str().unwrap_or("unknown")))
                     " " (when(&r["checked_at"]))
                     @if let Some(f) = r["observed_fingerprint"].as_str() { " " span.mono title=(f) { (&f[..f.len().min(16)]) "…" } }
+                    @if let Some(d) = r["detail"].as_str() { " " span.muted { (d) } }
                 } @else {
                     (badge(j["status"].as_str().unwrap_or_default()))
                 }
@@ -154,22 +159,46 @@ pub async fn act(
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
     if let Err(refused) = session.check_csrf(&form) {
-        return Ok(refused);
+        return Ok(refused.into_response());
     }
     let path = format!("/certificates/{}", enc(&id));
     let (method, api_path, body, done) = match action.as_str() {
-        "renew" => (Method::POST, format!("{path}/renew"), None, "renewal queued"),
+        "renew" => (
+            Method::POST,
+            format!("{path}/renew"),
+            None,
+            "renewal queued",
+        ),
         "revoke" => (
             Method::POST,
             format!("{path}/revoke"),
-            Some(json!({ "reason": form.get("reason").map(String::as_str).unwrap_or("unspecified") })),
+            Some(
+                json!({ "reason": form.get("reason").map(String::as_str).unwrap_or("unspecified") }),
+            ),
             "revocation queued",
         ),
-        "disable" => (Method::PATCH, path.clone(), Some(json!({ "status": "disabled" })), "disabled"),
-        "enable" => (Method::PATCH, path.clone(), Some(json!({ "status": "active" })), "enabled"),
-        _ => return Err(UiError::Api(StatusCode::NOT_FOUND, format!("no action {action:?}"))),
+        "disable" => (
+            Method::PATCH,
+            path.clone(),
+            Some(json!({ "status": "disabled" })),
+            "disabled",
+        ),
+        "enable" => (
+            Method::PATCH,
+            path.clone(),
+            Some(json!({ "status": "active" })),
+            "enabled",
+        ),
+        _ => {
+            return Err(UiError::Api(
+                StatusCode::NOT_FOUND,
+                format!("no action {action:?}"),
+            ));
+        }
     };
-    let answer = state.call(&session, method, &api_path, body.as_ref()).await?;
+    let answer = state
+        .call(&session, method, &api_path, body.as_ref())
+        .await?;
     let back = format!("/ui/certificates/{}", enc(&id));
     Ok(after_action(
         &back,

@@ -45,7 +45,7 @@ pub async fn page(
                         td { (text(&p["kind"])) }
                         td { (text(&p["version"])) }
                         td { (text(&p["world_version"])) }
-                        td.mono title=(p["digest"].as_str().unwrap_or_default()) { (p["digest"].as_str().map(|d| &d[..d.len().min(19)]).unwrap_or("—")) }
+                        td.mono title=(p["sha256"].as_str().unwrap_or_default()) { "sha256:" (p["sha256"].as_str().map(|d| &d[..d.len().min(16)]).unwrap_or("—")) "…" }
                         td { (limits(&p["limits"])) }
                         td { (names(&p["secret_names"])) }
                     }
@@ -79,11 +79,13 @@ fn names(value: &Value) -> Markup {
 }
 
 fn limits(value: &Value) -> Markup {
-    match value.as_object() {
-        Some(map) if !map.is_empty() => html! {
-            @for (k, v) in map { div { span.muted { (k) ": " } (v) } }
-        },
-        _ => html! { span.muted { "host defaults" } },
+    let shown = |v: &Value, unit: &str| match v.as_u64() {
+        Some(n) => format!("{n} {unit}"),
+        None => "host default".to_owned(),
+    };
+    html! {
+        div { span.muted { "deadline: " } (shown(&value["cpu_deadline_ms"], "ms")) }
+        div { span.muted { "memory: " } (shown(&value["memory_mib"], "MiB")) }
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use chrono::Utc;
 use maud::html;
 use serde_json::{Value, json};
@@ -21,7 +21,13 @@ const PER_PAGE: u32 = 50;
 const CHART_WEEKS: u32 = 12;
 
 fn filter_of(query: &HashMap<String, String>) -> Result<InventoryFilter, String> {
-    let non_empty = |k: &str| query.get(k).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
+    let non_empty = |k: &str| {
+        query
+            .get(k)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
     let status = match non_empty("status") {
         Some(s) => Some(
             s.parse::<CertificateStatus>()
@@ -44,7 +50,8 @@ pub async fn page(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
-    let filter = filter_of(&query).map_err(|e| UiError::Api(axum::http::StatusCode::BAD_REQUEST, e))?;
+    let filter =
+        filter_of(&query).map_err(|e| UiError::Api(axum::http::StatusCode::BAD_REQUEST, e))?;
     let page_no: u32 = query
         .get("page")
         .and_then(|p| p.parse().ok())
@@ -57,13 +64,17 @@ pub async fn page(
             store
                 .inventory_page(&filter, offset, PER_PAGE)
                 .await
-                .map_err(|e| UiError::Api(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+                .map_err(|e| {
+                    UiError::Api(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                })
         },
         async {
             store
                 .expiry_by_week(&filter, CHART_WEEKS)
                 .await
-                .map_err(|e| UiError::Api(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+                .map_err(|e| {
+                    UiError::Api(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                })
         },
         state.all(&session, "/issuers", 1000),
     )?;
@@ -198,7 +209,7 @@ pub async fn create(
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
     if let Err(refused) = session.check_csrf(&form) {
-        return Ok(refused);
+        return Ok(refused.into_response());
     }
     let field = |k: &str| form.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     let mut body = json!({
@@ -207,7 +218,11 @@ pub async fn create(
         "issuer_id": field("issuer_id").unwrap_or_default(),
     });
     if let Some(sans) = field("sans") {
-        let sans: Vec<&str> = sans.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let sans: Vec<&str> = sans
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         body["sans"] = json!(sans);
     }
     for key in ["owner", "key_type", "key_source"] {
@@ -228,6 +243,9 @@ pub async fn create(
             Ok("certificate created; issuance is queued".into()),
         ))
     } else {
-        Ok(after_action("/ui/certificates/new", Err(answer.error_message())))
+        Ok(after_action(
+            "/ui/certificates/new",
+            Err(answer.error_message()),
+        ))
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use maud::{Markup, html};
 use serde_json::{Value, json};
 
@@ -138,10 +138,13 @@ pub async fn act(
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
     if let Err(refused) = session.check_csrf(&form) {
-        return Ok(refused);
+        return Ok(refused.into_response());
     }
     if !matches!(action.as_str(), "retry" | "cancel") {
-        return Err(UiError::Api(StatusCode::NOT_FOUND, format!("no action {action:?}")));
+        return Err(UiError::Api(
+            StatusCode::NOT_FOUND,
+            format!("no action {action:?}"),
+        ));
     }
     let answer = state
         .call(
@@ -160,7 +163,12 @@ pub async fn act(
     Ok(after_action(
         &back,
         if answer.status.is_success() {
-            Ok(if action == "retry" { "job queued again" } else { "job cancelled" }.to_owned())
+            Ok(if action == "retry" {
+                "job queued again"
+            } else {
+                "job cancelled"
+            }
+            .to_owned())
         } else {
             Err(answer.error_message())
         },

@@ -146,7 +146,9 @@ pub fn bare_error(status: StatusCode, message: &str) -> Markup {
 /// value as a tooltip.
 pub fn when(value: &Value) -> Markup {
     match value.as_str().and_then(|s| s.parse::<DateTime<Utc>>().ok()) {
-        Some(t) => html! { time datetime=(t.to_rfc3339()) title=(t.to_rfc3339()) { (t.format("%Y-%m-%d %H:%M")) } },
+        Some(t) => {
+            html! { time datetime=(t.to_rfc3339()) title=(t.to_rfc3339()) { (t.format("%Y-%m-%d %H:%M")) } }
+        }
         None => html! { span.muted { "—" } },
     }
 }
@@ -176,7 +178,13 @@ pub fn text(value: &Value) -> Markup {
 }
 
 /// Previous/next links keeping the other query parameters.
-pub fn pager(base: &str, query: &HashMap<String, String>, page: u32, per_page: u32, total: u64) -> Markup {
+pub fn pager(
+    base: &str,
+    query: &HashMap<String, String>,
+    page: u32,
+    per_page: u32,
+    total: u64,
+) -> Markup {
     let pages = total.div_ceil(u64::from(per_page.max(1))).max(1);
     let link = |p: u64| {
         let mut pairs: Vec<(String, String)> = query

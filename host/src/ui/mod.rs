@@ -33,8 +33,8 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 use crate::engine::Engine;
-pub use session::Session;
 pub use session::SESSION_HOURS;
+pub use session::Session;
 
 /// What the dashboard's handlers share.
 #[derive(Clone)]

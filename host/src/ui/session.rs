@@ -86,11 +86,21 @@ impl Session {
     }
 
     /// Refuses a form whose CSRF token is missing or wrong.
-    pub fn check_csrf(&self, form: &HashMap<String, String>) -> Result<(), Response> {
+    pub fn check_csrf(&self, form: &HashMap<String, String>) -> Result<(), CsrfRefused> {
         match form.get("csrf") {
             Some(token) if same(token, &self.csrf) => Ok(()),
-            _ => Err(forbidden_form()),
+            _ => Err(CsrfRefused),
         }
+    }
+}
+
+/// A form post without the session's CSRF token: 403.
+#[derive(Debug)]
+pub struct CsrfRefused;
+
+impl IntoResponse for CsrfRefused {
+    fn into_response(self) -> Response {
+        forbidden_form()
     }
 }
 
@@ -192,9 +202,8 @@ pub async fn login(
         .get("api_key")
         .map(|k| k.trim().to_owned())
         .unwrap_or_default();
-    let refused = || {
-        Redirect::to("/ui/login?error=that%20API%20key%20is%20not%20valid").into_response()
-    };
+    let refused =
+        || Redirect::to("/ui/login?error=that%20API%20key%20is%20not%20valid").into_response();
     if key.is_empty() {
         return refused();
     }
@@ -208,7 +217,12 @@ pub async fn login(
         expires: 0,
     };
     match state
-        .call(&probe, axum::http::Method::GET, "/certificates?per_page=1", None)
+        .call(
+            &probe,
+            axum::http::Method::GET,
+            "/certificates?per_page=1",
+            None,
+        )
         .await
     {
         Ok(answer) if answer.status.is_success() => {}
@@ -218,13 +232,21 @@ pub async fn login(
         }
         Err(_) => return refused(),
     }
-    let row = match state.engine.store.find_api_key_by_hash(&hash_token(&key)).await {
+    let row = match state
+        .engine
+        .store
+        .find_api_key_by_hash(&hash_token(&key))
+        .await
+    {
         Ok(Some(row)) => row,
         Ok(None) => return refused(),
         Err(e) => {
             tracing::error!(error = %e, "dashboard sign-in: cannot read the key");
-            return UiError::Api(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable".into())
-                .into_response();
+            return UiError::Api(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable".into(),
+            )
+            .into_response();
         }
     };
     let session = Session {
@@ -243,8 +265,11 @@ pub async fn login(
     {
         Some(sealed) => sealed,
         None => {
-            return UiError::Api(StatusCode::INTERNAL_SERVER_ERROR, "cannot seal the session".into())
-                .into_response();
+            return UiError::Api(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot seal the session".into(),
+            )
+            .into_response();
         }
     };
     tracing::info!(key = %session.name, "dashboard sign-in");
@@ -261,7 +286,7 @@ pub async fn login(
 /// Signs out: the cookie is cleared.
 pub async fn logout(session: Session, Form(form): Form<HashMap<String, String>>) -> Response {
     if let Err(refused) = session.check_csrf(&form) {
-        return refused;
+        return refused.into_response();
     }
     let mut response = Redirect::to("/ui/login").into_response();
     response

@@ -695,7 +695,11 @@ async fn retirement_outcomes(b: Backend) {
     assert_eq!(r.json["status"], "retired");
     assert_eq!(r.json["dependencies"]["active_targets"], 0);
     assert_eq!(
-        count(&app.store, "SELECT COUNT(*) FROM jobs WHERE status = 'cancelled'").await,
+        count(
+            &app.store,
+            "SELECT COUNT(*) FROM jobs WHERE status = 'cancelled'"
+        )
+        .await,
         1
     );
     let first = r.json.clone();

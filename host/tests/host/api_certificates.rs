@@ -132,7 +132,11 @@ async fn certificate_crud(backend: Backend) {
     // Filters.
     assert_eq!(total(&app, "/api/v1/certificates?status=active").await, 2);
     assert_eq!(
-        total(&app, "/api/v1/certificates?status=retired&include_retired=true").await,
+        total(
+            &app,
+            "/api/v1/certificates?status=retired&include_retired=true"
+        )
+        .await,
         0
     );
     assert_eq!(

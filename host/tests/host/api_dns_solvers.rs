@@ -390,8 +390,14 @@ async fn live_challenges_keep_a_solver(backend: Backend) {
         .await;
         let r = delete(&app, &path).await;
         assert_eq!(r.status, StatusCode::CONFLICT, "{state}: {}", r.text);
-        assert_eq!(r.json["error"]["details"]["counts"]["live_challenges"], 1, "{state}");
-        assert_eq!(r.json["error"]["details"]["counts"]["issuers"], 0, "{state}");
+        assert_eq!(
+            r.json["error"]["details"]["counts"]["live_challenges"], 1,
+            "{state}"
+        );
+        assert_eq!(
+            r.json["error"]["details"]["counts"]["issuers"], 0,
+            "{state}"
+        );
         assert!(message(&r).contains("1 challenge(s)"), "{}", r.text);
         assert!(!message(&r).contains("issuer(s)"), "{}", r.text);
     }

@@ -239,6 +239,11 @@ async fn document_is_structurally_true() {
         if statuses.contains("429") && op["responses"]["429"]["headers"]["Retry-After"].is_null() {
             problems.push(format!("{at}: 429 without Retry-After"));
         }
+        if statuses.contains("401")
+            && op["responses"]["401"]["headers"]["WWW-Authenticate"].is_null()
+        {
+            problems.push(format!("{at}: 401 without WWW-Authenticate"));
+        }
         let elevated = security.iter().any(|(scheme, roles)| {
             scheme == "bearer" && roles.iter().any(|r| r == "operator" || r == "admin")
         });

@@ -682,7 +682,10 @@ async fn notifiers_list_get_delete(backend: Backend) {
         .unwrap();
     let r = delete(&app, &path, &app.operator).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
-    assert_eq!(r.json["error"]["details"]["counts"]["open_notifications"], 1);
+    assert_eq!(
+        r.json["error"]["details"]["counts"]["open_notifications"],
+        1
+    );
     assert_eq!(total(&app, "/api/v1/notifiers").await, 1);
     certplane_testkit::exec(&app.store, "UPDATE notifications SET status = 'sent'").await;
     let r = delete(&app, &path, &app.operator).await;

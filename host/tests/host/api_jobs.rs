@@ -101,7 +101,9 @@ async fn jobs_list_filter_paginate_and_etag(b: Backend) {
     let newest_first: Vec<String> = created.iter().rev().map(|j| j.id.clone()).collect();
     assert_eq!(ids(&r), newest_first);
 
-    let r = app.get("/api/v1/jobs?job_type=deployment", &app.reader).await;
+    let r = app
+        .get("/api/v1/jobs?job_type=deployment", &app.reader)
+        .await;
     assert_eq!(r.json["total"], 2, "{}", r.text);
     for job in r.json["items"].as_array().unwrap() {
         assert_eq!(job["job_type"], "deployment");
@@ -895,7 +897,7 @@ async fn openapi_documents_the_new_routes() {
         .collect();
     for name in [
         "status",
-        "type",
+        "job_type",
         "certificate_id",
         "agent_id",
         "page",

@@ -14,3 +14,4 @@ mod agent_process;
 mod crash;
 mod host_https_e2e;
 mod host_verification;
+mod ui;

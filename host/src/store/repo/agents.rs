@@ -5,8 +5,8 @@ use crate::store::repo::insert_audit;
 use crate::store::repo::notices::queue_notices;
 use crate::store::{
     Agent, AgentDependencies, AgentStatus, BeginWrite, HeartbeatOutcome, NewAgent, NewAuditEvent,
-    RetireAgent, RetireOutcome, SENTINEL_AGENT_ID, Store, StoreError, StoreResult, new_id,
-    on_read, on_write,
+    RetireAgent, RetireOutcome, SENTINEL_AGENT_ID, Store, StoreError, StoreResult, new_id, on_read,
+    on_write,
 };
 
 /// Dependency counts of agent `$1` (see [`AgentDependencies`]).
@@ -304,11 +304,10 @@ impl Store {
                 // targets are retired, handled in this transaction so the
                 // renewal sweep never sees them active with a retired key
                 // holder (it would create CSR jobs nobody answers).
-                let held: Vec<(String, Option<String>)> =
-                    sqlx::query_as(KEY_HELD_CERTIFICATES_SQL)
-                        .bind(agent_id)
-                        .fetch_all(&mut *tx)
-                        .await?;
+                let held: Vec<(String, Option<String>)> = sqlx::query_as(KEY_HELD_CERTIFICATES_SQL)
+                    .bind(agent_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 let holder_gone = format!("key holder agent {agent_id} was retired");
                 for (certificate_id, old_target) in &held {
                     let cancelled = sqlx::query(CANCEL_KEY_JOBS_SQL)

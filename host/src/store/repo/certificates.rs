@@ -176,12 +176,12 @@ impl Store {
                         retired_at = CASE WHEN $2 = 'retired' THEN COALESCE(retired_at, $3) END
                  WHERE id = $1",
             )
-                .bind(id)
-                .bind(status)
-                .bind(ts(now))
-                .execute(pool)
-                .await?
-                .rows_affected()
+            .bind(id)
+            .bind(status)
+            .bind(ts(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
                 == 1
         }))
     }

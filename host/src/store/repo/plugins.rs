@@ -55,7 +55,8 @@ const SOLVER_ISSUERS_WHERE_SQLITE: &str = "issuers.retired_at IS NULL AND EXISTS
 /// Live (not retired) issuers whose `grants.challenges.dns_01[].solver` is
 /// `$1` (PostgreSQL: array containment matches any element holding that
 /// solver).
-const SOLVER_ISSUERS_WHERE_PG: &str = "issuers.retired_at IS NULL AND issuers.grants @> jsonb_build_object('challenges',
+const SOLVER_ISSUERS_WHERE_PG: &str =
+    "issuers.retired_at IS NULL AND issuers.grants @> jsonb_build_object('challenges',
          jsonb_build_object('dns_01', jsonb_build_array(jsonb_build_object('solver', $1::text))))";
 
 /// Which table an issuer/notifier/dns-solver lives in.
