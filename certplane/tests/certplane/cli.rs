@@ -1417,7 +1417,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     // Nothing issued yet: nothing to revoke.
     let line = api_error(
         &certplane(&["certs", "revoke", &cert_id], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(line.contains("has no issued version to revoke"), "{line}");
 
@@ -1619,7 +1619,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     // Only a completed deployment can be verified again.
     let line = api_error(
         &certplane(&["jobs", "verify", &deployment_id], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(
         line.contains("is failed; it can be verified once completed"),
@@ -1651,7 +1651,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     assert_eq!(retried["status"], "pending", "{retried}");
     let line = api_error(
         &certplane(&["jobs", "retry", &deployment_id], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(
         line.contains("is pending, only failed jobs can be retried"),
@@ -1660,7 +1660,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     // An open job keeps its target in use.
     let line = api_error(
         &certplane(&["targets", "delete", &target_id], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(line.contains("1 open job(s)"), "{line}");
     let cancelled = ok(&certplane(
@@ -1682,12 +1682,12 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     );
     let line = api_error(
         &certplane(&["jobs", "cancel", &deployment_id], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(line.contains("is already cancelled"), "{line}");
     let line = api_error(
         &certplane(&["jobs", "retry", &deployment_id], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(line.contains("is cancelled"), "{line}");
     let events = ok_json(
@@ -1749,7 +1749,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     let revocation_id = revocation["job_id"].as_str().expect("job id").to_owned();
     let line = api_error(
         &certplane(&["certs", "revoke", &cert_id], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(
         line.contains(&format!("already under way (job {revocation_id})")),
@@ -1833,7 +1833,7 @@ async fn issued_certificate_jobs_verification_and_revocation() {
     assert_eq!(updated["renew_before_days"], 5, "{updated}");
     let line = api_error(
         &certplane(&["certs", "renew", &cert_id], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(
         line.contains("only active certificates are renewed"),
@@ -2908,7 +2908,7 @@ async fn notifications_list_filter_and_get() {
     // The notifier cannot go while deliveries are pending.
     let line = api_error(
         &certplane(&["notifiers", "delete", &notifier], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(
         line.contains("2 notification(s) pending delivery"),
@@ -2993,7 +2993,7 @@ async fn notifiers_disable_enable_and_cancel_pending() {
     // Delete is refused and says what to do.
     let line = api_error(
         &certplane(&["notifiers", "delete", &notifier], &client).await,
-        "conflict",
+        "invalid_state",
     );
     assert!(
         line.contains(&format!("certplane notifiers cancel-pending {notifier}")),

@@ -156,7 +156,7 @@ fn flaw_of(raw: &str, plus_is_space: bool) -> Option<Flaw> {
 }
 
 /// The first flawed path segment, named after the route's parameter at
-/// that place when the route is known (`path parameter `id``), else by its
+/// that place when the route is known (path parameter `id`), else by its
 /// 1-based position.
 fn path_flaw(path: &str, matched: Option<&str>) -> Option<(String, Option<String>)> {
     let route: Vec<&str> = matched

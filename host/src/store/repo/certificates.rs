@@ -241,7 +241,8 @@ impl Store {
                 "UPDATE certificates SET status = $2, renew_before_secs = $3, renew_at = $4,
                         owner = $5, updated_at = $6, issuer_options = $7, target_options = $8,
                         disabled_reason = $9
-                 WHERE id = $1 AND status <> 'retired' RETURNING *",
+                 WHERE id = $1 AND status <> 'retired' AND ($10 IS NULL OR updated_at = $10)
+                 RETURNING *",
             )
             .bind(id)
             .bind(status)
@@ -252,6 +253,9 @@ impl Store {
             .bind(Json(options.map_or(&row.issuer_options, |o| &o.issuer)))
             .bind(Json(options.map_or(&row.target_options, |o| &o.target)))
             .bind(disabled_reason)
+            // Checked again in the write itself: on PostgreSQL another
+            // writer may have committed since the read above.
+            .bind(opt_ts(unchanged_since))
             .fetch_optional(&mut *tx)
             .await?;
             tx.commit().await?;
