@@ -736,7 +736,7 @@ async fn create_certificate(
 /// One certificate with its versions (never private keys).
 #[utoipa::path(get, path = "/certificates/{id}", tag = "certificates",
     params(("id" = String, Path)),
-    responses((status = 200, body = CertificateDetail), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = CertificateDetail), (status = 304, description = "unchanged (If-None-Match)"), (status = 404, body = ErrorBody)),
     security(("bearer" = ["read_only"])))]
 async fn get_certificate(
     State(state): State<AppState>,
@@ -769,6 +769,7 @@ async fn detail(state: &AppState, cert: Certificate) -> ApiResult<CertificateDet
 #[utoipa::path(patch, path = "/certificates/{id}", tag = "certificates",
     params(("id" = String, Path)), request_body = UpdateCertificate,
     responses((status = 200, body = CertificateView), (status = 404, body = ErrorBody),
+        (status = 412, description = "If-Match names an older version", body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = ["operator"])))]
 async fn update_certificate(

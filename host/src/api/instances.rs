@@ -447,7 +447,7 @@ async fn create_issuer(
 
 /// One issuer.
 #[utoipa::path(get, path = "/issuers/{id}", tag = "issuers", params(("id" = String, Path)),
-    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, body = InstanceView), (status = 304, description = "unchanged (If-None-Match)"), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = ["read_only"])))]
 async fn get_issuer(
     State(state): State<AppState>,
@@ -462,6 +462,7 @@ async fn get_issuer(
 #[utoipa::path(patch, path = "/issuers/{id}", tag = "issuers", params(("id" = String, Path)),
     request_body = UpdateInstance,
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 412, description = "If-Match names an older version", body = super::error::ErrorBody),
         (status = 409, description = "its plugin is no longer loaded", body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
     security(("bearer" = ["operator"])))]
@@ -518,7 +519,7 @@ async fn create_target(
 
 /// One target (also a retired one).
 #[utoipa::path(get, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
-    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, body = InstanceView), (status = 304, description = "unchanged (If-None-Match)"), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = ["read_only"])))]
 async fn get_target(
     State(state): State<AppState>,
@@ -533,6 +534,7 @@ async fn get_target(
 #[utoipa::path(patch, path = "/targets/{id}", tag = "targets", params(("id" = String, Path)),
     request_body = UpdateInstance,
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 412, description = "If-Match names an older version", body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
     security(("bearer" = ["operator"])))]
@@ -590,7 +592,7 @@ async fn create_notifier(
 
 /// One notifier.
 #[utoipa::path(get, path = "/notifiers/{id}", tag = "notifiers", params(("id" = String, Path)),
-    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, body = InstanceView), (status = 304, description = "unchanged (If-None-Match)"), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = ["read_only"])))]
 async fn get_notifier(
     State(state): State<AppState>,
@@ -605,6 +607,7 @@ async fn get_notifier(
 #[utoipa::path(patch, path = "/notifiers/{id}", tag = "notifiers", params(("id" = String, Path)),
     request_body = UpdateInstance,
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 412, description = "If-Match names an older version", body = super::error::ErrorBody),
         (status = 409, description = "its plugin is no longer loaded", body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
     security(("bearer" = ["operator"])))]
@@ -663,7 +666,7 @@ async fn create_dns_solver(
 
 /// One dns-solver.
 #[utoipa::path(get, path = "/dns-solvers/{id}", tag = "dns-solvers", params(("id" = String, Path)),
-    responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, body = InstanceView), (status = 304, description = "unchanged (If-None-Match)"), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = ["read_only"])))]
 async fn get_dns_solver(
     State(state): State<AppState>,
@@ -678,6 +681,7 @@ async fn get_dns_solver(
 #[utoipa::path(patch, path = "/dns-solvers/{id}", tag = "dns-solvers", params(("id" = String, Path)),
     request_body = UpdateInstance,
     responses((status = 200, body = InstanceView), (status = 404, body = super::error::ErrorBody),
+        (status = 412, description = "If-Match names an older version", body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
     security(("bearer" = ["operator"])))]

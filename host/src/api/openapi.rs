@@ -24,14 +24,16 @@
 //! * 503 `timeout`: every operation but the agents' long poll, which is
 //!   exempt from `api.request_timeout_secs`.
 //!
-//! A status an annotation already documents keeps its description there.
+//! Operations that answer 304 or 412 also get their conditional headers
+//! (`If-None-Match` and `ETag`, `If-Match`). A status an annotation
+//! already documents keeps its description there.
 //!
 //! This runs on the document after the routers are merged
 //! ([`super::openapi`], [`super::router`]): a modifier of `ApiDoc` would
 //! run before any path exists.
 
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required, Response, ResponseBuilder};
@@ -138,7 +140,54 @@ fn security_of(operation: &Operation) -> Security {
     found
 }
 
+/// The conditional-request headers of operations that answer 304
+/// (`If-None-Match`, with `ETag` on their 200 and 304) or 412
+/// (`If-Match`), as `listing::conditional_json` and `check_if_match` read
+/// and write them.
+fn add_conditional_headers(operation: &mut Operation) {
+    let responses = &mut operation.responses.responses;
+    let conditional_get = responses.contains_key("304");
+    let conditional_write = responses.contains_key("412");
+    if conditional_get {
+        for status in ["200", "304"] {
+            if let Some(RefOr::T(response)) = responses.get_mut(status) {
+                response
+                    .headers
+                    .entry("ETag".to_string())
+                    .or_insert_with(|| string_header("the representation's strong entity tag"));
+            }
+        }
+    }
+    let mut add = |name: &str, description: &str| {
+        let parameters = operation.parameters.get_or_insert_with(Vec::new);
+        if !parameters.iter().any(|p| p.name.eq_ignore_ascii_case(name)) {
+            parameters.push(
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(description))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                    .build(),
+            );
+        }
+    };
+    if conditional_get {
+        add(
+            "If-None-Match",
+            "ETags of a copy the client holds; 304 when one is current",
+        );
+    }
+    if conditional_write {
+        add(
+            "If-Match",
+            "the ETag the change is based on (`*`: any); 412 when the resource changed since",
+        );
+    }
+}
+
 fn add_common_responses(path: &str, operation: &mut Operation) {
+    add_conditional_headers(operation);
     let security = security_of(operation);
     let body = operation.request_body.as_ref().map(body_kind);
     let responses = &mut operation.responses.responses;
@@ -262,9 +311,13 @@ fn rate_limited() -> Response {
 }
 
 fn www_authenticate() -> utoipa::openapi::header::Header {
+    string_header("the `Bearer` challenge (RFC 6750)")
+}
+
+fn string_header(description: &str) -> utoipa::openapi::header::Header {
     HeaderBuilder::new()
         .schema(ObjectBuilder::new().schema_type(Type::String))
-        .description(Some("the `Bearer` challenge (RFC 6750)"))
+        .description(Some(description))
         .build()
 }
 

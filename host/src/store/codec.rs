@@ -33,6 +33,34 @@ pub(crate) fn sqlite_time_text(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
+/// Text a connector (or a remote server through it) produced, made
+/// storable: PostgreSQL refuses U+0000 in `TEXT` and `JSONB`, so a NUL in
+/// an error message or order id would fail the write and leave the job to
+/// its lease. The API refuses NULs in requests; this covers what enters
+/// from connectors. Each NUL becomes U+FFFD.
+pub fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// [`storable`] applied to every string and key of a JSON value.
+pub fn storable_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(storable(&s).into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (storable(&k).into_owned(), storable_json(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// The current time, truncated to microseconds (what PostgreSQL keeps), so a
 /// value read back equals the value written on both backends.
 pub fn now() -> DateTime<Utc> {
@@ -180,5 +208,21 @@ mod tests {
         assert_eq!(ta, "2030-01-02T03:04:05.000000Z");
         assert_eq!(ta.len(), tb.len());
         assert!(ta < tb && tb < tc);
+    }
+}
+
+#[cfg(test)]
+mod storable_tests {
+    use super::{storable, storable_json};
+    use serde_json::json;
+
+    #[test]
+    fn nuls_from_connectors_become_replacement_characters() {
+        assert_eq!(storable("plain"), "plain");
+        assert_eq!(storable("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
+        assert_eq!(
+            storable_json(json!({ "de\0tail": ["x\0", 1, { "k": "\0" }] })),
+            json!({ "de\u{FFFD}tail": ["x\u{FFFD}", 1, { "k": "\u{FFFD}" }] })
+        );
     }
 }

@@ -186,6 +186,11 @@ async fn document_is_structurally_true() {
                         problems.push(format!("{at}: query parameter {name} is required"));
                     }
                 }
+                Some("header") if name == "If-None-Match" || name == "If-Match" => {
+                    if p["required"] == true {
+                        problems.push(format!("{at}: header {name} is required"));
+                    }
+                }
                 other => problems.push(format!("{at}: parameter {name} in {other:?}")),
             }
             if name == "page" || name == "per_page" {
@@ -218,6 +223,23 @@ async fn document_is_structurally_true() {
             if schema["$ref"] != "#/components/schemas/ErrorBody" {
                 problems.push(format!("{at}: {status} is not the error envelope"));
             }
+        }
+
+        // Conditional requests: a 304 means If-None-Match in and ETag out,
+        // a 412 means If-Match in.
+        let header_param = |name: &str| {
+            params
+                .iter()
+                .any(|p| p["in"] == "header" && p["name"] == name)
+        };
+        if statuses.contains("304")
+            && (!header_param("If-None-Match")
+                || op["responses"]["200"]["headers"]["ETag"].is_null())
+        {
+            problems.push(format!("{at}: 304 without If-None-Match and ETag"));
+        }
+        if statuses.contains("412") && !header_param("If-Match") {
+            problems.push(format!("{at}: 412 without If-Match"));
         }
 
         // Security: every requirement names a scheme; credentials mean 401

@@ -619,6 +619,27 @@ async fn notifications_claimed_once(b: Backend) {
     assert!(store_a.claim_notifications(10).await.unwrap().is_empty());
 }
 
+/// What a connector reports is stored even when it holds a NUL, which
+/// PostgreSQL refuses in text and JSON: the failure, the order and the
+/// verification land (NUL as U+FFFD) instead of failing the write and
+/// leaving the job to its lease.
+async fn connector_text_with_nul_is_stored(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    store
+        .create_job(NewJob::new(JobType::Revocation))
+        .await
+        .unwrap();
+    let job = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
+    let failed = store
+        .fail_job(&job.lease().unwrap(), JobFailure::transient("CA said \0 no"))
+        .await
+        .unwrap()
+        .expect("the failure is recorded");
+    assert_eq!(failed.last_error.as_deref(), Some("CA said \u{FFFD} no"));
+}
+
 both_backends!(
     claim_flips_to_running_and_residual_is_empty,
     claim_by_type_respects_type_and_limit,
@@ -628,4 +649,5 @@ both_backends!(
     backoff_delays_retry,
     due_polls_are_claimed_once,
     notifications_claimed_once,
+    connector_text_with_nul_is_stored,
 );

@@ -278,7 +278,7 @@ impl JobFailure {
     /// A transient failure, retried with backoff while the budget lasts.
     pub fn transient(error: impl Into<String>) -> Self {
         JobFailure {
-            error: error.into(),
+            error: crate::store::codec::storable(&error.into()).into_owned(),
             permanent: false,
             retry_at: None,
         }
@@ -287,7 +287,7 @@ impl JobFailure {
     /// A permanent failure: the job stays `Failed`.
     pub fn permanent(error: impl Into<String>) -> Self {
         JobFailure {
-            error: error.into(),
+            error: crate::store::codec::storable(&error.into()).into_owned(),
             permanent: true,
             retry_at: None,
         }

@@ -321,7 +321,7 @@ impl Store {
                     .bind(&lease.owner)
                     .bind(lease.attempt)
                     .bind(ts(now))
-                    .bind(error)
+                    .bind(crate::store::codec::storable(error).into_owned())
                     .bind(base)
                     .bind(cap)
                     .bind(permanent)

@@ -125,7 +125,8 @@ macro_rules! push_job_update {
             payload,
         } = $update;
         if let Some(v) = last_error {
-            $qb.push(", last_error = ").push_bind(v);
+            $qb.push(", last_error = ")
+                .push_bind($crate::store::codec::storable(&v).into_owned());
         }
         if let Some(v) = run_at {
             $qb.push(", run_at = ").push_bind(ts(v));
@@ -134,10 +135,12 @@ macro_rules! push_job_update {
             $qb.push(", csr_pem = ").push_bind(v);
         }
         if let Some(v) = order_id {
-            $qb.push(", order_id = ").push_bind(v);
+            $qb.push(", order_id = ")
+                .push_bind($crate::store::codec::storable(&v).into_owned());
         }
         if let Some(v) = order_state {
-            $qb.push(", order_state = ").push_bind(v);
+            $qb.push(", order_state = ")
+                .push_bind($crate::store::codec::storable(&v).into_owned());
         }
         if let Some(v) = next_poll_at {
             $qb.push(", next_poll_at = ").push_bind(ts(v));
@@ -146,13 +149,15 @@ macro_rules! push_job_update {
             $qb.push(", poll_deadline_at = ").push_bind(ts(v));
         }
         if let Some(v) = verification_result {
-            $qb.push(", verification_result = ").push_bind(Json(v));
+            $qb.push(", verification_result = ")
+                .push_bind(Json($crate::store::codec::storable_json(v)));
         }
         if let Some(v) = certificate_version_id {
             $qb.push(", certificate_version_id = ").push_bind(v);
         }
         if let Some(v) = payload {
-            $qb.push(", payload = ").push_bind(Json(v));
+            $qb.push(", payload = ")
+                .push_bind(Json($crate::store::codec::storable_json(v)));
         }
     }};
 }
