@@ -29,7 +29,7 @@
 //! already documents keeps its description there.
 //!
 //! This runs on the document after the routers are merged
-//! ([`super::openapi`], [`super::router`]): a modifier of `ApiDoc` would
+//! ([`super::openapi()`], [`super::router()`]): a modifier of `ApiDoc` would
 //! run before any path exists.
 
 use utoipa::openapi::header::HeaderBuilder;
@@ -43,9 +43,8 @@ use crate::store::{
     ApiKeyStatus, ApiScope, CertificateStatus, JobStatus, JobType, KeySource, NotificationStatus,
 };
 
-/// The path of the one operation exempt from the request timeout (see
-/// `LONG_POLL_PATH` in the router).
-const LONG_POLL: &str = "/api/v1/agents/work";
+/// The path of the one operation exempt from the request timeout.
+const LONG_POLL: &str = super::LONG_POLL_PATH;
 
 /// The security scheme of operator API keys (`cpk_…`).
 pub const API_KEY_SCHEME: &str = "bearer";

@@ -157,7 +157,10 @@ async fn error_envelope_is_specific(backend: Backend) {
     assert_eq!(error_code(&r), "validation_failed");
     assert_eq!(r.json["error"]["param"], "sans[1]", "{}", r.text);
     assert!(
-        r.json["error"]["message"].as_str().unwrap().contains("`sans[1]`"),
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`sans[1]`"),
         "{}",
         r.text
     );
@@ -165,7 +168,11 @@ async fn error_envelope_is_specific(backend: Backend) {
 
     // A missing field.
     let r = app
-        .post("/api/v1/certificates", &app.operator, json!({ "name": "a" }))
+        .post(
+            "/api/v1/certificates",
+            &app.operator,
+            json!({ "name": "a" }),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert!(r.json["error"]["param"].is_string(), "{}", r.text);
@@ -180,7 +187,9 @@ async fn error_envelope_is_specific(backend: Backend) {
 
     // The same name twice.
     let body = json!({ "name": "dup", "common_name": "dup.example.com", "issuer_id": issuer.id });
-    let r = app.post("/api/v1/certificates", &app.operator, body.clone()).await;
+    let r = app
+        .post("/api/v1/certificates", &app.operator, body.clone())
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let r = app.post("/api/v1/certificates", &app.operator, body).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);

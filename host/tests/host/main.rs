@@ -18,6 +18,7 @@ mod api_keys;
 mod api_semantics;
 mod challenges_agent;
 mod events;
+mod inventory;
 mod isolation;
 mod issuer_acme;
 mod issuer_digicert;

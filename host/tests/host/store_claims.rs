@@ -633,7 +633,10 @@ async fn connector_text_with_nul_is_stored(b: Backend) {
         .unwrap();
     let job = store.claim_pending_jobs(None, 1).await.unwrap().remove(0);
     let failed = store
-        .fail_job(&job.lease().unwrap(), JobFailure::transient("CA said \0 no"))
+        .fail_job(
+            &job.lease().unwrap(),
+            JobFailure::transient("CA said \0 no"),
+        )
         .await
         .unwrap()
         .expect("the failure is recorded");
