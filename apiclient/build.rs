@@ -26,8 +26,8 @@ const DOCUMENT: &str = "../docs/openapi.json";
 
 fn main() {
     println!("cargo:rerun-if-changed={DOCUMENT}");
-    let text = std::fs::read_to_string(DOCUMENT)
-        .unwrap_or_else(|e| panic!("reading {DOCUMENT}: {e}"));
+    let text =
+        std::fs::read_to_string(DOCUMENT).unwrap_or_else(|e| panic!("reading {DOCUMENT}: {e}"));
     let mut doc: Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{DOCUMENT} is not JSON: {e}"));
     doc["openapi"] = json!("3.0.3");
@@ -152,7 +152,12 @@ fn one_success_type(doc: &mut Value) -> Vec<String> {
                 .collect();
             let typed = |s: &String| responses[s].get("content").is_some();
             if success.iter().any(typed) {
-                for status in success.iter().filter(|s| !typed(s)).cloned().collect::<Vec<_>>() {
+                for status in success
+                    .iter()
+                    .filter(|s| !typed(s))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                {
                     responses.remove(&status);
                     dropped.push(format!("{} {path} {status}", method.to_uppercase()));
                 }

@@ -36,7 +36,11 @@ async fn serve(backend: Backend) -> (TestApp, SocketAddr, DropGuard) {
 fn client(addr: SocketAddr, key: &str) -> Client {
     let auth = format!("Bearer {key}").parse().unwrap();
     let http = reqwest::Client::builder()
-        .default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect())
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, auth)]
+                .into_iter()
+                .collect(),
+        )
         .build()
         .unwrap();
     Client::new_with_client(&format!("http://{addr}"), http)

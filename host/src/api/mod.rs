@@ -89,7 +89,10 @@ impl AppState {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "certplane API", description = "certplane control plane, API v1"),
+    info(
+        title = "certplane API",
+        description = "certplane control plane, API v1"
+    ),
     components(schemas(error::ErrorBody, error::ErrorDetail))
 )]
 struct ApiDoc;
@@ -125,30 +128,36 @@ pub fn router(state: AppState) -> Router {
     openapi::finish(&mut doc);
     let doc = Arc::new(doc);
     let engine = state.engine.clone();
-    let app = api.route(
-        "/api/v1/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { axum::Json((*doc).clone()) }
-        }),
-    )
-    .merge(system::root_routes())
-    .merge(acme_challenge::routes())
-    .route("/metrics", axum::routing::get(system::metrics))
-    .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-    .layer(DefaultBodyLimit::max(max_body))
-    .layer(middleware::from_fn_with_state(max_body, input::refuse_bad_input))
-    .layer(middleware::from_fn_with_state(
-        Duration::from_secs(state.config.api.request_timeout_secs),
-        bounded,
-    ))
-    .layer(middleware::from_fn(auth::refusal_headers))
-    .layer(middleware::from_fn(envelope_and_request_id))
-    .layer(tower_http::trace::TraceLayer::new_for_http())
-    .with_state(state);
+    let app = api
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        )
+        .merge(system::root_routes())
+        .merge(acme_challenge::routes())
+        .route("/metrics", axum::routing::get(system::metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            max_body,
+            input::refuse_bad_input,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Duration::from_secs(state.config.api.request_timeout_secs),
+            bounded,
+        ))
+        .layer(middleware::from_fn(auth::refusal_headers))
+        .layer(middleware::from_fn(envelope_and_request_id))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state);
     // The dashboard calls the finished API in process, with its layers.
-    let ui = crate::ui::routes(engine, app.clone())
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let ui =
+        crate::ui::routes(engine, app.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
     app.merge(ui)
 }
 

@@ -46,10 +46,10 @@ pub use migrate::{MigrationEntry, MigrationReport, MigrationState, MigrationStat
 pub use models::*;
 pub use repo::challenges::{ChallengeProgress, ChallengeRow, NewChallenge};
 pub use repo::host_meta::BOOTSTRAP_ADMIN_META;
+pub use repo::inventory::InventoryFilter;
 pub use repo::notices::{AlertChange, Notice, SendWhen};
 pub use repo::outcomes::{Committed, Guard, JobEnd, Outcome};
 pub use repo::reclaim::Reclaimed;
-pub use repo::inventory::InventoryFilter;
 pub use repo::signals::{Received, SignalListener, WAKE_CHANNEL};
 
 /// Result type of the store.

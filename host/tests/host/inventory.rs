@@ -40,7 +40,7 @@ async fn inventory_filters_pages_and_counts(b: Backend) {
     let other = fixtures::issuer(&store).await;
     let alpha = cert(&store, "web-Alpha", &a.id, "team-a").await;
     let beta = cert(&store, "web_beta", &a.id, "team-b").await;
-    let sale = cert(&store, "50%off", &other.id, "team-a").await;
+    cert(&store, "50%off", &other.id, "team-a").await;
     let gone = cert(&store, "web-gone", &a.id, "team-a").await;
     fixtures::version_ending_in(&store, &alpha.id, "01", 10).await;
     fixtures::version_ending_in(&store, &beta.id, "02", 3).await;
