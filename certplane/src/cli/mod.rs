@@ -1241,7 +1241,8 @@ async fn instance_update(
 /// The parts of an instance's grants no grant flag sets, kept by an update.
 const KEPT_GRANTS: [&str; 3] = ["limits", "tls", "challenges"];
 
-/// `DELETE /<collection>/{id}`: `deleted <what> <id>`, or `{}` as JSON.
+/// `DELETE /<collection>/{id}` (a soft retire): `<what> <id> is retired
+/// since <time>`, or the retired resource as JSON.
 async fn instance_delete(ctx: &Ctx, collection: &str, what: &str, id: &str) -> anyhow::Result<()> {
     let reply = ctx
         .client
