@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde_json::Value;
 
 use super::layout::{Page, json_block, pager, text, when};
-use super::{Session, UiError, UiState, enc, flash, wants_fragment};
+use super::{Session, UiError, UiState, flash, list_path, page_of, wants_fragment};
 
 const PER_PAGE: u32 = 50;
 
@@ -41,17 +41,14 @@ pub async fn page(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
-    let page_no: u32 = query
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p >= 1)
-        .unwrap_or(1);
-    let mut path = format!("/audit?page={page_no}&per_page={PER_PAGE}");
-    for key in ["subject_type", "subject_id", "actor"] {
-        if let Some(v) = query.get(key).filter(|v| !v.is_empty()) {
-            path.push_str(&format!("&{key}={}", enc(v)));
-        }
-    }
+    let page_no = page_of(&query);
+    let path = list_path(
+        "/audit",
+        page_no,
+        PER_PAGE,
+        &query,
+        &["subject_type", "subject_id", "actor"],
+    );
     let list = state.get(&session, &path).await?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let total = list["total"].as_u64().unwrap_or(items.len() as u64);

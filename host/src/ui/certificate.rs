@@ -11,7 +11,9 @@ use maud::{Markup, html};
 use serde_json::{Value, json};
 
 use super::layout::{self, Page, badge, text, when};
-use super::{Session, UiError, UiState, after_action, enc, flash, wants_fragment};
+use super::{
+    Session, UiError, UiState, after_action, enc, flash, names_by_id, target_label, wants_fragment,
+};
 
 /// `GET /ui/certificates/{id}`.
 pub async fn page(
@@ -31,15 +33,8 @@ pub async fn page(
         state.get(&session, &audit_path),
         state.all(&session, "/targets?include_retired=true", 1000),
     )?;
-    let target_names: HashMap<&str, &str> = targets
-        .iter()
-        .filter_map(|t| Some((t["id"].as_str()?, t["name"].as_str()?)))
-        .collect();
-    let target_name = |v: &Value| -> String {
-        v.as_str()
-            .map(|id| target_names.get(id).copied().unwrap_or(id).to_owned())
-            .unwrap_or_else(|| "—".into())
-    };
+    let target_names: HashMap<&str, &str> = names_by_id(&targets);
+    let target_name = |v: &Value| target_label(&target_names, v);
     let jobs = jobs["items"].as_array().cloned().unwrap_or_default();
     let versions = cert["versions"].as_array().cloned().unwrap_or_default();
     let status = cert["status"].as_str().unwrap_or_default();

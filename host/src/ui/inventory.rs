@@ -12,7 +12,9 @@ use maud::html;
 use serde_json::{Value, json};
 
 use super::layout::{self, Page, badge, expiry_class, pager};
-use super::{Session, UiError, UiState, after_action, enc, flash, wants_fragment};
+use super::{
+    Session, UiError, UiState, after_action, enc, flash, names_by_id, page_of, wants_fragment,
+};
 use crate::store::{CertificateStatus, InventoryFilter};
 
 /// Rows per inventory page.
@@ -52,11 +54,7 @@ pub async fn page(
 ) -> Result<Response, UiError> {
     let filter =
         filter_of(&query).map_err(|e| UiError::Api(axum::http::StatusCode::BAD_REQUEST, e))?;
-    let page_no: u32 = query
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p >= 1)
-        .unwrap_or(1);
+    let page_no = page_of(&query);
     let store = &state.engine.store;
     let offset = u64::from(page_no - 1) * u64::from(PER_PAGE);
     let ((rows, total), weeks, issuers) = tokio::try_join!(
@@ -78,10 +76,7 @@ pub async fn page(
         },
         state.all(&session, "/issuers", 1000),
     )?;
-    let issuer_names: HashMap<&str, &str> = issuers
-        .iter()
-        .filter_map(|i| Some((i["id"].as_str()?, i["name"].as_str()?)))
-        .collect();
+    let issuer_names: HashMap<&str, &str> = names_by_id(&issuers);
     let now = Utc::now();
     let selected = |k: &str, v: &str| query.get(k).is_some_and(|q| q == v);
     let content = html! {

@@ -11,7 +11,10 @@ use maud::{Markup, html};
 use serde_json::{Value, json};
 
 use super::layout::{self, Page, badge, pager, text, when};
-use super::{Session, UiError, UiState, after_action, enc, flash, wants_fragment};
+use super::{
+    Session, UiError, UiState, after_action, enc, flash, list_path, names_by_id, page_of,
+    target_label, wants_fragment,
+};
 
 const PER_PAGE: u32 = 50;
 const STATUSES: [&str; 8] = [
@@ -82,30 +85,20 @@ pub async fn page(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
-    let page_no: u32 = query
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p >= 1)
-        .unwrap_or(1);
-    let mut path = format!("/jobs?page={page_no}&per_page={PER_PAGE}");
-    for key in ["status", "job_type", "certificate_id", "agent_id"] {
-        if let Some(v) = query.get(key).filter(|v| !v.is_empty()) {
-            path.push_str(&format!("&{key}={}", enc(v)));
-        }
-    }
+    let page_no = page_of(&query);
+    let path = list_path(
+        "/jobs",
+        page_no,
+        PER_PAGE,
+        &query,
+        &["status", "job_type", "certificate_id", "agent_id"],
+    );
     let (jobs, targets) = tokio::try_join!(
         state.get(&session, &path),
         state.all(&session, "/targets?include_retired=true", 1000),
     )?;
-    let names: HashMap<&str, &str> = targets
-        .iter()
-        .filter_map(|t| Some((t["id"].as_str()?, t["name"].as_str()?)))
-        .collect();
-    let target_name = |v: &Value| -> String {
-        v.as_str()
-            .map(|id| names.get(id).copied().unwrap_or(id).to_owned())
-            .unwrap_or_else(|| "—".into())
-    };
+    let names: HashMap<&str, &str> = names_by_id(&targets);
+    let target_name = |v: &Value| target_label(&names, v);
     let items = jobs["items"].as_array().cloned().unwrap_or_default();
     let total = jobs["total"].as_u64().unwrap_or(items.len() as u64);
     let selected = |k: &str, v: &str| query.get(k).is_some_and(|q| q == v);

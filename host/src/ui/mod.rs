@@ -226,6 +226,48 @@ fn flash(query: &HashMap<String, String>) -> Option<(bool, String)> {
         .or_else(|| query.get("notice").map(|n| (false, n.clone())))
 }
 
+/// The `page` query parameter: 1 when absent or not a positive number.
+fn page_of(query: &HashMap<String, String>) -> u32 {
+    query
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p >= 1)
+        .unwrap_or(1)
+}
+
+/// An API list path: one page of `base`, with those of `filters` the
+/// page's own query sets.
+fn list_path(
+    base: &str,
+    page: u32,
+    per_page: u32,
+    query: &HashMap<String, String>,
+    filters: &[&str],
+) -> String {
+    let mut path = format!("{base}?page={page}&per_page={per_page}");
+    for key in filters {
+        if let Some(v) = query.get(*key).filter(|v| !v.is_empty()) {
+            path.push_str(&format!("&{key}={}", enc(v)));
+        }
+    }
+    path
+}
+
+/// Id → name of API items (targets, issuers, notifiers).
+fn names_by_id(items: &[Value]) -> HashMap<&str, &str> {
+    items
+        .iter()
+        .filter_map(|i| Some((i["id"].as_str()?, i["name"].as_str()?)))
+        .collect()
+}
+
+/// A target's name for a job's `target_id`, or a dash.
+fn target_label(names: &HashMap<&str, &str>, id: &Value) -> String {
+    id.as_str()
+        .map(|id| names.get(id).copied().unwrap_or(id).to_owned())
+        .unwrap_or_else(|| "—".into())
+}
+
 /// Percent-encodes one path segment or query value.
 fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()

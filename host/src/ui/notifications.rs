@@ -9,7 +9,9 @@ use axum::response::Response;
 use maud::html;
 
 use super::layout::{Page, badge, pager, text, when};
-use super::{Session, UiError, UiState, enc, flash, wants_fragment};
+use super::{
+    Session, UiError, UiState, enc, flash, list_path, names_by_id, page_of, wants_fragment,
+};
 
 const PER_PAGE: u32 = 50;
 
@@ -20,25 +22,19 @@ pub async fn page(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, UiError> {
-    let page_no: u32 = query
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p >= 1)
-        .unwrap_or(1);
-    let mut path = format!("/notifications?page={page_no}&per_page={PER_PAGE}");
-    for key in ["status", "notifier_id"] {
-        if let Some(v) = query.get(key).filter(|v| !v.is_empty()) {
-            path.push_str(&format!("&{key}={}", enc(v)));
-        }
-    }
+    let page_no = page_of(&query);
+    let path = list_path(
+        "/notifications",
+        page_no,
+        PER_PAGE,
+        &query,
+        &["status", "notifier_id"],
+    );
     let (list, notifiers) = tokio::try_join!(
         state.get(&session, &path),
         state.all(&session, "/notifiers", 1000),
     )?;
-    let names: HashMap<&str, &str> = notifiers
-        .iter()
-        .filter_map(|n| Some((n["id"].as_str()?, n["name"].as_str()?)))
-        .collect();
+    let names: HashMap<&str, &str> = names_by_id(&notifiers);
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let total = list["total"].as_u64().unwrap_or(items.len() as u64);
     let selected = |k: &str, v: &str| query.get(k).is_some_and(|q| q == v);
