@@ -115,6 +115,16 @@ impl Browser {
         self.client.current_url().await.unwrap().to_string()
     }
 
+    /// Waits for the navigation a click started: ChromeDriver may return
+    /// from a click on a submit button before the redirect lands.
+    async fn wait_url(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        wait_for(what, Duration::from_secs(20), || async {
+            let url = self.client.current_url().await.ok()?.to_string();
+            done(&url).then_some(url)
+        })
+        .await
+    }
+
     /// Waits until the page's text (refreshed by the page itself) contains
     /// `needle` under `css`.
     async fn wait_text(&self, css: &str, needle: &str, timeout: Duration) -> String {
@@ -142,12 +152,16 @@ impl Browser {
         );
         self.fill("#api_key", key).await;
         self.click("form.card button[type=submit]").await;
-        assert!(self.url().await.ends_with("/ui"), "{}", self.url().await);
+        self.wait_url("the inventory after signing in", |u| u.ends_with("/ui"))
+            .await;
     }
 
     async fn sign_out(&self) {
         self.click("header .session button").await;
-        assert!(self.url().await.ends_with("/ui/login"));
+        self.wait_url("the login page after signing out", |u| {
+            u.ends_with("/ui/login")
+        })
+        .await;
     }
 
     /// Runs `script` (a function body that may `await`) in the page.
@@ -225,8 +239,11 @@ async fn dashboard_in_a_real_browser() {
     browser.select("select[name=target_id]", &target_id).await;
     browser.screenshot("new-certificate").await;
     browser.click("form.stack button[type=submit]").await;
-    let page = browser.url().await;
-    assert!(page.contains("/ui/certificates/"), "{page}");
+    let page = browser
+        .wait_url("the new certificate's page", |u| {
+            u.contains("/ui/certificates/") && !u.contains("/ui/certificates/new")
+        })
+        .await;
     let cert_id = page
         .split("/ui/certificates/")
         .nth(1)
@@ -237,7 +254,9 @@ async fn dashboard_in_a_real_browser() {
         .to_owned();
     let cert_dir = deploy_dir.join(&cert_id);
     web.set_files(cert_dir.join("fullchain.pem"), cert_dir.join("privkey.pem"));
-    assert!(browser.text(".flash").await.contains("certificate created"));
+    browser
+        .wait_text(".flash", "certificate created", Duration::from_secs(20))
+        .await;
     let versions = browser
         .wait_text("#versions", "completed", Duration::from_secs(60))
         .await;
@@ -295,11 +314,9 @@ async fn dashboard_in_a_real_browser() {
             failed_job["id"].as_str().unwrap()
         ))
         .await;
-    assert!(
-        browser.text(".flash").await.contains("queued again"),
-        "{}",
-        browser.url().await
-    );
+    browser
+        .wait_text(".flash", "queued again", Duration::from_secs(20))
+        .await;
     wait_for(
         "the retried job to run again",
         Duration::from_secs(60),
@@ -340,7 +357,9 @@ async fn dashboard_in_a_real_browser() {
     browser
         .click(&format!("tr[data-agent='{spare_id}'] form button"))
         .await;
-    assert!(browser.text(".flash").await.contains("agent retired"));
+    browser
+        .wait_text(".flash", "agent retired", Duration::from_secs(20))
+        .await;
     assert!(!browser.text("#agents").await.contains("spare"));
     // The agent with a target cannot be retired without force: the
     // refusal shows what depends on it.
@@ -350,8 +369,9 @@ async fn dashboard_in_a_real_browser() {
     browser
         .click(&format!("tr[data-agent='{agent_id}'] form button"))
         .await;
-    let refusal = browser.text(".flash.error").await;
-    assert!(refusal.contains("target"), "{refusal}");
+    browser
+        .wait_text(".flash.error", "target", Duration::from_secs(20))
+        .await;
 
     // The other pages render.
     for (page, css) in [
