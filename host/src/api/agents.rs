@@ -38,7 +38,7 @@ use super::error::{ApiError, ApiResult};
 use super::listing::{Page, PageQuery, conditional_json};
 use crate::store::{
     ActorType, Agent, AgentDependencies, AgentStatus, HeartbeatOutcome, Job, JobFailure, JobStatus,
-    NewAgent, NewAuditEvent, RetireAgent, RetireOutcome, Target,
+    NewAgent, NewAuditEvent, RetireAgent, RetireOutcome, Target, new_id,
 };
 
 /// Jobs handed out per work poll unless the agent asks for fewer/more.
@@ -186,23 +186,25 @@ async fn register_agent(
     // The credential is `cpa_<id>.<secret>` and only the secret's hash is
     // stored, so the secret can be drawn before the id exists.
     let secret = random_secret();
+    let id = new_id();
+    let event = NewAuditEvent {
+        actor: id.clone(),
+        actor_type: ActorType::Agent,
+        action: "agent.register".into(),
+        subject_type: "agent".into(),
+        subject_id: Some(id.clone()),
+        details: json!({ "name": name }),
+    };
     let agent = state
         .store
-        .register_agent(NewAgent {
-            name: name.to_owned(),
-            credential_hash: hash_token(&secret),
-        })
-        .await?;
-    state
-        .store
-        .record_audit(NewAuditEvent {
-            actor: agent.id.clone(),
-            actor_type: ActorType::Agent,
-            action: "agent.register".into(),
-            subject_type: "agent".into(),
-            subject_id: Some(agent.id.clone()),
-            details: json!({ "name": agent.name }),
-        })
+        .register_agent_with_id(
+            &id,
+            NewAgent {
+                name: name.to_owned(),
+                credential_hash: hash_token(&secret),
+            },
+            Some(&event),
+        )
         .await?;
     let body = Registered {
         credential: format!("{AGENT_CREDENTIAL_PREFIX}{}.{secret}", agent.id),

@@ -35,7 +35,7 @@ use super::listing::{
 use crate::pipeline::keygen::KeyType;
 use crate::store::{
     ActorType, Certificate, CertificateOptions, CertificateStatus, CertificateVersion, JobStatus,
-    JobType, KeySource, NewAuditEvent, NewCertificate, NewJob, SENTINEL_AGENT_ID, now,
+    JobType, KeySource, NewAuditEvent, NewCertificate, NewJob, SENTINEL_AGENT_ID, new_id, now,
 };
 
 /// Most subject alternative names per certificate.
@@ -515,25 +515,17 @@ async fn load(state: &AppState, id: &str) -> ApiResult<Certificate> {
         .ok_or_else(|| ApiError::not_found(format!("certificate {id:?}")))
 }
 
-async fn audit(
-    state: &AppState,
-    caller: &OperatorAccess,
-    action: &str,
-    id: &str,
-    details: Value,
-) -> ApiResult<()> {
-    state
-        .store
-        .record_audit(NewAuditEvent {
-            actor: caller.0.actor(),
-            actor_type: ActorType::ApiKey,
-            action: action.to_string(),
-            subject_type: "certificate".to_string(),
-            subject_id: Some(id.to_string()),
-            details,
-        })
-        .await?;
-    Ok(())
+/// The audit row of an operator's change to certificate `id`, written by
+/// the store in the change's own transaction.
+fn audit_event(caller: &OperatorAccess, action: &str, id: &str, details: Value) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: caller.0.actor(),
+        actor_type: ActorType::ApiKey,
+        action: action.to_string(),
+        subject_type: "certificate".to_string(),
+        subject_id: Some(id.to_string()),
+        details,
+    }
 }
 
 /// List certificates, optionally filtered.
@@ -813,6 +805,17 @@ async fn update_certificate(
     } else {
         None
     };
+    let event = audit_event(
+        &caller,
+        "certificate.update",
+        &id,
+        json!({
+            "status": body.status.map(|s| s.to_string()),
+            "renew_before_days": body.renew_before_days,
+            "owner": body.owner,
+            "options_changed": options.is_some(),
+        }),
+    );
     let updated = state
         .store
         .update_certificate(
@@ -822,6 +825,7 @@ async fn update_certificate(
             body.owner.clone(),
             options.as_ref(),
             unchanged_since,
+            Some(&event),
         )
         .await?;
     let Some(updated) = updated else {
@@ -839,19 +843,6 @@ async fn update_certificate(
             )
         });
     };
-    audit(
-        &state,
-        &caller,
-        "certificate.update",
-        &id,
-        json!({
-            "status": body.status.map(|s| s.to_string()),
-            "renew_before_days": body.renew_before_days,
-            "owner": body.owner,
-            "options_changed": options.is_some(),
-        }),
-    )
-    .await?;
     // Re-enabled, or a wider window: it may be due now.
     state.wake.renewals.notify_one();
     let view = view(&state, updated).await?;
@@ -902,18 +893,14 @@ async fn retire_certificate(
 ) -> ApiResult<Response> {
     let cert = load(&state, &id).await?;
     // Already retired (by an earlier DELETE, or one racing this): nothing
-    // changes and nothing is audited; the answer is the same.
-    if cert.status != CertificateStatus::Retired
-        && let Some(cancelled_jobs) = state.store.retire_certificate(&id).await?
-    {
-        audit(
-            &state,
-            &caller,
-            "certificate.retire",
-            &id,
-            json!({ "cancelled_jobs": cancelled_jobs }),
-        )
-        .await?;
+    // changes and nothing is audited (the store writes the audit row only
+    // with the change); the answer is the same.
+    if cert.status != CertificateStatus::Retired {
+        let event = audit_event(&caller, "certificate.retire", &id, json!({}));
+        state
+            .store
+            .retire_certificate_audited(&id, Some(&event))
+            .await?;
     }
     let cert = load(&state, &id).await?;
     Ok(json_response(StatusCode::OK, detail(&state, cert).await?))
@@ -939,17 +926,19 @@ async fn renew_certificate(
         )));
     }
     let at = now();
-    if !state.store.set_certificate_renew_at(&id, at, None).await? {
-        return Err(ApiError::not_found(format!("certificate {id:?}")));
-    }
-    audit(
-        &state,
+    let event = audit_event(
         &caller,
         "certificate.renew_now",
         &id,
         json!({ "renew_at": at, "previous_renew_at": cert.renew_at }),
-    )
-    .await?;
+    );
+    if !state
+        .store
+        .set_certificate_renew_at_audited(&id, at, None, Some(&event))
+        .await?
+    {
+        return Err(ApiError::not_found(format!("certificate {id:?}")));
+    }
     state.wake.renewals.notify_one();
     let cert = load(&state, &id).await?;
     let view = view(&state, cert).await?;
@@ -1049,15 +1038,17 @@ async fn revoke_certificate(
         .agent(SENTINEL_AGENT_ID)
         .payload(json!({ "reason": body.reason }));
     new.certificate_version_id = Some(version_id.clone());
-    let job = state.store.create_job(new).await?;
-    audit(
-        &state,
+    let job_id = new_id();
+    let event = audit_event(
         &caller,
         "certificate.revoke",
         &id,
-        json!({ "job_id": job.id, "certificate_version_id": version_id, "reason": body.reason }),
-    )
-    .await?;
+        json!({ "job_id": job_id, "certificate_version_id": version_id, "reason": body.reason }),
+    );
+    let job = state
+        .store
+        .create_job_with_id(&job_id, new, Some(&event))
+        .await?;
     state.wake.wake_jobs();
     Ok(json_response(
         StatusCode::ACCEPTED,

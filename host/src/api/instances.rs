@@ -53,8 +53,8 @@ use super::listing::{
 };
 use crate::grants::{ChallengeRoutes, TlsGrant};
 use crate::store::{
-    ActorType, AgentStatus, NewAuditEvent, NewPluginInstance, NewTarget, PluginInstance,
-    SENTINEL_AGENT_ID, Target, new_id,
+    ActorType, AgentStatus, InstanceTable, NewAuditEvent, NewPluginInstance, NewTarget,
+    PluginInstance, SENTINEL_AGENT_ID, Target, new_id,
 };
 
 /// Longest instance or certificate name.
@@ -142,6 +142,17 @@ impl Kind {
     /// Owner string the secrets are sealed for.
     fn owner(self, id: &str) -> String {
         format!("{}/{id}", self.as_str())
+    }
+
+    /// The store's table of the kinds shaped as [`PluginInstance`]; `None`
+    /// for targets, which have their own.
+    fn table(self) -> Option<InstanceTable> {
+        match self {
+            Kind::Issuer => Some(InstanceTable::Issuers),
+            Kind::Notifier => Some(InstanceTable::Notifiers),
+            Kind::DnsSolver => Some(InstanceTable::DnsSolvers),
+            Kind::Target => None,
+        }
     }
 }
 
@@ -1095,26 +1106,23 @@ fn grants_json(grants: &GrantsBody) -> ApiResult<Value> {
     serde_json::to_value(grants).map_err(ApiError::internal)
 }
 
-async fn audit(
-    state: &AppState,
+/// The audit row of an operator's `action` (`create`, `update`, `retire`)
+/// on `kind` `id`, written by the store in the change's own transaction.
+fn audit_event(
     caller: &OperatorAccess,
-    action: String,
-    subject_type: &str,
-    subject_id: &str,
+    kind: Kind,
+    action: &str,
+    id: &str,
     details: Value,
-) -> ApiResult<()> {
-    state
-        .store
-        .record_audit(NewAuditEvent {
-            actor: caller.0.actor(),
-            actor_type: ActorType::ApiKey,
-            action,
-            subject_type: subject_type.to_string(),
-            subject_id: Some(subject_id.to_string()),
-            details,
-        })
-        .await?;
-    Ok(())
+) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: caller.0.actor(),
+        actor_type: ActorType::ApiKey,
+        action: format!("{}.{action}", kind.as_str()),
+        subject_type: kind.as_str().to_string(),
+        subject_id: Some(id.to_string()),
+        details,
+    }
 }
 
 async fn create(
@@ -1173,15 +1181,27 @@ async fn create(
         encrypted_secrets,
         grants: grants_json(&checked.grants)?,
     };
-    let row: Row = match kind {
-        Kind::Issuer => state.store.create_issuer_with_id(&id, new).await?.into(),
-        Kind::Notifier => state.store.create_notifier_with_id(&id, new).await?.into(),
-        Kind::DnsSolver => state
+    let event = audit_event(
+        caller,
+        kind,
+        "create",
+        &id,
+        json!({
+            "name": new.name,
+            "plugin": new.plugin_name,
+            "plugin_version": new.plugin_version,
+            "secret_names": checked.secrets.keys().collect::<Vec<_>>(),
+            "agent_id": (kind == Kind::Target).then_some(&agent_id),
+            "validated_on_host": runs_on_host,
+        }),
+    );
+    let row: Row = match kind.table() {
+        Some(table) => state
             .store
-            .create_dns_solver_with_id(&id, new)
+            .create_instance(table, &id, new, Some(&event))
             .await?
             .into(),
-        Kind::Target => state
+        None => state
             .store
             .create_target_with_id(
                 &id,
@@ -1189,6 +1209,7 @@ async fn create(
                     agent_id: agent_id.clone(),
                     instance: new,
                 },
+                Some(&event),
             )
             .await
             .map_err(|e| match e {
@@ -1199,22 +1220,6 @@ async fn create(
             })?
             .into(),
     };
-    audit(
-        state,
-        caller,
-        format!("{}.create", kind.as_str()),
-        kind.as_str(),
-        &row.id,
-        json!({
-            "name": row.name,
-            "plugin": row.plugin_name,
-            "plugin_version": row.plugin_version,
-            "secret_names": checked.secrets.keys().collect::<Vec<_>>(),
-            "agent_id": row.agent_id,
-            "validated_on_host": runs_on_host,
-        }),
-    )
-    .await?;
     Ok(json_response(StatusCode::CREATED, row.view(kind)))
 }
 
@@ -1306,41 +1311,29 @@ async fn update(
     }
     let encrypted_secrets = seal(state, kind, id, &checked.secrets)?;
     let grants = grants_json(&checked.grants)?;
-    let updated: Option<Row> = match kind {
-        Kind::Issuer => state
+    let event = audit_event(
+        caller,
+        kind,
+        "update",
+        id,
+        json!({ "changed": changed, "secrets_changed": secret_changes,
+                "validated_on_host": runs_on_host }),
+    );
+    let updated: Option<Row> = match kind.table() {
+        Some(table) => state
             .store
-            .update_issuer(
+            .update_instance(
+                table,
                 id,
                 &checked.settings,
                 encrypted_secrets,
                 &grants,
                 unchanged_since,
+                Some(&event),
             )
             .await?
             .map(Row::from),
-        Kind::Notifier => state
-            .store
-            .update_notifier(
-                id,
-                &checked.settings,
-                encrypted_secrets,
-                &grants,
-                unchanged_since,
-            )
-            .await?
-            .map(Row::from),
-        Kind::DnsSolver => state
-            .store
-            .update_dns_solver(
-                id,
-                &checked.settings,
-                encrypted_secrets,
-                &grants,
-                unchanged_since,
-            )
-            .await?
-            .map(Row::from),
-        Kind::Target => state
+        None => state
             .store
             .update_target(
                 id,
@@ -1348,6 +1341,7 @@ async fn update(
                 encrypted_secrets,
                 &grants,
                 unchanged_since,
+                Some(&event),
             )
             .await?
             .map(Row::from),
@@ -1368,16 +1362,6 @@ async fn update(
             )
         });
     };
-    audit(
-        state,
-        caller,
-        format!("{}.update", kind.as_str()),
-        kind.as_str(),
-        id,
-        json!({ "changed": changed, "secrets_changed": secret_changes,
-                "validated_on_host": runs_on_host }),
-    )
-    .await?;
     Ok(json_response(StatusCode::OK, updated.view(kind)))
 }
 
@@ -1400,25 +1384,24 @@ async fn retire(
         if row.retired_at.is_some() {
             return Ok(json_response(StatusCode::OK, row.view(kind)));
         }
-        let retired = match kind {
-            Kind::Issuer => state.store.retire_issuer(id).await?,
-            Kind::Target => {
+        let event = audit_event(
+            caller,
+            kind,
+            "retire",
+            id,
+            json!({ "name": row.name, "plugin": row.plugin_name }),
+        );
+        let retired = match kind.table() {
+            Some(table) => state.store.retire_instance(table, id, Some(&event)).await?,
+            None => {
                 let reason = format!("deleted by {}", caller.0.actor());
-                state.store.retire_unused_target(id, &reason).await?
+                state
+                    .store
+                    .retire_unused_target(id, &reason, Some(&event))
+                    .await?
             }
-            Kind::Notifier => state.store.retire_notifier(id).await?,
-            Kind::DnsSolver => state.store.retire_dns_solver(id).await?,
         };
         if retired {
-            audit(
-                state,
-                caller,
-                format!("{}.retire", kind.as_str()),
-                kind.as_str(),
-                id,
-                json!({ "name": row.name, "plugin": row.plugin_name }),
-            )
-            .await?;
             let row = load_row(state, kind, id).await?;
             return Ok(json_response(StatusCode::OK, row.view(kind)));
         }

@@ -24,7 +24,7 @@ use super::error::{ApiError, ApiResult};
 use super::listing::{Page, PageQuery, conditional_json};
 use crate::store::{
     ActorType, Job, JobFilter, JobStatus, JobType, JobUpdate, NewAuditEvent, NewJob,
-    SENTINEL_AGENT_ID, now,
+    SENTINEL_AGENT_ID, new_id, now,
 };
 
 /// How often a cancel retries when the job moved between read and write.
@@ -490,20 +490,21 @@ async fn verify_job(
             "deployment {id} has no target to verify"
         )));
     };
+    let job_id = new_id();
+    let event = audit(
+        caller.actor(),
+        "job.verify",
+        &job_id,
+        json!({ "deployment_job_id": deployment.id, "target_id": target_id }),
+    );
     let mut new = NewJob::new(JobType::Verification).target(target_id);
     new.certificate_id = deployment.certificate_id.clone();
     new.certificate_version_id = deployment.certificate_version_id.clone();
     new.agent_id = deployment.agent_id.clone();
     new.parent_job_id = Some(deployment.id.clone());
-    let job = state.store.create_job(new).await?;
-    state
+    let job = state
         .store
-        .record_audit(audit(
-            caller.actor(),
-            "job.verify",
-            &job.id,
-            json!({ "deployment_job_id": deployment.id, "target_id": job.target_id }),
-        ))
+        .create_job_with_id(&job_id, new, Some(&event))
         .await?;
     wake_executor(&state, &job);
     let location = format!("/api/v1/jobs/{}", job.id);

@@ -7,6 +7,7 @@
 
 mod actions;
 mod api_agents;
+mod api_audit_atomic;
 mod api_basics;
 mod api_certificates;
 mod api_dns_solvers;

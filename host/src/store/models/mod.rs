@@ -25,4 +25,4 @@ pub use job::{Job, JobFailure, JobFilter, JobLease, JobStatus, JobType, JobUpdat
 pub use notification::{
     CancelledNotifications, NewNotification, Notification, NotificationLease, NotificationStatus,
 };
-pub use plugin::{NewPluginInstance, NewTarget, PluginInstance, Target};
+pub use plugin::{InstanceTable, NewPluginInstance, NewTarget, PluginInstance, Target};

@@ -4,6 +4,29 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+/// Which table an issuer, notifier or dns-solver instance lives in (the
+/// three share one shape, [`PluginInstance`]; targets have their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceTable {
+    /// `issuers`.
+    Issuers,
+    /// `notifiers`.
+    Notifiers,
+    /// `dns_solvers`.
+    DnsSolvers,
+}
+
+impl InstanceTable {
+    /// The SQL table name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            InstanceTable::Issuers => "issuers",
+            InstanceTable::Notifiers => "notifiers",
+            InstanceTable::DnsSolvers => "dns_solvers",
+        }
+    }
+}
+
 /// An issuer, notifier or dns-solver instance (same shape; different
 /// tables).
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]

@@ -68,21 +68,39 @@ enum KeyHolderPlan {
 impl Store {
     /// Registers an agent (status active) and returns it.
     pub async fn register_agent(&self, agent: NewAgent) -> StoreResult<Agent> {
+        self.register_agent_with_id(&new_id(), agent, None).await
+    }
+
+    /// [`Store::register_agent`] with a caller-chosen id (the agent is its
+    /// own audit actor and subject), and `audit`, when given, in the same
+    /// transaction.
+    pub async fn register_agent_with_id(
+        &self,
+        id: &str,
+        agent: NewAgent,
+        audit: Option<&NewAuditEvent>,
+    ) -> StoreResult<Agent> {
         let now = now();
         on_write!(self, |pool| {
-            sqlx::query_as::<_, Agent>(
+            let mut tx = pool.begin_write().await?;
+            let registered = sqlx::query_as::<_, Agent>(
                 "INSERT INTO agents (id, name, credential_hash, sentinel, status, created_at)
                  VALUES ($1, $2, $3, FALSE, 'active', $4) RETURNING *",
             )
-            .bind(new_id())
+            .bind(id)
             .bind(&agent.name)
             .bind(&agent.credential_hash)
             .bind(ts(now))
-            .fetch_one(pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(|e| {
                 StoreError::from_insert(format!("agent credential for {:?}", agent.name), e)
-            })
+            })?;
+            if let Some(event) = audit {
+                insert_audit!(&mut *tx, now, event)?;
+            }
+            tx.commit().await?;
+            Ok(registered)
         })
     }
 

@@ -4,9 +4,11 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use crate::store::codec::{now, opt_ts, ts};
+use crate::store::repo::insert_audit;
 use crate::store::{
-    BeginWrite, Certificate, CertificateStatus, CertificateVersion, KeySource, NewCertificate,
-    NewCertificateVersion, Store, StoreError, StoreResult, new_id, on_read, on_write,
+    BeginWrite, Certificate, CertificateStatus, CertificateVersion, KeySource, NewAuditEvent,
+    NewCertificate, NewCertificateVersion, Store, StoreError, StoreResult, new_id, on_read,
+    on_write,
 };
 
 /// Inserts version `$new` and makes it its certificate's current one, in
@@ -191,6 +193,9 @@ impl Store {
     /// `renew_at` with it; becoming active clears `disabled_reason`. Refuses
     /// `Retired` (see [`Store::retire_certificate`]). `None` if unknown,
     /// retired, or (with `unchanged_since`) changed since that `updated_at`.
+    /// `audit`, when given, is written in the same transaction, only when
+    /// the certificate changed.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_certificate(
         &self,
         id: &str,
@@ -199,6 +204,7 @@ impl Store {
         owner: Option<Option<String>>,
         options: Option<&crate::store::CertificateOptions>,
         unchanged_since: Option<DateTime<Utc>>,
+        audit: Option<&NewAuditEvent>,
     ) -> StoreResult<Option<Certificate>> {
         if status == Some(CertificateStatus::Retired) {
             return Err(StoreError::InvalidArgument(
@@ -258,6 +264,11 @@ impl Store {
             .bind(opt_ts(unchanged_since))
             .fetch_optional(&mut *tx)
             .await?;
+            if updated.is_some()
+                && let Some(event) = audit
+            {
+                insert_audit!(&mut *tx, now, event)?;
+            }
             tx.commit().await?;
             Ok(updated)
         })
@@ -269,6 +280,18 @@ impl Store {
     /// jobs finish. Returns how many jobs were cancelled, or `None` if the
     /// certificate is unknown or already retired.
     pub async fn retire_certificate(&self, id: &str) -> StoreResult<Option<u64>> {
+        self.retire_certificate_audited(id, None).await
+    }
+
+    /// [`Store::retire_certificate`] with `audit`, when given, written in
+    /// the same transaction with the number of cancelled jobs added to its
+    /// details as `cancelled_jobs`; nothing is written when the certificate
+    /// is unknown or already retired.
+    pub async fn retire_certificate_audited(
+        &self,
+        id: &str,
+        audit: Option<&NewAuditEvent>,
+    ) -> StoreResult<Option<u64>> {
         let now = now();
         on_write!(self, |pool| {
             let mut tx = pool.begin_write().await?;
@@ -296,6 +319,13 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            if let Some(event) = audit {
+                let mut event = event.clone();
+                if let Some(details) = event.details.as_object_mut() {
+                    details.insert("cancelled_jobs".into(), serde_json::json!(cancelled));
+                }
+                insert_audit!(&mut *tx, now, &event)?;
+            }
             tx.commit().await?;
             Ok(Some(cancelled))
         })
@@ -376,17 +406,31 @@ impl Store {
         }))
     }
 
-    /// Sets `renew_at` directly (operator "renew now", tests). False if
-    /// unknown.
+    /// Sets `renew_at` directly (tests; the API's "renew now" audits it:
+    /// [`Store::set_certificate_renew_at_audited`]). False if unknown.
     pub async fn set_certificate_renew_at(
         &self,
         id: &str,
         renew_at: DateTime<Utc>,
         not_after: Option<DateTime<Utc>>,
     ) -> StoreResult<bool> {
+        self.set_certificate_renew_at_audited(id, renew_at, not_after, None)
+            .await
+    }
+
+    /// [`Store::set_certificate_renew_at`] with `audit`, when given, written
+    /// in the same transaction if the certificate exists.
+    pub async fn set_certificate_renew_at_audited(
+        &self,
+        id: &str,
+        renew_at: DateTime<Utc>,
+        not_after: Option<DateTime<Utc>>,
+        audit: Option<&NewAuditEvent>,
+    ) -> StoreResult<bool> {
         let now = now();
-        Ok(on_write!(self, |pool| {
-            sqlx::query(
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let found = sqlx::query(
                 "UPDATE certificates SET renew_at = $2, not_after = COALESCE($3, not_after),
                         updated_at = $4 WHERE id = $1",
             )
@@ -394,11 +438,16 @@ impl Store {
             .bind(ts(renew_at))
             .bind(opt_ts(not_after))
             .bind(ts(now))
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected()
-                == 1
-        }))
+                == 1;
+            if found && let Some(event) = audit {
+                insert_audit!(&mut *tx, now, event)?;
+            }
+            tx.commit().await?;
+            Ok(found)
+        })
     }
 
     /// Creates a certificate and its further deployment targets in one
@@ -414,7 +463,7 @@ impl Store {
         new: NewCertificate,
         extra_targets: &[String],
         options: &crate::store::CertificateOptions,
-        audit: Option<&crate::store::NewAuditEvent>,
+        audit: Option<&NewAuditEvent>,
     ) -> StoreResult<Certificate> {
         if new.key_source == KeySource::Agent && new.target_id.is_none() {
             return Err(StoreError::InvalidArgument(
@@ -482,11 +531,11 @@ impl Store {
                 .await?;
             }
             if let Some(event) = audit {
-                let event = crate::store::NewAuditEvent {
+                let event = NewAuditEvent {
                     subject_id: Some(cert.id.clone()),
                     ..event.clone()
                 };
-                crate::store::repo::insert_audit!(&mut *tx, now, &event)?;
+                insert_audit!(&mut *tx, now, &event)?;
             }
             tx.commit().await?;
             Ok(cert)

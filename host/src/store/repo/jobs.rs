@@ -61,23 +61,41 @@ impl Store {
     /// Inserts one job and returns it. `agent_id` left `None` is resolved to
     /// the target's agent, or `"host"` when there is no target.
     pub async fn create_job(&self, job: NewJob) -> StoreResult<Job> {
+        self.create_job_with_id(&new_id(), job, None).await
+    }
+
+    /// [`Store::create_job`] with a caller-chosen id (so the audit row of an
+    /// operator's request can name the job), and `audit`, when given, in
+    /// the same transaction.
+    pub async fn create_job_with_id(
+        &self,
+        id: &str,
+        job: NewJob,
+        audit: Option<&NewAuditEvent>,
+    ) -> StoreResult<Job> {
         check_new_job(&job)?;
         let now = now();
-        let id = new_id();
         on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
             let mut qb = QueryBuilder::new(INSERT_JOB_COLUMNS);
             qb.push("VALUES (");
-            push_job_values(&mut qb, &id, &job, now);
+            push_job_values(&mut qb, id, &job, now);
             qb.push(") RETURNING *");
-            qb.build_query_as::<Job>()
-                .fetch_one(pool)
+            let created = qb
+                .build_query_as::<Job>()
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| {
                     StoreError::from_job_insert(
                         format!("open job for certificate {:?}", job.certificate_id),
                         e,
                     )
-                })
+                })?;
+            if let Some(event) = audit {
+                insert_audit!(&mut *tx, now, event)?;
+            }
+            tx.commit().await?;
+            Ok(created)
         })
     }
 

@@ -16,10 +16,10 @@ use sqlx::types::Json;
 use chrono::{DateTime, Utc};
 
 use crate::store::codec::{now, opt_ts, ts};
-use crate::store::repo::sql_limit;
+use crate::store::repo::{insert_audit, sql_limit};
 use crate::store::{
-    BeginWrite, NewPluginInstance, NewTarget, PluginInstance, Store, StoreError, StoreResult,
-    Target, new_id, on_read, on_write,
+    BeginWrite, InstanceTable, NewAuditEvent, NewPluginInstance, NewTarget, PluginInstance, Store,
+    StoreError, StoreResult, Target, new_id, on_read, on_write,
 };
 
 /// Certificates that are not retired and use a target, as key holder or as
@@ -58,24 +58,6 @@ const SOLVER_ISSUERS_WHERE_SQLITE: &str = "issuers.retired_at IS NULL AND EXISTS
 const SOLVER_ISSUERS_WHERE_PG: &str =
     "issuers.retired_at IS NULL AND issuers.grants @> jsonb_build_object('challenges',
          jsonb_build_object('dns_01', jsonb_build_array(jsonb_build_object('solver', $1::text))))";
-
-/// Which table an issuer/notifier/dns-solver lives in.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum InstanceTable {
-    Issuers,
-    Notifiers,
-    DnsSolvers,
-}
-
-impl InstanceTable {
-    fn name(self) -> &'static str {
-        match self {
-            InstanceTable::Issuers => "issuers",
-            InstanceTable::Notifiers => "notifiers",
-            InstanceTable::DnsSolvers => "dns_solvers",
-        }
-    }
-}
 
 /// The dns-solver ids an issuer's grants route to, with the field that
 /// names each (sorted by id, each once, so concurrent writers lock solver
@@ -132,11 +114,16 @@ fn missing_solver(field: &str, solver: &str) -> StoreError {
 }
 
 impl Store {
-    async fn create_instance(
+    /// Creates an instance in `table` with a caller-chosen id (so secrets
+    /// can be sealed for the id before the row exists), and `audit`, when
+    /// given, in the same transaction. An issuer's dns-solver routes must
+    /// name solvers that exist (see [`Store::create_issuer`]).
+    pub async fn create_instance(
         &self,
         table: InstanceTable,
-        id: String,
+        id: &str,
         new: NewPluginInstance,
+        audit: Option<&NewAuditEvent>,
     ) -> StoreResult<PluginInstance> {
         let now = now();
         let sql = format!(
@@ -151,7 +138,7 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             lock_routed_solvers!(tx, &solvers, share);
             let created = sqlx::query_as::<_, PluginInstance>(&sql)
-                .bind(&id)
+                .bind(id)
                 .bind(&new.name)
                 .bind(&new.plugin_name)
                 .bind(&new.plugin_version)
@@ -164,6 +151,9 @@ impl Store {
                 .map_err(|e| {
                     StoreError::from_insert(format!("{} {:?}", table.name(), new.name), e)
                 })?;
+            if let Some(event) = audit {
+                insert_audit!(&mut *tx, now, event)?;
+            }
             tx.commit().await?;
             Ok(created)
         })
@@ -205,7 +195,7 @@ impl Store {
     /// `grants.challenges.dns_01` names must exist
     /// ([`StoreError::InvalidArgument`] naming the field otherwise).
     pub async fn create_issuer(&self, new: NewPluginInstance) -> StoreResult<PluginInstance> {
-        self.create_instance(InstanceTable::Issuers, new_id(), new)
+        self.create_instance(InstanceTable::Issuers, &new_id(), new, None)
             .await
     }
 
@@ -216,7 +206,7 @@ impl Store {
         id: &str,
         new: NewPluginInstance,
     ) -> StoreResult<PluginInstance> {
-        self.create_instance(InstanceTable::Issuers, id.to_owned(), new)
+        self.create_instance(InstanceTable::Issuers, id, new, None)
             .await
     }
 
@@ -227,7 +217,7 @@ impl Store {
 
     /// Creates a notifier instance.
     pub async fn create_notifier(&self, new: NewPluginInstance) -> StoreResult<PluginInstance> {
-        self.create_instance(InstanceTable::Notifiers, new_id(), new)
+        self.create_instance(InstanceTable::Notifiers, &new_id(), new, None)
             .await
     }
 
@@ -237,7 +227,7 @@ impl Store {
         id: &str,
         new: NewPluginInstance,
     ) -> StoreResult<PluginInstance> {
-        self.create_instance(InstanceTable::Notifiers, id.to_owned(), new)
+        self.create_instance(InstanceTable::Notifiers, id, new, None)
             .await
     }
 
@@ -318,7 +308,14 @@ impl Store {
         self.list_instances(InstanceTable::Notifiers).await
     }
 
-    async fn update_instance(
+    /// Replaces the settings, encrypted secrets and grants of `table`'s
+    /// instance `id`; `None` if it is unknown, retired, or (with
+    /// `unchanged_since`) changed since that `updated_at`. `audit`, when
+    /// given, is written in the same transaction, only when the row
+    /// changed. An issuer's new routes must name solvers that exist (see
+    /// [`Store::create_issuer`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_instance(
         &self,
         table: InstanceTable,
         id: &str,
@@ -326,6 +323,7 @@ impl Store {
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
         unchanged_since: Option<DateTime<Utc>>,
+        audit: Option<&NewAuditEvent>,
     ) -> StoreResult<Option<PluginInstance>> {
         // A notifier (or solver) disabled because its destination refused
         // it for good (HTTP 410, bad credentials) is enabled again by a new,
@@ -354,6 +352,11 @@ impl Store {
                 .bind(opt_ts(unchanged_since))
                 .fetch_optional(&mut *tx)
                 .await?;
+            if updated.is_some()
+                && let Some(event) = audit
+            {
+                insert_audit!(&mut *tx, now, event)?;
+            }
             tx.commit().await?;
             Ok(updated)
         })
@@ -378,6 +381,7 @@ impl Store {
             encrypted_secrets,
             grants,
             unchanged_since,
+            None,
         )
         .await
     }
@@ -399,6 +403,7 @@ impl Store {
             encrypted_secrets,
             grants,
             unchanged_since,
+            None,
         )
         .await
     }
@@ -432,20 +437,47 @@ impl Store {
         }))
     }
 
-    /// Retires `table`'s row `id` unless `in_use` (SQL over `$1`, the id)
-    /// holds, checked in one transaction after the row is locked, so a
-    /// writer that holds it (an issuer naming a solver, a certificate
-    /// naming an issuer) commits first and is seen. True if this call
-    /// retired it; false if it is unknown, already retired or in use
-    /// (nothing changed then). Notifiers are disabled too, so nothing is
-    /// queued for or sent by them again.
-    async fn retire_instance(
+    /// What keeps `table`'s row `$1` from being retired, as SQL: an
+    /// issuer named by a certificate that is not retired (retired ones
+    /// keep naming it); a notifier with notifications pending or being
+    /// sent; a dns-solver that a live issuer routes dns-01 to or whose
+    /// challenges are not all withdrawn (see [`Store::dns_solver_usage`]).
+    fn retire_in_use_sql(&self, table: InstanceTable) -> String {
+        match table {
+            InstanceTable::Issuers => format!("({ISSUER_CERTIFICATES_SQL}) > 0"),
+            InstanceTable::Notifiers => "EXISTS (SELECT 1 FROM notifications
+                     WHERE notifier_id = $1 AND status IN ('pending', 'sending'))"
+                .to_owned(),
+            InstanceTable::DnsSolvers => {
+                let issuers_where = match self.backend {
+                    crate::store::Backend::Sqlite(_) => SOLVER_ISSUERS_WHERE_SQLITE,
+                    crate::store::Backend::Postgres(_) => SOLVER_ISSUERS_WHERE_PG,
+                };
+                // The solver's route is `'dns:' || id`, spelled in SQL so
+                // the one bound id serves both checks.
+                format!(
+                    "EXISTS (SELECT 1 FROM issuers WHERE {issuers_where}) OR ({}) > 0",
+                    solver_live_challenges_sql("('dns:' || $1)")
+                )
+            }
+        }
+    }
+
+    /// Retires `table`'s row `id` unless it is in use, checked in one
+    /// transaction after the row is locked, so a writer that holds it (an
+    /// issuer naming a solver, a certificate naming an issuer) commits
+    /// first and is seen. True if this call retired it, with `audit` (when
+    /// given) written in the same transaction; false if it is unknown,
+    /// already retired or in use (nothing is written then). Notifiers are
+    /// disabled too, so nothing is queued for or sent by them again.
+    pub async fn retire_instance(
         &self,
         table: InstanceTable,
         id: &str,
-        in_use: &str,
+        audit: Option<&NewAuditEvent>,
     ) -> StoreResult<bool> {
         let now = now();
+        let in_use = self.retire_in_use_sql(table);
         let also = match table {
             InstanceTable::Notifiers => ", disabled_at = COALESCE(disabled_at, $2)",
             InstanceTable::Issuers | InstanceTable::DnsSolvers => "",
@@ -471,6 +503,9 @@ impl Store {
                 .rows_affected()
                 == 1;
             if done {
+                if let Some(event) = audit {
+                    insert_audit!(&mut *tx, now, event)?;
+                }
                 tx.commit().await?;
             } else {
                 tx.rollback().await?;
@@ -484,12 +519,7 @@ impl Store {
     /// True if this call retired it; false if it is unknown, already
     /// retired or in use.
     pub async fn retire_issuer(&self, id: &str) -> StoreResult<bool> {
-        self.retire_instance(
-            InstanceTable::Issuers,
-            id,
-            &format!("({ISSUER_CERTIFICATES_SQL}) > 0"),
-        )
-        .await
+        self.retire_instance(InstanceTable::Issuers, id, None).await
     }
 
     /// Notifications of a notifier that are still to be delivered (pending
@@ -511,13 +541,8 @@ impl Store {
     /// retired it; false if it is unknown, already retired or has open
     /// notifications (nothing is changed then).
     pub async fn retire_notifier(&self, id: &str) -> StoreResult<bool> {
-        self.retire_instance(
-            InstanceTable::Notifiers,
-            id,
-            "EXISTS (SELECT 1 FROM notifications
-                     WHERE notifier_id = $1 AND status IN ('pending', 'sending'))",
-        )
-        .await
+        self.retire_instance(InstanceTable::Notifiers, id, None)
+            .await
     }
 
     /// One notifier instance by id.
@@ -527,7 +552,7 @@ impl Store {
 
     /// Creates a dns-solver instance.
     pub async fn create_dns_solver(&self, new: NewPluginInstance) -> StoreResult<PluginInstance> {
-        self.create_instance(InstanceTable::DnsSolvers, new_id(), new)
+        self.create_instance(InstanceTable::DnsSolvers, &new_id(), new, None)
             .await
     }
 
@@ -537,7 +562,7 @@ impl Store {
         id: &str,
         new: NewPluginInstance,
     ) -> StoreResult<PluginInstance> {
-        self.create_instance(InstanceTable::DnsSolvers, id.to_owned(), new)
+        self.create_instance(InstanceTable::DnsSolvers, id, new, None)
             .await
     }
 
@@ -580,6 +605,7 @@ impl Store {
             encrypted_secrets,
             grants,
             unchanged_since,
+            None,
         )
         .await
     }
@@ -616,35 +642,30 @@ impl Store {
     /// finds the solver retired and is refused. True if this call retired
     /// it; false if it is unknown, already retired or in use.
     pub async fn retire_dns_solver(&self, id: &str) -> StoreResult<bool> {
-        // The solver's route is `'dns:' || id`, spelled in SQL so the one
-        // bound id serves both checks.
-        let in_use = |issuers_where: &str| {
-            format!(
-                "EXISTS (SELECT 1 FROM issuers WHERE {issuers_where}) OR ({}) > 0",
-                solver_live_challenges_sql("('dns:' || $1)")
-            )
-        };
-        let in_use = match self.backend {
-            crate::store::Backend::Sqlite(_) => in_use(SOLVER_ISSUERS_WHERE_SQLITE),
-            crate::store::Backend::Postgres(_) => in_use(SOLVER_ISSUERS_WHERE_PG),
-        };
-        self.retire_instance(InstanceTable::DnsSolvers, id, &in_use)
+        self.retire_instance(InstanceTable::DnsSolvers, id, None)
             .await
     }
 
     /// Creates a target run by `new.agent_id` (which must exist and be
     /// active).
     pub async fn create_target(&self, new: NewTarget) -> StoreResult<Target> {
-        self.create_target_with_id(&new_id(), new).await
+        self.create_target_with_id(&new_id(), new, None).await
     }
 
     /// Creates a target with a caller-chosen id (see
-    /// [`Store::create_issuer_with_id`]).
-    pub async fn create_target_with_id(&self, id: &str, new: NewTarget) -> StoreResult<Target> {
+    /// [`Store::create_issuer_with_id`]), and `audit`, when given, in the
+    /// same transaction.
+    pub async fn create_target_with_id(
+        &self,
+        id: &str,
+        new: NewTarget,
+        audit: Option<&NewAuditEvent>,
+    ) -> StoreResult<Target> {
         let now = now();
         let inst = &new.instance;
-        let created = on_write!(self, |pool| {
-            sqlx::query_as::<_, Target>(
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let created = sqlx::query_as::<_, Target>(
                 "INSERT INTO targets (id, name, agent_id, plugin_name, plugin_version, settings,
                                       encrypted_secrets, grants, created_at, updated_at)
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9
@@ -660,13 +681,21 @@ impl Store {
             .bind(inst.encrypted_secrets.clone())
             .bind(Json(&inst.grants))
             .bind(ts(now))
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(|e| StoreError::from_insert(format!("target {:?}", inst.name), e))?
-        });
-        created.ok_or_else(|| StoreError::NotFound {
-            entity: "active agent",
-            id: new.agent_id.clone(),
+            .map_err(|e| StoreError::from_insert(format!("target {:?}", inst.name), e))?;
+            let Some(created) = created else {
+                tx.rollback().await?;
+                return Err(StoreError::NotFound {
+                    entity: "active agent",
+                    id: new.agent_id.clone(),
+                });
+            };
+            if let Some(event) = audit {
+                insert_audit!(&mut *tx, now, event)?;
+            }
+            tx.commit().await?;
+            Ok(created)
         })
     }
 
@@ -759,7 +788,8 @@ impl Store {
 
     /// Replaces a target's settings, encrypted secrets and grants; `None` if
     /// it is unknown, retired, or (with `unchanged_since`) changed since
-    /// that `updated_at`.
+    /// that `updated_at`. `audit`, when given, is written in the same
+    /// transaction, only when the row changed.
     pub async fn update_target(
         &self,
         id: &str,
@@ -767,10 +797,12 @@ impl Store {
         encrypted_secrets: Option<Vec<u8>>,
         grants: &Value,
         unchanged_since: Option<DateTime<Utc>>,
+        audit: Option<&NewAuditEvent>,
     ) -> StoreResult<Option<Target>> {
         let now = now();
-        Ok(on_write!(self, |pool| {
-            sqlx::query_as::<_, Target>(
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let updated = sqlx::query_as::<_, Target>(
                 "UPDATE targets SET settings = $2, encrypted_secrets = $3, grants = $4,
                         updated_at = $5
                  WHERE id = $1 AND retired_at IS NULL AND ($6 IS NULL OR updated_at = $6)
@@ -782,9 +814,16 @@ impl Store {
             .bind(Json(grants))
             .bind(ts(now))
             .bind(opt_ts(unchanged_since))
-            .fetch_optional(pool)
-            .await?
-        }))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if updated.is_some()
+                && let Some(event) = audit
+            {
+                insert_audit!(&mut *tx, now, event)?;
+            }
+            tx.commit().await?;
+            Ok(updated)
+        })
     }
 
     /// What keeps a target in use: (certificates not retired that deploy to
@@ -806,24 +845,40 @@ impl Store {
     }
 
     /// Retires a target unless it is in use (see [`Store::target_usage`]),
-    /// checked in the same statement. False if it is unknown, already
-    /// retired or in use.
-    pub async fn retire_unused_target(&self, id: &str, reason: &str) -> StoreResult<bool> {
+    /// checked in the same statement. True if this call retired it, with
+    /// `audit` (when given) written in the same transaction; false if it is
+    /// unknown, already retired or in use (nothing is written then).
+    pub async fn retire_unused_target(
+        &self,
+        id: &str,
+        reason: &str,
+        audit: Option<&NewAuditEvent>,
+    ) -> StoreResult<bool> {
         let now = now();
         let sql = format!(
             "UPDATE targets SET retired_at = $2, retired_reason = $3, updated_at = $2
              WHERE id = $1 AND retired_at IS NULL
                AND ({TARGET_CERTIFICATES_SQL}) = 0 AND ({TARGET_OPEN_JOBS_SQL}) = 0"
         );
-        Ok(on_write!(self, |pool| {
-            sqlx::query(&sql)
+        on_write!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let done = sqlx::query(&sql)
                 .bind(id)
                 .bind(ts(now))
                 .bind(reason)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                == 1
-        }))
+                == 1;
+            if done {
+                if let Some(event) = audit {
+                    insert_audit!(&mut *tx, now, event)?;
+                }
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(done)
+        })
     }
 }
