@@ -3228,6 +3228,7 @@ async fn api_keys_create_list_show_and_revoke() {
     let admin = host.ca_args(&host.app.admin);
 
     // Created: the key is printed once, apart from its fields.
+    let asked_at = chrono::Utc::now();
     let created = ok(&certplane(
         &[
             "keys",
@@ -3264,6 +3265,22 @@ async fn api_keys_create_list_show_and_revoke() {
     let shown = ok_json(&certplane(&["keys", "show", &id, "--output", "json"], &admin).await);
     assert!(shown["last_used_at"].is_string(), "{shown}");
     assert!(shown.get("secret").is_none(), "{shown}");
+    // `--expires-in-days 30`: the key expires 30 days after it was asked
+    // for, in every form the CLI shows it.
+    let expires_at = shown["expires_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap_or_else(|| panic!("no expiry: {shown}"))
+        .with_timezone(&chrono::Utc);
+    let ahead = expires_at - asked_at;
+    assert!(
+        ahead >= chrono::Duration::days(30) - chrono::Duration::seconds(1)
+            && ahead <= chrono::Duration::days(30) + chrono::Duration::minutes(2),
+        "expires {expires_at}, asked at {asked_at}"
+    );
+    let printed = expires_at.format("%Y-%m-%d %H:%M:%S").to_string();
+    assert_eq!(field(&created, "EXPIRES AT"), printed, "{created}");
+    assert_eq!(row[7..9].join(" "), printed, "{list}");
 
     // Readers cannot manage keys; the admin revokes, twice alike.
     api_error(&certplane(&["keys", "list"], &as_ci).await, "forbidden");

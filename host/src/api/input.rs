@@ -1,6 +1,7 @@
-//! Input hygiene: a request whose percent-decoded path or query holds a
-//! NUL byte or is not UTF-8, or whose JSON body holds a string or key with
-//! U+0000, is refused with 400 `invalid_input` before any handler runs.
+//! Input hygiene: a request whose percent-decoded path, query or form
+//! body (the dashboard's forms) holds a NUL byte or is not UTF-8, or whose
+//! JSON body holds a string or key with U+0000, is refused with 400
+//! `invalid_input` before any handler runs.
 //!
 //! PostgreSQL cannot store U+0000 in `text` or `jsonb` and answers such a
 //! write with an error (a 500 to the client), while SQLite stores it and
@@ -11,7 +12,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -43,9 +44,9 @@ fn refuse(message: String, param: Option<String>) -> Response {
     error.into_response()
 }
 
-/// The middleware: checks the path, the query and a JSON body (read with
-/// the `api.max_body_bytes` limit, 413 beyond it), then hands the request
-/// on with the same body bytes.
+/// The middleware: checks the path, the query and a JSON or form body
+/// (read with the `api.max_body_bytes` limit, 413 beyond it), then hands
+/// the request on with the same body bytes.
 pub async fn refuse_bad_input(
     State(max_body): State<usize>,
     request: Request,
@@ -66,7 +67,18 @@ pub async fn refuse_bad_input(
         Ok(bytes) => bytes,
         Err(response) => return *response,
     };
-    if let Some((message, param)) = body_flaw(&bytes) {
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(FORM));
+    let flaw = if is_form {
+        form_flaw(&bytes)
+    } else {
+        body_flaw(&bytes)
+    };
+    if let Some((message, param)) = flaw {
         return refuse(message, param);
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -189,18 +201,35 @@ fn path_flaw(path: &str, matched: Option<&str>) -> Option<(String, Option<String
 
 /// The first flawed query parameter (name or value).
 fn query_flaw(query: &str) -> Option<(String, Option<String>)> {
-    for pair in query.split('&') {
+    pairs_flaw(query, "query parameter")
+}
+
+/// The media type of an HTML form's body.
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The first flawed field (name or value) of a form body, which is encoded
+/// like a query.
+fn form_flaw(body: &[u8]) -> Option<(String, Option<String>)> {
+    match std::str::from_utf8(body) {
+        Ok(text) => pairs_flaw(text, "form field"),
+        // Browsers percent-encode every byte beyond ASCII: raw ones are not
+        // a form any parser reads the same way.
+        Err(_) => Some((format!("the form body {}", Flaw::NotUtf8.describe()), None)),
+    }
+}
+
+/// The first flawed `name=value` pair of `text` (a query or form body);
+/// `what` names a pair in the message.
+fn pairs_flaw(text: &str, what: &str) -> Option<(String, Option<String>)> {
+    for pair in text.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if let Some(flaw) = flaw_of(name, true) {
-            return Some((format!("a query parameter name {}", flaw.describe()), None));
+            return Some((format!("a {what} name {}", flaw.describe()), None));
         }
         if let Some(flaw) = flaw_of(value, true) {
             // The name passed the check above: it decodes to UTF-8.
             let name = String::from_utf8_lossy(&percent_decode(name, true)).into_owned();
-            return Some((
-                format!("query parameter `{name}` {}", flaw.describe()),
-                Some(name),
-            ));
+            return Some((format!("{what} `{name}` {}", flaw.describe()), Some(name)));
         }
     }
     None
@@ -314,6 +343,24 @@ mod tests {
         assert!(message.contains("name"), "{message}");
         // A half escape is literal text, not a NUL.
         assert_eq!(query_flaw("q=%0&r=%"), None);
+    }
+
+    #[test]
+    fn form_fields_are_checked_like_query_parameters() {
+        assert_eq!(form_flaw(b"csrf=abc&name=caf%C3%A9+x&q=%"), None);
+        let (message, param) = form_flaw(b"csrf=abc&name=a%00b").unwrap();
+        assert_eq!(param.as_deref(), Some("name"));
+        assert!(message.starts_with("form field `name` "), "{message}");
+        assert!(message.contains("NUL"), "{message}");
+        let (message, param) = form_flaw(b"owner=%FF").unwrap();
+        assert_eq!(param.as_deref(), Some("owner"));
+        assert!(message.contains("UTF-8"), "{message}");
+        // Raw bytes, not escaped: a NUL, and bytes that are not UTF-8.
+        let (_, param) = form_flaw(b"name=a\0b").unwrap();
+        assert_eq!(param.as_deref(), Some("name"));
+        let (message, param) = form_flaw(&[b'a', b'=', 0xff]).unwrap();
+        assert_eq!(param, None);
+        assert!(message.contains("UTF-8"), "{message}");
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.api.max_body_bytes;
+    let time_limit = Duration::from_secs(state.config.api.request_timeout_secs);
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1_routes())
         .split_for_parts();
@@ -147,17 +148,24 @@ pub fn router(state: AppState) -> Router {
             max_body,
             input::refuse_bad_input,
         ))
-        .layer(middleware::from_fn_with_state(
-            Duration::from_secs(state.config.api.request_timeout_secs),
-            bounded,
-        ))
+        .layer(middleware::from_fn_with_state(time_limit, bounded))
         .layer(middleware::from_fn(auth::refusal_headers))
         .layer(middleware::from_fn(envelope_and_request_id))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state);
     // The dashboard calls the finished API in process, with its layers.
-    let ui =
-        crate::ui::routes(engine, app.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    // Its own pages get the same input check and time bound (its query
+    // and form parsing would otherwise see NUL and replace invalid UTF-8,
+    // and a page waits on several API calls in a row), but keep HTML
+    // error pages instead of the JSON envelope.
+    let ui = crate::ui::routes(engine, app.clone())
+        .layer(middleware::from_fn_with_state(
+            max_body,
+            input::refuse_bad_input,
+        ))
+        .layer(middleware::from_fn_with_state(time_limit, bounded))
+        .layer(middleware::from_fn(html_errors_and_request_id))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     app.merge(ui)
 }
 
@@ -191,17 +199,26 @@ async fn bounded(State(limit): State<Duration>, request: Request, next: Next) ->
     }
 }
 
-/// Assigns the request id (the client's `x-request-id` when sane, else a
-/// fresh one), runs the handler with it in scope, echoes it, and wraps any
-/// bare 4xx/5xx (from layers or axum's own rejections) in the envelope.
-async fn envelope_and_request_id(request: Request, next: Next) -> Response {
-    let id = request
+/// The request id of `request`: the client's `x-request-id` when sane,
+/// else that of the request being handled when this one is the
+/// dashboard's in-process API call (so a page and the API calls it makes
+/// log under one id), else a fresh one.
+fn request_id_of(request: &Request) -> String {
+    request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        .or_else(|| REQUEST_ID.try_with(String::clone).ok())
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Assigns the request id ([`request_id_of`]), runs the handler with it in
+/// scope, echoes it, and wraps any bare 4xx/5xx (from layers or axum's own
+/// rejections) in the envelope.
+async fn envelope_and_request_id(request: Request, next: Next) -> Response {
+    let id = request_id_of(&request);
     REQUEST_ID
         .scope(id.clone(), async move {
             let mut response = next.run(request).await;
@@ -227,6 +244,87 @@ async fn envelope_and_request_id(request: Request, next: Next) -> Response {
             response
         })
         .await
+}
+
+/// The dashboard's counterpart of [`envelope_and_request_id`]: the same
+/// request id, and every error that is not already an HTML page (the input
+/// check's and the time bound's envelopes, axum's bare rejections) shown as
+/// one, with its status, message and request id.
+async fn html_errors_and_request_id(request: Request, next: Next) -> Response {
+    let id = request_id_of(&request);
+    REQUEST_ID
+        .scope(id.clone(), async move {
+            let mut response = next.run(request).await;
+            let status = response.status();
+            let is_html = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+            if (status.is_client_error() || status.is_server_error()) && !is_html {
+                let (parts, body) = response.into_parts();
+                response = html_error_page(status, body, &id).await;
+                // `Retry-After`, `Allow` and the like stay; the replaced
+                // body's own headers go with it.
+                for (name, value) in &parts.headers {
+                    if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                        response.headers_mut().insert(name.clone(), value.clone());
+                    }
+                }
+            }
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert("x-request-id", value);
+            }
+            response
+        })
+        .await
+}
+
+/// An HTML page for an error answer of the dashboard: the envelope's
+/// message when the body is one, else the body's text (axum's rejections
+/// explain themselves in plain text), else the status's reason.
+async fn html_error_page(status: StatusCode, body: Body, request_id: &str) -> Response {
+    use http_body_util::BodyExt;
+    // Envelopes and rejections are small; a larger body is not shown.
+    let bytes = http_body_util::Limited::new(body, 16 * 1024)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .or_else(|| {
+            std::str::from_utf8(&bytes)
+                .ok()
+                .map(str::trim)
+                .filter(|text| !text.is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    let page = maud::html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (status) " · certplane" }
+                link rel="stylesheet" href="/ui/assets/ui.css";
+            }
+            body {
+                main {
+                    h1 { (status) }
+                    p { (message) }
+                    p.muted { "Request id " code { (request_id) } }
+                    p { a href="/ui" { "Back to the inventory" } }
+                }
+            }
+        }
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(page.into_string()),
+    )
+        .into_response()
 }
 
 /// Collects a body for tests and tools.

@@ -116,6 +116,7 @@ async fn disable_notifier(
         (status = 200, body = NotifierStateView),
         (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody),
+        (status = 409, description = "the notifier is retired (`invalid_state`)", body = super::error::ErrorBody),
     ),
     security(("bearer" = ["operator"])))]
 async fn enable_notifier(

@@ -574,6 +574,7 @@ async fn deployment_view_and_results(b: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(error_code(&r), "lease_lost", "{}", r.text);
 
     // Malformed results.
     let r = app
@@ -588,6 +589,8 @@ async fn deployment_view_and_results(b: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    // A stale attempt: the lease it names is gone, the job is not.
+    assert_eq!(error_code(&r), "lease_lost", "{}", r.text);
     let r = app
         .post(&path(&transient), &cred, json!({ "outcome": "maybe" }))
         .await;

@@ -7,7 +7,8 @@
 //! parameter and every string leaf of every request body schema is tried.
 //! A property test then pushes arbitrary strings through the same places
 //! and checks that nothing answers 5xx and that a refused request changed
-//! no row of any table.
+//! no row of any table. The dashboard (`/ui`) gets the same check on its
+//! own filters, paths and forms, and the same time bound.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +29,7 @@ both_backends!(
     an_agent_result_ends_the_job_with_its_audit_row_or_not_at_all,
     an_escaped_backslash_is_not_a_nul,
     an_oversized_body_is_still_413,
+    the_dashboard_refuses_nul_and_invalid_utf8_and_writes_nothing,
 );
 
 /// The endpoint families the API has; each must be found in the document
@@ -1115,4 +1117,264 @@ async fn an_oversized_body_is_still_413(backend: Backend) {
         )
         .await;
     assert_invalid_input(&r, "small body with a NUL", Some("name"));
+}
+
+// ------------------------------------------------------------- dashboard
+
+/// The value cookie `name` is set to by a reply.
+fn set_cookie(r: &Reply, name: &str) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next()?.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The first hidden `csrf` field of a page.
+fn csrf_of(page: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let start = page
+        .find(marker)
+        .unwrap_or_else(|| panic!("no CSRF field in {page}"))
+        + marker.len();
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
+/// A dashboard request with the `Cookie` header (when not empty) and a
+/// form body.
+async fn ui_request(
+    app: &TestApp,
+    method: Method,
+    uri: &str,
+    cookie: &str,
+    form: Option<String>,
+) -> Reply {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if !cookie.is_empty() {
+        builder = builder.header("cookie", cookie);
+    }
+    let body = match form {
+        Some(form) => {
+            builder = builder.header("content-type", "application/x-www-form-urlencoded");
+            Body::from(form)
+        }
+        None => Body::empty(),
+    };
+    app.send(builder.body(body).unwrap()).await
+}
+
+/// The sign-in form's token and the cookie that must come back with it.
+async fn login_token(app: &TestApp) -> String {
+    let form = ui_request(app, Method::GET, "/ui/login", "", None).await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.text);
+    let token = set_cookie(&form, "certplane_login").expect("the sign-in cookie");
+    assert_eq!(csrf_of(&form.text), token);
+    token
+}
+
+/// A signed-in dashboard session: its `Cookie` header and the CSRF token
+/// of its forms.
+struct UiSession {
+    cookie: String,
+    csrf: String,
+}
+
+/// Signs `key` in through the form, as a browser does.
+async fn sign_in(app: &TestApp, key: &str) -> UiSession {
+    let token = login_token(app).await;
+    let r = ui_request(
+        app,
+        Method::POST,
+        "/ui/login",
+        &format!("certplane_login={token}"),
+        Some(format!("csrf={token}&api_key={key}")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let session = set_cookie(&r, "certplane_session").expect("a session cookie");
+    let cookie = format!("certplane_session={session}");
+    let page = ui_request(app, Method::GET, "/ui/jobs", &cookie, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    UiSession {
+        csrf: csrf_of(&page.text),
+        cookie,
+    }
+}
+
+/// A dashboard answer that is an HTML error page (never the JSON
+/// envelope) with the request id on the page and in `x-request-id`.
+fn assert_html_error(r: &Reply, status: StatusCode, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.text);
+    let content_type = r
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/html"),
+        "{what}: {content_type}: {}",
+        r.text
+    );
+    let id = r
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{what}: no x-request-id"));
+    assert!(
+        r.text.contains(id),
+        "{what}: the page quotes {id}: {}",
+        r.text
+    );
+}
+
+/// Refused by the input check: 400, naming the flaw.
+fn assert_ui_refused(r: &Reply, what: &str) {
+    assert_html_error(r, StatusCode::BAD_REQUEST, what);
+    assert!(
+        r.text.contains("NUL") || r.text.contains("UTF-8"),
+        "{what}: the page names the flaw: {}",
+        r.text
+    );
+}
+
+/// The dashboard's filters, paths and forms with a NUL byte or invalid
+/// UTF-8: each is refused with a 400 page before its handler runs (which
+/// would search the inventory with it, replace the bytes, or post the form
+/// on to the API), and not one row changes; the same form without the
+/// flaw goes through and writes.
+async fn the_dashboard_refuses_nul_and_invalid_utf8_and_writes_nothing(backend: Backend) {
+    let app = app(backend).await;
+    let session = sign_in(&app, &app.operator).await;
+    let issuer = fixtures::issuer(&app.store).await;
+    let job = app
+        .store
+        .create_job(NewJob::new(JobType::Revocation))
+        .await
+        .unwrap();
+    let query = snapshot_query(&app.store).await;
+    let before = snapshot(&app.store, &query).await;
+
+    for uri in [
+        "/ui?q=%00",
+        "/ui?q=a%00b",
+        "/ui?q=%FF",
+        "/ui?owner=team%00&status=active",
+        "/ui?issuer=%C0%80",
+        "/ui?page=1&status=%FF",
+        "/ui/jobs?status=%00",
+        "/ui/jobs?certificate_id=%FF",
+        "/ui/audit?actor=%00",
+        "/ui/audit?subject_id=%FF",
+        "/ui/notifications?notifier_id=%00",
+        "/ui/agents?include_retired=%FF",
+        "/ui/certificates/%00",
+        "/ui/certificates/a%FFb",
+        "/ui/certificates/new?error=%00",
+    ] {
+        let r = ui_request(&app, Method::GET, uri, &session.cookie, None).await;
+        assert_ui_refused(&r, uri);
+    }
+    let r = ui_request(&app, Method::GET, "/ui/login?error=%FF", "", None).await;
+    assert_ui_refused(&r, "the sign-in page");
+
+    let csrf = &session.csrf;
+    let cancel = format!("/ui/jobs/{}/cancel", job.id);
+    let create = |name: &str| {
+        format!(
+            "csrf={csrf}&name={name}&common_name=www.example.test&issuer_id={}",
+            issuer.id
+        )
+    };
+    for (uri, form) in [
+        // The cancel form ignores fields it does not know: without the
+        // check, these would cancel the job.
+        (cancel.as_str(), format!("csrf={csrf}&reason=a%00b")),
+        (cancel.as_str(), format!("csrf={csrf}&reason=%FF")),
+        (cancel.as_str(), format!("csrf={csrf}&x%00=1")),
+        ("/ui/certificates", create("a%00b")),
+        ("/ui/certificates", create("caf%E9")),
+        ("/ui/certificates", create("a+%00")),
+    ] {
+        let r = ui_request(&app, Method::POST, uri, &session.cookie, Some(form.clone())).await;
+        assert_ui_refused(&r, &format!("POST {uri} {form}"));
+    }
+    let token = login_token(&app).await;
+    let r = ui_request(
+        &app,
+        Method::POST,
+        "/ui/login",
+        &format!("certplane_login={token}"),
+        Some(format!("csrf={token}&api_key=cpk_%00")),
+    )
+    .await;
+    assert_ui_refused(&r, "sign-in with a NUL");
+
+    assert_eq!(
+        changed(&before, &snapshot(&app.store, &query).await),
+        Vec::<String>::new()
+    );
+    let stored = app.store.get_job(&job.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, JobStatus::Pending);
+
+    // The body limit of the same check answers a page too.
+    let max = app.state.config.api.max_body_bytes;
+    let r = ui_request(
+        &app,
+        Method::POST,
+        &cancel,
+        &session.cookie,
+        Some(format!("csrf={csrf}&reason={}", "x".repeat(max))),
+    )
+    .await;
+    assert_html_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "an oversized form");
+    assert!(r.text.contains("api.max_body_bytes"), "{}", r.text);
+
+    // The same form without the flaw is written.
+    let r = ui_request(
+        &app,
+        Method::POST,
+        &cancel,
+        &session.cookie,
+        Some(format!("csrf={csrf}&reason=caf%C3%A9")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let stored = app.store.get_job(&job.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, JobStatus::Cancelled);
+    assert!(changed(&before, &snapshot(&app.store, &query).await).contains(&"jobs".to_owned()));
+}
+
+/// A dashboard page is bounded by `api.request_timeout_secs` like an API
+/// request: with the inventory's table locked by another session, `/ui`
+/// answers 503 within the bound instead of waiting for the lock.
+/// PostgreSQL only: SQLite readers do not wait for a writer's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_page_is_bounded_by_the_request_timeout() {
+    use sqlx::Connection as _;
+    let app = TestApp::with_config(Backend::Postgres, |c| c.api.request_timeout_secs = 1).await;
+    let session = sign_in(&app, &app.reader).await;
+    let mut holder = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE certificates IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        ui_request(&app, Method::GET, "/ui", &session.cookie, None),
+    )
+    .await
+    .expect("the page answers while the table is locked");
+    let took = started.elapsed();
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    // The dashboard's own bound answered (its page quotes the request id),
+    // not an API call of the page.
+    assert_html_error(&r, StatusCode::SERVICE_UNAVAILABLE, "GET /ui, table locked");
+    assert!(r.text.contains("request_timeout_secs"), "{}", r.text);
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    let r = ui_request(&app, Method::GET, "/ui", &session.cookie, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }

@@ -213,6 +213,25 @@ async fn cancel_and_retry(b: Backend) {
     assert_eq!(events[0].details["reason"], "wrong certificate");
     assert_eq!(events[0].details["from"], "pending");
 
+    // A `null` body is no body, as the document's optional body allows
+    // (generated clients send it).
+    let nulled = store
+        .create_job(NewJob::new(JobType::Revocation))
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            &format!("/api/v1/jobs/{}/cancel", nulled.id),
+            &app.operator,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "cancelled");
+    assert_eq!(r.json["last_error"], "cancelled by apikey:operator");
+    let stored = store.get_job(&nulled.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, JobStatus::Cancelled);
+
     // A running job can be cancelled (lease dropped); no body needed.
     let running = store
         .create_job(NewJob::new(JobType::Issuance))
@@ -413,6 +432,44 @@ async fn verify_creates_a_job_and_verification_is_read_back(b: Backend) {
         assert_eq!(r.json["detail"], "web.example.test:443");
         assert_eq!(r.json["checked_at"], "2025-06-01T12:00:00Z");
     }
+
+    // ETag: 304 while the result stands; a newer verification's result
+    // is a new representation with a new tag.
+    let tag = etag(&app.get(&verification, &app.reader).await);
+    let r = get_if_none_match(&app, &verification, &tag).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{}", r.text);
+    assert!(r.text.is_empty(), "{}", r.text);
+    assert_eq!(etag(&r), tag);
+    let r = post_empty(&app, &verify, &app.operator).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let newer = r.json["id"].as_str().unwrap().to_string();
+    let claimed = store.claim_pending_for_agent(&agent.id, 10).await.unwrap();
+    assert!(claimed.iter().any(|j| j.id == newer), "{claimed:?}");
+    assert!(
+        store
+            .transition_job(
+                &newer,
+                JobStatus::Running,
+                JobStatus::Completed,
+                JobUpdate {
+                    verification_result: Some(json!({
+                        "status": "mismatch",
+                        "observed_fingerprint": "cd".repeat(32),
+                        "expected_fingerprint": "ab".repeat(32),
+                        "checked_at": "2025-06-02T12:00:00Z",
+                    })),
+                    ..JobUpdate::default()
+                },
+                None,
+            )
+            .await
+            .unwrap()
+    );
+    let r = get_if_none_match(&app, &verification, &tag).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["job_id"], newer.as_str());
+    assert_eq!(r.json["status"], "mismatch");
+    assert_ne!(etag(&r), tag);
 
     // Only completed deployments can be verified; others have no result.
     let revocation = store

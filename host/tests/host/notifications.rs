@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::{Method, StatusCode};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use certplane_host::api::AppState;
@@ -23,7 +24,7 @@ use certplane_host::store::{
 use certplane_runtime::Level;
 use certplane_runtime::harness::{RecordedRequest, TestResponse, TestServer};
 use certplane_testkit::Backend;
-use certplane_testkit::app::TestApp;
+use certplane_testkit::app::{Reply, TestApp};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -1009,7 +1010,72 @@ async fn per_notifier_claims_leases_and_cancellation(backend: Backend) {
     );
 }
 
+/// `GET /notifications/{id}` as the reader, with `If-None-Match: tag`
+/// when given.
+async fn get_notification(app: &TestApp, id: &str, tag: Option<&str>) -> Reply {
+    let mut request = Request::builder()
+        .uri(format!("/api/v1/notifications/{id}"))
+        .header("authorization", format!("Bearer {}", app.reader));
+    if let Some(tag) = tag {
+        request = request.header("if-none-match", tag);
+    }
+    app.send(request.body(Body::empty()).unwrap()).await
+}
+
+fn etag(reply: &Reply) -> String {
+    reply
+        .headers
+        .get("etag")
+        .unwrap_or_else(|| panic!("no ETag on {}: {}", reply.status, reply.text))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// One notification's strong ETag: 304 while it waits in the queue, a new
+/// tag once the queue is cancelled, and that one current in turn. (No
+/// delivery loop runs here: only the cancellation changes it.)
+async fn a_notification_has_an_etag_that_changes_with_it(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let notifier = app
+        .store
+        .create_notifier(NewPluginInstance::new("hook", "webhook", "0.1.0"))
+        .await
+        .unwrap();
+    let id = enqueue(&app.store, &notifier.id, 1).await.remove(0);
+    let first = get_notification(&app, &id, None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.json["status"], "pending");
+    let tag = etag(&first);
+    assert!(
+        tag.starts_with('"') && tag.ends_with('"'),
+        "a strong tag: {tag}"
+    );
+    let r = get_notification(&app, &id, Some(&tag)).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{}", r.text);
+    assert!(r.text.is_empty(), "{}", r.text);
+    assert_eq!(etag(&r), tag);
+
+    let r = app
+        .post(
+            &format!("/api/v1/notifiers/{}/notifications/cancel", notifier.id),
+            &app.operator,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["cancelled"], 1, "{}", r.text);
+    let r = get_notification(&app, &id, Some(&tag)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "cancelled");
+    let new_tag = etag(&r);
+    assert_ne!(new_tag, tag);
+    let r = get_notification(&app, &id, Some(&new_tag)).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{}", r.text);
+}
+
 both_backends!(
+    a_notification_has_an_etag_that_changes_with_it,
     hung_notifier_does_not_delay_others_and_can_be_disabled_and_cancelled,
     shutdown_waits_for_deliveries_within_the_grace_period,
     per_notifier_claims_leases_and_cancellation,
