@@ -29,6 +29,18 @@ pub struct Reply {
     pub text: String,
 }
 
+impl Reply {
+    /// The `ETag` header; panics (a test failure) when there is none.
+    pub fn etag(&self) -> String {
+        self.headers
+            .get("etag")
+            .unwrap_or_else(|| panic!("no ETag on {}: {}", self.status, self.text))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
 /// A migrated store on one backend, the packaged plugins, the API's state
 /// and router, and API keys of every scope.
 pub struct TestApp {
@@ -147,6 +159,17 @@ impl TestApp {
     /// `GET path` with a bearer token.
     pub async fn get(&self, path: &str, token: &str) -> Reply {
         self.call(Method::GET, path, Some(token), None).await
+    }
+
+    /// `GET path` with a bearer token and `If-None-Match: tag`.
+    pub async fn get_if_none_match(&self, path: &str, token: &str, tag: &str) -> Reply {
+        let request = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("if-none-match", tag)
+            .body(Body::empty())
+            .unwrap();
+        self.send(request).await
     }
 
     /// `POST path` with a bearer token and a JSON body.

@@ -38,18 +38,25 @@ pub async fn page(
     let jobs = jobs["items"].as_array().cloned().unwrap_or_default();
     let versions = cert["versions"].as_array().cloned().unwrap_or_default();
     let status = cert["status"].as_str().unwrap_or_default();
+    let revoked = revoked_versions(&jobs);
+    // Revocable: a current version not revoked yet (the API refuses a
+    // second open revocation; a done one would be refused by the CA).
+    let revocable = cert["current_version_id"]
+        .as_str()
+        .is_some_and(|v| !revoked.contains_key(v));
     let base = format!("/ui/certificates/{path_id}");
     let content = html! {
         h1 { "Certificate " (text(&cert["name"])) " " (badge(status)) }
         @if session.can_write() && status != "retired" {
             div.actions {
-                (layout::button(&session, &format!("{base}/renew"), "Renew now", None))
+                // Only an active certificate renews: the API refuses the rest.
                 @if status == "active" {
+                    (layout::button(&session, &format!("{base}/renew"), "Renew now", None))
                     (layout::button(&session, &format!("{base}/disable"), "Disable", Some("Disable this certificate? It will not renew.")))
                 } @else if status == "disabled" {
                     (layout::button(&session, &format!("{base}/enable"), "Enable", None))
                 }
-                @if !versions.is_empty() {
+                @if revocable {
                     form.inline method="post" action={ (base) "/revoke" } data-confirm="Revoke the current version at the CA?" {
                         (layout::csrf(&session))
                         select name="reason" aria-label="revocation reason" {
@@ -77,8 +84,11 @@ pub async fn page(
             tbody {
                 @for v in &versions {
                     @let vid = v["id"].as_str().unwrap_or_default();
-                    tr {
-                        td.mono { (text(&v["serial"])) }
+                    tr data-version=(vid) {
+                        td.mono {
+                            (text(&v["serial"]))
+                            @if let Some(at) = revoked.get(vid) { " " (badge("revoked")) " " (when(at)) }
+                        }
                         td { (when(&v["not_before"])) " – " (when(&v["not_after"])) }
                         td.mono title=(v["fingerprint_sha256"].as_str().unwrap_or_default()) { (v["fingerprint_sha256"].as_str().map(|f| &f[..f.len().min(16)]).unwrap_or("—")) "…" }
                         td { (deployments(&jobs, vid, &target_name)) }
@@ -101,6 +111,14 @@ pub async fn page(
         refresh: true,
     }
     .render(wants_fragment(&headers), content))
+}
+
+/// Versions revoked at their CA (a completed revocation job): id → when.
+fn revoked_versions(jobs: &[Value]) -> HashMap<&str, &Value> {
+    jobs.iter()
+        .filter(|j| j["job_type"] == "revocation" && j["status"] == "completed")
+        .filter_map(|j| Some((j["certificate_version_id"].as_str()?, &j["finished_at"])))
+        .collect()
 }
 
 /// The deployment jobs of version `vid`, one line per target.

@@ -9,7 +9,9 @@
 //! because the API has no search.
 //!
 //! Sign-in exchanges an API key for a session cookie (see [`session`]);
-//! every form carries the session's CSRF token.
+//! every form carries the session's CSRF token, and one layer
+//! ([`forms_guard`]) checks it on every post before any handler runs, so a
+//! form route added later is covered without remembering to.
 
 mod agents;
 mod audit;
@@ -25,8 +27,9 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{FromRequestParts as _, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
@@ -51,28 +54,94 @@ impl std::fmt::Debug for UiState {
     }
 }
 
+/// The sign-in form's route: the one post without a session, guarded by
+/// its own double-submit cookie instead of [`forms_guard`].
+const LOGIN: &str = "/ui/login";
+/// Signing out: a post any session may make, read-only ones included.
+const LOGOUT: &str = "/ui/logout";
+
+/// Every route that takes a form post, as registered. All pass
+/// [`forms_guard`] but [`LOGIN`]; tests post to each without a token.
+pub const FORM_ROUTES: [&str; 6] = [
+    LOGIN,
+    LOGOUT,
+    "/ui/certificates",
+    "/ui/certificates/{id}/{action}",
+    "/ui/jobs/{id}/{action}",
+    "/ui/agents/{id}/retire",
+];
+
+/// The largest form the dashboard takes (the new-certificate form is the
+/// biggest, far below this).
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
 /// The dashboard's routes under `/ui`; `api` is the complete API router.
 pub fn routes(engine: Engine, api: Router) -> Router {
     let state = UiState { engine, api };
+    let [
+        login,
+        logout,
+        create,
+        certificate_act,
+        job_act,
+        agent_retire,
+    ] = FORM_ROUTES;
     Router::new()
         .route("/ui", get(inventory::page))
         .route("/ui/", get(|| async { Redirect::to("/ui") }))
-        .route("/ui/login", get(session::login_form).post(session::login))
-        .route("/ui/logout", post(session::logout))
+        .route(login, get(session::login_form).post(session::login))
+        .route(logout, post(session::logout))
         .route("/ui/assets/ui.css", get(layout::css))
         .route("/ui/assets/ui.js", get(layout::js))
-        .route("/ui/certificates", post(inventory::create))
+        .route(create, post(inventory::create))
         .route("/ui/certificates/new", get(inventory::new_form))
         .route("/ui/certificates/{id}", get(certificate::page))
-        .route("/ui/certificates/{id}/{action}", post(certificate::act))
+        .route(certificate_act, post(certificate::act))
         .route("/ui/jobs", get(jobs::page))
-        .route("/ui/jobs/{id}/{action}", post(jobs::act))
+        .route(job_act, post(jobs::act))
         .route("/ui/agents", get(agents::page))
-        .route("/ui/agents/{id}/retire", post(agents::retire))
+        .route(agent_retire, post(agents::retire))
         .route("/ui/connectors", get(connectors::page))
         .route("/ui/notifications", get(notifications::page))
         .route("/ui/audit", get(audit::page))
+        .route_layer(middleware::from_fn_with_state(state.clone(), forms_guard))
         .with_state(state)
+}
+
+/// Every request but a read (and the sign-in form) needs a session, the
+/// session's CSRF token in its form, and — to change anything — a key
+/// that may write: refused here, before a handler, with 403. Handlers
+/// check the token again; the API checks the scope again.
+async fn forms_guard(State(state): State<UiState>, request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD) || request.uri().path() == LOGIN {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let session = match Session::from_request_parts(&mut parts, &state).await {
+        Ok(session) => session,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
+        return UiError::Api(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the form is too large".into(),
+        )
+        .into_response();
+    };
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&bytes).into_owned().collect();
+    if let Err(refused) = session.check_csrf(&form) {
+        return refused.into_response();
+    }
+    if !session.can_write() && parts.uri.path() != LOGOUT {
+        return UiError::Api(
+            StatusCode::FORBIDDEN,
+            "this API key is read only; sign in with an operator or admin key to change things"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// An API answer as the pages use it.

@@ -194,8 +194,10 @@ pub async fn login(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let posted = form.get("csrf").map(String::as_str).unwrap_or_default();
+    // An empty cookie (the one a sign-in clears) matches an empty field:
+    // neither counts as a token.
     match cookie_value(&headers, LOGIN_COOKIE) {
-        Some(expected) if same(posted, expected) => {}
+        Some(expected) if !expected.is_empty() && same(posted, expected) => {}
         _ => return forbidden_form(),
     }
     let key = form

@@ -656,27 +656,6 @@ async fn register(app: &TestApp, name: &str, token: &str) -> Reply {
     .await
 }
 
-/// `GET path` as the admin with `If-None-Match: tag`.
-async fn get_if_none_match(app: &TestApp, path: &str, tag: &str) -> Reply {
-    let request = Request::builder()
-        .uri(path)
-        .header("authorization", format!("Bearer {}", app.admin))
-        .header("if-none-match", tag)
-        .body(Body::empty())
-        .unwrap();
-    app.send(request).await
-}
-
-fn etag(reply: &Reply) -> String {
-    reply
-        .headers
-        .get("etag")
-        .unwrap_or_else(|| panic!("no ETag on {}: {}", reply.status, reply.text))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// One key's strong ETag: 304 while the key is unchanged, a new tag once
 /// it is revoked, and that one current in turn.
 async fn a_key_has_an_etag_that_changes_with_it(backend: Backend) {
@@ -685,26 +664,26 @@ async fn a_key_has_an_etag_that_changes_with_it(backend: Backend) {
     let path = format!("/api/v1/api-keys/{id}");
     let first = app.get(&path, &app.admin).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text);
-    let tag = etag(&first);
+    let tag = first.etag();
     assert!(
         tag.starts_with('"') && tag.ends_with('"'),
         "a strong tag: {tag}"
     );
-    let r = get_if_none_match(&app, &path, &tag).await;
+    let r = app.get_if_none_match(&path, &app.admin, &tag).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{}", r.text);
     assert!(r.text.is_empty(), "{}", r.text);
-    assert_eq!(etag(&r), tag);
+    assert_eq!(r.etag(), tag);
 
     let revoked = app
         .call(Method::DELETE, &path, Some(&app.admin), None)
         .await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
-    let r = get_if_none_match(&app, &path, &tag).await;
+    let r = app.get_if_none_match(&path, &app.admin, &tag).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["status"], "revoked");
-    let new_tag = etag(&r);
+    let new_tag = r.etag();
     assert_ne!(new_tag, tag);
-    let r = get_if_none_match(&app, &path, &new_tag).await;
+    let r = app.get_if_none_match(&path, &app.admin, &new_tag).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{}", r.text);
 }
 

@@ -34,3 +34,4 @@ mod store_claims;
 mod store_migrations;
 mod store_retirement;
 mod store_transitions;
+mod ui_session;

@@ -1010,28 +1010,6 @@ async fn per_notifier_claims_leases_and_cancellation(backend: Backend) {
     );
 }
 
-/// `GET /notifications/{id}` as the reader, with `If-None-Match: tag`
-/// when given.
-async fn get_notification(app: &TestApp, id: &str, tag: Option<&str>) -> Reply {
-    let mut request = Request::builder()
-        .uri(format!("/api/v1/notifications/{id}"))
-        .header("authorization", format!("Bearer {}", app.reader));
-    if let Some(tag) = tag {
-        request = request.header("if-none-match", tag);
-    }
-    app.send(request.body(Body::empty()).unwrap()).await
-}
-
-fn etag(reply: &Reply) -> String {
-    reply
-        .headers
-        .get("etag")
-        .unwrap_or_else(|| panic!("no ETag on {}: {}", reply.status, reply.text))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// One notification's strong ETag: 304 while it waits in the queue, a new
 /// tag once the queue is cancelled, and that one current in turn. (No
 /// delivery loop runs here: only the cancellation changes it.)
@@ -1043,18 +1021,22 @@ async fn a_notification_has_an_etag_that_changes_with_it(backend: Backend) {
         .await
         .unwrap();
     let id = enqueue(&app.store, &notifier.id, 1).await.remove(0);
-    let first = get_notification(&app, &id, None).await;
+    let first = app
+        .get(&format!("/api/v1/notifications/{id}"), &app.reader)
+        .await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text);
     assert_eq!(first.json["status"], "pending");
-    let tag = etag(&first);
+    let tag = first.etag();
     assert!(
         tag.starts_with('"') && tag.ends_with('"'),
         "a strong tag: {tag}"
     );
-    let r = get_notification(&app, &id, Some(&tag)).await;
+    let r = app
+        .get_if_none_match(&format!("/api/v1/notifications/{id}"), &app.reader, &tag)
+        .await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{}", r.text);
     assert!(r.text.is_empty(), "{}", r.text);
-    assert_eq!(etag(&r), tag);
+    assert_eq!(r.etag(), tag);
 
     let r = app
         .post(
@@ -1065,12 +1047,20 @@ async fn a_notification_has_an_etag_that_changes_with_it(backend: Backend) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["cancelled"], 1, "{}", r.text);
-    let r = get_notification(&app, &id, Some(&tag)).await;
+    let r = app
+        .get_if_none_match(&format!("/api/v1/notifications/{id}"), &app.reader, &tag)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["status"], "cancelled");
-    let new_tag = etag(&r);
+    let new_tag = r.etag();
     assert_ne!(new_tag, tag);
-    let r = get_notification(&app, &id, Some(&new_tag)).await;
+    let r = app
+        .get_if_none_match(
+            &format!("/api/v1/notifications/{id}"),
+            &app.reader,
+            &new_tag,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{}", r.text);
 }
 
