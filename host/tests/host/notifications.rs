@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use certplane_host::api::AppState;
@@ -24,7 +23,7 @@ use certplane_host::store::{
 use certplane_runtime::Level;
 use certplane_runtime::harness::{RecordedRequest, TestResponse, TestServer};
 use certplane_testkit::Backend;
-use certplane_testkit::app::{Reply, TestApp};
+use certplane_testkit::app::TestApp;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
