@@ -33,6 +33,15 @@ pub async fn page(
         state.get(&session, &audit_path),
         state.all(&session, "/targets?include_retired=true", 1000),
     )?;
+    // The issuer by name: its id alone means nothing to an operator. A
+    // retired issuer still answers GET; an unknown one falls back to the id.
+    let issuer = match cert["issuer_id"].as_str() {
+        Some(issuer_id) => state
+            .get(&session, &format!("/issuers/{}", enc(issuer_id)))
+            .await
+            .ok(),
+        None => None,
+    };
     let target_names: HashMap<&str, &str> = names_by_id(&targets);
     let target_name = |v: &Value| target_label(&target_names, v);
     let jobs = jobs["items"].as_array().cloned().unwrap_or_default();
@@ -72,7 +81,12 @@ pub async fn page(
             dt { "Names" } dd.mono { (cert["sans"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
             dt { "Owner" } dd { (text(&cert["owner"])) }
             dt { "Key" } dd { (text(&cert["key_type"])) ", held by " (text(&cert["key_source"])) }
-            dt { "Issuer" } dd.mono { (text(&cert["issuer_id"])) }
+            dt { "Issuer" } dd {
+                @match issuer.as_ref().and_then(|i| i["name"].as_str()) {
+                    Some(name) => { (name) " " span.mono.muted { (text(&cert["issuer_id"])) } }
+                    None => span.mono { (text(&cert["issuer_id"])) },
+                }
+            }
             dt { "Targets" } dd { (cert["target_ids"].as_array().map(|a| a.iter().map(&target_name).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
             dt { "Expires" } dd { (when(&cert["not_after"])) }
             dt { "Renews" } dd { (when(&cert["renew_at"])) }
