@@ -55,3 +55,20 @@ macro_rules! insert_audit {
     }};
 }
 pub(crate) use insert_audit;
+
+/// Ends a write transaction `$tx` whose change happened when `$done`: then
+/// writes the audit event `$audit` (an `Option<&NewAuditEvent>`) and
+/// commits; otherwise rolls back, so a refused change leaves no audit row.
+macro_rules! commit_audited_if {
+    ($tx:ident, $done:expr, $now:expr, $audit:expr) => {{
+        if $done {
+            if let Some(event) = $audit {
+                $crate::store::repo::insert_audit!(&mut *$tx, $now, event)?;
+            }
+            $tx.commit().await?;
+        } else {
+            $tx.rollback().await?;
+        }
+    }};
+}
+pub(crate) use commit_audited_if;

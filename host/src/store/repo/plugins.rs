@@ -16,7 +16,7 @@ use sqlx::types::Json;
 use chrono::{DateTime, Utc};
 
 use crate::store::codec::{now, opt_ts, ts};
-use crate::store::repo::{insert_audit, sql_limit};
+use crate::store::repo::{commit_audited_if, insert_audit, sql_limit};
 use crate::store::{
     BeginWrite, InstanceTable, NewAuditEvent, NewPluginInstance, NewTarget, PluginInstance, Store,
     StoreError, StoreResult, Target, new_id, on_read, on_write,
@@ -502,14 +502,7 @@ impl Store {
                 .await?
                 .rows_affected()
                 == 1;
-            if done {
-                if let Some(event) = audit {
-                    insert_audit!(&mut *tx, now, event)?;
-                }
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
+            commit_audited_if!(tx, done, now, audit);
             Ok(done)
         })
     }
@@ -870,14 +863,7 @@ impl Store {
                 .await?
                 .rows_affected()
                 == 1;
-            if done {
-                if let Some(event) = audit {
-                    insert_audit!(&mut *tx, now, event)?;
-                }
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
+            commit_audited_if!(tx, done, now, audit);
             Ok(done)
         })
     }
