@@ -6,6 +6,7 @@
 //! cargo bench -p certplane-host --bench issuance -- [--certs 10000]
 //!     [--backend sqlite|postgres|both] [--concurrency 16] [--floor-calls 2000]
 //!     [--plugin-dir DIR] [--stall-secs 180] [--deploy-dir DIR] [--no-storm]
+//!     [--db-connections N] [--max-jobs N] [--instance-concurrency N]
 //! ```
 //!
 //! After the mass issuance, unless `--no-storm`, every certificate is
@@ -24,7 +25,7 @@
 //! `--certs` certificates are created with `POST /certificates`,
 //! `--concurrency` requests in flight, and the run is timed from the first
 //! request until the last deployment job finished (its own `finished_at`);
-//! the API is polled cheaply (`GET /jobs?type=…&status=…&per_page=1`, its `total`) to
+//! the API is polled cheaply (`GET /jobs?job_type=…&status=…&per_page=1`, its `total`) to
 //! see when that happened. Afterwards every job is read back through the
 //! API for per-stage latencies, and every certificate must have a version.
 //!
@@ -95,6 +96,13 @@ struct Args {
     /// Where the pem-files target writes (default: the run's temporary
     /// directory); e.g. a tmpfs to leave the disk's inode allocation out.
     deploy_root: Option<PathBuf>,
+    /// The host's `database.max_connections` (default: the host's default).
+    db_connections: Option<u32>,
+    /// The host's `jobs.max_concurrent` (default: the host's default).
+    max_jobs: Option<usize>,
+    /// `limits.concurrency` granted to the issuer and the target (default:
+    /// the host's `limits.default_concurrency`).
+    instance_concurrency: Option<u32>,
 }
 
 fn target_dir() -> PathBuf {
@@ -119,6 +127,9 @@ fn parse_args() -> anyhow::Result<Args> {
         stall: Duration::from_secs(180),
         storm: true,
         deploy_root: None,
+        db_connections: None,
+        max_jobs: None,
+        instance_concurrency: None,
     };
     fn number<T: std::str::FromStr>(flag: &str, value: &str) -> anyhow::Result<T> {
         value
@@ -144,6 +155,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--floor-calls" => args.floor_calls = number("--floor-calls", &value)?,
             "--plugin-dir" => args.plugin_dir = PathBuf::from(value),
             "--deploy-dir" => args.deploy_root = Some(PathBuf::from(value)),
+            "--db-connections" => args.db_connections = Some(number("--db-connections", &value)?),
+            "--max-jobs" => args.max_jobs = Some(number("--max-jobs", &value)?),
+            "--instance-concurrency" => {
+                args.instance_concurrency = Some(number("--instance-concurrency", &value)?)
+            }
             "--stall-secs" => args.stall = Duration::from_secs(number("--stall-secs", &value)?),
             "--no-storm" => {
                 args.storm = false;
@@ -727,7 +743,7 @@ async fn count_jobs(
 ) -> anyhow::Result<u64> {
     let mut query = vec![("per_page", "1".to_owned())];
     if let Some(t) = job_type {
-        query.push(("type", t.to_owned()));
+        query.push(("job_type", t.to_owned()));
     }
     if let Some(s) = status {
         query.push(("status", s.to_owned()));
@@ -907,6 +923,12 @@ async fn with_database(
     config.api.rate_limit_per_second = 1_000_000;
     config.api.rate_limit_burst = 1_000_000;
     config.log.level = "warn".into();
+    if let Some(n) = args.db_connections {
+        config.database.max_connections = n;
+    }
+    if let Some(n) = args.max_jobs {
+        config.jobs.max_concurrent = n;
+    }
 
     let started = Instant::now();
     let mut host = BenchHost::start(config).await?;
@@ -935,6 +957,10 @@ async fn with_host(
     let mut conn = Conn::default();
     let n = args.certs;
     let (ca_cert, ca_key) = bench_ca()?;
+    let limits = match args.instance_concurrency {
+        Some(n) => json!({ "concurrency": n }),
+        None => json!({}),
+    };
     let issuer = api
         .post(
             &mut conn,
@@ -946,6 +972,7 @@ async fn with_host(
                 // 30 days before expiry) the moment they are issued.
                 "settings": { "ca_certificate_pem": ca_cert, "validity_days": 90 },
                 "secrets": { "ca_private_key_pem": ca_key },
+                "grants": { "limits": limits },
             }),
         )
         .await?;
@@ -972,9 +999,12 @@ async fn with_host(
                 "plugin": "pem-files",
                 "agent_id": "host",
                 "settings": { "directory": "/certs" },
-                "grants": { "directories": [
-                    { "path": deploy_dir, "guest_path": "/certs", "writable": true }
-                ] },
+                "grants": {
+                    "directories": [
+                        { "path": deploy_dir, "guest_path": "/certs", "writable": true }
+                    ],
+                    "limits": limits,
+                },
             }),
         )
         .await?;
@@ -1109,8 +1139,8 @@ async fn with_host(
 
     // Everything through the API, after the clock stopped.
     let certs = fetch_all(api, &mut conn, "/certificates", &[]).await?;
-    let issuances = fetch_all(api, &mut conn, "/jobs", &[("type", "issuance")]).await?;
-    let deployments = fetch_all(api, &mut conn, "/jobs", &[("type", "deployment")]).await?;
+    let issuances = fetch_all(api, &mut conn, "/jobs", &[("job_type", "issuance")]).await?;
+    let deployments = fetch_all(api, &mut conn, "/jobs", &[("job_type", "deployment")]).await?;
     let without_version = certs
         .iter()
         .filter(|c| c["current_version_id"].as_str().is_none())
@@ -1304,8 +1334,8 @@ async fn renewal_storm(
     }
     let (cpu1, _) = process_usage();
     let tx1 = api.store_transactions(&mut conn).await?;
-    let renewals = fetch_all(api, &mut conn, "/jobs", &[("type", "renewal")]).await?;
-    let deployments = fetch_all(api, &mut conn, "/jobs", &[("type", "deployment")]).await?;
+    let renewals = fetch_all(api, &mut conn, "/jobs", &[("job_type", "renewal")]).await?;
+    let deployments = fetch_all(api, &mut conn, "/jobs", &[("job_type", "deployment")]).await?;
     let done = |j: &&Value| j["status"] == "completed";
     if renewals.len() != n || renewals.iter().filter(done).count() != n {
         bail!(
