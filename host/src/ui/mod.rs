@@ -104,6 +104,8 @@ pub fn routes(engine: Engine, api: Router) -> Router {
         .route("/ui/connectors", get(connectors::page))
         .route("/ui/notifications", get(notifications::page))
         .route("/ui/audit", get(audit::page))
+        // Without it an unknown page would get the API's JSON 404.
+        .route("/ui/{*rest}", get(unknown_page))
         .route_layer(middleware::from_fn_with_state(state.clone(), forms_guard))
         .with_state(state)
 }
@@ -142,6 +144,11 @@ async fn forms_guard(State(state): State<UiState>, request: Request, next: Next)
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// `GET` of a path under `/ui` that is no page: 404 as an HTML page.
+async fn unknown_page() -> UiError {
+    UiError::Api(StatusCode::NOT_FOUND, "no such page".into())
 }
 
 /// An API answer as the pages use it.

@@ -23,6 +23,7 @@ both_backends!(
     read_only_sessions_change_nothing,
     revoked_or_expired_key_ends_the_session_at_once,
     pages_never_carry_a_secret,
+    an_unknown_page_is_an_html_404,
 );
 
 const SESSION: &str = "certplane_session";
@@ -736,5 +737,28 @@ async fn pages_never_carry_a_secret(backend: Backend) {
             Some("no-store"),
             "{path} may be cached"
         );
+    }
+}
+
+/// A mistyped dashboard address gets the dashboard's HTML 404, signed in
+/// or not, not the API's JSON envelope.
+async fn an_unknown_page_is_an_html_404(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let admin = sign_in(&app, &app.admin).await;
+    for cookie in [Some(admin.cookie.as_str()), None] {
+        for path in ["/ui/no-such-page", "/ui/certificates/x/y/z"] {
+            let r = request(&app, Method::GET, path, cookie, None).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.text);
+            let content_type = r
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(
+                content_type.starts_with("text/html"),
+                "{path}: {content_type}"
+            );
+            assert!(r.text.contains("no such page"), "{path}: {}", r.text);
+        }
     }
 }
