@@ -67,6 +67,10 @@ enum ApikeyAction {
         /// `admin`, `operator` or `read_only`.
         #[arg(long, default_value = "operator")]
         scope: ApiScope,
+        /// Days until the key expires (default: never), as with
+        /// `certplane keys create` through the API.
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3660))]
+        expires_in_days: Option<u32>,
     },
 }
 
@@ -126,8 +130,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
         }
         Command::Apikey {
-            action: ApikeyAction::Create { name, scope },
+            action:
+                ApikeyAction::Create {
+                    name,
+                    scope,
+                    expires_in_days,
+                },
         } => {
+            let expires_at = expires_in_days
+                .map(|days| chrono::Utc::now() + chrono::Duration::days(i64::from(days)));
             let config = HostConfig::load(cli.config.as_deref())?;
             certplane_host::serve::prepare_data_dir(&config.data_dir)?;
             let store = certplane_host::serve::open_store(&config).await?;
@@ -137,11 +148,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     name: name.clone(),
                     key_hash: hash,
                     scopes: vec![scope],
-                    expires_at: None,
+                    expires_at,
                 })
                 .await?;
             store.close().await;
-            println!("API key {name} ({scope}), shown once:\n  {key}");
+            match expires_at {
+                Some(at) => println!(
+                    "API key {name} ({scope}, expires {}), shown once:\n  {key}",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                None => println!("API key {name} ({scope}), shown once:\n  {key}"),
+            }
         }
         Command::Migrate { action } => match action {
             MigrateAction::Status { database_url } => {

@@ -3,5 +3,6 @@
 //! the command line's logging. Each former test file is a module; add a
 //! module here for a new one.
 
+mod apikey_local;
 mod cli;
 mod logging;
