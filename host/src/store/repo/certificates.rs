@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use crate::store::codec::{now, opt_ts, ts};
-use crate::store::repo::insert_audit;
+use crate::store::repo::{commit_audited_if, insert_audit};
 use crate::store::{
     BeginWrite, Certificate, CertificateStatus, CertificateVersion, KeySource, NewAuditEvent,
     NewCertificate, NewCertificateVersion, Store, StoreError, StoreResult, new_id, on_read,
@@ -264,12 +264,7 @@ impl Store {
             .bind(opt_ts(unchanged_since))
             .fetch_optional(&mut *tx)
             .await?;
-            if updated.is_some()
-                && let Some(event) = audit
-            {
-                insert_audit!(&mut *tx, now, event)?;
-            }
-            tx.commit().await?;
+            commit_audited_if!(tx, updated.is_some(), now, audit);
             Ok(updated)
         })
     }

@@ -352,12 +352,7 @@ impl Store {
                 .bind(opt_ts(unchanged_since))
                 .fetch_optional(&mut *tx)
                 .await?;
-            if updated.is_some()
-                && let Some(event) = audit
-            {
-                insert_audit!(&mut *tx, now, event)?;
-            }
-            tx.commit().await?;
+            commit_audited_if!(tx, updated.is_some(), now, audit);
             Ok(updated)
         })
     }
@@ -809,12 +804,7 @@ impl Store {
             .bind(opt_ts(unchanged_since))
             .fetch_optional(&mut *tx)
             .await?;
-            if updated.is_some()
-                && let Some(event) = audit
-            {
-                insert_audit!(&mut *tx, now, event)?;
-            }
-            tx.commit().await?;
+            commit_audited_if!(tx, updated.is_some(), now, audit);
             Ok(updated)
         })
     }
