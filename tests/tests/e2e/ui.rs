@@ -541,12 +541,11 @@ async fn certificate_actions(stack: &Stack, browser: &Browser, ca: &FakeCa, issu
     browser
         .wait_count(versions, 1, Duration::from_secs(20))
         .await;
-    // The issuer by its name, not only its id.
-    let facts = browser.text("dl.facts").await;
-    assert!(
-        facts.contains("fake-ca"),
-        "issuer name on the page: {facts}"
-    );
+    // The issuer by its name, not only its id (the page refreshes itself,
+    // so read it through the retrying wait).
+    browser
+        .wait_text("dl.facts", "fake-ca", Duration::from_secs(20))
+        .await;
 
     // Renew now: a renewal job, and a second version on the page.
     browser
