@@ -69,14 +69,26 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
+    /// The text under the first match of `css`. A page's refresh may
+    /// replace its content between the find and the read (a stale
+    /// element): then it finds it again, a few times.
     async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        let mut tries = 0;
+        loop {
+            let found = self.client.find(Locator::Css(css)).await;
+            let read = match found {
+                Ok(element) => element.text().await,
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(text) => return text,
+                Err(e) if tries >= 5 => panic!("no text under {css}: {e}"),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     async fn has(&self, css: &str) -> bool {
