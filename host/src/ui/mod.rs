@@ -112,8 +112,8 @@ pub fn routes(engine: Engine, api: Router) -> Router {
 
 /// Every request but a read (and the sign-in form) needs a session, the
 /// session's CSRF token in its form, and — to change anything — a key
-/// that may write: refused here, before a handler, with 403. Handlers
-/// check the token again; the API checks the scope again.
+/// that may write: refused here, before a handler, with 403; the one
+/// CSRF check of the dashboard's forms. The API checks the scope again.
 async fn forms_guard(State(state): State<UiState>, request: Request, next: Next) -> Response {
     if matches!(*request.method(), Method::GET | Method::HEAD) || request.uri().path() == LOGIN {
         return next.run(request).await;
