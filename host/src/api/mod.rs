@@ -150,7 +150,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(time_limit, bounded))
         .layer(middleware::from_fn(auth::refusal_headers))
-        .layer(middleware::from_fn(envelope_and_request_id))
+        .layer(middleware::from_fn_with_state(
+            ErrorForm::Envelope,
+            errors_and_request_id,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state);
     // The dashboard calls the finished API in process, with its layers.
@@ -164,7 +167,10 @@ pub fn router(state: AppState) -> Router {
             input::refuse_bad_input,
         ))
         .layer(middleware::from_fn_with_state(time_limit, bounded))
-        .layer(middleware::from_fn(html_errors_and_request_id))
+        .layer(middleware::from_fn_with_state(
+            ErrorForm::Html,
+            errors_and_request_id,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     app.merge(ui)
 }
@@ -214,55 +220,58 @@ fn request_id_of(request: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
-/// Assigns the request id ([`request_id_of`]), runs the handler with it in
-/// scope, echoes it, and wraps any bare 4xx/5xx (from layers or axum's own
-/// rejections) in the envelope.
-async fn envelope_and_request_id(request: Request, next: Next) -> Response {
-    let id = request_id_of(&request);
-    REQUEST_ID
-        .scope(id.clone(), async move {
-            let mut response = next.run(request).await;
-            let status = response.status();
-            let is_json = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-            if (status.is_client_error() || status.is_server_error()) && !is_json {
-                let message = status.canonical_reason().unwrap_or("error");
-                let body = envelope(code_for_status(status), message, None, None);
-                let mut wrapped = (status, axum::Json(body)).into_response();
-                for (name, value) in response.headers() {
-                    if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-                        wrapped.headers_mut().insert(name.clone(), value.clone());
-                    }
-                }
-                response = wrapped;
-            }
-            if let Ok(value) = HeaderValue::from_str(&id) {
-                response.headers_mut().insert("x-request-id", value);
-            }
-            response
-        })
-        .await
+/// How a part of the router answers errors: the API in the JSON envelope,
+/// the dashboard as HTML pages.
+#[derive(Debug, Clone, Copy)]
+enum ErrorForm {
+    Envelope,
+    Html,
 }
 
-/// The dashboard's counterpart of [`envelope_and_request_id`]: the same
-/// request id, and every error that is not already an HTML page (the input
-/// check's and the time bound's envelopes, axum's bare rejections) shown as
-/// one, with its status, message and request id.
-async fn html_errors_and_request_id(request: Request, next: Next) -> Response {
+impl ErrorForm {
+    /// The media type of an error answer already in this form.
+    fn media_type(self) -> &'static [u8] {
+        match self {
+            ErrorForm::Envelope => b"application/json",
+            ErrorForm::Html => b"text/html",
+        }
+    }
+
+    /// `status` with `body` (an answer in another form) in this form.
+    async fn rewrap(self, status: StatusCode, body: Body, request_id: &str) -> Response {
+        match self {
+            ErrorForm::Envelope => {
+                let message = status.canonical_reason().unwrap_or("error");
+                let body = envelope(code_for_status(status), message, None, None);
+                (status, axum::Json(body)).into_response()
+            }
+            // The input check's and the time bound's envelopes and axum's
+            // bare rejections shown as a page, with their message.
+            ErrorForm::Html => html_error_page(status, body, request_id).await,
+        }
+    }
+}
+
+/// Assigns the request id ([`request_id_of`]), runs the handler with it in
+/// scope, echoes it, and puts any 4xx/5xx not already in `form` (from
+/// layers or axum's own rejections) into it.
+async fn errors_and_request_id(
+    State(form): State<ErrorForm>,
+    request: Request,
+    next: Next,
+) -> Response {
     let id = request_id_of(&request);
     REQUEST_ID
         .scope(id.clone(), async move {
             let mut response = next.run(request).await;
             let status = response.status();
-            let is_html = response
+            let in_form = response
                 .headers()
                 .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
-            if (status.is_client_error() || status.is_server_error()) && !is_html {
+                .is_some_and(|v| v.as_bytes().starts_with(form.media_type()));
+            if (status.is_client_error() || status.is_server_error()) && !in_form {
                 let (parts, body) = response.into_parts();
-                response = html_error_page(status, body, &id).await;
+                response = form.rewrap(status, body, &id).await;
                 // `Retry-After`, `Allow` and the like stay; the replaced
                 // body's own headers go with it.
                 for (name, value) in &parts.headers {
