@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::ui_session::{login_form, sign_in};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use certplane_host::engine::agent_reports;
@@ -1121,27 +1122,6 @@ async fn an_oversized_body_is_still_413(backend: Backend) {
 
 // ------------------------------------------------------------- dashboard
 
-/// The value cookie `name` is set to by a reply.
-fn set_cookie(r: &Reply, name: &str) -> Option<String> {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next()?.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-}
-
-/// The first hidden `csrf` field of a page.
-fn csrf_of(page: &str) -> String {
-    let marker = r#"name="csrf" value=""#;
-    let start = page
-        .find(marker)
-        .unwrap_or_else(|| panic!("no CSRF field in {page}"))
-        + marker.len();
-    page[start..].split('"').next().unwrap().to_owned()
-}
-
 /// A dashboard request with the `Cookie` header (when not empty) and a
 /// form body.
 async fn ui_request(
@@ -1163,44 +1143,6 @@ async fn ui_request(
         None => Body::empty(),
     };
     app.send(builder.body(body).unwrap()).await
-}
-
-/// The sign-in form's token and the cookie that must come back with it.
-async fn login_token(app: &TestApp) -> String {
-    let form = ui_request(app, Method::GET, "/ui/login", "", None).await;
-    assert_eq!(form.status, StatusCode::OK, "{}", form.text);
-    let token = set_cookie(&form, "certplane_login").expect("the sign-in cookie");
-    assert_eq!(csrf_of(&form.text), token);
-    token
-}
-
-/// A signed-in dashboard session: its `Cookie` header and the CSRF token
-/// of its forms.
-struct UiSession {
-    cookie: String,
-    csrf: String,
-}
-
-/// Signs `key` in through the form, as a browser does.
-async fn sign_in(app: &TestApp, key: &str) -> UiSession {
-    let token = login_token(app).await;
-    let r = ui_request(
-        app,
-        Method::POST,
-        "/ui/login",
-        &format!("certplane_login={token}"),
-        Some(format!("csrf={token}&api_key={key}")),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
-    let session = set_cookie(&r, "certplane_session").expect("a session cookie");
-    let cookie = format!("certplane_session={session}");
-    let page = ui_request(app, Method::GET, "/ui/jobs", &cookie, None).await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
-    UiSession {
-        csrf: csrf_of(&page.text),
-        cookie,
-    }
 }
 
 /// A dashboard answer that is an HTML error page (never the JSON
@@ -1300,12 +1242,16 @@ async fn the_dashboard_refuses_nul_and_invalid_utf8_and_writes_nothing(backend: 
         let r = ui_request(&app, Method::POST, uri, &session.cookie, Some(form.clone())).await;
         assert_ui_refused(&r, &format!("POST {uri} {form}"));
     }
-    let token = login_token(&app).await;
+    let (login_cookie, token, _) = login_form(&app).await;
+    assert_eq!(
+        login_cookie, token,
+        "the sign-in form's double-submit token"
+    );
     let r = ui_request(
         &app,
         Method::POST,
         "/ui/login",
-        &format!("certplane_login={token}"),
+        &format!("certplane_login={login_cookie}"),
         Some(format!("csrf={token}&api_key=cpk_%00")),
     )
     .await;

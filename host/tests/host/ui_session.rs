@@ -138,7 +138,7 @@ fn csrf_field(html: &str) -> String {
 }
 
 /// The sign-in form's cookie value and the token its form carries.
-async fn login_form(app: &TestApp) -> (String, String, Reply) {
+pub(crate) async fn login_form(app: &TestApp) -> (String, String, Reply) {
     let form = request(app, Method::GET, "/ui/login", None, None).await;
     assert_eq!(form.status, StatusCode::OK, "{}", form.text);
     let line = set_cookie(&form, LOGIN).expect("the sign-in form sets its cookie");
@@ -148,16 +148,17 @@ async fn login_form(app: &TestApp) -> (String, String, Reply) {
 }
 
 /// A signed-in dashboard user.
-struct Signed {
+pub(crate) struct Signed {
     /// The `Cookie` header a browser sends.
-    cookie: String,
+    pub(crate) cookie: String,
     /// The session's CSRF token, read from a page.
-    csrf: String,
+    pub(crate) csrf: String,
     /// The sign-in answer.
-    reply: Reply,
+    pub(crate) reply: Reply,
 }
 
-async fn sign_in(app: &TestApp, key: &str) -> Signed {
+/// Signs `key` in through the sign-in form, as a browser does.
+pub(crate) async fn sign_in(app: &TestApp, key: &str) -> Signed {
     let (login_cookie, token) = {
         let (c, t, _) = login_form(app).await;
         (c, t)
