@@ -36,6 +36,9 @@ pub struct Plugin {
     pub(crate) pre: PluginPre,
     info: PluginInfo,
     cache: CacheOutcome,
+    /// The host interfaces the component imports, by unversioned name
+    /// (`store`, `context`, `challenges`, ...).
+    imports: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -86,6 +89,14 @@ impl Plugin {
         &self.info
     }
 
+    /// Whether the component imports the host interface `name` of the
+    /// contract (`store`, `context`, `challenges`, ...). What a component
+    /// does not import it can never ask for, so the host need not prepare
+    /// it for a call (read the instance's store, the job's challenges).
+    pub fn imports_interface(&self, name: &str) -> bool {
+        self.imports.contains(name)
+    }
+
     /// Whether this load used the compiled-artifact cache.
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache
@@ -127,6 +138,7 @@ impl Plugin {
                     reason: format!("{e:#}"),
                 })?;
 
+        let imports = contract_imports(&component, &runtime.inner.engine);
         let instance_pre = runtime
             .inner
             .linker
@@ -177,6 +189,7 @@ impl Plugin {
             pre,
             info: provisional,
             cache,
+            imports,
         });
         let plugin_name = plugin.manifest.name.clone();
         let describe_err = |reason: String| LoadError::Describe {
@@ -213,4 +226,21 @@ impl Plugin {
         );
         Ok(plugin)
     }
+}
+
+/// The contract's interfaces `component` imports, by unversioned name:
+/// `certplane:connector/store@1.1.0` is `store`.
+fn contract_imports(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+) -> std::collections::BTreeSet<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .filter_map(|(name, _)| {
+            let interface = name.strip_prefix("certplane:connector/")?;
+            let unversioned = interface.split('@').next().unwrap_or(interface);
+            Some(unversioned.to_owned())
+        })
+        .collect()
 }

@@ -103,24 +103,48 @@ async fn open_store(engine: &Engine, owner: &str) -> Result<BTreeMap<String, Str
     Ok(open)
 }
 
-/// The context of a call outside any job (revocation): the store only.
-pub async fn instance_context(engine: &Engine, owner: &str) -> Result<CallContext, StoreError> {
+/// The instance's store, opened, when the connector imports `store`; a
+/// connector that does not can never read it, so it is not loaded.
+async fn store_for(
+    engine: &Engine,
+    instance: &PluginInstance,
+    owner: &str,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    if instance.plugin().imports_interface("store") {
+        open_store(engine, owner).await
+    } else {
+        Ok(BTreeMap::new())
+    }
+}
+
+/// The context of a call of `instance` outside any job (revocation): the
+/// store only.
+pub async fn instance_context(
+    engine: &Engine,
+    instance: &PluginInstance,
+    owner: &str,
+) -> Result<CallContext, StoreError> {
     Ok(CallContext {
-        store: open_store(engine, owner).await?,
+        store: store_for(engine, instance, owner).await?,
         ..CallContext::default()
     })
 }
 
-/// The context of an issuer call for `job` on `cert`.
+/// The context of a call of the issuer `instance` for `job` on `cert`.
+/// Only what the connector imports is read from the database: the version
+/// it replaces for `context`, the job's challenges for `challenges`, the
+/// store for `store` (local-ca imports none of them).
 pub async fn issuer_context(
     engine: &Engine,
+    instance: &PluginInstance,
     job: &Job,
     cert: &Certificate,
     owner: &str,
     routes: &ChallengeRoutes,
 ) -> Result<CallContext, StoreError> {
+    let plugin = instance.plugin();
     let predecessor = match &cert.current_version_id {
-        Some(id) => engine
+        Some(id) if plugin.imports_interface("context") => engine
             .store
             .get_certificate_version(&cert.id, id)
             .await?
@@ -134,17 +158,24 @@ pub async fn issuer_context(
                 ca_order_id: v.ca_order_id,
                 not_after: u64::try_from(v.not_after.timestamp()).unwrap_or(0),
             }),
-        None => None,
+        _ => None,
     };
-    let challenges = engine
-        .store
-        .job_challenges(&job.id)
-        .await?
-        .into_iter()
-        .map(|row| (row.challenge_id.clone(), status_of(row)))
-        .collect();
+    let uses_challenges = plugin.imports_interface("challenges");
+    let challenges = if uses_challenges {
+        engine
+            .store
+            .job_challenges(&job.id)
+            .await?
+            .into_iter()
+            .map(|row| (row.challenge_id.clone(), status_of(row)))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let http_agent = match routes.http_01 {
-        Some(Http01Route::Agent) => engine.store.http01_agent_for_job(&job.id).await?,
+        Some(Http01Route::Agent) if uses_challenges => {
+            engine.store.http01_agent_for_job(&job.id).await?
+        }
         _ => None,
     };
     Ok(CallContext {
@@ -154,7 +185,7 @@ pub async fn issuer_context(
         }),
         predecessor,
         options: cert.issuer_options.to_string(),
-        store: open_store(engine, owner).await?,
+        store: store_for(engine, instance, owner).await?,
         routes: supported(cert, routes, http_agent.as_deref()),
         challenges,
     })

@@ -189,11 +189,22 @@ pub async fn issuer_with_routes(
     engine: &Engine,
     issuer_id: &str,
 ) -> Result<Result<IssuerInstance, String>, StoreError> {
-    let Some(row) = engine.store.get_issuer(issuer_id).await? else {
-        return Ok(Err(format!("issuer {issuer_id} no longer exists")));
+    let row = engine.store.get_issuer(issuer_id).await?;
+    Ok(issuer_from_row(engine, issuer_id, row))
+}
+
+/// [`issuer_with_routes`] from the issuer's row as already read (`None`:
+/// the issuer `issuer_id` no longer exists).
+pub fn issuer_from_row(
+    engine: &Engine,
+    issuer_id: &str,
+    row: Option<crate::store::PluginInstance>,
+) -> Result<IssuerInstance, String> {
+    let Some(row) = row else {
+        return Err(format!("issuer {issuer_id} no longer exists"));
     };
     let routes = super::challenges::routes_of(&row.grants);
-    Ok(build_instance(
+    build_instance(
         engine,
         PluginKind::Issuer,
         &format!("issuer/{}", row.id),
@@ -206,7 +217,7 @@ pub async fn issuer_with_routes(
         instance,
         routes,
         name: row.name,
-    }))
+    })
 }
 
 /// An issuer row made usable: its runtime instance, its challenge routes

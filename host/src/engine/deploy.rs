@@ -11,7 +11,7 @@ use super::connectors::{build_instance, failure_for, observed};
 use super::ending::{Ending, end_claimed_logged, host_actor};
 use super::issuance::version_key_owner;
 use super::verification;
-use super::versions::{load_version, split_pem};
+use super::versions::{job_version, split_pem};
 use crate::engine::Engine;
 use crate::store::{Job, JobFailure};
 
@@ -42,18 +42,27 @@ async fn deploy(
         .target_id
         .as_deref()
         .ok_or_else(|| JobFailure::permanent("deployment job without a target"))?;
-    let target = engine
+    let (cert_id, version_id) = job_version(job)?;
+    // The target, the certificate and the version, read together.
+    let inputs = engine
         .store
-        .get_target(target_id)
+        .deployment_inputs(target_id, cert_id, version_id)
         .await
-        .map_err(store_err)?
+        .map_err(store_err)?;
+    let target = inputs
+        .target
         .ok_or_else(|| JobFailure::permanent(format!("target {target_id} no longer exists")))?;
     if target.retired_at.is_some() {
         return Err(JobFailure::permanent(format!(
             "target {target_id} is retired"
         )));
     }
-    let (cert, version) = load_version(engine, job).await?;
+    let cert = inputs
+        .certificate
+        .ok_or_else(|| JobFailure::permanent(format!("certificate {cert_id} not found")))?;
+    let version = inputs.version.ok_or_else(|| {
+        JobFailure::permanent(format!("certificate version {version_id} not found"))
+    })?;
     let cert_id = cert.id.as_str();
     let sealed = version.encrypted_private_key.as_deref().ok_or_else(|| {
         JobFailure::permanent("the host holds no private key for this version (agent-held key)")

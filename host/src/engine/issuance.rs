@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::challenges;
-use super::connectors::{failure_for, issuer_with_routes};
+use super::connectors::{failure_for, issuer_from_row};
 use super::notify;
 use crate::engine::Engine;
 use crate::pipeline::certcheck::{IssuedInput, check_issued};
@@ -156,17 +156,20 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
         .certificate_id
         .as_deref()
         .ok_or_else(|| permanent("issuance job without a certificate"))?;
-    let cert = store
-        .get_certificate(cert_id)
+    // The certificate, its issuer and its targets, read together.
+    let crate::store::IssuanceInputs {
+        certificate: cert,
+        issuer,
+        targets,
+    } = store
+        .issuance_inputs(cert_id)
         .await?
         .ok_or_else(|| permanent(format!("certificate {cert_id} no longer exists")))?;
     let super::connectors::IssuerInstance {
         instance: issuer,
         routes,
         name: issuer_name,
-    } = issuer_with_routes(engine, &cert.issuer_id)
-        .await?
-        .map_err(permanent)?;
+    } = issuer_from_row(engine, &cert.issuer_id, issuer).map_err(permanent)?;
     let (dns_names, ips) = names_of(&cert);
     let order = persisted_order(job);
 
@@ -214,7 +217,7 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
 
     // Contract 1.1: what the call may ask about, and what it leaves behind.
     let owner = format!("issuer/{}", cert.issuer_id);
-    let context = challenges::issuer_context(engine, job, &cert, &owner, &routes).await?;
+    let context = challenges::issuer_context(engine, &issuer, job, &cert, &owner, &routes).await?;
     let (call, effects) = match &order {
         None => {
             let request = CertificateRequest {
@@ -261,6 +264,7 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
         (Ok(IssueResult::Issued(issued)), _) => {
             let request = IssuedFor {
                 cert: &cert,
+                targets: &targets,
                 issuer_name: &issuer_name,
                 csr_pem: &csr_pem,
                 dns_names: &dns_names,
@@ -420,6 +424,8 @@ async fn still_pending(
 /// What a certificate was issued for.
 struct IssuedFor<'a> {
     cert: &'a Certificate,
+    /// The live targets, one deployment each.
+    targets: &'a [crate::store::Target],
     issuer_name: &'a str,
     csr_pem: &'a str,
     dns_names: &'a [String],
@@ -437,6 +443,7 @@ async fn record_issued(
 ) -> Result<(), Stop> {
     let IssuedFor {
         cert,
+        targets,
         issuer_name,
         csr_pem,
         dns_names,
@@ -483,7 +490,6 @@ async fn record_issued(
     let lease = job
         .lease()
         .ok_or_else(|| permanent("the job holds no lease"))?;
-    let targets = engine.store.deployment_targets(&cert.id).await?;
     let mut outcome = Outcome::new("issued", Guard::Lease(lease), JobEnd::Complete);
     outcome.version = Some(NewCertificateVersion {
         certificate_id: cert.id.clone(),
@@ -497,7 +503,7 @@ async fn record_issued(
         ca_certificate_id: issued.ca_certificate_id.clone(),
         ca_order_id: job.order_id.clone(),
     });
-    for target in &targets {
+    for target in targets {
         let mut deployment = NewJob::new(JobType::Deployment)
             .certificate(cert.id.clone())
             .target(target.id.clone())

@@ -99,7 +99,7 @@ async fn ask(
         return Ok((None, after(RECHECK_WITHOUT_EXPORT)));
     };
     let owner = format!("issuer/{}", cert.issuer_id);
-    let context = instance_context(engine, &owner).await?;
+    let context = instance_context(engine, &issuer, &owner).await?;
     let (result, effects) =
         observed_with_effects(engine, &issuer, "renewal-window", move |i| async move {
             i.renewal_window(&context, &leaf).await
@@ -153,7 +153,7 @@ pub async fn cancel_order(engine: Engine, job: Job) {
         _ => return,
     };
     let owner = format!("issuer/{}", cert.issuer_id);
-    let context = match instance_context(&engine, &owner).await {
+    let context = match instance_context(&engine, &issuer, &owner).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "cannot cancel the order at the CA");

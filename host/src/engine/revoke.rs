@@ -67,7 +67,7 @@ async fn revoke(engine: &Engine, job: &Job) -> Result<String, JobFailure> {
     // The instance's store (an ACME account revokes what it ordered).
     let owner = format!("issuer/{}", cert.issuer_id);
     let store_err = |e| JobFailure::transient(format!("database: {e}"));
-    let context = challenges::instance_context(engine, &owner)
+    let context = challenges::instance_context(engine, &issuer, &owner)
         .await
         .map_err(store_err)?;
     let (result, effects) =

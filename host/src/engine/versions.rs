@@ -12,15 +12,7 @@ pub async fn load_version(
     engine: &Engine,
     job: &Job,
 ) -> Result<(Certificate, CertificateVersion), JobFailure> {
-    let cert_id = job.certificate_id.as_deref().ok_or_else(|| {
-        JobFailure::permanent(format!("{} job without a certificate", job.job_type))
-    })?;
-    let version_id = job.certificate_version_id.as_deref().ok_or_else(|| {
-        JobFailure::permanent(format!(
-            "{} job without a certificate version",
-            job.job_type
-        ))
-    })?;
+    let (cert_id, version_id) = job_version(job)?;
     let cert = engine
         .store
         .get_certificate(cert_id)
@@ -36,6 +28,21 @@ pub async fn load_version(
             JobFailure::permanent(format!("certificate version {version_id} not found"))
         })?;
     Ok((cert, version))
+}
+
+/// The certificate and version ids a deployment, verification or
+/// revocation job works on.
+pub fn job_version(job: &Job) -> Result<(&str, &str), JobFailure> {
+    let cert_id = job.certificate_id.as_deref().ok_or_else(|| {
+        JobFailure::permanent(format!("{} job without a certificate", job.job_type))
+    })?;
+    let version_id = job.certificate_version_id.as_deref().ok_or_else(|| {
+        JobFailure::permanent(format!(
+            "{} job without a certificate version",
+            job.job_type
+        ))
+    })?;
+    Ok((cert_id, version_id))
 }
 
 pub use certplane_pki::pem::split_pem;

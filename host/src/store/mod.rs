@@ -47,6 +47,7 @@ pub use models::*;
 pub use repo::challenges::{ChallengeProgress, ChallengeRow, NewChallenge};
 pub use repo::host_meta::BOOTSTRAP_ADMIN_META;
 pub use repo::inventory::InventoryFilter;
+pub use repo::job_inputs::{DeploymentInputs, IssuanceInputs};
 pub use repo::notices::{AlertChange, Notice, SendWhen};
 pub use repo::outcomes::{Committed, Guard, JobEnd, Outcome};
 pub use repo::reclaim::Reclaimed;
@@ -213,6 +214,16 @@ impl Store {
     /// this store and its clones, each one transaction.
     pub fn operation_counts(&self) -> (u64, u64) {
         self.counts.get()
+    }
+
+    /// SQLite's group committer of job outcomes: (transactions it
+    /// committed, outcomes written in them) so far; `None` on PostgreSQL,
+    /// where each outcome has its own transaction.
+    pub fn grouped_commits(&self) -> Option<(u64, u64)> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.group.as_ref().map(|g| g.counts()),
+            Backend::Postgres(_) => None,
+        }
     }
 
     /// Which backend this store runs on.

@@ -12,7 +12,7 @@ use certplane_host::engine::challenges;
 use certplane_host::grants::ChallengeRoutes;
 use certplane_host::store::*;
 use certplane_runtime::challenges::{Challenge, ChallengeKind, ChallengeState};
-use certplane_runtime::context::CallEffects;
+use certplane_runtime::context::{CallContext, CallEffects};
 use certplane_testkit::app::{BOOTSTRAP, Reply, TestApp, error_code};
 use certplane_testkit::{Backend, both_backends, exec, fixtures};
 use serde_json::{Value, json};
@@ -66,7 +66,9 @@ fn routes() -> ChallengeRoutes {
 /// An issuer routing http-01 to the agent, a certificate whose first
 /// target `agent_id` runs, and an issuance job for it.
 async fn issuance(app: &TestApp, agent_id: &str) -> (Certificate, Job) {
-    let mut new = NewPluginInstance::new(format!("acme-{}", new_id()), "local-ca", "1.0.0");
+    // acme: a connector that imports `challenges`, so its calls' context
+    // carries the job's challenges.
+    let mut new = NewPluginInstance::new(format!("acme-{}", new_id()), "acme", "1.0.0");
     new.grants = json!({ "challenges": { "http_01": "agent" } });
     let issuer = app.store.create_issuer(new).await.unwrap();
     let target = fixtures::target(&app.store, agent_id, "web").await;
@@ -78,6 +80,25 @@ async fn issuance(app: &TestApp, agent_id: &str) -> (Certificate, Job) {
         .await
         .unwrap();
     (cert, job)
+}
+
+/// What the issuer's next call for `job` would be given.
+async fn call_context(app: &TestApp, job: &Job, cert: &Certificate) -> CallContext {
+    let engine = &app.state.engine;
+    let issuer = certplane_host::engine::connectors::issuer_instance(engine, &cert.issuer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    challenges::issuer_context(
+        engine,
+        &issuer,
+        job,
+        cert,
+        &format!("issuer/{}", cert.issuer_id),
+        &routes(),
+    )
+    .await
+    .unwrap()
 }
 
 fn http01(id: &str, identifier: &str, token: &str) -> Challenge {
@@ -210,15 +231,7 @@ async fn the_agent_gets_reports_and_withdraws(b: Backend) {
     assert!(stored.published);
     assert!(tasks(&poll(&app, &a_cred, 0).await).is_empty());
     // The issuer's next call sees it ready.
-    let context = challenges::issuer_context(
-        &app.state.engine,
-        &job,
-        &cert,
-        &format!("issuer/{}", cert.issuer_id),
-        &routes(),
-    )
-    .await
-    .unwrap();
+    let context = call_context(&app, &job, &cert).await;
     assert_eq!(context.challenges["c1"].state, ChallengeState::Ready);
 
     // Withdrawn by the issuer: the parked poll wakes with a withdraw task.
@@ -314,15 +327,7 @@ async fn only_agent_run_certificates_are_offered_http_01(b: Backend) {
     let offered = |cert: Certificate, job: Job| {
         let app = &app;
         async move {
-            let context = challenges::issuer_context(
-                &app.state.engine,
-                &job,
-                &cert,
-                &format!("issuer/{}", cert.issuer_id),
-                &routes(),
-            )
-            .await
-            .unwrap();
+            let context = call_context(app, &job, &cert).await;
             context.routes[&cert.common_name].clone()
         }
     };

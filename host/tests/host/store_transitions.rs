@@ -323,6 +323,95 @@ async fn certificate_versions(b: Backend) {
     assert_eq!(expiring.len(), 1);
 }
 
+/// Many job outcomes committed at once (on SQLite they share transactions
+/// of the group committer): each is all or nothing on its own. An outcome
+/// whose statement fails (a version for a certificate that does not exist)
+/// fails alone and writes nothing, one whose lease is lost writes nothing,
+/// and every other one commits with its audit row.
+async fn concurrent_outcomes_commit_each_alone(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let issuer = fixtures::issuer(&store).await;
+    let cert = fixtures::certificate(&store, &issuer.id, None, KeySource::Host).await;
+    for round in 0..3 {
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            let job = store
+                .create_job(NewJob::new(JobType::Revocation).certificate(&cert.id))
+                .await
+                .unwrap();
+            ids.push(job.id);
+        }
+        let claimed = store
+            .claim_pending_jobs(Some(JobType::Revocation), 40)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 40, "round {round}");
+        let (bad, lost) = (claimed[7].id.clone(), claimed[23].id.clone());
+        let tasks: Vec<_> = claimed
+            .into_iter()
+            .map(|job| {
+                let store = store.clone();
+                let (bad, lost) = (bad.clone(), lost.clone());
+                tokio::spawn(async move {
+                    let mut lease = job.lease().unwrap();
+                    if job.id == lost {
+                        lease.attempt += 1;
+                    }
+                    let mut outcome =
+                        Outcome::new("revoked", Guard::Lease(lease), JobEnd::Complete);
+                    outcome.audit.push(audit("revocation.completed", &job.id));
+                    if job.id == bad {
+                        outcome.version = Some(NewCertificateVersion {
+                            certificate_id: "no-such-certificate".into(),
+                            serial: "01".into(),
+                            pem_chain: "pem".into(),
+                            not_before: now(),
+                            not_after: now() + chrono::Duration::days(1),
+                            fingerprint_sha256: "cd".repeat(32),
+                            encrypted_private_key: None,
+                            job_id: None,
+                            ca_certificate_id: None,
+                            ca_order_id: None,
+                        });
+                    }
+                    (job.id, store.commit_outcome(outcome).await)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (id, result) = task.await.unwrap();
+            let stored = store.get_job(&id).await.unwrap().unwrap();
+            let audited = store
+                .list_audit_events(Some("job"), Some(&id), 10)
+                .await
+                .unwrap()
+                .len();
+            if id == bad {
+                let err = result.unwrap_err();
+                assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+                assert_eq!((stored.status, audited), (JobStatus::Running, 0));
+            } else if id == lost {
+                assert!(result.unwrap().is_none(), "a lost lease writes nothing");
+                assert_eq!((stored.status, audited), (JobStatus::Running, 0));
+            } else {
+                let committed = result.unwrap().expect("committed");
+                assert_eq!(committed.job.status, JobStatus::Completed);
+                assert_eq!((stored.status, audited), (JobStatus::Completed, 1));
+            }
+        }
+    }
+    if let Some((groups, outcomes)) = store.grouped_commits() {
+        // The group holding the failed outcome is rolled back and its
+        // members are committed one by one (not counted here); the other
+        // groups really held several outcomes each.
+        assert!(groups > 0, "nothing was grouped");
+        assert!(groups < outcomes, "{groups} groups for {outcomes} outcomes");
+    } else {
+        assert_eq!(b, Backend::Postgres, "SQLite commits outcomes in groups");
+    }
+}
+
 /// API keys and audit listing round-trip.
 async fn api_keys(b: Backend) {
     let db = TestDb::new(b).await;
@@ -358,5 +447,6 @@ both_backends!(
     illegal_and_stale_transitions,
     renewal_enqueue_idempotent_under_concurrency,
     certificate_versions,
+    concurrent_outcomes_commit_each_alone,
     api_keys,
 );

@@ -35,6 +35,29 @@ pub(crate) fn der_of(pem_text: &str) -> Vec<u8> {
     pem.contents
 }
 
+/// The host prepares only what a connector imports (its store, the job's
+/// challenges), so what `imports_interface` says must match the component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_report_the_contract_interfaces_they_import() {
+    let harness = Harness::new().unwrap();
+    let local_ca = load(&harness, "local-ca").await;
+    assert!(local_ca.imports_interface("signing"));
+    assert!(local_ca.imports_interface("log"));
+    for unused in ["store", "context", "challenges", "actions"] {
+        assert!(
+            !local_ca.imports_interface(unused),
+            "local-ca imports {unused}?"
+        );
+    }
+    let acme = load(&harness, "acme").await;
+    for used in ["store", "context", "challenges"] {
+        assert!(acme.imports_interface(used), "acme does not import {used}?");
+    }
+    let pem_files = load(&harness, "pem-files").await;
+    assert!(pem_files.imports_interface("actions"));
+    assert!(!pem_files.imports_interface("store"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_ca_signs_csrs_of_every_key_type() {
     let (ca_cert, ca_key) = test_ca();

@@ -86,6 +86,12 @@ macro_rules! record_version {
 }
 pub(crate) use record_version;
 
+/// One certificate by id (`$1`).
+pub(crate) const GET_CERTIFICATE: &str = "SELECT * FROM certificates WHERE id = $1";
+/// One version (`$1`) of a certificate (`$2`).
+pub(crate) const GET_CERTIFICATE_VERSION: &str =
+    "SELECT * FROM certificate_versions WHERE id = $1 AND certificate_id = $2";
+
 impl Store {
     /// `" FOR UPDATE"` on PostgreSQL, nothing on SQLite (where the write
     /// transaction already holds the database).
@@ -138,7 +144,7 @@ impl Store {
     /// One certificate by id.
     pub async fn get_certificate(&self, id: &str) -> StoreResult<Option<Certificate>> {
         Ok(on_read!(self, |pool| {
-            sqlx::query_as::<_, Certificate>("SELECT * FROM certificates WHERE id = $1")
+            sqlx::query_as::<_, Certificate>(GET_CERTIFICATE)
                 .bind(id)
                 .fetch_optional(pool)
                 .await?
@@ -391,13 +397,11 @@ impl Store {
         version_id: &str,
     ) -> StoreResult<Option<CertificateVersion>> {
         Ok(on_read!(self, |pool| {
-            sqlx::query_as::<_, CertificateVersion>(
-                "SELECT * FROM certificate_versions WHERE id = $1 AND certificate_id = $2",
-            )
-            .bind(version_id)
-            .bind(certificate_id)
-            .fetch_optional(pool)
-            .await?
+            sqlx::query_as::<_, CertificateVersion>(GET_CERTIFICATE_VERSION)
+                .bind(version_id)
+                .bind(certificate_id)
+                .fetch_optional(pool)
+                .await?
         }))
     }
 

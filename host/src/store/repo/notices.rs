@@ -101,6 +101,28 @@ macro_rules! queue_notices {
             for notice in notices {
                 let mut changed = Vec::new();
                 let (mut opened, mut resolved) = (false, false);
+                // Every condition the notice clears, in one statement.
+                let to_resolve: Vec<&str> = notice
+                    .alerts
+                    .iter()
+                    .filter_map(|a| match a {
+                        $crate::store::AlertChange::Resolve(key) => Some(key.as_str()),
+                        $crate::store::AlertChange::Trigger(_) => None,
+                    })
+                    .collect();
+                let mut cleared: Vec<String> = Vec::new();
+                if !to_resolve.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::new("DELETE FROM alert_conditions WHERE key IN (");
+                    let mut keys = qb.separated(", ");
+                    for key in &to_resolve {
+                        keys.push_bind(*key);
+                    }
+                    qb.push(") RETURNING key");
+                    cleared = qb
+                        .build_query_scalar::<String>()
+                        .fetch_all(&mut **tx)
+                        .await?;
+                }
                 for alert in &notice.alerts {
                     match alert {
                         $crate::store::AlertChange::Trigger(key) => {
@@ -118,13 +140,7 @@ macro_rules! queue_notices {
                             changed.push(serde_json::json!({ "key": key, "state": "triggered" }));
                         }
                         $crate::store::AlertChange::Resolve(key) => {
-                            let deleted =
-                                sqlx::query("DELETE FROM alert_conditions WHERE key = $1")
-                                    .bind(key)
-                                    .execute(&mut **tx)
-                                    .await?
-                                    .rows_affected();
-                            if deleted > 0 {
+                            if cleared.contains(key) {
                                 resolved = true;
                                 changed
                                     .push(serde_json::json!({ "key": key, "state": "resolved" }));

@@ -8,18 +8,15 @@
 //! nothing is written and the caller learns that it lost the job.
 
 use sqlx::QueryBuilder;
-use sqlx::types::Json;
 
 use crate::faults;
-use crate::store::codec::{now, opt_ts, ts};
+use crate::store::codec::{now, ts};
 use crate::store::postgres::claims as pg;
-use crate::store::repo::certificates::record_version;
-use crate::store::repo::insert_audit;
-use crate::store::repo::notices::{Notice, queue_notices};
+use crate::store::repo::notices::Notice;
 use crate::store::sqlite::claims as lite;
 use crate::store::{
     BeginWrite, CertificateVersion, Job, JobFailure, JobLease, JobStatus, JobUpdate, NewAuditEvent,
-    NewCertificateVersion, NewJob, Store, StoreError, StoreResult, new_id, on_write,
+    NewCertificateVersion, NewJob, Store, StoreError, StoreResult, on_write,
 };
 
 /// Who may end the job: the holder of its lease, or anyone finding it in a
@@ -112,7 +109,7 @@ pub struct Committed {
 /// Appends `SET ...` columns of a job update after `status = ...`.
 macro_rules! push_job_update {
     ($qb:ident, $update:expr) => {{
-        let JobUpdate {
+        let $crate::store::JobUpdate {
             last_error,
             run_at,
             csr_pem,
@@ -129,7 +126,8 @@ macro_rules! push_job_update {
                 .push_bind($crate::store::codec::storable(&v).into_owned());
         }
         if let Some(v) = run_at {
-            $qb.push(", run_at = ").push_bind(ts(v));
+            $qb.push(", run_at = ")
+                .push_bind($crate::store::codec::ts(v));
         }
         if let Some(v) = csr_pem {
             $qb.push(", csr_pem = ").push_bind(v);
@@ -143,21 +141,23 @@ macro_rules! push_job_update {
                 .push_bind($crate::store::codec::storable(&v).into_owned());
         }
         if let Some(v) = next_poll_at {
-            $qb.push(", next_poll_at = ").push_bind(ts(v));
+            $qb.push(", next_poll_at = ")
+                .push_bind($crate::store::codec::ts(v));
         }
         if let Some(v) = poll_deadline_at {
-            $qb.push(", poll_deadline_at = ").push_bind(ts(v));
+            $qb.push(", poll_deadline_at = ")
+                .push_bind($crate::store::codec::ts(v));
         }
         if let Some(v) = verification_result {
             $qb.push(", verification_result = ")
-                .push_bind(Json($crate::store::codec::storable_json(v)));
+                .push_bind(sqlx::types::Json($crate::store::codec::storable_json(v)));
         }
         if let Some(v) = certificate_version_id {
             $qb.push(", certificate_version_id = ").push_bind(v);
         }
         if let Some(v) = payload {
             $qb.push(", payload = ")
-                .push_bind(Json($crate::store::codec::storable_json(v)));
+                .push_bind(sqlx::types::Json($crate::store::codec::storable_json(v)));
         }
     }};
 }
@@ -167,7 +167,7 @@ pub(crate) use push_job_update;
 macro_rules! push_guard {
     ($qb:ident, $guard:expr) => {{
         match $guard {
-            Guard::Lease(lease) => {
+            $crate::store::Guard::Lease(lease) => {
                 $qb.push(" WHERE id = ")
                     .push_bind(lease.job_id.clone())
                     .push(" AND status = 'running' AND lease_owner = ")
@@ -175,7 +175,7 @@ macro_rules! push_guard {
                     .push(" AND attempts = ")
                     .push_bind(lease.attempt);
             }
-            Guard::Status { job_id, status } => {
+            $crate::store::Guard::Status { job_id, status } => {
                 $qb.push(" WHERE id = ")
                     .push_bind(job_id.clone())
                     .push(" AND status = ")
@@ -184,6 +184,7 @@ macro_rules! push_guard {
         }
     }};
 }
+pub(crate) use push_guard;
 
 impl Store {
     /// Records what a side effect outside the database achieved (the CA's
@@ -221,14 +222,65 @@ impl Store {
     /// Commits `outcome` in one transaction. `Ok(None)`: the guard failed
     /// (lease lost, job no longer in the expected status) and nothing was
     /// written.
+    ///
+    /// On SQLite, completions and moves go through the group committer
+    /// (`sqlite::group_commit`): several outcomes share one transaction on
+    /// the single writer, each still all or nothing.
     pub async fn commit_outcome(&self, outcome: Outcome) -> StoreResult<Option<Committed>> {
+        let prepared = Prepared::new(outcome, self)?;
+        if let crate::store::Backend::Sqlite(b) = &self.backend
+            && let Some(group) = &b.group
+            && prepared.groupable()
+        {
+            self.counts.write();
+            return group.commit(prepared).await;
+        }
+        self.commit_prepared(&prepared).await
+    }
+
+    /// Commits one checked outcome in its own transaction.
+    pub(crate) async fn commit_prepared(
+        &self,
+        prepared: &Prepared,
+    ) -> StoreResult<Option<Committed>> {
+        on_write!(self, lite::FAIL_JOB, pg::FAIL_JOB, |pool, fail_sql| {
+            commit_one!(pool, prepared, fail_sql)
+        })
+    }
+}
+
+/// An outcome checked and ready to write: where the job goes, its time
+/// and the store's settings it is written with.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    pub(crate) kind: &'static str,
+    pub(crate) guard: Guard,
+    pub(crate) end: JobEnd,
+    pub(crate) update: JobUpdate,
+    pub(crate) version: Option<NewCertificateVersion>,
+    pub(crate) follow_ups: Vec<NewJob>,
+    pub(crate) audit: Vec<NewAuditEvent>,
+    pub(crate) notices: Vec<Notice>,
+    pub(crate) from: JobStatus,
+    pub(crate) to: JobStatus,
+    pub(crate) now: chrono::DateTime<chrono::Utc>,
+    /// Retry backoff base and cap, seconds.
+    pub(crate) backoff: (f64, f64),
+    /// When a failure's retry hint is cut to the cap: the retry time.
+    pub(crate) retry_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `" FOR UPDATE"` on PostgreSQL.
+    pub(crate) lock_suffix: &'static str,
+}
+
+impl Prepared {
+    fn new(outcome: Outcome, store: &Store) -> StoreResult<Prepared> {
         let Outcome {
             kind,
             guard,
             end,
             update,
             version,
-            mut follow_ups,
+            follow_ups,
             audit,
             notices,
         } = outcome;
@@ -241,6 +293,11 @@ impl Store {
         if !crate::store::job_state::can_transition(from, to) {
             return Err(StoreError::IllegalTransition { from, to });
         }
+        if matches!(end, JobEnd::Fail(_)) && !matches!(guard, Guard::Lease(_)) {
+            return Err(StoreError::InvalidArgument(
+                "only the holder of a lease can fail a job".into(),
+            ));
+        }
         for job in &follow_ups {
             crate::store::repo::jobs::check_new_job(job)?;
         }
@@ -248,124 +305,195 @@ impl Store {
             notice.check()?;
         }
         let now = now();
-        let backoff = (
-            self.options.backoff.base.as_secs_f64(),
-            self.options.backoff.cap.as_secs_f64(),
-        );
-        let lock_suffix = self.row_lock_suffix();
-        on_write!(self, lite::FAIL_JOB, pg::FAIL_JOB, |pool, fail_sql| {
-            let mut tx = pool.begin_write().await?;
+        let options = store.options();
+        let retry_at = match &end {
+            JobEnd::Fail(failure) => options.backoff.cap_retry_at(failure.retry_at, now),
+            _ => None,
+        };
+        Ok(Prepared {
+            kind,
+            guard,
+            end,
+            update,
+            version,
+            follow_ups,
+            audit,
+            notices,
+            from,
+            to,
+            now,
+            backoff: (
+                options.backoff.base.as_secs_f64(),
+                options.backoff.cap.as_secs_f64(),
+            ),
+            retry_at,
+            lock_suffix: store.row_lock_suffix(),
+        })
+    }
 
+    /// Whether this outcome may share a transaction with others: its first
+    /// statement is the guarded job UPDATE, and when that guard fails
+    /// nothing at all was written. A failure (which may write twice before
+    /// knowing) always gets a transaction of its own.
+    pub(crate) fn groupable(&self) -> bool {
+        !matches!(self.end, JobEnd::Fail(_))
+    }
+}
+
+/// Writes the prepared outcome `$prepared` on the open write transaction
+/// `$tx` (`&mut Transaction`); evaluates to `Ok(None)` when the guard
+/// failed, before anything was written (a groupable outcome) or with the
+/// transaction to be rolled back (a failure). `$fail_sql` is the backend's
+/// `FAIL_JOB`. The caller commits.
+macro_rules! write_outcome {
+    ($tx:expr, $prepared:expr, $fail_sql:expr) => {{
+        let tx = $tx;
+        let p: &$crate::store::repo::outcomes::Prepared = $prepared;
+        let fail_sql: &str = $fail_sql;
+        async {
+            let (kind, now, guard, update) = (p.kind, p.now, &p.guard, p.update.clone());
             // 1. The job itself, guarded.
-            let job: Option<Job> = match &end {
-                JobEnd::Fail(failure) => {
-                    let Guard::Lease(lease) = &guard else {
-                        return Err(StoreError::InvalidArgument(
+            let job: Option<$crate::store::Job> = match &p.end {
+                $crate::store::JobEnd::Fail(failure) => {
+                    let $crate::store::Guard::Lease(lease) = guard else {
+                        return Err($crate::store::StoreError::InvalidArgument(
                             "only the holder of a lease can fail a job".into(),
                         ));
                     };
-                    if update != JobUpdate::default() {
-                        let mut qb = QueryBuilder::new("UPDATE jobs SET updated_at = ");
-                        qb.push_bind(ts(now));
-                        push_job_update!(qb, update);
-                        push_guard!(qb, &guard);
-                        if qb.build().execute(&mut *tx).await?.rows_affected() != 1 {
+                    if update != $crate::store::JobUpdate::default() {
+                        let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET updated_at = ");
+                        qb.push_bind($crate::store::codec::ts(now));
+                        $crate::store::repo::outcomes::push_job_update!(qb, update);
+                        $crate::store::repo::outcomes::push_guard!(qb, guard);
+                        if qb.build().execute(&mut **tx).await?.rows_affected() != 1 {
                             return Ok(None);
                         }
                     }
-                    sqlx::query_as::<_, Job>(fail_sql)
+                    sqlx::query_as::<_, $crate::store::Job>(fail_sql)
                         .bind(&lease.job_id)
                         .bind(&lease.owner)
                         .bind(lease.attempt)
-                        .bind(ts(now))
+                        .bind($crate::store::codec::ts(now))
                         .bind(&failure.error)
-                        .bind(backoff.0)
-                        .bind(backoff.1)
+                        .bind(p.backoff.0)
+                        .bind(p.backoff.1)
                         .bind(failure.permanent)
-                        .bind(opt_ts(
-                            self.options.backoff.cap_retry_at(failure.retry_at, now),
-                        ))
-                        .fetch_optional(&mut *tx)
+                        .bind($crate::store::codec::opt_ts(p.retry_at))
+                        .fetch_optional(&mut **tx)
                         .await?
                 }
                 _ => {
-                    let mut qb = QueryBuilder::new("UPDATE jobs SET status = ");
-                    qb.push_bind(to).push(", updated_at = ").push_bind(ts(now));
-                    if from == JobStatus::Running {
+                    let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET status = ");
+                    qb.push_bind(p.to)
+                        .push(", updated_at = ")
+                        .push_bind($crate::store::codec::ts(now));
+                    if p.from == $crate::store::JobStatus::Running {
                         qb.push(", lease_expires_at = NULL");
                     }
-                    if to == JobStatus::Completed {
-                        qb.push(", finished_at = ").push_bind(ts(now));
+                    if p.to == $crate::store::JobStatus::Completed {
+                        qb.push(", finished_at = ")
+                            .push_bind($crate::store::codec::ts(now));
                     }
-                    if to == JobStatus::Pending {
+                    if p.to == $crate::store::JobStatus::Pending {
                         qb.push(", lease_owner = NULL, finished_at = NULL");
                     }
-                    push_job_update!(qb, update);
-                    push_guard!(qb, &guard);
+                    $crate::store::repo::outcomes::push_job_update!(qb, update);
+                    $crate::store::repo::outcomes::push_guard!(qb, guard);
                     qb.push(" RETURNING *");
-                    qb.build_query_as::<Job>().fetch_optional(&mut *tx).await?
+                    qb.build_query_as::<$crate::store::Job>()
+                        .fetch_optional(&mut **tx)
+                        .await?
                 }
             };
             let Some(job) = job else {
-                // Dropping the transaction rolls it back.
                 return Ok(None);
             };
-            faults::point(kind, "job");
+            $crate::faults::point(kind, "job");
 
             // 2. The certificate version, made current.
             let mut recorded = None;
-            if let Some(new) = &version {
-                let row = record_version!(&mut tx, lock_suffix, new, now, || {
-                    faults::point(kind, "version_row")
-                })?;
-                faults::point(kind, "version");
+            if let Some(new) = &p.version {
+                let row = $crate::store::repo::certificates::record_version!(
+                    &mut *tx,
+                    p.lock_suffix,
+                    new,
+                    now,
+                    || { $crate::faults::point(kind, "version_row") }
+                )?;
+                $crate::faults::point(kind, "version");
                 recorded = Some(row);
             }
 
             // 3. Follow-up jobs (deployments of the new version, ...).
-            let mut created = Vec::with_capacity(follow_ups.len());
-            for new in &mut follow_ups {
+            let mut created = Vec::with_capacity(p.follow_ups.len());
+            for new in &p.follow_ups {
+                let mut new = new.clone();
                 if new.certificate_version_id.is_none() {
                     new.certificate_version_id = recorded.as_ref().map(|v| v.id.clone());
                 }
-                let mut qb = QueryBuilder::new(crate::store::repo::jobs::INSERT_JOB_COLUMNS);
+                let mut qb = sqlx::QueryBuilder::new(crate::store::repo::jobs::INSERT_JOB_COLUMNS);
                 qb.push("VALUES (");
-                crate::store::repo::jobs::push_job_values(&mut qb, &new_id(), new, now);
+                crate::store::repo::jobs::push_job_values(
+                    &mut qb,
+                    &$crate::store::new_id(),
+                    &new,
+                    now,
+                );
                 qb.push(") RETURNING *");
                 let row = qb
-                    .build_query_as::<Job>()
-                    .fetch_one(&mut *tx)
+                    .build_query_as::<$crate::store::Job>()
+                    .fetch_one(&mut **tx)
                     .await
-                    .map_err(|e| StoreError::from_job_insert("follow-up job", e))?;
+                    .map_err(|e| $crate::store::StoreError::from_job_insert("follow-up job", e))?;
                 created.push(row);
             }
             if !created.is_empty() {
-                faults::point(kind, "follow_ups");
+                $crate::faults::point(kind, "follow_ups");
             }
 
             // 4. Audit rows.
-            for event in &audit {
-                insert_audit!(&mut *tx, now, event)?;
+            for event in &p.audit {
+                $crate::store::repo::insert_audit!(&mut **tx, now, event)?;
             }
-            if !audit.is_empty() {
-                faults::point(kind, "audit");
+            if !p.audit.is_empty() {
+                $crate::faults::point(kind, "audit");
             }
 
             // 5. Notifications, one per enabled notifier, and the alert
             // conditions they open and clear.
-            let queued = queue_notices!(&mut tx, now, &notices)?;
-            if !notices.is_empty() {
-                faults::point(kind, "notifications");
+            let queued = $crate::store::repo::notices::queue_notices!(&mut *tx, now, &p.notices)?;
+            if !p.notices.is_empty() {
+                $crate::faults::point(kind, "notifications");
             }
-
-            tx.commit().await?;
-            faults::point(kind, "committed");
-            Ok(Some(Committed {
+            Ok(Some($crate::store::Committed {
                 job,
                 version: recorded,
                 follow_ups: created,
                 notifications: queued,
             }))
-        })
-    }
+        }
+        .await
+    }};
 }
+pub(crate) use write_outcome;
+
+/// Commits the prepared outcome `$prepared` in a transaction of its own on
+/// `$pool`; evaluates to the outcome's result.
+macro_rules! commit_one {
+    ($pool:expr, $prepared:expr, $fail_sql:expr) => {{
+        let prepared: &$crate::store::repo::outcomes::Prepared = $prepared;
+        async {
+            let mut tx = $pool.begin_write().await?;
+            let written =
+                $crate::store::repo::outcomes::write_outcome!(&mut tx, prepared, $fail_sql)?;
+            if written.is_some() {
+                tx.commit().await?;
+                $crate::faults::point(prepared.kind, "committed");
+            }
+            // Otherwise dropping the transaction rolls it back.
+            Ok::<_, StoreError>(written)
+        }
+        .await
+    }};
+}
+pub(crate) use commit_one;

@@ -182,7 +182,7 @@ impl Store {
         table: InstanceTable,
         id: &str,
     ) -> StoreResult<Option<PluginInstance>> {
-        let sql = format!("SELECT * FROM {} WHERE id = $1", table.name());
+        let sql = instance_by_id(table);
         Ok(on_read!(self, |pool| {
             sqlx::query_as::<_, PluginInstance>(&sql)
                 .bind(id)
@@ -690,7 +690,7 @@ impl Store {
     /// One target by id.
     pub async fn get_target(&self, id: &str) -> StoreResult<Option<Target>> {
         Ok(on_read!(self, |pool| {
-            sqlx::query_as::<_, Target>("SELECT * FROM targets WHERE id = $1")
+            sqlx::query_as::<_, Target>(GET_TARGET)
                 .bind(id)
                 .fetch_optional(pool)
                 .await?
@@ -857,4 +857,12 @@ impl Store {
             Ok(done)
         })
     }
+}
+
+/// One target by id (`$1`).
+pub(crate) const GET_TARGET: &str = "SELECT * FROM targets WHERE id = $1";
+
+/// One instance of `table` by id (`$1`).
+pub(crate) fn instance_by_id(table: InstanceTable) -> String {
+    format!("SELECT * FROM {} WHERE id = $1", table.name())
 }

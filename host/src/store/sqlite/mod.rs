@@ -6,6 +6,7 @@
 //! writers in other processes (e.g. `certplane migrate`).
 
 pub(crate) mod claims;
+pub(crate) mod group_commit;
 
 use std::str::FromStr;
 
@@ -19,6 +20,9 @@ use crate::store::{StoreError, StoreOptions};
 pub(crate) struct SqliteBackend {
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
+    /// The job outcomes' group committer (`None` if its thread could not
+    /// start: outcomes then commit one by one).
+    pub(crate) group: Option<group_commit::GroupCommit>,
 }
 
 impl SqliteBackend {
@@ -39,8 +43,14 @@ impl SqliteBackend {
             hint: connect_hint(BackendKind::Sqlite),
             source,
         };
+        // No ping before handing out a connection: an embedded database has
+        // no server end to vanish, and each ping is one more round trip to
+        // the connection's worker thread. On the single writer it came
+        // before every write transaction, so it lengthened the queue of
+        // all of them (BENCHMARKS.md, issue 13).
         let mut writer_options = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout);
         if in_memory {
             // An in-memory database lives as long as its one connection.
@@ -58,11 +68,17 @@ impl SqliteBackend {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(options.max_connections.max(1))
+                .test_before_acquire(false)
                 .acquire_timeout(options.acquire_timeout)
                 .connect_with(connect_options)
                 .await
                 .map_err(connect_err)?
         };
-        Ok(SqliteBackend { writer, reader })
+        let group = group_commit::GroupCommit::start(writer.clone());
+        Ok(SqliteBackend {
+            writer,
+            reader,
+            group,
+        })
     }
 }
