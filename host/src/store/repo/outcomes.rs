@@ -253,20 +253,13 @@ impl Store {
 /// and the store's settings it is written with.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
-    pub(crate) kind: &'static str,
-    pub(crate) guard: Guard,
-    pub(crate) end: JobEnd,
-    pub(crate) update: JobUpdate,
-    pub(crate) version: Option<NewCertificateVersion>,
-    pub(crate) follow_ups: Vec<NewJob>,
-    pub(crate) audit: Vec<NewAuditEvent>,
-    pub(crate) notices: Vec<Notice>,
+    pub(crate) outcome: Outcome,
     pub(crate) from: JobStatus,
     pub(crate) to: JobStatus,
     pub(crate) now: chrono::DateTime<chrono::Utc>,
     /// Retry backoff base and cap, seconds.
     pub(crate) backoff: (f64, f64),
-    /// When a failure's retry hint is cut to the cap: the retry time.
+    /// A failure's retry time, cut to the backoff cap.
     pub(crate) retry_at: Option<chrono::DateTime<chrono::Utc>>,
     /// `" FOR UPDATE"` on PostgreSQL.
     pub(crate) lock_suffix: &'static str,
@@ -274,18 +267,8 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     fn new(outcome: Outcome, store: &Store) -> StoreResult<Prepared> {
-        let Outcome {
-            kind,
-            guard,
-            end,
-            update,
-            version,
-            follow_ups,
-            audit,
-            notices,
-        } = outcome;
-        let from = guard.expected_status();
-        let to = match &end {
+        let from = outcome.guard.expected_status();
+        let to = match &outcome.end {
             JobEnd::Complete => JobStatus::Completed,
             JobEnd::Fail(_) => JobStatus::Failed,
             JobEnd::Move(s) => *s,
@@ -293,32 +276,25 @@ impl Prepared {
         if !crate::store::job_state::can_transition(from, to) {
             return Err(StoreError::IllegalTransition { from, to });
         }
-        if matches!(end, JobEnd::Fail(_)) && !matches!(guard, Guard::Lease(_)) {
+        if matches!(outcome.end, JobEnd::Fail(_)) && !matches!(outcome.guard, Guard::Lease(_)) {
             return Err(StoreError::InvalidArgument(
                 "only the holder of a lease can fail a job".into(),
             ));
         }
-        for job in &follow_ups {
+        for job in &outcome.follow_ups {
             crate::store::repo::jobs::check_new_job(job)?;
         }
-        for notice in &notices {
+        for notice in &outcome.notices {
             notice.check()?;
         }
         let now = now();
         let options = store.options();
-        let retry_at = match &end {
+        let retry_at = match &outcome.end {
             JobEnd::Fail(failure) => options.backoff.cap_retry_at(failure.retry_at, now),
             _ => None,
         };
         Ok(Prepared {
-            kind,
-            guard,
-            end,
-            update,
-            version,
-            follow_ups,
-            audit,
-            notices,
+            outcome,
             from,
             to,
             now,
@@ -336,7 +312,7 @@ impl Prepared {
     /// nothing at all was written. A failure (which may write twice before
     /// knowing) always gets a transaction of its own.
     pub(crate) fn groupable(&self) -> bool {
-        !matches!(self.end, JobEnd::Fail(_))
+        !matches!(self.outcome.end, JobEnd::Fail(_))
     }
 }
 
@@ -351,9 +327,10 @@ macro_rules! write_outcome {
         let p: &$crate::store::repo::outcomes::Prepared = $prepared;
         let fail_sql: &str = $fail_sql;
         async {
-            let (kind, now, guard, update) = (p.kind, p.now, &p.guard, p.update.clone());
+            let o = &p.outcome;
+            let (kind, now, guard, update) = (o.kind, p.now, &o.guard, o.update.clone());
             // 1. The job itself, guarded.
-            let job: Option<$crate::store::Job> = match &p.end {
+            let job: Option<$crate::store::Job> = match &o.end {
                 $crate::store::JobEnd::Fail(failure) => {
                     let $crate::store::Guard::Lease(lease) = guard else {
                         return Err($crate::store::StoreError::InvalidArgument(
@@ -412,7 +389,7 @@ macro_rules! write_outcome {
 
             // 2. The certificate version, made current.
             let mut recorded = None;
-            if let Some(new) = &p.version {
+            if let Some(new) = &o.version {
                 let row = $crate::store::repo::certificates::record_version!(
                     &mut *tx,
                     p.lock_suffix,
@@ -425,8 +402,8 @@ macro_rules! write_outcome {
             }
 
             // 3. Follow-up jobs (deployments of the new version, ...).
-            let mut created = Vec::with_capacity(p.follow_ups.len());
-            for new in &p.follow_ups {
+            let mut created = Vec::with_capacity(o.follow_ups.len());
+            for new in &o.follow_ups {
                 let mut new = new.clone();
                 if new.certificate_version_id.is_none() {
                     new.certificate_version_id = recorded.as_ref().map(|v| v.id.clone());
@@ -452,17 +429,17 @@ macro_rules! write_outcome {
             }
 
             // 4. Audit rows.
-            for event in &p.audit {
+            for event in &o.audit {
                 $crate::store::repo::insert_audit!(&mut **tx, now, event)?;
             }
-            if !p.audit.is_empty() {
+            if !o.audit.is_empty() {
                 $crate::faults::point(kind, "audit");
             }
 
             // 5. Notifications, one per enabled notifier, and the alert
             // conditions they open and clear.
-            let queued = $crate::store::repo::notices::queue_notices!(&mut *tx, now, &p.notices)?;
-            if !p.notices.is_empty() {
+            let queued = $crate::store::repo::notices::queue_notices!(&mut *tx, now, &o.notices)?;
+            if !o.notices.is_empty() {
                 $crate::faults::point(kind, "notifications");
             }
             Ok(Some($crate::store::Committed {
@@ -488,7 +465,7 @@ macro_rules! commit_one {
                 $crate::store::repo::outcomes::write_outcome!(&mut tx, prepared, $fail_sql)?;
             if written.is_some() {
                 tx.commit().await?;
-                $crate::faults::point(prepared.kind, "committed");
+                $crate::faults::point(prepared.outcome.kind, "committed");
             }
             // Otherwise dropping the transaction rolls it back.
             Ok::<_, StoreError>(written)

@@ -118,7 +118,7 @@ async fn run(
                     .fetch_add(items.len() as u64, Ordering::Relaxed);
                 for ((prepared, reply), result) in items.into_iter().zip(results) {
                     if result.is_some() {
-                        faults::point(prepared.kind, "committed");
+                        faults::point(prepared.outcome.kind, "committed");
                     }
                     let _ = reply.send(Ok(result));
                 }
