@@ -232,8 +232,13 @@ impl Store {
             && let Some(group) = &b.group
             && prepared.groupable()
         {
-            self.counts.write();
-            return group.commit(prepared).await;
+            return match group.commit(prepared).await {
+                Ok(result) => {
+                    self.counts.write();
+                    result
+                }
+                Err(unsent) => self.commit_prepared(&unsent).await,
+            };
         }
         self.commit_prepared(&prepared).await
     }

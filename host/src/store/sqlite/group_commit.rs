@@ -91,14 +91,21 @@ impl GroupCommit {
         )
     }
 
-    /// Commits `prepared` with whatever else is waiting.
-    pub(crate) async fn commit(&self, prepared: Prepared) -> StoreResult<Option<Committed>> {
+    /// Commits `prepared` with whatever else is waiting. `Err` gives the
+    /// outcome back, unwritten, when the committer is gone (its thread
+    /// ended): the caller commits it itself.
+    pub(crate) async fn commit(
+        &self,
+        prepared: Prepared,
+    ) -> Result<StoreResult<Option<Committed>>, Box<Prepared>> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((prepared, reply))
-            .await
-            .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        if let Err(unsent) = self.queue.send((prepared, reply)).await {
+            tracing::error!("the outcome committer is gone; committing the outcome alone");
+            return Err(Box::new(unsent.0.0));
+        }
+        // No answer: the committer ended with the outcome taken, written or
+        // not; the job's guard settles it when the lease lapses.
+        Ok(answer.await.unwrap_or_else(|_| Err(closed())))
     }
 }
 
