@@ -1,20 +1,5 @@
-//! Where a certificate goes: the live targets it must be deployed to.
-
-use crate::store::{Store, StoreResult, Target, on_read};
-
-impl Store {
-    /// The live (not retired) targets of a certificate: its key-holding
-    /// target and every target linked through `certificate_targets`, each
-    /// once, by name.
-    pub async fn deployment_targets(&self, certificate_id: &str) -> StoreResult<Vec<Target>> {
-        Ok(on_read!(self, |pool| {
-            sqlx::query_as::<_, Target>(DEPLOYMENT_TARGETS)
-                .bind(certificate_id)
-                .fetch_all(pool)
-                .await?
-        }))
-    }
-}
+//! Where a certificate goes: the query for the live targets it must be
+//! deployed to (read with a job's inputs, `job_inputs.rs`).
 
 /// The live targets a certificate (`$1`) deploys to: its key-holding target
 /// and its extra targets, by name.

@@ -24,7 +24,7 @@ pub struct IssuanceInputs {
     /// Its issuer's row; `None` if the issuer no longer exists.
     pub issuer: Option<PluginInstance>,
     /// The live targets the new version goes to
-    /// ([`Store::deployment_targets`]), as they were before the issuer's
+    /// (its key-holding target and its extra targets), as they were before the issuer's
     /// call: a target retired during the call still gets its deployment
     /// job, which ends as "target is retired" (a certificate's targets are
     /// set when it is created).
