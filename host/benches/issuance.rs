@@ -502,6 +502,8 @@ struct Outcome {
     /// The host's database transactions per certificate over the run
     /// (reads, writes), from its own counters.
     transactions_per_cert: (f64, f64),
+    /// Job outcomes per SQLite group commit over the run.
+    outcomes_per_group: Option<f64>,
     storm: Option<Storm>,
 }
 
@@ -521,6 +523,7 @@ struct Storm {
     last_issued_s: f64,
     cpu_s: f64,
     transactions_per_cert: (f64, f64),
+    outcomes_per_group: Option<f64>,
 }
 
 impl Outcome {
@@ -655,20 +658,29 @@ impl Api {
 
     /// Database transactions the host has run so far (reads, writes), from
     /// its `certplane_store_transactions_total` counters.
-    async fn store_transactions(&self, conn: &mut Conn) -> anyhow::Result<(u64, u64)> {
+    /// and SQLite's group commits (transactions, outcomes in them; zero on
+    /// PostgreSQL).
+    async fn store_transactions(&self, conn: &mut Conn) -> anyhow::Result<StoreCounters> {
         let (status, body) = self.exchange(conn, Method::GET, "/metrics", None).await?;
         if !status.is_success() {
             bail!("GET /metrics: {status}");
         }
         let text = String::from_utf8_lossy(&body);
+        let value = |prefix: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse().ok())
+        };
         let counter = |kind: &str| -> anyhow::Result<u64> {
             let prefix = format!("certplane_store_transactions_total{{kind=\"{kind}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&prefix))
-                .and_then(|v| v.trim().parse().ok())
-                .with_context(|| format!("no {prefix}in /metrics"))
+            value(&prefix).with_context(|| format!("no {prefix}in /metrics"))
         };
-        Ok((counter("read")?, counter("write")?))
+        Ok(StoreCounters {
+            reads: counter("read")?,
+            writes: counter("write")?,
+            groups: value("certplane_store_group_commits_total ").unwrap_or(0),
+            grouped: value("certplane_store_grouped_outcomes_total ").unwrap_or(0),
+        })
     }
 
     /// One exchange on `conn`: the status and the body.
@@ -1263,17 +1275,35 @@ async fn with_host(
         peak_rss_mib,
         load: (load0, load1),
         transactions_per_cert: per_cert(tx0, tx1, n),
+        outcomes_per_group: per_group(tx0, tx1),
         storm,
     })
 }
 
+/// The host's store counters at one moment (`/metrics`).
+#[derive(Debug, Clone, Copy)]
+struct StoreCounters {
+    reads: u64,
+    writes: u64,
+    /// SQLite's group commits and the outcomes written in them.
+    groups: u64,
+    grouped: u64,
+}
+
 /// (reads, writes) per certificate between two counter readings.
-fn per_cert(before: (u64, u64), after: (u64, u64), n: usize) -> (f64, f64) {
+fn per_cert(before: StoreCounters, after: StoreCounters, n: usize) -> (f64, f64) {
     let n = n.max(1) as f64;
     (
-        after.0.saturating_sub(before.0) as f64 / n,
-        after.1.saturating_sub(before.1) as f64 / n,
+        after.reads.saturating_sub(before.reads) as f64 / n,
+        after.writes.saturating_sub(before.writes) as f64 / n,
     )
+}
+
+/// Outcomes per group commit between two counter readings (`None` without
+/// group commits: PostgreSQL).
+fn per_group(before: StoreCounters, after: StoreCounters) -> Option<f64> {
+    let groups = after.groups.saturating_sub(before.groups);
+    (groups > 0).then(|| after.grouped.saturating_sub(before.grouped) as f64 / groups as f64)
 }
 
 /// Every certificate of the issuer renewed at once: timed from the request
@@ -1383,7 +1413,6 @@ async fn renewal_storm(
         .filter_map(|j| Some(millis(t0_utc, time(j, "finished_at")?)))
         .fold(0.0, f64::max)
         / 1e3;
-    let (_, writes_per_cert) = per_cert(tx0, tx1, n);
     Ok(Storm {
         certs: n,
         elapsed_s,
@@ -1392,7 +1421,8 @@ async fn renewal_storm(
         first_deployed_s,
         last_issued_s,
         cpu_s: cpu1 - cpu0,
-        transactions_per_cert: (per_cert(tx0, tx1, n).0, writes_per_cert),
+        transactions_per_cert: per_cert(tx0, tx1, n),
+        outcomes_per_group: per_group(tx0, tx1),
     })
 }
 
@@ -1429,6 +1459,9 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
         "  database          {:.1} reads + {:.1} writes (transactions) per certificate",
         o.transactions_per_cert.0, o.transactions_per_cert.1
     );
+    if let Some(g) = o.outcomes_per_group {
+        println!("  group commit      {g:.1} job outcomes per SQLite transaction");
+    }
     println!(
         "  cert created → issuance job created      {}",
         ms(&o.cert_to_job)
@@ -1495,6 +1528,9 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
             st.transactions_per_cert.0,
             st.transactions_per_cert.1
         );
+        if let Some(g) = st.outcomes_per_group {
+            println!("    group commit {g:.1} job outcomes per SQLite transaction");
+        }
     }
     println!(
         "  machine           1-min load average {:.2} before, {:.2} after ({} cores)",

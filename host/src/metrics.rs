@@ -242,6 +242,22 @@ async fn scrape_registry(store: &Store) -> StoreResult<Registry> {
         })
         .inc_by(writes);
     let mut registry = Registry::default();
+    if let Some((groups, outcomes)) = store.grouped_commits() {
+        let group_commits = Counter::<u64>::default();
+        group_commits.inc_by(groups);
+        let grouped = Counter::<u64>::default();
+        grouped.inc_by(outcomes);
+        registry.register(
+            "certplane_store_group_commits",
+            "Transactions SQLite's outcome committer committed (several job outcomes each)",
+            group_commits,
+        );
+        registry.register(
+            "certplane_store_grouped_outcomes",
+            "Job outcomes written by SQLite's outcome committer; divided by the group commits, the outcomes per transaction",
+            grouped,
+        );
+    }
     registry.register(
         "certplane_store_transactions",
         "Database transactions (single statements or explicit transactions) this process ran, by kind",

@@ -136,6 +136,25 @@ async fn issue_and_deploy(backend: Backend) {
             "{needle} missing from /metrics:\n{metrics}"
         );
     }
+    // On SQLite the issued and the deployed outcome went through the
+    // group committer; PostgreSQL has none.
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+    };
+    if backend == Backend::Sqlite {
+        let groups = counter("certplane_store_group_commits_total");
+        let grouped = counter("certplane_store_grouped_outcomes_total");
+        assert!(
+            groups >= 1 && grouped >= 2 && grouped >= groups,
+            "group commits {groups}, outcomes in them {grouped}"
+        );
+    } else {
+        assert!(!metrics.contains("certplane_store_group_commits"));
+    }
 
     // Revocation goes to the issuer connector; the local CA keeps no CRL, so
     // it answers `unsupported`, which fails the job for good.

@@ -1,6 +1,8 @@
 //! Conditional transitions under contention, audit and the renewal enqueue,
 //! on SQLite and PostgreSQL.
 
+use std::collections::HashMap;
+
 use certplane_host::store::*;
 use certplane_testkit::both_backends;
 use certplane_testkit::{Backend, TestDb, count, fixtures};
@@ -348,9 +350,22 @@ async fn concurrent_outcomes_commit_each_alone(b: Backend) {
             .unwrap();
         assert_eq!(claimed.len(), 40, "round {round}");
         let (bad, lost) = (claimed[7].id.clone(), claimed[23].id.clone());
+        // Outcome i has i % 4 follow-up jobs (one outcome of the first
+        // round more than one multi-row INSERT holds) and one or two audit
+        // rows, all deferred to the end of a shared transaction.
+        let wants: HashMap<String, usize> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let n = if round == 0 && i == 11 { 1_100 } else { i % 4 };
+                (job.id.clone(), n)
+            })
+            .collect();
         let tasks: Vec<_> = claimed
             .into_iter()
             .map(|job| {
+                let follow_ups = wants[&job.id];
+                let cert_id = cert.id.clone();
                 let store = store.clone();
                 let (bad, lost) = (bad.clone(), lost.clone());
                 tokio::spawn(async move {
@@ -361,6 +376,16 @@ async fn concurrent_outcomes_commit_each_alone(b: Backend) {
                     let mut outcome =
                         Outcome::new("revoked", Guard::Lease(lease), JobEnd::Complete);
                     outcome.audit.push(audit("revocation.completed", &job.id));
+                    if follow_ups % 2 == 1 {
+                        outcome.audit.push(audit("revocation.noted", &job.id));
+                    }
+                    outcome.follow_ups = (0..follow_ups)
+                        .map(|n| {
+                            NewJob::new(JobType::Verification)
+                                .certificate(&cert_id)
+                                .payload(serde_json::json!({ "of": job.id, "n": n }))
+                        })
+                        .collect();
                     if job.id == bad {
                         outcome.version = Some(NewCertificateVersion {
                             certificate_id: "no-such-certificate".into(),
@@ -397,7 +422,23 @@ async fn concurrent_outcomes_commit_each_alone(b: Backend) {
             } else {
                 let committed = result.unwrap().expect("committed");
                 assert_eq!(committed.job.status, JobStatus::Completed);
-                assert_eq!((stored.status, audited), (JobStatus::Completed, 1));
+                let n = wants[&id];
+                let audit_rows = 1 + n % 2;
+                assert_eq!((stored.status, audited), (JobStatus::Completed, audit_rows));
+                // Its own follow-ups, in the order it gave them, stored.
+                let got: Vec<serde_json::Value> = committed
+                    .follow_ups
+                    .iter()
+                    .map(|j| j.payload.clone().unwrap_or_default())
+                    .collect();
+                let expected: Vec<serde_json::Value> = (0..n)
+                    .map(|n| serde_json::json!({ "of": id, "n": n }))
+                    .collect();
+                assert_eq!(got, expected, "follow-ups of {id}");
+                for job in committed.follow_ups.iter().take(3) {
+                    let stored = store.get_job(&job.id).await.unwrap().unwrap();
+                    assert_eq!(stored.payload, job.payload);
+                }
             }
         }
     }

@@ -57,6 +57,45 @@ macro_rules! insert_audit {
 }
 pub(crate) use insert_audit;
 
+/// Rows per multi-row INSERT: SQLite binds at most 32,766 parameters in
+/// one statement and PostgreSQL 65,535; a job row takes 14, an audit row 8.
+pub(crate) const INSERT_CHUNK: usize = 500;
+
+/// Inserts audit events `$rows` (a slice of `(DateTime<Utc>, &NewAuditEvent)`)
+/// on an executor, [`INSERT_CHUNK`] rows per statement: the outcomes of a
+/// group commit write their audit rows together.
+macro_rules! insert_audits {
+    ($exec:expr, $rows:expr) => {
+        async {
+            let rows: &[(chrono::DateTime<chrono::Utc>, &$crate::store::NewAuditEvent)] = $rows;
+            for chunk in rows.chunks($crate::store::repo::INSERT_CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO audit_events (id, at, actor, actor_type, action, subject_type, subject_id, details) ",
+                );
+                qb.push_values(chunk, |mut row, (at, event)| {
+                    let details = if event.details.is_null() {
+                        serde_json::Value::Object(Default::default())
+                    } else {
+                        event.details.clone()
+                    };
+                    row.push_bind($crate::store::new_id())
+                        .push_bind($crate::store::codec::ts(*at))
+                        .push_bind(event.actor.clone())
+                        .push_bind(event.actor_type)
+                        .push_bind(event.action.clone())
+                        .push_bind(event.subject_type.clone())
+                        .push_bind(event.subject_id.clone())
+                        .push_bind(sqlx::types::Json(details));
+                });
+                qb.build().execute(&mut *$exec).await?;
+            }
+            Ok::<(), $crate::store::StoreError>(())
+        }
+        .await
+    };
+}
+pub(crate) use insert_audits;
+
 /// Ends a write transaction `$tx` whose change happened when `$done`: then
 /// writes the audit event `$audit` (an `Option<&NewAuditEvent>`) and
 /// commits; otherwise rolls back, so a refused change leaves no audit row.

@@ -83,21 +83,30 @@ pub(crate) fn with_alerts(payload: &Value, changed: Vec<Value>) -> Value {
 /// Queues `notices` inside the open transaction `tx` at `now`: opens and
 /// clears their conditions and inserts one notification per enabled
 /// notifier for each that is to be sent. Evaluates to the number of
-/// notifications inserted.
+/// notifications inserted. `$notifiers` (`&mut Option<Vec<(String,)>>`)
+/// keeps the enabled notifiers once read, for the other outcomes of the
+/// same transaction.
 macro_rules! queue_notices {
     ($tx:expr, $now:expr, $notices:expr) => {
+        $crate::store::repo::notices::queue_notices!($tx, $now, $notices, &mut None)
+    };
+    ($tx:expr, $now:expr, $notices:expr, $notifiers:expr) => {
         async {
             let tx = $tx;
             let notices: &[$crate::store::Notice] = $notices;
+            let read: &mut Option<Vec<(String,)>> = $notifiers;
             let mut queued: u64 = 0;
             if notices.is_empty() {
                 return Ok::<u64, $crate::store::StoreError>(0);
             }
-            let notifiers: Vec<(String,)> = sqlx::query_as(
-                "SELECT id FROM notifiers WHERE disabled_at IS NULL ORDER BY id",
-            )
-            .fetch_all(&mut **tx)
-            .await?;
+            let notifiers: &[(String,)] = match read {
+                Some(known) => known,
+                None => read.insert(
+                    sqlx::query_as("SELECT id FROM notifiers WHERE disabled_at IS NULL ORDER BY id")
+                        .fetch_all(&mut **tx)
+                        .await?,
+                ),
+            };
             for notice in notices {
                 let mut changed = Vec::new();
                 let (mut opened, mut resolved) = (false, false);
@@ -162,7 +171,7 @@ macro_rules! queue_notices {
                 } else {
                     $crate::store::repo::notices::with_alerts(&notice.payload, changed)
                 };
-                for (notifier_id,) in &notifiers {
+                for (notifier_id,) in notifiers {
                     queued += sqlx::query(
                         "INSERT INTO notifications (id, notifier_id, event_type, subject,
                              payload, status, attempts, max_attempts, run_at, created_at,

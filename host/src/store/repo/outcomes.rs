@@ -321,16 +321,118 @@ impl Prepared {
     }
 }
 
-/// Writes the prepared outcome `$prepared` on the open write transaction
-/// `$tx` (`&mut Transaction`); evaluates to `Ok(None)` when the guard
-/// failed, before anything was written (a groupable outcome) or with the
-/// transaction to be rolled back (a failure). `$fail_sql` is the backend's
-/// `FAIL_JOB`. The caller commits.
+/// The rows of a transaction's outcomes that none of their later
+/// statements reads (follow-up jobs, audit rows), written after the last
+/// outcome by [`flush_deferred!`] in one multi-row INSERT per table, and
+/// the enabled notifiers, read once per transaction. A group commit of 30
+/// outcomes thus runs 2 INSERTs instead of 60 round trips to the writer.
+#[derive(Debug, Default)]
+pub(crate) struct Deferred<'a> {
+    /// (the outcome's position in the transaction, the new job's id, the
+    /// job, its time).
+    pub(crate) follow_ups: Vec<(usize, String, NewJob, chrono::DateTime<chrono::Utc>)>,
+    pub(crate) audit: Vec<(chrono::DateTime<chrono::Utc>, &'a NewAuditEvent)>,
+    /// Fault points of the deferred steps, passed once they are written.
+    pub(crate) points: Vec<(&'static str, &'static str)>,
+    pub(crate) notifiers: Option<Vec<(String,)>>,
+}
+
+impl<'a> Deferred<'a> {
+    /// Defers the follow-up jobs and audit rows of outcome number `index`
+    /// of the transaction; its follow-ups point at `version` when they
+    /// name none.
+    pub(crate) fn add(
+        &mut self,
+        index: usize,
+        p: &'a Prepared,
+        version: Option<&CertificateVersion>,
+    ) {
+        let o = &p.outcome;
+        for new in &o.follow_ups {
+            let mut new = new.clone();
+            if new.certificate_version_id.is_none() {
+                new.certificate_version_id = version.map(|v| v.id.clone());
+            }
+            self.follow_ups
+                .push((index, crate::store::new_id(), new, p.now));
+        }
+        if !o.follow_ups.is_empty() {
+            self.points.push((o.kind, "follow_ups"));
+        }
+        self.audit
+            .extend(o.audit.iter().map(|event| (p.now, event)));
+        if !o.audit.is_empty() {
+            self.points.push((o.kind, "audit"));
+        }
+    }
+}
+
+/// Writes what `$deferred` (`Deferred`) holds on the open transaction `$tx`
+/// and gives each committed outcome of `$results`
+/// (`&mut [Option<Committed>]`) its follow-up jobs, in order.
+macro_rules! flush_deferred {
+    ($tx:expr, $deferred:expr, $results:expr) => {
+        async {
+            let tx = $tx;
+            let deferred: $crate::store::repo::outcomes::Deferred<'_> = $deferred;
+            let results: &mut [Option<$crate::store::Committed>] = $results;
+            for chunk in deferred
+                .follow_ups
+                .chunks($crate::store::repo::INSERT_CHUNK)
+            {
+                let mut qb = sqlx::QueryBuilder::new(crate::store::repo::jobs::INSERT_JOB_COLUMNS);
+                qb.push("VALUES (");
+                for (i, (_, id, new, now)) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        qb.push("), (");
+                    }
+                    crate::store::repo::jobs::push_job_values(&mut qb, id, new, *now);
+                }
+                qb.push(") RETURNING *");
+                let rows = qb
+                    .build_query_as::<$crate::store::Job>()
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(|e| $crate::store::StoreError::from_job_insert("follow-up job", e))?;
+                // RETURNING promises no order: match the rows by id.
+                let mut by_id: std::collections::HashMap<String, $crate::store::Job> =
+                    rows.into_iter().map(|j| (j.id.clone(), j)).collect();
+                for (index, id, _, _) in chunk {
+                    let job = by_id.remove(id).ok_or_else(|| {
+                        $crate::store::StoreError::Database(sqlx::Error::Protocol(format!(
+                            "follow-up job {id} was not returned by its INSERT"
+                        )))
+                    })?;
+                    if let Some(Some(committed)) = results.get_mut(*index) {
+                        committed.follow_ups.push(job);
+                    }
+                }
+            }
+            $crate::store::repo::insert_audits!(&mut **tx, &deferred.audit)?;
+            for (kind, step) in &deferred.points {
+                $crate::faults::point(kind, step);
+            }
+            Ok::<(), $crate::store::StoreError>(())
+        }
+        .await
+    };
+}
+pub(crate) use flush_deferred;
+
+/// Writes the prepared outcome `$prepared`, number `$index` of the open
+/// write transaction `$tx` (`&mut Transaction`), except the rows it defers
+/// to `$deferred` (`&mut Deferred`) for [`flush_deferred!`]; evaluates to
+/// `Ok(None)` when the guard failed, before anything was written (a
+/// groupable outcome) or with the transaction to be rolled back (a
+/// failure). `$fail_sql` is the backend's `FAIL_JOB`. The caller flushes
+/// and commits.
 macro_rules! write_outcome {
-    ($tx:expr, $prepared:expr, $fail_sql:expr) => {{
+    ($tx:expr, $prepared:expr, $fail_sql:expr, $deferred:expr, $index:expr) => {{
         let tx = $tx;
         let p: &$crate::store::repo::outcomes::Prepared = $prepared;
         let fail_sql: &str = $fail_sql;
+        let deferred: &mut $crate::store::repo::outcomes::Deferred<'_> = $deferred;
+        let index: usize = $index;
         async {
             let o = &p.outcome;
             let (kind, now, guard, update) = (o.kind, p.now, &o.guard, o.update.clone());
@@ -406,51 +508,25 @@ macro_rules! write_outcome {
                 recorded = Some(row);
             }
 
-            // 3. Follow-up jobs (deployments of the new version, ...).
-            let mut created = Vec::with_capacity(o.follow_ups.len());
-            for new in &o.follow_ups {
-                let mut new = new.clone();
-                if new.certificate_version_id.is_none() {
-                    new.certificate_version_id = recorded.as_ref().map(|v| v.id.clone());
-                }
-                let mut qb = sqlx::QueryBuilder::new(crate::store::repo::jobs::INSERT_JOB_COLUMNS);
-                qb.push("VALUES (");
-                crate::store::repo::jobs::push_job_values(
-                    &mut qb,
-                    &$crate::store::new_id(),
-                    &new,
-                    now,
-                );
-                qb.push(") RETURNING *");
-                let row = qb
-                    .build_query_as::<$crate::store::Job>()
-                    .fetch_one(&mut **tx)
-                    .await
-                    .map_err(|e| $crate::store::StoreError::from_job_insert("follow-up job", e))?;
-                created.push(row);
-            }
-            if !created.is_empty() {
-                $crate::faults::point(kind, "follow_ups");
-            }
-
-            // 4. Audit rows.
-            for event in &o.audit {
-                $crate::store::repo::insert_audit!(&mut **tx, now, event)?;
-            }
-            if !o.audit.is_empty() {
-                $crate::faults::point(kind, "audit");
-            }
+            // 3. Follow-up jobs (deployments of the new version, ...) and
+            // 4. audit rows: deferred to the end of the transaction.
+            deferred.add(index, p, recorded.as_ref());
 
             // 5. Notifications, one per enabled notifier, and the alert
             // conditions they open and clear.
-            let queued = $crate::store::repo::notices::queue_notices!(&mut *tx, now, &o.notices)?;
+            let queued = $crate::store::repo::notices::queue_notices!(
+                &mut *tx,
+                now,
+                &o.notices,
+                &mut deferred.notifiers
+            )?;
             if !o.notices.is_empty() {
                 $crate::faults::point(kind, "notifications");
             }
             Ok(Some($crate::store::Committed {
                 job,
                 version: recorded,
-                follow_ups: created,
+                follow_ups: Vec::with_capacity(o.follow_ups.len()),
                 notifications: queued,
             }))
         }
@@ -466,13 +542,22 @@ macro_rules! commit_one {
         let prepared: &$crate::store::repo::outcomes::Prepared = $prepared;
         async {
             let mut tx = $pool.begin_write().await?;
-            let written =
-                $crate::store::repo::outcomes::write_outcome!(&mut tx, prepared, $fail_sql)?;
-            if written.is_some() {
+            let mut deferred = $crate::store::repo::outcomes::Deferred::default();
+            let written = $crate::store::repo::outcomes::write_outcome!(
+                &mut tx,
+                prepared,
+                $fail_sql,
+                &mut deferred,
+                0
+            )?;
+            let mut results = [written];
+            if results[0].is_some() {
+                $crate::store::repo::outcomes::flush_deferred!(&mut tx, deferred, &mut results)?;
                 tx.commit().await?;
                 $crate::faults::point(prepared.outcome.kind, "committed");
             }
             // Otherwise dropping the transaction rolls it back.
+            let [written] = results;
             Ok::<_, StoreError>(written)
         }
         .await

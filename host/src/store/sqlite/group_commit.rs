@@ -25,7 +25,9 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::faults;
-use crate::store::repo::outcomes::{Committed, Prepared, commit_one, write_outcome};
+use crate::store::repo::outcomes::{
+    Committed, Deferred, Prepared, commit_one, flush_deferred, write_outcome,
+};
 use crate::store::sqlite::claims::FAIL_JOB;
 use crate::store::{BeginWrite, StoreError, StoreResult};
 
@@ -150,9 +152,17 @@ async fn write_group(
 ) -> StoreResult<Vec<Option<Committed>>> {
     let mut tx = writer.begin_write().await?;
     let mut results = Vec::with_capacity(items.len());
-    for (prepared, _) in items {
-        results.push(write_outcome!(&mut tx, prepared, FAIL_JOB)?);
+    let mut deferred = Deferred::default();
+    for (index, (prepared, _)) in items.iter().enumerate() {
+        results.push(write_outcome!(
+            &mut tx,
+            prepared,
+            FAIL_JOB,
+            &mut deferred,
+            index
+        )?);
     }
+    flush_deferred!(&mut tx, deferred, &mut results)?;
     tx.commit().await?;
     Ok(results)
 }
