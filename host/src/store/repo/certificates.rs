@@ -86,6 +86,102 @@ macro_rules! record_version {
 }
 pub(crate) use record_version;
 
+/// A certificate to create, with its extra targets, options and audit row
+/// (checked by [`Store::create_certificate_with_targets`]).
+#[derive(Debug, Clone)]
+pub(crate) struct NewCertificateRow {
+    pub(crate) new: NewCertificate,
+    pub(crate) extra_targets: Vec<String>,
+    pub(crate) options: crate::store::CertificateOptions,
+    pub(crate) audit: Option<NewAuditEvent>,
+    pub(crate) now: DateTime<Utc>,
+}
+
+impl NewCertificateRow {
+    /// The error for an issuer that is missing or retired.
+    pub(crate) fn no_issuer(&self) -> StoreError {
+        StoreError::InvalidArgument(format!(
+            "issuer_id: no issuer {:?} (or it is retired)",
+            self.new.issuer_id
+        ))
+    }
+}
+
+/// Inserts the certificate `$create` (`&NewCertificateRow`) and its extra
+/// targets in the open write transaction `$tx`, its audit row deferred to
+/// `$deferred` (`&mut Deferred`); `$share` locks the issuer row (`" FOR
+/// SHARE"` on PostgreSQL). Evaluates to `StoreResult<Option<Certificate>>`:
+/// `None`, with nothing written, when the issuer is missing or retired.
+macro_rules! insert_certificate {
+    ($tx:expr, $create:expr, $share:expr, $deferred:expr) => {
+        async {
+            let tx = $tx;
+            let create: &$crate::store::repo::certificates::NewCertificateRow = $create;
+            let deferred: &mut $crate::store::repo::outcomes::Deferred = $deferred;
+            let (new, now) = (&create.new, create.now);
+            let issuer: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT id FROM issuers WHERE id = $1 AND retired_at IS NULL{}",
+                $share
+            ))
+            .bind(&new.issuer_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if issuer.is_none() {
+                return Ok(None);
+            }
+            let cert = sqlx::query_as::<_, $crate::store::Certificate>(
+                "INSERT INTO certificates (id, name, common_name, sans, key_type, key_source,
+                     issuer_id, target_id, renew_before_secs, owner, status, renew_at,
+                     created_at, updated_at, issuer_options, target_options)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $11,
+                         $12, $13)
+                 RETURNING *",
+            )
+            .bind($crate::store::new_id())
+            .bind(&new.name)
+            .bind(&new.common_name)
+            .bind(sqlx::types::Json(&new.sans))
+            .bind(&new.key_type)
+            .bind(new.key_source)
+            .bind(&new.issuer_id)
+            .bind(new.target_id.clone())
+            .bind(new.renew_before_secs)
+            .bind(new.owner.clone())
+            .bind($crate::store::codec::ts(now))
+            .bind(sqlx::types::Json(&create.options.issuer))
+            .bind(sqlx::types::Json(&create.options.target))
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| {
+                $crate::store::StoreError::from_insert(format!("certificate {:?}", new.name), e)
+            })?;
+            for target in &create.extra_targets {
+                sqlx::query(
+                    "INSERT INTO certificate_targets (certificate_id, target_id, created_at)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(&cert.id)
+                .bind(target)
+                .bind($crate::store::codec::ts(now))
+                .execute(&mut **tx)
+                .await?;
+            }
+            if let Some(event) = &create.audit {
+                deferred.audit_row(
+                    now,
+                    $crate::store::NewAuditEvent {
+                        subject_id: Some(cert.id.clone()),
+                        ..event.clone()
+                    },
+                );
+            }
+            Ok::<_, $crate::store::StoreError>(Some(cert))
+        }
+        .await
+    };
+}
+pub(crate) use insert_certificate;
+
 /// One certificate by id (`$1`).
 pub(crate) const GET_CERTIFICATE: &str = "SELECT * FROM certificates WHERE id = $1";
 /// One version (`$1`) of a certificate (`$2`).
@@ -99,6 +195,14 @@ impl Store {
         match self.backend {
             crate::store::Backend::Sqlite(_) => "",
             crate::store::Backend::Postgres(_) => " FOR UPDATE",
+        }
+    }
+
+    /// `" FOR SHARE"` on PostgreSQL, nothing on SQLite.
+    pub(crate) fn row_share_suffix(&self) -> &'static str {
+        match self.backend {
+            crate::store::Backend::Sqlite(_) => "",
+            crate::store::Backend::Postgres(_) => " FOR SHARE",
         }
     }
 
@@ -474,68 +578,44 @@ impl Store {
                 "renew_before_secs must be >= 0".into(),
             ));
         }
-        let now = now();
-        let share = match self.backend {
-            crate::store::Backend::Sqlite(_) => "",
-            crate::store::Backend::Postgres(_) => " FOR SHARE",
+        let create = NewCertificateRow {
+            new,
+            extra_targets: extra_targets.to_vec(),
+            options: options.clone(),
+            audit: audit.cloned(),
+            now: now(),
         };
+        // On SQLite the create goes through the group committer with the
+        // job outcomes: the API's tasks then never hold the single writer
+        // across their statements' round trips.
+        if let crate::store::Backend::Sqlite(b) = &self.backend
+            && let Some(group) = &b.group
+        {
+            return match group.create_certificate(create).await {
+                Ok(result) => {
+                    self.counts.write();
+                    result
+                }
+                Err(unsent) => self.create_certificate_alone(&unsent).await,
+            };
+        }
+        self.create_certificate_alone(&create).await
+    }
+
+    /// Creates a certificate in a transaction of its own.
+    pub(crate) async fn create_certificate_alone(
+        &self,
+        create: &NewCertificateRow,
+    ) -> StoreResult<Certificate> {
+        let share = self.row_share_suffix();
         on_write!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            let issuer: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT id FROM issuers WHERE id = $1 AND retired_at IS NULL{share}"
-            ))
-            .bind(&new.issuer_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if issuer.is_none() {
+            let mut deferred = crate::store::repo::outcomes::Deferred::default();
+            let Some(cert) = insert_certificate!(&mut tx, create, share, &mut deferred)? else {
                 tx.rollback().await?;
-                return Err(StoreError::InvalidArgument(format!(
-                    "issuer_id: no issuer {:?} (or it is retired)",
-                    new.issuer_id
-                )));
-            }
-            let cert = sqlx::query_as::<_, Certificate>(
-                "INSERT INTO certificates (id, name, common_name, sans, key_type, key_source,
-                     issuer_id, target_id, renew_before_secs, owner, status, renew_at,
-                     created_at, updated_at, issuer_options, target_options)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $11,
-                         $12, $13)
-                 RETURNING *",
-            )
-            .bind(new_id())
-            .bind(&new.name)
-            .bind(&new.common_name)
-            .bind(Json(&new.sans))
-            .bind(&new.key_type)
-            .bind(new.key_source)
-            .bind(&new.issuer_id)
-            .bind(new.target_id.clone())
-            .bind(new.renew_before_secs)
-            .bind(new.owner.clone())
-            .bind(ts(now))
-            .bind(Json(&options.issuer))
-            .bind(Json(&options.target))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| StoreError::from_insert(format!("certificate {:?}", new.name), e))?;
-            for target in extra_targets {
-                sqlx::query(
-                    "INSERT INTO certificate_targets (certificate_id, target_id, created_at)
-                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                )
-                .bind(&cert.id)
-                .bind(target)
-                .bind(ts(now))
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some(event) = audit {
-                let event = NewAuditEvent {
-                    subject_id: Some(cert.id.clone()),
-                    ..event.clone()
-                };
-                insert_audit!(&mut *tx, now, &event)?;
-            }
+                return Err(create.no_issuer());
+            };
+            crate::store::repo::outcomes::flush_deferred!(&mut tx, deferred, &mut [])?;
             tx.commit().await?;
             Ok(cert)
         })

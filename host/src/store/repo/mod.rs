@@ -61,13 +61,16 @@ pub(crate) use insert_audit;
 /// one statement and PostgreSQL 65,535; a job row takes 14, an audit row 8.
 pub(crate) const INSERT_CHUNK: usize = 500;
 
-/// Inserts audit events `$rows` (a slice of `(DateTime<Utc>, &NewAuditEvent)`)
+/// Inserts audit events `$rows` (a slice of `(DateTime<Utc>, Cow<NewAuditEvent>)`)
 /// on an executor, [`INSERT_CHUNK`] rows per statement: the outcomes of a
 /// group commit write their audit rows together.
 macro_rules! insert_audits {
     ($exec:expr, $rows:expr) => {
         async {
-            let rows: &[(chrono::DateTime<chrono::Utc>, &$crate::store::NewAuditEvent)] = $rows;
+            let rows: &[(
+                chrono::DateTime<chrono::Utc>,
+                std::borrow::Cow<'_, $crate::store::NewAuditEvent>,
+            )] = $rows;
             for chunk in rows.chunks($crate::store::repo::INSERT_CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new(
                     "INSERT INTO audit_events (id, at, actor, actor_type, action, subject_type, subject_id, details) ",

@@ -331,7 +331,10 @@ pub(crate) struct Deferred<'a> {
     /// (the outcome's position in the transaction, the new job's id, the
     /// job, its time).
     pub(crate) follow_ups: Vec<(usize, String, NewJob, chrono::DateTime<chrono::Utc>)>,
-    pub(crate) audit: Vec<(chrono::DateTime<chrono::Utc>, &'a NewAuditEvent)>,
+    pub(crate) audit: Vec<(
+        chrono::DateTime<chrono::Utc>,
+        std::borrow::Cow<'a, NewAuditEvent>,
+    )>,
     /// Fault points of the deferred steps, passed once they are written.
     pub(crate) points: Vec<(&'static str, &'static str)>,
     pub(crate) notifiers: Option<Vec<(String,)>>,
@@ -359,11 +362,21 @@ impl<'a> Deferred<'a> {
         if !o.follow_ups.is_empty() {
             self.points.push((o.kind, "follow_ups"));
         }
-        self.audit
-            .extend(o.audit.iter().map(|event| (p.now, event)));
+        self.audit.extend(
+            o.audit
+                .iter()
+                .map(|event| (p.now, std::borrow::Cow::Borrowed(event))),
+        );
         if !o.audit.is_empty() {
             self.points.push((o.kind, "audit"));
         }
+    }
+}
+
+impl Deferred<'_> {
+    /// Defers an audit row of another write of the transaction.
+    pub(crate) fn audit_row(&mut self, at: chrono::DateTime<chrono::Utc>, event: NewAuditEvent) {
+        self.audit.push((at, std::borrow::Cow::Owned(event)));
     }
 }
 

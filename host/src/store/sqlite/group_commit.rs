@@ -25,6 +25,8 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::faults;
+use crate::store::Certificate;
+use crate::store::repo::certificates::{NewCertificateRow, insert_certificate};
 use crate::store::repo::outcomes::{
     Committed, Deferred, Prepared, commit_one, flush_deferred, write_outcome,
 };
@@ -36,13 +38,29 @@ const GROUP_MAX: usize = 64;
 /// Outcomes that may wait for the committer before callers wait to send.
 const QUEUE: usize = 1024;
 
-type Reply = oneshot::Sender<StoreResult<Option<Committed>>>;
+type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
-/// The handle callers send outcomes through. The committer stops when the
+/// A write the committer takes: a job outcome, or a certificate the API
+/// creates (which would otherwise hold the writer from a busy API task
+/// across its statements' round trips).
+#[derive(Debug)]
+enum Write {
+    Outcome(Prepared, Reply<Option<Committed>>),
+    Certificate(NewCertificateRow, Reply<Certificate>),
+}
+
+/// What a write of a group came to, told to its caller after the commit.
+enum Done {
+    Outcome(Option<Committed>),
+    /// `Err` only for a missing or retired issuer: nothing was written.
+    Certificate(StoreResult<Certificate>),
+}
+
+/// The handle callers send writes through. The committer stops when the
 /// last handle is dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct GroupCommit {
-    queue: mpsc::Sender<(Prepared, Reply)>,
+    queue: mpsc::Sender<Write>,
     counts: Arc<GroupCounts>,
 }
 
@@ -101,70 +119,140 @@ impl GroupCommit {
         prepared: Prepared,
     ) -> Result<StoreResult<Option<Committed>>, Box<Prepared>> {
         let (reply, answer) = oneshot::channel();
-        if let Err(unsent) = self.queue.send((prepared, reply)).await {
+        if let Err(unsent) = self.queue.send(Write::Outcome(prepared, reply)).await {
             tracing::error!("the outcome committer is gone; committing the outcome alone");
-            return Err(Box::new(unsent.0.0));
+            if let Write::Outcome(prepared, _) = unsent.0 {
+                return Err(Box::new(prepared));
+            }
+            return Ok(Err(closed()));
         }
         // No answer: the committer ended with the outcome taken, written or
         // not; the job's guard settles it when the lease lapses.
         Ok(answer.await.unwrap_or_else(|_| Err(closed())))
     }
+
+    /// Creates a certificate with whatever else is waiting. `Err` gives it
+    /// back, unwritten, when the committer is gone.
+    pub(crate) async fn create_certificate(
+        &self,
+        create: NewCertificateRow,
+    ) -> Result<StoreResult<Certificate>, Box<NewCertificateRow>> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(unsent) = self.queue.send(Write::Certificate(create, reply)).await {
+            tracing::error!("the outcome committer is gone; creating the certificate alone");
+            if let Write::Certificate(create, _) = unsent.0 {
+                return Err(Box::new(create));
+            }
+            return Ok(Err(closed()));
+        }
+        // No answer: the committer ended with the create taken, committed
+        // or not; the caller cannot tell, as with a lost connection.
+        Ok(answer.await.unwrap_or_else(|_| Err(closed())))
+    }
 }
 
-async fn run(
-    writer: SqlitePool,
-    mut rx: mpsc::Receiver<(Prepared, Reply)>,
-    counts: Arc<GroupCounts>,
-) {
+async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<GroupCounts>) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
-        let items: Vec<(Prepared, Reply)> = std::mem::take(&mut group);
+        let items: Vec<Write> = std::mem::take(&mut group);
         match write_group(&writer, &items).await {
             Ok(results) => {
+                let outcomes = items
+                    .iter()
+                    .filter(|w| matches!(w, Write::Outcome(..)))
+                    .count();
                 counts.groups.fetch_add(1, Ordering::Relaxed);
                 counts
                     .outcomes
-                    .fetch_add(items.len() as u64, Ordering::Relaxed);
-                for ((prepared, reply), result) in items.into_iter().zip(results) {
-                    if result.is_some() {
-                        faults::point(prepared.outcome.kind, "committed");
+                    .fetch_add(outcomes as u64, Ordering::Relaxed);
+                for (write, done) in items.into_iter().zip(results) {
+                    match (write, done) {
+                        (Write::Outcome(prepared, reply), Done::Outcome(result)) => {
+                            if result.is_some() {
+                                faults::point(prepared.outcome.kind, "committed");
+                            }
+                            let _ = reply.send(Ok(result));
+                        }
+                        (Write::Certificate(_, reply), Done::Certificate(result)) => {
+                            let _ = reply.send(result);
+                        }
+                        // write_group answers each write in kind.
+                        (Write::Outcome(_, reply), Done::Certificate(_)) => {
+                            let _ = reply.send(Err(closed()));
+                        }
+                        (Write::Certificate(_, reply), Done::Outcome(_)) => {
+                            let _ = reply.send(Err(closed()));
+                        }
                     }
-                    let _ = reply.send(Ok(result));
                 }
             }
             Err(e) => {
                 if items.len() > 1 {
-                    tracing::debug!(error = %e, outcomes = items.len(), "a grouped commit failed; committing its outcomes one by one");
+                    tracing::debug!(error = %e, writes = items.len(), "a grouped commit failed; committing its writes one by one");
                 }
-                for (prepared, reply) in items {
-                    let _ = reply.send(commit_one!(&writer, &prepared, FAIL_JOB));
+                for write in items {
+                    match write {
+                        Write::Outcome(prepared, reply) => {
+                            let _ = reply.send(commit_one!(&writer, &prepared, FAIL_JOB));
+                        }
+                        Write::Certificate(create, reply) => {
+                            let _ = reply.send(create_alone(&writer, &create).await);
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Writes every outcome of `items` in one transaction; the result of each,
+/// Writes every write of `items` in one transaction; the result of each,
 /// in order, once committed.
-async fn write_group(
-    writer: &SqlitePool,
-    items: &[(Prepared, Reply)],
-) -> StoreResult<Vec<Option<Committed>>> {
+async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Vec<Done>> {
     let mut tx = writer.begin_write().await?;
-    let mut results = Vec::with_capacity(items.len());
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut created = Vec::with_capacity(items.len());
     let mut deferred = Deferred::default();
-    for (index, (prepared, _)) in items.iter().enumerate() {
-        results.push(write_outcome!(
-            &mut tx,
-            prepared,
-            FAIL_JOB,
-            &mut deferred,
-            index
-        )?);
+    for (index, write) in items.iter().enumerate() {
+        match write {
+            Write::Outcome(prepared, _) => {
+                outcomes.push(write_outcome!(
+                    &mut tx,
+                    prepared,
+                    FAIL_JOB,
+                    &mut deferred,
+                    index
+                )?);
+                created.push(None);
+            }
+            Write::Certificate(create, _) => {
+                let cert = insert_certificate!(&mut tx, create, "", &mut deferred)?;
+                outcomes.push(None);
+                created.push(Some(cert.ok_or_else(|| create.no_issuer())));
+            }
+        }
     }
-    flush_deferred!(&mut tx, deferred, &mut results)?;
+    flush_deferred!(&mut tx, deferred, &mut outcomes)?;
     tx.commit().await?;
-    Ok(results)
+    Ok(outcomes
+        .into_iter()
+        .zip(created)
+        .map(|(outcome, cert)| match cert {
+            Some(cert) => Done::Certificate(cert),
+            None => Done::Outcome(outcome),
+        })
+        .collect())
+}
+
+/// Creates one certificate in a transaction of its own.
+async fn create_alone(writer: &SqlitePool, create: &NewCertificateRow) -> StoreResult<Certificate> {
+    let mut tx = writer.begin_write().await?;
+    let mut deferred = Deferred::default();
+    let Some(cert) = insert_certificate!(&mut tx, create, "", &mut deferred)? else {
+        return Err(create.no_issuer());
+    };
+    flush_deferred!(&mut tx, deferred, &mut [])?;
+    tx.commit().await?;
+    Ok(cert)
 }
 
 /// The committer is gone (the store is closing).
