@@ -502,8 +502,8 @@ struct Outcome {
     /// The host's database transactions per certificate over the run
     /// (reads, writes), from its own counters.
     transactions_per_cert: (f64, f64),
-    /// Job outcomes per SQLite group commit over the run.
-    outcomes_per_group: Option<f64>,
+    /// Writes (outcomes, creates, claims) per SQLite group commit over the run.
+    writes_per_group: Option<f64>,
     storm: Option<Storm>,
 }
 
@@ -523,7 +523,7 @@ struct Storm {
     last_issued_s: f64,
     cpu_s: f64,
     transactions_per_cert: (f64, f64),
-    outcomes_per_group: Option<f64>,
+    writes_per_group: Option<f64>,
 }
 
 impl Outcome {
@@ -679,7 +679,7 @@ impl Api {
             reads: counter("read")?,
             writes: counter("write")?,
             groups: value("certplane_store_group_commits_total ").unwrap_or(0),
-            grouped: value("certplane_store_grouped_outcomes_total ").unwrap_or(0),
+            grouped: value("certplane_store_grouped_writes_total ").unwrap_or(0),
         })
     }
 
@@ -1275,7 +1275,7 @@ async fn with_host(
         peak_rss_mib,
         load: (load0, load1),
         transactions_per_cert: per_cert(tx0, tx1, n),
-        outcomes_per_group: per_group(tx0, tx1),
+        writes_per_group: per_group(tx0, tx1),
         storm,
     })
 }
@@ -1285,7 +1285,7 @@ async fn with_host(
 struct StoreCounters {
     reads: u64,
     writes: u64,
-    /// SQLite's group commits and the outcomes written in them.
+    /// SQLite's group commits and the writes in them.
     groups: u64,
     grouped: u64,
 }
@@ -1299,7 +1299,7 @@ fn per_cert(before: StoreCounters, after: StoreCounters, n: usize) -> (f64, f64)
     )
 }
 
-/// Outcomes per group commit between two counter readings (`None` without
+/// Writes per group commit between two counter readings (`None` without
 /// group commits: PostgreSQL).
 fn per_group(before: StoreCounters, after: StoreCounters) -> Option<f64> {
     let groups = after.groups.saturating_sub(before.groups);
@@ -1422,7 +1422,7 @@ async fn renewal_storm(
         last_issued_s,
         cpu_s: cpu1 - cpu0,
         transactions_per_cert: per_cert(tx0, tx1, n),
-        outcomes_per_group: per_group(tx0, tx1),
+        writes_per_group: per_group(tx0, tx1),
     })
 }
 
@@ -1459,8 +1459,10 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
         "  database          {:.1} reads + {:.1} writes (transactions) per certificate",
         o.transactions_per_cert.0, o.transactions_per_cert.1
     );
-    if let Some(g) = o.outcomes_per_group {
-        println!("  group commit      {g:.1} job outcomes per SQLite transaction");
+    if let Some(g) = o.writes_per_group {
+        println!(
+            "  group commit      {g:.1} writes (outcomes, creates, claims) per SQLite transaction"
+        );
     }
     println!(
         "  cert created → issuance job created      {}",
@@ -1528,8 +1530,10 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
             st.transactions_per_cert.0,
             st.transactions_per_cert.1
         );
-        if let Some(g) = st.outcomes_per_group {
-            println!("    group commit {g:.1} job outcomes per SQLite transaction");
+        if let Some(g) = st.writes_per_group {
+            println!(
+                "    group commit {g:.1} writes (outcomes, creates, claims) per SQLite transaction"
+            );
         }
     }
     println!(

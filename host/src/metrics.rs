@@ -242,19 +242,19 @@ async fn scrape_registry(store: &Store) -> StoreResult<Registry> {
         })
         .inc_by(writes);
     let mut registry = Registry::default();
-    if let Some((groups, outcomes)) = store.grouped_commits() {
+    if let Some((groups, writes)) = store.grouped_commits() {
         let group_commits = Counter::<u64>::default();
         group_commits.inc_by(groups);
         let grouped = Counter::<u64>::default();
-        grouped.inc_by(outcomes);
+        grouped.inc_by(writes);
         registry.register(
             "certplane_store_group_commits",
-            "Transactions SQLite's outcome committer committed (several job outcomes each)",
+            "Transactions SQLite's group committer committed",
             group_commits,
         );
         registry.register(
-            "certplane_store_grouped_outcomes",
-            "Job outcomes written by SQLite's outcome committer; divided by the group commits, the outcomes per transaction",
+            "certplane_store_grouped_writes",
+            "Job outcomes, certificate creates and job claims SQLite's group committer wrote; divided by the group commits, the writes per transaction",
             grouped,
         );
     }

@@ -216,9 +216,9 @@ impl Store {
         self.counts.get()
     }
 
-    /// SQLite's group committer of job outcomes: (transactions it
-    /// committed, outcomes written in them) so far; `None` on PostgreSQL,
-    /// where each outcome has its own transaction.
+    /// SQLite's group committer: (transactions it committed, writes in
+    /// them: job outcomes, certificate creates, host job claims) so far;
+    /// `None` on PostgreSQL, where each has its own transaction.
     pub fn grouped_commits(&self) -> Option<(u64, u64)> {
         match &self.backend {
             Backend::Sqlite(b) => b.group.as_ref().map(|g| g.counts()),

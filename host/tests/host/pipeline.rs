@@ -136,8 +136,8 @@ async fn issue_and_deploy(backend: Backend) {
             "{needle} missing from /metrics:\n{metrics}"
         );
     }
-    // On SQLite the issued and the deployed outcome went through the
-    // group committer; PostgreSQL has none.
+    // On SQLite the issued and the deployed outcome (and the claims) went
+    // through the group committer; PostgreSQL has none.
     let counter = |name: &str| -> u64 {
         metrics
             .lines()
@@ -147,7 +147,7 @@ async fn issue_and_deploy(backend: Backend) {
     };
     if backend == Backend::Sqlite {
         let groups = counter("certplane_store_group_commits_total");
-        let grouped = counter("certplane_store_grouped_outcomes_total");
+        let grouped = counter("certplane_store_grouped_writes_total");
         assert!(
             groups >= 1 && grouped >= 2 && grouped >= groups,
             "group commits {groups}, outcomes in them {grouped}"

@@ -7,6 +7,50 @@ use crate::store::repo::sql_limit;
 use crate::store::sqlite::claims as lite;
 use crate::store::{Job, JobType, Store, StoreResult, on_read, on_write};
 
+/// A claim of host jobs (see [`Store::claim_pending_jobs`]), its times
+/// fixed when it was asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct HostClaim {
+    pub(crate) owner: String,
+    pub(crate) lease_expires_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) now: chrono::DateTime<chrono::Utc>,
+    pub(crate) limit: u32,
+    pub(crate) job_type: Option<JobType>,
+}
+
+impl HostClaim {
+    /// The claim's statement on (SQLite, PostgreSQL).
+    pub(crate) fn sql(&self) -> (&'static str, &'static str) {
+        match self.job_type {
+            None => (lite::CLAIM_HOST, pg::CLAIM_HOST),
+            Some(_) => (lite::CLAIM_HOST_TYPED, pg::CLAIM_HOST_TYPED),
+        }
+    }
+}
+
+/// Runs the claim `$claim` (`&HostClaim`) with the backend's statement
+/// `$sql` on an executor (a pool or `&mut *tx`); evaluates to
+/// `StoreResult<Vec<Job>>`, unsorted.
+macro_rules! claim_host_jobs {
+    ($exec:expr, $claim:expr, $sql:expr) => {
+        async {
+            let claim: &$crate::store::repo::claims::HostClaim = $claim;
+            let sql: &str = $sql;
+            let mut q = sqlx::query_as::<_, $crate::store::Job>(sql)
+                .bind(claim.owner.as_str())
+                .bind($crate::store::codec::ts(claim.lease_expires_at))
+                .bind($crate::store::codec::ts(claim.now))
+                .bind($crate::store::repo::sql_limit(claim.limit));
+            if let Some(t) = claim.job_type {
+                q = q.bind(t);
+            }
+            Ok::<_, $crate::store::StoreError>(q.fetch_all($exec).await?)
+        }
+        .await
+    };
+}
+pub(crate) use claim_host_jobs;
+
 fn sort_jobs(jobs: &mut [Job]) {
     jobs.sort_by(|a, b| a.run_at.cmp(&b.run_at).then_with(|| a.id.cmp(&b.id)));
 }
@@ -24,24 +68,40 @@ impl Store {
         limit: u32,
     ) -> StoreResult<Vec<Job>> {
         let now = now();
-        let owner = self.options.instance_id.as_str();
-        let (lite_sql, pg_sql) = match job_type {
-            None => (lite::CLAIM_HOST, pg::CLAIM_HOST),
-            Some(_) => (lite::CLAIM_HOST_TYPED, pg::CLAIM_HOST_TYPED),
+        let claim = HostClaim {
+            owner: self.options.instance_id.clone(),
+            lease_expires_at: self.lease_expiry(now),
+            now,
+            limit,
+            job_type,
         };
-        let mut jobs = on_write!(self, lite_sql, pg_sql, |pool, sql| {
-            let mut q = sqlx::query_as::<_, Job>(sql)
-                .bind(owner)
-                .bind(ts(self.lease_expiry(now)))
-                .bind(ts(now))
-                .bind(sql_limit(limit));
-            if let Some(t) = job_type {
-                q = q.bind(t);
-            }
-            q.fetch_all(pool).await?
-        });
+        // On SQLite the claim joins the group committer's transaction, so
+        // the job loops do not take turns with it for the single writer.
+        if let crate::store::Backend::Sqlite(b) = &self.backend
+            && let Some(group) = &b.group
+        {
+            let result = match group.claim(claim).await {
+                Ok(result) => {
+                    self.counts.write();
+                    result
+                }
+                Err(unsent) => self.claim_alone(&unsent).await,
+            };
+            let mut jobs = result?;
+            sort_jobs(&mut jobs);
+            return Ok(jobs);
+        }
+        let mut jobs = self.claim_alone(&claim).await?;
         sort_jobs(&mut jobs);
         Ok(jobs)
+    }
+
+    /// Runs one host claim as a statement of its own.
+    async fn claim_alone(&self, claim: &HostClaim) -> StoreResult<Vec<Job>> {
+        let (lite_sql, pg_sql) = claim.sql();
+        Ok(on_write!(self, lite_sql, pg_sql, |pool, sql| {
+            claim_host_jobs!(pool, claim, sql)?
+        }))
     }
 
     /// The agent routing. Returns, for agent `agent_id`, at most `limit`

@@ -9,7 +9,7 @@ mod api_keys;
 mod audit;
 pub(crate) mod certificates;
 pub(crate) mod challenges;
-mod claims;
+pub(crate) mod claims;
 pub(crate) mod deployments;
 pub(crate) mod host_meta;
 pub(crate) mod inventory;
