@@ -50,6 +50,9 @@ type Reply<T> = oneshot::Sender<StoreResult<T>>;
 /// A write the committer takes: a job outcome, or a certificate the API
 /// creates (which would otherwise hold the writer from a busy API task
 /// across its statements' round trips).
+// Each value moves once, through the queue; boxing would only add an
+// allocation per write.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Write {
     Outcome(Prepared, Reply<Option<Committed>>),
@@ -59,6 +62,7 @@ enum Write {
 }
 
 /// What a write of a group came to, told to its caller after the commit.
+#[allow(clippy::large_enum_variant)]
 enum Done {
     Outcome(Option<Committed>),
     /// `Err` only for a missing or retired issuer: nothing was written.
@@ -123,22 +127,19 @@ impl GroupCommit {
 
     /// Commits `prepared` with whatever else is waiting. `Err` gives the
     /// outcome back, unwritten, when the committer is gone (its thread
-    /// ended): the caller commits it itself.
+    /// ended): the caller commits it itself. Without an answer (the
+    /// committer ended with the outcome taken, written or not) the job's
+    /// guard settles it when the lease lapses.
     pub(crate) async fn commit(
         &self,
         prepared: Prepared,
     ) -> Result<StoreResult<Option<Committed>>, Box<Prepared>> {
         let (reply, answer) = oneshot::channel();
-        if let Err(unsent) = self.queue.send(Write::Outcome(prepared, reply)).await {
-            tracing::error!("the outcome committer is gone; committing the outcome alone");
-            if let Write::Outcome(prepared, _) = unsent.0 {
-                return Err(Box::new(prepared));
-            }
-            return Ok(Err(closed()));
-        }
-        // No answer: the committer ended with the outcome taken, written or
-        // not; the job's guard settles it when the lease lapses.
-        Ok(answer.await.unwrap_or_else(|_| Err(closed())))
+        self.send(Write::Outcome(prepared, reply), answer, |w| match w {
+            Write::Outcome(prepared, _) => Some(prepared),
+            _ => None,
+        })
+        .await
     }
 
     /// Creates a certificate with whatever else is waiting. `Err` gives it
@@ -148,34 +149,45 @@ impl GroupCommit {
         create: NewCertificateRow,
     ) -> Result<StoreResult<Certificate>, Box<NewCertificateRow>> {
         let (reply, answer) = oneshot::channel();
-        if let Err(unsent) = self.queue.send(Write::Certificate(create, reply)).await {
-            tracing::error!("the outcome committer is gone; creating the certificate alone");
-            if let Write::Certificate(create, _) = unsent.0 {
-                return Err(Box::new(create));
-            }
-            return Ok(Err(closed()));
-        }
-        // No answer: the committer ended with the create taken, committed
-        // or not; the caller cannot tell, as with a lost connection.
-        Ok(answer.await.unwrap_or_else(|_| Err(closed())))
+        self.send(Write::Certificate(create, reply), answer, |w| match w {
+            Write::Certificate(create, _) => Some(create),
+            _ => None,
+        })
+        .await
     }
 
     /// Claims host jobs in the next group. `Err` gives the claim back,
-    /// unrun, when the committer is gone.
+    /// unrun, when the committer is gone; claimed jobs whose answer is
+    /// lost are reaped when their lease lapses.
     pub(crate) async fn claim(
         &self,
         claim: HostClaim,
     ) -> Result<StoreResult<Vec<Job>>, Box<HostClaim>> {
         let (reply, answer) = oneshot::channel();
-        if let Err(unsent) = self.queue.send(Write::Claim(claim, reply)).await {
-            tracing::error!("the outcome committer is gone; claiming alone");
-            if let Write::Claim(claim, _) = unsent.0 {
-                return Err(Box::new(claim));
-            }
-            return Ok(Err(closed()));
+        self.send(Write::Claim(claim, reply), answer, |w| match w {
+            Write::Claim(claim, _) => Some(claim),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Queues `write` and waits for its `answer`; when the committer is
+    /// gone, `Err` with what `unsent` takes back of the write. No answer
+    /// (the committer ended with the write taken, committed or not) is
+    /// `StoreError`, as a lost connection would be.
+    async fn send<T, U>(
+        &self,
+        write: Write,
+        answer: oneshot::Receiver<StoreResult<T>>,
+        unsent: fn(Write) -> Option<U>,
+    ) -> Result<StoreResult<T>, Box<U>> {
+        if let Err(e) = self.queue.send(write).await {
+            tracing::error!("the group committer is gone; writing alone");
+            return match unsent(e.0) {
+                Some(write) => Err(Box::new(write)),
+                None => Ok(Err(closed())),
+            };
         }
-        // No answer: the committer ended with the claim taken, committed or
-        // not; claimed jobs are reaped when their lease lapses.
         Ok(answer.await.unwrap_or_else(|_| Err(closed())))
     }
 }
