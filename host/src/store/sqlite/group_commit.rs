@@ -88,7 +88,7 @@ struct GroupCounts {
 impl GroupCommit {
     /// Starts the committer on its own thread, writing through `writer`.
     /// `None` (and an error logged) if the thread cannot be started: the
-    /// store then commits each outcome itself.
+    /// store then commits each write itself.
     pub(crate) fn start(writer: SqlitePool) -> Option<GroupCommit> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(GroupCounts::default());
@@ -98,7 +98,7 @@ impl GroupCommit {
         {
             Ok(rt) => rt,
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the outcome committer; outcomes commit one by one");
+                tracing::error!(error = %e, "cannot start the group committer; writes commit one by one");
                 return None;
             }
         };
@@ -111,7 +111,7 @@ impl GroupCommit {
         match started {
             Ok(_) => Some(GroupCommit { queue, counts }),
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the outcome committer; outcomes commit one by one");
+                tracing::error!(error = %e, "cannot start the group committer; writes commit one by one");
                 None
             }
         }
