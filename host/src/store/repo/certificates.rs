@@ -182,6 +182,34 @@ macro_rules! insert_certificate {
 }
 pub(crate) use insert_certificate;
 
+/// Creates the certificate `$create` (`&NewCertificateRow`) in a
+/// transaction of its own on `$pool`; `$share` as for
+/// [`insert_certificate!`]. Evaluates to `StoreResult<Certificate>`.
+macro_rules! create_one {
+    ($pool:expr, $create:expr, $share:expr) => {
+        async {
+            let create: &$crate::store::repo::certificates::NewCertificateRow = $create;
+            let mut tx = $pool.begin_write().await?;
+            let mut deferred = $crate::store::repo::outcomes::Deferred::default();
+            let Some(cert) = $crate::store::repo::certificates::insert_certificate!(
+                &mut tx,
+                create,
+                $share,
+                &mut deferred
+            )?
+            else {
+                tx.rollback().await?;
+                return Err(create.no_issuer());
+            };
+            $crate::store::repo::outcomes::flush_deferred!(&mut tx, deferred)?;
+            tx.commit().await?;
+            Ok::<_, $crate::store::StoreError>(cert)
+        }
+        .await
+    };
+}
+pub(crate) use create_one;
+
 /// One certificate by id (`$1`).
 pub(crate) const GET_CERTIFICATE: &str = "SELECT * FROM certificates WHERE id = $1";
 /// One version (`$1`) of a certificate (`$2`).
@@ -608,17 +636,7 @@ impl Store {
         create: &NewCertificateRow,
     ) -> StoreResult<Certificate> {
         let share = self.row_share_suffix();
-        on_write!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            let mut deferred = crate::store::repo::outcomes::Deferred::default();
-            let Some(cert) = insert_certificate!(&mut tx, create, share, &mut deferred)? else {
-                tx.rollback().await?;
-                return Err(create.no_issuer());
-            };
-            crate::store::repo::outcomes::flush_deferred!(&mut tx, deferred, &mut [])?;
-            tx.commit().await?;
-            Ok(cert)
-        })
+        on_write!(self, |pool| create_one!(pool, create, share))
     }
 
     /// Certificates by name (retired ones only with `include_retired`),

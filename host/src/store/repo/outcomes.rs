@@ -380,15 +380,16 @@ impl Deferred<'_> {
     }
 }
 
-/// Writes what `$deferred` (`Deferred`) holds on the open transaction `$tx`
-/// and gives each committed outcome of `$results`
-/// (`&mut [Option<Committed>]`) its follow-up jobs, in order.
+/// Writes what `$deferred` (`Deferred`) holds on the open transaction `$tx`;
+/// evaluates to `StoreResult<Vec<(usize, Job)>>`: the follow-up jobs
+/// created, each with its outcome's position in the transaction, in the
+/// order they were deferred.
 macro_rules! flush_deferred {
-    ($tx:expr, $deferred:expr, $results:expr) => {
+    ($tx:expr, $deferred:expr) => {
         async {
             let tx = $tx;
             let deferred: $crate::store::repo::outcomes::Deferred<'_> = $deferred;
-            let results: &mut [Option<$crate::store::Committed>] = $results;
+            let mut created = Vec::with_capacity(deferred.follow_ups.len());
             for chunk in deferred
                 .follow_ups
                 .chunks($crate::store::repo::INSERT_CHUNK)
@@ -416,16 +417,14 @@ macro_rules! flush_deferred {
                             "follow-up job {id} was not returned by its INSERT"
                         )))
                     })?;
-                    if let Some(Some(committed)) = results.get_mut(*index) {
-                        committed.follow_ups.push(job);
-                    }
+                    created.push((*index, job));
                 }
             }
             $crate::store::repo::insert_audits!(&mut **tx, &deferred.audit)?;
             for (kind, step) in &deferred.points {
                 $crate::faults::point(kind, step);
             }
-            Ok::<(), $crate::store::StoreError>(())
+            Ok::<_, $crate::store::StoreError>(created)
         }
         .await
     };
@@ -556,21 +555,22 @@ macro_rules! commit_one {
         async {
             let mut tx = $pool.begin_write().await?;
             let mut deferred = $crate::store::repo::outcomes::Deferred::default();
-            let written = $crate::store::repo::outcomes::write_outcome!(
+            let mut written = $crate::store::repo::outcomes::write_outcome!(
                 &mut tx,
                 prepared,
                 $fail_sql,
                 &mut deferred,
                 0
             )?;
-            let mut results = [written];
-            if results[0].is_some() {
-                $crate::store::repo::outcomes::flush_deferred!(&mut tx, deferred, &mut results)?;
+            if let Some(committed) = &mut written {
+                let created = $crate::store::repo::outcomes::flush_deferred!(&mut tx, deferred)?;
+                committed
+                    .follow_ups
+                    .extend(created.into_iter().map(|(_, job)| job));
                 tx.commit().await?;
                 $crate::faults::point(prepared.outcome.kind, "committed");
             }
             // Otherwise dropping the transaction rolls it back.
-            let [written] = results;
             Ok::<_, StoreError>(written)
         }
         .await

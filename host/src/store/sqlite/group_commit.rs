@@ -31,7 +31,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::faults;
-use crate::store::repo::certificates::{NewCertificateRow, insert_certificate};
+use crate::store::repo::certificates::{NewCertificateRow, create_one, insert_certificate};
 use crate::store::repo::claims::{HostClaim, claim_host_jobs};
 use crate::store::repo::outcomes::{
     Committed, Deferred, Prepared, commit_one, flush_deferred, write_outcome,
@@ -233,7 +233,7 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<Grou
                             let _ = reply.send(commit_one!(&writer, &prepared, FAIL_JOB));
                         }
                         Write::Certificate(create, reply) => {
-                            let _ = reply.send(create_alone(&writer, &create).await);
+                            let _ = reply.send(create_one!(&writer, &create, ""));
                         }
                         Write::Claim(claim, reply) => {
                             let _ = reply.send(claim_host_jobs!(&writer, &claim, claim.sql().0));
@@ -249,63 +249,37 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<Grou
 /// in order, once committed.
 async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Vec<Done>> {
     let mut tx = writer.begin_write().await?;
-    let mut outcomes = Vec::with_capacity(items.len());
-    let mut created = Vec::with_capacity(items.len());
-    let mut claimed: Vec<Option<Vec<Job>>> = vec![None; items.len()];
+    let mut done = Vec::with_capacity(items.len());
     let mut deferred = Deferred::default();
     for (index, write) in items.iter().enumerate() {
-        match write {
-            Write::Outcome(prepared, _) => {
-                outcomes.push(write_outcome!(
-                    &mut tx,
-                    prepared,
-                    FAIL_JOB,
-                    &mut deferred,
-                    index
-                )?);
-                created.push(None);
-            }
-            Write::Certificate(create, _) => {
-                let cert = insert_certificate!(&mut tx, create, "", &mut deferred)?;
-                outcomes.push(None);
-                created.push(Some(cert.ok_or_else(|| create.no_issuer())));
-            }
-            Write::Claim(..) => {
-                outcomes.push(None);
-                created.push(None);
-            }
+        done.push(match write {
+            Write::Outcome(prepared, _) => Done::Outcome(write_outcome!(
+                &mut tx,
+                prepared,
+                FAIL_JOB,
+                &mut deferred,
+                index
+            )?),
+            Write::Certificate(create, _) => Done::Certificate(
+                insert_certificate!(&mut tx, create, "", &mut deferred)?
+                    .ok_or_else(|| create.no_issuer()),
+            ),
+            Write::Claim(..) => Done::Claim(Vec::new()),
+        });
+    }
+    for (index, job) in flush_deferred!(&mut tx, deferred)? {
+        if let Some(Done::Outcome(Some(committed))) = done.get_mut(index) {
+            committed.follow_ups.push(job);
         }
     }
-    flush_deferred!(&mut tx, deferred, &mut outcomes)?;
     // Claims last: they see the jobs this group created.
-    for (index, write) in items.iter().enumerate() {
-        if let Write::Claim(claim, _) = write {
-            claimed[index] = Some(claim_host_jobs!(&mut *tx, claim, claim.sql().0)?);
+    for (write, result) in items.iter().zip(done.iter_mut()) {
+        if let (Write::Claim(claim, _), Done::Claim(jobs)) = (write, result) {
+            *jobs = claim_host_jobs!(&mut *tx, claim, claim.sql().0)?;
         }
     }
     tx.commit().await?;
-    Ok(outcomes
-        .into_iter()
-        .zip(created)
-        .zip(claimed)
-        .map(|((outcome, cert), jobs)| match (cert, jobs) {
-            (_, Some(jobs)) => Done::Claim(jobs),
-            (Some(cert), None) => Done::Certificate(cert),
-            (None, None) => Done::Outcome(outcome),
-        })
-        .collect())
-}
-
-/// Creates one certificate in a transaction of its own.
-async fn create_alone(writer: &SqlitePool, create: &NewCertificateRow) -> StoreResult<Certificate> {
-    let mut tx = writer.begin_write().await?;
-    let mut deferred = Deferred::default();
-    let Some(cert) = insert_certificate!(&mut tx, create, "", &mut deferred)? else {
-        return Err(create.no_issuer());
-    };
-    flush_deferred!(&mut tx, deferred, &mut [])?;
-    tx.commit().await?;
-    Ok(cert)
+    Ok(done)
 }
 
 /// The committer is gone (the store is closing).
