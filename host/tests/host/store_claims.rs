@@ -643,7 +643,69 @@ async fn connector_text_with_nul_is_stored(b: Backend) {
     assert_eq!(failed.last_error.as_deref(), Some("CA said \u{FFFD} no"));
 }
 
+/// The job loops claim deployments before anything else. While a renewal
+/// storm waits, a deployment claim must not walk the backlog of pending
+/// renewals queued before it: the claim is served by the deployments' own
+/// index, before statistics exist and once they say most jobs are
+/// (finished) deployments, and it takes exactly the pending deployments.
+async fn deployment_claims_do_not_walk_a_renewal_backlog(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let earlier = now() - chrono::Duration::minutes(10);
+    let finished: Vec<NewJob> = (0..1_000)
+        .map(|_| NewJob::new(JobType::Deployment).run_at(earlier))
+        .collect();
+    store.create_jobs(&finished).await.unwrap();
+    exec(&store, "UPDATE jobs SET status = 'completed'").await;
+    let backlog: Vec<NewJob> = (0..2_000)
+        .map(|_| NewJob::new(JobType::Renewal).run_at(earlier))
+        .collect();
+    store.create_jobs(&backlog).await.unwrap();
+    let deployments: Vec<NewJob> = (0..5).map(|_| NewJob::new(JobType::Deployment)).collect();
+    store.create_jobs(&deployments).await.unwrap();
+
+    for analyzed in [false, true] {
+        if analyzed {
+            exec(&store, "ANALYZE").await;
+        }
+        let plan = store
+            .explain_host_claim(Some(JobType::Deployment))
+            .await
+            .unwrap();
+        assert!(
+            plan.contains("jobs_pending_host_deployments"),
+            "analyzed: {analyzed}\n{plan}"
+        );
+        // Other typed claims keep to the by-type index.
+        let plan = store
+            .explain_host_claim(Some(JobType::Revocation))
+            .await
+            .unwrap();
+        if b == Backend::Sqlite {
+            assert!(plan.contains("jobs_pending_host_by_type"), "{plan}");
+        }
+    }
+    let claimed = store
+        .claim_pending_jobs(Some(JobType::Deployment), 100)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    assert!(claimed.iter().all(|j| j.job_type == JobType::Deployment));
+    assert!(
+        store
+            .claim_pending_jobs(Some(JobType::Deployment), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.claim_pending_jobs(None, 5_000).await.unwrap().len(),
+        2_000
+    );
+}
+
 both_backends!(
+    deployment_claims_do_not_walk_a_renewal_backlog,
     claim_flips_to_running_and_residual_is_empty,
     claim_by_type_respects_type_and_limit,
     concurrent_claimants_get_disjoint_jobs,

@@ -59,6 +59,24 @@ UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = 
 FROM c WHERE jobs.id = c.id
 RETURNING jobs.*";
 
+/// Host queue, deployments only (claimed before everything else): the
+/// type is a literal so the partial index `jobs_pending_host_deployments`
+/// matches. With `job_type = $5` the planner walks the host queue by
+/// `run_at` and filters the type, through every pending renewal of a storm,
+/// even with fresh statistics (most finished jobs are deployments).
+pub(crate) const CLAIM_HOST_DEPLOYMENTS: &str = "
+WITH c AS MATERIALIZED (
+    SELECT id FROM jobs
+    WHERE status = 'pending' AND agent_id = 'host' AND job_type = 'deployment' AND run_at <= $3
+    ORDER BY run_at
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $1,
+       lease_expires_at = $2, started_at = $3, updated_at = $3
+FROM c WHERE jobs.id = c.id
+RETURNING jobs.*";
+
 /// Agent `$5`: direct `agent_id` match, or target→agent for rows without
 /// `agent_id`; never for a retired agent or a retired target.
 pub(crate) const CLAIM_AGENT: &str = "

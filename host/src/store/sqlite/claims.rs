@@ -43,12 +43,27 @@ WHERE id IN (SELECT id FROM jobs
              ORDER BY run_at LIMIT $4)
 RETURNING *";
 
-/// Host queue, one type (`$5`).
+/// Host queue, one type (`$5`). `INDEXED BY`: left to itself the planner
+/// walks the host queue by `run_at` and filters the type, every row of
+/// other types queued before the first match.
 pub(crate) const CLAIM_HOST_TYPED: &str = "
 UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1,
        lease_expires_at = $2, started_at = $3, updated_at = $3
-WHERE id IN (SELECT id FROM jobs
+WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_pending_host_by_type
              WHERE status = 'pending' AND agent_id = 'host' AND job_type = $5 AND run_at <= $3
+             ORDER BY run_at LIMIT $4)
+RETURNING *";
+
+/// Host queue, deployments only (claimed before everything else, so the
+/// hottest typed claim): the type is a literal to match the partial index
+/// `jobs_pending_host_deployments`, named so a renewal backlog is never
+/// walked.
+pub(crate) const CLAIM_HOST_DEPLOYMENTS: &str = "
+UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1,
+       lease_expires_at = $2, started_at = $3, updated_at = $3
+WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_pending_host_deployments
+             WHERE status = 'pending' AND agent_id = 'host' AND job_type = 'deployment'
+               AND run_at <= $3
              ORDER BY run_at LIMIT $4)
 RETURNING *";
 
