@@ -704,7 +704,54 @@ async fn deployment_claims_do_not_walk_a_renewal_backlog(b: Backend) {
     );
 }
 
+/// The reaper expires jobs that waited too long (for a CSR, an approval)
+/// under the write lock on every tick: it reads them through their own
+/// index, never a scan of every job, and fails exactly the stale waits.
+async fn expiring_waits_reads_only_the_waiting_jobs(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let done: Vec<NewJob> = (0..2_000)
+        .map(|_| NewJob::new(JobType::Deployment))
+        .collect();
+    store.create_jobs(&done).await.unwrap();
+    exec(&store, "UPDATE jobs SET status = 'completed'").await;
+    let waiting: Vec<NewJob> = (0..6).map(|_| NewJob::new(JobType::Issuance)).collect();
+    store.create_jobs(&waiting).await.unwrap();
+    exec(
+        &store,
+        "UPDATE jobs SET status = 'awaiting_csr' \
+         WHERE id = (SELECT MIN(id) FROM jobs WHERE status = 'pending')",
+    )
+    .await;
+    exec(
+        &store,
+        "UPDATE jobs SET status = 'awaiting_approval' WHERE status = 'pending'",
+    )
+    .await;
+    exec(&store, "ANALYZE").await;
+    for status in [JobStatus::AwaitingCsr, JobStatus::AwaitingApproval] {
+        let plan = store.explain_expire_waiting(status).await.unwrap();
+        assert!(plan.contains("jobs_waiting_since"), "{status}: {plan}");
+    }
+    let later = now() + chrono::Duration::seconds(1);
+    let expired = store
+        .expire_waiting_jobs(JobStatus::AwaitingCsr, later, "too slow", 500)
+        .await
+        .unwrap();
+    assert_eq!(expired, 1);
+    let expired = store
+        .expire_waiting_jobs(JobStatus::AwaitingApproval, later, "too slow", 500)
+        .await
+        .unwrap();
+    assert_eq!(expired, 5);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM jobs WHERE status = 'failed'").await,
+        6
+    );
+}
+
 both_backends!(
+    expiring_waits_reads_only_the_waiting_jobs,
     deployment_claims_do_not_walk_a_renewal_backlog,
     claim_flips_to_running_and_residual_is_empty,
     claim_by_type_respects_type_and_limit,

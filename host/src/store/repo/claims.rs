@@ -103,62 +103,6 @@ impl Store {
         Ok(jobs)
     }
 
-    /// The database's plan for the host claim of `job_type` (SQLite's
-    /// `EXPLAIN QUERY PLAN`, PostgreSQL's `EXPLAIN` of the generic plan), one
-    /// line per step: which index serves the claim. For diagnostics and the
-    /// tests that pin it.
-    #[doc(hidden)]
-    pub async fn explain_host_claim(&self, job_type: Option<JobType>) -> StoreResult<String> {
-        let claim = HostClaim {
-            owner: self.options.instance_id.clone(),
-            lease_expires_at: self.lease_expiry(now()),
-            now: now(),
-            limit: 16,
-            job_type,
-        };
-        let (lite_sql, pg_sql) = claim.sql();
-        let lines: Vec<String> = match self.pool() {
-            crate::store::PoolRef::Sqlite(pool) => {
-                let sql = format!("EXPLAIN QUERY PLAN {lite_sql}");
-                let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql)
-                    .bind(claim.owner.as_str())
-                    .bind(ts(claim.lease_expires_at))
-                    .bind(ts(claim.now))
-                    .bind(sql_limit(claim.limit));
-                if let Some(t) = claim.type_param() {
-                    q = q.bind(t);
-                }
-                q.fetch_all(pool).await?.into_iter().map(|r| r.3).collect()
-            }
-            crate::store::PoolRef::Postgres(pool) => {
-                // The generic plan: what a prepared claim runs once the
-                // server stops planning it for its parameters' values (an
-                // EXPLAIN with bound values shows a custom plan). PREPARE
-                // outlives transactions, so the session is closed after.
-                use sqlx::Connection;
-                let mut conn = pool.acquire().await?.detach();
-                let type_arg = claim
-                    .type_param()
-                    .map(|t| format!(", '{}'", t.as_str()))
-                    .unwrap_or_default();
-                sqlx::raw_sql(&format!(
-                    "SET plan_cache_mode = force_generic_plan; \
-                     PREPARE certplane_explain_claim AS {pg_sql}"
-                ))
-                .execute(&mut conn)
-                .await?;
-                let lines = sqlx::query_scalar::<_, String>(&format!(
-                    "EXPLAIN EXECUTE certplane_explain_claim('explain', now(), now(), 16{type_arg})"
-                ))
-                .fetch_all(&mut conn)
-                .await;
-                conn.close().await?;
-                lines?
-            }
-        };
-        Ok(lines.join("\n"))
-    }
-
     /// Runs one host claim as a statement of its own.
     async fn claim_alone(&self, claim: &HostClaim) -> StoreResult<Vec<Job>> {
         let (lite_sql, pg_sql) = claim.sql();

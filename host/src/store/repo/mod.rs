@@ -18,12 +18,13 @@ pub(crate) mod jobs;
 pub(crate) mod notices;
 mod notifications;
 pub(crate) mod outcomes;
+mod plans;
 pub(crate) mod plugins;
 pub(crate) mod reclaim;
 mod renewal_info;
 mod renewals;
 pub(crate) mod signals;
-mod waits;
+pub(crate) mod waits;
 
 /// Clamps a caller's limit to a positive SQL LIMIT.
 pub(crate) fn sql_limit(limit: u32) -> i64 {

@@ -6,3 +6,9 @@
 -- claim names the type as a literal so it matches.
 CREATE INDEX jobs_pending_host_deployments ON jobs (run_at)
     WHERE status = 'pending' AND agent_id = 'host' AND job_type = 'deployment';
+
+-- The reaper fails jobs that waited too long for an agent's CSR or an
+-- approval, oldest first. Without this index each tick scanned every job,
+-- holding the write lock.
+CREATE INDEX jobs_waiting_since ON jobs (status, updated_at)
+    WHERE status IN ('awaiting_csr', 'awaiting_approval');

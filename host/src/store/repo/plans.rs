@@ -1,0 +1,74 @@
+//! The database's plans for the statements that must stay cheap as the
+//! jobs table grows (a claim during a renewal storm, the reaper's expiry
+//! of waits): for diagnostics and the tests that pin which index serves
+//! them.
+
+use crate::store::codec::now;
+use crate::store::repo::claims::HostClaim;
+use crate::store::repo::waits::EXPIRE_WAITING;
+use crate::store::{JobStatus, JobType, PoolRef, Store, StoreResult};
+
+impl Store {
+    /// The plan of the host claim of `job_type`, one line per step.
+    #[doc(hidden)]
+    pub async fn explain_host_claim(&self, job_type: Option<JobType>) -> StoreResult<String> {
+        let claim = HostClaim {
+            owner: String::new(),
+            lease_expires_at: now(),
+            now: now(),
+            limit: 16,
+            job_type,
+        };
+        let (lite_sql, pg_sql) = claim.sql();
+        let mut args = vec!["'explain'", "now()", "now()", "16"];
+        let type_arg = claim.type_param().map(|t| format!("'{}'", t.as_str()));
+        args.extend(type_arg.as_deref());
+        self.explain(lite_sql, pg_sql, &args).await
+    }
+
+    /// The plan of the reaper's expiry of jobs waiting in `status`.
+    #[doc(hidden)]
+    pub async fn explain_expire_waiting(&self, status: JobStatus) -> StoreResult<String> {
+        let status = format!("'{}'", status.as_str());
+        let args = [status.as_str(), "now()", "'explain'", "now()", "500"];
+        self.explain(EXPIRE_WAITING, EXPIRE_WAITING, &args).await
+    }
+
+    /// SQLite's `EXPLAIN QUERY PLAN` (parameters unbound: its plans do not
+    /// depend on their values) or PostgreSQL's generic plan, the one a
+    /// prepared statement runs once the server stops planning it for its
+    /// values (an EXPLAIN with bound values would show a custom plan).
+    /// `args` are the PostgreSQL arguments as SQL literals, in order.
+    async fn explain(&self, lite_sql: &str, pg_sql: &str, args: &[&str]) -> StoreResult<String> {
+        use sqlx::{Connection, Row};
+        let lines: Vec<String> = match self.pool() {
+            PoolRef::Sqlite(pool) => {
+                let rows = sqlx::raw_sql(&format!("EXPLAIN QUERY PLAN {lite_sql}"))
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| r.try_get::<String, _>("detail"))
+                    .collect::<Result<_, _>>()?
+            }
+            PoolRef::Postgres(pool) => {
+                // PREPARE outlives transactions: the session is closed after.
+                let mut conn = pool.acquire().await?.detach();
+                sqlx::raw_sql(&format!(
+                    "SET plan_cache_mode = force_generic_plan; \
+                     PREPARE certplane_explain AS {pg_sql}"
+                ))
+                .execute(&mut conn)
+                .await?;
+                let lines = sqlx::query_scalar::<_, String>(&format!(
+                    "EXPLAIN EXECUTE certplane_explain({})",
+                    args.join(", ")
+                ))
+                .fetch_all(&mut conn)
+                .await;
+                conn.close().await?;
+                lines?
+            }
+        };
+        Ok(lines.join("\n"))
+    }
+}
