@@ -196,14 +196,22 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
                 .key_type
                 .parse()
                 .map_err(|e| permanent(format!("{e}")))?;
-            let (cn, dns, ip) = (cert.common_name.clone(), dns_names.clone(), ips.clone());
-            let generated =
+            let generated = if key_type.rsa_bits().is_some() {
+                // RSA key generation takes tens to hundreds of milliseconds:
+                // off the async workers.
+                let (cn, dns, ip) = (cert.common_name.clone(), dns_names.clone(), ips.clone());
                 tokio::task::spawn_blocking(move || generate_key_and_csr(key_type, &cn, &dns, &ip))
                     .await
                     .map_err(|e| {
                         Stop::Fail(JobFailure::transient(format!("key generation task: {e}")))
                     })?
-                    .map_err(|e| permanent(format!("key generation: {e}")))?;
+            } else {
+                // An EC or Ed25519 key and its CSR take well under a
+                // millisecond (P-256: about 60 µs); handing them to a
+                // blocking thread and back cost more than that in wake-ups.
+                generate_key_and_csr(key_type, &cert.common_name, &dns_names, &ips)
+            }
+            .map_err(|e| permanent(format!("key generation: {e}")))?;
             let sealed = engine
                 .secrets
                 .seal_str(
