@@ -31,11 +31,17 @@ macro_rules! backoff {
     };
 }
 
-/// Host queue, any type: pending host jobs whose time has come.
-pub(crate) const CLAIM_HOST: &str = "
+/// A host claim: pending host jobs whose time has come, narrowed by
+/// `$type` (nothing, or a type term).
+macro_rules! host_claim {
+    ($type:literal) => {
+        concat!(
+            "
 WITH c AS MATERIALIZED (
     SELECT id FROM jobs
-    WHERE status = 'pending' AND agent_id = 'host' AND run_at <= $3
+    WHERE status = 'pending' AND agent_id = 'host'",
+            $type,
+            " AND run_at <= $3
     ORDER BY run_at
     LIMIT $4
     FOR UPDATE SKIP LOCKED
@@ -43,39 +49,23 @@ WITH c AS MATERIALIZED (
 UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $1,
        lease_expires_at = $2, started_at = $3, updated_at = $3
 FROM c WHERE jobs.id = c.id
-RETURNING jobs.*";
+RETURNING jobs.*"
+        )
+    };
+}
+
+/// Host queue, any type.
+pub(crate) const CLAIM_HOST: &str = host_claim!("");
 
 /// Host queue, one type (`$5`).
-pub(crate) const CLAIM_HOST_TYPED: &str = "
-WITH c AS MATERIALIZED (
-    SELECT id FROM jobs
-    WHERE status = 'pending' AND agent_id = 'host' AND job_type = $5 AND run_at <= $3
-    ORDER BY run_at
-    LIMIT $4
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $1,
-       lease_expires_at = $2, started_at = $3, updated_at = $3
-FROM c WHERE jobs.id = c.id
-RETURNING jobs.*";
+pub(crate) const CLAIM_HOST_TYPED: &str = host_claim!(" AND job_type = $5");
 
 /// Host queue, deployments only (claimed before everything else): the
 /// type is a literal so the partial index `jobs_pending_host_deployments`
 /// matches. With `job_type = $5` the planner walks the host queue by
 /// `run_at` and filters the type, through every pending renewal of a storm,
 /// even with fresh statistics (most finished jobs are deployments).
-pub(crate) const CLAIM_HOST_DEPLOYMENTS: &str = "
-WITH c AS MATERIALIZED (
-    SELECT id FROM jobs
-    WHERE status = 'pending' AND agent_id = 'host' AND job_type = 'deployment' AND run_at <= $3
-    ORDER BY run_at
-    LIMIT $4
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $1,
-       lease_expires_at = $2, started_at = $3, updated_at = $3
-FROM c WHERE jobs.id = c.id
-RETURNING jobs.*";
+pub(crate) const CLAIM_HOST_DEPLOYMENTS: &str = host_claim!(" AND job_type = 'deployment'");
 
 /// Agent `$5`: direct `agent_id` match, or target→agent for rows without
 /// `agent_id`; never for a retired agent or a retired target.

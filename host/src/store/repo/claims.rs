@@ -19,19 +19,30 @@ pub(crate) struct HostClaim {
 }
 
 impl HostClaim {
-    /// The claim's statement on (SQLite, PostgreSQL).
-    pub(crate) fn sql(&self) -> (&'static str, &'static str) {
+    /// The claim's statement on SQLite and on PostgreSQL, and the type it
+    /// binds as `$5`: deployments have a statement of their own with the
+    /// type written in, so they bind none.
+    fn form(&self) -> (&'static str, &'static str, Option<JobType>) {
         match self.job_type {
-            None => (lite::CLAIM_HOST, pg::CLAIM_HOST),
-            Some(JobType::Deployment) => (lite::CLAIM_HOST_DEPLOYMENTS, pg::CLAIM_HOST_DEPLOYMENTS),
-            Some(_) => (lite::CLAIM_HOST_TYPED, pg::CLAIM_HOST_TYPED),
+            None => (lite::CLAIM_HOST, pg::CLAIM_HOST, None),
+            Some(JobType::Deployment) => (
+                lite::CLAIM_HOST_DEPLOYMENTS,
+                pg::CLAIM_HOST_DEPLOYMENTS,
+                None,
+            ),
+            Some(t) => (lite::CLAIM_HOST_TYPED, pg::CLAIM_HOST_TYPED, Some(t)),
         }
     }
 
-    /// The type bound as `$5`: deployments have a statement of their own
-    /// with the type written in.
+    /// The claim's statement on (SQLite, PostgreSQL).
+    pub(crate) fn sql(&self) -> (&'static str, &'static str) {
+        let (lite, pg, _) = self.form();
+        (lite, pg)
+    }
+
+    /// The type bound as `$5`, if any.
     pub(crate) fn type_param(&self) -> Option<JobType> {
-        self.job_type.filter(|t| *t != JobType::Deployment)
+        self.form().2
     }
 }
 

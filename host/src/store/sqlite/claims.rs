@@ -34,38 +34,46 @@ macro_rules! backoff {
     };
 }
 
-/// Host queue, any type: pending host jobs whose time has come.
-pub(crate) const CLAIM_HOST: &str = "
+/// A host claim: pending host jobs whose time has come, read from `$from`
+/// (the table, with the index to use) and narrowed by `$type` (nothing,
+/// or a type term).
+macro_rules! host_claim {
+    ($from:literal, $type:literal) => {
+        concat!(
+            "
 UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1,
        lease_expires_at = $2, started_at = $3, updated_at = $3
-WHERE id IN (SELECT id FROM jobs
-             WHERE status = 'pending' AND agent_id = 'host' AND run_at <= $3
+WHERE id IN (SELECT id FROM ",
+            $from,
+            "
+             WHERE status = 'pending' AND agent_id = 'host'",
+            $type,
+            " AND run_at <= $3
              ORDER BY run_at LIMIT $4)
-RETURNING *";
+RETURNING *"
+        )
+    };
+}
+
+/// Host queue, any type.
+pub(crate) const CLAIM_HOST: &str = host_claim!("jobs", "");
 
 /// Host queue, one type (`$5`). `INDEXED BY`: left to itself the planner
 /// walks the host queue by `run_at` and filters the type, every row of
 /// other types queued before the first match.
-pub(crate) const CLAIM_HOST_TYPED: &str = "
-UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1,
-       lease_expires_at = $2, started_at = $3, updated_at = $3
-WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_pending_host_by_type
-             WHERE status = 'pending' AND agent_id = 'host' AND job_type = $5 AND run_at <= $3
-             ORDER BY run_at LIMIT $4)
-RETURNING *";
+pub(crate) const CLAIM_HOST_TYPED: &str = host_claim!(
+    "jobs INDEXED BY jobs_pending_host_by_type",
+    " AND job_type = $5"
+);
 
 /// Host queue, deployments only (claimed before everything else, so the
 /// hottest typed claim): the type is a literal to match the partial index
 /// `jobs_pending_host_deployments`, named so a renewal backlog is never
 /// walked.
-pub(crate) const CLAIM_HOST_DEPLOYMENTS: &str = "
-UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1,
-       lease_expires_at = $2, started_at = $3, updated_at = $3
-WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_pending_host_deployments
-             WHERE status = 'pending' AND agent_id = 'host' AND job_type = 'deployment'
-               AND run_at <= $3
-             ORDER BY run_at LIMIT $4)
-RETURNING *";
+pub(crate) const CLAIM_HOST_DEPLOYMENTS: &str = host_claim!(
+    "jobs INDEXED BY jobs_pending_host_deployments",
+    " AND job_type = 'deployment'"
+);
 
 /// Agent `$5`: direct `agent_id` match, or target→agent for rows without
 /// `agent_id`; never for a retired agent or a retired target.
