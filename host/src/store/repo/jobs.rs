@@ -7,7 +7,7 @@ use sqlx::types::Json;
 
 use crate::store::codec::{now, opt_ts, ts};
 use crate::store::job_state::can_transition;
-use crate::store::repo::{insert_audit, sql_limit};
+use crate::store::repo::insert_audit;
 use crate::store::{
     BeginWrite, Job, JobFailure, JobFilter, JobLease, JobStatus, JobUpdate, NewAuditEvent, NewJob,
     Store, StoreError, StoreResult, new_id, on_read, on_write,
@@ -56,6 +56,24 @@ macro_rules! job_conditions {
         }
     }};
 }
+pub(crate) use job_conditions;
+
+/// The page of jobs matching `$filter` (`&JobFilter`), newest first: a
+/// `QueryBuilder` of the backend its use decides. Served by the index
+/// `jobs_by_created`, so a page reads its rows, not the whole table.
+macro_rules! list_jobs_query {
+    ($filter:expr) => {{
+        let filter: &$crate::store::JobFilter = $filter;
+        let mut qb = sqlx::QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
+        $crate::store::repo::jobs::job_conditions!(qb, filter);
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind($crate::store::repo::sql_limit(filter.limit.unwrap_or(100)))
+            .push(" OFFSET ")
+            .push_bind(i64::try_from(filter.offset.unwrap_or(0)).unwrap_or(i64::MAX));
+        qb
+    }};
+}
+pub(crate) use list_jobs_query;
 
 impl Store {
     /// Inserts one job and returns it. `agent_id` left `None` is resolved to
@@ -147,12 +165,7 @@ impl Store {
     /// Jobs matching `filter`, newest first, `filter.offset` rows skipped.
     pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
         Ok(on_read!(self, |pool| {
-            let mut qb = QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
-            job_conditions!(qb, filter);
-            qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-                .push_bind(sql_limit(filter.limit.unwrap_or(100)))
-                .push(" OFFSET ")
-                .push_bind(i64::try_from(filter.offset.unwrap_or(0)).unwrap_or(i64::MAX));
+            let mut qb = list_jobs_query!(filter);
             qb.build_query_as::<Job>().fetch_all(pool).await?
         }))
     }

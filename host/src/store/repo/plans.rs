@@ -1,12 +1,15 @@
 //! The database's plans for the statements that must stay cheap as the
 //! jobs table grows (a claim during a renewal storm, the reaper's expiry
-//! of waits): for diagnostics and the tests that pin which index serves
+//! of waits, a page of the job listing): for diagnostics and the tests that pin which index serves
 //! them.
 
 use crate::store::codec::now;
+use sqlx::QueryBuilder;
+
 use crate::store::repo::claims::HostClaim;
+use crate::store::repo::jobs::list_jobs_query;
 use crate::store::repo::waits::EXPIRE_WAITING;
-use crate::store::{JobStatus, JobType, PoolRef, Store, StoreResult};
+use crate::store::{JobFilter, JobStatus, JobType, PoolRef, Store, StoreResult};
 
 impl Store {
     /// The plan of the host claim of `job_type`, one line per step.
@@ -32,6 +35,34 @@ impl Store {
         let status = format!("'{}'", status.as_str());
         let args = [status.as_str(), "now()", "'explain'", "now()", "500"];
         self.explain(EXPIRE_WAITING, EXPIRE_WAITING, &args).await
+    }
+
+    /// The plan of the page of jobs `filter` lists.
+    #[doc(hidden)]
+    pub async fn explain_list_jobs(&self, filter: &JobFilter) -> StoreResult<String> {
+        let lite_sql = {
+            let qb: QueryBuilder<sqlx::Sqlite> = list_jobs_query!(filter);
+            qb.sql().to_owned()
+        };
+        let pg_sql = {
+            let qb: QueryBuilder<sqlx::Postgres> = list_jobs_query!(filter);
+            qb.sql().to_owned()
+        };
+        let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+        let mut args: Vec<String> = [
+            filter.status.map(|s| s.as_str().to_owned()),
+            filter.job_type.map(|t| t.as_str().to_owned()),
+            filter.certificate_id.clone(),
+            filter.agent_id.clone(),
+        ]
+        .iter()
+        .flatten()
+        .map(|v| quote(v))
+        .collect();
+        args.push(filter.limit.unwrap_or(100).to_string());
+        args.push(filter.offset.unwrap_or(0).to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.explain(&lite_sql, &pg_sql, &args).await
     }
 
     /// SQLite's `EXPLAIN QUERY PLAN` (parameters unbound: its plans do not
