@@ -1,11 +1,11 @@
 //! The database's plans for the statements that must stay cheap as the
 //! jobs table grows (a claim during a renewal storm, the reaper's expiry
-//! of waits, a page of the job listing): for diagnostics and the tests that pin which index serves
-//! them.
+//! of waits, a page of the job listing): for diagnostics and the tests
+//! that pin which index serves them.
 
-use crate::store::codec::now;
 use sqlx::QueryBuilder;
 
+use crate::store::codec::now;
 use crate::store::repo::claims::HostClaim;
 use crate::store::repo::jobs::list_jobs_query;
 use crate::store::repo::waits::EXPIRE_WAITING;
