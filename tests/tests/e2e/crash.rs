@@ -503,10 +503,31 @@ fn selected<'a>(points: &[&'a str]) -> Vec<&'a str> {
     }
 }
 
-async fn every_issuance_point(backend: Backend) {
-    for point in selected(ISSUANCE_POINTS) {
-        crash_at(backend, point, |_| {}).await;
+/// Runs `run` for each of `points`, two at a time. Each point's scenario
+/// has its own database, port, fake CA, directory and host process, and a
+/// point spends most of its time waiting for the CA's polls (at least a
+/// second each), so a pair takes little longer than one.
+async fn two_at_a_time<'a, F, Fut>(points: Vec<&'a str>, run: F)
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for pair in points.chunks(2) {
+        match pair {
+            [a, b] => {
+                tokio::join!(run(a), run(b));
+            }
+            [a] => run(a).await,
+            _ => {}
+        }
     }
+}
+
+async fn every_issuance_point(backend: Backend) {
+    two_at_a_time(selected(ISSUANCE_POINTS), |point| {
+        crash_at(backend, point, |_| {})
+    })
+    .await;
 }
 
 /// A test agent speaking the agent protocol over HTTP: registers, then
@@ -632,21 +653,23 @@ async fn agent_crash_at(backend: Backend, point: &str) {
 }
 
 async fn every_agent_point(backend: Backend) {
-    for point in selected(AGENT_POINTS) {
-        agent_crash_at(backend, point).await;
-    }
+    two_at_a_time(selected(AGENT_POINTS), |point| {
+        agent_crash_at(backend, point)
+    })
+    .await;
 }
 
 async fn every_failure_point(backend: Backend) {
-    for point in selected(FAILURE_POINTS) {
+    two_at_a_time(selected(FAILURE_POINTS), |point| {
         crash_at(backend, point, |ca| {
             ca.fail_next_submits(1, Fault::Transient)
         })
-        .await;
-    }
-    for point in selected(POLL_ERROR_POINTS) {
-        crash_at(backend, point, |ca| ca.fail_next_polls(1, Fault::Transient)).await;
-    }
+    })
+    .await;
+    two_at_a_time(selected(POLL_ERROR_POINTS), |point| {
+        crash_at(backend, point, |ca| ca.fail_next_polls(1, Fault::Transient))
+    })
+    .await;
 }
 
 /// Every point a scenario here reaches is a listed fault point, and every
