@@ -505,8 +505,8 @@ fn selected<'a>(points: &[&'a str]) -> Vec<&'a str> {
 
 /// Runs `run` for each of `points`, two at a time. Each point's scenario
 /// has its own database, port, fake CA, directory and host process, and a
-/// point spends most of its time waiting for the CA's polls (at least a
-/// second each), so a pair takes little longer than one.
+/// point spends most of its time waiting (for the CA's polls, at least a
+/// second each, or for the agent's), so a pair takes little longer than one.
 async fn two_at_a_time<'a, F, Fut>(points: Vec<&'a str>, run: F)
 where
     F: Fn(&'a str) -> Fut,
