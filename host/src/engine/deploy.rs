@@ -13,12 +13,12 @@ use super::issuance::version_key_owner;
 use super::verification;
 use super::versions::{job_version, split_pem};
 use crate::engine::Engine;
-use crate::store::{Job, JobFailure};
+use crate::store::{Job, JobFailure, JobInputs};
 
 /// Runs one claimed host-side deployment job.
-pub async fn process(engine: &Engine, job: Job) {
+pub async fn process(engine: &Engine, job: Job, inputs: Option<JobInputs>) {
     let mut verification = None;
-    let result = deploy(engine, &job, &mut verification).await;
+    let result = deploy(engine, &job, inputs, &mut verification).await;
     let changed = result.as_ref().ok().cloned().unwrap_or_default();
     let ending = Ending {
         kind: "deployed",
@@ -35,6 +35,7 @@ pub async fn process(engine: &Engine, job: Job) {
 async fn deploy(
     engine: &Engine,
     job: &Job,
+    inputs: Option<JobInputs>,
     verification: &mut Option<serde_json::Value>,
 ) -> Result<Vec<String>, JobFailure> {
     let store_err = |e: crate::store::StoreError| JobFailure::transient(format!("database: {e}"));
@@ -43,12 +44,17 @@ async fn deploy(
         .as_deref()
         .ok_or_else(|| JobFailure::permanent("deployment job without a target"))?;
     let (cert_id, version_id) = job_version(job)?;
-    // The target, the certificate and the version, read together.
-    let inputs = engine
+    // The target, the certificate and the version, read with the claimed
+    // batch (or now).
+    let inputs = match engine
         .store
-        .deployment_inputs(target_id, cert_id, version_id)
+        .inputs_for(job, inputs)
         .await
-        .map_err(store_err)?;
+        .map_err(store_err)?
+    {
+        Some(JobInputs::Deployment(inputs)) => inputs,
+        _ => return Err(JobFailure::permanent("the deployment's rows were not read")),
+    };
     let target = inputs
         .target
         .ok_or_else(|| JobFailure::permanent(format!("target {target_id} no longer exists")))?;

@@ -18,8 +18,9 @@ use crate::engine::Engine;
 use crate::pipeline::certcheck::{IssuedInput, check_issued};
 use crate::pipeline::keygen::{KeyType, generate_key_and_csr};
 use crate::store::{
-    ActorType, Certificate, Guard, Job, JobEnd, JobFailure, JobStatus, JobType, JobUpdate,
-    KeySource, NewAuditEvent, NewCertificateVersion, NewJob, Outcome, StoreError, renewal_due_at,
+    ActorType, Certificate, Guard, IssuanceInputs, Job, JobEnd, JobFailure, JobInputs, JobStatus,
+    JobType, JobUpdate, KeySource, NewAuditEvent, NewCertificateVersion, NewJob, Outcome,
+    StoreError, renewal_due_at,
 };
 
 /// Why a job step stopped short of its goal.
@@ -79,8 +80,8 @@ fn job_key_owner(job_id: &str) -> String {
 /// after an error, a rate limit, a lapsed lease or a crash polls the same
 /// order), and a job whose version is recorded finishes without calling
 /// the CA.
-pub async fn process(engine: &Engine, job: Job) {
-    let result = step(engine, &job).await;
+pub async fn process(engine: &Engine, job: Job, inputs: Option<JobInputs>) {
+    let result = step(engine, &job, inputs).await;
     finish(engine, &job, result).await;
 }
 
@@ -125,7 +126,7 @@ fn persisted_order(job: &Job) -> Option<Order> {
 
 /// Submits (or, with a persisted order, polls) and carries the job to its
 /// next state.
-async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
+async fn step(engine: &Engine, job: &Job, inputs: Option<JobInputs>) -> Result<(), Stop> {
     let store = &engine.store;
     // A version is recorded only by the commit that completes the attempt
     // that recorded it, so a first attempt without an order has none: it
@@ -156,15 +157,17 @@ async fn step(engine: &Engine, job: &Job) -> Result<(), Stop> {
         .certificate_id
         .as_deref()
         .ok_or_else(|| permanent("issuance job without a certificate"))?;
-    // The certificate, its issuer and its targets, read together.
-    let crate::store::IssuanceInputs {
+    // The certificate, its issuer and its targets, read with the claimed
+    // batch (or now).
+    let found = match store.inputs_for(job, inputs).await? {
+        Some(JobInputs::Issuance(found)) => found,
+        _ => None,
+    };
+    let IssuanceInputs {
         certificate: cert,
         issuer,
         targets,
-    } = store
-        .issuance_inputs(cert_id)
-        .await?
-        .ok_or_else(|| permanent(format!("certificate {cert_id} no longer exists")))?;
+    } = found.ok_or_else(|| permanent(format!("certificate {cert_id} no longer exists")))?;
     let super::connectors::IssuerInstance {
         instance: issuer,
         routes,

@@ -178,8 +178,19 @@ where
     let jobs = claim(want).await?;
     engine.metrics.observe_claim(what, started.elapsed());
     let n = jobs.len();
+    // The batch's rows in one read; if that read fails, each job reads
+    // its own (and meets the same database error there, where its own
+    // failure handling applies).
+    let mut inputs = match engine.store.job_inputs(&jobs).await {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = n, "cannot read the claimed jobs' rows together; each job reads its own");
+            Default::default()
+        }
+    };
     for job in jobs {
-        engine.runner.spawn(engine, job).await;
+        let own = inputs.remove(&job.id);
+        engine.runner.spawn(engine, job, own).await;
     }
     Ok(report(n, want))
 }

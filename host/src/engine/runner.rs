@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Engine;
-use crate::store::{Job, JobLease, JobStatus};
+use crate::store::{Job, JobInputs, JobLease, JobStatus};
 
 /// How often a running job checks that it is still its replica's to run:
 /// the bound on how late a cancellation made on another replica stops it.
@@ -139,8 +139,10 @@ impl JobRunner {
         slots.acquire_owned().await.ok()
     }
 
-    /// Runs `job` as its own task in a slot; returns at once.
-    pub async fn spawn(&self, engine: &Engine, job: Job) {
+    /// Runs `job` as its own task in a slot; returns at once. `inputs` are
+    /// the rows it works with when they were read with its claimed batch;
+    /// without them the job reads its own.
+    pub async fn spawn(&self, engine: &Engine, job: Job, inputs: Option<JobInputs>) {
         let Ok(permit) = self.slots.clone().acquire_owned().await else {
             return;
         };
@@ -151,7 +153,7 @@ impl JobRunner {
             let id = job.id.clone();
             let lease = job.lease();
             tokio::select! {
-                () = dispatch(&engine, job) => {}
+                () = dispatch(&engine, job, inputs) => {}
                 () = token.cancelled() => {
                     tracing::warn!(job = %id, "running job stopped: cancelled or shutting down");
                 }
@@ -170,12 +172,12 @@ impl JobRunner {
     }
 }
 
-async fn dispatch(engine: &Engine, job: Job) {
+async fn dispatch(engine: &Engine, job: Job, inputs: Option<JobInputs>) {
     use crate::engine::{deploy, issuance, revoke, verification};
     use crate::store::JobType;
     match job.job_type {
-        JobType::Issuance | JobType::Renewal => issuance::process(engine, job).await,
-        JobType::Deployment => deploy::process(engine, job).await,
+        JobType::Issuance | JobType::Renewal => issuance::process(engine, job, inputs).await,
+        JobType::Deployment => deploy::process(engine, job, inputs).await,
         JobType::Revocation => revoke::process(engine, job).await,
         JobType::Verification => verification::process(engine, job).await,
     }

@@ -799,7 +799,161 @@ async fn job_listing_pages_read_an_index_not_the_table(b: Backend) {
     );
 }
 
+/// The rows of a claimed batch are read together, one read for all of it,
+/// and each job gets exactly the rows it would read on its own: an
+/// issuance its certificate, issuer and live targets by name; a deployment
+/// its target, certificate and version. Rows that are gone, and a version
+/// of another certificate, come back as absent, not as someone else's.
+async fn claimed_batch_reads_each_jobs_rows(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let issuer = fixtures::issuer(&store).await;
+    // Targets of the host's own agent: their deployments are host jobs.
+    let key_target = fixtures::target(&store, "host", "b-edge").await;
+    let extra = fixtures::target(&store, "host", "a-edge").await;
+    let retired = fixtures::target(&store, "host", "c-edge").await;
+    let name = format!("batch-{}", new_id());
+    let spread = store
+        .create_certificate_with_targets(
+            NewCertificate {
+                name: name.clone(),
+                common_name: format!("{name}.example.test"),
+                sans: vec![],
+                key_type: "ecdsa-p256".into(),
+                key_source: KeySource::Host,
+                issuer_id: issuer.id.clone(),
+                target_id: Some(key_target.id.clone()),
+                renew_before_secs: 86_400,
+                owner: None,
+            },
+            &[extra.id.clone(), retired.id.clone()],
+            &CertificateOptions::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(store.retire_target(&retired.id, "test").await.unwrap());
+    let alone = fixtures::certificate(&store, &issuer.id, None, KeySource::Host).await;
+    let spread_v = fixtures::version_ending_in(&store, &spread.id, "01", 60).await;
+    let alone_v = fixtures::version_ending_in(&store, &alone.id, "02", 60).await;
+
+    let deployment = |target: &str, cert: &str, version: &str| {
+        let mut job = NewJob::new(JobType::Deployment)
+            .target(target)
+            .certificate(cert);
+        job.certificate_version_id = Some(version.to_owned());
+        job
+    };
+    let new = [
+        NewJob::new(JobType::Issuance).certificate(&spread.id),
+        NewJob::new(JobType::Renewal).certificate(&alone.id),
+        deployment(&key_target.id, &spread.id, &spread_v.id),
+        // A version of another certificate.
+        deployment(&key_target.id, &spread.id, &alone_v.id),
+        NewJob::new(JobType::Verification).certificate(&alone.id),
+    ];
+    store.create_jobs(&new).await.unwrap();
+    let mut jobs = store.claim_pending_jobs(None, 10).await.unwrap();
+    assert_eq!(jobs.len(), new.len());
+    let of = |jobs: &[Job], t: JobType, cert: &str, version: Option<&str>| {
+        jobs.iter()
+            .find(|j| {
+                j.job_type == t
+                    && j.certificate_id.as_deref() == Some(cert)
+                    && (version.is_none() || j.certificate_version_id.as_deref() == version)
+            })
+            .unwrap()
+            .clone()
+    };
+    // Rows that are gone: a certificate, and a deployment's target.
+    let mut gone_cert = of(&jobs, JobType::Issuance, &spread.id, None);
+    gone_cert.id = new_id();
+    gone_cert.certificate_id = Some(new_id());
+    let mut gone_target = of(&jobs, JobType::Deployment, &spread.id, Some(&spread_v.id));
+    gone_target.id = new_id();
+    gone_target.target_id = Some(new_id());
+    jobs.extend([gone_cert.clone(), gone_target.clone()]);
+
+    // As stored now, with its current version and open issuance.
+    let spread = store.get_certificate(&spread.id).await.unwrap().unwrap();
+    let (reads_before, _) = store.operation_counts();
+    let inputs = store.job_inputs(&jobs).await.unwrap();
+    let (reads_after, _) = store.operation_counts();
+    assert_eq!(reads_after - reads_before, 1, "one read for the batch");
+    assert_eq!(inputs.len(), jobs.len() - 1, "all but the verification");
+
+    let issuance = |job: &Job| match inputs.get(&job.id) {
+        Some(JobInputs::Issuance(found)) => found.clone(),
+        other => panic!("{other:?}"),
+    };
+    let deployment = |job: &Job| match inputs.get(&job.id) {
+        Some(JobInputs::Deployment(found)) => found.clone(),
+        other => panic!("{other:?}"),
+    };
+    let ids = |targets: &[Target]| targets.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+
+    let spread_in = issuance(&of(&jobs, JobType::Issuance, &spread.id, None)).unwrap();
+    assert_eq!(spread_in.certificate, spread);
+    assert_eq!(spread_in.issuer.as_ref(), Some(&issuer));
+    assert_eq!(
+        ids(&spread_in.targets),
+        [extra.id.clone(), key_target.id.clone()],
+        "live targets, by name"
+    );
+    let alone_in = issuance(&of(&jobs, JobType::Renewal, &alone.id, None)).unwrap();
+    assert_eq!(alone_in.certificate.id, alone.id);
+    assert_eq!(alone_in.issuer.as_ref(), Some(&issuer));
+    assert!(alone_in.targets.is_empty());
+    assert!(issuance(&gone_cert).is_none());
+
+    let own = deployment(&of(
+        &jobs,
+        JobType::Deployment,
+        &spread.id,
+        Some(&spread_v.id),
+    ));
+    assert_eq!(own.target.as_ref(), Some(&key_target));
+    assert_eq!(own.certificate.as_ref(), Some(&spread));
+    assert_eq!(own.version.as_ref(), Some(&spread_v));
+    let foreign = deployment(&of(
+        &jobs,
+        JobType::Deployment,
+        &spread.id,
+        Some(&alone_v.id),
+    ));
+    assert!(
+        foreign.version.is_none(),
+        "a version of another certificate"
+    );
+    assert_eq!(foreign.target.as_ref(), Some(&key_target));
+    let lost = deployment(&gone_target);
+    assert!(lost.target.is_none());
+    assert_eq!(lost.version.as_ref(), Some(&spread_v));
+
+    // A job read on its own gets the same rows; nothing to read, no read.
+    let job = of(&jobs, JobType::Issuance, &spread.id, None);
+    match store.inputs_for(&job, None).await.unwrap() {
+        Some(JobInputs::Issuance(Some(found))) => {
+            assert_eq!(ids(&found.targets), ids(&spread_in.targets));
+            assert_eq!(found.certificate, spread);
+        }
+        other => panic!("{other:?}"),
+    }
+    let (reads_before, _) = store.operation_counts();
+    assert!(store.job_inputs(&[]).await.unwrap().is_empty());
+    let verification = of(&jobs, JobType::Verification, &alone.id, None);
+    assert!(
+        store
+            .inputs_for(&verification, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.operation_counts().0, reads_before);
+}
+
 both_backends!(
+    claimed_batch_reads_each_jobs_rows,
     job_listing_pages_read_an_index_not_the_table,
     expiring_waits_reads_only_the_waiting_jobs,
     deployment_claims_do_not_walk_a_renewal_backlog,

@@ -7,8 +7,8 @@
 //! notification per notifier, every job finished and nothing stuck. Plus a
 //! burst of certificates with random SIGKILLs of the host.
 //!
-//! The binary is `target/debug/certplane`, built by `scripts/test` with
-//! `--features certplane-host/fault-points`; a binary without the feature
+//! The binary is `target/debug/certplane`, built with the tests (the test
+//! build turns on `certplane-host/fault-points`); a binary without the feature
 //! refuses to start when a fault point is armed, so these tests cannot pass
 //! against it.
 

@@ -1,19 +1,20 @@
-//! What a host job reads before it runs, read on one pooled connection.
+//! What claimed host jobs read before they run, read for a whole claimed
+//! batch at once.
 //!
 //! A job needs several rows (its certificate, the issuer or target, the
-//! version to deploy). Read one by one, each read checks a connection out
-//! of the pool and back in, and each check-in is one more round trip to
-//! the connection's worker thread on SQLite (a ping on PostgreSQL). One
-//! checkout for all of them halves those round trips on the busiest path
-//! of a mass issuance (BENCHMARKS.md, issue 13). The reads are the same
-//! statements as the single-row getters.
+//! version to deploy). Read job by job, that is three statements and one
+//! pool checkout per job; on SQLite each statement is a round trip to the
+//! reader connection's worker thread, and each checkout one more (the
+//! pool's check-in). The job loops claim several jobs at a time, so their
+//! rows are read together: one statement per table for the whole batch
+//! (an id list bound as one JSON array), on one connection
+//! (BENCHMARKS.md, issue 13).
 
-use crate::store::repo::certificates::{GET_CERTIFICATE, GET_CERTIFICATE_VERSION};
-use crate::store::repo::deployments::DEPLOYMENT_TARGETS;
-use crate::store::repo::plugins::{GET_TARGET, instance_by_id};
+use std::collections::{BTreeSet, HashMap};
+
 use crate::store::{
-    Certificate, CertificateVersion, InstanceTable, PluginInstance, Store, StoreResult, Target,
-    on_read,
+    Backend, Certificate, CertificateVersion, Job, JobType, PluginInstance, Store, StoreResult,
+    Target, on_read,
 };
 
 /// What an issuance or renewal job works with.
@@ -27,7 +28,7 @@ pub struct IssuanceInputs {
     /// (its key-holding target and its extra targets), as they were before the issuer's
     /// call: a target retired during the call still gets its deployment
     /// job, which ends as "target is retired" (a certificate's targets are
-    /// set when it is created).
+    /// set when it is created). Ordered by name, then id.
     pub targets: Vec<Target>,
 }
 
@@ -42,69 +43,225 @@ pub struct DeploymentInputs {
     pub version: Option<CertificateVersion>,
 }
 
+/// The rows one claimed job reads, from [`Store::job_inputs`].
+// Each value is made once and moved into its job's task; boxing the larger
+// variant would only add an allocation per job.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum JobInputs {
+    /// An issuance or renewal job's; `None` if its certificate no longer
+    /// exists.
+    Issuance(Option<IssuanceInputs>),
+    /// A deployment job's.
+    Deployment(DeploymentInputs),
+}
+
+/// The batch reads of one backend; `$1` is a JSON array of ids.
+struct BatchSql {
+    certificates: &'static str,
+    links: &'static str,
+    issuers: &'static str,
+    targets: &'static str,
+    versions: &'static str,
+}
+
+/// The five batch reads, `ids` being each backend's expansion of a JSON
+/// array into a set of text values.
+macro_rules! batch_sql {
+    ($ids:literal) => {
+        BatchSql {
+            certificates: concat!("SELECT * FROM certificates WHERE id IN ", $ids),
+            links: concat!(
+                "SELECT certificate_id, target_id FROM certificate_targets WHERE certificate_id IN ",
+                $ids
+            ),
+            issuers: concat!("SELECT * FROM issuers WHERE id IN ", $ids),
+            targets: concat!(
+                "SELECT * FROM targets WHERE id IN ",
+                $ids,
+                " ORDER BY name, id"
+            ),
+            versions: concat!("SELECT * FROM certificate_versions WHERE id IN ", $ids),
+        }
+    };
+}
+
+const SQLITE_BATCH: BatchSql = batch_sql!("(SELECT value FROM json_each($1))");
+const POSTGRES_BATCH: BatchSql = batch_sql!("(SELECT json_array_elements_text($1::json))");
+
+/// Ids as the JSON array the batch statements take.
+fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    let ids: BTreeSet<&str> = ids.into_iter().collect();
+    serde_json::Value::from(ids.into_iter().collect::<Vec<_>>()).to_string()
+}
+
+/// What the batch statements returned.
+#[derive(Default)]
+struct Rows {
+    certificates: Vec<Certificate>,
+    links: Vec<(String, String)>,
+    issuers: Vec<PluginInstance>,
+    /// Ordered by name, then id.
+    targets: Vec<Target>,
+    versions: Vec<CertificateVersion>,
+}
+
+fn is_issuance(job: &Job) -> bool {
+    matches!(job.job_type, JobType::Issuance | JobType::Renewal)
+}
+
+/// A deployment job's (target, certificate, version) ids, if it names all
+/// three.
+fn deployment_ids(job: &Job) -> Option<(&str, &str, &str)> {
+    if job.job_type != JobType::Deployment {
+        return None;
+    }
+    Some((
+        job.target_id.as_deref()?,
+        job.certificate_id.as_deref()?,
+        job.certificate_version_id.as_deref()?,
+    ))
+}
+
 impl Store {
-    /// The certificate `certificate_id`, its issuer and its live targets;
-    /// `None` if the certificate no longer exists.
-    pub async fn issuance_inputs(
-        &self,
-        certificate_id: &str,
-    ) -> StoreResult<Option<IssuanceInputs>> {
-        let issuer_sql = instance_by_id(InstanceTable::Issuers);
-        Ok(on_read!(self, |pool| {
+    /// The rows each issuance, renewal and deployment job of `jobs` works
+    /// with, by job id: at most one statement per table for all of them,
+    /// on one connection. Other jobs (and deployments that name no target,
+    /// certificate or version) are left out.
+    pub async fn job_inputs(&self, jobs: &[Job]) -> StoreResult<HashMap<String, JobInputs>> {
+        let issuance: Vec<(&Job, &str)> = jobs
+            .iter()
+            .filter(|j| is_issuance(j))
+            .filter_map(|j| Some((j, j.certificate_id.as_deref()?)))
+            .collect();
+        let deployments: Vec<(&Job, (&str, &str, &str))> = jobs
+            .iter()
+            .filter_map(|j| Some((j, deployment_ids(j)?)))
+            .collect();
+        if issuance.is_empty() && deployments.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = match &self.backend {
+            Backend::Sqlite(_) => &SQLITE_BATCH,
+            Backend::Postgres(_) => &POSTGRES_BATCH,
+        };
+        let certificate_ids = id_list(
+            issuance
+                .iter()
+                .map(|(_, c)| *c)
+                .chain(deployments.iter().map(|(_, (_, c, _))| *c)),
+        );
+        let issuance_ids = id_list(issuance.iter().map(|(_, c)| *c));
+        let rows = on_read!(self, |pool| {
             let mut conn = pool.acquire().await?;
-            let certificate = sqlx::query_as::<_, Certificate>(GET_CERTIFICATE)
-                .bind(certificate_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            match certificate {
-                None => None,
-                Some(certificate) => {
-                    let issuer = sqlx::query_as::<_, PluginInstance>(&issuer_sql)
-                        .bind(&certificate.issuer_id)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                    let targets = sqlx::query_as::<_, Target>(DEPLOYMENT_TARGETS)
-                        .bind(certificate_id)
-                        .fetch_all(&mut *conn)
-                        .await?;
-                    Some(IssuanceInputs {
-                        certificate,
-                        issuer,
-                        targets,
-                    })
-                }
+            let mut rows = Rows {
+                certificates: sqlx::query_as(sql.certificates)
+                    .bind(&certificate_ids)
+                    .fetch_all(&mut *conn)
+                    .await?,
+                ..Rows::default()
+            };
+            if !issuance.is_empty() {
+                rows.links = sqlx::query_as(sql.links)
+                    .bind(&issuance_ids)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let issuers = id_list(rows.certificates.iter().map(|c| c.issuer_id.as_str()));
+                rows.issuers = sqlx::query_as(sql.issuers)
+                    .bind(&issuers)
+                    .fetch_all(&mut *conn)
+                    .await?;
             }
-        }))
+            let target_ids = id_list(
+                rows.links
+                    .iter()
+                    .map(|(_, t)| t.as_str())
+                    .chain(
+                        rows.certificates
+                            .iter()
+                            .filter_map(|c| c.target_id.as_deref()),
+                    )
+                    .chain(deployments.iter().map(|(_, (t, _, _))| *t)),
+            );
+            rows.targets = sqlx::query_as(sql.targets)
+                .bind(&target_ids)
+                .fetch_all(&mut *conn)
+                .await?;
+            if !deployments.is_empty() {
+                let versions = id_list(deployments.iter().map(|(_, (_, _, v))| *v));
+                rows.versions = sqlx::query_as(sql.versions)
+                    .bind(&versions)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            }
+            rows
+        });
+        Ok(assemble(rows, &issuance, &deployments))
     }
 
-    /// The target `target_id`, the certificate `certificate_id` and its
-    /// version `version_id`.
-    pub async fn deployment_inputs(
+    /// `job`'s rows: `read` when they came with its claimed batch, else
+    /// read now; `None` for a job [`Store::job_inputs`] leaves out.
+    pub async fn inputs_for(
         &self,
-        target_id: &str,
-        certificate_id: &str,
-        version_id: &str,
-    ) -> StoreResult<DeploymentInputs> {
-        Ok(on_read!(self, |pool| {
-            let mut conn = pool.acquire().await?;
-            let target = sqlx::query_as::<_, Target>(GET_TARGET)
-                .bind(target_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let certificate = sqlx::query_as::<_, Certificate>(GET_CERTIFICATE)
-                .bind(certificate_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let version = sqlx::query_as::<_, CertificateVersion>(GET_CERTIFICATE_VERSION)
-                .bind(version_id)
-                .bind(certificate_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            DeploymentInputs {
-                target,
-                certificate,
-                version,
-            }
-        }))
+        job: &Job,
+        read: Option<JobInputs>,
+    ) -> StoreResult<Option<JobInputs>> {
+        match read {
+            Some(inputs) => Ok(Some(inputs)),
+            None => Ok(self
+                .job_inputs(std::slice::from_ref(job))
+                .await?
+                .remove(&job.id)),
+        }
     }
+}
+
+/// Hands each job its rows.
+fn assemble(
+    rows: Rows,
+    issuance: &[(&Job, &str)],
+    deployments: &[(&Job, (&str, &str, &str))],
+) -> HashMap<String, JobInputs> {
+    let certificate = |id: &str| rows.certificates.iter().find(|c| c.id == id).cloned();
+    let target = |id: &str| rows.targets.iter().find(|t| t.id == id).cloned();
+    let mut inputs = HashMap::with_capacity(issuance.len() + deployments.len());
+    for (job, cert_id) in issuance {
+        let found = certificate(cert_id).map(|certificate| {
+            let linked = |t: &Target| {
+                certificate.target_id.as_deref() == Some(t.id.as_str())
+                    || rows.links.iter().any(|(c, l)| c == cert_id && *l == t.id)
+            };
+            IssuanceInputs {
+                issuer: rows
+                    .issuers
+                    .iter()
+                    .find(|i| i.id == certificate.issuer_id)
+                    .cloned(),
+                targets: rows
+                    .targets
+                    .iter()
+                    .filter(|t| t.retired_at.is_none() && linked(t))
+                    .cloned()
+                    .collect(),
+                certificate,
+            }
+        });
+        inputs.insert(job.id.clone(), JobInputs::Issuance(found));
+    }
+    for (job, (target_id, cert_id, version_id)) in deployments {
+        let version = rows
+            .versions
+            .iter()
+            .find(|v| v.id == *version_id && v.certificate_id == *cert_id)
+            .cloned();
+        inputs.insert(
+            job.id.clone(),
+            JobInputs::Deployment(DeploymentInputs {
+                target: target(target_id),
+                certificate: certificate(cert_id),
+                version,
+            }),
+        );
+    }
+    inputs
 }

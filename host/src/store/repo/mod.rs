@@ -10,7 +10,6 @@ mod audit;
 pub(crate) mod certificates;
 pub(crate) mod challenges;
 pub(crate) mod claims;
-pub(crate) mod deployments;
 pub(crate) mod host_meta;
 pub(crate) mod inventory;
 pub(crate) mod job_inputs;
