@@ -152,6 +152,9 @@ impl Store {
                 .chain(deployments.iter().map(|(_, (_, c, _))| *c)),
         );
         let issuance_ids = id_list(issuance.iter().map(|(_, c)| *c));
+        // Only issuance jobs need a certificate's issuer and its targets; a
+        // deployment's certificate is read for itself alone.
+        let for_issuance = |c: &Certificate| issuance.iter().any(|(_, id)| *id == c.id);
         let rows = on_read!(self, |pool| {
             let mut conn = pool.acquire().await?;
             let mut rows = Rows {
@@ -166,7 +169,12 @@ impl Store {
                     .bind(&issuance_ids)
                     .fetch_all(&mut *conn)
                     .await?;
-                let issuers = id_list(rows.certificates.iter().map(|c| c.issuer_id.as_str()));
+                let issuers = id_list(
+                    rows.certificates
+                        .iter()
+                        .filter(|c| for_issuance(c))
+                        .map(|c| c.issuer_id.as_str()),
+                );
                 rows.issuers = sqlx::query_as(sql.issuers)
                     .bind(&issuers)
                     .fetch_all(&mut *conn)
@@ -179,6 +187,7 @@ impl Store {
                     .chain(
                         rows.certificates
                             .iter()
+                            .filter(|c| for_issuance(c))
                             .filter_map(|c| c.target_id.as_deref()),
                     )
                     .chain(deployments.iter().map(|(_, (t, _, _))| *t)),
