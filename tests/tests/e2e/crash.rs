@@ -14,6 +14,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use certplane_client::{ApiClient, ClientOptions};
@@ -83,10 +85,12 @@ fn host_bin() -> PathBuf {
 struct Scenario {
     root: tempfile::TempDir,
     db: TestDb,
-    _plugins: tempfile::TempDir,
+    plugins: tempfile::TempDir,
     ca: FakeCa,
     hook: TestServer,
-    port: u16,
+    /// The host's port. It changes when a restart finds it taken (see
+    /// [`Scenario::start`]); clients read it at each request.
+    port: Arc<AtomicU16>,
     admin_key: String,
     config: PathBuf,
 }
@@ -163,33 +167,50 @@ impl Scenario {
         Scenario {
             root,
             db,
-            _plugins: plugins,
+            plugins,
             ca,
             hook,
-            port,
+            port: Arc::new(AtomicU16::new(port)),
             admin_key,
             config,
         }
     }
 
     fn client(&self) -> ApiClient {
-        ApiClient::new(ClientOptions {
-            base_url: format!("http://127.0.0.1:{}", self.port),
-            api_key: self.admin_key.clone(),
-            trust: None,
-            timeout: Duration::from_secs(10),
-            user_agent: "certplane-crash-test".into(),
-        })
-        .unwrap()
+        client(&self.port, &self.admin_key, "certplane-crash-test")
     }
 
     /// Starts the host, armed at `fault` if given, and waits until it
     /// answers (or, armed, until it answers or dies).
+    ///
+    /// The port was free when the scenario began, but the host is down
+    /// between a crash and its restart, and the kernel may hand the port to
+    /// any other process's connection meanwhile. A host that cannot bind it
+    /// is started again on a new port: the crash windows are about the
+    /// host's outcomes, not about port allocation.
     async fn start(&self, fault: Option<&str>) -> Host {
+        for _ in 0..5 {
+            match self.try_start(fault).await {
+                Ok(host) => return host,
+                Err(taken) => {
+                    let port = free_port().unwrap();
+                    eprintln!("port {taken} was taken; the host starts again on {port}");
+                    self.port.store(port, Ordering::SeqCst);
+                    write_config(self.root.path(), self.plugins.path(), &self.db.url, port);
+                }
+            }
+        }
+        panic!("the host found its port taken five times:\n{}", self.log());
+    }
+
+    /// One start: the host, or the port it found taken.
+    async fn try_start(&self, fault: Option<&str>) -> Result<Host, u16> {
+        let log_path = self.root.path().join("host.log");
+        let logged_before = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.root.path().join("host.log"))
+            .open(&log_path)
             .unwrap();
         let mut cmd = Command::new(host_bin());
         // Only this test's configuration reaches the host.
@@ -213,9 +234,14 @@ impl Scenario {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.client().get("/plugins", &[]).await.is_ok() {
-                return host;
+                return Ok(host);
             }
             if let Some(status) = host.child.try_wait().unwrap() {
+                let text = std::fs::read(&log_path).unwrap_or_default();
+                let this_start = String::from_utf8_lossy(&text[logged_before.min(text.len())..]);
+                if this_start.contains("Address already in use") {
+                    return Err(self.port.load(Ordering::SeqCst));
+                }
                 panic!(
                     "the host exited during start-up ({status}):\n{}",
                     self.log()
@@ -534,17 +560,12 @@ async fn every_issuance_point(backend: Backend) {
 /// keeps polling, answering CSR requests (one key and CSR per job, sent
 /// again as is after a failure) and reporting deployments as done. Errors
 /// (the host is down) are retried.
-async fn fake_agent(port: u16, target_name: String, ids: tokio::sync::mpsc::Sender<String>) {
-    let client = |key: &str| {
-        ApiClient::new(ClientOptions {
-            base_url: format!("http://127.0.0.1:{port}"),
-            api_key: key.to_owned(),
-            trust: None,
-            timeout: Duration::from_secs(10),
-            user_agent: "certplane-crash-agent".into(),
-        })
-        .unwrap()
-    };
+async fn fake_agent(
+    port: Arc<AtomicU16>,
+    target_name: String,
+    ids: tokio::sync::mpsc::Sender<String>,
+) {
+    let client = |key: &str| client(&port, key, "certplane-crash-agent");
     let credential = loop {
         let body = json!({ "name": target_name, "bootstrap_token": BOOTSTRAP });
         if let Ok(reply) = client("").post("/agents/register", Some(&body)).await
@@ -557,9 +578,10 @@ async fn fake_agent(port: u16, target_name: String, ids: tokio::sync::mpsc::Send
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let api = client(&credential);
     let mut csrs: std::collections::HashMap<String, String> = Default::default();
     loop {
+        // Built per round: the host may come back on another port.
+        let api = client(&credential);
         let work = match api
             .get("/agents/work", &[("wait_secs", "1".to_string())])
             .await
@@ -608,6 +630,18 @@ async fn fake_agent(port: u16, target_name: String, ids: tokio::sync::mpsc::Send
     }
 }
 
+/// A client of the host on the scenario's current port.
+fn client(port: &AtomicU16, key: &str, user_agent: &str) -> ApiClient {
+    ApiClient::new(ClientOptions {
+        base_url: format!("http://127.0.0.1:{}", port.load(Ordering::SeqCst)),
+        api_key: key.to_owned(),
+        trust: None,
+        timeout: Duration::from_secs(10),
+        user_agent: user_agent.into(),
+    })
+    .unwrap()
+}
+
 /// One agent-key certificate with the host aborting at `point` while it
 /// records what the agent reported.
 async fn agent_crash_at(backend: Backend, point: &str) {
@@ -615,7 +649,7 @@ async fn agent_crash_at(backend: Backend, point: &str) {
     let mut host = scenario.start(Some(point)).await;
     let (issuer, _) = scenario.configure().await;
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let agent = tokio::spawn(fake_agent(scenario.port, "edge".into(), tx));
+    let agent = tokio::spawn(fake_agent(scenario.port.clone(), "edge".into(), tx));
     let agent_id = tokio::time::timeout(Duration::from_secs(30), rx.recv())
         .await
         .expect("the agent registers")
