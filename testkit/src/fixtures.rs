@@ -78,6 +78,7 @@ pub async fn version_ending_in(
             job_id: None,
             ca_certificate_id: None,
             ca_order_id: None,
+            renew_before_secs: None,
         })
         .await
         .expect("version")

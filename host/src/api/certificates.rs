@@ -615,7 +615,16 @@ async fn create_certificate(
         issuer_options: body.issuer_options.as_ref(),
         target_options: body.target_options.as_ref(),
     })?;
-    match state.store.get_issuer(&body.issuer_id).await? {
+    if body.target_ids.len() > MAX_TARGETS {
+        return Err(ApiError::validation(format!(
+            "at most {MAX_TARGETS} targets are allowed"
+        )));
+    }
+    let (issuer, targets) = state
+        .store
+        .certificate_references(&body.issuer_id, &body.target_ids)
+        .await?;
+    match issuer {
         Some(i) if i.retired_at.is_some() => {
             return Err(
                 ApiError::validation(format!("issuer {:?} is retired", body.issuer_id))
@@ -636,11 +645,6 @@ async fn create_certificate(
             )));
         }
     }
-    if body.target_ids.len() > MAX_TARGETS {
-        return Err(ApiError::validation(format!(
-            "at most {MAX_TARGETS} targets are allowed"
-        )));
-    }
     let mut agents = Vec::with_capacity(body.target_ids.len());
     let mut seen = BTreeSet::new();
     for id in &body.target_ids {
@@ -649,8 +653,8 @@ async fn create_certificate(
                 "target {id:?} is listed twice"
             )));
         }
-        match state.store.get_target(id).await? {
-            Some(t) if t.retired_at.is_none() => agents.push(t.agent_id),
+        match targets.iter().find(|t| &t.id == id) {
+            Some(t) if t.retired_at.is_none() => agents.push(t.agent_id.clone()),
             Some(_) => return Err(ApiError::validation(format!("target {id:?} is retired"))),
             None => return Err(ApiError::validation(format!("no target {id:?}"))),
         }

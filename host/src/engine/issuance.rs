@@ -513,6 +513,7 @@ async fn record_issued(
         job_id: Some(job.id.clone()),
         ca_certificate_id: issued.ca_certificate_id.clone(),
         ca_order_id: job.order_id.clone(),
+        renew_before_secs: Some(cert.renew_before_secs),
     });
     for target in targets {
         let mut deployment = NewJob::new(JobType::Deployment)

@@ -487,6 +487,7 @@ async fn deployment_view_and_results(b: Backend) {
             job_id: None,
             ca_certificate_id: None,
             ca_order_id: None,
+            renew_before_secs: None,
         })
         .await
         .unwrap();

@@ -48,6 +48,7 @@ async fn issue(store: &Store, certificate_id: &str, days: i64) -> String {
             job_id: None,
             ca_certificate_id: None,
             ca_order_id: None,
+            renew_before_secs: None,
         })
         .await
         .expect("version")

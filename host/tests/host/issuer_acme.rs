@@ -610,6 +610,7 @@ async fn renewal_information_moves_the_renewal_earlier(backend: Backend) {
             job_id: None,
             ca_certificate_id: None,
             ca_order_id: None,
+            renew_before_secs: None,
         })
         .await
         .unwrap();

@@ -187,6 +187,7 @@ async fn renewal_enqueue_idempotent_under_concurrency(b: Backend) {
                 job_id: None,
                 ca_certificate_id: None,
                 ca_order_id: None,
+                renew_before_secs: None,
             })
             .await
             .unwrap();
@@ -291,6 +292,7 @@ async fn certificate_versions(b: Backend) {
         job_id: None,
         ca_certificate_id: None,
         ca_order_id: None,
+        renew_before_secs: None,
     };
     let err = store
         .record_certificate_version(v.clone())
@@ -313,11 +315,62 @@ async fn certificate_versions(b: Backend) {
     let dup = store
         .record_certificate_version(NewCertificateVersion {
             encrypted_private_key: None,
-            ..v
+            ..v.clone()
         })
         .await
         .unwrap_err();
     assert!(matches!(dup, StoreError::AlreadyExists(_)), "{dup}");
+
+    // A caller that read the window checks it instead of reading it again;
+    // one that read it before it changed gets the window the row holds.
+    let window = 30 * 86_400;
+    for (n, assumed) in [(2u8, window), (3, 7 * 86_400)] {
+        let version = store
+            .record_certificate_version(NewCertificateVersion {
+                encrypted_private_key: None,
+                fingerprint_sha256: format!("{n:02x}").repeat(32),
+                renew_before_secs: Some(assumed),
+                ..v.clone()
+            })
+            .await
+            .unwrap();
+        let c = store.get_certificate(&cert.id).await.unwrap().unwrap();
+        assert_eq!(c.current_version_id.as_deref(), Some(version.id.as_str()));
+        assert_eq!(
+            c.renew_at,
+            not_after - chrono::Duration::days(30),
+            "assumed {assumed}"
+        );
+    }
+    // The checks hold on that path too.
+    let err = store
+        .record_certificate_version(NewCertificateVersion {
+            fingerprint_sha256: "04".repeat(32),
+            renew_before_secs: Some(window),
+            ..v.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+    let err = store
+        .record_certificate_version(NewCertificateVersion {
+            certificate_id: "no-such-certificate".into(),
+            fingerprint_sha256: "05".repeat(32),
+            renew_before_secs: Some(window),
+            ..v.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert_eq!(
+        store
+            .list_certificate_versions(&cert.id)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
     let expiring = store
         .list_expiring_certificates(now() + chrono::Duration::days(100), 10)
         .await
@@ -406,6 +459,7 @@ async fn concurrent_outcomes_commit_each_alone(b: Backend) {
                             job_id: None,
                             ca_certificate_id: None,
                             ca_order_id: None,
+                            renew_before_secs: None,
                         });
                     }
                     (job.id, store.commit_outcome(outcome).await)
@@ -490,12 +544,97 @@ async fn api_keys(b: Backend) {
     assert!(store.find_api_key_by_hash("nope").await.unwrap().is_none());
 }
 
+/// A certificate is created only under an issuer that exists and is not
+/// retired, and a create racing the issuer's retirement ends one way or
+/// the other: the certificate exists and the issuer stays, or the issuer is
+/// retired and nothing was written.
+async fn certificates_need_a_live_issuer(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let other = db.store().await;
+    let new = |issuer_id: &str, name: &str| NewCertificate {
+        name: name.to_owned(),
+        common_name: format!("{name}.example.test"),
+        sans: vec![format!("{name}.example.test")],
+        key_type: "ecdsa-p256".into(),
+        key_source: KeySource::Host,
+        issuer_id: issuer_id.to_owned(),
+        target_id: None,
+        renew_before_secs: 30 * 86_400,
+        owner: None,
+    };
+    let options = CertificateOptions::default();
+    let audit = NewAuditEvent {
+        subject_type: "certificate".into(),
+        subject_id: None,
+        ..audit("certificate.created", "")
+    };
+    let err = store
+        .create_certificate_with_targets(
+            new("no-such-issuer", "orphan"),
+            &[],
+            &options,
+            Some(&audit),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidArgument(ref m) if m.contains("no issuer")),
+        "{err}"
+    );
+
+    for round in 0..20 {
+        let issuer = fixtures::issuer(&store).await;
+        let name = format!("race-{round}");
+        let (created, retired) = tokio::join!(
+            store.create_certificate_with_targets(
+                new(&issuer.id, &name),
+                &[],
+                &options,
+                Some(&audit)
+            ),
+            other.retire_issuer(&issuer.id),
+        );
+        let rows = count(
+            &store,
+            &format!("SELECT COUNT(*) FROM certificates WHERE name = '{name}'"),
+        )
+        .await;
+        match (created, retired.unwrap()) {
+            (Ok(cert), false) => {
+                assert_eq!(rows, 1);
+                assert_eq!(cert.issuer_id, issuer.id);
+                // In use: it cannot be retired now.
+                assert!(!other.retire_issuer(&issuer.id).await.unwrap());
+            }
+            (Err(StoreError::InvalidArgument(m)), true) if m.contains("no issuer") => {
+                assert_eq!(
+                    rows, 0,
+                    "round {round}: a refused create wrote its certificate"
+                );
+            }
+            (created, retired) => {
+                panic!("round {round}: created {created:?} while retired = {retired}")
+            }
+        }
+    }
+    // The refused creates left no audit rows behind.
+    let audited = count(
+        &store,
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'certificate.created'",
+    )
+    .await;
+    let certificates = count(&store, "SELECT COUNT(*) FROM certificates").await;
+    assert_eq!(audited, certificates);
+}
+
 both_backends!(
     conditional_transition_has_one_winner,
     claim_and_cancel_race,
     illegal_and_stale_transitions,
     renewal_enqueue_idempotent_under_concurrency,
     certificate_versions,
+    certificates_need_a_live_issuer,
     concurrent_outcomes_commit_each_alone,
     api_keys,
 );

@@ -180,6 +180,10 @@ pub struct NewCertificateVersion {
     pub ca_certificate_id: Option<String>,
     /// The CA order it was issued under, when there was one.
     pub ca_order_id: Option<String>,
+    /// The certificate's renewal window as the caller read it, when it
+    /// did: the store then checks it instead of reading it again (and
+    /// reads it after all when it changed meanwhile).
+    pub renew_before_secs: Option<i64>,
 }
 
 /// When a version is due for renewal: `renew_before_secs` before it

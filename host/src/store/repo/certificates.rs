@@ -13,73 +13,131 @@ use crate::store::{
 
 /// Inserts version `$new` and makes it its certificate's current one, in
 /// transaction `$tx` (`&mut Transaction`); `$after_insert` runs between the
-/// two statements (fault points). Evaluates to
+/// insert and the certificate's update (fault points). Evaluates to
 /// `StoreResult<CertificateVersion>`.
+///
+/// Two statements when nothing changed under the caller: the INSERT checks
+/// the certificate (it exists; a version with a private key is refused for
+/// agent keys) in its own WHERE, and the UPDATE checks the renewal window
+/// the caller computed `renew_at` with (`new.renew_before_secs`). When
+/// either check finds no row, the certificate is read (locked on
+/// PostgreSQL) and the step done again with what it holds, so a change
+/// between the job's read and its commit is never written over.
 macro_rules! record_version {
     ($tx:expr, $lock_suffix:expr, $new:expr, $now:expr, $after_insert:expr) => {{
         let tx = $tx;
         let new: &crate::store::NewCertificateVersion = $new;
         let now = $now;
         async {
-            let cert: Option<(i64, crate::store::KeySource)> = sqlx::query_as(&format!(
-                "SELECT renew_before_secs, key_source FROM certificates WHERE id = $1{}",
-                $lock_suffix
-            ))
-            .bind(&new.certificate_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some((renew_before, key_source)) = cert else {
-                return Err(crate::store::StoreError::NotFound {
-                    entity: "certificate",
-                    id: new.certificate_id.clone(),
-                });
+            let version_id = crate::store::new_id();
+            // `key_checked`: the key source was checked already (the row
+            // is locked), insert whenever the certificate exists.
+            let insert = |key_checked: bool| {
+                sqlx::query_as::<_, crate::store::CertificateVersion>(
+                    "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain,
+                         not_before, not_after, fingerprint_sha256, encrypted_private_key,
+                         job_id, created_at, ca_certificate_id, ca_order_id)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
+                     FROM certificates
+                     WHERE id = $2 AND (key_source <> 'agent' OR $13)
+                     RETURNING *",
+                )
+                .bind(&version_id)
+                .bind(&new.certificate_id)
+                .bind(&new.serial)
+                .bind(&new.pem_chain)
+                .bind(crate::store::codec::ts(new.not_before))
+                .bind(crate::store::codec::ts(new.not_after))
+                .bind(&new.fingerprint_sha256)
+                .bind(new.encrypted_private_key.clone())
+                .bind(new.job_id.clone())
+                .bind(crate::store::codec::ts(now))
+                .bind(new.ca_certificate_id.clone())
+                .bind(new.ca_order_id.clone())
+                .bind(key_checked || new.encrypted_private_key.is_none())
             };
-            if key_source == crate::store::KeySource::Agent && new.encrypted_private_key.is_some() {
-                return Err(crate::store::StoreError::InvalidArgument(
-                    "agent-generated private keys are never stored".into(),
-                ));
-            }
-            let version = sqlx::query_as::<_, crate::store::CertificateVersion>(
-                "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain,
-                     not_before, not_after, fingerprint_sha256, encrypted_private_key, job_id,
-                     created_at, ca_certificate_id, ca_order_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
-            )
-            .bind(crate::store::new_id())
-            .bind(&new.certificate_id)
-            .bind(&new.serial)
-            .bind(&new.pem_chain)
-            .bind(crate::store::codec::ts(new.not_before))
-            .bind(crate::store::codec::ts(new.not_after))
-            .bind(&new.fingerprint_sha256)
-            .bind(new.encrypted_private_key.clone())
-            .bind(new.job_id.clone())
-            .bind(crate::store::codec::ts(now))
-            .bind(new.ca_certificate_id.clone())
-            .bind(new.ca_order_id.clone())
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(|e| {
+            let map_insert = |e: sqlx::Error| {
                 crate::store::StoreError::from_insert(
                     "certificate version for this job or fingerprint",
                     e,
                 )
-            })?;
+            };
+            let not_found = || crate::store::StoreError::NotFound {
+                entity: "certificate",
+                id: new.certificate_id.clone(),
+            };
+            let lock_suffix: &str = $lock_suffix;
+            let read_certificate_sql = format!(
+                "SELECT renew_before_secs, key_source FROM certificates WHERE id = $1{lock_suffix}"
+            );
+            let read_certificate = || {
+                sqlx::query_as::<_, (i64, crate::store::KeySource)>(&read_certificate_sql)
+                    .bind(&new.certificate_id)
+            };
+            // The certificate as read under lock: its window, or why this
+            // version cannot be recorded.
+            let refuse = |cert: Option<&(i64, crate::store::KeySource)>| match cert {
+                None => Err(not_found()),
+                Some((_, crate::store::KeySource::Agent))
+                    if new.encrypted_private_key.is_some() =>
+                {
+                    Err(crate::store::StoreError::InvalidArgument(
+                        "agent-generated private keys are never stored".into(),
+                    ))
+                }
+                Some((renew_before, _)) => Ok(*renew_before),
+            };
+            let inserted = insert(false)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(map_insert)?;
+            let version = match inserted {
+                Some(version) => version,
+                // Missing, or an agent-key certificate: say which.
+                None => {
+                    let cert = read_certificate().fetch_optional(&mut **tx).await?;
+                    refuse(cert.as_ref())?;
+                    // Changed between the INSERT and the lock (PostgreSQL):
+                    // insert now that the row is locked and checked.
+                    insert(true)
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .map_err(map_insert)?
+                        .ok_or_else(not_found)?
+                }
+            };
             ($after_insert)();
-            let (renew_at, _) =
-                crate::store::renewal_due_at(new.not_before, new.not_after, renew_before);
-            sqlx::query(
-                "UPDATE certificates SET current_version_id = $2, not_after = $3,
-                        renew_at = $4, updated_at = $5 WHERE id = $1",
-            )
-            .bind(&new.certificate_id)
-            .bind(&version.id)
-            .bind(crate::store::codec::ts(new.not_after))
-            .bind(crate::store::codec::ts(renew_at))
-            .bind(crate::store::codec::ts(now))
-            .execute(&mut **tx)
-            .await?;
-            Ok(version)
+            // Written only while the window is `renew_before` and the key
+            // source still takes this version.
+            let update = |renew_before: i64| {
+                let (renew_at, _) =
+                    crate::store::renewal_due_at(new.not_before, new.not_after, renew_before);
+                sqlx::query(
+                    "UPDATE certificates SET current_version_id = $2, not_after = $3,
+                            renew_at = $4, updated_at = $5
+                     WHERE id = $1 AND renew_before_secs = $6
+                       AND (key_source <> 'agent' OR $7)",
+                )
+                .bind(&new.certificate_id)
+                .bind(&version.id)
+                .bind(crate::store::codec::ts(new.not_after))
+                .bind(crate::store::codec::ts(renew_at))
+                .bind(crate::store::codec::ts(now))
+                .bind(renew_before)
+                .bind(new.encrypted_private_key.is_none())
+            };
+            let updated = match new.renew_before_secs {
+                Some(assumed) => update(assumed).execute(&mut **tx).await?.rows_affected() == 1,
+                None => false,
+            };
+            if !updated {
+                let cert = read_certificate().fetch_optional(&mut **tx).await?;
+                let renew_before = refuse(cert.as_ref())?;
+                // The row is locked (or, on SQLite, the database is held):
+                // nothing can change it between the read and this write.
+                update(renew_before).execute(&mut **tx).await?;
+            }
+            Ok::<_, crate::store::StoreError>(version)
         }
         .await
     }};
@@ -119,24 +177,20 @@ macro_rules! insert_certificate {
             let create: &$crate::store::repo::certificates::NewCertificateRow = $create;
             let deferred: &mut $crate::store::repo::outcomes::Deferred = $deferred;
             let (new, now) = (&create.new, create.now);
-            let issuer: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT id FROM issuers WHERE id = $1 AND retired_at IS NULL{}",
-                $share
-            ))
-            .bind(&new.issuer_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if issuer.is_none() {
-                return Ok(None);
-            }
-            let cert = sqlx::query_as::<_, $crate::store::Certificate>(
+            // One statement: the certificate, inserted only while its
+            // issuer exists and is not retired (no row: `None`). The
+            // issuer's row is share-locked on PostgreSQL so a concurrent
+            // retirement waits for this transaction.
+            let cert = sqlx::query_as::<_, $crate::store::Certificate>(&format!(
                 "INSERT INTO certificates (id, name, common_name, sans, key_type, key_source,
                      issuer_id, target_id, renew_before_secs, owner, status, renew_at,
                      created_at, updated_at, issuer_options, target_options)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $11,
-                         $12, $13)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $11,
+                        $12, $13
+                 FROM issuers WHERE id = $7 AND retired_at IS NULL{}
                  RETURNING *",
-            )
+                $share
+            ))
             .bind($crate::store::new_id())
             .bind(&new.name)
             .bind(&new.common_name)
@@ -150,11 +204,14 @@ macro_rules! insert_certificate {
             .bind($crate::store::codec::ts(now))
             .bind(sqlx::types::Json(&create.options.issuer))
             .bind(sqlx::types::Json(&create.options.target))
-            .fetch_one(&mut **tx)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(|e| {
                 $crate::store::StoreError::from_insert(format!("certificate {:?}", new.name), e)
             })?;
+            let Some(cert) = cert else {
+                return Ok(None);
+            };
             for target in &create.extra_targets {
                 sqlx::query(
                     "INSERT INTO certificate_targets (certificate_id, target_id, created_at)

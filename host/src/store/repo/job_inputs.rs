@@ -8,7 +8,8 @@
 //! pool's check-in). The job loops claim several jobs at a time, so their
 //! rows are read together: one statement per table for the whole batch
 //! (an id list bound as one JSON array), on one connection
-//! (BENCHMARKS.md, issue 13).
+//! (BENCHMARKS.md, issue 13). The API's certificate create reads the
+//! issuer and targets it checks the same way.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -206,6 +207,39 @@ impl Store {
             rows
         });
         Ok(assemble(rows, &issuance, &deployments))
+    }
+
+    /// The issuer and the targets a new certificate names, read on one
+    /// connection (two statements, one checkout): the API checks them
+    /// before it creates the certificate. Targets that do not exist are
+    /// left out; the rest come by name, then id.
+    pub async fn certificate_references(
+        &self,
+        issuer_id: &str,
+        target_ids: &[String],
+    ) -> StoreResult<(Option<PluginInstance>, Vec<Target>)> {
+        let sql = match &self.backend {
+            Backend::Sqlite(_) => &SQLITE_BATCH,
+            Backend::Postgres(_) => &POSTGRES_BATCH,
+        };
+        let issuers = id_list([issuer_id]);
+        let targets = id_list(target_ids.iter().map(String::as_str));
+        Ok(on_read!(self, |pool| {
+            let mut conn = pool.acquire().await?;
+            let issuer = sqlx::query_as(sql.issuers)
+                .bind(&issuers)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let targets = if target_ids.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_as(sql.targets)
+                    .bind(&targets)
+                    .fetch_all(&mut *conn)
+                    .await?
+            };
+            (issuer, targets)
+        }))
     }
 
     /// `job`'s rows: `read` when they came with its claimed batch, else
