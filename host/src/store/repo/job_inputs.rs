@@ -58,37 +58,38 @@ pub enum JobInputs {
 }
 
 /// The batch reads of one backend; `$1` is a JSON array of ids.
-struct BatchSql {
-    certificates: &'static str,
-    links: &'static str,
-    issuers: &'static str,
-    targets: &'static str,
-    versions: &'static str,
+pub(crate) struct BatchSql {
+    pub(crate) certificates: &'static str,
+    pub(crate) links: &'static str,
+    pub(crate) issuers: &'static str,
+    pub(crate) targets: &'static str,
+    pub(crate) versions: &'static str,
 }
 
-/// The five batch reads, `ids` being each backend's expansion of a JSON
-/// array into a set of text values.
+/// The five batch reads, `$in` being each backend's test of `id` against
+/// a JSON array of ids.
 macro_rules! batch_sql {
-    ($ids:literal) => {
+    ($in:literal) => {
         BatchSql {
-            certificates: concat!("SELECT * FROM certificates WHERE id IN ", $ids),
+            certificates: concat!("SELECT * FROM certificates WHERE id", $in),
             links: concat!(
-                "SELECT certificate_id, target_id FROM certificate_targets WHERE certificate_id IN ",
-                $ids
+                "SELECT certificate_id, target_id FROM certificate_targets WHERE certificate_id",
+                $in
             ),
-            issuers: concat!("SELECT * FROM issuers WHERE id IN ", $ids),
-            targets: concat!(
-                "SELECT * FROM targets WHERE id IN ",
-                $ids,
-                " ORDER BY name, id"
-            ),
-            versions: concat!("SELECT * FROM certificate_versions WHERE id IN ", $ids),
+            issuers: concat!("SELECT * FROM issuers WHERE id", $in),
+            targets: concat!("SELECT * FROM targets WHERE id", $in, " ORDER BY name, id"),
+            versions: concat!("SELECT * FROM certificate_versions WHERE id", $in),
         }
     };
 }
 
-const SQLITE_BATCH: BatchSql = batch_sql!("(SELECT value FROM json_each($1))");
-const POSTGRES_BATCH: BatchSql = batch_sql!("(SELECT json_array_elements_text($1::json))");
+pub(crate) const SQLITE_BATCH: BatchSql = batch_sql!(" IN (SELECT value FROM json_each($1))");
+/// An array, not `IN (SELECT json_array_elements_text(...))`: the planner
+/// guesses 100 rows for the function and hash-joins it against a
+/// sequential scan of the whole table (3 ms per batch of certificates at
+/// 10,000 of them); `= ANY` of an array evaluated once is an index scan.
+pub(crate) const POSTGRES_BATCH: BatchSql =
+    batch_sql!(" = ANY(ARRAY(SELECT json_array_elements_text($1::json)))");
 
 /// Ids as the JSON array the batch statements take.
 fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {

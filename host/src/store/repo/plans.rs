@@ -1,6 +1,7 @@
 //! The database's plans for the statements that must stay cheap as the
 //! jobs table grows (a claim during a renewal storm, the reaper's expiry
-//! of waits, a page of the job listing): for diagnostics and the tests
+//! of waits, a page of the job listing, the batch reads of claimed jobs'
+//! rows): for diagnostics and the tests
 //! that pin which index serves them.
 
 use sqlx::QueryBuilder;
@@ -63,6 +64,31 @@ impl Store {
         args.push(filter.offset.unwrap_or(0).to_string());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.explain(&lite_sql, &pg_sql, &args).await
+    }
+
+    /// The plans of the batch reads of claimed jobs' rows
+    /// (`Store::job_inputs`) from the tables that grow with the inventory:
+    /// (table, plan) for certificates, certificate_targets and
+    /// certificate_versions.
+    #[doc(hidden)]
+    pub async fn explain_batch_reads(&self) -> StoreResult<Vec<(&'static str, String)>> {
+        use crate::store::repo::job_inputs::{POSTGRES_BATCH as PG, SQLITE_BATCH as LITE};
+        let ids = ["'[\"a\", \"b\", \"c\"]'"];
+        Ok(vec![
+            (
+                "certificates",
+                self.explain(LITE.certificates, PG.certificates, &ids)
+                    .await?,
+            ),
+            (
+                "certificate_targets",
+                self.explain(LITE.links, PG.links, &ids).await?,
+            ),
+            (
+                "certificate_versions",
+                self.explain(LITE.versions, PG.versions, &ids).await?,
+            ),
+        ])
     }
 
     /// SQLite's `EXPLAIN QUERY PLAN` (parameters unbound: its plans do not
