@@ -288,12 +288,11 @@ async fn bad_urls_fail_with_one_clear_error() {
 }
 
 /// PostgreSQL sessions the server ended (a restart, a cut link) are found
-/// out before a connection is handed out: the pool pings a pooled
-/// connection and replaces it when the ping fails, so the first operations
-/// after the outage succeed instead of failing once per pooled connection.
-/// (Pinging only connections idle for a second or more measured no faster
-/// in the issuance bench, BENCHMARKS.md; this test guards whatever policy
-/// the pool has.)
+/// out before a connection is handed out: the pool pings a connection that
+/// sat idle for a second or more and replaces it when the ping fails, so
+/// the first operations after the outage succeed instead of failing once
+/// per pooled connection. (A connection back from use less than a second
+/// ago is handed out without a ping: sqlx pinged it when it came back.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replaces_sessions_the_server_ended() {
     use sqlx::Connection;

@@ -10,6 +10,10 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::store::error::{BackendKind, connect_hint, redact_url};
 use crate::store::{StoreError, StoreOptions};
 
+/// How long a pooled connection may sit idle before it is pinged when
+/// handed out.
+const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Clone)]
 pub(crate) struct PgBackend {
     pub(crate) pool: PgPool,
@@ -43,9 +47,23 @@ impl PgBackend {
         .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
         .map_err(connect_err)?;
         probe.close().await.map_err(connect_err)?;
+        // sqlx pings a connection when it is returned to the pool (always),
+        // and by default again when it is handed out: two round trips per
+        // checkout on top of its statements. A connection returned less
+        // than a second ago was just found alive, so only one idle longer
+        // (which the server may have ended meanwhile) is pinged before use.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(connect_options.clone())
             .await
             .map_err(connect_err)?;
