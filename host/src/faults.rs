@@ -21,6 +21,7 @@ pub const KINDS: &[&str] = &[
     "csr_requested",
     "csr_received",
     "deployed",
+    "superseded",
     "verified",
     "revoked",
     "agent_result",

@@ -63,7 +63,6 @@ impl TestApp {
     /// A test app whose configuration `edit` adjusts first.
     pub async fn with_config(backend: Backend, edit: impl FnOnce(&mut HostConfig)) -> TestApp {
         let db = TestDb::new(backend).await;
-        let store = db.migrated().await;
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = HostConfig {
             data_dir: data.path().to_path_buf(),
@@ -72,6 +71,14 @@ impl TestApp {
         };
         config.agents.bootstrap_tokens = vec![BOOTSTRAP.to_string()];
         edit(&mut config);
+        // The store's leases last what the configuration says, as in a host.
+        let store = db
+            .store_with(certplane_host::store::StoreOptions {
+                lease_duration: std::time::Duration::from_secs(config.jobs.lease_secs),
+                ..crate::db::test_options()
+            })
+            .await;
+        store.migrate().await.expect("migrate");
         let plugins = PluginRegistry::load_with(
             &config.plugin_dir,
             Some(&plugin_cache_dir()),

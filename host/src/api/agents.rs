@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::engine::agent_reports;
 use crate::engine::challenges::agent as agent_challenges;
+use crate::engine::ending::{end_superseded, host_actor, superseded_by};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -339,7 +340,12 @@ async fn job_views(state: &AppState, jobs: Vec<Job>) -> ApiResult<Vec<AgentJob>>
     let mut views = Vec::with_capacity(jobs.len());
     for job in jobs {
         match job_view(state, &job).await? {
-            Ok(view) => views.push(view),
+            Ok(Handout::Job(view)) => views.push(*view),
+            Ok(Handout::Superseded(current)) => {
+                // A newer version replaced this one: its own deployments
+                // carry it to the agent, this one is not handed out.
+                end_superseded(&state.engine, &job, &current, host_actor()).await?;
+            }
             Err(problem) => {
                 tracing::warn!(job_id = %job.id, %problem, "cannot hand job to its agent");
                 if let Some(lease) = job.lease() {
@@ -354,12 +360,30 @@ async fn job_views(state: &AppState, jobs: Vec<Job>) -> ApiResult<Vec<AgentJob>>
     Ok(views)
 }
 
+/// What a claimed job becomes for its agent.
+enum Handout {
+    /// Handed out.
+    Job(Box<AgentJob>),
+    /// A deployment of a version that this one (the current) replaced.
+    Superseded(String),
+}
+
 /// The view of one job; the inner error is a problem with the job's data.
-async fn job_view(state: &AppState, job: &Job) -> ApiResult<Result<AgentJob, String>> {
+async fn job_view(state: &AppState, job: &Job) -> ApiResult<Result<Handout, String>> {
     let certificate = match &job.certificate_id {
         Some(id) => state.store.get_certificate(id).await?,
         None => None,
     };
+    if job.status == JobStatus::Running
+        && let Some(current) = superseded_by(
+            job,
+            certificate
+                .as_ref()
+                .and_then(|c| c.current_version_id.as_deref()),
+        )
+    {
+        return Ok(Ok(Handout::Superseded(current.to_owned())));
+    }
     let certificate_version = match (&job.certificate_version_id, &job.certificate_id) {
         (Some(version_id), Some(cert_id)) => state
             .store
@@ -389,7 +413,7 @@ async fn job_view(state: &AppState, job: &Job) -> ApiResult<Result<AgentJob, Str
         _ => None,
     };
     let running = job.status == JobStatus::Running;
-    Ok(Ok(AgentJob {
+    Ok(Ok(Handout::Job(Box::new(AgentJob {
         id: job.id.clone(),
         job_type: job.job_type.to_string(),
         status: job.status.to_string(),
@@ -406,7 +430,7 @@ async fn job_view(state: &AppState, job: &Job) -> ApiResult<Result<AgentJob, Str
         }),
         certificate_version,
         target,
-    }))
+    }))))
 }
 
 fn target_view(state: &AppState, target: Target) -> Result<JobTarget, String> {

@@ -8,7 +8,7 @@ use certplane_runtime::target::CertificateBundle;
 use serde_json::json;
 
 use super::connectors::{build_instance, failure_for, observed};
-use super::ending::{Ending, end_claimed_logged, host_actor};
+use super::ending::{Ending, end_claimed_logged, end_superseded, host_actor, superseded_by};
 use super::issuance::version_key_owner;
 use super::verification;
 use super::versions::{job_version, split_pem};
@@ -18,7 +18,16 @@ use crate::store::{Job, JobFailure, JobInputs};
 /// Runs one claimed host-side deployment job.
 pub async fn process(engine: &Engine, job: Job, inputs: Option<JobInputs>) {
     let mut verification = None;
-    let result = deploy(engine, &job, inputs, &mut verification).await;
+    let result = match deploy(engine, &job, inputs, &mut verification).await {
+        Ok(Deployed::Changed(changed)) => Ok(changed),
+        Ok(Deployed::Superseded(current)) => {
+            if let Err(e) = end_superseded(engine, &job, &current, host_actor()).await {
+                tracing::error!(job = %job.id, error = %e, "cannot record the job's end; its lease will lapse and it will be retried");
+            }
+            return;
+        }
+        Err(failure) => Err(failure),
+    };
     let changed = result.as_ref().ok().cloned().unwrap_or_default();
     let ending = Ending {
         kind: "deployed",
@@ -31,13 +40,22 @@ pub async fn process(engine: &Engine, job: Job, inputs: Option<JobInputs>) {
     end_claimed_logged(engine, &job, ending).await;
 }
 
+/// What a deployment did.
+enum Deployed {
+    /// Deployed: what the target changed.
+    Changed(Vec<String>),
+    /// Not deployed: this version (the certificate's current one) replaced
+    /// the job's.
+    Superseded(String),
+}
+
 /// Deploys; the probe's record, when one ran, goes to `verification`.
 async fn deploy(
     engine: &Engine,
     job: &Job,
     inputs: Option<JobInputs>,
     verification: &mut Option<serde_json::Value>,
-) -> Result<Vec<String>, JobFailure> {
+) -> Result<Deployed, JobFailure> {
     let store_err = |e: crate::store::StoreError| JobFailure::transient(format!("database: {e}"));
     let target_id = job
         .target_id
@@ -66,6 +84,9 @@ async fn deploy(
     let cert = inputs
         .certificate
         .ok_or_else(|| JobFailure::permanent(format!("certificate {cert_id} not found")))?;
+    if let Some(current) = superseded_by(job, cert.current_version_id.as_deref()) {
+        return Ok(Deployed::Superseded(current.to_owned()));
+    }
     let version = inputs.version.ok_or_else(|| {
         JobFailure::permanent(format!("certificate version {version_id} not found"))
     })?;
@@ -119,5 +140,5 @@ async fn deploy(
             return Err(failure);
         }
     }
-    Ok(result.changed)
+    Ok(Deployed::Changed(result.changed))
 }

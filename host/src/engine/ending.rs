@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::Engine;
 use crate::store::{
-    ActorType, Committed, Guard, Job, JobEnd, JobFailure, JobUpdate, NewAuditEvent, Outcome,
-    StoreResult,
+    ActorType, Committed, Guard, Job, JobEnd, JobFailure, JobStatus, JobUpdate, NewAuditEvent,
+    Outcome, StoreResult,
 };
 
 /// How a claimed job ended.
@@ -78,6 +78,62 @@ pub async fn end_claimed(
         tracing::warn!(job = %job.id, "lost the lease before recording the job's end");
     }
     Ok(committed)
+}
+
+/// Whether the claimed deployment `job` puts a version other than the
+/// certificate's current one (`current_version_id`): one recorded later
+/// replaced it, and its own deployments carry it to the same targets.
+/// `None` when the job names no version or the certificate has none.
+pub fn superseded_by<'a>(job: &Job, current_version_id: Option<&'a str>) -> Option<&'a str> {
+    if job.job_type != crate::store::JobType::Deployment {
+        return None;
+    }
+    match (job.certificate_version_id.as_deref(), current_version_id) {
+        (Some(own), Some(current)) if own != current => Some(current),
+        _ => None,
+    }
+}
+
+/// Ends the claimed deployment `job` without deploying because version
+/// `current` replaced the one it carries: Cancelled, with the reason and
+/// an audit row, in one outcome. A deployment retried after a newer
+/// version was recorded (and deployed) would otherwise put the older one
+/// back on its target. `Ok(None)`: the lease was lost, nothing written.
+pub async fn end_superseded(
+    engine: &Engine,
+    job: &Job,
+    current: &str,
+    actor: (String, ActorType),
+) -> StoreResult<Option<Committed>> {
+    let Some(lease) = job.lease() else {
+        return Ok(None);
+    };
+    let own = job.certificate_version_id.as_deref().unwrap_or_default();
+    let reason =
+        format!("superseded: version {own} was not deployed because version {current} replaced it");
+    tracing::info!(job = %job.id, version = own, current, "deployment superseded by a newer version; not deploying");
+    let mut outcome = Outcome::new(
+        "superseded",
+        Guard::Lease(lease),
+        JobEnd::Move(JobStatus::Cancelled),
+    );
+    outcome.update = JobUpdate {
+        last_error: Some(reason),
+        ..JobUpdate::default()
+    };
+    outcome.audit.push(NewAuditEvent {
+        actor: actor.0,
+        actor_type: actor.1,
+        action: "deployment.superseded".into(),
+        subject_type: "job".into(),
+        subject_id: Some(job.id.clone()),
+        details: serde_json::json!({
+            "target_id": job.target_id,
+            "certificate_version_id": own,
+            "current_version_id": current,
+        }),
+    });
+    engine.store.commit_outcome(outcome).await
 }
 
 /// [`end_claimed`] for the host's own loops: a database error is logged

@@ -209,7 +209,16 @@ async fn claim_deployments_first(
         .await?;
     let left = limit.saturating_sub(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
     if left > 0 {
-        jobs.extend(engine.store.claim_pending_jobs(None, left).await?);
+        match engine.store.claim_pending_jobs(None, left).await {
+            Ok(more) => jobs.extend(more),
+            // The deployments are leased to this host already: run them
+            // rather than leave them to lapse; the rest waits for the next
+            // pass.
+            Err(e) if !jobs.is_empty() => {
+                tracing::warn!(error = %e, deployments = jobs.len(), "cannot claim further jobs; running the deployments claimed");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(jobs)
 }

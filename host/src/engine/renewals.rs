@@ -27,6 +27,11 @@ pub struct RenewalAlarm {
     armed: Mutex<Option<(DateTime<Utc>, JoinHandle<()>)>>,
 }
 
+/// How soon the sweep runs again for a certificate that was already due
+/// when its pass ended. Not at once: a due row the sweep cannot take must
+/// not wake it in a loop.
+pub const OVERDUE_PAUSE: Duration = Duration::from_millis(250);
+
 impl RenewalAlarm {
     /// An alarm that wakes `wake` (the renewal loop's signal).
     pub fn new(wake: Arc<Notify>) -> Self {
@@ -36,14 +41,14 @@ impl RenewalAlarm {
         }
     }
 
-    /// Arms the alarm for `at` when that is ahead of `now` and sooner than
-    /// `horizon` (the loop's own interval covers anything later), replacing
-    /// an alarm set for another time. Must be called within a tokio runtime.
+    /// Arms the alarm for `at` when that is sooner than `horizon` (the
+    /// loop's own interval covers anything later), replacing an alarm set
+    /// for another time. A time already past (a certificate that fell due
+    /// while the pass that read it ran) goes off after [`OVERDUE_PAUSE`].
+    /// Must be called within a tokio runtime.
     pub fn set(&self, at: DateTime<Utc>, now: DateTime<Utc>, horizon: Duration) {
-        let Ok(ahead) = (at - now).to_std() else {
-            return;
-        };
-        if ahead.is_zero() || ahead >= horizon {
+        let ahead = (at - now).to_std().unwrap_or_default().max(OVERDUE_PAUSE);
+        if ahead >= horizon {
             return;
         }
         let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,9 +125,7 @@ mod tests {
         let alarm = RenewalAlarm::new(wake.clone());
         let now = Utc::now();
         let horizon = Duration::from_secs(60);
-        // Past, now and beyond the loop's own interval: nothing to do.
-        alarm.set(now - chrono::Duration::seconds(1), now, horizon);
-        alarm.set(now, now, horizon);
+        // Beyond the loop's own interval: nothing to do.
         alarm.set(now + chrono::Duration::seconds(61), now, horizon);
         assert_eq!(alarm.armed_for(), None);
 
@@ -149,5 +152,32 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certificate_already_due_wakes_the_sweep_after_a_pause() {
+        let wake = Arc::new(Notify::new());
+        let alarm = RenewalAlarm::new(wake.clone());
+        let now = Utc::now();
+        let horizon = Duration::from_secs(60);
+        // Fell due while the pass that found it ran: not a whole interval
+        // later, and not in a loop either.
+        let past = now - chrono::Duration::seconds(1);
+        alarm.set(past, now, horizon);
+        assert_eq!(alarm.armed_for(), Some(past));
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        tokio::select! {
+            () = &mut woken => panic!("woken without the pause"),
+            () = tokio::time::sleep(OVERDUE_PAUSE - Duration::from_millis(10)) => {}
+        }
+        tokio::time::timeout(Duration::from_millis(20), woken)
+            .await
+            .expect("woken after the pause");
+        // Due exactly now: the same.
+        alarm.set(now, now, horizon);
+        tokio::time::timeout(OVERDUE_PAUSE + Duration::from_millis(10), wake.notified())
+            .await
+            .expect("woken after the pause");
     }
 }

@@ -21,6 +21,12 @@ use crate::store::{Job, JobInputs, JobLease, JobStatus};
 /// the bound on how late a cancellation made on another replica stops it.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How many lease lengths a job running in this process may keep its
+/// lease by renewing it (an hour at the default 300 s lease): far beyond
+/// what its calls take, each bounded by its deadline and the deadline by
+/// the lease, so only a job stuck in this process reaches it.
+pub const MAX_HOLD_LEASES: u32 = 12;
+
 /// The job tasks of one engine.
 #[derive(Debug)]
 pub struct JobRunner {
@@ -152,12 +158,13 @@ impl JobRunner {
         self.tracker.spawn(async move {
             let id = job.id.clone();
             let lease = job.lease();
+            let expires = job.lease_expires_at;
             tokio::select! {
                 () = dispatch(&engine, job, inputs) => {}
                 () = token.cancelled() => {
                     tracing::warn!(job = %id, "running job stopped: cancelled or shutting down");
                 }
-                () = watch(&engine, &id, lease) => {
+                () = watch(&engine, &id, lease, expires) => {
                     tracing::warn!(job = %id, "running job stopped: cancelled elsewhere or its lease was lost");
                 }
             }
@@ -186,12 +193,43 @@ async fn dispatch(engine: &Engine, job: Job, inputs: Option<JobInputs>) {
 /// Returns once the job is no longer running under `lease` (cancelled,
 /// reaped, claimed again); never while it is. A database error counts as
 /// "still ours": the outcome's own lease guard settles it.
-async fn watch(engine: &Engine, id: &str, lease: Option<JobLease>) {
+///
+/// While the job runs, its lease (ending at `expires`) is renewed whenever
+/// less than half of it is left: a job that waits for its connector
+/// instance's call slot behind others, or makes several calls, would
+/// otherwise be reaped while it still works, lose an attempt, and have its
+/// side effects repeated by the next holder. Renewals stop after
+/// [`MAX_HOLD_LEASES`] lease lengths, so a job stuck in this process is
+/// still taken back by the reaper.
+async fn watch(
+    engine: &Engine,
+    id: &str,
+    lease: Option<JobLease>,
+    mut expires: Option<chrono::DateTime<chrono::Utc>>,
+) {
     let Some(lease) = lease else {
         return std::future::pending().await;
     };
+    let length = engine.store.options().lease_duration;
+    let renew_within = chrono::Duration::from_std((length / 2).max(WATCH_INTERVAL * 3))
+        .unwrap_or(chrono::Duration::MAX);
+    let hold_until = tokio::time::Instant::now() + length.saturating_mul(MAX_HOLD_LEASES);
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
+        let due = expires.is_some_and(|at| at - crate::store::now() < renew_within);
+        if due && tokio::time::Instant::now() < hold_until {
+            match engine.store.renew_lease(&lease).await {
+                // The guarded renewal found it running under this lease.
+                Ok(Some(until)) => {
+                    expires = Some(until);
+                    continue;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(job = %id, error = %e, "cannot renew the lease; carrying on");
+                }
+            }
+        }
         match engine.store.get_job(id).await {
             Ok(Some(job))
                 if job.status == JobStatus::Running

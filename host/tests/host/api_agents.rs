@@ -848,7 +848,80 @@ async fn rate_limited_results_keep_the_hint(b: Backend) {
     }
 }
 
+/// A deployment of a version that a newer one replaced is not handed to
+/// the agent: it is cancelled as superseded when claimed, and the newer
+/// version's deployment goes out alone.
+async fn superseded_deployments_are_not_handed_out(b: Backend) {
+    let app = TestApp::new(b).await;
+    let (id, cred) = register(&app, "web-1").await;
+    let plugin = app
+        .state
+        .plugins
+        .get("pem-files")
+        .expect("pem-files")
+        .clone();
+    let target = app
+        .store
+        .create_target(NewTarget {
+            agent_id: id.clone(),
+            instance: NewPluginInstance {
+                settings: json!({ "dir": "/etc/ssl/site" }),
+                grants: json!({ "dirs": ["/etc/ssl/site"] }),
+                ..NewPluginInstance::new("site", "pem-files", plugin.version())
+            },
+        })
+        .await
+        .unwrap();
+    let issuer = fixtures::issuer(&app.store).await;
+    let cert =
+        fixtures::certificate(&app.store, &issuer.id, Some(&target.id), KeySource::Agent).await;
+    let now = chrono::Utc::now();
+    let mut versions = Vec::new();
+    for serial in ["01", "02"] {
+        let version = app
+            .store
+            .record_certificate_version(NewCertificateVersion {
+                certificate_id: cert.id.clone(),
+                serial: serial.into(),
+                pem_chain: format!(
+                    "-----BEGIN CERTIFICATE-----\nMIIB{serial}\n-----END CERTIFICATE-----\n"
+                ),
+                not_before: now,
+                not_after: now + chrono::Duration::days(90),
+                fingerprint_sha256: serial.repeat(32),
+                encrypted_private_key: None,
+                job_id: None,
+                ca_certificate_id: None,
+                ca_order_id: None,
+                renew_before_secs: None,
+            })
+            .await
+            .unwrap();
+        let mut deploy = NewJob::new(JobType::Deployment)
+            .certificate(&cert.id)
+            .target(&target.id);
+        deploy.certificate_version_id = Some(version.id.clone());
+        let job = app.store.create_job(deploy).await.unwrap();
+        versions.push((version, job));
+    }
+    let (old, old_job) = &versions[0];
+    let (new, new_job) = &versions[1];
+
+    let list = jobs(&poll(&app, &cred, 0).await);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["id"], new_job.id.as_str());
+    assert_eq!(list[0]["certificate_version"]["id"], new.id.as_str());
+    let ended = app.store.get_job(&old_job.id).await.unwrap().unwrap();
+    assert_eq!(ended.status, JobStatus::Cancelled, "{ended:?}");
+    let why = ended.last_error.unwrap_or_default();
+    assert!(why.contains("superseded") && why.contains(&old.id), "{why}");
+    assert_eq!(audit_count(&app, "job", &old_job.id).await, 1);
+    // Nothing more to hand out.
+    assert!(jobs(&poll(&app, &cred, 0).await).is_empty());
+}
+
 both_backends!(
+    superseded_deployments_are_not_handed_out,
     rate_limited_results_keep_the_hint,
     registration,
     heartbeat_then_gone,

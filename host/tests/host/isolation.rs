@@ -215,6 +215,56 @@ async fn a_connector_at_its_deadline_holds_only_its_own_slot() {
     scheduler.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Jobs queued behind a connector instance's one call slot for longer than
+/// a lease keep their lease by renewing it: without renewals the reaper
+/// takes back the waiting deployments at their lease's end, each loses an
+/// attempt and waits out a retry (30 s here), and the next holder repeats
+/// what the first had begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_for_a_call_slot_keep_their_lease() {
+    let (app, _plugins) = app_with_fixtures(&["hostile"], |c| {
+        c.jobs.lease_secs = 2;
+        c.limits.max_deadline_secs = 1;
+        c.limits.default_deadline_secs = 1;
+        c.scheduler.reaper_ms = 100;
+    })
+    .await;
+    let issuer = ca_issuer(&app.state, "local-ca", json!({})).await.id;
+    // One call at a time, each taking 600 ms: the sixth deployment waits
+    // about 3 s for the slot, the last ones longer than the 2 s lease.
+    let slow = target(
+        &app,
+        "one-at-a-time",
+        "hostile",
+        json!({ "mode": "hold-memory", "mib": 1, "millis": 600 }),
+        json!({ "limits": { "deadline_secs": 1, "concurrency": 1 } }),
+    )
+    .await;
+    let token = CancellationToken::new();
+    let scheduler = engine::start(app.state.engine.clone(), token.clone());
+    let mut certs = Vec::new();
+    for i in 0..6 {
+        certs.push(certificate(&app, &format!("queued{i}"), &issuer, &slow).await);
+    }
+    for cert in &certs {
+        let done = job_where(
+            &app,
+            cert,
+            JobType::Deployment,
+            "not deployed in 20 s",
+            |j| j.status == JobStatus::Completed,
+        )
+        .await;
+        assert_eq!(
+            done.attempts, 1,
+            "{cert}: the deployment lost its lease while it waited: {done:?}"
+        );
+        assert_eq!(jobs_of(&app, cert, JobType::Deployment).await.len(), 1);
+    }
+    token.cancel();
+    scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_limits_are_checked_against_the_host_ceiling() {
     let (app, _plugins) = app_with_fixtures(&["hostile"], |c| {

@@ -403,3 +403,152 @@ async fn sqlite_approval_wait_expires() {
 async fn postgres_approval_wait_expires() {
     approval_wait_expires(Backend::Postgres).await;
 }
+
+/// Waits (up to 30 s) until `cert` has `n` completed deployments.
+async fn deployments_completed(app: &TestApp, cert: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = app
+            .store
+            .list_jobs(&JobFilter {
+                job_type: Some(JobType::Deployment),
+                certificate_id: Some(cert.to_owned()),
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        let done = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Completed)
+            .count();
+        if done >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} deployments completed: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A deployment of a version that a newer one replaced (a retry that comes
+/// due after the renewal, an old job left waiting) is cancelled as
+/// superseded when it runs, and the target keeps the newer version: it
+/// would otherwise put the replaced certificate back in service.
+async fn an_older_version_is_not_deployed_over_a_newer_one(backend: Backend) {
+    let app = TestApp::with_config(backend, |c| {
+        c.scheduler.jobs_ms = 200;
+        c.scheduler.renewal_ms = 200;
+    })
+    .await;
+    let (store, state) = (&app.store, &app.state);
+    let issuer = certplane_testkit::ca_issuer(state, "local-ca", serde_json::json!({})).await;
+    let deploy_dir = tempfile::tempdir().unwrap();
+    let target = store
+        .create_target(NewTarget {
+            agent_id: SENTINEL_AGENT_ID.into(),
+            instance: NewPluginInstance {
+                settings: serde_json::json!({ "directory": "/certs" }),
+                grants: serde_json::json!({
+                    "directories": [{ "path": deploy_dir.path(), "guest_path": "/certs", "writable": true }]
+                }),
+                ..NewPluginInstance::new("files", "pem-files", "0.1.0")
+            },
+        })
+        .await
+        .unwrap();
+    let reply = app
+        .post(
+            "/api/v1/certificates",
+            &app.operator,
+            serde_json::json!({
+                "name": "rotated",
+                "common_name": "rotated.pipeline.test",
+                "issuer_id": issuer.id,
+                "target_ids": [target.id],
+            }),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        axum::http::StatusCode::CREATED,
+        "{}",
+        reply.text
+    );
+    let cert_id = reply.json["id"].as_str().unwrap().to_owned();
+
+    let scheduler = engine::start(state.engine.clone(), CancellationToken::new());
+    deployments_completed(&app, &cert_id, 1).await;
+    let first = store.get_certificate(&cert_id).await.unwrap().unwrap();
+    let old_version = first.current_version_id.clone().unwrap();
+    let r = app
+        .post(
+            &format!("/api/v1/certificates/{cert_id}/renew"),
+            &app.operator,
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    deployments_completed(&app, &cert_id, 2).await;
+    let cert = store.get_certificate(&cert_id).await.unwrap().unwrap();
+    let current = cert.current_version_id.clone().unwrap();
+    assert_ne!(current, old_version, "the renewal recorded a new version");
+
+    // The first version's deployment comes due again.
+    let mut stale = NewJob::new(JobType::Deployment)
+        .certificate(cert_id.clone())
+        .target(target.id.clone())
+        .agent(SENTINEL_AGENT_ID);
+    stale.certificate_version_id = Some(old_version.clone());
+    let stale = store.create_job(stale).await.unwrap();
+    state.engine.wake.wake_jobs();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ended = loop {
+        let job = store.get_job(&stale.id).await.unwrap().unwrap();
+        if job.status.is_terminal() {
+            break job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old deployment never ran: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(ended.status, JobStatus::Cancelled, "{ended:?}");
+    let why = ended.last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains("superseded") && why.contains(&current),
+        "{why}"
+    );
+    let versions = store.list_certificate_versions(&cert_id).await.unwrap();
+    let newest = versions.iter().find(|v| v.id == current).unwrap();
+    let on_disk =
+        std::fs::read_to_string(deploy_dir.path().join(&cert_id).join("cert.pem")).unwrap();
+    assert!(
+        newest.pem_chain.starts_with(on_disk.trim_end()),
+        "the target still serves the newest version"
+    );
+    let audit = app
+        .get(
+            &format!("/api/v1/audit?subject_type=job&subject_id={}", stale.id),
+            &app.admin,
+        )
+        .await;
+    assert!(
+        audit.text.contains("deployment.superseded"),
+        "{}",
+        audit.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_older_version_is_not_deployed_over_a_newer_one() {
+    an_older_version_is_not_deployed_over_a_newer_one(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_older_version_is_not_deployed_over_a_newer_one() {
+    an_older_version_is_not_deployed_over_a_newer_one(Backend::Postgres).await;
+}

@@ -1032,3 +1032,42 @@ both_backends!(
     notifications_claimed_once,
     connector_text_with_nul_is_stored,
 );
+
+/// SQLite: a claim whose caller stopped waiting while another process held
+/// the database (a job loop's tick timed out) leases nothing once the
+/// writer is free again. Run anyway, it would lease jobs that nobody
+/// starts, each losing an attempt when its lease lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_abandoned_claim_leases_nothing() {
+    use sqlx::Connection as _;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.migrated().await;
+    let job = store
+        .create_job(NewJob::new(JobType::Issuance))
+        .await
+        .unwrap();
+    // Another process holds the write lock.
+    let mut other = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.claim_pending_jobs(None, 10),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the claim should still be waiting");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    // The committer takes the write lock again; a later claim is answered.
+    let later = tokio::time::timeout(Duration::from_secs(10), store.claim_pending_jobs(None, 10))
+        .await
+        .expect("the writer is free again")
+        .unwrap();
+    assert_eq!(
+        later.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        [job.id.as_str()],
+        "the abandoned claim took the job"
+    );
+    assert_eq!(later[0].attempts, 1);
+}

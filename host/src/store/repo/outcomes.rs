@@ -207,6 +207,24 @@ impl Store {
         Ok(written)
     }
 
+    /// Extends a claimed job's lease to a full lease from now, in one
+    /// guarded statement, and returns its new end; `None` when the lease
+    /// was lost (cancelled, reaped, claimed again) and nothing was written.
+    pub async fn renew_lease(
+        &self,
+        lease: &JobLease,
+    ) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
+        let until = self.lease_expiry(now());
+        let guard = Guard::Lease(lease.clone());
+        let renewed = on_write!(self, |pool| {
+            let mut qb = QueryBuilder::new("UPDATE jobs SET lease_expires_at = ");
+            qb.push_bind(ts(until));
+            push_guard!(qb, &guard);
+            qb.build().execute(pool).await?.rows_affected() == 1
+        });
+        Ok(renewed.then_some(until))
+    }
+
     /// The version a job recorded, if any (at most one per job).
     pub async fn version_of_job(&self, job_id: &str) -> StoreResult<Option<CertificateVersion>> {
         Ok(crate::store::on_read!(self, |pool| {

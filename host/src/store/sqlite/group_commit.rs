@@ -236,7 +236,10 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<Grou
                             let _ = reply.send(create_one!(&writer, &create, ""));
                         }
                         Write::Claim(claim, reply) => {
-                            let _ = reply.send(claim_host_jobs!(&writer, &claim, claim.sql().0));
+                            if !reply.is_closed() {
+                                let _ =
+                                    reply.send(claim_host_jobs!(&writer, &claim, claim.sql().0));
+                            }
                         }
                     }
                 }
@@ -272,9 +275,14 @@ async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Vec<Do
             committed.follow_ups.push(job);
         }
     }
-    // Claims last: they see the jobs this group created.
+    // Claims last: they see the jobs this group created. A claim whose
+    // caller stopped waiting (its tick timed out while the writer was
+    // busy) is not run: nobody would start the jobs it leased, and each
+    // would lose an attempt when its lease lapsed.
     for (write, result) in items.iter().zip(done.iter_mut()) {
-        if let (Write::Claim(claim, _), Done::Claim(jobs)) = (write, result) {
+        if let (Write::Claim(claim, reply), Done::Claim(jobs)) = (write, result)
+            && !reply.is_closed()
+        {
             *jobs = claim_host_jobs!(&mut *tx, claim, claim.sql().0)?;
         }
     }
