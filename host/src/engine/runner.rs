@@ -213,11 +213,13 @@ async fn watch(
     let length = engine.store.options().lease_duration;
     let renew_within = chrono::Duration::from_std((length / 2).max(WATCH_INTERVAL * 3))
         .unwrap_or(chrono::Duration::MAX);
-    let hold_until = tokio::time::Instant::now() + length.saturating_mul(MAX_HOLD_LEASES);
+    // `None` (no end) only for a lease too long to add to the clock.
+    let hold_until =
+        tokio::time::Instant::now().checked_add(length.saturating_mul(MAX_HOLD_LEASES));
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
         let due = expires.is_some_and(|at| at - crate::store::now() < renew_within);
-        if due && tokio::time::Instant::now() < hold_until {
+        if due && hold_until.is_none_or(|end| tokio::time::Instant::now() < end) {
             match engine.store.renew_lease(&lease).await {
                 // The guarded renewal found it running under this lease.
                 Ok(Some(until)) => {
