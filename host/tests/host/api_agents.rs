@@ -447,19 +447,20 @@ async fn seal_target_secrets(app: &TestApp, target_id: &str, secrets: &BTreeMap<
     exec(&app.store, &sql).await;
 }
 
-async fn deployment_view_and_results(b: Backend) {
-    let app = TestApp::new(b).await;
-    let (id, cred) = register(&app, "web-1").await;
-    let plugin = app
-        .state
+/// The loaded pem-files connector.
+fn pem_files(app: &TestApp) -> std::sync::Arc<certplane_runtime::Plugin> {
+    app.state
         .plugins
         .get("pem-files")
         .expect("pem-files loaded")
-        .clone();
-    let target = app
-        .store
+}
+
+/// A pem-files target named `site` that agent `agent_id` runs.
+async fn agent_site_target(app: &TestApp, agent_id: &str) -> Target {
+    let plugin = pem_files(app);
+    app.store
         .create_target(NewTarget {
-            agent_id: id.clone(),
+            agent_id: agent_id.to_owned(),
             instance: NewPluginInstance {
                 settings: json!({ "dir": "/etc/ssl/site" }),
                 grants: json!({ "dirs": ["/etc/ssl/site"] }),
@@ -467,22 +468,31 @@ async fn deployment_view_and_results(b: Backend) {
             },
         })
         .await
-        .unwrap();
-    let secrets = BTreeMap::from([("token".to_string(), "s3cret".to_string())]);
-    seal_target_secrets(&app, &target.id, &secrets).await;
-    let issuer = fixtures::issuer(&app.store).await;
-    let cert =
-        fixtures::certificate(&app.store, &issuer.id, Some(&target.id), KeySource::Agent).await;
+        .unwrap()
+}
+
+/// Records version `serial` of `cert_id` (fingerprint `fingerprint`; the
+/// chain is not a real certificate: the agent API only passes it on) and
+/// a deployment of it to `target_id`.
+async fn version_and_deployment(
+    app: &TestApp,
+    cert_id: &str,
+    target_id: &str,
+    serial: &str,
+    fingerprint: &str,
+) -> (CertificateVersion, Job) {
     let now = chrono::Utc::now();
     let version = app
         .store
         .record_certificate_version(NewCertificateVersion {
-            certificate_id: cert.id.clone(),
-            serial: "01".into(),
-            pem_chain: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            certificate_id: cert_id.to_owned(),
+            serial: serial.into(),
+            pem_chain: format!(
+                "-----BEGIN CERTIFICATE-----\nMIIB{serial}\n-----END CERTIFICATE-----\n"
+            ),
             not_before: now,
             not_after: now + chrono::Duration::days(90),
-            fingerprint_sha256: "ab".repeat(32),
+            fingerprint_sha256: fingerprint.to_owned(),
             encrypted_private_key: None,
             job_id: None,
             ca_certificate_id: None,
@@ -492,10 +502,25 @@ async fn deployment_view_and_results(b: Backend) {
         .await
         .unwrap();
     let mut deploy = NewJob::new(JobType::Deployment)
-        .certificate(&cert.id)
-        .target(&target.id);
+        .certificate(cert_id)
+        .target(target_id);
     deploy.certificate_version_id = Some(version.id.clone());
-    let deploy = app.store.create_job(deploy).await.unwrap();
+    let job = app.store.create_job(deploy).await.unwrap();
+    (version, job)
+}
+
+async fn deployment_view_and_results(b: Backend) {
+    let app = TestApp::new(b).await;
+    let (id, cred) = register(&app, "web-1").await;
+    let plugin = pem_files(&app);
+    let target = agent_site_target(&app, &id).await;
+    let secrets = BTreeMap::from([("token".to_string(), "s3cret".to_string())]);
+    seal_target_secrets(&app, &target.id, &secrets).await;
+    let issuer = fixtures::issuer(&app.store).await;
+    let cert =
+        fixtures::certificate(&app.store, &issuer.id, Some(&target.id), KeySource::Agent).await;
+    let (version, deploy) =
+        version_and_deployment(&app, &cert.id, &target.id, "01", &"ab".repeat(32)).await;
     let mut fail_twice = NewJob::new(JobType::Deployment).target(&target.id);
     fail_twice.max_attempts = 3;
     let transient = app.store.create_job(fail_twice).await.unwrap();
@@ -854,55 +879,15 @@ async fn rate_limited_results_keep_the_hint(b: Backend) {
 async fn superseded_deployments_are_not_handed_out(b: Backend) {
     let app = TestApp::new(b).await;
     let (id, cred) = register(&app, "web-1").await;
-    let plugin = app
-        .state
-        .plugins
-        .get("pem-files")
-        .expect("pem-files")
-        .clone();
-    let target = app
-        .store
-        .create_target(NewTarget {
-            agent_id: id.clone(),
-            instance: NewPluginInstance {
-                settings: json!({ "dir": "/etc/ssl/site" }),
-                grants: json!({ "dirs": ["/etc/ssl/site"] }),
-                ..NewPluginInstance::new("site", "pem-files", plugin.version())
-            },
-        })
-        .await
-        .unwrap();
+    let target = agent_site_target(&app, &id).await;
     let issuer = fixtures::issuer(&app.store).await;
     let cert =
         fixtures::certificate(&app.store, &issuer.id, Some(&target.id), KeySource::Agent).await;
-    let now = chrono::Utc::now();
     let mut versions = Vec::new();
     for serial in ["01", "02"] {
-        let version = app
-            .store
-            .record_certificate_version(NewCertificateVersion {
-                certificate_id: cert.id.clone(),
-                serial: serial.into(),
-                pem_chain: format!(
-                    "-----BEGIN CERTIFICATE-----\nMIIB{serial}\n-----END CERTIFICATE-----\n"
-                ),
-                not_before: now,
-                not_after: now + chrono::Duration::days(90),
-                fingerprint_sha256: serial.repeat(32),
-                encrypted_private_key: None,
-                job_id: None,
-                ca_certificate_id: None,
-                ca_order_id: None,
-                renew_before_secs: None,
-            })
-            .await
-            .unwrap();
-        let mut deploy = NewJob::new(JobType::Deployment)
-            .certificate(&cert.id)
-            .target(&target.id);
-        deploy.certificate_version_id = Some(version.id.clone());
-        let job = app.store.create_job(deploy).await.unwrap();
-        versions.push((version, job));
+        versions.push(
+            version_and_deployment(&app, &cert.id, &target.id, serial, &serial.repeat(32)).await,
+        );
     }
     let (old, old_job) = &versions[0];
     let (new, new_job) = &versions[1];

@@ -8,11 +8,28 @@ use std::time::{Duration, Instant};
 use certplane_host::engine;
 use certplane_host::store::{
     JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewJob, NewPluginInstance, NewTarget,
-    SENTINEL_AGENT_ID,
+    SENTINEL_AGENT_ID, Target,
 };
 use certplane_testkit::Backend;
 use certplane_testkit::app::TestApp;
 use tokio_util::sync::CancellationToken;
+
+/// A host-run pem-files target writing under `dir`.
+async fn files_target(store: &certplane_host::store::Store, dir: &std::path::Path) -> Target {
+    store
+        .create_target(NewTarget {
+            agent_id: SENTINEL_AGENT_ID.into(),
+            instance: NewPluginInstance {
+                settings: serde_json::json!({ "directory": "/certs" }),
+                grants: serde_json::json!({
+                    "directories": [{ "path": dir, "guest_path": "/certs", "writable": true }]
+                }),
+                ..NewPluginInstance::new("files", "pem-files", "0.1.0")
+            },
+        })
+        .await
+        .unwrap()
+}
 
 async fn issue_and_deploy(backend: Backend) {
     let app = TestApp::with_config(backend, |c| {
@@ -27,19 +44,7 @@ async fn issue_and_deploy(backend: Backend) {
     let issuer_row = certplane_testkit::ca_issuer(state, "local-ca", serde_json::json!({})).await;
 
     let deploy_dir = tempfile::tempdir().unwrap();
-    let target = store
-        .create_target(NewTarget {
-            agent_id: SENTINEL_AGENT_ID.into(),
-            instance: NewPluginInstance {
-                settings: serde_json::json!({ "directory": "/certs" }),
-                grants: serde_json::json!({
-                    "directories": [{ "path": deploy_dir.path(), "guest_path": "/certs", "writable": true }]
-                }),
-                ..NewPluginInstance::new("files", "pem-files", "0.1.0")
-            },
-        })
-        .await
-        .unwrap();
+    let target = files_target(store, deploy_dir.path()).await;
     let cert = store
         .create_certificate(NewCertificate {
             name: "web".into(),
@@ -445,19 +450,7 @@ async fn an_older_version_is_not_deployed_over_a_newer_one(backend: Backend) {
     let (store, state) = (&app.store, &app.state);
     let issuer = certplane_testkit::ca_issuer(state, "local-ca", serde_json::json!({})).await;
     let deploy_dir = tempfile::tempdir().unwrap();
-    let target = store
-        .create_target(NewTarget {
-            agent_id: SENTINEL_AGENT_ID.into(),
-            instance: NewPluginInstance {
-                settings: serde_json::json!({ "directory": "/certs" }),
-                grants: serde_json::json!({
-                    "directories": [{ "path": deploy_dir.path(), "guest_path": "/certs", "writable": true }]
-                }),
-                ..NewPluginInstance::new("files", "pem-files", "0.1.0")
-            },
-        })
-        .await
-        .unwrap();
+    let target = files_target(store, deploy_dir.path()).await;
     let reply = app
         .post(
             "/api/v1/certificates",
