@@ -411,8 +411,8 @@ async fn postgres_approval_wait_expires() {
 
 /// Waits (up to 30 s) until `cert` has `n` completed deployments.
 async fn deployments_completed(app: &TestApp, cert: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("{n} completed deployments of {cert}");
+    certplane_testkit::wait_for(&what, Duration::from_secs(30), || async {
         let jobs = app
             .store
             .list_jobs(&JobFilter {
@@ -422,19 +422,10 @@ async fn deployments_completed(app: &TestApp, cert: &str, n: usize) {
             })
             .await
             .unwrap();
-        let done = jobs
-            .iter()
-            .filter(|j| j.status == JobStatus::Completed)
-            .count();
-        if done >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{done} of {n} deployments completed: {jobs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let done = jobs.iter().filter(|j| j.status == JobStatus::Completed);
+        (done.count() >= n).then_some(())
+    })
+    .await;
 }
 
 /// A deployment of a version that a newer one replaced (a retry that comes
@@ -496,18 +487,15 @@ async fn an_older_version_is_not_deployed_over_a_newer_one(backend: Backend) {
     stale.certificate_version_id = Some(old_version.clone());
     let stale = store.create_job(stale).await.unwrap();
     state.engine.wake.wake_jobs();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ended = loop {
-        let job = store.get_job(&stale.id).await.unwrap().unwrap();
-        if job.status.is_terminal() {
-            break job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the old deployment never ran: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let ended = certplane_testkit::wait_for(
+        "the old deployment to run",
+        Duration::from_secs(20),
+        || async {
+            let job = store.get_job(&stale.id).await.unwrap().unwrap();
+            job.status.is_terminal().then_some(job)
+        },
+    )
+    .await;
     scheduler.shutdown(Duration::from_secs(5)).await;
     assert_eq!(ended.status, JobStatus::Cancelled, "{ended:?}");
     let why = ended.last_error.clone().unwrap_or_default();
