@@ -1525,8 +1525,10 @@ async fn certs(ctx: &Ctx, action: CertsAction) -> anyhow::Result<()> {
             let reply = ctx.client.post("/certificates/renew", Some(&body)).await?;
             ctx.show(reply, |v| {
                 format!(
-                    "{} certificates due now; the renewal sweep is issuing them\n",
-                    output::cell(v.get("renewing"))
+                    "{} certificates due now; the renewal sweep is issuing them\n\
+                     {} more were being issued already; that issuance renews them\n",
+                    output::cell(v.get("renewing")),
+                    output::cell(v.get("under_way"))
                 )
             });
             Ok(())

@@ -213,8 +213,13 @@ pub struct RenewCertificates {
 /// Answer of `POST /certificates/renew`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RenewalsAccepted {
-    /// Active certificates made due now (already-due ones are not counted).
+    /// Active certificates made due now that the renewal sweep renews
+    /// (already-due ones are not counted).
     pub renewing: u64,
+    /// Certificates made due whose issuance or renewal was already under
+    /// way: the version that job records is their renewal; they are
+    /// renewed again only if it fails for good.
+    pub under_way: u64,
 }
 
 /// Body of `POST /certificates/{id}/revoke`.
@@ -985,15 +990,18 @@ async fn renew_certificates(
         subject_id: None,
         details: json!({ "issuer_id": body.issuer_id, "owner": body.owner, "all": body.all }),
     };
-    let renewing = state
+    let counts = state
         .store
         .renew_now_where(body.issuer_id.as_deref(), body.owner.as_deref(), &event)
         .await?;
-    tracing::info!(renewing, issuer_id = ?body.issuer_id, owner = ?body.owner, "certificates made due now");
+    tracing::info!(renewing = counts.renewing, under_way = counts.under_way, issuer_id = ?body.issuer_id, owner = ?body.owner, "certificates made due now");
     state.wake.renewals.notify_one();
     Ok(json_response(
         StatusCode::ACCEPTED,
-        RenewalsAccepted { renewing },
+        RenewalsAccepted {
+            renewing: counts.renewing,
+            under_way: counts.under_way,
+        },
     ))
 }
 

@@ -151,7 +151,10 @@ async fn wake_agents_with_work(
 
 /// Claims as many jobs as there are free slots (at most [`BATCH`]) and
 /// runs each as its own task: the tick does not wait for them, so one slow
-/// call never holds back the next claim.
+/// call never holds back the next claim. The slots are taken before the
+/// claim and the claimed batch is started in a task of its own, so a tick
+/// cancelled (timed out, shut down) after its claim committed cannot leave
+/// claimed jobs leased and not running.
 async fn claim_and_run<F, Fut>(
     engine: &Engine,
     what: &'static str,
@@ -161,7 +164,7 @@ where
     F: FnOnce(u32) -> Fut,
     Fut: Future<Output = Result<Vec<crate::store::Job>, crate::store::StoreError>>,
 {
-    let mut free = engine.runner.free_slots();
+    let free = engine.runner.free_slots();
     if free == 0 {
         // A finishing job wakes the loop again.
         return Ok(TickReport::done(0));
@@ -171,12 +174,36 @@ where
         // finish so one claim takes several jobs; at a thousand jobs a
         // second claiming them one by one would cost a commit each.
         tokio::time::sleep(COALESCE_FOR).await;
-        free = engine.runner.free_slots().max(free);
     }
-    let want = u32::try_from(free).unwrap_or(BATCH).min(BATCH);
+    let Some(slots) = engine.runner.reserve(BATCH as usize) else {
+        return Ok(TickReport::done(0));
+    };
+    let want = u32::try_from(slots.num_permits()).unwrap_or(BATCH);
     let started = std::time::Instant::now();
-    let jobs = claim(want).await?;
+    let jobs = match claim(want).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            engine.runner.release(&engine.wake, slots);
+            return Err(e.into());
+        }
+    };
     engine.metrics.observe_claim(what, started.elapsed());
+    let n = jobs.len();
+    if n > 0 {
+        let runner = engine.runner.clone();
+        runner.track(start_batch(engine.clone(), jobs, slots));
+    } else {
+        engine.runner.release(&engine.wake, slots);
+    }
+    Ok(report(n, want))
+}
+
+/// Starts each job of a claimed batch in one of `slots` (one per job).
+async fn start_batch(
+    engine: Engine,
+    jobs: Vec<crate::store::Job>,
+    mut slots: tokio::sync::OwnedSemaphorePermit,
+) {
     let n = jobs.len();
     // The batch's rows in one read; if that read fails, each job reads
     // its own (and meets the same database error there, where its own
@@ -190,26 +217,44 @@ where
     };
     for job in jobs {
         let own = inputs.remove(&job.id);
-        engine.runner.spawn(engine, job, own).await;
+        // The claim asked for at most as many jobs as slots were held, so
+        // a slot is split off; waiting for one is only a fallback.
+        let slot = match slots.split(1) {
+            Some(slot) => slot,
+            None => match engine.runner.slot().await {
+                Some(slot) => slot,
+                None => return,
+            },
+        };
+        engine.runner.spawn(&engine, job, own, slot);
     }
-    Ok(report(n, want))
+    if slots.num_permits() > 0 {
+        engine.runner.release(&engine.wake, slots);
+    }
 }
 
 /// Claims up to `limit` host jobs, deployments before anything else: a
 /// deployment finishes what an issuance started, so in a storm certificates
 /// reach their targets while the rest are still being issued instead of
-/// all waiting for the whole issuance backlog.
+/// all waiting for the whole issuance backlog. Deployments to targets
+/// already busy in this process ([`runner::JobRunner::busy_targets`]) are
+/// left pending.
 async fn claim_deployments_first(
     engine: &Engine,
     limit: u32,
 ) -> Result<Vec<crate::store::Job>, crate::store::StoreError> {
+    let busy = engine.runner.busy_targets();
     let mut jobs = engine
         .store
-        .claim_pending_jobs(Some(crate::store::JobType::Deployment), limit)
+        .claim_pending_jobs_except(Some(crate::store::JobType::Deployment), limit, &busy)
         .await?;
     let left = limit.saturating_sub(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
     if left > 0 {
-        match engine.store.claim_pending_jobs(None, left).await {
+        match engine
+            .store
+            .claim_pending_jobs_except(None, left, &busy)
+            .await
+        {
             Ok(more) => jobs.extend(more),
             // The deployments are leased to this host already: run them
             // rather than leave them to lapse; the rest waits for the next
@@ -377,6 +422,8 @@ pub fn start(engine: Engine, token: CancellationToken) -> Scheduler {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// The layers below the API never reach up into it: no axum, no
     /// `crate::api` in the engine, the store, the pipeline or the metrics.
     #[test]
@@ -410,5 +457,63 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 10, "only {checked} files checked");
+    }
+
+    async fn engine_with_slots(slots: usize) -> Engine {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let mut config = HostConfig::default();
+        config.jobs.max_concurrent = slots;
+        let plugins = PluginRegistry::load(std::path::Path::new("/nonexistent-plugins"), None)
+            .await
+            .unwrap();
+        Engine::new(
+            store,
+            Arc::new(config),
+            Arc::new(plugins),
+            Arc::new(SecretBox::generate()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_claim_asks_only_for_slots_no_other_claim_holds() {
+        let engine = engine_with_slots(3).await;
+        let (entered_tx, entered) = tokio::sync::oneshot::channel::<u32>();
+        let (finish, finish_rx) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                claim_and_run(&engine, "first", |n| async move {
+                    let _ = entered_tx.send(n);
+                    let _ = finish_rx.await;
+                    Ok(Vec::new())
+                })
+                .await
+                .is_ok()
+            }
+        });
+        assert_eq!(
+            entered.await.unwrap(),
+            3,
+            "the first claim asks for every free slot"
+        );
+
+        // While the first claim is under way its slots are taken: another
+        // loop's claim must not ask for them too (its jobs would wait for
+        // a slot, leased, and be lost if its tick were cancelled).
+        let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = asked.clone();
+        claim_and_run(&engine, "second", |n| {
+            seen.store(n, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(Vec::new()) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        finish.send(()).unwrap();
+        assert!(first.await.unwrap());
+        // Slots claimed for and not used are given back.
+        assert_eq!(engine.runner.free_slots(), 3);
+        assert_eq!(engine.runner.running(), 0);
     }
 }

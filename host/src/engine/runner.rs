@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +41,8 @@ pub struct JobRunner {
     instances: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
     /// Work grouped under a name (a notifier's deliveries), stopped together.
     scopes: Mutex<HashMap<String, CancellationToken>>,
+    /// Deployment jobs running in this process, by target id.
+    deploying: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,16 +64,50 @@ impl JobRunner {
             running: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
             scopes: Mutex::new(HashMap::new()),
+            deploying: Arc::default(),
         }
     }
 
-    /// Slots free now; a claim loop claims at most this many jobs.
+    /// Slots free now (none held for it: see [`JobRunner::reserve`]).
     pub fn free_slots(&self) -> usize {
         let free = self.slots.available_permits();
         if free == 0 {
             self.starved.store(true, Ordering::SeqCst);
         }
         free
+    }
+
+    /// Takes up to `max` free slots for jobs about to be claimed; `None`
+    /// when none is free (a finishing job then wakes the claim loops).
+    /// A claim asks for no more jobs than it holds slots for, so a claimed
+    /// job never waits for one: two claim loops reading the free slots
+    /// apart could otherwise both claim them, and the jobs left waiting
+    /// would be lost, leased but never run, if their tick were cancelled.
+    pub fn reserve(&self, max: usize) -> Option<OwnedSemaphorePermit> {
+        loop {
+            let n = self.slots.available_permits().min(max);
+            if n == 0 {
+                self.starved.store(true, Ordering::SeqCst);
+                return None;
+            }
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            match self.slots.clone().try_acquire_many_owned(n) {
+                Ok(permit) => return Some(permit),
+                // Another loop took some in between: try what is left.
+                Err(TryAcquireError::NoPermits) => {}
+                Err(TryAcquireError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Gives back slots reserved and not used, waking the claim loops that
+    /// found none free meanwhile.
+    pub fn release(&self, wake: &crate::wake::Wake, slots: OwnedSemaphorePermit) {
+        drop(slots);
+        if self.starved.swap(false, Ordering::SeqCst) {
+            wake.wake_jobs();
+            wake.wake_orders();
+        }
     }
 
     /// Jobs running now.
@@ -136,6 +172,26 @@ impl JobRunner {
         locked(&self.instances).get(instance_id).map(|(n, _)| *n)
     }
 
+    /// Targets with no room for another deployment in this process: as
+    /// many of their deployments run here as twice the target's call
+    /// slots (one waiting behind each call). Claims leave their
+    /// deployments alone, so a slow target cannot fill every job slot with
+    /// deployments waiting for its call slots while issuance and other
+    /// targets' deployments wait behind them.
+    pub fn busy_targets(&self) -> Vec<String> {
+        let deploying = locked(&self.deploying);
+        let instances = locked(&self.instances);
+        deploying
+            .iter()
+            .filter(|(target, n)| {
+                instances
+                    .get(&format!("target/{target}"))
+                    .is_some_and(|(slots, _)| **n >= 2 * (*slots).max(1) as usize)
+            })
+            .map(|(target, _)| target.clone())
+            .collect()
+    }
+
     /// Waits for a call slot of `instance_id`; `None` when the instance has
     /// no limit registered (not built through the engine).
     pub async fn instance_permit(&self, instance_id: &str) -> Option<OwnedSemaphorePermit> {
@@ -145,17 +201,37 @@ impl JobRunner {
         slots.acquire_owned().await.ok()
     }
 
-    /// Runs `job` as its own task in a slot; returns at once. `inputs` are
-    /// the rows it works with when they were read with its claimed batch;
-    /// without them the job reads its own.
-    pub async fn spawn(&self, engine: &Engine, job: Job, inputs: Option<JobInputs>) {
-        let Ok(permit) = self.slots.clone().acquire_owned().await else {
-            return;
-        };
+    /// Waits for one free slot; `None` only once the runner is gone.
+    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Runs `task` among the job tasks: shutdown waits for it (and its
+    /// grace period's end stops it) like a job.
+    pub fn track<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task);
+    }
+
+    /// Runs `job` as its own task in `slot` (one slot split off a
+    /// [`JobRunner::reserve`]d set); returns at once. `inputs` are the rows
+    /// it works with when they were read with its claimed batch; without
+    /// them the job reads its own.
+    pub fn spawn(
+        &self,
+        engine: &Engine,
+        job: Job,
+        inputs: Option<JobInputs>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let token = self.stop.child_token();
         locked(&self.running).insert(job.id.clone(), token.clone());
+        let deploying = Deploying::start(self, &job);
         let engine = engine.clone();
         self.tracker.spawn(async move {
+            let _deploying = deploying;
             let id = job.id.clone();
             let lease = job.lease();
             let expires = job.lease_expires_at;
@@ -168,14 +244,42 @@ impl JobRunner {
                     tracing::warn!(job = %id, "running job stopped: cancelled elsewhere or its lease was lost");
                 }
             }
-            let runner = &engine.runner;
-            locked(&runner.running).remove(&id);
-            drop(permit);
-            if runner.starved.swap(false, Ordering::SeqCst) {
-                engine.wake.wake_jobs();
-                engine.wake.wake_orders();
-            }
+            locked(&engine.runner.running).remove(&id);
+            engine.runner.release(&engine.wake, permit);
         });
+    }
+}
+
+/// A deployment counted against its target while it runs (see
+/// [`JobRunner::busy_targets`]); dropping it ends the count.
+struct Deploying {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    target: String,
+}
+
+impl Deploying {
+    fn start(runner: &JobRunner, job: &Job) -> Option<Deploying> {
+        if job.job_type != crate::store::JobType::Deployment {
+            return None;
+        }
+        let target = job.target_id.clone()?;
+        *locked(&runner.deploying).entry(target.clone()).or_default() += 1;
+        Some(Deploying {
+            counts: runner.deploying.clone(),
+            target,
+        })
+    }
+}
+
+impl Drop for Deploying {
+    fn drop(&mut self) {
+        let mut deploying = locked(&self.counts);
+        if let Some(n) = deploying.get_mut(&self.target) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                deploying.remove(&self.target);
+            }
+        }
     }
 }
 

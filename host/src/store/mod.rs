@@ -51,6 +51,7 @@ pub use repo::job_inputs::{DeploymentInputs, IssuanceInputs, JobInputs};
 pub use repo::notices::{AlertChange, Notice, SendWhen};
 pub use repo::outcomes::{Committed, Guard, JobEnd, Outcome};
 pub use repo::reclaim::Reclaimed;
+pub use repo::renewals::RenewNow;
 pub use repo::signals::{Received, SignalListener, WAKE_CHANNEL};
 
 /// Result type of the store.

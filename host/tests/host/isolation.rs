@@ -265,6 +265,69 @@ async fn jobs_waiting_for_a_call_slot_keep_their_lease() {
     scheduler.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A slow target with a backlog of deployments holds no more job slots
+/// than it can use: its deployments are claimed first, and without a bound
+/// every job slot would hold one waiting for the target's single call
+/// slot, so another certificate's issuance and deployment would wait for
+/// most of the slow backlog to drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_target_leaves_job_slots_for_other_work() {
+    let (app, _plugins) = app_with_fixtures(&["hostile"], |c| {
+        c.jobs.max_concurrent = 4;
+        c.scheduler.jobs_ms = 50;
+    })
+    .await;
+    let issuer = ca_issuer(&app.state, "local-ca", json!({})).await.id;
+    let slow = target(
+        &app,
+        "slow",
+        "hostile",
+        json!({ "mode": "hold-memory", "mib": 1, "millis": 400 }),
+        json!({ "limits": { "concurrency": 1 } }),
+    )
+    .await;
+    let quick = target(
+        &app,
+        "quick",
+        "hostile",
+        json!({ "mode": "hold-memory", "mib": 1, "millis": 0 }),
+        json!({}),
+    )
+    .await;
+    let token = CancellationToken::new();
+    let scheduler = engine::start(app.state.engine.clone(), token.clone());
+    let mut backlog = Vec::new();
+    for i in 0..10 {
+        backlog.push(certificate(&app, &format!("slow{i}"), &issuer, &slow).await);
+    }
+    for cert in &backlog {
+        job_where(&app, cert, JobType::Deployment, "never queued", |_| true).await;
+    }
+    let cert = certificate(&app, "quick", &issuer, &quick).await;
+    job_where(
+        &app,
+        &cert,
+        JobType::Deployment,
+        "not deployed in 20 s",
+        |j| j.status == JobStatus::Completed,
+    )
+    .await;
+    let mut slow_done = 0;
+    for cert in &backlog {
+        let jobs = jobs_of(&app, cert, JobType::Deployment).await;
+        slow_done += jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Completed)
+            .count();
+    }
+    assert!(
+        slow_done <= 3,
+        "the quick certificate waited behind the slow target: {slow_done} of its 10 deployments were done first"
+    );
+    token.cancel();
+    scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_limits_are_checked_against_the_host_ceiling() {
     let (app, _plugins) = app_with_fixtures(&["hostile"], |c| {

@@ -189,6 +189,52 @@ async fn storm_deploys_while_it_issues(backend: Backend) {
     );
 }
 
+/// A bulk renewal tells the certificates it sends to the sweep from those
+/// whose issuance or renewal was already under way (that job's version is
+/// their renewal), in its answer and its audit event.
+async fn bulk_renewal_counts_what_is_already_under_way(backend: Backend) {
+    let app = TestApp::with_config(backend, |_| {}).await;
+    let store = &app.store;
+    let issuer = certplane_testkit::ca_issuer(&app.state, "local-ca", json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = pem_files_target(store, dir.path()).await;
+    let later = certplane_host::store::now() + chrono::Duration::days(30);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = certificate(store, &issuer.id, &target, i).await;
+        assert!(
+            store
+                .set_certificate_renew_at(&id, later, None)
+                .await
+                .unwrap()
+        );
+        ids.push(id);
+    }
+    store
+        .create_job(NewJob::new(JobType::Renewal).certificate(&ids[0]))
+        .await
+        .unwrap();
+
+    let r = renew(&app, &app.operator, json!({ "issuer_id": issuer.id })).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.json["renewing"], 2, "{}", r.text);
+    assert_eq!(r.json["under_way"], 1, "{}", r.text);
+    let audit = store
+        .list_audit_events(Some("certificate"), None, 100)
+        .await
+        .unwrap();
+    let event = audit
+        .iter()
+        .find(|e| e.action == "certificate.renew_now")
+        .expect("audited");
+    assert_eq!(event.details["renewing"], 2);
+    assert_eq!(event.details["under_way"], 1);
+    // Already due now: a second request counts nothing.
+    let again = renew(&app, &app.operator, json!({ "issuer_id": issuer.id })).await;
+    assert_eq!(again.json["renewing"], 0, "{}", again.text);
+    assert_eq!(again.json["under_way"], 0, "{}", again.text);
+}
+
 /// A certificate falling due 1.5 s from now is renewed then, although the
 /// sweep's own interval is a minute: the sweep arms an alarm for the
 /// earliest `renew_at` ahead.
@@ -348,4 +394,5 @@ certplane_testkit::both_backends!(
     storm_deploys_while_it_issues,
     the_sweep_wakes_when_a_certificate_falls_due,
     the_sweep_skips_the_backlog,
+    bulk_renewal_counts_what_is_already_under_way,
 );

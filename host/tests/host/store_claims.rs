@@ -669,16 +669,25 @@ async fn deployment_claims_do_not_walk_a_renewal_backlog(b: Backend) {
             exec(&store, "ANALYZE").await;
         }
         let plan = store
-            .explain_host_claim(Some(JobType::Deployment))
+            .explain_host_claim(Some(JobType::Deployment), false)
             .await
             .unwrap();
         assert!(
             plan.contains("jobs_pending_host_deployments"),
             "analyzed: {analyzed}\n{plan}"
         );
+        // So is the claim that leaves busy targets alone.
+        let plan = store
+            .explain_host_claim(Some(JobType::Deployment), true)
+            .await
+            .unwrap();
+        assert!(
+            plan.contains("jobs_pending_host_deployments"),
+            "leaving targets alone, analyzed: {analyzed}\n{plan}"
+        );
         // Other typed claims keep to the by-type index.
         let plan = store
-            .explain_host_claim(Some(JobType::Revocation))
+            .explain_host_claim(Some(JobType::Revocation), false)
             .await
             .unwrap();
         if b == Backend::Sqlite {
@@ -701,6 +710,54 @@ async fn deployment_claims_do_not_walk_a_renewal_backlog(b: Backend) {
     assert_eq!(
         store.claim_pending_jobs(None, 5_000).await.unwrap().len(),
         2_000
+    );
+}
+
+/// A claim leaves alone the deployments to the targets it is told are
+/// busy (whichever claim: deployments only, or any type), and they are
+/// claimed once the targets are not.
+async fn claims_leave_busy_targets_alone(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let agent = fixtures::agent(&store, "a").await;
+    let busy = fixtures::target(&store, &agent.id, "busy").await;
+    let free = fixtures::target(&store, &agent.id, "free").await;
+    let earlier = now() - chrono::Duration::minutes(10);
+    let mut jobs: Vec<NewJob> = (0..3)
+        .map(|_| {
+            NewJob::new(JobType::Deployment)
+                .target(&busy.id)
+                .agent("host")
+                .run_at(earlier)
+        })
+        .collect();
+    jobs.push(
+        NewJob::new(JobType::Deployment)
+            .target(&free.id)
+            .agent("host"),
+    );
+    jobs.push(NewJob::new(JobType::Issuance).run_at(earlier));
+    store.create_jobs(&jobs).await.unwrap();
+    let except = [busy.id.clone()];
+
+    let deployments = store
+        .claim_pending_jobs_except(Some(JobType::Deployment), 10, &except)
+        .await
+        .unwrap();
+    assert_eq!(deployments.len(), 1, "{deployments:?}");
+    assert_eq!(deployments[0].target_id.as_deref(), Some(free.id.as_str()));
+    let any = store
+        .claim_pending_jobs_except(None, 10, &except)
+        .await
+        .unwrap();
+    assert_eq!(any.len(), 1, "{any:?}");
+    assert_eq!(any[0].job_type, JobType::Issuance);
+
+    let rest = store.claim_pending_jobs(None, 10).await.unwrap();
+    assert_eq!(rest.len(), 3);
+    assert!(
+        rest.iter()
+            .all(|j| j.target_id.as_deref() == Some(busy.id.as_str()))
     );
 }
 
@@ -1022,6 +1079,7 @@ both_backends!(
     job_listing_pages_read_an_index_not_the_table,
     expiring_waits_reads_only_the_waiting_jobs,
     deployment_claims_do_not_walk_a_renewal_backlog,
+    claims_leave_busy_targets_alone,
     claim_flips_to_running_and_residual_is_empty,
     claim_by_type_respects_type_and_limit,
     concurrent_claimants_get_disjoint_jobs,

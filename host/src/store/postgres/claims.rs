@@ -35,12 +35,16 @@ macro_rules! backoff {
 /// `$type` (nothing, or a type term).
 macro_rules! host_claim {
     ($type:literal) => {
+        host_claim!($type, "")
+    };
+    ($type:literal, $except:literal) => {
         concat!(
             "
 WITH c AS MATERIALIZED (
     SELECT id FROM jobs
     WHERE status = 'pending' AND agent_id = 'host'",
             $type,
+            $except,
             " AND run_at <= $3
     ORDER BY run_at
     LIMIT $4
@@ -66,6 +70,19 @@ pub(crate) const CLAIM_HOST_TYPED: &str = host_claim!(" AND job_type = $5");
 /// `run_at` and filters the type, through every pending renewal of a storm,
 /// even with fresh statistics (most finished jobs are deployments).
 pub(crate) const CLAIM_HOST_DEPLOYMENTS: &str = host_claim!(" AND job_type = 'deployment'");
+
+/// [`CLAIM_HOST`] without the deployments to the targets in the JSON
+/// array `$5` (targets with no room for more in this process).
+pub(crate) const CLAIM_HOST_EXCEPT: &str = host_claim!(
+    "",
+    " AND NOT (job_type = 'deployment' AND COALESCE(target_id, '') = ANY(ARRAY(SELECT json_array_elements_text($5::json))))"
+);
+
+/// [`CLAIM_HOST_DEPLOYMENTS`] without the targets in the JSON array `$5`.
+pub(crate) const CLAIM_HOST_DEPLOYMENTS_EXCEPT: &str = host_claim!(
+    " AND job_type = 'deployment'",
+    " AND NOT (COALESCE(target_id, '') = ANY(ARRAY(SELECT json_array_elements_text($5::json))))"
+);
 
 /// Agent `$5`: direct `agent_id` match, or target→agent for rows without
 /// `agent_id`; never for a retired agent or a retired target.

@@ -16,21 +16,41 @@ pub(crate) struct HostClaim {
     pub(crate) now: chrono::DateTime<chrono::Utc>,
     pub(crate) limit: u32,
     pub(crate) job_type: Option<JobType>,
+    /// Targets whose deployments are left alone, as a JSON array; `None`
+    /// for none.
+    pub(crate) except_targets: Option<String>,
 }
 
 impl HostClaim {
-    /// The claim's statement on SQLite and on PostgreSQL, and the type it
+    /// The claim's statement on SQLite and on PostgreSQL, and what it
     /// binds as `$5`: deployments have a statement of their own with the
-    /// type written in, so they bind none.
-    fn form(&self) -> (&'static str, &'static str, Option<JobType>) {
-        match self.job_type {
-            None => (lite::CLAIM_HOST, pg::CLAIM_HOST, None),
-            Some(JobType::Deployment) => (
+    /// type written in, so they bind no type; a claim leaving some targets
+    /// alone binds their list instead (only claims that may take
+    /// deployments do).
+    fn form(&self) -> (&'static str, &'static str, Option<ClaimParam<'_>>) {
+        let except = self.except_targets.as_deref();
+        match (self.job_type, except) {
+            (None, None) => (lite::CLAIM_HOST, pg::CLAIM_HOST, None),
+            (None, Some(list)) => (
+                lite::CLAIM_HOST_EXCEPT,
+                pg::CLAIM_HOST_EXCEPT,
+                Some(ClaimParam::Targets(list)),
+            ),
+            (Some(JobType::Deployment), None) => (
                 lite::CLAIM_HOST_DEPLOYMENTS,
                 pg::CLAIM_HOST_DEPLOYMENTS,
                 None,
             ),
-            Some(t) => (lite::CLAIM_HOST_TYPED, pg::CLAIM_HOST_TYPED, Some(t)),
+            (Some(JobType::Deployment), Some(list)) => (
+                lite::CLAIM_HOST_DEPLOYMENTS_EXCEPT,
+                pg::CLAIM_HOST_DEPLOYMENTS_EXCEPT,
+                Some(ClaimParam::Targets(list)),
+            ),
+            (Some(t), _) => (
+                lite::CLAIM_HOST_TYPED,
+                pg::CLAIM_HOST_TYPED,
+                Some(ClaimParam::Type(t)),
+            ),
         }
     }
 
@@ -40,10 +60,19 @@ impl HostClaim {
         (lite, pg)
     }
 
-    /// The type bound as `$5`, if any.
-    pub(crate) fn type_param(&self) -> Option<JobType> {
+    /// What is bound as `$5`, if anything.
+    pub(crate) fn param(&self) -> Option<ClaimParam<'_>> {
         self.form().2
     }
+}
+
+/// The fifth parameter of a host claim.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ClaimParam<'a> {
+    /// The one job type claimed.
+    Type(JobType),
+    /// The targets left alone, a JSON array.
+    Targets(&'a str),
 }
 
 /// Runs the claim `$claim` (`&HostClaim`) with the backend's statement
@@ -59,8 +88,10 @@ macro_rules! claim_host_jobs {
                 .bind($crate::store::codec::ts(claim.lease_expires_at))
                 .bind($crate::store::codec::ts(claim.now))
                 .bind($crate::store::repo::sql_limit(claim.limit));
-            if let Some(t) = claim.type_param() {
-                q = q.bind(t);
+            match claim.param() {
+                Some($crate::store::repo::claims::ClaimParam::Type(t)) => q = q.bind(t),
+                Some($crate::store::repo::claims::ClaimParam::Targets(list)) => q = q.bind(list),
+                None => {}
             }
             Ok::<_, $crate::store::StoreError>(q.fetch_all($exec).await?)
         }
@@ -85,13 +116,29 @@ impl Store {
         job_type: Option<JobType>,
         limit: u32,
     ) -> StoreResult<Vec<Job>> {
+        self.claim_pending_jobs_except(job_type, limit, &[]).await
+    }
+
+    /// [`Store::claim_pending_jobs`] leaving alone the deployments to the
+    /// targets `except_targets` (ones with no room for more work in this
+    /// process: their deployments stay pending for a replica, or a later
+    /// claim, that can run them).
+    pub async fn claim_pending_jobs_except(
+        &self,
+        job_type: Option<JobType>,
+        limit: u32,
+        except_targets: &[String],
+    ) -> StoreResult<Vec<Job>> {
         let now = now();
+        let except_targets = (!except_targets.is_empty())
+            .then(|| crate::store::repo::id_list(except_targets.iter().map(String::as_str)));
         let claim = HostClaim {
             owner: self.options.instance_id.clone(),
             lease_expires_at: self.lease_expiry(now),
             now,
             limit,
             job_type,
+            except_targets,
         };
         // On SQLite the claim joins the group committer's transaction, so
         // the job loops do not take turns with it for the single writer.

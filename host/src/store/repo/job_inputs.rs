@@ -11,7 +11,9 @@
 //! (BENCHMARKS.md, issue 13). The API's certificate create reads the
 //! issuer and targets it checks the same way.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+
+use crate::store::repo::id_list;
 
 use crate::store::{
     Backend, Certificate, CertificateVersion, Job, JobType, PluginInstance, Store, StoreResult,
@@ -92,11 +94,6 @@ pub(crate) const POSTGRES_BATCH: BatchSql =
     batch_sql!(" = ANY(ARRAY(SELECT json_array_elements_text($1::json)))");
 
 /// Ids as the JSON array the batch statements take.
-fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
-    let ids: BTreeSet<&str> = ids.into_iter().collect();
-    serde_json::Value::from(ids.into_iter().collect::<Vec<_>>()).to_string()
-}
-
 /// What the batch statements returned.
 #[derive(Default)]
 struct Rows {

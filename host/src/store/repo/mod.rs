@@ -21,9 +21,17 @@ mod plans;
 pub(crate) mod plugins;
 pub(crate) mod reclaim;
 mod renewal_info;
-mod renewals;
+pub(crate) mod renewals;
 pub(crate) mod signals;
 pub(crate) mod waits;
+
+/// Ids as a JSON array (each once, sorted), bound as one parameter and
+/// unpacked by `json_each` (SQLite) or `json_array_elements_text`
+/// (PostgreSQL): one statement whatever the number of ids.
+pub(crate) fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    let ids: std::collections::BTreeSet<&str> = ids.into_iter().collect();
+    serde_json::Value::from(ids.into_iter().collect::<Vec<_>>()).to_string()
+}
 
 /// Clamps a caller's limit to a positive SQL LIMIT.
 pub(crate) fn sql_limit(limit: u32) -> i64 {

@@ -7,26 +7,35 @@
 use sqlx::QueryBuilder;
 
 use crate::store::codec::now;
-use crate::store::repo::claims::HostClaim;
+use crate::store::repo::claims::{ClaimParam, HostClaim};
 use crate::store::repo::jobs::list_jobs_query;
 use crate::store::repo::waits::EXPIRE_WAITING;
 use crate::store::{JobFilter, JobStatus, JobType, PoolRef, Store, StoreResult};
 
 impl Store {
     /// The plan of the host claim of `job_type`, one line per step.
+    /// With `except_targets`, the claim that leaves some targets alone.
     #[doc(hidden)]
-    pub async fn explain_host_claim(&self, job_type: Option<JobType>) -> StoreResult<String> {
+    pub async fn explain_host_claim(
+        &self,
+        job_type: Option<JobType>,
+        except_targets: bool,
+    ) -> StoreResult<String> {
         let claim = HostClaim {
             owner: String::new(),
             lease_expires_at: now(),
             now: now(),
             limit: 16,
             job_type,
+            except_targets: except_targets.then(|| "[\"explain\"]".to_owned()),
         };
         let (lite_sql, pg_sql) = claim.sql();
         let mut args = vec!["'explain'", "now()", "now()", "16"];
-        let type_arg = claim.type_param().map(|t| format!("'{}'", t.as_str()));
-        args.extend(type_arg.as_deref());
+        let param = claim.param().map(|p| match p {
+            ClaimParam::Type(t) => format!("'{}'", t.as_str()),
+            ClaimParam::Targets(list) => format!("'{list}'"),
+        });
+        args.extend(param.as_deref());
         self.explain(lite_sql, pg_sql, &args).await
     }
 

@@ -57,35 +57,54 @@ impl Store {
 
     /// Makes every active certificate of `issuer_id` and/or `owner` (both
     /// `None`: every active certificate) due now, and records `audit` with
-    /// the count in the same transaction; returns how many became due. The
-    /// renewal sweep, woken by the caller, turns them into jobs in batches.
+    /// the counts in the same transaction. The renewal sweep, woken by the
+    /// caller, turns them into jobs in batches. Certificates already due
+    /// are left as they are and not counted.
     pub async fn renew_now_where(
         &self,
         issuer_id: Option<&str>,
         owner: Option<&str>,
         audit: &NewAuditEvent,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<RenewNow> {
         let now = now();
         on_write!(self, |pool| {
             let mut tx = crate::store::BeginWrite::begin_write(pool).await?;
-            let n = sqlx::query(
+            let open: Vec<i64> = sqlx::query_scalar(
                 "UPDATE certificates SET renew_at = $1, updated_at = $1
                  WHERE status = 'active' AND renew_at > $1
-                   AND ($2 IS NULL OR issuer_id = $2) AND ($3 IS NULL OR owner = $3)",
+                   AND ($2 IS NULL OR issuer_id = $2) AND ($3 IS NULL OR owner = $3)
+                 RETURNING open_issuance",
             )
             .bind(ts(now))
             .bind(issuer_id)
             .bind(owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .fetch_all(&mut *tx)
+            .await?;
+            let under_way = open.iter().filter(|n| **n > 0).count() as u64;
+            let counts = RenewNow {
+                renewing: open.len() as u64 - under_way,
+                under_way,
+            };
             let mut event = audit.clone();
             if let Some(details) = event.details.as_object_mut() {
-                details.insert("renewing".into(), serde_json::json!(n));
+                details.insert("renewing".into(), serde_json::json!(counts.renewing));
+                details.insert("under_way".into(), serde_json::json!(counts.under_way));
             }
             insert_audit!(&mut *tx, now, &event)?;
             tx.commit().await?;
-            Ok(n)
+            Ok(counts)
         })
     }
+}
+
+/// What [`Store::renew_now_where`] made due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewNow {
+    /// Certificates the renewal sweep will now renew.
+    pub renewing: u64,
+    /// Certificates whose issuance or renewal was already under way: the
+    /// version that job records is their renewal (it sets their next
+    /// renewal from that version); a new job is made only if it fails for
+    /// good.
+    pub under_way: u64,
 }

@@ -39,6 +39,9 @@ macro_rules! backoff {
 /// or a type term).
 macro_rules! host_claim {
     ($from:literal, $type:literal) => {
+        host_claim!($from, $type, "")
+    };
+    ($from:literal, $type:literal, $except:literal) => {
         concat!(
             "
 UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1,
@@ -48,6 +51,7 @@ WHERE id IN (SELECT id FROM ",
             "
              WHERE status = 'pending' AND agent_id = 'host'",
             $type,
+            $except,
             " AND run_at <= $3
              ORDER BY run_at LIMIT $4)
 RETURNING *"
@@ -73,6 +77,21 @@ pub(crate) const CLAIM_HOST_TYPED: &str = host_claim!(
 pub(crate) const CLAIM_HOST_DEPLOYMENTS: &str = host_claim!(
     "jobs INDEXED BY jobs_pending_host_deployments",
     " AND job_type = 'deployment'"
+);
+
+/// [`CLAIM_HOST`] without the deployments to the targets in the JSON
+/// array `$5` (targets with no room for more in this process).
+pub(crate) const CLAIM_HOST_EXCEPT: &str = host_claim!(
+    "jobs",
+    "",
+    " AND NOT (job_type = 'deployment' AND COALESCE(target_id, '') IN (SELECT value FROM json_each($5)))"
+);
+
+/// [`CLAIM_HOST_DEPLOYMENTS`] without the targets in the JSON array `$5`.
+pub(crate) const CLAIM_HOST_DEPLOYMENTS_EXCEPT: &str = host_claim!(
+    "jobs INDEXED BY jobs_pending_host_deployments",
+    " AND job_type = 'deployment'",
+    " AND COALESCE(target_id, '') NOT IN (SELECT value FROM json_each($5))"
 );
 
 /// Agent `$5`: direct `agent_id` match, or target→agent for rows without
