@@ -67,7 +67,7 @@ pub use certplane_proto::agent::{
     AgentJob, ChallengeReport, ChallengeReportAccepted, ChallengeTask, HeartbeatReply,
     JobCertificate, JobCertificateVersion, JobTarget, Registered, WorkReply as Work,
 };
-use certplane_proto::agent::{CsrRequest, RegisterRequest, WorkQuery};
+use certplane_proto::agent::{CsrRequest, HeartbeatRequest, RegisterRequest, WorkQuery};
 
 /// What the agent reports at the end of a job (the protocol's one
 /// definition, shared with the host).
@@ -149,11 +149,20 @@ impl HostApi {
         self.client.connections_opened()
     }
 
-    /// `POST /agents/heartbeat`.
-    pub async fn heartbeat(&self) -> Result<HeartbeatReply, HostError> {
+    /// `POST /agents/heartbeat`, naming the jobs this agent holds (their
+    /// leases are extended).
+    pub async fn heartbeat(&self, held_jobs: &[String]) -> Result<HeartbeatReply, HostError> {
+        // A list of strings always encodes; an empty one is left out, so
+        // an idle agent's heartbeat stays bodiless.
+        let body = (!held_jobs.is_empty()).then(|| {
+            serde_json::to_value(HeartbeatRequest {
+                held_jobs: held_jobs.to_vec(),
+            })
+            .unwrap_or_default()
+        });
         let reply = self
             .client
-            .post("/agents/heartbeat", None)
+            .post("/agents/heartbeat", body.as_ref())
             .await
             .map_err(HostError::from_client)?;
         parse(reply.json)

@@ -28,6 +28,33 @@ const WORK_LIMIT: u32 = 10;
 /// so a small pool keeps the idle footprint down.
 const MAX_INSTANCES: u32 = 8;
 
+/// The jobs this agent holds: the batch of its last poll, less those it
+/// finished. Heartbeats name them so the host extends their leases.
+#[derive(Debug, Clone, Default)]
+struct HeldJobs(Arc<Mutex<Vec<String>>>);
+
+impl HeldJobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        // A list of ids is consistent after any single push or remove, so
+        // a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hold(&self, ids: impl IntoIterator<Item = String>) {
+        let mut held = self.lock();
+        held.clear();
+        held.extend(ids);
+    }
+
+    fn release(&self, id: &str) {
+        self.lock().retain(|held| held != id);
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+}
+
 /// How long the agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -164,10 +191,12 @@ pub async fn run(
         Mode::Once => once(&api, &executor, &challenges, &contact).await,
         Mode::Continuous => {
             let retired = CancellationToken::new();
+            let held = HeldJobs::default();
             let heartbeat = tokio::spawn(heartbeat_loop(
                 api.clone(),
                 config.heartbeat_interval(),
                 contact.clone(),
+                held.clone(),
                 shutdown.clone(),
                 retired.clone(),
             ));
@@ -178,6 +207,7 @@ pub async fn run(
                 &contact,
                 &config,
                 poll_wait,
+                &held,
                 &shutdown,
                 &retired,
                 &mut backoff,
@@ -299,7 +329,7 @@ async fn once(
     contact: &Contact,
 ) -> Result<Exit, AgentError> {
     let step = async {
-        api.heartbeat().await?;
+        api.heartbeat(&[]).await?;
         contact.ok();
         let work = api.work(Duration::ZERO, WORK_LIMIT).await?;
         contact.ok();
@@ -350,7 +380,7 @@ async fn run_cancellable(
 async fn cancelled_on_host(api: &HostApi, id: &str) {
     loop {
         tokio::time::sleep(CANCEL_CHECK).await;
-        match api.heartbeat().await {
+        match api.heartbeat(&[]).await {
             Ok(beat) if beat.cancelled_jobs.iter().any(|j| j == id) => return,
             Ok(_) => {}
             Err(e) => tracing::debug!(job = %id, error = %e, "cannot ask the host about the job"),
@@ -362,11 +392,12 @@ async fn heartbeat_loop(
     api: HostApi,
     interval: Duration,
     contact: Contact,
+    held: HeldJobs,
     shutdown: CancellationToken,
     retired: CancellationToken,
 ) {
     loop {
-        match api.heartbeat().await {
+        match api.heartbeat(&held.ids()).await {
             Ok(beat) => {
                 contact.ok();
                 let skew = (Utc::now() - beat.server_time).num_seconds().abs();
@@ -397,6 +428,7 @@ async fn poll_loop(
     contact: &Contact,
     config: &AgentConfig,
     poll_wait: Duration,
+    held: &HeldJobs,
     shutdown: &CancellationToken,
     retired: &CancellationToken,
     backoff: &mut Backoff,
@@ -426,8 +458,12 @@ async fn poll_loop(
                         },
                     }
                 }
+                held.hold(jobs.iter().map(|j| j.id.clone()));
                 for job in jobs {
-                    match run_cancellable(api, executor, job).await {
+                    let id = job.id.clone();
+                    let ran = run_cancellable(api, executor, job).await;
+                    held.release(&id);
+                    match ran {
                         Ok(Progress::Done) => progressed = true,
                         Ok(Progress::Skipped) => {}
                         Err(e) => match on_host_error(e, contact, config) {
@@ -444,6 +480,10 @@ async fn poll_loop(
                         return Ok(Exit::Stopped);
                     }
                 }
+                // Jobs of the batch left unrun (the host failed mid-batch)
+                // are no longer renewed: their leases lapse and the host
+                // hands them out again.
+                held.hold(std::iter::empty());
                 if progressed && !host_failed {
                     backoff.reset();
                     None

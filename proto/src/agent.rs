@@ -16,8 +16,8 @@ pub use challenges::{
     ChallengeAction, ChallengeReport, ChallengeReportAccepted, ChallengeReportState, ChallengeTask,
 };
 pub use work::{
-    AgentJob, HeartbeatReply, JobCertificate, JobCertificateVersion, JobTarget, RegisterRequest,
-    Registered, WorkQuery, WorkReply,
+    AgentJob, HeartbeatReply, HeartbeatRequest, JobCertificate, JobCertificateVersion, JobTarget,
+    RegisterRequest, Registered, WorkQuery, WorkReply,
 };
 
 /// Where to probe a deployment (mirrors the WIT `endpoint` record of the

@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use certplane_proto::agent::{
     AgentJob, ChallengeReport, ChallengeReportAccepted, CsrAccepted, CsrRequest, HeartbeatReply,
-    JobCertificate, JobCertificateVersion, JobTarget, RegisterRequest, Registered, ResultAccepted,
-    ResultRequest, WorkQuery, WorkReply,
+    HeartbeatRequest, JobCertificate, JobCertificateVersion, JobTarget, RegisterRequest,
+    Registered, ResultAccepted, ResultRequest, WorkQuery, WorkReply,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -230,17 +230,58 @@ const CANCELLED_JOBS_WINDOW_MINUTES: i64 = 10;
 /// Most cancelled jobs one heartbeat reports.
 const CANCELLED_JOBS_MAX: u32 = 100;
 
-/// Record a heartbeat of the calling agent; the answer lists its recently
-/// cancelled jobs, so one it is running stops.
+/// Most held jobs one heartbeat may name.
+const MAX_HELD_JOBS: usize = 1_000;
+
+/// Record a heartbeat of the calling agent and extend the leases of the
+/// jobs it says it holds (while less than half is left, for at most
+/// [`crate::engine::runner::MAX_HOLD_LEASES`] lease lengths from the
+/// claim); the answer lists its recently cancelled jobs, so one it is
+/// running stops. The body is optional.
 #[utoipa::path(post, path = "/agents/heartbeat", tag = "agents",
+    request_body(content = HeartbeatRequest, description = "optional: the jobs the agent holds"),
     responses((status = 200, body = HeartbeatReply),
         (status = 401, body = super::error::ErrorBody),
-        (status = 410, description = "the agent is retired", body = super::error::ErrorBody)),
+        (status = 410, description = "the agent is retired", body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)),
     security(("agent" = [])))]
-async fn heartbeat(State(state): State<AppState>, caller: AgentCaller) -> ApiResult<Response> {
+async fn heartbeat(
+    State(state): State<AppState>,
+    caller: AgentCaller,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
     let id = caller.agent.id;
+    let request: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        HeartbeatRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::validation(format!("invalid heartbeat body: {e}")))?
+    };
+    if request.held_jobs.len() > MAX_HELD_JOBS {
+        return Err(ApiError::validation(format!(
+            "held_jobs names {} jobs; at most {MAX_HELD_JOBS}",
+            request.held_jobs.len()
+        )));
+    }
     match state.store.record_heartbeat(&id).await? {
         HeartbeatOutcome::Recorded => {
+            let length = state.store.options().lease_duration;
+            let hold = chrono::Duration::from_std(crate::engine::runner::hold_limit(length))
+                .unwrap_or(chrono::Duration::MAX);
+            let renewed = state
+                .store
+                .renew_agent_leases(
+                    &id,
+                    &request.held_jobs,
+                    crate::engine::runner::renew_within(length),
+                    Utc::now()
+                        .checked_sub_signed(hold)
+                        .unwrap_or(DateTime::<Utc>::MIN_UTC),
+                )
+                .await?;
+            if renewed > 0 {
+                tracing::debug!(agent = %id, renewed, "leases of held jobs extended");
+            }
             let since = Utc::now() - chrono::Duration::minutes(CANCELLED_JOBS_WINDOW_MINUTES);
             let cancelled_jobs = state
                 .store

@@ -27,6 +27,18 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// the lease, so only a job stuck in this process reaches it.
 pub const MAX_HOLD_LEASES: u32 = 12;
 
+/// How much of a lease of `length` may be left before it is renewed: half,
+/// and at least three [`WATCH_INTERVAL`]s so a short lease is renewed in
+/// time.
+pub fn renew_within(length: Duration) -> Duration {
+    (length / 2).max(WATCH_INTERVAL * 3)
+}
+
+/// How long a job may keep its lease of `length` by renewing it.
+pub fn hold_limit(length: Duration) -> Duration {
+    length.saturating_mul(MAX_HOLD_LEASES)
+}
+
 /// The job tasks of one engine.
 #[derive(Debug)]
 pub struct JobRunner {
@@ -315,11 +327,10 @@ async fn watch(
         return std::future::pending().await;
     };
     let length = engine.store.options().lease_duration;
-    let renew_within = chrono::Duration::from_std((length / 2).max(WATCH_INTERVAL * 3))
-        .unwrap_or(chrono::Duration::MAX);
+    let renew_within =
+        chrono::Duration::from_std(renew_within(length)).unwrap_or(chrono::Duration::MAX);
     // `None` (no end) only for a lease too long to add to the clock.
-    let hold_until =
-        tokio::time::Instant::now().checked_add(length.saturating_mul(MAX_HOLD_LEASES));
+    let hold_until = tokio::time::Instant::now().checked_add(hold_limit(length));
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
         let due = expires.is_some_and(|at| at - crate::store::now() < renew_within);

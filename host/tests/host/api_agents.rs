@@ -905,7 +905,71 @@ async fn superseded_deployments_are_not_handed_out(b: Backend) {
     assert!(jobs(&poll(&app, &cred, 0).await).is_empty());
 }
 
+/// An agent runs the jobs of a poll one after another, each leased at the
+/// poll: its heartbeats name the jobs it holds and extend their leases, so
+/// the last of a long batch is not taken back when the first lease ends
+/// and run a second time. Never another agent's job, never a job held past
+/// the hold limit; a malformed body is refused.
+async fn heartbeats_extend_the_leases_of_held_jobs(b: Backend) {
+    // A 2 s lease is always within its renewal window.
+    let app = TestApp::with_config(b, |c| c.jobs.lease_secs = 2).await;
+    let (id, cred) = register(&app, "web-1").await;
+    let (other, other_cred) = register(&app, "web-2").await;
+    let mine = deployment_for(&app, &agent_site_target(&app, &id).await.id).await;
+    let theirs = deployment_for(
+        &app,
+        &fixtures::target(&app.store, &other, "other").await.id,
+    )
+    .await;
+    assert_eq!(jobs(&poll(&app, &cred, 0).await).len(), 1);
+    assert_eq!(jobs(&poll(&app, &other_cred, 0).await).len(), 1);
+    let lease = |job: String| {
+        let store = app.store.clone();
+        async move {
+            let job = store.get_job(&job).await.unwrap().unwrap();
+            assert_eq!(job.status, JobStatus::Running, "{job:?}");
+            job.lease_expires_at.expect("leased")
+        }
+    };
+    let (mine_before, theirs_before) =
+        (lease(mine.id.clone()).await, lease(theirs.id.clone()).await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let beat =
+        |body: Option<Value>| app.call(Method::POST, "/api/v1/agents/heartbeat", Some(&cred), body);
+    let r = beat(Some(json!({ "held_jobs": [mine.id, theirs.id] }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(lease(mine.id.clone()).await > mine_before);
+    assert_eq!(lease(theirs.id.clone()).await, theirs_before);
+    // A job held since before the hold limit began is left to lapse.
+    let mine_now = lease(mine.id.clone()).await;
+    let renewed = app
+        .store
+        .renew_agent_leases(
+            &id,
+            std::slice::from_ref(&mine.id),
+            Duration::from_secs(3),
+            chrono::Utc::now() + chrono::Duration::minutes(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(renewed, 0);
+    assert_eq!(lease(mine.id.clone()).await, mine_now);
+
+    for body in [
+        json!({ "held": [] }),
+        json!({ "held_jobs": "one" }),
+        json!({ "held_jobs": vec!["j"; 1_001] }),
+    ] {
+        let r = beat(Some(body)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    }
+    let r = beat(None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
 both_backends!(
+    heartbeats_extend_the_leases_of_held_jobs,
     superseded_deployments_are_not_handed_out,
     rate_limited_results_keep_the_hint,
     registration,

@@ -29,6 +29,19 @@ pub struct Registered {
     pub credential: String,
 }
 
+/// Body of `POST /agents/heartbeat`; an empty body is a heartbeat that
+/// holds no job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The jobs this agent holds: the one it runs and those handed out
+    /// with it and queued behind it. Their leases are extended while they
+    /// run, so a long batch is not taken back (and run a second time)
+    /// when the first lease ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_jobs: Vec<String>,
+}
+
 /// Answer of a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatReply {

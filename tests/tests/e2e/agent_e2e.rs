@@ -627,6 +627,95 @@ async fn cancel_stops_the_agents_running_call(backend: Backend) {
     assert_eq!(agent.stop().await, Exit::Stopped);
 }
 
+/// An agent runs the jobs of one poll one after another, each leased when
+/// the poll handed it out: with eight deployments of 0.8 s in one batch and
+/// a 3 s lease, the later ones start after their lease would have ended.
+/// The agent's heartbeats name the jobs it holds and the host extends
+/// their leases, so none is taken back, handed out again and deployed
+/// twice.
+async fn a_long_batch_keeps_its_leases(backend: Backend) {
+    const N: usize = 8;
+    let stack = Stack::with_fixtures(backend, 3, &["hostile"]).await;
+    let mut config = stack.agent_config("batch");
+    config.heartbeat_secs = 1;
+    config.connectors.insert(
+        "hostile".into(),
+        certplane_agent::config::ConnectorGrants {
+            deadline_secs: Some(2),
+            ..Default::default()
+        },
+    );
+    // Registered, then stopped while the batch is queued for it.
+    let agent = RunningAgent::start(config.clone());
+    let agent_id = stack.agent_id("batch").await;
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    let slow = certplane_testkit::stack::post(
+        &stack.host.admin,
+        "/targets",
+        json!({ "name": "slow", "plugin": "hostile", "agent_id": agent_id,
+                "settings": { "mode": "hold-memory", "mib": 1, "millis": 800 } }),
+    )
+    .await
+    .unwrap();
+    let mut certs = Vec::new();
+    for i in 0..N {
+        let name = format!("b{i}");
+        let cert = stack
+            .certificate(
+                &name,
+                &[&format!("{name}.e2e.test")],
+                "ecdsa-p256",
+                slow["id"].as_str().unwrap(),
+            )
+            .await;
+        certs.push(cert["id"].as_str().unwrap().to_owned());
+    }
+    // One cycle answers the CSRs (no deployment exists yet), then the
+    // deployments queue up for the agent's next poll.
+    let once = certplane_agent::run(config.clone(), Mode::Once, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(once, Exit::CycleDone);
+    for cert in &certs {
+        wait_for(
+            "the deployment to be queued",
+            Duration::from_secs(30),
+            || async {
+                stack
+                    .jobs(cert)
+                    .await
+                    .into_iter()
+                    .find(|j| j["job_type"] == "deployment" && j["status"] == "pending")
+            },
+        )
+        .await;
+    }
+
+    let agent = RunningAgent::start(config);
+    for cert in &certs {
+        let done = wait_for("the deployment", Duration::from_secs(60), || async {
+            stack
+                .jobs(cert)
+                .await
+                .into_iter()
+                .find(|j| j["job_type"] == "deployment" && j["status"] == "completed")
+        })
+        .await;
+        let deployments = stack
+            .jobs(cert)
+            .await
+            .into_iter()
+            .filter(|j| j["job_type"] == "deployment")
+            .count();
+        assert_eq!(deployments, 1);
+        assert_eq!(
+            done["attempts"], 1,
+            "the deployment was taken back from the agent and handed out again: {done}"
+        );
+    }
+    assert_eq!(agent.stop().await, Exit::Stopped);
+}
+
 // ------------------------------------- 5. missing plugin / other plugin build
 
 /// Deploys one certificate through an agent configured by `adjust` and
@@ -1031,6 +1120,7 @@ both_backends!(
     grant_beyond_config_is_refused,
     grant_through_planted_link_is_refused,
     cancel_stops_the_agents_running_call,
+    a_long_batch_keeps_its_leases,
     missing_plugin_is_reported,
     plugin_digest_mismatch_is_reported,
     retirement_ends_the_agent,

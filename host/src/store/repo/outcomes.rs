@@ -225,6 +225,53 @@ impl Store {
         Ok(renewed.then_some(until))
     }
 
+    /// Extends the leases of the jobs `ids` that agent `agent_id` holds
+    /// (running, leased to it) to a full lease from now, where less than
+    /// `renew_within` is left and the job started after `started_after`
+    /// (a job held longer is left to lapse, as a host job's renewals end);
+    /// returns how many were extended. One statement; none for no ids.
+    pub async fn renew_agent_leases(
+        &self,
+        agent_id: &str,
+        ids: &[String],
+        renew_within: std::time::Duration,
+        started_after: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let now = now();
+        let until = self.lease_expiry(now);
+        let due = chrono::Duration::from_std(renew_within)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let ids = crate::store::repo::id_list(ids.iter().map(String::as_str));
+        let renewed = on_write!(
+            self,
+            "UPDATE jobs SET lease_expires_at = $1
+             WHERE id IN (SELECT value FROM json_each($2))
+               AND status = 'running' AND lease_owner = $3
+               AND lease_expires_at < $4 AND started_at > $5",
+            "UPDATE jobs SET lease_expires_at = $1
+             WHERE id = ANY(ARRAY(SELECT json_array_elements_text($2::json)))
+               AND status = 'running' AND lease_owner = $3
+               AND lease_expires_at < $4 AND started_at > $5",
+            |pool, sql| {
+                sqlx::query(sql)
+                    .bind(ts(until))
+                    .bind(&ids)
+                    .bind(agent_id)
+                    .bind(ts(due))
+                    .bind(ts(started_after))
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+        );
+        Ok(renewed)
+    }
+
     /// The version a job recorded, if any (at most one per job).
     pub async fn version_of_job(&self, job_id: &str) -> StoreResult<Option<CertificateVersion>> {
         Ok(crate::store::on_read!(self, |pool| {

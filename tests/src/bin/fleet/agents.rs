@@ -205,7 +205,7 @@ async fn heartbeat_loop(api: &HostApi, schedule: Schedule, activity: &Activity, 
     while next < schedule.until {
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();
-        match api.heartbeat().await {
+        match api.heartbeat(&[]).await {
             Ok(_) => {
                 let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
                 if let Ok(mut all) = activity.heartbeats_us.lock() {
