@@ -1129,3 +1129,38 @@ async fn sqlite_an_abandoned_claim_leases_nothing() {
     );
     assert_eq!(later[0].attempts, 1);
 }
+
+/// SQLite: a transaction whose ROLLBACK fails (SQLite already rolled it
+/// back on its own, as after a full disk or an I/O error) must not leave
+/// the single writer counted inside a transaction: every later write
+/// transaction would be refused until a restart. The connection is closed
+/// on its return to the pool and the next write gets a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failed_rollback_does_not_wedge_the_writer() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.migrated().await;
+    let PoolRef::Sqlite(writer) = store.pool() else {
+        unreachable!("a SQLite store")
+    };
+    {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        // The transaction ends under sqlx: its own ROLLBACK on drop fails.
+        sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+    }
+    let audit = NewAuditEvent {
+        actor: "test".into(),
+        actor_type: ActorType::System,
+        action: "certificate.renew_now".into(),
+        subject_type: "certificate".into(),
+        subject_id: None,
+        details: serde_json::json!({}),
+    };
+    // A write transaction of its own (BEGIN IMMEDIATE on the writer).
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.renew_now_where(None, None, &audit),
+    )
+    .await
+    .expect("the writer answers");
+    assert_eq!(renewed.unwrap().renewing, 0);
+}

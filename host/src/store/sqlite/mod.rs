@@ -52,6 +52,9 @@ impl SqliteBackend {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout);
+        if !in_memory {
+            writer_options = writer_options.after_release(close_if_in_transaction);
+        }
         if in_memory {
             // An in-memory database lives as long as its one connection.
             writer_options = writer_options
@@ -69,6 +72,7 @@ impl SqliteBackend {
             SqlitePoolOptions::new()
                 .max_connections(options.max_connections.max(1))
                 .test_before_acquire(false)
+                .after_release(close_if_in_transaction)
                 .acquire_timeout(options.acquire_timeout)
                 .connect_with(connect_options)
                 .await
@@ -81,4 +85,31 @@ impl SqliteBackend {
             group,
         })
     }
+}
+
+/// Whether a connection given back to its pool may be used again: not while
+/// sqlx still counts it inside a transaction. A dropped transaction's
+/// ROLLBACK is queued on the connection's worker thread, so a ping (behind
+/// it in that queue) lets it finish first. When it failed (SQLite had
+/// already rolled back on its own, after a full disk or an I/O error), the
+/// count stays at one and every later `BEGIN IMMEDIATE` on the connection
+/// would be refused: on the single writer, every write until a restart.
+/// Such a connection is closed, and the pool opens a fresh one. Not for an
+/// in-memory database, whose data lives and dies with its one connection.
+fn close_if_in_transaction(
+    conn: &mut sqlx::SqliteConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    use sqlx::Connection;
+    Box::pin(async move {
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        conn.ping().await?;
+        let usable = !conn.is_in_transaction();
+        if !usable {
+            tracing::warn!("a database connection could not roll its transaction back; closing it");
+        }
+        Ok(usable)
+    })
 }
