@@ -244,10 +244,14 @@ async fn claim_deployments_first(
     limit: u32,
 ) -> Result<Vec<crate::store::Job>, crate::store::StoreError> {
     let busy = engine.runner.busy_targets();
-    let mut jobs = engine
-        .store
-        .claim_pending_jobs_except(Some(crate::store::JobType::Deployment), limit, &busy)
-        .await?;
+    let mut jobs = Vec::new();
+    if !engine.runner.deployment_claim_futile(&busy) {
+        jobs = engine
+            .store
+            .claim_pending_jobs_except(Some(crate::store::JobType::Deployment), limit, &busy)
+            .await?;
+        engine.runner.deployment_claim_found(&busy, jobs.len());
+    }
     let left = limit.saturating_sub(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
     if left > 0 {
         match engine
