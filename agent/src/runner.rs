@@ -2,7 +2,8 @@
 //! long-poll for work until shut down or retired.
 //!
 //! The heartbeat runs on its own task so a long deployment does not make
-//! the agent look offline. The poll loop awaits each job to its end before
+//! the agent look offline, and names the jobs of the last poll the agent
+//! still holds so the host extends their leases. The poll loop awaits each job to its end before
 //! polling again, so jobs never overlap and a shutdown request waits for
 //! the job in hand (bounded by the plugin deadline and the probe window)
 //! instead of abandoning it half-reported. Failures to reach the host back
