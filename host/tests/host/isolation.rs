@@ -282,7 +282,7 @@ async fn a_slow_target_leaves_job_slots_for_other_work() {
         &app,
         "slow",
         "hostile",
-        json!({ "mode": "hold-memory", "mib": 1, "millis": 400 }),
+        json!({ "mode": "hold-memory", "mib": 1, "millis": 600 }),
         json!({ "limits": { "concurrency": 1 } }),
     )
     .await;
@@ -320,8 +320,11 @@ async fn a_slow_target_leaves_job_slots_for_other_work() {
             .filter(|j| j.status == JobStatus::Completed)
             .count();
     }
+    // Without the bound at least seven are (every job slot holds one of
+    // them until the backlog is nearly gone); with it, one or two, and
+    // no more than the slow target finishes in 2.4 s on a loaded machine.
     assert!(
-        slow_done <= 3,
+        slow_done <= 4,
         "the quick certificate waited behind the slow target: {slow_done} of its 10 deployments were done first"
     );
     token.cancel();
