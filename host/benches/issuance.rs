@@ -119,6 +119,13 @@ fn target_dir() -> PathBuf {
 }
 
 /// The command line; a malformed value is an error naming the flag.
+const USAGE: &str = "\
+usage: cargo bench -p certplane-host --bench issuance -- [--certs 10000]
+    [--backend sqlite|postgres|both] [--concurrency 16] [--floor-calls 2000]
+    [--plugin-dir DIR] [--stall-secs 180] [--deploy-dir DIR] [--no-storm]
+    [--db-connections N] [--max-jobs N] [--instance-concurrency N]
+";
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         certs: 10_000,
@@ -170,7 +177,13 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.storm = false;
                 takes_value = false;
             }
-            _ => takes_value = false, // e.g. --bench passed by cargo
+            // Passed by `cargo bench`.
+            "--bench" => takes_value = false,
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other:?}\n{USAGE}"),
         }
         i += if takes_value { 2 } else { 1 };
     }
