@@ -693,14 +693,8 @@ async fn a_long_batch_keeps_its_leases(backend: Backend) {
 
     let agent = RunningAgent::start(config);
     for cert in &certs {
-        let done = wait_for("the deployment", Duration::from_secs(60), || async {
-            stack
-                .jobs(cert)
-                .await
-                .into_iter()
-                .find(|j| j["job_type"] == "deployment" && j["status"] == "completed")
-        })
-        .await;
+        let done = stack.deployment_done(cert, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "completed", "{done}");
         let deployments = stack
             .jobs(cert)
             .await
