@@ -7,6 +7,7 @@
 //!     [--backend sqlite|postgres|both] [--concurrency 16] [--floor-calls 2000]
 //!     [--plugin-dir DIR] [--stall-secs 180] [--deploy-dir DIR] [--no-storm]
 //!     [--db-connections N] [--max-jobs N] [--instance-concurrency N]
+//!     [--create-batch N]
 //! ```
 //!
 //! After the mass issuance, unless `--no-storm`, every certificate is
@@ -22,7 +23,8 @@
 //! on a loopback port, scheduler loops, a 2-worker runtime) in host key mode with a
 //! `local-ca` issuer and one `pem-files` target run by the host itself (the
 //! built-in `host` agent) writing into a temporary directory granted to it.
-//! `--certs` certificates are created with `POST /certificates`,
+//! `--certs` certificates are created with `POST /certificates` (or, with
+//! `--create-batch N`, N at a time with `POST /certificates/batch`),
 //! `--concurrency` requests in flight, and the run is timed from the first
 //! request until the last deployment job finished (its own `finished_at`);
 //! the API is polled cheaply (`GET /jobs?job_type=…&status=…&per_page=1`, its `total`) to
@@ -108,6 +110,9 @@ struct Args {
     /// `limits.concurrency` granted to the issuer and the target (default:
     /// the host's `limits.default_concurrency`).
     instance_concurrency: Option<u32>,
+    /// Certificates per `POST /certificates/batch`; 0: one
+    /// `POST /certificates` each.
+    create_batch: usize,
 }
 
 fn target_dir() -> PathBuf {
@@ -124,6 +129,8 @@ usage: cargo bench -p certplane-host --bench issuance -- [--certs 10000]
     [--backend sqlite|postgres|both] [--concurrency 16] [--floor-calls 2000]
     [--plugin-dir DIR] [--stall-secs 180] [--deploy-dir DIR] [--no-storm]
     [--db-connections N] [--max-jobs N] [--instance-concurrency N]
+    [--create-batch N]  (certificates per POST /certificates/batch; 0: one
+                         POST /certificates each, the default)
 ";
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -142,6 +149,7 @@ fn parse_args() -> anyhow::Result<Args> {
         db_connections: None,
         max_jobs: None,
         instance_concurrency: None,
+        create_batch: 0,
     };
     fn number<T: std::str::FromStr>(flag: &str, value: &str) -> anyhow::Result<T> {
         value
@@ -172,6 +180,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--instance-concurrency" => {
                 args.instance_concurrency = Some(number("--instance-concurrency", &value)?)
             }
+            "--create-batch" => args.create_batch = number("--create-batch", &value)?,
             "--stall-secs" => args.stall = Duration::from_secs(number("--stall-secs", &value)?),
             "--no-storm" => {
                 args.storm = false;
@@ -189,6 +198,9 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if args.certs == 0 || args.concurrency == 0 {
         bail!("--certs and --concurrency must be at least 1");
+    }
+    if args.create_batch > 1000 {
+        bail!("--create-batch takes at most 1000 (the API's limit)");
     }
     Ok(args)
 }
@@ -1041,8 +1053,12 @@ async fn with_host(
     let target_id = target["id"].as_str().context("target id")?.to_owned();
     println!(
         "[{backend}] local-ca issuer {issuer_id}, pem-files target {target_id} on agent `host`; \
-         creating {n} certificates, {} in flight",
-        args.concurrency
+         creating {n} certificates, {} requests in flight, {}",
+        args.concurrency,
+        match args.create_batch {
+            0 => "one POST /certificates each".to_owned(),
+            b => format!("{b} per POST /certificates/batch"),
+        }
     );
 
     let created = Cell::new(0usize);
@@ -1059,29 +1075,44 @@ async fn with_host(
     // `concurrency` users, each on its own kept-alive connection, take the
     // next certificate number until all are created.
     let next = Cell::new(0usize);
+    let cert_body = |i: usize| {
+        json!({
+            "name": format!("bench-{i:05}"),
+            "common_name": format!("c{i}.bench.certplane.test"),
+            "sans": [format!("c{i}.bench.certplane.test")],
+            "key_type": "ecdsa-p256",
+            "key_source": "host",
+            "issuer_id": issuer_id,
+            "target_ids": [target_id],
+            "renew_before_days": 30,
+        })
+    };
+    let per_request = args.create_batch.max(1);
     let user = || async {
         let mut conn = Conn::default();
         loop {
-            let i = next.get();
-            if i >= n || failed_create.get() {
+            let first = next.get();
+            if first >= n || failed_create.get() {
                 return anyhow::Ok(());
             }
-            next.set(i + 1);
-            let body = json!({
-                "name": format!("bench-{i:05}"),
-                "common_name": format!("c{i}.bench.certplane.test"),
-                "sans": [format!("c{i}.bench.certplane.test")],
-                "key_type": "ecdsa-p256",
-                "key_source": "host",
-                "issuer_id": issuer_id,
-                "target_ids": [target_id],
-                "renew_before_days": 30,
-            });
-            if let Err(e) = api.post(&mut conn, "/certificates", body).await {
+            let end = (first + per_request).min(n);
+            next.set(end);
+            let sent = if args.create_batch == 0 {
+                api.post(&mut conn, "/certificates", cert_body(first)).await
+            } else {
+                let items: Vec<Value> = (first..end).map(cert_body).collect();
+                api.post(
+                    &mut conn,
+                    "/certificates/batch",
+                    json!({ "certificates": items }),
+                )
+                .await
+            };
+            if let Err(e) = sent {
                 failed_create.set(true);
                 return Err(e);
             }
-            created.set(created.get() + 1);
+            created.set(created.get() + (end - first));
         }
     };
     let creator = async {

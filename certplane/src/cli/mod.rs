@@ -12,6 +12,7 @@
 //! errors) for the binary to report on stderr with a non-zero exit code.
 
 pub use certplane_client as client;
+mod import;
 pub mod keys;
 pub mod output;
 
@@ -619,6 +620,14 @@ pub enum CertsAction {
         /// Owner, free text.
         #[arg(long)]
         owner: Option<String>,
+    },
+    /// Create many certificates from a JSON file: an array of objects,
+    /// each as `POST /certificates` takes one (`name`, `common_name`,
+    /// `issuer_id`, `target_ids`, ...). Sent 1,000 at a time, each batch
+    /// all or nothing.
+    Import {
+        /// The JSON file (`-`: standard input).
+        file: std::path::PathBuf,
     },
     /// Renew now: one certificate, or every active one of an issuer and/or
     /// owner (`--issuer`, `--owner`), or all of them (`--all`).
@@ -1514,6 +1523,10 @@ async fn certs(ctx: &Ctx, action: CertsAction) -> anyhow::Result<()> {
                 .await?;
             ctx.show_fields(reply, &[]);
             Ok(())
+        }
+        CertsAction::Import { file } => {
+            let items = import::read_items(&file)?;
+            import::import(ctx, items).await
         }
         CertsAction::Renew {
             id: None,

@@ -3330,3 +3330,103 @@ async fn api_keys_create_list_show_and_revoke() {
         "root",
     );
 }
+
+// -------------------------------------------------------------- certs import
+
+/// `certs import` sends a file's certificates 1,000 at a time: a refused
+/// batch leaves the batches before it created and says which item of the
+/// file was at fault; a file of one batch is all or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_import_sends_batches_and_names_the_item_at_fault() {
+    let host = Host::start(true).await;
+    let client = strings(&["--host-url", &host.url, "--api-key", &host.app.operator]);
+    let issuer = local_ca_issuer(&client, "ca").await;
+    let item = |name: String| {
+        serde_json::json!({ "name": name, "common_name": "www.example.test",
+                            "issuer_id": issuer, "renew_before_days": 10 })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |file: &str, items: Vec<Value>| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, Value::Array(items).to_string()).unwrap();
+        path.display().to_string()
+    };
+    let rows = || async {
+        certplane_testkit::count(&host.app.store, "SELECT COUNT(*) FROM certificates").await
+    };
+
+    let small = write("small.json", vec![item("a".into()), item("b".into())]);
+    let out = ok_json(&certplane(&["certs", "import", &small, "--output", "json"], &client).await);
+    let names: Vec<&str> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"], "{out}");
+    let table = ok(&certplane(
+        &[
+            "certs",
+            "import",
+            &write("one.json", vec![item("c".into())]),
+        ],
+        &client,
+    )
+    .await);
+    assert!(table.starts_with("ID") && table.contains(" c "), "{table}");
+    assert_eq!(rows().await, 3);
+
+    // One batch with a taken name: nothing of it is created.
+    let clash = write("clash.json", vec![item("d".into()), item("a".into())]);
+    let o = certplane(&["certs", "import", &clash], &client).await;
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(stderr(&o).contains("nothing was created"), "{}", stderr(&o));
+    assert_eq!(rows().await, 3);
+
+    // 1,002 items, the 1,002nd (item 1001) a name given twice: the first
+    // batch of 1,000 is created, the second refused and named.
+    let mut many: Vec<Value> = (0..1001).map(|i| item(format!("n{i:04}"))).collect();
+    many.push(item("n1000".into()));
+    let o = certplane(
+        &[
+            "certs",
+            "import",
+            &write("many.json", many),
+            "--output",
+            "json",
+        ],
+        &client,
+    )
+    .await;
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("item 1001 of the file"), "{err}");
+    assert!(
+        err.contains("the 1000 certificates before item 1000 were created"),
+        "{err}"
+    );
+    let listed: Value = serde_json::from_str(&stdout(&o)).expect("the created ones as JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1000));
+    assert_eq!(rows().await, 1003);
+
+    for (file, text, says) in [
+        ("object.json", r#"{"name": "x"}"#, "must hold a JSON array"),
+        ("empty.json", "[]", "holds no certificates"),
+        ("broken.json", "[{", "is not JSON"),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let o = certplane(&["certs", "import", &path.display().to_string()], &client).await;
+        assert!(
+            !o.status.success() && stderr(&o).contains(says),
+            "{file}: {}",
+            stderr(&o)
+        );
+    }
+    let o = certplane(&["certs", "import", "/nonexistent/certs.json"], &client).await;
+    assert!(
+        !o.status.success() && stderr(&o).contains("cannot read"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -10,7 +10,7 @@
 //! (`If-None-Match` → 304) and `PATCH` honours `If-Match` (412). `PATCH`
 //! checks the fields it shares with create exactly as create does.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -34,8 +34,9 @@ use super::listing::{
 };
 use crate::pipeline::keygen::KeyType;
 use crate::store::{
-    ActorType, Certificate, CertificateOptions, CertificateStatus, CertificateVersion, JobStatus,
-    JobType, KeySource, NewAuditEvent, NewCertificate, NewJob, SENTINEL_AGENT_ID, new_id, now,
+    ActorType, Certificate, CertificateCreate, CertificateOptions, CertificateStatus,
+    CertificateVersion, JobStatus, JobType, KeySource, NewAuditEvent, NewCertificate, NewJob,
+    PluginInstance, SENTINEL_AGENT_ID, Target, new_id, now,
 };
 
 /// Most subject alternative names per certificate.
@@ -110,6 +111,26 @@ pub struct CreateCertificate {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub target_options: Option<Value>,
+}
+
+/// Most certificates in one `POST /certificates/batch`.
+pub const MAX_CREATE_BATCH: usize = 1000;
+
+/// Body of `POST /certificates/batch`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCertificates {
+    /// 1 to 1,000 certificates, each as `POST /certificates` takes one;
+    /// names must differ. All are created or none.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub certificates: Vec<CreateCertificate>,
+}
+
+/// Answer of `POST /certificates/batch`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CertificatesCreated {
+    /// The certificates created, in the order of the request.
+    pub items: Vec<CertificateView>,
 }
 
 /// Largest serialised options object, in bytes.
@@ -392,6 +413,7 @@ pub struct CertificateListQuery {
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_certificates, create_certificate))
+        .routes(routes!(create_certificates))
         .routes(routes!(
             get_certificate,
             update_certificate,
@@ -610,9 +632,122 @@ async fn create_certificate(
     caller: OperatorAccess,
     ApiJson(body): ApiJson<CreateCertificate>,
 ) -> ApiResult<Response> {
+    let fields = check_create_fields(&body)?;
+    let target_ids: Vec<&str> = body.target_ids.iter().map(String::as_str).collect();
+    let (issuers, targets) = state
+        .store
+        .certificate_references(&[body.issuer_id.as_str()], &target_ids)
+        .await?;
+    let create = check_create_references(&caller, body, fields, &issuers, &targets)?;
+    let cert = state
+        .store
+        .create_certificate_with_targets(
+            create.row.new,
+            &create.row.extra_targets,
+            &create.row.options,
+            create.row.audit.as_ref(),
+        )
+        .await?;
+    state.wake.renewals.notify_one();
+    let view = view_with_targets(cert, create.target_ids);
+    Ok(json_response(StatusCode::CREATED, view))
+}
+
+/// Create up to [`MAX_CREATE_BATCH`] managed certificates in one
+/// transaction: all of them or, when any is refused, none (the error's
+/// `param` names the item, e.g. `certificates[3].common_name`). Each is
+/// checked, created, audited and issued as `POST /certificates` does it.
+#[utoipa::path(post, path = "/certificates/batch", tag = "certificates",
+    request_body = CreateCertificates,
+    responses((status = 201, body = CertificatesCreated), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = ["operator"])))]
+async fn create_certificates(
+    State(state): State<AppState>,
+    caller: OperatorAccess,
+    ApiJson(body): ApiJson<CreateCertificates>,
+) -> ApiResult<Response> {
+    let items = body.certificates;
+    if items.is_empty() || items.len() > MAX_CREATE_BATCH {
+        return Err(ApiError::invalid_field(
+            "certificates",
+            format!(
+                "give 1 to {MAX_CREATE_BATCH} certificates ({} given)",
+                items.len()
+            ),
+        ));
+    }
+    let mut names = HashMap::with_capacity(items.len());
+    let mut fields = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if let Some(first) = names.insert(item.name.as_str(), i) {
+            return Err(ApiError::name_taken(format!(
+                "certificates[{first}] and certificates[{i}] are both named {:?}",
+                item.name
+            ))
+            .with_param(format!("certificates[{i}].name")));
+        }
+        fields.push(check_create_fields(item).map_err(|e| in_item(e, i))?);
+    }
+    let issuer_ids: BTreeSet<&str> = items.iter().map(|c| c.issuer_id.as_str()).collect();
+    let target_ids: BTreeSet<&str> = items
+        .iter()
+        .flat_map(|c| c.target_ids.iter().map(String::as_str))
+        .collect();
+    let (issuers, targets) = state
+        .store
+        .certificate_references(
+            &issuer_ids.into_iter().collect::<Vec<_>>(),
+            &target_ids.into_iter().collect::<Vec<_>>(),
+        )
+        .await?;
+    let mut creates = Vec::with_capacity(items.len());
+    let mut answer_targets = Vec::with_capacity(items.len());
+    for (i, (item, fields)) in items.into_iter().zip(fields).enumerate() {
+        let checked = check_create_references(&caller, item, fields, &issuers, &targets)
+            .map_err(|e| in_item(e, i))?;
+        creates.push(checked.row);
+        answer_targets.push(checked.target_ids);
+    }
+    let certs = state.store.create_certificates(creates).await?;
+    state.wake.renewals.notify_one();
+    tracing::info!(created = certs.len(), "certificates created in one batch");
+    let items = certs
+        .into_iter()
+        .zip(answer_targets)
+        .map(|(cert, target_ids)| view_with_targets(cert, target_ids))
+        .collect();
+    Ok(json_response(
+        StatusCode::CREATED,
+        CertificatesCreated { items },
+    ))
+}
+
+/// `err` about item `index` of a batch: its `param` (or, without one, the
+/// message) names the item.
+fn in_item(mut err: ApiError, index: usize) -> ApiError {
+    match err.param.take() {
+        Some(param) => err.param = Some(format!("certificates[{index}].{param}")),
+        None => {
+            err.message = format!("certificates[{index}]: {}", err.message);
+            err.param = Some(format!("certificates[{index}]"));
+        }
+    }
+    err
+}
+
+/// A create's own fields, checked before its issuer and targets are read.
+struct CreateFields {
+    common_name: String,
+    sans: Vec<String>,
+    renew_before_days: u32,
+    issuer_options: Option<Value>,
+    target_options: Option<Value>,
+}
+
+fn check_create_fields(body: &CreateCertificate) -> ApiResult<CreateFields> {
     check_name("name", &body.name)?;
     let (common_name, sans) = check_names(&body.common_name, &body.sans)?;
-    let key_type = body.key_type.unwrap_or_default();
     let renew_before_days = body.renew_before_days.unwrap_or(DEFAULT_RENEW_BEFORE_DAYS);
     let (issuer_options, target_options) = check_settable(&Settable {
         renew_before_days: Some(renew_before_days),
@@ -621,15 +756,37 @@ async fn create_certificate(
         target_options: body.target_options.as_ref(),
     })?;
     if body.target_ids.len() > MAX_TARGETS {
-        return Err(ApiError::validation(format!(
-            "at most {MAX_TARGETS} targets are allowed"
-        )));
+        return Err(
+            ApiError::validation(format!("at most {MAX_TARGETS} targets are allowed"))
+                .with_param("target_ids"),
+        );
     }
-    let (issuer, targets) = state
-        .store
-        .certificate_references(&body.issuer_id, &body.target_ids)
-        .await?;
-    match issuer {
+    Ok(CreateFields {
+        common_name,
+        sans,
+        renew_before_days,
+        issuer_options,
+        target_options,
+    })
+}
+
+/// A create checked against its issuer and targets: what the store
+/// writes, and the target ids as the answer lists them.
+struct CheckedCreate {
+    row: CertificateCreate,
+    target_ids: Vec<String>,
+}
+
+/// Checks `body` against the `issuers` and `targets` read for it (rows
+/// missing from them do not exist).
+fn check_create_references(
+    caller: &OperatorAccess,
+    body: CreateCertificate,
+    fields: CreateFields,
+    issuers: &[PluginInstance],
+    targets: &[Target],
+) -> ApiResult<CheckedCreate> {
+    match issuers.iter().find(|i| i.id == body.issuer_id) {
         Some(i) if i.retired_at.is_some() => {
             return Err(
                 ApiError::validation(format!("issuer {:?} is retired", body.issuer_id))
@@ -638,30 +795,38 @@ async fn create_certificate(
         }
         Some(i) if i.disabled_at.is_none() => {}
         Some(_) => {
-            return Err(ApiError::validation(format!(
-                "issuer {:?} is disabled",
-                body.issuer_id
-            )));
+            return Err(
+                ApiError::validation(format!("issuer {:?} is disabled", body.issuer_id))
+                    .with_param("issuer_id"),
+            );
         }
         None => {
-            return Err(ApiError::validation(format!(
-                "no issuer {:?}",
-                body.issuer_id
-            )));
+            return Err(
+                ApiError::validation(format!("no issuer {:?}", body.issuer_id))
+                    .with_param("issuer_id"),
+            );
         }
     }
     let mut agents = Vec::with_capacity(body.target_ids.len());
     let mut seen = BTreeSet::new();
     for id in &body.target_ids {
         if !seen.insert(id.as_str()) {
-            return Err(ApiError::validation(format!(
-                "target {id:?} is listed twice"
-            )));
+            return Err(
+                ApiError::validation(format!("target {id:?} is listed twice"))
+                    .with_param("target_ids"),
+            );
         }
         match targets.iter().find(|t| &t.id == id) {
             Some(t) if t.retired_at.is_none() => agents.push(t.agent_id.clone()),
-            Some(_) => return Err(ApiError::validation(format!("target {id:?} is retired"))),
-            None => return Err(ApiError::validation(format!("no target {id:?}"))),
+            Some(_) => {
+                return Err(ApiError::validation(format!("target {id:?} is retired"))
+                    .with_param("target_ids"));
+            }
+            None => {
+                return Err(
+                    ApiError::validation(format!("no target {id:?}")).with_param("target_ids")
+                );
+            }
         }
     }
     let first_agent = agents.first().cloned();
@@ -677,30 +842,36 @@ async fn create_certificate(
         if !on_agent {
             return Err(ApiError::validation(
                 "key_source agent needs a first target that an agent runs",
-            ));
+            )
+            .with_param("key_source"));
         }
         if agents.iter().any(|a| Some(a) != first_agent.as_ref()) {
             return Err(ApiError::validation(
                 "with key_source agent every target must be run by the same agent (the key \
                  never leaves it)",
-            ));
+            )
+            .with_param("key_source"));
         }
     }
+    let key_type = body.key_type.unwrap_or_default();
     let new = NewCertificate {
-        name: body.name.clone(),
-        common_name,
-        sans,
+        name: body.name,
+        common_name: fields.common_name,
+        sans: fields.sans,
         key_type: key_type.as_str().to_string(),
         key_source,
-        issuer_id: body.issuer_id.clone(),
+        issuer_id: body.issuer_id,
         target_id: body.target_ids.first().cloned(),
-        renew_before_secs: i64::from(renew_before_days) * SECS_PER_DAY,
-        owner: body.owner.clone(),
+        renew_before_secs: i64::from(fields.renew_before_days) * SECS_PER_DAY,
+        owner: body.owner,
     };
-    let extra: Vec<String> = body.target_ids.iter().skip(1).cloned().collect();
     let options = CertificateOptions {
-        issuer: issuer_options.unwrap_or_else(|| Value::Object(Default::default())),
-        target: target_options.unwrap_or_else(|| Value::Object(Default::default())),
+        issuer: fields
+            .issuer_options
+            .unwrap_or_else(|| Value::Object(Default::default())),
+        target: fields
+            .target_options
+            .unwrap_or_else(|| Value::Object(Default::default())),
     };
     let event = NewAuditEvent {
         actor: caller.0.actor(),
@@ -718,11 +889,7 @@ async fn create_certificate(
             "target_ids": body.target_ids,
         }),
     };
-    let cert = state
-        .store
-        .create_certificate_with_targets(new, &extra, &options, Some(&event))
-        .await?;
-    state.wake.renewals.notify_one();
+    let extra_targets: Vec<String> = body.target_ids.iter().skip(1).cloned().collect();
     // Just written: no need to read them back. Listed as
     // `certificate_target_ids` orders them (key-holding target first, then
     // the others, written together, by id).
@@ -730,8 +897,15 @@ async fn create_certificate(
     if let Some(rest) = target_ids.get_mut(1..) {
         rest.sort();
     }
-    let view = view_with_targets(cert, target_ids);
-    Ok(json_response(StatusCode::CREATED, view))
+    Ok(CheckedCreate {
+        row: CertificateCreate {
+            new,
+            extra_targets,
+            options,
+            audit: Some(event),
+        },
+        target_ids,
+    })
 }
 
 /// One certificate with its versions (never private keys).

@@ -13,6 +13,7 @@ mod agents;
 mod audit;
 pub mod auth;
 mod certificates;
+pub use certificates::MAX_CREATE_BATCH;
 pub mod error;
 mod input;
 mod instances;

@@ -44,6 +44,7 @@ pub use codec::{ParseEnumError, now};
 pub use error::{BackendKind, StoreError};
 pub use migrate::{MigrationEntry, MigrationReport, MigrationState, MigrationStatus};
 pub use models::*;
+pub use repo::certificates::CertificateCreate;
 pub use repo::challenges::{ChallengeProgress, ChallengeRow, NewChallenge};
 pub use repo::host_meta::BOOTSTRAP_ADMIN_META;
 pub use repo::inventory::InventoryFilter;

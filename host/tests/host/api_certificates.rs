@@ -869,7 +869,167 @@ async fn connector_options(backend: Backend) {
     assert_eq!(row.target_options, json!({ "reload": "nginx" }));
 }
 
+/// `POST /certificates/batch` creates every certificate of the request or,
+/// whichever item is refused and however, none: no certificate row and no
+/// audit row is left behind, and the error names the item.
+async fn batch_create_is_all_or_nothing(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (issuer, target) = setup(&app).await;
+    let retired = fixtures::target(&app.store, "host", "old").await.id;
+    app.store.retire_target(&retired, "gone").await.unwrap();
+    create_ok(&app, body("taken", &issuer)).await;
+    let item = |name: &str| {
+        json!({ "name": name, "common_name": format!("{name}.example.com"),
+                "issuer_id": issuer, "target_ids": [target] })
+    };
+    let audits = || {
+        count(
+            &app.store,
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'certificate.create'",
+        )
+    };
+    let (rows_before, audits_before) = (certificate_rows(&app.store).await, audits().await);
+    let mut with_bad_cn = item("c");
+    with_bad_cn["common_name"] = json!("bad_name!");
+    let mut no_issuer = item("b");
+    no_issuer["issuer_id"] = json!("nope");
+    let mut retired_target = item("a");
+    retired_target["target_ids"] = json!([retired]);
+    let mut unknown_field = item("b");
+    unknown_field["colour"] = json!("blue");
+    let too_many: Vec<Value> = (0..1001).map(|i| item(&format!("n{i}"))).collect();
+    let cases: Vec<(&str, Value, StatusCode, Option<&str>)> = vec![
+        (
+            "no items",
+            json!({ "certificates": [] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("certificates"),
+        ),
+        (
+            "1,001 items",
+            json!({ "certificates": too_many }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("certificates"),
+        ),
+        (
+            "bad common name",
+            json!({ "certificates": [item("a"), item("b"), with_bad_cn] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("certificates[2]"),
+        ),
+        (
+            "unknown issuer",
+            json!({ "certificates": [item("a"), no_issuer] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("certificates[1].issuer_id"),
+        ),
+        (
+            "retired target",
+            json!({ "certificates": [retired_target, item("b")] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("certificates[0].target_ids"),
+        ),
+        (
+            "name twice in the batch",
+            json!({ "certificates": [item("a"), item("b"), item("a")] }),
+            StatusCode::CONFLICT,
+            Some("certificates[2].name"),
+        ),
+        // Only the database knows this one: the first two items are
+        // written before the third's INSERT fails, and must be undone.
+        (
+            "name already taken",
+            json!({ "certificates": [item("a"), item("b"), item("taken")] }),
+            StatusCode::CONFLICT,
+            None,
+        ),
+        (
+            "unknown field",
+            json!({ "certificates": [item("a"), unknown_field] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+        (
+            "not a list",
+            json!({ "certificates": item("a") }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+    ];
+    for (what, request, status, param) in cases {
+        let r = app
+            .post("/api/v1/certificates/batch", &app.operator, request)
+            .await;
+        assert_eq!(r.status, status, "{what}: {}", r.text);
+        if let Some(param) = param {
+            assert_eq!(r.json["error"]["param"], param, "{what}: {}", r.text);
+        }
+        assert_eq!(
+            certificate_rows(&app.store).await,
+            rows_before,
+            "{what}: a row was left"
+        );
+        assert_eq!(
+            audits().await,
+            audits_before,
+            "{what}: an audit row was left"
+        );
+    }
+    let r = app.get("/api/v1/certificates/batch", &app.reader).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.text);
+
+    let r = app
+        .post(
+            "/api/v1/certificates/batch",
+            &app.reader,
+            json!({ "certificates": [item("a")] }),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a read-only key: {}",
+        r.text
+    );
+
+    let names: Vec<String> = (0..50).map(|i| format!("bulk-{:02}", 49 - i)).collect();
+    let items: Vec<Value> = names.iter().map(|n| item(n)).collect();
+    let r = app
+        .post(
+            "/api/v1/certificates/batch",
+            &app.operator,
+            json!({ "certificates": items }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let created = r.json["items"].as_array().expect("items");
+    let got: Vec<&str> = created
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, names, "the answer keeps the request's order");
+    for c in created {
+        assert_eq!(c["target_ids"], json!([target]), "{c}");
+        assert_eq!(c["key_source"], "host", "{c}");
+        let shown = app
+            .get(
+                &format!("/api/v1/certificates/{}", c["id"].as_str().unwrap()),
+                &app.reader,
+            )
+            .await;
+        assert_eq!(shown.status, StatusCode::OK, "{}", shown.text);
+        assert_eq!(shown.json["common_name"], c["common_name"]);
+    }
+    assert_eq!(certificate_rows(&app.store).await, rows_before + 50);
+    assert_eq!(
+        audits().await,
+        audits_before + 50,
+        "one audit row per certificate"
+    );
+}
+
 both_backends!(
+    batch_create_is_all_or_nothing,
     connector_options,
     update_and_retire,
     certificate_crud,

@@ -145,7 +145,7 @@ macro_rules! record_version {
 pub(crate) use record_version;
 
 /// A certificate to create, with its extra targets, options and audit row
-/// (checked by [`Store::create_certificate_with_targets`]).
+/// ([`NewCertificateRow::checked`]).
 #[derive(Debug, Clone)]
 pub(crate) struct NewCertificateRow {
     pub(crate) new: NewCertificate,
@@ -155,7 +155,43 @@ pub(crate) struct NewCertificateRow {
     pub(crate) now: DateTime<Utc>,
 }
 
+/// One certificate to create with [`Store::create_certificates`].
+#[derive(Debug, Clone)]
+pub struct CertificateCreate {
+    /// The certificate's row.
+    pub new: NewCertificate,
+    /// Deployment targets beyond the key-holding `new.target_id`.
+    pub extra_targets: Vec<String>,
+    /// Options for its issuer and targets.
+    pub options: crate::store::CertificateOptions,
+    /// Recorded in the same transaction, the new certificate's id as its
+    /// subject.
+    pub audit: Option<NewAuditEvent>,
+}
+
 impl NewCertificateRow {
+    /// `create` checked, to be written at `now`.
+    pub(crate) fn checked(create: CertificateCreate, now: DateTime<Utc>) -> StoreResult<Self> {
+        let new = create.new;
+        if new.key_source == KeySource::Agent && new.target_id.is_none() {
+            return Err(StoreError::InvalidArgument(
+                "a certificate with agent-generated keys needs a key-holding target".into(),
+            ));
+        }
+        if new.renew_before_secs < 0 {
+            return Err(StoreError::InvalidArgument(
+                "renew_before_secs must be >= 0".into(),
+            ));
+        }
+        Ok(NewCertificateRow {
+            new,
+            extra_targets: create.extra_targets,
+            options: create.options,
+            audit: create.audit,
+            now,
+        })
+    }
+
     /// The error for an issuer that is missing or retired.
     pub(crate) fn no_issuer(&self) -> StoreError {
         StoreError::InvalidArgument(format!(
@@ -239,30 +275,52 @@ macro_rules! insert_certificate {
 }
 pub(crate) use insert_certificate;
 
+/// Creates the certificates `$creates` (`&[NewCertificateRow]`) in one
+/// transaction on `$pool`, all or none; `$share` as for
+/// [`insert_certificate!`]. Evaluates to `StoreResult<Vec<Certificate>>`,
+/// in the order given.
+macro_rules! create_all {
+    ($pool:expr, $creates:expr, $share:expr) => {
+        async {
+            let creates: &[$crate::store::repo::certificates::NewCertificateRow] = $creates;
+            let mut tx = $pool.begin_write().await?;
+            let mut deferred = $crate::store::repo::outcomes::Deferred::default();
+            let mut certs = Vec::with_capacity(creates.len());
+            for create in creates {
+                let Some(cert) = $crate::store::repo::certificates::insert_certificate!(
+                    &mut tx,
+                    create,
+                    $share,
+                    &mut deferred
+                )?
+                else {
+                    tx.rollback().await?;
+                    return Err(create.no_issuer());
+                };
+                certs.push(cert);
+            }
+            $crate::store::repo::outcomes::flush_deferred!(&mut tx, deferred)?;
+            tx.commit().await?;
+            Ok::<_, $crate::store::StoreError>(certs)
+        }
+        .await
+    };
+}
+pub(crate) use create_all;
+
 /// Creates the certificate `$create` (`&NewCertificateRow`) in a
 /// transaction of its own on `$pool`; `$share` as for
 /// [`insert_certificate!`]. Evaluates to `StoreResult<Certificate>`.
 macro_rules! create_one {
     ($pool:expr, $create:expr, $share:expr) => {
-        async {
-            let create: &$crate::store::repo::certificates::NewCertificateRow = $create;
-            let mut tx = $pool.begin_write().await?;
-            let mut deferred = $crate::store::repo::outcomes::Deferred::default();
-            let Some(cert) = $crate::store::repo::certificates::insert_certificate!(
-                &mut tx,
-                create,
-                $share,
-                &mut deferred
-            )?
-            else {
-                tx.rollback().await?;
-                return Err(create.no_issuer());
-            };
-            $crate::store::repo::outcomes::flush_deferred!(&mut tx, deferred)?;
-            tx.commit().await?;
-            Ok::<_, $crate::store::StoreError>(cert)
-        }
-        .await
+        $crate::store::repo::certificates::create_all!($pool, std::slice::from_ref($create), $share)
+            .and_then(|certs| {
+                certs.into_iter().next().ok_or_else(|| {
+                    $crate::store::StoreError::Database(sqlx::Error::Protocol(
+                        "a certificate's INSERT returned no row".into(),
+                    ))
+                })
+            })
     };
 }
 pub(crate) use create_one;
@@ -653,23 +711,15 @@ impl Store {
         options: &crate::store::CertificateOptions,
         audit: Option<&NewAuditEvent>,
     ) -> StoreResult<Certificate> {
-        if new.key_source == KeySource::Agent && new.target_id.is_none() {
-            return Err(StoreError::InvalidArgument(
-                "a certificate with agent-generated keys needs a key-holding target".into(),
-            ));
-        }
-        if new.renew_before_secs < 0 {
-            return Err(StoreError::InvalidArgument(
-                "renew_before_secs must be >= 0".into(),
-            ));
-        }
-        let create = NewCertificateRow {
-            new,
-            extra_targets: extra_targets.to_vec(),
-            options: options.clone(),
-            audit: audit.cloned(),
-            now: now(),
-        };
+        let create = NewCertificateRow::checked(
+            CertificateCreate {
+                new,
+                extra_targets: extra_targets.to_vec(),
+                options: options.clone(),
+                audit: audit.cloned(),
+            },
+            now(),
+        )?;
         // On SQLite the create goes through the group committer with the
         // job outcomes: the API's tasks then never hold the single writer
         // across their statements' round trips.
@@ -685,6 +735,26 @@ impl Store {
             };
         }
         self.create_certificate_alone(&create).await
+    }
+
+    /// Creates several certificates as [`Store::create_certificate_with_targets`]
+    /// does each, in one transaction: all of them or, on the first that
+    /// fails (a name taken, an issuer missing or retired), none. Returned in
+    /// the order given.
+    pub async fn create_certificates(
+        &self,
+        creates: Vec<CertificateCreate>,
+    ) -> StoreResult<Vec<Certificate>> {
+        let now = now();
+        let rows = creates
+            .into_iter()
+            .map(|c| NewCertificateRow::checked(c, now))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let share = self.row_share_suffix();
+        on_write!(self, |pool| create_all!(pool, &rows, share))
     }
 
     /// Creates a certificate in a transaction of its own.

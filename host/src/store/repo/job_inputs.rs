@@ -207,27 +207,31 @@ impl Store {
         Ok(assemble(rows, &issuance, &deployments))
     }
 
-    /// The issuer and the targets a new certificate names, read on one
+    /// The issuers and the targets new certificates name, read on one
     /// connection (two statements, one checkout): the API checks them
-    /// before it creates the certificate. Targets that do not exist are
-    /// left out; the rest come by name, then id.
+    /// before it creates the certificates. Rows that do not exist are
+    /// left out; the targets come by name, then id.
     pub async fn certificate_references(
         &self,
-        issuer_id: &str,
-        target_ids: &[String],
-    ) -> StoreResult<(Option<PluginInstance>, Vec<Target>)> {
+        issuer_ids: &[&str],
+        target_ids: &[&str],
+    ) -> StoreResult<(Vec<PluginInstance>, Vec<Target>)> {
         let sql = match &self.backend {
             Backend::Sqlite(_) => &SQLITE_BATCH,
             Backend::Postgres(_) => &POSTGRES_BATCH,
         };
-        let issuers = id_list([issuer_id]);
-        let targets = id_list(target_ids.iter().map(String::as_str));
+        let issuers = id_list(issuer_ids.iter().copied());
+        let targets = id_list(target_ids.iter().copied());
         Ok(on_read!(self, |pool| {
             let mut conn = pool.acquire().await?;
-            let issuer = sqlx::query_as(sql.issuers)
-                .bind(&issuers)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let issuers = if issuer_ids.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_as(sql.issuers)
+                    .bind(&issuers)
+                    .fetch_all(&mut *conn)
+                    .await?
+            };
             let targets = if target_ids.is_empty() {
                 Vec::new()
             } else {
@@ -236,7 +240,7 @@ impl Store {
                     .fetch_all(&mut *conn)
                     .await?
             };
-            (issuer, targets)
+            (issuers, targets)
         }))
     }
 
