@@ -638,7 +638,8 @@ async fn create_certificate(
         .store
         .certificate_references(&[body.issuer_id.as_str()], &target_ids)
         .await?;
-    let create = check_create_references(&caller, body, fields, &issuers, &targets)?;
+    let refs = References::new(&issuers, &targets);
+    let create = check_create_references(&caller, body, fields, &refs)?;
     let cert = state
         .store
         .create_certificate_with_targets(
@@ -701,11 +702,12 @@ async fn create_certificates(
             &target_ids.into_iter().collect::<Vec<_>>(),
         )
         .await?;
+    let refs = References::new(&issuers, &targets);
     let mut creates = Vec::with_capacity(items.len());
     let mut answer_targets = Vec::with_capacity(items.len());
     for (i, (item, fields)) in items.into_iter().zip(fields).enumerate() {
-        let checked = check_create_references(&caller, item, fields, &issuers, &targets)
-            .map_err(|e| in_item(e, i))?;
+        let checked =
+            check_create_references(&caller, item, fields, &refs).map_err(|e| in_item(e, i))?;
         creates.push(checked.row);
         answer_targets.push(checked.target_ids);
     }
@@ -777,16 +779,31 @@ struct CheckedCreate {
     target_ids: Vec<String>,
 }
 
-/// Checks `body` against the `issuers` and `targets` read for it (rows
+/// The issuers and targets read for creates, by id (a batch may name
+/// thousands of targets).
+struct References<'a> {
+    issuers: HashMap<&'a str, &'a PluginInstance>,
+    targets: HashMap<&'a str, &'a Target>,
+}
+
+impl<'a> References<'a> {
+    fn new(issuers: &'a [PluginInstance], targets: &'a [Target]) -> Self {
+        References {
+            issuers: issuers.iter().map(|i| (i.id.as_str(), i)).collect(),
+            targets: targets.iter().map(|t| (t.id.as_str(), t)).collect(),
+        }
+    }
+}
+
+/// Checks `body` against the issuers and targets read for it (rows
 /// missing from them do not exist).
 fn check_create_references(
     caller: &OperatorAccess,
     body: CreateCertificate,
     fields: CreateFields,
-    issuers: &[PluginInstance],
-    targets: &[Target],
+    refs: &References<'_>,
 ) -> ApiResult<CheckedCreate> {
-    match issuers.iter().find(|i| i.id == body.issuer_id) {
+    match refs.issuers.get(body.issuer_id.as_str()) {
         Some(i) if i.retired_at.is_some() => {
             return Err(
                 ApiError::validation(format!("issuer {:?} is retired", body.issuer_id))
@@ -816,7 +833,7 @@ fn check_create_references(
                     .with_param("target_ids"),
             );
         }
-        match targets.iter().find(|t| &t.id == id) {
+        match refs.targets.get(id.as_str()) {
             Some(t) if t.retired_at.is_none() => agents.push(t.agent_id.clone()),
             Some(_) => {
                 return Err(ApiError::validation(format!("target {id:?} is retired"))

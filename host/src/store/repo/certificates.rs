@@ -155,6 +155,21 @@ pub(crate) struct NewCertificateRow {
     pub(crate) now: DateTime<Utc>,
 }
 
+/// What every create checks of the row itself.
+fn check_new(new: &NewCertificate) -> StoreResult<()> {
+    if new.key_source == KeySource::Agent && new.target_id.is_none() {
+        return Err(StoreError::InvalidArgument(
+            "a certificate with agent-generated keys needs a key-holding target".into(),
+        ));
+    }
+    if new.renew_before_secs < 0 {
+        return Err(StoreError::InvalidArgument(
+            "renew_before_secs must be >= 0".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// One certificate to create with [`Store::create_certificates`].
 #[derive(Debug, Clone)]
 pub struct CertificateCreate {
@@ -173,16 +188,7 @@ impl NewCertificateRow {
     /// `create` checked, to be written at `now`.
     pub(crate) fn checked(create: CertificateCreate, now: DateTime<Utc>) -> StoreResult<Self> {
         let new = create.new;
-        if new.key_source == KeySource::Agent && new.target_id.is_none() {
-            return Err(StoreError::InvalidArgument(
-                "a certificate with agent-generated keys needs a key-holding target".into(),
-            ));
-        }
-        if new.renew_before_secs < 0 {
-            return Err(StoreError::InvalidArgument(
-                "renew_before_secs must be >= 0".into(),
-            ));
-        }
+        check_new(&new)?;
         Ok(NewCertificateRow {
             new,
             extra_targets: create.extra_targets,
@@ -352,16 +358,7 @@ impl Store {
     /// Creates a managed certificate. It is due for issuance at once
     /// (`renew_at` = now): the next renewal sweep creates its issuance job.
     pub async fn create_certificate(&self, new: NewCertificate) -> StoreResult<Certificate> {
-        if new.key_source == KeySource::Agent && new.target_id.is_none() {
-            return Err(StoreError::InvalidArgument(
-                "a certificate with agent-generated keys needs a key-holding target".into(),
-            ));
-        }
-        if new.renew_before_secs < 0 {
-            return Err(StoreError::InvalidArgument(
-                "renew_before_secs must be >= 0".into(),
-            ));
-        }
+        check_new(&new)?;
         let now = now();
         on_write!(self, |pool| {
             sqlx::query_as::<_, Certificate>(
@@ -753,6 +750,9 @@ impl Store {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        // Straight to the writer, not through SQLite's group committer: a
+        // batch is a group of its own already, and one refused row must
+        // undo the batch, not only itself.
         let share = self.row_share_suffix();
         on_write!(self, |pool| create_all!(pool, &rows, share))
     }
