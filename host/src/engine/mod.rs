@@ -244,30 +244,13 @@ async fn claim_deployments_first(
     limit: u32,
 ) -> Result<Vec<crate::store::Job>, crate::store::StoreError> {
     let busy = engine.runner.busy_targets();
-    let mut jobs = Vec::new();
-    if !engine.runner.deployment_claim_futile(&busy) {
-        jobs = engine
-            .store
-            .claim_pending_jobs_except(Some(crate::store::JobType::Deployment), limit, &busy)
-            .await?;
-        engine.runner.deployment_claim_found(&busy, jobs.len());
-    }
-    let left = limit.saturating_sub(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
-    if left > 0 {
-        match engine
-            .store
-            .claim_pending_jobs_except(None, left, &busy)
-            .await
-        {
-            Ok(more) => jobs.extend(more),
-            // The deployments are leased to this host already: run them
-            // rather than leave them to lapse; the rest waits for the next
-            // pass.
-            Err(e) if !jobs.is_empty() => {
-                tracing::warn!(error = %e, deployments = jobs.len(), "cannot claim further jobs; running the deployments claimed");
-            }
-            Err(e) => return Err(e),
-        }
+    let deployments_first = !engine.runner.deployment_claim_futile(&busy);
+    let (jobs, deployments) = engine
+        .store
+        .claim_host_jobs_deployments_first(limit, &busy, deployments_first)
+        .await?;
+    if deployments_first {
+        engine.runner.deployment_claim_found(&busy, deployments);
     }
     Ok(jobs)
 }

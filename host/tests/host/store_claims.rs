@@ -755,6 +755,65 @@ async fn claims_leave_busy_targets_alone(b: Backend) {
     );
 }
 
+/// One claim takes deployments first, even when issuances have waited
+/// longer, then any type for what is left of its limit; it says how many
+/// the deployments' claim took. Without `deployments_first` it takes the
+/// oldest jobs of any type.
+async fn a_claim_takes_deployments_first_then_the_rest(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let agent = fixtures::agent(&store, "a").await;
+    let busy = fixtures::target(&store, &agent.id, "busy").await;
+    let free = fixtures::target(&store, &agent.id, "free").await;
+    let earlier = now() - chrono::Duration::minutes(10);
+    let mut jobs: Vec<NewJob> = (0..3)
+        .map(|_| NewJob::new(JobType::Renewal).run_at(earlier))
+        .collect();
+    for target in [&free, &free, &busy] {
+        jobs.push(
+            NewJob::new(JobType::Deployment)
+                .target(&target.id)
+                .agent("host"),
+        );
+    }
+    store.create_jobs(&jobs).await.unwrap();
+    let except = [busy.id.clone()];
+
+    let (first, deployments) = store
+        .claim_host_jobs_deployments_first(3, &except, true)
+        .await
+        .unwrap();
+    assert_eq!(deployments, 2, "{first:?}");
+    let types: Vec<JobType> = first.iter().map(|j| j.job_type).collect();
+    assert_eq!(
+        types.iter().filter(|t| **t == JobType::Deployment).count(),
+        2,
+        "{types:?}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| **t == JobType::Renewal).count(),
+        1,
+        "{types:?}"
+    );
+    assert!(first.iter().all(|j| j.status == JobStatus::Running));
+
+    // Oldest first: the two renewals left, then the busy target's
+    // deployment is left alone.
+    let (next, deployments) = store
+        .claim_host_jobs_deployments_first(5, &except, false)
+        .await
+        .unwrap();
+    assert_eq!(deployments, 0);
+    let types: Vec<JobType> = next.iter().map(|j| j.job_type).collect();
+    assert_eq!(types, [JobType::Renewal, JobType::Renewal]);
+    let (last, deployments) = store
+        .claim_host_jobs_deployments_first(5, &[], true)
+        .await
+        .unwrap();
+    assert_eq!((last.len(), deployments), (1, 1));
+    assert_eq!(last[0].target_id.as_deref(), Some(busy.id.as_str()));
+}
+
 /// The reaper expires jobs that waited too long (for a CSR, an approval)
 /// under the write lock on every tick: it reads them through their own
 /// index, never a scan of every job, and fails exactly the stale waits.
@@ -1074,6 +1133,7 @@ both_backends!(
     expiring_waits_reads_only_the_waiting_jobs,
     deployment_claims_do_not_walk_a_renewal_backlog,
     claims_leave_busy_targets_alone,
+    a_claim_takes_deployments_first_then_the_rest,
     claim_flips_to_running_and_residual_is_empty,
     claim_by_type_respects_type_and_limit,
     concurrent_claimants_get_disjoint_jobs,

@@ -19,6 +19,10 @@ pub(crate) struct HostClaim {
     /// Targets whose deployments are left alone, as a JSON array; `None`
     /// for none.
     pub(crate) except_targets: Option<String>,
+    /// With no `job_type`: claim deployments first, then anything for
+    /// what is left of `limit`, both in the same write (one trip through
+    /// SQLite's group committer instead of two).
+    pub(crate) deployments_first: bool,
 }
 
 impl HostClaim {
@@ -64,6 +68,25 @@ impl HostClaim {
     pub(crate) fn param(&self) -> Option<ClaimParam<'_>> {
         self.form().2
     }
+
+    /// The claims this one runs, in order: with `deployments_first`, the
+    /// deployments' claim, then (its limit cut by what the first took) the
+    /// claim of any type; otherwise itself.
+    pub(crate) fn steps(&self) -> (Option<HostClaim>, HostClaim) {
+        let plain = HostClaim {
+            deployments_first: false,
+            ..self.clone()
+        };
+        if self.deployments_first && self.job_type.is_none() {
+            let deployments = HostClaim {
+                job_type: Some(JobType::Deployment),
+                ..plain.clone()
+            };
+            (Some(deployments), plain)
+        } else {
+            (None, plain)
+        }
+    }
 }
 
 /// The fifth parameter of a host claim.
@@ -75,10 +98,46 @@ pub(crate) enum ClaimParam<'a> {
     Targets(&'a str),
 }
 
-/// Runs the claim `$claim` (`&HostClaim`) with the backend's statement
-/// `$sql` on an executor (a pool or `&mut *tx`); evaluates to
-/// `StoreResult<Vec<Job>>`, unsorted.
+/// Runs the claim `$claim` (`&HostClaim`) on an executor (a pool or
+/// `&mut *tx`), `$pick` choosing the backend's statement of a claim
+/// (`fn(&HostClaim) -> &'static str`); evaluates to `StoreResult<(Vec<Job>,
+/// usize)>`: the jobs, unsorted, and how many a first claim of deployments
+/// took. When the claim after the deployments fails, the deployments
+/// already leased are returned (and run) rather than left to lapse.
 macro_rules! claim_host_jobs {
+    ($exec:expr, $claim:expr, $pick:expr) => {
+        async {
+            let claim: &$crate::store::repo::claims::HostClaim = $claim;
+            let pick: fn(&$crate::store::repo::claims::HostClaim) -> &'static str = $pick;
+            let (first, rest) = claim.steps();
+            let mut jobs = Vec::new();
+            if let Some(first) = &first {
+                jobs = $crate::store::repo::claims::claim_step!($exec, first, pick(first))?;
+            }
+            let found = jobs.len();
+            let left = claim
+                .limit
+                .saturating_sub(u32::try_from(found).unwrap_or(u32::MAX));
+            if left > 0 {
+                let rest = $crate::store::repo::claims::HostClaim { limit: left, ..rest };
+                match $crate::store::repo::claims::claim_step!($exec, &rest, pick(&rest)) {
+                    Ok(more) => jobs.extend(more),
+                    Err(e) if found > 0 => {
+                        tracing::warn!(error = %e, deployments = found, "cannot claim further jobs; running the deployments claimed");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, $crate::store::StoreError>((jobs, found))
+        }
+        .await
+    };
+}
+pub(crate) use claim_host_jobs;
+
+/// One statement of [`claim_host_jobs!`]: the claim `$claim` with the
+/// backend's statement `$sql`.
+macro_rules! claim_step {
     ($exec:expr, $claim:expr, $sql:expr) => {
         async {
             let claim: &$crate::store::repo::claims::HostClaim = $claim;
@@ -98,7 +157,17 @@ macro_rules! claim_host_jobs {
         .await
     };
 }
-pub(crate) use claim_host_jobs;
+pub(crate) use claim_step;
+
+/// A claim's statement on SQLite.
+pub(crate) fn sqlite_sql(claim: &HostClaim) -> &'static str {
+    claim.sql().0
+}
+
+/// A claim's statement on PostgreSQL.
+pub(crate) fn postgres_sql(claim: &HostClaim) -> &'static str {
+    claim.sql().1
+}
 
 fn sort_jobs(jobs: &mut [Job]) {
     jobs.sort_by(|a, b| a.run_at.cmp(&b.run_at).then_with(|| a.id.cmp(&b.id)));
@@ -129,6 +198,34 @@ impl Store {
         limit: u32,
         except_targets: &[String],
     ) -> StoreResult<Vec<Job>> {
+        Ok(self
+            .claim_host(job_type, limit, except_targets, false)
+            .await?
+            .0)
+    }
+
+    /// Claims up to `limit` host jobs as [`Store::claim_pending_jobs_except`]
+    /// does, deployments first when `deployments_first` (a deployment
+    /// finishes what an issuance started), then any type for what is left,
+    /// in one write. Returns the jobs, oldest `run_at` first, and how many
+    /// the deployments' claim took.
+    pub async fn claim_host_jobs_deployments_first(
+        &self,
+        limit: u32,
+        except_targets: &[String],
+        deployments_first: bool,
+    ) -> StoreResult<(Vec<Job>, usize)> {
+        self.claim_host(None, limit, except_targets, deployments_first)
+            .await
+    }
+
+    async fn claim_host(
+        &self,
+        job_type: Option<JobType>,
+        limit: u32,
+        except_targets: &[String],
+        deployments_first: bool,
+    ) -> StoreResult<(Vec<Job>, usize)> {
         let now = now();
         let except_targets = (!except_targets.is_empty())
             .then(|| crate::store::repo::id_list(except_targets.iter().map(String::as_str)));
@@ -139,34 +236,35 @@ impl Store {
             limit,
             job_type,
             except_targets,
+            deployments_first,
         };
         // On SQLite the claim joins the group committer's transaction, so
         // the job loops do not take turns with it for the single writer.
-        if let crate::store::Backend::Sqlite(b) = &self.backend
+        let result = if let crate::store::Backend::Sqlite(b) = &self.backend
             && let Some(group) = &b.group
         {
-            let result = match group.claim(claim).await {
+            match group.claim(claim).await {
                 Ok(result) => {
                     self.counts.write();
                     result
                 }
                 Err(unsent) => self.claim_alone(&unsent).await,
-            };
-            let mut jobs = result?;
-            sort_jobs(&mut jobs);
-            return Ok(jobs);
-        }
-        let mut jobs = self.claim_alone(&claim).await?;
+            }
+        } else {
+            self.claim_alone(&claim).await
+        };
+        let (mut jobs, found) = result?;
         sort_jobs(&mut jobs);
-        Ok(jobs)
+        Ok((jobs, found))
     }
 
-    /// Runs one host claim as a statement of its own.
-    async fn claim_alone(&self, claim: &HostClaim) -> StoreResult<Vec<Job>> {
-        let (lite_sql, pg_sql) = claim.sql();
-        Ok(on_write!(self, lite_sql, pg_sql, |pool, sql| {
-            claim_host_jobs!(pool, claim, sql)?
-        }))
+    /// Runs one host claim on its own (its statements in autocommit).
+    async fn claim_alone(&self, claim: &HostClaim) -> StoreResult<(Vec<Job>, usize)> {
+        let pick: fn(&HostClaim) -> &'static str = match self.backend {
+            crate::store::Backend::Sqlite(_) => sqlite_sql,
+            crate::store::Backend::Postgres(_) => postgres_sql,
+        };
+        Ok(on_write!(self, |pool| claim_host_jobs!(pool, claim, pick)?))
     }
 
     /// The agent routing. Returns, for agent `agent_id`, at most `limit`

@@ -28,6 +28,7 @@ impl Store {
             limit: 16,
             job_type,
             except_targets: except_targets.then(|| "[\"explain\"]".to_owned()),
+            deployments_first: false,
         };
         let (lite_sql, pg_sql) = claim.sql();
         let mut args = vec!["'explain'", "now()", "now()", "16"];

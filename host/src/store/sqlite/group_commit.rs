@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::faults;
 use crate::store::repo::certificates::{NewCertificateRow, create_one, insert_certificate};
-use crate::store::repo::claims::{HostClaim, claim_host_jobs};
+use crate::store::repo::claims::{HostClaim, claim_host_jobs, sqlite_sql};
 use crate::store::repo::outcomes::{
     Committed, Deferred, Prepared, commit_one, flush_deferred, write_outcome,
 };
@@ -58,7 +58,7 @@ enum Write {
     Outcome(Prepared, Reply<Option<Committed>>),
     Certificate(NewCertificateRow, Reply<Certificate>),
     /// Run after the group's other writes, so it sees their follow-up jobs.
-    Claim(HostClaim, Reply<Vec<Job>>),
+    Claim(HostClaim, Reply<(Vec<Job>, usize)>),
 }
 
 /// What a write of a group came to, told to its caller after the commit.
@@ -67,7 +67,7 @@ enum Done {
     Outcome(Option<Committed>),
     /// `Err` only for a missing or retired issuer: nothing was written.
     Certificate(StoreResult<Certificate>),
-    Claim(Vec<Job>),
+    Claim((Vec<Job>, usize)),
 }
 
 /// The handle callers send writes through. The committer stops when the
@@ -162,7 +162,7 @@ impl GroupCommit {
     pub(crate) async fn claim(
         &self,
         claim: HostClaim,
-    ) -> Result<StoreResult<Vec<Job>>, Box<HostClaim>> {
+    ) -> Result<StoreResult<(Vec<Job>, usize)>, Box<HostClaim>> {
         let (reply, answer) = oneshot::channel();
         self.send(Write::Claim(claim, reply), answer, |w| match w {
             Write::Claim(claim, _) => Some(claim),
@@ -237,8 +237,7 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<Grou
                         }
                         Write::Claim(claim, reply) => {
                             if !reply.is_closed() {
-                                let _ =
-                                    reply.send(claim_host_jobs!(&writer, &claim, claim.sql().0));
+                                let _ = reply.send(claim_host_jobs!(&writer, &claim, sqlite_sql));
                             }
                         }
                     }
@@ -267,7 +266,7 @@ async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Vec<Do
                 insert_certificate!(&mut tx, create, "", &mut deferred)?
                     .ok_or_else(|| create.no_issuer()),
             ),
-            Write::Claim(..) => Done::Claim(Vec::new()),
+            Write::Claim(..) => Done::Claim((Vec::new(), 0)),
         });
     }
     for (index, job) in flush_deferred!(&mut tx, deferred)? {
@@ -283,7 +282,7 @@ async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Vec<Do
         if let (Write::Claim(claim, reply), Done::Claim(jobs)) = (write, result)
             && !reply.is_closed()
         {
-            *jobs = claim_host_jobs!(&mut *tx, claim, claim.sql().0)?;
+            *jobs = claim_host_jobs!(&mut *tx, claim, sqlite_sql)?;
         }
     }
     tx.commit().await?;
