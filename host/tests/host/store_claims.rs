@@ -707,15 +707,21 @@ async fn deployment_claims_do_not_walk_a_renewal_backlog(b: Backend) {
     );
 }
 
+/// Two targets of one agent, named `busy` and `free`.
+async fn busy_and_free_targets(store: &Store) -> (Target, Target) {
+    let agent = fixtures::agent(store, "a").await;
+    let busy = fixtures::target(store, &agent.id, "busy").await;
+    let free = fixtures::target(store, &agent.id, "free").await;
+    (busy, free)
+}
+
 /// A claim leaves alone the deployments to the targets it is told are
 /// busy (whichever claim: deployments only, or any type), and they are
 /// claimed once the targets are not.
 async fn claims_leave_busy_targets_alone(b: Backend) {
     let db = TestDb::new(b).await;
     let store = db.migrated().await;
-    let agent = fixtures::agent(&store, "a").await;
-    let busy = fixtures::target(&store, &agent.id, "busy").await;
-    let free = fixtures::target(&store, &agent.id, "free").await;
+    let (busy, free) = busy_and_free_targets(&store).await;
     let earlier = now() - chrono::Duration::minutes(10);
     let mut jobs: Vec<NewJob> = (0..3)
         .map(|_| {
@@ -762,9 +768,7 @@ async fn claims_leave_busy_targets_alone(b: Backend) {
 async fn a_claim_takes_deployments_first_then_the_rest(b: Backend) {
     let db = TestDb::new(b).await;
     let store = db.migrated().await;
-    let agent = fixtures::agent(&store, "a").await;
-    let busy = fixtures::target(&store, &agent.id, "busy").await;
-    let free = fixtures::target(&store, &agent.id, "free").await;
+    let (busy, free) = busy_and_free_targets(&store).await;
     let earlier = now() - chrono::Duration::minutes(10);
     let mut jobs: Vec<NewJob> = (0..3)
         .map(|_| NewJob::new(JobType::Renewal).run_at(earlier))
