@@ -469,6 +469,7 @@ async fn record_issued(
         trust_anchor_pem: None,
         now,
         validity_days: None,
+        csr_made_by_host: cert.key_source == KeySource::Host,
     })
     .map_err(|e| {
         permanent(format!(

@@ -6,7 +6,8 @@
 //!
 //! 1. every PEM holds exactly one `CERTIFICATE` block whose DER parses as
 //!    X.509 with no trailing bytes (nothing else in the text but whitespace);
-//! 2. the CSR's own signature verifies (proof of possession) and the leaf
+//! 2. the CSR's own signature verifies (proof of possession; not checked
+//!    again for a CSR the host made from a key it generated) and the leaf
 //!    certifies exactly the CSR's SubjectPublicKeyInfo (byte-for-byte);
 //! 3. the leaf is an end-entity certificate: no `CA:true`, no
 //!    `keyCertSign`/`cRLSign` key usage, `serverAuth` when an EKU is present;
@@ -20,7 +21,10 @@
 //!    subject DN and its signature verifies with the next one's key, every
 //!    chain element is a CA allowed to sign certificates (key usage, path
 //!    length) and currently valid; a self-signed root is only accepted as the
-//!    last element and is dropped from the stored chain. An empty chain is
+//!    last element and is dropped from the stored chain (a signature
+//!    between two CA certificates that verified is remembered for the
+//!    process, by the exact bytes signed, the signature and the signer's
+//!    key: the same chain comes back with every certificate). An empty chain is
 //!    only accepted when the caller passes a trust anchor that signed the
 //!    leaf; when a trust anchor is passed, the top of the chain must be
 //!    signed by it.
@@ -84,6 +88,11 @@ pub struct IssuedInput<'a> {
     pub now: DateTime<Utc>,
     /// Validity requested from the issuer, in days, if any.
     pub validity_days: Option<u32>,
+    /// The host made the CSR itself from a key it generated (host key
+    /// mode): its signature is not verified again, since it proves only
+    /// that its maker holds the key, which the host knows. A CSR from an
+    /// agent is always verified.
+    pub csr_made_by_host: bool,
 }
 
 /// A leaf certificate and chain that passed every check of [`check_issued`].
@@ -431,15 +440,19 @@ pub fn check_issued(input: &IssuedInput<'_>) -> Result<CheckedCertificate, CertC
         .transpose()?;
 
     // 2. Proof of possession and key match.
-    csr.verify_signature().map_err(|err| match err {
-        X509Error::SignatureUnsupportedAlgorithm => CertCheckError::UnsupportedSignatureAlgorithm {
-            role: CertRole::Csr,
-            algorithm: csr.signature_algorithm.algorithm.to_id_string(),
-        },
-        other => CertCheckError::CsrSignatureInvalid {
-            reason: other.to_string(),
-        },
-    })?;
+    if !input.csr_made_by_host {
+        csr.verify_signature().map_err(|err| match err {
+            X509Error::SignatureUnsupportedAlgorithm => {
+                CertCheckError::UnsupportedSignatureAlgorithm {
+                    role: CertRole::Csr,
+                    algorithm: csr.signature_algorithm.algorithm.to_id_string(),
+                }
+            }
+            other => CertCheckError::CsrSignatureInvalid {
+                reason: other.to_string(),
+            },
+        })?;
+    }
     if leaf.public_key().raw != csr.certification_request_info.subject_pki.raw {
         return Err(CertCheckError::KeyMismatch);
     }
@@ -818,8 +831,20 @@ fn check_signed_by(
             signer_subject: signer.subject().to_string(),
         });
     }
+    // A CA certificate signed by another (or by itself) comes back with
+    // every certificate of its issuer: verified once per process. A leaf
+    // is new each time and always verified.
+    let known = (role != CertRole::Leaf).then(|| signed_pair(child, signer));
+    if known.is_some_and(|pair| VERIFIED_CA_LINKS.contains(&pair)) {
+        return Ok(());
+    }
     child
         .verify_signature(Some(signer.public_key()))
+        .map(|()| {
+            if let Some(pair) = known {
+                VERIFIED_CA_LINKS.insert(pair);
+            }
+        })
         .map_err(|err| match err {
             X509Error::SignatureUnsupportedAlgorithm => {
                 CertCheckError::UnsupportedSignatureAlgorithm {
@@ -832,6 +857,46 @@ fn check_signed_by(
                 signer: signer_role,
             },
         })
+}
+
+/// The certificate (to be signed, and its signature) and the signer's key
+/// of a verified link, hashed.
+fn signed_pair(child: &X509Certificate<'_>, signer: &X509Certificate<'_>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in [
+        child.tbs_certificate.as_ref(),
+        &child.signature_value.data,
+        signer.public_key().raw,
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
+}
+
+/// Links between CA certificates whose signature verified, kept for the
+/// life of the process. Bounded: emptied when full (a host sees a handful
+/// of CA chains, so it never fills in practice).
+struct VerifiedLinks(std::sync::Mutex<BTreeSet<[u8; 32]>>);
+
+/// Links kept at most.
+const VERIFIED_LINKS_MAX: usize = 4096;
+
+static VERIFIED_CA_LINKS: VerifiedLinks = VerifiedLinks(std::sync::Mutex::new(BTreeSet::new()));
+
+impl VerifiedLinks {
+    fn contains(&self, pair: &[u8; 32]) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(pair))
+    }
+
+    fn insert(&self, pair: [u8; 32]) {
+        if let Ok(mut set) = self.0.lock() {
+            if set.len() >= VERIFIED_LINKS_MAX {
+                set.clear();
+            }
+            set.insert(pair);
+        }
+    }
 }
 
 /// Checks that `cert` is a CA allowed to sign certificates.
@@ -1062,6 +1127,7 @@ mod tests {
         anchor: Option<String>,
         now: DateTime<Utc>,
         validity_days: Option<u32>,
+        csr_made_by_host: bool,
     }
 
     impl Case {
@@ -1075,6 +1141,7 @@ mod tests {
                 trust_anchor_pem: self.anchor.as_deref(),
                 now: self.now,
                 validity_days: self.validity_days,
+                csr_made_by_host: self.csr_made_by_host,
             })
         }
 
@@ -1113,6 +1180,7 @@ mod tests {
             anchor: None,
             now: now(),
             validity_days: None,
+            csr_made_by_host: false,
         }
     }
 
@@ -1200,6 +1268,7 @@ mod tests {
             anchor: None,
             now: now(),
             validity_days: Some(30),
+            csr_made_by_host: false,
         };
         let checked = case.check().unwrap();
         assert_eq!(checked.ip_addresses, ips);
@@ -1353,6 +1422,62 @@ mod tests {
         assert!(matches!(
             case.err(),
             CertCheckError::CsrSignatureInvalid { .. }
+        ));
+    }
+
+    #[test]
+    fn a_csr_the_host_made_is_not_verified_again_but_must_match() {
+        let pki = pki();
+        let mut case = case(&pki);
+        case.csr_made_by_host = true;
+        case.csr_pem = tamper_signature(&case.csr_pem, "CERTIFICATE REQUEST");
+        case.check().unwrap();
+        let other = KeyPair::generate().unwrap();
+        case.csr_pem = leaf_params(&NAMES, &[])
+            .serialize_request(&other)
+            .unwrap()
+            .pem()
+            .unwrap();
+        assert_eq!(case.err(), CertCheckError::KeyMismatch);
+    }
+
+    #[test]
+    fn a_verified_ca_link_is_remembered_but_not_a_changed_one() {
+        let pki = pki();
+        let mut case = case(&pki);
+        case.chain.push(pki.root.cert.pem());
+        case.check().unwrap();
+        // Again, the links between the two CAs from memory.
+        case.check().unwrap();
+        // The intermediate with another signature is verified afresh.
+        case.chain[0] = tamper_signature(&pki.int.cert.pem(), "CERTIFICATE");
+        assert_eq!(
+            case.err(),
+            CertCheckError::BadSignature {
+                role: CertRole::Chain(0),
+                signer: CertRole::Chain(1),
+            }
+        );
+        // So is the same intermediate under a root of the same name with
+        // another key: the remembered link was to the first root's key.
+        let impostor = root("Test Root");
+        case.chain = vec![pki.int.cert.pem(), impostor.cert.pem()];
+        assert_eq!(
+            case.err(),
+            CertCheckError::BadSignature {
+                role: CertRole::Chain(0),
+                signer: CertRole::Chain(1),
+            }
+        );
+        // And a leaf is verified every time.
+        let mut forged = case_with(&pki, &KeyPair::generate().unwrap(), |_| {});
+        forged.leaf_pem = tamper_signature(&forged.leaf_pem, "CERTIFICATE");
+        assert!(matches!(
+            forged.err(),
+            CertCheckError::BadSignature {
+                role: CertRole::Leaf,
+                ..
+            }
         ));
     }
 

@@ -515,6 +515,216 @@ async fn concurrent_outcomes_commit_each_alone(b: Backend) {
     }
 }
 
+/// Outcomes that record versions and clear alert conditions, committed at
+/// once (on SQLite a group writes them phase by phase, one command per
+/// phase): each writes what it would write alone. One certificate's
+/// renewal window changes after its job read it, and two outcomes clear
+/// the same condition: their groups are written again one by one, and the
+/// window in force is the one used.
+async fn grouped_versions_write_what_each_would_alone(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let issuer = fixtures::issuer(&store).await;
+    store
+        .create_notifier(NewPluginInstance::new("hook", "webhook", "1.0.0"))
+        .await
+        .unwrap();
+    let mut certs = Vec::new();
+    for _ in 0..30 {
+        certs.push(fixtures::certificate(&store, &issuer.id, None, KeySource::Host).await);
+    }
+    let condition = |i: usize| format!("issuance:{}", certs[i].id);
+    // Even certificates have an open condition; certificates 9 and 11
+    // both clear "shared" as well.
+    let notice = |keys: Vec<String>, send_when: SendWhen| Notice {
+        event_type: "certificate.issued".into(),
+        subject: None,
+        payload: serde_json::json!({}),
+        max_attempts: 3,
+        dedupe_key: None,
+        alerts: keys.into_iter().map(AlertChange::Resolve).collect(),
+        send_when,
+    };
+    let mut opened: Vec<String> = (0..30).step_by(2).map(condition).collect();
+    opened.push("shared".into());
+    store
+        .queue_notices(&[Notice {
+            alerts: opened.iter().cloned().map(AlertChange::Trigger).collect(),
+            ..notice(Vec::new(), SendWhen::Opened)
+        }])
+        .await
+        .unwrap();
+    let setup_notifications = store
+        .list_notifications(None, None, 0, 100)
+        .await
+        .unwrap()
+        .1;
+    for cert in &certs {
+        store
+            .create_job(NewJob::new(JobType::Issuance).certificate(&cert.id))
+            .await
+            .unwrap();
+    }
+    let claimed = store
+        .claim_pending_jobs(Some(JobType::Issuance), 30)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 30);
+    // The window changes after the job read it (30 days).
+    let moved = certs[5].id.clone();
+    store
+        .update_certificate(&moved, None, Some(10 * 86_400), None, None, None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let index: HashMap<String, usize> = certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.clone(), i))
+        .collect();
+    let not_before = now() - chrono::Duration::hours(1);
+    let not_after = now() + chrono::Duration::days(90);
+    // Certificate 20's job lost its lease: its outcome writes nothing.
+    let lost = 20;
+    let outcomes: Vec<(usize, Outcome)> = claimed
+        .into_iter()
+        .map(|job| {
+            let cert_id = job.certificate_id.clone().unwrap();
+            let i = index[&cert_id];
+            let mut keys = vec![condition(i)];
+            if i == 9 || i == 11 {
+                keys.push("shared".into());
+            }
+            let mut lease = job.lease().unwrap();
+            if i == lost {
+                lease.attempt += 1;
+            }
+            let mut outcome = Outcome::new("issued", Guard::Lease(lease), JobEnd::Complete);
+            outcome.version = Some(NewCertificateVersion {
+                certificate_id: cert_id.clone(),
+                serial: format!("{i:02x}"),
+                pem_chain: "pem".into(),
+                not_before,
+                not_after,
+                fingerprint_sha256: format!("{i:064x}"),
+                encrypted_private_key: None,
+                job_id: Some(job.id.clone()),
+                ca_certificate_id: None,
+                ca_order_id: None,
+                renew_before_secs: Some(30 * 86_400),
+            });
+            outcome.follow_ups = vec![NewJob::new(JobType::Deployment).certificate(&cert_id)];
+            outcome.audit.push(audit("certificate.issued", &job.id));
+            outcome.notices = vec![notice(keys, SendWhen::Resolved)];
+            (i, outcome)
+        })
+        .collect();
+    // First the outcomes nothing irregular is about, all at once (grouped
+    // on SQLite), then the three that send their group back to be written
+    // one by one.
+    let (irregular, regular): (Vec<_>, Vec<_>) = outcomes
+        .into_iter()
+        .partition(|(i, _)| [5, 9, 11].contains(i));
+    let commit_all = |outcomes: Vec<(usize, Outcome)>| {
+        let tasks: Vec<_> = outcomes
+            .into_iter()
+            .map(|(i, outcome)| {
+                let store = store.clone();
+                tokio::spawn(async move { (i, store.commit_outcome(outcome).await) })
+            })
+            .collect();
+        futures::future::join_all(tasks)
+    };
+    let mut results = commit_all(regular).await;
+    let grouped = store.grouped_commits();
+    if let Some((groups, outcomes)) = grouped {
+        assert!(groups > 0, "nothing was grouped");
+        assert!(groups < outcomes, "{groups} groups for {outcomes} outcomes");
+    } else {
+        assert_eq!(b, Backend::Postgres, "SQLite commits outcomes in groups");
+    }
+    results.extend(commit_all(irregular).await);
+    let mut notified = 0;
+    for task in results {
+        let (i, result) = task.unwrap();
+        let cert = store.get_certificate(&certs[i].id).await.unwrap().unwrap();
+        if i == lost {
+            assert!(result.unwrap().is_none(), "a lost lease writes nothing");
+            assert_eq!(cert.current_version_id, None);
+            continue;
+        }
+        let committed = result.unwrap().expect("committed");
+        let version = committed.version.expect("a version");
+        assert_eq!(version.serial, format!("{i:02x}"));
+        assert_eq!(committed.follow_ups.len(), 1);
+        assert_eq!(
+            committed.follow_ups[0].certificate_version_id.as_ref(),
+            Some(&version.id)
+        );
+        notified += committed.notifications;
+        if i % 2 == 0 {
+            assert_eq!(
+                committed.notifications, 1,
+                "certificate {i} cleared its condition"
+            );
+        } else if i != 9 && i != 11 {
+            assert_eq!(
+                committed.notifications, 0,
+                "certificate {i} cleared nothing"
+            );
+        }
+        assert_eq!(
+            cert.current_version_id.as_ref(),
+            Some(&version.id),
+            "certificate {i}"
+        );
+        let window = if i == 5 { 10 * 86_400 } else { 30 * 86_400 };
+        let (due, _) = renewal_due_at(not_before, not_after, window);
+        assert_eq!(
+            cert.renew_at.timestamp(),
+            due.timestamp(),
+            "certificate {i}"
+        );
+        assert_eq!(
+            cert.not_after.map(|t| t.timestamp()),
+            Some(not_after.timestamp())
+        );
+    }
+    // The lost job left no follow-up, audit row or cleared condition.
+    let lost_job = store
+        .list_jobs(&JobFilter {
+            certificate_id: Some(certs[lost].id.clone()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        lost_job.len(),
+        1,
+        "no deployment of a version never recorded"
+    );
+    let audited = store
+        .list_audit_events(Some("job"), Some(&lost_job[0].id), 10)
+        .await
+        .unwrap();
+    assert!(audited.is_empty());
+    // 14 open conditions (not the lost job's) and "shared" cleared once.
+    assert_eq!(notified, 15);
+    let notifications = store
+        .list_notifications(None, None, 0, 100)
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(notifications - setup_notifications, 15);
+    let mut keys: Vec<String> = (0..30).map(condition).collect();
+    keys.push("shared".into());
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_eq!(
+        store.alert_conditions_open(&keys).await.unwrap(),
+        vec![condition(lost)]
+    );
+}
+
 /// API keys and audit listing round-trip.
 async fn api_keys(b: Backend) {
     let db = TestDb::new(b).await;
@@ -636,5 +846,6 @@ both_backends!(
     certificate_versions,
     certificates_need_a_live_issuer,
     concurrent_outcomes_commit_each_alone,
+    grouped_versions_write_what_each_would_alone,
     api_keys,
 );

@@ -91,10 +91,16 @@ macro_rules! queue_notices {
         $crate::store::repo::notices::queue_notices!($tx, $now, $notices, &mut None)
     };
     ($tx:expr, $now:expr, $notices:expr, $notifiers:expr) => {
+        $crate::store::repo::notices::queue_notices!($tx, $now, $notices, $notifiers, None)
+    };
+    ($tx:expr, $now:expr, $notices:expr, $notifiers:expr, $cleared:expr) => {
         async {
             let tx = $tx;
             let notices: &[$crate::store::Notice] = $notices;
             let read: &mut Option<Vec<(String,)>> = $notifiers;
+            // The conditions cleared already by one DELETE for several
+            // outcomes (`sqlite::outcome_batch`); `None`: cleared here.
+            let cleared_before: Option<&[String]> = $cleared;
             let mut queued: u64 = 0;
             if notices.is_empty() {
                 return Ok::<u64, $crate::store::StoreError>(0);
@@ -120,7 +126,13 @@ macro_rules! queue_notices {
                     })
                     .collect();
                 let mut cleared: Vec<String> = Vec::new();
-                if !to_resolve.is_empty() {
+                if let Some(before) = cleared_before {
+                    cleared = before
+                        .iter()
+                        .filter(|key| to_resolve.contains(&key.as_str()))
+                        .cloned()
+                        .collect();
+                } else if !to_resolve.is_empty() {
                     let mut qb = sqlx::QueryBuilder::new("DELETE FROM alert_conditions WHERE key IN (");
                     let mut keys = qb.separated(", ");
                     for key in &to_resolve {

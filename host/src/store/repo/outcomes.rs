@@ -496,6 +496,33 @@ macro_rules! flush_deferred {
 }
 pub(crate) use flush_deferred;
 
+/// Appends the guarded job UPDATE of an outcome that completes or moves
+/// its job (`$p`: `&Prepared`), `RETURNING *`: no row when the guard
+/// failed.
+macro_rules! push_move {
+    ($qb:ident, $p:expr) => {{
+        let p: &$crate::store::repo::outcomes::Prepared = $p;
+        let now = $crate::store::codec::ts(p.now);
+        $qb.push("UPDATE jobs SET status = ")
+            .push_bind(p.to)
+            .push(", updated_at = ")
+            .push_bind(now);
+        if p.from == $crate::store::JobStatus::Running {
+            $qb.push(", lease_expires_at = NULL");
+        }
+        if p.to == $crate::store::JobStatus::Completed {
+            $qb.push(", finished_at = ").push_bind(now);
+        }
+        if p.to == $crate::store::JobStatus::Pending {
+            $qb.push(", lease_owner = NULL, finished_at = NULL");
+        }
+        $crate::store::repo::outcomes::push_job_update!($qb, p.outcome.update.clone());
+        $crate::store::repo::outcomes::push_guard!($qb, &p.outcome.guard);
+        $qb.push(" RETURNING *");
+    }};
+}
+pub(crate) use push_move;
+
 /// Writes the prepared outcome `$prepared`, number `$index` of the open
 /// write transaction `$tx` (`&mut Transaction`), except the rows it defers
 /// to `$deferred` (`&mut Deferred`) for [`flush_deferred!`]; evaluates to
@@ -544,23 +571,8 @@ macro_rules! write_outcome {
                         .await?
                 }
                 _ => {
-                    let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET status = ");
-                    qb.push_bind(p.to)
-                        .push(", updated_at = ")
-                        .push_bind($crate::store::codec::ts(now));
-                    if p.from == $crate::store::JobStatus::Running {
-                        qb.push(", lease_expires_at = NULL");
-                    }
-                    if p.to == $crate::store::JobStatus::Completed {
-                        qb.push(", finished_at = ")
-                            .push_bind($crate::store::codec::ts(now));
-                    }
-                    if p.to == $crate::store::JobStatus::Pending {
-                        qb.push(", lease_owner = NULL, finished_at = NULL");
-                    }
-                    $crate::store::repo::outcomes::push_job_update!(qb, update);
-                    $crate::store::repo::outcomes::push_guard!(qb, guard);
-                    qb.push(" RETURNING *");
+                    let mut qb = sqlx::QueryBuilder::new("");
+                    $crate::store::repo::outcomes::push_move!(qb, p);
                     qb.build_query_as::<$crate::store::Job>()
                         .fetch_optional(&mut **tx)
                         .await?

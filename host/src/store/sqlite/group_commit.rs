@@ -33,10 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::faults;
 use crate::store::repo::certificates::{NewCertificateRow, create_one, insert_certificate};
 use crate::store::repo::claims::{HostClaim, claim_host_jobs, sqlite_sql};
-use crate::store::repo::outcomes::{
-    Committed, Deferred, Prepared, commit_one, flush_deferred, write_outcome,
-};
+use crate::store::repo::outcomes::{Committed, Deferred, Prepared, commit_one, flush_deferred};
 use crate::store::sqlite::claims::FAIL_JOB;
+use crate::store::sqlite::outcome_batch::{Batched, write_outcomes};
 use crate::store::{BeginWrite, StoreError, StoreResult};
 use crate::store::{Certificate, Job};
 
@@ -196,7 +195,12 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<Grou
     let mut group = Vec::with_capacity(GROUP_MAX);
     while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
         let items: Vec<Write> = std::mem::take(&mut group);
-        match write_group(&writer, &items).await {
+        let written = match write_group(&writer, &items).await {
+            Ok(Batched::Written(results)) => Ok(results),
+            Ok(Batched::Alone(why)) => Err(why.to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
             Ok(results) => {
                 counts.groups.fetch_add(1, Ordering::Relaxed);
                 counts
@@ -223,9 +227,9 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<Grou
                     }
                 }
             }
-            Err(e) => {
+            Err(why) => {
                 if items.len() > 1 {
-                    tracing::debug!(error = %e, writes = items.len(), "a grouped commit failed; committing its writes one by one");
+                    tracing::debug!(reason = %why, writes = items.len(), "a grouped commit failed; committing its writes one by one");
                 }
                 for write in items {
                     match write {
@@ -248,20 +252,27 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<Grou
 }
 
 /// Writes every write of `items` in one transaction; the result of each,
-/// in order, once committed.
-async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Vec<Done>> {
+/// in order, once committed. `Alone` (rolled back) when the outcomes cannot
+/// share the transaction's phases.
+async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Batched<Vec<Done>>> {
     let mut tx = writer.begin_write().await?;
-    let mut done = Vec::with_capacity(items.len());
     let mut deferred = Deferred::default();
-    for (index, write) in items.iter().enumerate() {
+    let outcomes: Vec<(usize, &Prepared)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, write)| match write {
+            Write::Outcome(prepared, _) => Some((index, prepared)),
+            _ => None,
+        })
+        .collect();
+    let mut outcomes_written = match write_outcomes(&mut tx, &outcomes, &mut deferred).await? {
+        Batched::Written(written) => written.into_iter(),
+        Batched::Alone(why) => return Ok(Batched::Alone(why)),
+    };
+    let mut done = Vec::with_capacity(items.len());
+    for write in items {
         done.push(match write {
-            Write::Outcome(prepared, _) => Done::Outcome(write_outcome!(
-                &mut tx,
-                prepared,
-                FAIL_JOB,
-                &mut deferred,
-                index
-            )?),
+            Write::Outcome(..) => Done::Outcome(outcomes_written.next().flatten()),
             Write::Certificate(create, _) => Done::Certificate(
                 insert_certificate!(&mut tx, create, "", &mut deferred)?
                     .ok_or_else(|| create.no_issuer()),
@@ -286,7 +297,7 @@ async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Vec<Do
         }
     }
     tx.commit().await?;
-    Ok(done)
+    Ok(Batched::Written(done))
 }
 
 /// The committer is gone (the store is closing).

@@ -7,6 +7,7 @@
 
 pub(crate) mod claims;
 pub(crate) mod group_commit;
+pub(crate) mod outcome_batch;
 
 use std::str::FromStr;
 
