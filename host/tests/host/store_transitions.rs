@@ -516,11 +516,11 @@ async fn concurrent_outcomes_commit_each_alone(b: Backend) {
 }
 
 /// Outcomes that record versions and clear alert conditions, committed at
-/// once (on SQLite a group writes them phase by phase, one command per
-/// phase): each writes what it would write alone. One certificate's
-/// renewal window changes after its job read it, and two outcomes clear
-/// the same condition: their groups are written again one by one, and the
-/// window in force is the one used.
+/// once (on SQLite a group writes them phase by phase): each writes what it
+/// would write alone, and one whose lease was lost writes nothing. Then
+/// one certificate's renewal window changes after its job read it, and two
+/// outcomes clear the same condition: their group is written again one
+/// outcome at a time, and the window in force is the one used.
 async fn grouped_versions_write_what_each_would_alone(b: Backend) {
     let db = TestDb::new(b).await;
     let store = db.migrated().await;
