@@ -202,7 +202,7 @@ fn distinct_alert_keys(outcomes: &[(usize, &Prepared)]) -> bool {
 /// hand-offs it saves.
 const COMMAND_MAX: usize = 8;
 
-/// Runs one statement per item (`push` writes item's), as few commands as
+/// Runs one statement per item (`push` writes an item's), as few commands as
 /// [`COMMAND_MAX`] and the statements' texts allow; each item's rows and
 /// the rows its statement changed, in the items' order.
 async fn run_each<T>(
