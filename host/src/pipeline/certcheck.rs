@@ -1159,12 +1159,17 @@ mod tests {
 
     /// Requests `NAMES` with a CSR for `key`; the intermediate issues a leaf
     /// from `leaf_params(NAMES)` after `edit` (to simulate a misbehaving CA).
-    fn case_with(pki: &Pki, key: &KeyPair, edit: impl FnOnce(&mut CertificateParams)) -> Case {
-        let csr_pem = leaf_params(&NAMES, &[])
+    /// A CSR for `NAMES` signed with `key`.
+    fn csr_for(key: &KeyPair) -> String {
+        leaf_params(&NAMES, &[])
             .serialize_request(key)
             .unwrap()
             .pem()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn case_with(pki: &Pki, key: &KeyPair, edit: impl FnOnce(&mut CertificateParams)) -> Case {
+        let csr_pem = csr_for(key);
         let mut params = leaf_params(&NAMES, &[]);
         edit(&mut params);
         let leaf_pem = params
@@ -1406,11 +1411,7 @@ mod tests {
         let pki = pki();
         let mut case = case(&pki);
         // CSR for another key.
-        case.csr_pem = leaf_params(&NAMES, &[])
-            .serialize_request(&KeyPair::generate().unwrap())
-            .unwrap()
-            .pem()
-            .unwrap();
+        case.csr_pem = csr_for(&KeyPair::generate().unwrap());
         assert_eq!(case.err(), CertCheckError::KeyMismatch);
     }
 
@@ -1432,12 +1433,7 @@ mod tests {
         case.csr_made_by_host = true;
         case.csr_pem = tamper_signature(&case.csr_pem, "CERTIFICATE REQUEST");
         case.check().unwrap();
-        let other = KeyPair::generate().unwrap();
-        case.csr_pem = leaf_params(&NAMES, &[])
-            .serialize_request(&other)
-            .unwrap()
-            .pem()
-            .unwrap();
+        case.csr_pem = csr_for(&KeyPair::generate().unwrap());
         assert_eq!(case.err(), CertCheckError::KeyMismatch);
     }
 

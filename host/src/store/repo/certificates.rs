@@ -11,10 +11,16 @@ use crate::store::{
     on_write,
 };
 
-/// The head of a certificate version's INSERT, up to its values.
-pub(crate) const INSERT_VERSION_COLUMNS: &str = "INSERT INTO certificate_versions (id, \
-     certificate_id, serial, pem_chain, not_before, not_after, fingerprint_sha256, \
-     encrypted_private_key, job_id, created_at, ca_certificate_id, ca_order_id)";
+/// The head of a certificate version's INSERT, up to its values: a
+/// literal, so `concat!` builds each statement at compile time.
+macro_rules! insert_version_columns {
+    () => {
+        "INSERT INTO certificate_versions (id, certificate_id, serial, pem_chain, \
+         not_before, not_after, fingerprint_sha256, encrypted_private_key, job_id, \
+         created_at, ca_certificate_id, ca_order_id)"
+    };
+}
+pub(crate) use insert_version_columns;
 
 /// Inserts version `$new` and makes it its certificate's current one, in
 /// transaction `$tx` (`&mut Transaction`); `$after_insert` runs between the
@@ -35,30 +41,29 @@ macro_rules! record_version {
         let now = $now;
         async {
             let version_id = crate::store::new_id();
-            let insert_sql = format!(
-                "{} SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
-                 FROM certificates
-                 WHERE id = $2 AND (key_source <> 'agent' OR $13)
-                 RETURNING *",
-                crate::store::repo::certificates::INSERT_VERSION_COLUMNS
-            );
             // `key_checked`: the key source was checked already (the row
             // is locked), insert whenever the certificate exists.
             let insert = |key_checked: bool| {
-                sqlx::query_as::<_, crate::store::CertificateVersion>(&insert_sql)
-                    .bind(&version_id)
-                    .bind(&new.certificate_id)
-                    .bind(&new.serial)
-                    .bind(&new.pem_chain)
-                    .bind(crate::store::codec::ts(new.not_before))
-                    .bind(crate::store::codec::ts(new.not_after))
-                    .bind(&new.fingerprint_sha256)
-                    .bind(new.encrypted_private_key.clone())
-                    .bind(new.job_id.clone())
-                    .bind(crate::store::codec::ts(now))
-                    .bind(new.ca_certificate_id.clone())
-                    .bind(new.ca_order_id.clone())
-                    .bind(key_checked || new.encrypted_private_key.is_none())
+                sqlx::query_as::<_, crate::store::CertificateVersion>(concat!(
+                    crate::store::repo::certificates::insert_version_columns!(),
+                    " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
+                     FROM certificates
+                     WHERE id = $2 AND (key_source <> 'agent' OR $13)
+                     RETURNING *"
+                ))
+                .bind(&version_id)
+                .bind(&new.certificate_id)
+                .bind(&new.serial)
+                .bind(&new.pem_chain)
+                .bind(crate::store::codec::ts(new.not_before))
+                .bind(crate::store::codec::ts(new.not_after))
+                .bind(&new.fingerprint_sha256)
+                .bind(new.encrypted_private_key.clone())
+                .bind(new.job_id.clone())
+                .bind(crate::store::codec::ts(now))
+                .bind(new.ca_certificate_id.clone())
+                .bind(new.ca_order_id.clone())
+                .bind(key_checked || new.encrypted_private_key.is_none())
             };
             let map_insert = |e: sqlx::Error| {
                 crate::store::StoreError::from_insert(

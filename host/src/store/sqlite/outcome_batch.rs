@@ -283,8 +283,10 @@ fn push_version_insert(
     new: &NewCertificateVersion,
     now: chrono::DateTime<chrono::Utc>,
 ) {
-    qb.push(crate::store::repo::certificates::INSERT_VERSION_COLUMNS)
-        .push(" SELECT ");
+    qb.push(concat!(
+        crate::store::repo::certificates::insert_version_columns!(),
+        " SELECT "
+    ));
     let mut values = qb.separated(", ");
     values
         .push_bind(crate::store::new_id())
