@@ -532,7 +532,8 @@ struct Outcome {
     /// The host's database transactions per certificate over the run
     /// (reads, writes), from its own counters.
     transactions_per_cert: (f64, f64),
-    /// Writes (outcomes, creates, claims) per SQLite group commit over the run.
+    /// Writes (outcomes; on SQLite also creates and claims) per group commit
+    /// over the run.
     writes_per_group: Option<f64>,
     storm: Option<Storm>,
 }
@@ -688,8 +689,7 @@ impl Api {
 
     /// Database transactions the host has run so far (reads, writes), from
     /// its `certplane_store_transactions_total` counters.
-    /// and SQLite's group commits (transactions, outcomes in them; zero on
-    /// PostgreSQL).
+    /// and the group commits (transactions, writes in them).
     async fn store_transactions(&self, conn: &mut Conn) -> anyhow::Result<StoreCounters> {
         let (status, body) = self.exchange(conn, Method::GET, "/metrics", None).await?;
         if !status.is_success() {
@@ -1334,7 +1334,7 @@ async fn with_host(
 struct StoreCounters {
     reads: u64,
     writes: u64,
-    /// SQLite's group commits and the writes in them.
+    /// The group commits and the writes in them.
     groups: u64,
     grouped: u64,
 }
@@ -1349,7 +1349,7 @@ fn per_cert(before: StoreCounters, after: StoreCounters, n: usize) -> (f64, f64)
 }
 
 /// Writes per group commit between two counter readings (`None` without
-/// group commits: PostgreSQL).
+/// group commits).
 fn per_group(before: StoreCounters, after: StoreCounters) -> Option<f64> {
     let groups = after.groups.saturating_sub(before.groups);
     (groups > 0).then(|| after.grouped.saturating_sub(before.grouped) as f64 / groups as f64)
@@ -1510,7 +1510,7 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
     );
     if let Some(g) = o.writes_per_group {
         println!(
-            "  group commit      {g:.1} writes (outcomes, creates, claims) per SQLite transaction"
+            "  group commit      {g:.1} writes (outcomes; on SQLite also creates, claims) per transaction"
         );
     }
     println!(
@@ -1581,7 +1581,7 @@ fn print_outcome(o: &Outcome, floor: Option<&Floor>) {
         );
         if let Some(g) = st.writes_per_group {
             println!(
-                "    group commit {g:.1} writes (outcomes, creates, claims) per SQLite transaction"
+                "    group commit {g:.1} writes (outcomes; on SQLite also creates, claims) per transaction"
             );
         }
     }

@@ -249,12 +249,12 @@ async fn scrape_registry(store: &Store) -> StoreResult<Registry> {
         grouped.inc_by(writes);
         registry.register(
             "certplane_store_group_commits",
-            "Transactions SQLite's group committer committed",
+            "Transactions the group committer committed",
             group_commits,
         );
         registry.register(
             "certplane_store_grouped_writes",
-            "Job outcomes, certificate creates and job claims SQLite's group committer wrote; divided by the group commits, the writes per transaction",
+            "Job outcomes (and on SQLite certificate creates and job claims) the group committer wrote; divided by the group commits, the writes per transaction",
             grouped,
         );
     }

@@ -28,6 +28,7 @@
 
 pub mod codec;
 mod error;
+mod group_commit;
 pub mod job_state;
 pub mod migrate;
 pub mod models;
@@ -218,13 +219,18 @@ impl Store {
         self.counts.get()
     }
 
-    /// SQLite's group committer: (transactions it committed, writes in
-    /// them: job outcomes, certificate creates, host job claims) so far;
-    /// `None` on PostgreSQL, where each has its own transaction.
+    /// The group committer: (transactions it committed, writes in them:
+    /// job outcomes, and on SQLite certificate creates and host job claims)
+    /// so far; `None` if it could not start.
     pub fn grouped_commits(&self) -> Option<(u64, u64)> {
+        self.group_committer().map(|g| g.counts())
+    }
+
+    /// The group committer job outcomes go through, if running.
+    pub(crate) fn group_committer(&self) -> Option<&group_commit::GroupCommit> {
         match &self.backend {
-            Backend::Sqlite(b) => b.group.as_ref().map(|g| g.counts()),
-            Backend::Postgres(_) => None,
+            Backend::Sqlite(b) => b.group.as_ref(),
+            Backend::Postgres(b) => Some(&b.group),
         }
     }
 

@@ -141,8 +141,8 @@ async fn issue_and_deploy(backend: Backend) {
             "{needle} missing from /metrics:\n{metrics}"
         );
     }
-    // On SQLite the issued and the deployed outcome (and the claims) went
-    // through the group committer; PostgreSQL has none.
+    // The issued and the deployed outcome (and on SQLite the claims) went
+    // through the group committer.
     let counter = |name: &str| -> u64 {
         metrics
             .lines()
@@ -150,16 +150,12 @@ async fn issue_and_deploy(backend: Backend) {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
     };
-    if backend == Backend::Sqlite {
-        let groups = counter("certplane_store_group_commits_total");
-        let grouped = counter("certplane_store_grouped_writes_total");
-        assert!(
-            groups >= 1 && grouped >= 2 && grouped >= groups,
-            "group commits {groups}, outcomes in them {grouped}"
-        );
-    } else {
-        assert!(!metrics.contains("certplane_store_group_commits"));
-    }
+    let groups = counter("certplane_store_group_commits_total");
+    let grouped = counter("certplane_store_grouped_writes_total");
+    assert!(
+        groups >= 1 && grouped >= 2 && grouped >= groups,
+        "group commits {groups}, outcomes in them {grouped}"
+    );
 
     // Revocation goes to the issuer connector; the local CA keeps no CRL, so
     // it answers `unsupported`, which fails the job for good.

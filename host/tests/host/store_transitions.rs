@@ -504,15 +504,14 @@ async fn concurrent_outcomes_commit_each_alone(b: Backend) {
             }
         }
     }
-    if let Some((groups, outcomes)) = store.grouped_commits() {
-        // The group holding the failed outcome is rolled back and its
-        // members are committed one by one (not counted here); the groups
-        // of the later rounds really held several outcomes each.
-        assert!(groups > 0, "nothing was grouped");
-        assert!(groups < outcomes, "{groups} groups for {outcomes} outcomes");
-    } else {
-        assert_eq!(b, Backend::Postgres, "SQLite commits outcomes in groups");
-    }
+    // The group holding the failed outcome is rolled back and its members
+    // are committed one by one (not counted here); the groups of the later
+    // rounds really held several outcomes each.
+    let (groups, outcomes) = store
+        .grouped_commits()
+        .expect("outcomes are committed in groups");
+    assert!(groups > 0, "nothing was grouped");
+    assert!(groups < outcomes, "{groups} groups for {outcomes} outcomes");
 }
 
 /// Outcomes that record versions and clear alert conditions, committed at
@@ -636,13 +635,11 @@ async fn grouped_versions_write_what_each_would_alone(b: Backend) {
         futures::future::join_all(tasks)
     };
     let mut results = commit_all(regular).await;
-    let grouped = store.grouped_commits();
-    if let Some((groups, outcomes)) = grouped {
-        assert!(groups > 0, "nothing was grouped");
-        assert!(groups < outcomes, "{groups} groups for {outcomes} outcomes");
-    } else {
-        assert_eq!(b, Backend::Postgres, "SQLite commits outcomes in groups");
-    }
+    let (groups, outcomes) = store
+        .grouped_commits()
+        .expect("outcomes are committed in groups");
+    assert!(groups > 0, "nothing was grouped");
+    assert!(groups < outcomes, "{groups} groups for {outcomes} outcomes");
     results.extend(commit_all(irregular).await);
     let mut notified = 0;
     for task in results {

@@ -20,6 +20,8 @@ pub(crate) struct PgBackend {
     /// Kept to open the dedicated migration connection.
     pub(crate) connect_options: std::sync::Arc<PgConnectOptions>,
     pub(crate) url: String,
+    /// The job outcomes' group committers.
+    pub(crate) group: crate::store::group_commit::GroupCommit,
 }
 
 impl PgBackend {
@@ -67,7 +69,9 @@ impl PgBackend {
             .connect_with(connect_options.clone())
             .await
             .map_err(connect_err)?;
+        let group = crate::store::group_commit::GroupCommit::start_postgres(pool.clone());
         Ok(PgBackend {
+            group,
             pool,
             connect_options: std::sync::Arc::new(connect_options),
             url: redact_url(url),

@@ -288,13 +288,12 @@ impl Store {
     /// (lease lost, job no longer in the expected status) and nothing was
     /// written.
     ///
-    /// On SQLite, completions and moves go through the group committer
-    /// (`sqlite::group_commit`): several outcomes share one transaction on
-    /// the single writer, each still all or nothing.
+    /// Completions and moves go through the group committer
+    /// (`store::group_commit`): several outcomes share one transaction,
+    /// each still all or nothing.
     pub async fn commit_outcome(&self, outcome: Outcome) -> StoreResult<Option<Committed>> {
         let prepared = Prepared::new(outcome, self)?;
-        if let crate::store::Backend::Sqlite(b) = &self.backend
-            && let Some(group) = &b.group
+        if let Some(group) = self.group_committer()
             && prepared.groupable()
         {
             return match group.commit(prepared).await {

@@ -6,7 +6,6 @@
 //! writers in other processes (e.g. `certplane migrate`).
 
 pub(crate) mod claims;
-pub(crate) mod group_commit;
 pub(crate) mod outcome_batch;
 
 use std::str::FromStr;
@@ -23,7 +22,7 @@ pub(crate) struct SqliteBackend {
     pub(crate) reader: SqlitePool,
     /// The job outcomes' group committer (`None` if its thread could not
     /// start: outcomes then commit one by one).
-    pub(crate) group: Option<group_commit::GroupCommit>,
+    pub(crate) group: Option<crate::store::group_commit::GroupCommit>,
 }
 
 impl SqliteBackend {
@@ -79,7 +78,7 @@ impl SqliteBackend {
                 .await
                 .map_err(connect_err)?
         };
-        let group = group_commit::GroupCommit::start(writer.clone());
+        let group = crate::store::group_commit::GroupCommit::start_sqlite(writer.clone());
         Ok(SqliteBackend {
             writer,
             reader,

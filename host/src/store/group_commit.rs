@@ -1,5 +1,5 @@
-//! Group commit on SQLite: job outcomes, certificates created through the
-//! API and the job loops' claims.
+//! Group commit: job outcomes on both backends, and on SQLite also the
+//! certificates created through the API and the job loops' claims.
 //!
 //! SQLite has one writer. A job outcome is several statements, each a
 //! round trip between the task that runs it and the connection's worker
@@ -16,6 +16,16 @@
 //! rows) are written once per group (`outcomes::Deferred`), and the claims
 //! run last, so they see the jobs the group created.
 //!
+//! PostgreSQL has no single writer, but there every statement costs the
+//! server a parse, a plan and a round trip, and on two cores the server and
+//! the host share the CPU: an outcome alone is about eight statements
+//! (`BEGIN`, the job, the version, the certificate, the notifier list, the
+//! follow-ups, the audit row, `COMMIT`), of which a group shares all but
+//! three. There the committer takes job outcomes only (creates and claims
+//! are one statement per batch already), in [`PG_LANES`] committers, each
+//! on its own connection and thread, so the server works on one group
+//! while the host prepares the next.
+//!
 //! Each outcome stays all or nothing: only outcomes whose guard is their
 //! first statement are grouped (a guard that fails writes nothing), and
 //! when any statement of a group fails the group is rolled back and each
@@ -25,16 +35,19 @@
 //! group, none of which any caller had been told about.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use sqlx::SqlitePool;
+use sqlx::{PgPool, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::faults;
+use crate::store::postgres::claims as pg;
 use crate::store::repo::certificates::{NewCertificateRow, create_one, insert_certificate};
-use crate::store::repo::claims::{HostClaim, claim_host_jobs, sqlite_sql};
-use crate::store::repo::outcomes::{Committed, Deferred, Prepared, commit_one, flush_deferred};
-use crate::store::sqlite::claims::FAIL_JOB;
+use crate::store::repo::claims::{HostClaim, claim_host_jobs, postgres_sql, sqlite_sql};
+use crate::store::repo::outcomes::{
+    Committed, Deferred, Prepared, commit_one, flush_deferred, write_outcome,
+};
+use crate::store::sqlite::claims as lite;
 use crate::store::sqlite::outcome_batch::{Batched, write_outcomes};
 use crate::store::{BeginWrite, StoreError, StoreResult};
 use crate::store::{Certificate, Job};
@@ -43,8 +56,39 @@ use crate::store::{Certificate, Job};
 const GROUP_MAX: usize = 64;
 /// Outcomes that may wait for the committer before callers wait to send.
 const QUEUE: usize = 1024;
+/// Committers on PostgreSQL, taking writes in turn.
+pub(crate) const PG_LANES: usize = 2;
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// The pool a committer writes through.
+#[derive(Debug, Clone)]
+pub(crate) enum Writer {
+    /// SQLite's single writer.
+    Sqlite(SqlitePool),
+    /// PostgreSQL's pool.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` the writer's pool and, for its backend,
+/// `$fail` its `FAIL_JOB`, `$share` its row lock for reading the issuer
+/// and `$claims` its claim SQL picker.
+macro_rules! on_writer {
+    ($writer:expr, |$pool:ident, $fail:ident, $share:ident, $claims:ident| $body:expr) => {
+        match $writer {
+            Writer::Sqlite($pool) => {
+                let ($fail, $share, $claims): (&str, &str, fn(&HostClaim) -> &'static str) =
+                    (lite::FAIL_JOB, "", sqlite_sql);
+                $body
+            }
+            Writer::Postgres($pool) => {
+                let ($fail, $share, $claims): (&str, &str, fn(&HostClaim) -> &'static str) =
+                    (pg::FAIL_JOB, " FOR SHARE", postgres_sql);
+                $body
+            }
+        }
+    };
+}
 
 /// A write the committer takes: a job outcome, or a certificate the API
 /// creates (which would otherwise hold the writer from a busy API task
@@ -69,11 +113,14 @@ enum Done {
     Claim((Vec<Job>, usize)),
 }
 
-/// The handle callers send writes through. The committer stops when the
+/// The handle callers send writes through. The committers stop when the
 /// last handle is dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct GroupCommit {
-    queue: mpsc::Sender<Write>,
+    /// One queue per committer.
+    lanes: Arc<[mpsc::Sender<Write>]>,
+    /// The lane the next write goes to (modulo their number).
+    next: Arc<AtomicUsize>,
     counts: Arc<GroupCounts>,
 }
 
@@ -85,10 +132,10 @@ struct GroupCounts {
 }
 
 impl GroupCommit {
-    /// Starts the committer on its own thread, writing through `writer`.
-    /// `None` (and an error logged) if the thread cannot be started: the
-    /// store then commits each write itself.
-    pub(crate) fn start(writer: SqlitePool) -> Option<GroupCommit> {
+    /// Starts SQLite's committer on its own thread, writing through the
+    /// single `writer`. `None` (and an error logged) if the thread cannot
+    /// be started: the store then commits each write itself.
+    pub(crate) fn start_sqlite(writer: SqlitePool) -> Option<GroupCommit> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(GroupCounts::default());
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -105,14 +152,37 @@ impl GroupCommit {
             .name("certplane-commit".into())
             .spawn({
                 let counts = counts.clone();
-                move || runtime.block_on(run(writer, rx, counts))
+                move || runtime.block_on(run(Writer::Sqlite(writer), rx, counts))
             });
         match started {
-            Ok(_) => Some(GroupCommit { queue, counts }),
+            Ok(_) => Some(GroupCommit {
+                lanes: Arc::new([queue]),
+                next: Arc::default(),
+                counts,
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the group committer; writes commit one by one");
                 None
             }
+        }
+    }
+
+    /// Starts PostgreSQL's [`PG_LANES`] committers as tasks of the current
+    /// runtime (the pool's connections belong to it), writing through
+    /// `pool`.
+    pub(crate) fn start_postgres(pool: PgPool) -> GroupCommit {
+        let counts = Arc::new(GroupCounts::default());
+        let lanes: Vec<mpsc::Sender<Write>> = (0..PG_LANES)
+            .map(|_| {
+                let (queue, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(run(Writer::Postgres(pool.clone()), rx, counts.clone()));
+                queue
+            })
+            .collect();
+        GroupCommit {
+            lanes: lanes.into(),
+            next: Arc::default(),
+            counts,
         }
     }
 
@@ -180,7 +250,8 @@ impl GroupCommit {
         answer: oneshot::Receiver<StoreResult<T>>,
         unsent: fn(Write) -> Option<U>,
     ) -> Result<StoreResult<T>, Box<U>> {
-        if let Err(e) = self.queue.send(write).await {
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        if let Err(e) = self.lanes[lane].send(write).await {
             tracing::error!("the group committer is gone; writing alone");
             return match unsent(e.0) {
                 Some(write) => Err(Box::new(write)),
@@ -191,7 +262,7 @@ impl GroupCommit {
     }
 }
 
-async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<GroupCounts>) {
+async fn run(writer: Writer, mut rx: mpsc::Receiver<Write>, counts: Arc<GroupCounts>) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
         let items: Vec<Write> = std::mem::take(&mut group);
@@ -232,31 +303,71 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Write>, counts: Arc<Grou
                     tracing::debug!(reason = %why, writes = items.len(), "a grouped commit failed; committing its writes one by one");
                 }
                 for write in items {
-                    match write {
-                        Write::Outcome(prepared, reply) => {
-                            let _ = reply.send(commit_one!(&writer, &prepared, FAIL_JOB));
-                        }
-                        Write::Certificate(create, reply) => {
-                            let _ = reply.send(create_one!(&writer, &create, ""));
-                        }
-                        Write::Claim(claim, reply) => {
-                            if !reply.is_closed() {
-                                let _ = reply.send(claim_host_jobs!(&writer, &claim, sqlite_sql));
-                            }
-                        }
-                    }
+                    write_alone(&writer, write).await;
                 }
             }
         }
     }
 }
 
+/// Writes `write` in a transaction of its own and answers its caller.
+async fn write_alone(writer: &Writer, write: Write) {
+    on_writer!(writer, |pool, fail, share, claims| match write {
+        Write::Outcome(prepared, reply) => {
+            let _ = reply.send(commit_one!(pool, &prepared, fail));
+        }
+        Write::Certificate(create, reply) => {
+            let _ = reply.send(create_one!(pool, &create, share));
+        }
+        Write::Claim(claim, reply) => {
+            if !reply.is_closed() {
+                let _ = reply.send(claim_host_jobs!(pool, &claim, claims));
+            }
+        }
+    })
+}
+
+/// The rest of [`write_group`] once the outcomes are `$written` on `$tx`:
+/// the certificates, the deferred rows, the claims, the commit.
+macro_rules! finish_group {
+    ($tx:ident, $items:expr, $written:expr, $deferred:ident, $share:expr, $claims:expr) => {{
+        let items: &[Write] = $items;
+        let mut outcomes_written = $written.into_iter();
+        let mut done = Vec::with_capacity(items.len());
+        for write in items {
+            done.push(match write {
+                Write::Outcome(..) => Done::Outcome(outcomes_written.next().flatten()),
+                Write::Certificate(create, _) => Done::Certificate(
+                    insert_certificate!(&mut $tx, create, $share, &mut $deferred)?
+                        .ok_or_else(|| create.no_issuer()),
+                ),
+                Write::Claim(..) => Done::Claim((Vec::new(), 0)),
+            });
+        }
+        for (index, job) in flush_deferred!(&mut $tx, $deferred)? {
+            if let Some(Done::Outcome(Some(committed))) = done.get_mut(index) {
+                committed.follow_ups.push(job);
+            }
+        }
+        // Claims last: they see the jobs this group created. A claim whose
+        // caller stopped waiting (its tick timed out while the writer was
+        // busy) is not run: nobody would start the jobs it leased, and each
+        // would lose an attempt when its lease lapsed.
+        for (write, result) in items.iter().zip(done.iter_mut()) {
+            if let (Write::Claim(claim, reply), Done::Claim(jobs)) = (write, result)
+                && !reply.is_closed()
+            {
+                *jobs = claim_host_jobs!(&mut *$tx, claim, $claims)?;
+            }
+        }
+        $tx.commit().await?;
+        Ok(Batched::Written(done))
+    }};
+}
 /// Writes every write of `items` in one transaction; the result of each,
 /// in order, once committed. `Alone` (rolled back) when the outcomes cannot
 /// share the transaction's phases.
-async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Batched<Vec<Done>>> {
-    let mut tx = writer.begin_write().await?;
-    let mut deferred = Deferred::default();
+async fn write_group(writer: &Writer, items: &[Write]) -> StoreResult<Batched<Vec<Done>>> {
     let outcomes: Vec<(usize, &Prepared)> = items
         .iter()
         .enumerate()
@@ -265,39 +376,35 @@ async fn write_group(writer: &SqlitePool, items: &[Write]) -> StoreResult<Batche
             _ => None,
         })
         .collect();
-    let mut outcomes_written = match write_outcomes(&mut tx, &outcomes, &mut deferred).await? {
-        Batched::Written(written) => written.into_iter(),
-        Batched::Alone(why) => return Ok(Batched::Alone(why)),
-    };
-    let mut done = Vec::with_capacity(items.len());
-    for write in items {
-        done.push(match write {
-            Write::Outcome(..) => Done::Outcome(outcomes_written.next().flatten()),
-            Write::Certificate(create, _) => Done::Certificate(
-                insert_certificate!(&mut tx, create, "", &mut deferred)?
-                    .ok_or_else(|| create.no_issuer()),
-            ),
-            Write::Claim(..) => Done::Claim((Vec::new(), 0)),
-        });
-    }
-    for (index, job) in flush_deferred!(&mut tx, deferred)? {
-        if let Some(Done::Outcome(Some(committed))) = done.get_mut(index) {
-            committed.follow_ups.push(job);
+    let mut deferred = Deferred::default();
+    match writer {
+        // Phase by phase, each phase one command to the writer's thread
+        // (`sqlite::outcome_batch`).
+        Writer::Sqlite(pool) => {
+            let mut tx = pool.begin_write().await?;
+            let written = match write_outcomes(&mut tx, &outcomes, &mut deferred).await? {
+                Batched::Written(written) => written,
+                Batched::Alone(why) => return Ok(Batched::Alone(why)),
+            };
+            finish_group!(tx, items, written, deferred, "", sqlite_sql)
+        }
+        // Each outcome as it would be written alone, sharing the
+        // transaction, the notifier list and the deferred rows.
+        Writer::Postgres(pool) => {
+            let mut tx = pool.begin_write().await?;
+            let mut written = Vec::with_capacity(outcomes.len());
+            for (index, prepared) in &outcomes {
+                written.push(write_outcome!(
+                    &mut tx,
+                    prepared,
+                    pg::FAIL_JOB,
+                    &mut deferred,
+                    *index
+                )?);
+            }
+            finish_group!(tx, items, written, deferred, " FOR SHARE", postgres_sql)
         }
     }
-    // Claims last: they see the jobs this group created. A claim whose
-    // caller stopped waiting (its tick timed out while the writer was
-    // busy) is not run: nobody would start the jobs it leased, and each
-    // would lose an attempt when its lease lapsed.
-    for (write, result) in items.iter().zip(done.iter_mut()) {
-        if let (Write::Claim(claim, reply), Done::Claim(jobs)) = (write, result)
-            && !reply.is_closed()
-        {
-            *jobs = claim_host_jobs!(&mut *tx, claim, sqlite_sql)?;
-        }
-    }
-    tx.commit().await?;
-    Ok(Batched::Written(done))
 }
 
 /// The committer is gone (the store is closing).
