@@ -18,13 +18,18 @@
 //!
 //! PostgreSQL has no single writer, but there every statement costs the
 //! server a parse, a plan and a round trip, and on two cores the server and
-//! the host share the CPU: an outcome alone is about eight statements
-//! (`BEGIN`, the job, the version, the certificate, the notifier list, the
-//! follow-ups, the audit row, `COMMIT`), of which a group shares all but
-//! three. There the committer takes job outcomes only (creates and claims
-//! are one statement per batch already), in [`PG_LANES`] committers, each
-//! on its own connection and thread, so the server works on one group
-//! while the host prepares the next.
+//! the host share the CPU: an issuance outcome alone is about nine
+//! statements (`BEGIN`, the job, the version, the certificate, the alert
+//! conditions it clears, the notifier list, the follow-ups, the audit row,
+//! `COMMIT`), of which a group shares all but three. There the committer
+//! takes job outcomes only (creates and claims are one statement per batch
+//! already), in [`PG_LANES`] committer tasks taking them in turn, so the
+//! server works on one group while the next is being sent. Two groups of
+//! one process may lock rows the other wants only when they hold outcomes
+//! of the same certificate (an issuance updates its certificate's row, and
+//! alert conditions are per certificate); should that make a lock cycle,
+//! PostgreSQL fails one of the two with a deadlock error, and that group is
+//! written one outcome at a time like any group with a failing statement.
 //!
 //! Each outcome stays all or nothing: only outcomes whose guard is their
 //! first statement are grouped (a guard that fails writes nothing), and
@@ -45,7 +50,8 @@ use crate::store::postgres::claims as pg;
 use crate::store::repo::certificates::{NewCertificateRow, create_one, insert_certificate};
 use crate::store::repo::claims::{HostClaim, claim_host_jobs, postgres_sql, sqlite_sql};
 use crate::store::repo::outcomes::{
-    Committed, Deferred, Prepared, commit_one, flush_deferred, write_outcome,
+    CLEAR_ALERTS_POSTGRES, Committed, Deferred, Prepared, alerts_resolved, clear_alerts,
+    commit_one, distinct_alert_keys, flush_deferred, write_outcome_job, write_outcome_rest,
 };
 use crate::store::sqlite::claims as lite;
 use crate::store::sqlite::outcome_batch::{Batched, write_outcomes};
@@ -388,19 +394,34 @@ async fn write_group(writer: &Writer, items: &[Write]) -> StoreResult<Batched<Ve
             };
             finish_group!(tx, items, written, deferred, "", sqlite_sql)
         }
-        // Each outcome as it would be written alone, sharing the
-        // transaction, the notifier list and the deferred rows.
+        // Each outcome's statements as it makes them alone, but the jobs
+        // first and then, where their keys are distinct, the alert
+        // conditions that those whose guard held clear, in one DELETE.
         Writer::Postgres(pool) => {
             let mut tx = pool.begin_write().await?;
+            let mut jobs = Vec::with_capacity(outcomes.len());
+            for (_, prepared) in &outcomes {
+                jobs.push(write_outcome_job!(&mut tx, prepared, pg::FAIL_JOB)?);
+            }
+            let cleared = if distinct_alert_keys(&outcomes) {
+                let keys = alerts_resolved(&outcomes, &jobs);
+                Some(clear_alerts!(&mut tx, &keys, CLEAR_ALERTS_POSTGRES)?)
+            } else {
+                None
+            };
             let mut written = Vec::with_capacity(outcomes.len());
-            for (index, prepared) in &outcomes {
-                written.push(write_outcome!(
-                    &mut tx,
-                    prepared,
-                    pg::FAIL_JOB,
-                    &mut deferred,
-                    *index
-                )?);
+            for ((index, prepared), job) in outcomes.iter().zip(jobs) {
+                written.push(match job {
+                    Some(job) => Some(write_outcome_rest!(
+                        &mut tx,
+                        prepared,
+                        job,
+                        &mut deferred,
+                        *index,
+                        cleared.as_deref()
+                    )?),
+                    None => None,
+                });
             }
             finish_group!(tx, items, written, deferred, " FOR SHARE", postgres_sql)
         }

@@ -15,8 +15,8 @@ use crate::store::postgres::claims as pg;
 use crate::store::repo::notices::Notice;
 use crate::store::sqlite::claims as lite;
 use crate::store::{
-    BeginWrite, CertificateVersion, Job, JobFailure, JobLease, JobStatus, JobUpdate, NewAuditEvent,
-    NewCertificateVersion, NewJob, Store, StoreError, StoreResult, on_write,
+    AlertChange, BeginWrite, CertificateVersion, Job, JobFailure, JobLease, JobStatus, JobUpdate,
+    NewAuditEvent, NewCertificateVersion, NewJob, Store, StoreError, StoreResult, on_write,
 };
 
 /// Who may end the job: the holder of its lease, or anyone finding it in a
@@ -522,24 +522,84 @@ macro_rules! push_move {
 }
 pub(crate) use push_move;
 
-/// Writes the prepared outcome `$prepared`, number `$index` of the open
-/// write transaction `$tx` (`&mut Transaction`), except the rows it defers
-/// to `$deferred` (`&mut Deferred`) for [`flush_deferred!`]; evaluates to
-/// `Ok(None)` when the guard failed, before anything was written (a
-/// groupable outcome) or with the transaction to be rolled back (a
-/// failure). `$fail_sql` is the backend's `FAIL_JOB`. The caller flushes
-/// and commits.
-macro_rules! write_outcome {
-    ($tx:expr, $prepared:expr, $fail_sql:expr, $deferred:expr, $index:expr) => {{
+/// Whether no two of `outcomes` open or clear the same alert condition:
+/// then clearing all their conditions first, in one statement, changes
+/// nothing any of them sees.
+pub(crate) fn distinct_alert_keys(outcomes: &[(usize, &Prepared)]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    outcomes
+        .iter()
+        .flat_map(|(_, p)| p.outcome.notices.iter())
+        .flat_map(|n| n.alerts.iter())
+        .all(|a| match a {
+            AlertChange::Resolve(key) | AlertChange::Trigger(key) => seen.insert(key.as_str()),
+        })
+}
+
+/// The alert conditions cleared by those of `outcomes` whose job UPDATE
+/// held (`jobs`, in the same order).
+pub(crate) fn alerts_resolved<'a>(
+    outcomes: &[(usize, &'a Prepared)],
+    jobs: &[Option<Job>],
+) -> Vec<&'a str> {
+    outcomes
+        .iter()
+        .zip(jobs)
+        .filter(|(_, job)| job.is_some())
+        .flat_map(|((_, p), _)| p.outcome.notices.iter())
+        .flat_map(|n| n.alerts.iter())
+        .filter_map(|a| match a {
+            AlertChange::Resolve(key) => Some(key.as_str()),
+            AlertChange::Trigger(_) => None,
+        })
+        .collect()
+}
+
+/// Clears the alert conditions `$keys` (`&[&str]`) on the open transaction
+/// `$tx` in one statement (`$sql`: [`CLEAR_ALERTS_SQLITE`] or
+/// [`CLEAR_ALERTS_POSTGRES`]); evaluates to `StoreResult<Vec<String>>`, the
+/// keys that were open.
+macro_rules! clear_alerts {
+    ($tx:expr, $keys:expr, $sql:expr) => {{
+        let keys: &[&str] = $keys;
+        async {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            // One text for any number of keys: it stays prepared.
+            Ok::<_, $crate::store::StoreError>(
+                sqlx::query_scalar::<_, String>($sql)
+                    .bind($crate::store::repo::id_list(keys.iter().copied()))
+                    .fetch_all(&mut **$tx)
+                    .await?,
+            )
+        }
+        .await
+    }};
+}
+pub(crate) use clear_alerts;
+
+/// [`clear_alerts!`] on SQLite (`$1`: the keys as a JSON array).
+pub(crate) const CLEAR_ALERTS_SQLITE: &str =
+    "DELETE FROM alert_conditions WHERE key IN (SELECT value FROM json_each($1)) RETURNING key";
+/// [`clear_alerts!`] on PostgreSQL.
+pub(crate) const CLEAR_ALERTS_POSTGRES: &str = "DELETE FROM alert_conditions \
+     WHERE key = ANY(ARRAY(SELECT json_array_elements_text($1::json))) RETURNING key";
+
+/// Step 1 of the prepared outcome `$prepared` on the open write transaction
+/// `$tx` (`&mut Transaction`): the job's own guarded UPDATE (for a failure,
+/// its update then `$fail_sql`, the backend's `FAIL_JOB`). Evaluates to
+/// `StoreResult<Option<Job>>`: `None` when the guard failed, before
+/// anything was written (a groupable outcome) or with the transaction to be
+/// rolled back (a failure).
+macro_rules! write_outcome_job {
+    ($tx:expr, $prepared:expr, $fail_sql:expr) => {{
         let tx = $tx;
         let p: &$crate::store::repo::outcomes::Prepared = $prepared;
         let fail_sql: &str = $fail_sql;
-        let deferred: &mut $crate::store::repo::outcomes::Deferred<'_> = $deferred;
-        let index: usize = $index;
         async {
             let o = &p.outcome;
-            let (kind, now, guard, update) = (o.kind, p.now, &o.guard, o.update.clone());
-            // 1. The job itself, guarded.
+            let (now, guard, update) = (p.now, &o.guard, o.update.clone());
             let job: Option<$crate::store::Job> = match &o.end {
                 $crate::store::JobEnd::Fail(failure) => {
                     let $crate::store::Guard::Lease(lease) = guard else {
@@ -577,11 +637,34 @@ macro_rules! write_outcome {
                         .await?
                 }
             };
-            let Some(job) = job else {
-                return Ok(None);
-            };
-            $crate::faults::point(kind, "job");
+            if job.is_some() {
+                $crate::faults::point(o.kind, "job");
+            }
+            Ok::<_, $crate::store::StoreError>(job)
+        }
+        .await
+    }};
+}
+pub(crate) use write_outcome_job;
 
+/// Steps 2 to 5 of the prepared outcome `$prepared`, number `$index` of the
+/// open write transaction `$tx`, whose job UPDATE held (`$job`, the job
+/// after it): the version, the follow-up jobs and audit rows (deferred to
+/// `$deferred`, `&mut Deferred`, for [`flush_deferred!`]) and the
+/// notifications. `$cleared`: the alert conditions the transaction cleared
+/// already for several outcomes (`Option<&[String]>`; `None`: each outcome
+/// clears its own). Evaluates to `StoreResult<Committed>`.
+macro_rules! write_outcome_rest {
+    ($tx:expr, $prepared:expr, $job:expr, $deferred:expr, $index:expr, $cleared:expr) => {{
+        let tx = $tx;
+        let p: &$crate::store::repo::outcomes::Prepared = $prepared;
+        let job: $crate::store::Job = $job;
+        let deferred: &mut $crate::store::repo::outcomes::Deferred<'_> = $deferred;
+        let index: usize = $index;
+        let cleared: Option<&[String]> = $cleared;
+        async {
+            let o = &p.outcome;
+            let (kind, now) = (o.kind, p.now);
             // 2. The certificate version, made current.
             let mut recorded = None;
             if let Some(new) = &o.version {
@@ -606,19 +689,44 @@ macro_rules! write_outcome {
                 &mut *tx,
                 now,
                 &o.notices,
-                &mut deferred.notifiers
+                &mut deferred.notifiers,
+                cleared
             )?;
             if !o.notices.is_empty() {
                 $crate::faults::point(kind, "notifications");
             }
-            Ok(Some($crate::store::Committed {
+            Ok::<_, $crate::store::StoreError>($crate::store::Committed {
                 job,
                 version: recorded,
                 follow_ups: Vec::with_capacity(o.follow_ups.len()),
                 notifications: queued,
-            }))
+            })
         }
         .await
+    }};
+}
+pub(crate) use write_outcome_rest;
+
+/// Writes the prepared outcome `$prepared`, number `$index` of the open
+/// write transaction `$tx` (`&mut Transaction`), except the rows it defers
+/// to `$deferred` (`&mut Deferred`) for [`flush_deferred!`]: its job
+/// ([`write_outcome_job!`]), then the rest ([`write_outcome_rest!`]).
+/// Evaluates to `Ok(None)` when the guard failed, before anything was
+/// written (a groupable outcome) or with the transaction to be rolled back
+/// (a failure). `$fail_sql` is the backend's `FAIL_JOB`. The caller flushes
+/// and commits.
+macro_rules! write_outcome {
+    ($tx:expr, $prepared:expr, $fail_sql:expr, $deferred:expr, $index:expr) => {{
+        let tx = $tx;
+        let p: &$crate::store::repo::outcomes::Prepared = $prepared;
+        match $crate::store::repo::outcomes::write_outcome_job!(&mut *tx, p, $fail_sql) {
+            Ok(Some(job)) => $crate::store::repo::outcomes::write_outcome_rest!(
+                tx, p, job, $deferred, $index, None
+            )
+            .map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        }
     }};
 }
 pub(crate) use write_outcome;

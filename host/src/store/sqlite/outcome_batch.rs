@@ -25,10 +25,11 @@ use sqlx::{Either, Executor, FromRow, QueryBuilder, Sqlite, Transaction};
 
 use crate::faults;
 use crate::store::codec::ts;
-use crate::store::repo::outcomes::{Committed, Deferred, Prepared, push_move};
-use crate::store::{
-    AlertChange, CertificateVersion, Job, NewCertificateVersion, StoreError, StoreResult,
+use crate::store::repo::outcomes::{
+    CLEAR_ALERTS_SQLITE, Committed, Deferred, Prepared, alerts_resolved, clear_alerts,
+    distinct_alert_keys, push_move,
 };
+use crate::store::{CertificateVersion, Job, NewCertificateVersion, StoreError, StoreResult};
 
 /// What became of a group's writes.
 #[derive(Debug)]
@@ -133,27 +134,7 @@ pub(crate) async fn write_outcomes<'a>(
 
     // 5. The alert conditions cleared, in one DELETE (their keys are
     // distinct across the group), then each outcome's notifications.
-    let resolving: Vec<&str> = outcomes
-        .iter()
-        .zip(&jobs)
-        .filter(|(_, job)| job.is_some())
-        .flat_map(|((_, p), _)| p.outcome.notices.iter())
-        .flat_map(|n| n.alerts.iter())
-        .filter_map(|a| match a {
-            AlertChange::Resolve(key) => Some(key.as_str()),
-            AlertChange::Trigger(_) => None,
-        })
-        .collect();
-    let mut cleared: Vec<String> = Vec::new();
-    if !resolving.is_empty() {
-        // One text for any number of keys: it stays prepared.
-        cleared = sqlx::query_scalar::<_, String>(
-            "DELETE FROM alert_conditions WHERE key IN (SELECT value FROM json_each(?)) RETURNING key",
-        )
-        .bind(crate::store::repo::id_list(resolving.iter().copied()))
-        .fetch_all(&mut **tx)
-        .await?;
-    }
+    let cleared = clear_alerts!(tx, &alerts_resolved(outcomes, &jobs), CLEAR_ALERTS_SQLITE)?;
     let mut written = Vec::with_capacity(outcomes.len());
     for (((_, p), job), version) in outcomes.iter().zip(jobs).zip(versions) {
         let Some(job) = job else {
@@ -179,20 +160,6 @@ pub(crate) async fn write_outcomes<'a>(
         }));
     }
     Ok(Batched::Written(written))
-}
-
-/// Whether no two outcomes of the group open or clear the same alert
-/// condition: then clearing them all first changes nothing any outcome
-/// sees.
-fn distinct_alert_keys(outcomes: &[(usize, &Prepared)]) -> bool {
-    let mut seen = std::collections::HashSet::new();
-    outcomes
-        .iter()
-        .flat_map(|(_, p)| p.outcome.notices.iter())
-        .flat_map(|n| n.alerts.iter())
-        .all(|a| match a {
-            AlertChange::Resolve(key) | AlertChange::Trigger(key) => seen.insert(key.as_str()),
-        })
 }
 
 /// Statements in one command at most. Commands hold 1, 2, 4 or 8
