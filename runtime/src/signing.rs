@@ -395,6 +395,9 @@ pub fn verify(
     if message.len() > MAX_MESSAGE_BYTES {
         return Err(too_long("a message", message.len()));
     }
+    if take_made_here(spki_der, algorithm, message, signature) {
+        return Ok(true);
+    }
     let key = SubjectPublicKeyInfoRef::from_der(spki_der)
         .map_err(|e| ConnectorError::Rejected(format!("the public key does not parse: {e}")))?;
     let alg = ObjectIdentifier::new(algorithm).map_err(|_| {
@@ -549,10 +552,73 @@ impl KeyCache {
         if message.len() > MAX_MESSAGE_BYTES {
             return Err(too_long("a message", message.len()));
         }
-        self.key(caller, name)?
-            .sign(message)
-            .map_err(ConnectorError::Transient)
+        let key = self.key(caller, name)?;
+        let signature = key.sign(message).map_err(ConnectorError::Transient)?;
+        remember_made_here(
+            key.spki_der(),
+            &scheme_algorithm(key.scheme).to_string(),
+            message,
+            &signature,
+        );
+        Ok(signature)
     }
+}
+
+/// The X.509 signature algorithm a signature of `scheme` goes under.
+fn scheme_algorithm(scheme: SignatureScheme) -> ObjectIdentifier {
+    match scheme {
+        SignatureScheme::EcdsaP256Sha256 => ECDSA_WITH_SHA256,
+        SignatureScheme::EcdsaP384Sha384 => ECDSA_WITH_SHA384,
+        SignatureScheme::Ed25519 => ID_ED25519,
+        SignatureScheme::RsaPkcs1Sha256 => SHA256_WITH_RSA,
+    }
+}
+
+/// Signatures made in this process (by the `sign` import, or by the host
+/// for its own CSRs), each until it is checked once: checking such a
+/// signature again (a CA verifying the CSR the host made, the host
+/// verifying the leaf its local CA signed through `sign`) costs a hash
+/// instead of an ECDSA verification, about a tenth of the machine in a mass
+/// issuance (BENCHMARKS.md, issue 13). Keyed by the SHA-256 of the public
+/// key, the algorithm, the message and the signature, so only those exact
+/// bytes match, and only code that signed them can add them. Bounded:
+/// emptied when full (an entry not checked within a few thousand
+/// signatures is merely verified the slow way).
+static MADE_HERE: std::sync::Mutex<std::collections::BTreeSet<[u8; 32]>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Signatures [`MADE_HERE`] keeps at most.
+const MADE_HERE_MAX: usize = 4096;
+
+fn made_here_key(spki_der: &[u8], algorithm: &str, message: &[u8], signature: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in [spki_der, algorithm.as_bytes(), message, signature] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
+}
+
+/// Records that `signature` over `message` was just made in this process
+/// with the private key of the public key `spki_der` (a DER
+/// `SubjectPublicKeyInfo`), under the X.509 signature algorithm
+/// `algorithm` (a dotted OID). Only for signatures this process made
+/// itself: [`take_made_here`] trusts them without a check.
+pub fn remember_made_here(spki_der: &[u8], algorithm: &str, message: &[u8], signature: &[u8]) {
+    let key = made_here_key(spki_der, algorithm, message, signature);
+    if let Ok(mut set) = MADE_HERE.lock() {
+        if set.len() >= MADE_HERE_MAX {
+            set.clear();
+        }
+        set.insert(key);
+    }
+}
+
+/// Whether [`remember_made_here`] recorded exactly this signature (and
+/// forgets it): then it verifies by construction.
+pub fn take_made_here(spki_der: &[u8], algorithm: &str, message: &[u8], signature: &[u8]) -> bool {
+    let key = made_here_key(spki_der, algorithm, message, signature);
+    MADE_HERE.lock().is_ok_and(|mut set| set.remove(&key))
 }
 
 impl CallState {

@@ -215,6 +215,7 @@ async fn step(engine: &Engine, job: &Job, inputs: Option<JobInputs>) -> Result<(
                 generate_key_and_csr(key_type, &cert.common_name, &dns_names, &ips)
             }
             .map_err(|e| permanent(format!("key generation: {e}")))?;
+            crate::pipeline::certcheck::remember_own_csr(&generated.csr_pem);
             let sealed = engine
                 .secrets
                 .seal_str(

@@ -586,6 +586,26 @@ fn parse_certificate(der: &[u8], role: CertRole) -> Result<X509Certificate<'_>, 
     Ok(cert)
 }
 
+/// Records the signature of a CSR this process has just made (host key
+/// mode) as made here (`certplane_runtime::signing`), so the issuer's check
+/// of it through the `verify` import costs a hash. A CSR that does not
+/// parse is left alone: the issuer says what is wrong with it.
+pub fn remember_own_csr(csr_pem: &str) {
+    let Ok(der) = decode_pem(csr_pem, CertRole::Csr, CSR_LABELS) else {
+        return;
+    };
+    let Ok(csr) = parse_csr(&der) else {
+        return;
+    };
+    let info = &csr.certification_request_info;
+    certplane_runtime::signing::remember_made_here(
+        info.subject_pki.raw,
+        &csr.signature_algorithm.algorithm.to_id_string(),
+        info.raw,
+        &csr.signature_value.data,
+    );
+}
+
 fn parse_csr(der: &[u8]) -> Result<X509CertificationRequest<'_>, CertCheckError> {
     let (rest, csr) =
         X509CertificationRequest::from_der(der).map_err(|err| CertCheckError::MalformedDer {
@@ -831,9 +851,20 @@ fn check_signed_by(
             signer_subject: signer.subject().to_string(),
         });
     }
+    // Signed in this process through the `sign` import (a local CA): by
+    // construction a signature of the signer's key over exactly these bytes
+    // under this algorithm.
+    if certplane_runtime::signing::take_made_here(
+        signer.public_key().raw,
+        &child.signature_algorithm.algorithm.to_id_string(),
+        child.tbs_certificate.as_ref(),
+        &child.signature_value.data,
+    ) {
+        return Ok(());
+    }
     // A CA certificate signed by another (or by itself) comes back with
     // every certificate of its issuer: verified once per process. A leaf
-    // is new each time and always verified.
+    // is new each time and always verified (unless signed here).
     let known = (role != CertRole::Leaf).then(|| signed_pair(child, signer));
     if known.is_some_and(|pair| VERIFIED_CA_LINKS.contains(&pair)) {
         return Ok(());
@@ -1475,6 +1506,73 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_leaf_signed_here_is_taken_once_and_only_as_signed() {
+        let pki = pki();
+        let mut case = case_with(&pki, &KeyPair::generate().unwrap(), |_| {});
+        // A signature the check would refuse, recorded as made here: only
+        // code that made a signature records it, so the record is trusted
+        // (once), and a record under another algorithm is not this one.
+        case.leaf_pem = tamper_signature(&case.leaf_pem, "CERTIFICATE");
+        let der = decode_pem(&case.leaf_pem, CertRole::Leaf, &[CERTIFICATE_LABEL]).unwrap();
+        let leaf = parse_certificate(&der, CertRole::Leaf).unwrap();
+        let ca_der = decode_pem(
+            &pki.int.cert.pem(),
+            CertRole::Chain(0),
+            &[CERTIFICATE_LABEL],
+        )
+        .unwrap();
+        let ca = parse_certificate(&ca_der, CertRole::Chain(0)).unwrap();
+        let record = |algorithm: &str| {
+            certplane_runtime::signing::remember_made_here(
+                ca.public_key().raw,
+                algorithm,
+                leaf.tbs_certificate.as_ref(),
+                &leaf.signature_value.data,
+            )
+        };
+        let bad = |e: CertCheckError| {
+            matches!(
+                e,
+                CertCheckError::BadSignature {
+                    role: CertRole::Leaf,
+                    ..
+                }
+            )
+        };
+        record("1.2.840.10045.4.3.3");
+        assert!(bad(case.err()), "recorded under another algorithm");
+        record(&leaf.signature_algorithm.algorithm.to_id_string());
+        case.check().unwrap();
+        assert!(bad(case.err()), "a record is taken once");
+    }
+
+    #[test]
+    fn a_csr_the_host_made_is_recorded_for_the_issuer() {
+        let generated =
+            keygen::generate_key_and_csr(KeyType::EcdsaP256, NAMES[0], &strings(&NAMES), &[])
+                .unwrap();
+        remember_own_csr(&generated.csr_pem);
+        let der = decode_pem(&generated.csr_pem, CertRole::Csr, CSR_LABELS).unwrap();
+        let csr = parse_csr(&der).unwrap();
+        let info = &csr.certification_request_info;
+        let taken = |signature: &[u8]| {
+            certplane_runtime::signing::take_made_here(
+                info.subject_pki.raw,
+                &csr.signature_algorithm.algorithm.to_id_string(),
+                info.raw,
+                signature,
+            )
+        };
+        let mut other = csr.signature_value.data.to_vec();
+        if let Some(last) = other.last_mut() {
+            *last ^= 1;
+        }
+        assert!(!taken(&other));
+        assert!(taken(&csr.signature_value.data));
+        assert!(!taken(&csr.signature_value.data));
     }
 
     #[test]

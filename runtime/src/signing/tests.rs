@@ -382,3 +382,56 @@ fn sign_refuses_oversized_messages_before_touching_the_key() {
     assert!(verify(&ca_spki("rsa"), "1.2.840.113549.1.1.11", &max, &sig).unwrap());
     cache.sign(&caller, "k", b"").unwrap();
 }
+
+#[test]
+fn a_signature_made_through_sign_is_taken_once_and_only_as_made() {
+    let cache = KeyCache::new(4);
+    let plugin: Arc<str> = "local-ca".into();
+    let instance: Arc<str> = "issuer/made-here".into();
+    let keys = secrets(&[("ca_private_key_pem", &data("ca-p256.key"))]);
+    let caller = Caller {
+        plugin: &plugin,
+        instance: &instance,
+        secrets: &keys,
+    };
+    let message = b"made here: tbsCertificate";
+    let signature = cache.sign(&caller, "ca_private_key_pem", message).unwrap();
+    let (spki, alg) = (ca_spki("p256"), oid_of(SignatureScheme::EcdsaP256Sha256));
+    // Another algorithm, key, message or signature is not what was made.
+    let p384 = oid_of(SignatureScheme::EcdsaP384Sha384);
+    assert!(!take_made_here(&spki, p384, message, &signature));
+    assert!(!take_made_here(&ca_spki("p384"), alg, message, &signature));
+    assert!(!take_made_here(
+        &spki,
+        alg,
+        b"made here: another",
+        &signature
+    ));
+    let mut flipped = signature.clone();
+    if let Some(last) = flipped.last_mut() {
+        *last ^= 1;
+    }
+    assert!(!take_made_here(&spki, alg, message, &flipped));
+    // Exactly as made: once.
+    assert!(take_made_here(&spki, alg, message, &signature));
+    assert!(!take_made_here(&spki, alg, message, &signature));
+    // Checked the slow way after that, with the same answer.
+    assert!(verify(&spki, alg, message, &signature).unwrap());
+}
+
+#[test]
+fn verify_answers_from_the_record_of_signatures_made_here_first() {
+    let key = ParsedKey::from_pem(&data("ca-p256.key")).unwrap();
+    let (spki, alg) = (ca_spki("p256"), oid_of(SignatureScheme::EcdsaP256Sha256));
+    // A real signature, over another message than the one it is presented
+    // with: wrong, and verify says so.
+    let signature = key.sign(b"record: the message signed").unwrap();
+    let presented = b"record: the message presented";
+    assert!(!verify(&spki, alg, presented, &signature).unwrap());
+    // Recorded as made here over the presented message, it is taken on
+    // trust once (only code that made a signature records it), then
+    // verified again.
+    remember_made_here(&spki, alg, presented, &signature);
+    assert!(verify(&spki, alg, presented, &signature).unwrap());
+    assert!(!verify(&spki, alg, presented, &signature).unwrap());
+}
