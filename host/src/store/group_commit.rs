@@ -68,7 +68,7 @@ pub(crate) const PG_LANES: usize = 2;
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
 /// The pool a committer writes through.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Writer {
     /// SQLite's single writer.
     Sqlite(SqlitePool),
@@ -76,20 +76,39 @@ pub(crate) enum Writer {
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` the writer's pool and, for its backend,
-/// `$fail` its `FAIL_JOB`, `$share` its row lock for reading the issuer
-/// and `$claims` its claim SQL picker.
+/// The SQL a group's writes differ in between the backends.
+struct BackendSql {
+    /// The backend's `FAIL_JOB`.
+    fail: &'static str,
+    /// The row lock for reading a created certificate's issuer.
+    share: &'static str,
+    /// The claim SQL picker.
+    claims: fn(&HostClaim) -> &'static str,
+}
+
+const SQLITE_SQL: BackendSql = BackendSql {
+    fail: lite::FAIL_JOB,
+    share: "",
+    claims: sqlite_sql,
+};
+
+const POSTGRES_SQL: BackendSql = BackendSql {
+    fail: pg::FAIL_JOB,
+    share: " FOR SHARE",
+    claims: postgres_sql,
+};
+
+/// Runs `$body` with `$pool` the writer's pool and `$sql` its backend's
+/// [`BackendSql`].
 macro_rules! on_writer {
-    ($writer:expr, |$pool:ident, $fail:ident, $share:ident, $claims:ident| $body:expr) => {
+    ($writer:expr, |$pool:ident, $sql:ident| $body:expr) => {
         match $writer {
             Writer::Sqlite($pool) => {
-                let ($fail, $share, $claims): (&str, &str, fn(&HostClaim) -> &'static str) =
-                    (lite::FAIL_JOB, "", sqlite_sql);
+                let $sql = &SQLITE_SQL;
                 $body
             }
             Writer::Postgres($pool) => {
-                let ($fail, $share, $claims): (&str, &str, fn(&HostClaim) -> &'static str) =
-                    (pg::FAIL_JOB, " FOR SHARE", postgres_sql);
+                let $sql = &POSTGRES_SQL;
                 $body
             }
         }
@@ -318,33 +337,35 @@ async fn run(writer: Writer, mut rx: mpsc::Receiver<Write>, counts: Arc<GroupCou
 
 /// Writes `write` in a transaction of its own and answers its caller.
 async fn write_alone(writer: &Writer, write: Write) {
-    on_writer!(writer, |pool, fail, share, claims| match write {
+    on_writer!(writer, |pool, sql| match write {
         Write::Outcome(prepared, reply) => {
-            let _ = reply.send(commit_one!(pool, &prepared, fail));
+            let _ = reply.send(commit_one!(pool, &prepared, sql.fail));
         }
         Write::Certificate(create, reply) => {
-            let _ = reply.send(create_one!(pool, &create, share));
+            let _ = reply.send(create_one!(pool, &create, sql.share));
         }
         Write::Claim(claim, reply) => {
             if !reply.is_closed() {
-                let _ = reply.send(claim_host_jobs!(pool, &claim, claims));
+                let _ = reply.send(claim_host_jobs!(pool, &claim, sql.claims));
             }
         }
     })
 }
 
 /// The rest of [`write_group`] once the outcomes are `$written` on `$tx`:
-/// the certificates, the deferred rows, the claims, the commit.
+/// the certificates, the deferred rows, the claims, the commit, with the
+/// backend's `$sql` ([`BackendSql`]).
 macro_rules! finish_group {
-    ($tx:ident, $items:expr, $written:expr, $deferred:ident, $share:expr, $claims:expr) => {{
+    ($tx:ident, $items:expr, $written:expr, $deferred:ident, $sql:expr) => {{
         let items: &[Write] = $items;
+        let sql: &BackendSql = $sql;
         let mut outcomes_written = $written.into_iter();
         let mut done = Vec::with_capacity(items.len());
         for write in items {
             done.push(match write {
                 Write::Outcome(..) => Done::Outcome(outcomes_written.next().flatten()),
                 Write::Certificate(create, _) => Done::Certificate(
-                    insert_certificate!(&mut $tx, create, $share, &mut $deferred)?
+                    insert_certificate!(&mut $tx, create, sql.share, &mut $deferred)?
                         .ok_or_else(|| create.no_issuer()),
                 ),
                 Write::Claim(..) => Done::Claim((Vec::new(), 0)),
@@ -363,7 +384,7 @@ macro_rules! finish_group {
             if let (Write::Claim(claim, reply), Done::Claim(jobs)) = (write, result)
                 && !reply.is_closed()
             {
-                *jobs = claim_host_jobs!(&mut *$tx, claim, $claims)?;
+                *jobs = claim_host_jobs!(&mut *$tx, claim, sql.claims)?;
             }
         }
         $tx.commit().await?;
@@ -392,7 +413,7 @@ async fn write_group(writer: &Writer, items: &[Write]) -> StoreResult<Batched<Ve
                 Batched::Written(written) => written,
                 Batched::Alone(why) => return Ok(Batched::Alone(why)),
             };
-            finish_group!(tx, items, written, deferred, "", sqlite_sql)
+            finish_group!(tx, items, written, deferred, &SQLITE_SQL)
         }
         // Each outcome's statements as it makes them alone, but the jobs
         // first and then, where their keys are distinct, the alert
@@ -401,7 +422,7 @@ async fn write_group(writer: &Writer, items: &[Write]) -> StoreResult<Batched<Ve
             let mut tx = pool.begin_write().await?;
             let mut jobs = Vec::with_capacity(outcomes.len());
             for (_, prepared) in &outcomes {
-                jobs.push(write_outcome_job!(&mut tx, prepared, pg::FAIL_JOB)?);
+                jobs.push(write_outcome_job!(&mut tx, prepared, POSTGRES_SQL.fail)?);
             }
             let cleared = if distinct_alert_keys(&outcomes) {
                 let keys = alerts_resolved(&outcomes, &jobs);
@@ -423,7 +444,7 @@ async fn write_group(writer: &Writer, items: &[Write]) -> StoreResult<Batched<Ve
                     None => None,
                 });
             }
-            finish_group!(tx, items, written, deferred, " FOR SHARE", postgres_sql)
+            finish_group!(tx, items, written, deferred, &POSTGRES_SQL)
         }
     }
 }
