@@ -310,7 +310,7 @@ async fn heartbeat(
         (status = 401, body = super::error::ErrorBody),
         (status = 410, description = "the agent is retired", body = super::error::ErrorBody)),
     security(("agent" = [])))]
-async fn poll_work(
+pub(super) async fn poll_work(
     State(state): State<AppState>,
     caller: AgentCaller,
     query: Result<Query<WorkQuery>, QueryRejection>,
@@ -329,21 +329,13 @@ async fn poll_work(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let agent_id = caller.agent.id;
     let signal = state.wake.agent(&agent_id);
+    // Each store call below is boxed: this future is held, parked, for up
+    // to `long_poll_max_secs` by every agent at once, and an unboxed call's
+    // state (several KiB of query futures) would be part of its size for
+    // the whole wait. Boxed, it is allocated only while the call runs.
     loop {
-        let started = std::time::Instant::now();
-        let jobs = state
-            .store
-            .claim_pending_for_agent(&agent_id, limit)
-            .await?;
-        state
-            .metrics
-            .observe_claim("claim_pending_for_agent", started.elapsed());
-        let challenges = agent_challenges::tasks(&state.engine, &agent_id).await?;
-        if !jobs.is_empty() || !challenges.is_empty() {
-            return Ok(Json(WorkReply {
-                jobs: job_views(&state, jobs).await?,
-                challenges,
-            }));
+        if let Some(reply) = Box::pin(work_now(&state, &agent_id, limit)).await? {
+            return Ok(Json(reply));
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(Json(WorkReply::default()));
@@ -362,9 +354,7 @@ async fn poll_work(
         if woken {
             // Woken: a retirement also wakes the poll, which then returns
             // (the agent's next call gets 410).
-            let active = state
-                .store
-                .get_agent(&agent_id)
+            let active = Box::pin(state.store.get_agent(&agent_id))
                 .await?
                 .is_some_and(|a| a.status == AgentStatus::Active);
             if !active {
@@ -372,6 +362,24 @@ async fn poll_work(
             }
         }
     }
+}
+
+/// The work agent `agent_id` has now: its pending jobs claimed, its jobs
+/// awaiting a CSR and its challenge tasks; `None` when there is none.
+async fn work_now(state: &AppState, agent_id: &str, limit: u32) -> ApiResult<Option<WorkReply>> {
+    let started = std::time::Instant::now();
+    let jobs = state.store.claim_pending_for_agent(agent_id, limit).await?;
+    state
+        .metrics
+        .observe_claim("claim_pending_for_agent", started.elapsed());
+    let challenges = agent_challenges::tasks(&state.engine, agent_id).await?;
+    if jobs.is_empty() && challenges.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(WorkReply {
+        jobs: job_views(state, jobs).await?,
+        challenges,
+    }))
 }
 
 /// Builds the views of handed-out jobs. A claimed job whose view cannot be

@@ -23,10 +23,9 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -447,8 +446,7 @@ pub fn require_static_token(headers: &HeaderMap, expected: &str) -> Result<(), U
 /// registration) and `Retry-After` on every 429 (from the envelope's
 /// `details.retry_after_secs`, else 1 s). The refusals of this module set
 /// both themselves; this keeps the promise for any other.
-pub async fn refusal_headers(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+pub async fn with_refusal_headers(response: Response) -> Response {
     match response.status() {
         StatusCode::UNAUTHORIZED if !response.headers().contains_key(header::WWW_AUTHENTICATE) => {
             let mut response = response;
@@ -461,7 +459,8 @@ pub async fn refusal_headers(request: Request, next: Next) -> Response {
         StatusCode::TOO_MANY_REQUESTS if !response.headers().contains_key(header::RETRY_AFTER) => {
             let (mut parts, body) = response.into_parts();
             // Error envelopes are small; a body past this is no envelope.
-            let bytes = axum::body::to_bytes(body, 64 * 1024)
+            // Boxed: rare, and kept out of every parked request's future.
+            let bytes = Box::pin(axum::body::to_bytes(body, 64 * 1024))
                 .await
                 .unwrap_or_default();
             let secs = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -841,7 +840,11 @@ mod tests {
                     limits.check("a").unwrap_err().into_response()
                 }),
             )
-            .layer(axum::middleware::from_fn(refusal_headers));
+            .layer(axum::middleware::from_fn(
+                |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    with_refusal_headers(next.run(request).await).await
+                },
+            ));
         let call = |path: &'static str| {
             let app = app.clone();
             async move {

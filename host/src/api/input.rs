@@ -11,9 +11,8 @@
 //! decoder and silently look up something else.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
@@ -44,29 +43,24 @@ fn refuse(message: String, param: Option<String>) -> Response {
     error.into_response()
 }
 
-/// The middleware: checks the path, the query and a JSON or form body
-/// (read with the `api.max_body_bytes` limit, 413 beyond it), then hands
-/// the request on with the same body bytes.
-pub async fn refuse_bad_input(
-    State(max_body): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// `request` checked: its path, its query and a JSON or form body (read
+/// with the `api.max_body_bytes` limit, 413 beyond it); the request with the
+/// same body bytes, or the refusal.
+pub(super) async fn checked(request: Request, max_body: usize) -> Result<Request, Response> {
     let matched = request
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
     if let Some((message, param)) = path_flaw(request.uri().path(), matched.as_deref()) {
-        return refuse(message, param);
+        return Err(refuse(message, param));
     }
     if let Some((message, param)) = request.uri().query().and_then(query_flaw) {
-        return refuse(message, param);
+        return Err(refuse(message, param));
     }
     let (parts, body) = request.into_parts();
-    let bytes = match read_body(body, max_body).await {
-        Ok(bytes) => bytes,
-        Err(response) => return *response,
-    };
+    let bytes = read_body(body, max_body)
+        .await
+        .map_err(|refusal| *refusal)?;
     let is_form = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -79,10 +73,9 @@ pub async fn refuse_bad_input(
         body_flaw(&bytes)
     };
     if let Some((message, param)) = flaw {
-        return refuse(message, param);
+        return Err(refuse(message, param));
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// The whole body, or the response refusing it: 413 beyond `limit` (as the

@@ -15,6 +15,9 @@ pub mod auth;
 mod certificates;
 pub use certificates::MAX_CREATE_BATCH;
 pub mod error;
+#[cfg(test)]
+mod future_sizes;
+mod guard;
 mod input;
 mod instances;
 mod jobs;
@@ -29,10 +32,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -42,7 +44,8 @@ use crate::plugins::PluginRegistry;
 use crate::secrets::SecretBox;
 use crate::store::Store;
 use auth::RateLimits;
-use error::{ApiError, REQUEST_ID, code_for_status, envelope};
+use error::ApiError;
+use guard::{ErrorForm, Guard};
 
 /// Everything handlers share: the engine they hand work to, and the
 /// API's own rate limits. Dereferences to the [`Engine`] so handlers read
@@ -146,14 +149,13 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
-            max_body,
-            input::refuse_bad_input,
-        ))
-        .layer(middleware::from_fn_with_state(time_limit, bounded))
-        .layer(middleware::from_fn(auth::refusal_headers))
-        .layer(middleware::from_fn_with_state(
-            ErrorForm::Envelope,
-            errors_and_request_id,
+            Guard {
+                form: ErrorForm::Envelope,
+                max_body,
+                time_limit,
+                refusal_headers: true,
+            },
+            guard::guard,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state);
@@ -164,13 +166,13 @@ pub fn router(state: AppState) -> Router {
     // error pages instead of the JSON envelope.
     let ui = crate::ui::routes(engine, app.clone())
         .layer(middleware::from_fn_with_state(
-            max_body,
-            input::refuse_bad_input,
-        ))
-        .layer(middleware::from_fn_with_state(time_limit, bounded))
-        .layer(middleware::from_fn_with_state(
-            ErrorForm::Html,
-            errors_and_request_id,
+            Guard {
+                form: ErrorForm::Html,
+                max_body,
+                time_limit,
+                refusal_headers: false,
+            },
+            guard::guard,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     app.merge(ui)
@@ -179,163 +181,6 @@ pub fn router(state: AppState) -> Router {
 /// The agents' work long-poll, the one request allowed to outlast
 /// `api.request_timeout_secs` (it has its own bound, `long_poll_max_secs`).
 const LONG_POLL_PATH: &str = "/api/v1/agents/work";
-
-/// Bounds every request but the long-poll by `api.request_timeout_secs`:
-/// a handler still running then (a connector's `validate-config` that
-/// spins, a stalled database) is dropped, which stops a plugin call it was
-/// awaiting, and the client gets 503 `timeout`.
-async fn bounded(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    if request.uri().path() == LONG_POLL_PATH {
-        return next.run(request).await;
-    }
-    let path = request.uri().path().to_owned();
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(%path, limit_secs = limit.as_secs(), "request timed out and was stopped");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                format!(
-                    "the request did not finish within {} s (api.request_timeout_secs) and was stopped; retry later",
-                    limit.as_secs()
-                ),
-            )
-            .into_response()
-        }
-    }
-}
-
-/// The request id of `request`: the client's `x-request-id` when sane,
-/// else that of the request being handled when this one is the
-/// dashboard's in-process API call (so a page and the API calls it makes
-/// log under one id), else a fresh one.
-fn request_id_of(request: &Request) -> String {
-    request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .or_else(|| REQUEST_ID.try_with(String::clone).ok())
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
-}
-
-/// How a part of the router answers errors: the API in the JSON envelope,
-/// the dashboard as HTML pages.
-#[derive(Debug, Clone, Copy)]
-enum ErrorForm {
-    Envelope,
-    Html,
-}
-
-impl ErrorForm {
-    /// The media type of an error answer already in this form.
-    fn media_type(self) -> &'static [u8] {
-        match self {
-            ErrorForm::Envelope => b"application/json",
-            ErrorForm::Html => b"text/html",
-        }
-    }
-
-    /// `status` with `body` (an answer in another form) in this form.
-    async fn rewrap(self, status: StatusCode, body: Body, request_id: &str) -> Response {
-        match self {
-            ErrorForm::Envelope => {
-                let message = status.canonical_reason().unwrap_or("error");
-                let body = envelope(code_for_status(status), message, None, None);
-                (status, axum::Json(body)).into_response()
-            }
-            // The input check's and the time bound's envelopes and axum's
-            // bare rejections shown as a page, with their message.
-            ErrorForm::Html => html_error_page(status, body, request_id).await,
-        }
-    }
-}
-
-/// Assigns the request id ([`request_id_of`]), runs the handler with it in
-/// scope, echoes it, and puts any 4xx/5xx not already in `form` (from
-/// layers or axum's own rejections) into it.
-async fn errors_and_request_id(
-    State(form): State<ErrorForm>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let id = request_id_of(&request);
-    REQUEST_ID
-        .scope(id.clone(), async move {
-            let mut response = next.run(request).await;
-            let status = response.status();
-            let in_form = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(form.media_type()));
-            if (status.is_client_error() || status.is_server_error()) && !in_form {
-                let (parts, body) = response.into_parts();
-                response = form.rewrap(status, body, &id).await;
-                // `Retry-After`, `Allow` and the like stay; the replaced
-                // body's own headers go with it.
-                for (name, value) in &parts.headers {
-                    if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-                        response.headers_mut().insert(name.clone(), value.clone());
-                    }
-                }
-            }
-            if let Ok(value) = HeaderValue::from_str(&id) {
-                response.headers_mut().insert("x-request-id", value);
-            }
-            response
-        })
-        .await
-}
-
-/// An HTML page for an error answer of the dashboard: the envelope's
-/// message when the body is one, else the body's text (axum's rejections
-/// explain themselves in plain text), else the status's reason.
-async fn html_error_page(status: StatusCode, body: Body, request_id: &str) -> Response {
-    use http_body_util::BodyExt;
-    // Envelopes and rejections are small; a larger body is not shown.
-    let bytes = http_body_util::Limited::new(body, 16 * 1024)
-        .collect()
-        .await
-        .map(|collected| collected.to_bytes())
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .or_else(|| {
-            std::str::from_utf8(&bytes)
-                .ok()
-                .map(str::trim)
-                .filter(|text| !text.is_empty())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
-    let page = maud::html! {
-        (maud::DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { (status) " · certplane" }
-                link rel="stylesheet" href="/ui/assets/ui.css";
-            }
-            body {
-                main {
-                    h1 { (status) }
-                    p { (message) }
-                    p.muted { "Request id " code { (request_id) } }
-                    p { a href="/ui" { "Back to the inventory" } }
-                }
-            }
-        }
-    };
-    (
-        status,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::response::Html(page.into_string()),
-    )
-        .into_response()
-}
 
 /// Collects a body for tests and tools.
 pub async fn body_bytes(body: Body) -> Result<bytes::Bytes, axum::Error> {

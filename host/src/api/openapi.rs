@@ -258,7 +258,7 @@ fn add_common_responses(path: &str, operation: &mut Operation) {
             ),
         );
     }
-    // The refusal headers `auth::refusal_headers` guarantees, also on the
+    // The refusal headers `auth::with_refusal_headers` guarantees, also on the
     // annotations' own 401 and 429 (registration's).
     if let Some(RefOr::T(response)) = responses.get_mut("401") {
         response
