@@ -129,9 +129,10 @@ impl JobRunner {
         }
     }
 
-    /// Jobs running now.
+    /// Jobs running now. Slots a claim has reserved but not yet filled
+    /// are not counted: they are taken, but nothing runs in them.
     pub fn running(&self) -> usize {
-        self.capacity - self.slots.available_permits()
+        locked(&self.running).len()
     }
 
     /// The tasks, for shutdown to wait on, and the token that stops them.
