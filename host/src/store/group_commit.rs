@@ -21,10 +21,13 @@
 //! the host share the CPU: an issuance outcome alone is about nine
 //! statements (`BEGIN`, the job, the version, the certificate, the alert
 //! conditions it clears, the notifier list, the follow-ups, the audit row,
-//! `COMMIT`), of which a group shares all but three. There the committer
-//! takes job outcomes only (creates and claims are one statement per batch
-//! already), in [`PG_LANES`] committer tasks taking them in turn, so the
-//! server works on one group while the next is being sent. Two groups of
+//! `COMMIT`), of which a group shares all of them: the job UPDATEs of
+//! outcomes making the same change, the versions and the certificates are
+//! one set-based statement each for the whole group
+//! (`postgres::outcome_batch`). There the committer takes job outcomes
+//! only (creates and claims are one statement per batch already), in
+//! [`PG_LANES`] committer tasks taking them in turn, so the server works on
+//! one group while the next is being sent. Two groups of
 //! one process may lock rows the other wants only when they hold outcomes
 //! of the same certificate (an issuance updates its certificate's row, and
 //! alert conditions are per certificate); should that make a lock cycle,
@@ -47,14 +50,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::faults;
 use crate::store::postgres::claims as pg;
+use crate::store::postgres::outcome_batch as pg_batch;
 use crate::store::repo::certificates::{NewCertificateRow, create_one, insert_certificate};
 use crate::store::repo::claims::{HostClaim, claim_host_jobs, postgres_sql, sqlite_sql};
-use crate::store::repo::outcomes::{
-    CLEAR_ALERTS_POSTGRES, Committed, Deferred, Prepared, alerts_resolved, clear_alerts,
-    commit_one, distinct_alert_keys, flush_deferred, write_outcome_job, write_outcome_rest,
-};
+use crate::store::repo::outcomes::{Committed, Deferred, Prepared, commit_one, flush_deferred};
 use crate::store::sqlite::claims as lite;
-use crate::store::sqlite::outcome_batch::{Batched, write_outcomes};
+use crate::store::sqlite::outcome_batch as lite_batch;
 use crate::store::{BeginWrite, StoreError, StoreResult};
 use crate::store::{Certificate, Job};
 
@@ -66,6 +67,17 @@ const QUEUE: usize = 1024;
 pub(crate) const PG_LANES: usize = 2;
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// What became of a group's writes.
+#[derive(Debug)]
+pub(crate) enum Batched<T = Vec<Option<Committed>>> {
+    /// Written (for outcomes: one result each, `None` where the guard
+    /// failed).
+    Written(T),
+    /// Something only a transaction of its own settles; nothing of the
+    /// group may be kept.
+    Alone(&'static str),
+}
 
 /// The pool a committer writes through.
 #[derive(Debug)]
@@ -404,48 +416,22 @@ async fn write_group(writer: &Writer, items: &[Write]) -> StoreResult<Batched<Ve
         })
         .collect();
     let mut deferred = Deferred::default();
-    match writer {
-        // Phase by phase, each phase one command to the writer's thread
-        // (`sqlite::outcome_batch`).
-        Writer::Sqlite(pool) => {
-            let mut tx = pool.begin_write().await?;
-            let written = match write_outcomes(&mut tx, &outcomes, &mut deferred).await? {
+    // Phase by phase, each phase one command to SQLite's writer thread
+    // (`sqlite::outcome_batch`) or one set-based statement on PostgreSQL
+    // (`postgres::outcome_batch`).
+    macro_rules! phases {
+        ($pool:expr, $write_outcomes:path, $sql:expr) => {{
+            let mut tx = $pool.begin_write().await?;
+            let written = match $write_outcomes(&mut tx, &outcomes, &mut deferred).await? {
                 Batched::Written(written) => written,
                 Batched::Alone(why) => return Ok(Batched::Alone(why)),
             };
-            finish_group!(tx, items, written, deferred, &SQLITE_SQL)
-        }
-        // Each outcome's statements as it makes them alone, but the jobs
-        // first and then, where their keys are distinct, the alert
-        // conditions that those whose guard held clear, in one DELETE.
-        Writer::Postgres(pool) => {
-            let mut tx = pool.begin_write().await?;
-            let mut jobs = Vec::with_capacity(outcomes.len());
-            for (_, prepared) in &outcomes {
-                jobs.push(write_outcome_job!(&mut tx, prepared, POSTGRES_SQL.fail)?);
-            }
-            let cleared = if distinct_alert_keys(&outcomes) {
-                let keys = alerts_resolved(&outcomes, &jobs);
-                Some(clear_alerts!(&mut tx, &keys, CLEAR_ALERTS_POSTGRES)?)
-            } else {
-                None
-            };
-            let mut written = Vec::with_capacity(outcomes.len());
-            for ((index, prepared), job) in outcomes.iter().zip(jobs) {
-                written.push(match job {
-                    Some(job) => Some(write_outcome_rest!(
-                        &mut tx,
-                        prepared,
-                        job,
-                        &mut deferred,
-                        *index,
-                        cleared.as_deref()
-                    )?),
-                    None => None,
-                });
-            }
-            finish_group!(tx, items, written, deferred, &POSTGRES_SQL)
-        }
+            finish_group!(tx, items, written, deferred, $sql)
+        }};
+    }
+    match writer {
+        Writer::Sqlite(pool) => phases!(pool, lite_batch::write_outcomes, &SQLITE_SQL),
+        Writer::Postgres(pool) => phases!(pool, pg_batch::write_outcomes, &POSTGRES_SQL),
     }
 }
 

@@ -722,6 +722,191 @@ async fn grouped_versions_write_what_each_would_alone(b: Backend) {
     );
 }
 
+/// Outcomes of every shape of job change, committed at once (on
+/// PostgreSQL a group changes the jobs of one shape in one statement):
+/// each job ends as its own outcome says, with its own columns (text with
+/// a NUL, JSON, times), an outcome whose lease was lost changes nothing,
+/// and of two outcomes for one job found in a status only one wins.
+async fn grouped_job_changes_of_every_shape(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let issuer = fixtures::issuer(&store).await;
+    let cert = fixtures::certificate(&store, &issuer.id, None, KeySource::Host).await;
+    for _ in 0..64 {
+        store
+            .create_job(NewJob::new(JobType::Revocation).certificate(&cert.id))
+            .await
+            .unwrap();
+    }
+    let mut claimed = store
+        .claim_pending_jobs(Some(JobType::Revocation), 64)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 64);
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    let lost = [5usize, 22, 43];
+    let at =
+        |i: usize| chrono::DateTime::from_timestamp(1_900_000_000 + i as i64 * 3_600, 0).unwrap();
+    // Outcome i's change, by i % 4.
+    let outcome_of = |i: usize, job: &Job| {
+        let mut lease = job.lease().unwrap();
+        if lost.contains(&i) {
+            lease.attempt += 1;
+        }
+        let guard = Guard::Lease(lease);
+        match i % 4 {
+            0 => {
+                let mut o = Outcome::new("order_placed", guard, JobEnd::Move(JobStatus::Polling));
+                o.update = JobUpdate {
+                    order_id: Some(format!("order-{i}\0end")),
+                    order_state: Some(format!("{{\"n\":{i}}}")),
+                    next_poll_at: Some(at(i)),
+                    poll_deadline_at: Some(at(i + 100)),
+                    ..JobUpdate::default()
+                };
+                o
+            }
+            1 => {
+                let mut o = Outcome::new("verified", guard, JobEnd::Complete);
+                o.update = JobUpdate {
+                    verification_result: Some(serde_json::json!({ "n": i, "detail": "a\0b" })),
+                    payload: Some(serde_json::json!([i, "p"])),
+                    ..JobUpdate::default()
+                };
+                o
+            }
+            2 => {
+                let mut o = Outcome::new("order_pending", guard, JobEnd::Move(JobStatus::Pending));
+                o.update = JobUpdate {
+                    run_at: Some(at(i)),
+                    last_error: Some(format!("later {i}")),
+                    ..JobUpdate::default()
+                };
+                o
+            }
+            _ => Outcome::new("csr_requested", guard, JobEnd::Move(JobStatus::AwaitingCsr)),
+        }
+    };
+    let tasks: Vec<_> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let store = store.clone();
+            let outcome = outcome_of(i, job);
+            tokio::spawn(async move { store.commit_outcome(outcome).await })
+        })
+        .collect();
+    let results = futures::future::join_all(tasks).await;
+    for (i, (job, result)) in claimed.iter().zip(results).enumerate() {
+        let result = result.unwrap().unwrap();
+        let stored = store.get_job(&job.id).await.unwrap().unwrap();
+        if lost.contains(&i) {
+            assert!(result.is_none(), "job {i}: a lost lease writes nothing");
+            assert_eq!(&stored, job, "job {i} unchanged");
+            continue;
+        }
+        let committed = result.expect("committed");
+        assert_eq!(
+            committed.job, stored,
+            "job {i}: the row returned is the row stored"
+        );
+        assert_eq!(stored.lease_expires_at, None, "job {i}");
+        match i % 4 {
+            0 => {
+                assert_eq!(stored.status, JobStatus::Polling);
+                assert_eq!(
+                    stored.order_id.as_deref(),
+                    Some(format!("order-{i}\u{FFFD}end").as_str())
+                );
+                assert_eq!(stored.order_state, Some(format!("{{\"n\":{i}}}")));
+                assert_eq!(stored.next_poll_at, Some(at(i)));
+                assert_eq!(stored.poll_deadline_at, Some(at(i + 100)));
+                assert_eq!(stored.verification_result, None);
+            }
+            1 => {
+                assert_eq!(stored.status, JobStatus::Completed);
+                assert!(stored.finished_at.is_some(), "job {i}");
+                assert_eq!(
+                    stored.verification_result,
+                    Some(serde_json::json!({ "n": i, "detail": "a\u{FFFD}b" }))
+                );
+                assert_eq!(stored.payload, Some(serde_json::json!([i, "p"])));
+                assert_eq!(stored.order_id, None);
+            }
+            2 => {
+                assert_eq!(stored.status, JobStatus::Pending);
+                assert_eq!(
+                    (stored.lease_owner.as_deref(), stored.finished_at),
+                    (None, None)
+                );
+                assert_eq!(stored.run_at, at(i));
+                assert_eq!(stored.last_error, Some(format!("later {i}")));
+            }
+            _ => {
+                assert_eq!(stored.status, JobStatus::AwaitingCsr);
+                assert_eq!(
+                    (stored.csr_pem.as_deref(), stored.last_error.as_deref()),
+                    (None, None)
+                );
+            }
+        }
+    }
+    // The jobs awaiting a CSR get one, found by status; job 3 gets two at
+    // once, and exactly one of them is kept.
+    let waiting: Vec<&Job> = claimed
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 4 == 3 && !lost.contains(i))
+        .map(|(_, job)| job)
+        .collect();
+    let csr = |job: &Job, n: u8| {
+        let mut o = Outcome::new(
+            "csr_received",
+            Guard::Status {
+                job_id: job.id.clone(),
+                status: JobStatus::AwaitingCsr,
+            },
+            JobEnd::Move(JobStatus::Pending),
+        );
+        o.update = JobUpdate {
+            csr_pem: Some(format!("csr {} {n}", job.id)),
+            ..JobUpdate::default()
+        };
+        o
+    };
+    let mut submissions: Vec<(String, u8, Outcome)> = waiting
+        .iter()
+        .map(|job| (job.id.clone(), 0, csr(job, 0)))
+        .collect();
+    submissions.push((waiting[0].id.clone(), 1, csr(waiting[0], 1)));
+    let tasks: Vec<_> = submissions
+        .into_iter()
+        .map(|(id, n, outcome)| {
+            let store = store.clone();
+            tokio::spawn(async move { (id, n, store.commit_outcome(outcome).await) })
+        })
+        .collect();
+    let mut kept: HashMap<String, Vec<u8>> = HashMap::new();
+    for task in futures::future::join_all(tasks).await {
+        let (id, n, result) = task.unwrap();
+        if result.unwrap().is_some() {
+            kept.entry(id).or_default().push(n);
+        }
+    }
+    assert_eq!(kept.len(), waiting.len(), "every waiting job got its CSR");
+    for job in &waiting {
+        let won = &kept[&job.id];
+        assert_eq!(won.len(), 1, "one CSR kept for {}", job.id);
+        let stored = store.get_job(&job.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Pending);
+        assert_eq!(stored.csr_pem, Some(format!("csr {} {}", job.id, won[0])));
+    }
+    let (groups, outcomes) = store
+        .grouped_commits()
+        .expect("outcomes are committed in groups");
+    assert!(groups < outcomes, "{groups} groups for {outcomes} outcomes");
+}
+
 /// API keys and audit listing round-trip.
 async fn api_keys(b: Backend) {
     let db = TestDb::new(b).await;
@@ -844,5 +1029,6 @@ both_backends!(
     certificates_need_a_live_issuer,
     concurrent_outcomes_commit_each_alone,
     grouped_versions_write_what_each_would_alone,
+    grouped_job_changes_of_every_shape,
     api_keys,
 );

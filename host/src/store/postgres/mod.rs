@@ -1,6 +1,8 @@
-//! PostgreSQL backend: connection set-up. The claim SQL is in `claims.rs`.
+//! PostgreSQL backend: connection set-up. The claim SQL is in `claims.rs`,
+//! a group's outcomes written set by set in `outcome_batch.rs`.
 
 pub(crate) mod claims;
+pub(crate) mod outcome_batch;
 
 use std::str::FromStr;
 

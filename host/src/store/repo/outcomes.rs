@@ -555,6 +555,60 @@ pub(crate) fn alerts_resolved<'a>(
         .collect()
 }
 
+/// Steps 4 and 5 of a group's outcomes written phase by phase
+/// (`sqlite::outcome_batch`, `postgres::outcome_batch`), once the jobs
+/// (`$jobs`: `Vec<Option<Job>>`, `None` where the guard failed) and the
+/// versions (`$versions`: `Vec<Option<CertificateVersion>>`) of `$outcomes`
+/// are written on the open transaction `$tx`: the follow-ups and audit rows
+/// of the outcomes that hold, deferred to `$deferred`; the alert conditions
+/// they clear, in one DELETE (`$clear_sql`; their keys are distinct across
+/// the group); each one's notifications. Expands to statements of the
+/// calling async function (`?` returns its errors) and evaluates to
+/// `Vec<Option<Committed>>`.
+macro_rules! finish_outcomes {
+    ($tx:expr, $outcomes:expr, $jobs:expr, $versions:expr, $deferred:expr, $clear_sql:expr) => {{
+        let outcomes: &[(usize, &$crate::store::repo::outcomes::Prepared)] = $outcomes;
+        let jobs: Vec<Option<$crate::store::Job>> = $jobs;
+        let versions: Vec<Option<$crate::store::CertificateVersion>> = $versions;
+        for (((index, p), job), version) in outcomes.iter().zip(&jobs).zip(&versions) {
+            if job.is_some() {
+                $deferred.add(*index, p, version.as_ref());
+            }
+        }
+        let cleared = $crate::store::repo::outcomes::clear_alerts!(
+            $tx,
+            &$crate::store::repo::outcomes::alerts_resolved(outcomes, &jobs),
+            $clear_sql
+        )?;
+        let mut written = Vec::with_capacity(outcomes.len());
+        for (((_, p), job), version) in outcomes.iter().zip(jobs).zip(versions) {
+            let Some(job) = job else {
+                written.push(None);
+                continue;
+            };
+            let o = &p.outcome;
+            let queued = $crate::store::repo::notices::queue_notices!(
+                &mut *$tx,
+                p.now,
+                &o.notices,
+                &mut $deferred.notifiers,
+                Some(cleared.as_slice())
+            )?;
+            if !o.notices.is_empty() {
+                $crate::faults::point(o.kind, "notifications");
+            }
+            written.push(Some($crate::store::Committed {
+                job,
+                version,
+                follow_ups: Vec::with_capacity(o.follow_ups.len()),
+                notifications: queued,
+            }));
+        }
+        written
+    }};
+}
+pub(crate) use finish_outcomes;
+
 /// Clears the alert conditions `$keys` (`&[&str]`) on the open transaction
 /// `$tx` in one statement (`$sql`: [`CLEAR_ALERTS_SQLITE`] or
 /// [`CLEAR_ALERTS_POSTGRES`]); evaluates to `StoreResult<Vec<String>>`, the

@@ -25,22 +25,11 @@ use sqlx::{Either, Executor, FromRow, QueryBuilder, Sqlite, Transaction};
 
 use crate::faults;
 use crate::store::codec::ts;
+use crate::store::group_commit::Batched;
 use crate::store::repo::outcomes::{
-    CLEAR_ALERTS_SQLITE, Committed, Deferred, Prepared, alerts_resolved, clear_alerts,
-    distinct_alert_keys, push_move,
+    CLEAR_ALERTS_SQLITE, Deferred, Prepared, distinct_alert_keys, finish_outcomes, push_move,
 };
 use crate::store::{CertificateVersion, Job, NewCertificateVersion, StoreError, StoreResult};
-
-/// What became of a group's writes.
-#[derive(Debug)]
-pub(crate) enum Batched<T = Vec<Option<Committed>>> {
-    /// Written (for outcomes: one result each, `None` where the guard
-    /// failed).
-    Written(T),
-    /// Something only a transaction of its own settles; nothing of the
-    /// group may be kept.
-    Alone(&'static str),
-}
 
 /// Writes `outcomes` (each with its position in the group) on the open
 /// write transaction `tx`, deferring their follow-up jobs and audit rows
@@ -124,41 +113,8 @@ pub(crate) async fn write_outcomes<'a>(
         }
     }
 
-    // 4. Follow-ups and audit rows of the outcomes that hold, deferred to
-    // the end of the group.
-    for (((index, p), job), version) in outcomes.iter().zip(&jobs).zip(&versions) {
-        if job.is_some() {
-            deferred.add(*index, p, version.as_ref());
-        }
-    }
-
-    // 5. The alert conditions cleared, in one DELETE (their keys are
-    // distinct across the group), then each outcome's notifications.
-    let cleared = clear_alerts!(tx, &alerts_resolved(outcomes, &jobs), CLEAR_ALERTS_SQLITE)?;
-    let mut written = Vec::with_capacity(outcomes.len());
-    for (((_, p), job), version) in outcomes.iter().zip(jobs).zip(versions) {
-        let Some(job) = job else {
-            written.push(None);
-            continue;
-        };
-        let o = &p.outcome;
-        let queued = crate::store::repo::notices::queue_notices!(
-            &mut *tx,
-            p.now,
-            &o.notices,
-            &mut deferred.notifiers,
-            Some(cleared.as_slice())
-        )?;
-        if !o.notices.is_empty() {
-            faults::point(o.kind, "notifications");
-        }
-        written.push(Some(Committed {
-            job,
-            version,
-            follow_ups: Vec::with_capacity(o.follow_ups.len()),
-            notifications: queued,
-        }));
-    }
+    // 4. and 5.
+    let written = finish_outcomes!(tx, outcomes, jobs, versions, deferred, CLEAR_ALERTS_SQLITE);
     Ok(Batched::Written(written))
 }
 
