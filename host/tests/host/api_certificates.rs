@@ -992,8 +992,20 @@ async fn batch_create_is_all_or_nothing(backend: Backend) {
         r.text
     );
 
+    // Every third item goes to a second target as well.
+    let second = fixtures::target(&app.store, "host", "second").await.id;
     let names: Vec<String> = (0..50).map(|i| format!("bulk-{:02}", 49 - i)).collect();
-    let items: Vec<Value> = names.iter().map(|n| item(n)).collect();
+    let items: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut item = item(n);
+            if i % 3 == 0 {
+                item["target_ids"] = json!([target, second]);
+            }
+            item
+        })
+        .collect();
     let r = app
         .post(
             "/api/v1/certificates/batch",
@@ -1008,8 +1020,20 @@ async fn batch_create_is_all_or_nothing(backend: Backend) {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(got, names, "the answer keeps the request's order");
-    for c in created {
-        assert_eq!(c["target_ids"], json!([target]), "{c}");
+    for (i, c) in created.iter().enumerate() {
+        let mut targets: Vec<&str> = c["target_ids"]
+            .as_array()
+            .expect("target_ids")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        targets.sort_unstable();
+        let mut expected = vec![target.as_str()];
+        if i % 3 == 0 {
+            expected.push(second.as_str());
+            expected.sort_unstable();
+        }
+        assert_eq!(targets, expected, "{c}");
         assert_eq!(c["key_source"], "host", "{c}");
         let shown = app
             .get(

@@ -975,26 +975,66 @@ async fn certificates_need_a_live_issuer(b: Backend) {
         "{err}"
     );
 
+    let create = |issuer_id: &str, name: &str| CertificateCreate {
+        new: new(issuer_id, name),
+        extra_targets: Vec::new(),
+        options: options.clone(),
+        audit: Some(audit.clone()),
+    };
+    // A batch with one missing issuer writes none of its certificates.
+    let live = fixtures::issuer(&store).await;
+    let err = store
+        .create_certificates(vec![
+            create(&live.id, "batch-ok"),
+            create("no-such-issuer", "batch-orphan"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidArgument(ref m) if m.contains("no-such-issuer")),
+        "{err}"
+    );
+
+    // Odd rounds create a batch of two (one statement for both on
+    // PostgreSQL), even rounds one certificate.
     for round in 0..20 {
         let issuer = fixtures::issuer(&store).await;
         let name = format!("race-{round}");
+        let batch = round % 2 == 1;
         let (created, retired) = tokio::join!(
-            store.create_certificate_with_targets(
-                new(&issuer.id, &name),
-                &[],
-                &options,
-                Some(&audit)
-            ),
+            async {
+                if batch {
+                    let mut certs = store
+                        .create_certificates(vec![
+                            create(&issuer.id, &name),
+                            create(&issuer.id, &format!("{name}-b")),
+                        ])
+                        .await?;
+                    assert_eq!(certs.len(), 2);
+                    assert_eq!(certs[1].name, format!("{name}-b"));
+                    Ok(certs.swap_remove(0))
+                } else {
+                    store
+                        .create_certificate_with_targets(
+                            new(&issuer.id, &name),
+                            &[],
+                            &options,
+                            Some(&audit),
+                        )
+                        .await
+                }
+            },
             other.retire_issuer(&issuer.id),
         );
         let rows = count(
             &store,
-            &format!("SELECT COUNT(*) FROM certificates WHERE name = '{name}'"),
+            &format!("SELECT COUNT(*) FROM certificates WHERE name LIKE '{name}%'"),
         )
         .await;
+        let expected = if batch { 2 } else { 1 };
         match (created, retired.unwrap()) {
             (Ok(cert), false) => {
-                assert_eq!(rows, 1);
+                assert_eq!(rows, expected);
                 assert_eq!(cert.issuer_id, issuer.id);
                 // In use: it cannot be retired now.
                 assert!(!other.retire_issuer(&issuer.id).await.unwrap());

@@ -2,6 +2,7 @@
 //! a group's outcomes written set by set in `outcome_batch.rs`.
 
 pub(crate) mod claims;
+pub(crate) mod creates;
 pub(crate) mod outcome_batch;
 
 use std::str::FromStr;

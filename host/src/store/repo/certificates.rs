@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use crate::store::codec::{now, opt_ts, ts};
+use crate::store::postgres::creates::Created;
 use crate::store::repo::{commit_audited_if, insert_audit};
 use crate::store::{
     BeginWrite, Certificate, CertificateStatus, CertificateVersion, KeySource, NewAuditEvent,
@@ -762,6 +763,21 @@ impl Store {
         // Straight to the writer, not through SQLite's group committer: a
         // batch is a group of its own already, and one refused row must
         // undo the batch, not only itself.
+        if let crate::store::Backend::Postgres(pg) = &self.backend
+            && rows.len() > 1
+        {
+            match crate::store::postgres::creates::create_all(&pg.pool, &rows).await? {
+                Created::Written(certs) => {
+                    self.counts.write();
+                    return Ok(certs);
+                }
+                Created::NoIssuer(i) => return Err(rows[i].no_issuer()),
+                // Row by row below, which names the certificate at fault.
+                Created::RowByRow(e) => {
+                    tracing::debug!(error = %e, "a set-based create failed; creating row by row")
+                }
+            }
+        }
         let share = self.row_share_suffix();
         on_write!(self, |pool| create_all!(pool, &rows, share))
     }
