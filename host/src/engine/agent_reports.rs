@@ -235,6 +235,7 @@ pub async fn report_result(
             "verification": verification,
             "will_retry": will_retry,
         }),
+        open_alerts: None,
     };
     let Some(committed) = end_claimed(engine, &job, ending).await? else {
         let now = engine.store.get_job(job_id).await?.ok_or_else(missing)?;

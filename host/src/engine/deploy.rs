@@ -17,6 +17,10 @@ use crate::store::{Job, JobFailure, JobInputs};
 
 /// Runs one claimed host-side deployment job.
 pub async fn process(engine: &Engine, job: Job, inputs: Option<JobInputs>) {
+    let open_alerts = match &inputs {
+        Some(JobInputs::Deployment(read)) => Some(read.open_alerts.clone()),
+        _ => None,
+    };
     let mut verification = None;
     let result = match deploy(engine, &job, inputs, &mut verification).await {
         Ok(Deployed::Changed(changed)) => Ok(changed),
@@ -36,6 +40,7 @@ pub async fn process(engine: &Engine, job: Job, inputs: Option<JobInputs>) {
         actor: host_actor(),
         actions: ("deployment.completed", "deployment.failed"),
         details: json!({ "target_id": job.target_id, "changed": changed }),
+        open_alerts,
     };
     end_claimed_logged(engine, &job, ending).await;
 }

@@ -25,6 +25,9 @@ pub struct Ending {
     pub actions: (&'static str, &'static str),
     /// Audit details (the failure's error is added).
     pub details: Value,
+    /// The job's open alert conditions as read with its claimed batch;
+    /// `None`: read when the job ends ([`super::events::deployment_notices`]).
+    pub open_alerts: Option<Vec<String>>,
 }
 
 /// Commits `ending` for the holder of the job's lease. `Ok(None)`: the
@@ -44,10 +47,16 @@ pub async fn end_claimed(
         actor,
         actions,
         mut details,
+        open_alerts,
     } = ending;
-    let notices =
-        super::events::deployment_notices(engine, job, result.is_ok(), verification.as_ref())
-            .await?;
+    let notices = super::events::deployment_notices(
+        engine,
+        job,
+        result.is_ok(),
+        verification.as_ref(),
+        open_alerts,
+    )
+    .await?;
     let (kind, end, action) = match result {
         Ok(()) => (kind, JobEnd::Complete, actions.0),
         Err(failure) => {

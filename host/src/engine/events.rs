@@ -56,15 +56,9 @@ pub fn issuance_key(certificate_id: &str) -> String {
     format!("issuance:{certificate_id}")
 }
 
-/// Key of the deployment condition of a certificate on a target.
-pub fn deployment_key(certificate_id: &str, target_id: &str) -> String {
-    format!("deployment:{certificate_id}:{target_id}")
-}
-
-/// Key of the verification condition of a certificate on a target.
-pub fn verification_key(certificate_id: &str, target_id: &str) -> String {
-    format!("verification:{certificate_id}:{target_id}")
-}
+/// Keys of the deployment and verification conditions of a certificate on
+/// a target (defined with the store, whose batch reads look them up).
+pub use crate::store::{deployment_key, verification_key};
 
 /// Key of the condition of a silent agent.
 pub fn agent_key(agent_id: &str) -> String {
@@ -208,11 +202,17 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 /// `verification.mismatch` when the endpoint served another certificate;
 /// on success, the recoveries of the conditions it clears (only when one is
 /// open, so a plain success reads nothing more than one index probe).
+///
+/// `read_open`: the job's open conditions as read with its claimed batch
+/// (`DeploymentInputs::open_alerts`); `None` reads them now. Either way a
+/// condition opened after the read (by another job of the same certificate
+/// and target) is left for the next success to clear.
 pub async fn deployment_notices(
     engine: &Engine,
     job: &Job,
     succeeded: bool,
     verification: Option<&Value>,
+    read_open: Option<Vec<String>>,
 ) -> StoreResult<Vec<Notice>> {
     if !matches!(job.job_type, JobType::Deployment | JobType::Verification) {
         return Ok(Vec::new());
@@ -228,13 +228,18 @@ pub async fn deployment_notices(
     let deployment = deployment_key(cert_id, target_id);
     let verification_cond = verification_key(cert_id, target_id);
     let mismatch = status == Some("mismatch");
-    let open = if succeeded {
-        engine
-            .store
-            .alert_conditions_open(&[deployment.as_str(), verification_cond.as_str()])
-            .await?
-    } else {
-        Vec::new()
+    let open = match (succeeded, read_open) {
+        (false, _) => Vec::new(),
+        (true, Some(read)) => read
+            .into_iter()
+            .filter(|key| *key == deployment || *key == verification_cond)
+            .collect(),
+        (true, None) => {
+            engine
+                .store
+                .alert_conditions_open(&[deployment.as_str(), verification_cond.as_str()])
+                .await?
+        }
     };
     if !mismatch && open.is_empty() {
         return Ok(Vec::new());

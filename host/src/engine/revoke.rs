@@ -42,6 +42,7 @@ pub async fn process(engine: &Engine, job: Job) {
             "serial": serial,
             "version_id": job.certificate_version_id,
         }),
+        open_alerts: None,
     };
     end_claimed_logged(engine, &job, ending).await;
 }

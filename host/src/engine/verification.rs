@@ -116,6 +116,7 @@ pub async fn process(engine: &Engine, job: Job) {
         actor: host_actor(),
         actions: ("verification.completed", "verification.failed"),
         details: json!({ "parent_job_id": job.parent_job_id }),
+        open_alerts: None,
     };
     end_claimed_logged(engine, &job, ending).await;
 }

@@ -50,7 +50,7 @@ pub use repo::challenges::{ChallengeProgress, ChallengeRow, NewChallenge};
 pub use repo::host_meta::BOOTSTRAP_ADMIN_META;
 pub use repo::inventory::InventoryFilter;
 pub use repo::job_inputs::{DeploymentInputs, IssuanceInputs, JobInputs};
-pub use repo::notices::{AlertChange, Notice, SendWhen};
+pub use repo::notices::{AlertChange, Notice, SendWhen, deployment_key, verification_key};
 pub use repo::outcomes::{Committed, Guard, JobEnd, Outcome};
 pub use repo::reclaim::Reclaimed;
 pub use repo::renewals::RenewNow;

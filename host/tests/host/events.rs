@@ -103,6 +103,7 @@ async fn end(w: &World, job: &Job, result: Result<(), JobFailure>, verified: Opt
         actor: host_actor(),
         actions: ("job.complete", "job.fail"),
         details: json!({}),
+        open_alerts: None,
     };
     assert!(
         end_claimed(&w.app.state.engine, job, ending)

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use certplane_host::engine;
 use certplane_host::store::{
-    JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewJob, NewPluginInstance, NewTarget,
-    SENTINEL_AGENT_ID, Target,
+    AlertChange, JobFilter, JobStatus, JobType, KeySource, NewCertificate, NewJob,
+    NewPluginInstance, NewTarget, Notice, SENTINEL_AGENT_ID, SendWhen, Target, deployment_key,
 };
+use certplane_runtime::harness::{TestResponse, TestServer};
 use certplane_testkit::Backend;
 use certplane_testkit::app::TestApp;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,35 @@ async fn issue_and_deploy(backend: Backend) {
         .add_certificate_target(&cert.id, &target.id)
         .await
         .unwrap();
+    // An earlier deployment to this target failed: its condition is open,
+    // and the deployment below (whose rows, open conditions included, are
+    // read with its claimed batch) clears it and tells its recovery once.
+    let condition = deployment_key(&cert.id, &target.id);
+    store
+        .queue_notices(&[Notice {
+            event_type: "deployment.failed".into(),
+            subject: None,
+            payload: serde_json::json!({}),
+            max_attempts: 1,
+            dedupe_key: None,
+            alerts: vec![AlertChange::Trigger(condition.clone())],
+            send_when: SendWhen::Opened,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .alert_conditions_open(&[condition.as_str()])
+            .await
+            .unwrap(),
+        [condition.clone()],
+        "the condition is open before the deployment"
+    );
+    // Told to a webhook made after the condition opened.
+    let hook = TestServer::start(|_| TestResponse::text(204, ""))
+        .await
+        .unwrap();
+    crate::notifications::create_webhook_to(state, "hook", &hook.url(), &hook.grant()).await;
 
     let started = Instant::now();
     let token = CancellationToken::new();
@@ -95,6 +125,25 @@ async fn issue_and_deploy(backend: Backend) {
     eprintln!("{backend:?}: due certificate → issued and deployed in {elapsed:?}");
     let report = scheduler.shutdown(Duration::from_secs(5)).await;
     assert!(report.is_clean(), "{report:?}");
+
+    assert!(
+        store
+            .alert_conditions_open(&[condition.as_str()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "the deployment cleared its condition"
+    );
+    let notifications = store
+        .list_notifications(None, None, 0, 100)
+        .await
+        .unwrap()
+        .0;
+    let recovered = notifications
+        .iter()
+        .filter(|n| n.event_type == "deployment.recovered")
+        .count();
+    assert_eq!(recovered, 1, "the recovery is told once: {notifications:?}");
 
     let cert = store.get_certificate(&cert.id).await.unwrap().unwrap();
     let version_id = cert.current_version_id.clone().expect("a current version");

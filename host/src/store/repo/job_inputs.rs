@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use crate::store::repo::id_list;
+use crate::store::repo::notices::{deployment_key, verification_key};
 
 use crate::store::{
     Backend, Certificate, CertificateVersion, Job, JobType, PluginInstance, Store, StoreResult,
@@ -44,6 +45,11 @@ pub struct DeploymentInputs {
     pub certificate: Option<Certificate>,
     /// The version to deploy.
     pub version: Option<CertificateVersion>,
+    /// Its open deployment and verification conditions
+    /// ([`crate::store::deployment_key`], [`crate::store::verification_key`]),
+    /// read with the batch: a success clears those and tells their
+    /// recovery, and reads nothing more when there are none.
+    pub open_alerts: Vec<String>,
 }
 
 /// The rows one claimed job reads, from [`Store::job_inputs`].
@@ -66,9 +72,10 @@ pub(crate) struct BatchSql {
     pub(crate) issuers: &'static str,
     pub(crate) targets: &'static str,
     pub(crate) versions: &'static str,
+    pub(crate) alerts: &'static str,
 }
 
-/// The five batch reads, `$in` being each backend's test of `id` against
+/// The six batch reads, `$in` being each backend's test of `id` against
 /// a JSON array of ids.
 macro_rules! batch_sql {
     ($in:literal) => {
@@ -81,6 +88,7 @@ macro_rules! batch_sql {
             issuers: concat!("SELECT * FROM issuers WHERE id", $in),
             targets: concat!("SELECT * FROM targets WHERE id", $in, " ORDER BY name, id"),
             versions: concat!("SELECT * FROM certificate_versions WHERE id", $in),
+            alerts: concat!("SELECT key FROM alert_conditions WHERE key", $in),
         }
     };
 }
@@ -103,6 +111,8 @@ struct Rows {
     /// Ordered by name, then id.
     targets: Vec<Target>,
     versions: Vec<CertificateVersion>,
+    /// The open conditions of the deployments.
+    alerts: Vec<String>,
 }
 
 fn is_issuance(job: &Job) -> bool {
@@ -199,6 +209,14 @@ impl Store {
                 let versions = id_list(deployments.iter().map(|(_, (_, _, v))| *v));
                 rows.versions = sqlx::query_as(sql.versions)
                     .bind(&versions)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let keys: Vec<String> = deployments
+                    .iter()
+                    .flat_map(|(_, (t, c, _))| [deployment_key(c, t), verification_key(c, t)])
+                    .collect();
+                rows.alerts = sqlx::query_scalar(sql.alerts)
+                    .bind(id_list(keys.iter().map(String::as_str)))
                     .fetch_all(&mut *conn)
                     .await?;
             }
@@ -299,12 +317,20 @@ fn assemble(
             .iter()
             .find(|v| v.id == *version_id && v.certificate_id == *cert_id)
             .cloned();
+        let keys = [
+            deployment_key(cert_id, target_id),
+            verification_key(cert_id, target_id),
+        ];
         inputs.insert(
             job.id.clone(),
             JobInputs::Deployment(DeploymentInputs {
                 target: target(target_id),
                 certificate: certificate(cert_id),
                 version,
+                open_alerts: keys
+                    .into_iter()
+                    .filter(|key| rows.alerts.contains(key))
+                    .collect(),
             }),
         );
     }

@@ -211,6 +211,16 @@ macro_rules! queue_notices {
 }
 pub(crate) use queue_notices;
 
+/// Key of the deployment condition of a certificate on a target.
+pub fn deployment_key(certificate_id: &str, target_id: &str) -> String {
+    format!("deployment:{certificate_id}:{target_id}")
+}
+
+/// Key of the verification condition of a certificate on a target.
+pub fn verification_key(certificate_id: &str, target_id: &str) -> String {
+    format!("verification:{certificate_id}:{target_id}")
+}
+
 impl Store {
     /// Queues `notices` in a transaction of their own (events found by
     /// sweeps, not by a job's outcome). Returns the notifications queued.
