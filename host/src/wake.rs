@@ -28,6 +28,15 @@ use crate::store::{Received, Store};
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Least time between two publications. A busy replica wakes its loops a
+/// few hundred times a second (every created job, every outcome with a
+/// follow-up); published one statement each, that was a pool checkout, a
+/// statement and the checkout's ping per wake-up, and a notification every
+/// listener decodes (2,900 of them in a 10,000-certificate run,
+/// BENCHMARKS.md). Gathered over this gap they are a few dozen a second;
+/// the other replicas learn of work at most this much later, and poll
+/// anyway.
+pub const PUBLISH_GAP: Duration = Duration::from_millis(20);
 
 /// What a wake-up is for, as sent between replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -293,8 +302,8 @@ impl ReplicaLink {
     }
 }
 
-/// Sends queued wake-ups, all that are pending in one statement, until
-/// `shutdown`.
+/// Sends queued wake-ups, all that are pending in one statement, at most
+/// one statement per [`PUBLISH_GAP`], until `shutdown`.
 async fn publish_loop(outbox: Arc<Outbox>, origin: String, shutdown: CancellationToken) {
     let mut failing = false;
     loop {
@@ -328,6 +337,12 @@ async fn publish_loop(outbox: Arc<Outbox>, origin: String, shutdown: Cancellatio
             Err(error) => {
                 tracing::debug!(%error, dropped = batch.len(), "wake-ups not published");
             }
+        }
+        // Wake-ups made meanwhile wait in `pending` (a set: each signal
+        // once) and the kick stays stored, so they go out after the gap.
+        tokio::select! {
+            () = tokio::time::sleep(PUBLISH_GAP) => {}
+            () = shutdown.cancelled() => return,
         }
     }
 }

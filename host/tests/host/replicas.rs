@@ -185,6 +185,62 @@ fn sql_text(s: &str) -> String {
 
 // ------------------------------------------------------------- wake-ups
 
+/// A burst of wake-ups (one per created job, hundreds a second) is
+/// published in a few statements, at most one per `PUBLISH_GAP`, and the
+/// last one still reaches the other replicas soon after it was made.
+#[tokio::test]
+async fn a_burst_of_wake_ups_is_published_in_a_few_notifications() {
+    use certplane_host::wake::{PUBLISH_GAP, Wake};
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.migrated().await;
+    let mut other = store
+        .listen_signals()
+        .await
+        .unwrap()
+        .expect("PostgreSQL listens");
+    let wake = std::sync::Arc::new(Wake::default());
+    let stop = CancellationToken::new();
+    let link = wake
+        .connect_replicas(&store, stop.clone())
+        .await
+        .expect("PostgreSQL links replicas");
+    let burst = Duration::from_millis(300);
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < burst {
+        wake.wake_jobs();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let last_sent = Instant::now();
+    let mut received = 0;
+    let mut last_received = None;
+    while let Ok(next) = tokio::time::timeout(Duration::from_millis(500), other.recv()).await {
+        if let Received::Payload(p) = next.unwrap()
+            && p.starts_with("jobs ")
+        {
+            received += 1;
+            last_received = Some(Instant::now());
+        }
+    }
+    stop.cancel();
+    link.join().await;
+    let most = (burst.as_millis() / PUBLISH_GAP.as_millis()) as usize + 3;
+    assert!(
+        (1..=most).contains(&received),
+        "{sent} wake-ups published as {received} notifications (at most {most})"
+    );
+    let last = last_received.expect("a notification");
+    assert!(
+        last >= last_sent || last_sent - last < PUBLISH_GAP * 2,
+        "the burst's last wake-up was published"
+    );
+    assert!(
+        last.saturating_duration_since(last_sent) < Duration::from_millis(400),
+        "published within the gap of the last wake-up, not later"
+    );
+}
+
 /// An agent registered through replica B long-polls replica A; a job for
 /// it is created through B's API. B's wake-up reaches A through
 /// PostgreSQL, so the poll answers at once rather than when its 25 s wait
