@@ -85,7 +85,7 @@ async fn issue_and_deploy(backend: Backend) {
             .alert_conditions_open(&[condition.as_str()])
             .await
             .unwrap(),
-        [condition.clone()],
+        std::slice::from_ref(&condition),
         "the condition is open before the deployment"
     );
     // Told to a webhook made after the condition opened.
