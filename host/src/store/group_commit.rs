@@ -79,6 +79,24 @@ pub(crate) enum Batched<T = Vec<Option<Committed>>> {
     Alone(&'static str),
 }
 
+impl Batched {
+    /// What a group of `outcomes` comes to before anything of it is
+    /// written, on either backend: nothing to write, or alert conditions
+    /// two outcomes share (each outcome's notices must see the others'
+    /// changes, so they are written one at a time); `None` to go on.
+    pub(crate) fn before_writing(outcomes: &[(usize, &Prepared)]) -> Option<Batched> {
+        if outcomes.is_empty() {
+            return Some(Batched::Written(Vec::new()));
+        }
+        if !crate::store::repo::outcomes::distinct_alert_keys(outcomes) {
+            return Some(Batched::Alone(
+                "two outcomes change the same alert condition",
+            ));
+        }
+        None
+    }
+}
+
 /// The pool a committer writes through.
 #[derive(Debug)]
 pub(crate) enum Writer {

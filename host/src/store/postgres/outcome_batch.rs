@@ -29,8 +29,7 @@ use crate::faults;
 use crate::store::codec::storable;
 use crate::store::group_commit::Batched;
 use crate::store::repo::outcomes::{
-    CLEAR_ALERTS_POSTGRES, Deferred, Guard, Prepared, distinct_alert_keys, finish_outcomes,
-    push_move,
+    CLEAR_ALERTS_POSTGRES, Deferred, Guard, Prepared, finish_outcomes, push_move,
 };
 use crate::store::{CertificateVersion, Job, JobStatus, JobUpdate, StoreError, StoreResult};
 
@@ -42,13 +41,8 @@ pub(crate) async fn write_outcomes<'a>(
     outcomes: &[(usize, &'a Prepared)],
     deferred: &mut Deferred<'a>,
 ) -> StoreResult<Batched> {
-    if outcomes.is_empty() {
-        return Ok(Batched::Written(Vec::new()));
-    }
-    if !distinct_alert_keys(outcomes) {
-        return Ok(Batched::Alone(
-            "two outcomes change the same alert condition",
-        ));
+    if let Some(settled) = Batched::before_writing(outcomes) {
+        return Ok(settled);
     }
     // One UPDATE row per job: a set-based UPDATE that met a job twice
     // would change it once and answer both.

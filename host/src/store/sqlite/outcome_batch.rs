@@ -27,7 +27,7 @@ use crate::faults;
 use crate::store::codec::ts;
 use crate::store::group_commit::Batched;
 use crate::store::repo::outcomes::{
-    CLEAR_ALERTS_SQLITE, Deferred, Prepared, distinct_alert_keys, finish_outcomes, push_move,
+    CLEAR_ALERTS_SQLITE, Deferred, Prepared, finish_outcomes, push_move,
 };
 use crate::store::{CertificateVersion, Job, NewCertificateVersion, StoreError, StoreResult};
 
@@ -39,13 +39,8 @@ pub(crate) async fn write_outcomes<'a>(
     outcomes: &[(usize, &'a Prepared)],
     deferred: &mut Deferred<'a>,
 ) -> StoreResult<Batched> {
-    if outcomes.is_empty() {
-        return Ok(Batched::Written(Vec::new()));
-    }
-    if !distinct_alert_keys(outcomes) {
-        return Ok(Batched::Alone(
-            "two outcomes change the same alert condition",
-        ));
+    if let Some(settled) = Batched::before_writing(outcomes) {
+        return Ok(settled);
     }
 
     // 1. The jobs, each guarded.
