@@ -264,7 +264,12 @@ impl Store {
             crate::store::Backend::Sqlite(_) => sqlite_sql,
             crate::store::Backend::Postgres(_) => postgres_sql,
         };
-        Ok(on_write!(self, |pool| claim_host_jobs!(pool, claim, pick)?))
+        // Both of its steps on one connection: one checkout, and one of the
+        // pings sqlx sends each connection returned to the pool, per claim.
+        Ok(on_write!(self, |pool| {
+            let mut conn = pool.acquire().await?;
+            claim_host_jobs!(&mut *conn, claim, pick)?
+        }))
     }
 
     /// The agent routing. Returns, for agent `agent_id`, at most `limit`
