@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::store::postgres::column;
 use crate::store::repo::certificates::NewCertificateRow;
 use crate::store::repo::outcomes::{Deferred, flush_deferred};
 use crate::store::{BeginWrite, Certificate, NewAuditEvent, StoreError, StoreResult};
@@ -140,11 +141,6 @@ async fn write(
     }
     flush_deferred!(&mut *tx, deferred)?;
     Ok(Created::Written(certs))
-}
-
-/// One array argument: `f` of each row.
-fn column<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
-    rows.iter().map(f).collect()
 }
 
 /// The certificates, in the order given, as `insert_certificate!` inserts

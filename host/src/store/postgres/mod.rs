@@ -13,6 +13,12 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::store::error::{BackendKind, connect_hint, redact_url};
 use crate::store::{StoreError, StoreOptions};
 
+/// One array argument of a set-based statement (`UNNEST($n::type[])`):
+/// `f` of each row.
+pub(crate) fn column<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
+}
+
 /// How long a pooled connection may sit idle before it is pinged when
 /// handed out.
 const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);

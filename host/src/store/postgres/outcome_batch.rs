@@ -28,10 +28,13 @@ use sqlx::{Postgres, QueryBuilder, Transaction};
 use crate::faults;
 use crate::store::codec::storable;
 use crate::store::group_commit::Batched;
+use crate::store::postgres::column;
 use crate::store::repo::outcomes::{
     CLEAR_ALERTS_POSTGRES, Deferred, Guard, Prepared, finish_outcomes, push_move,
 };
-use crate::store::{CertificateVersion, Job, JobStatus, JobUpdate, StoreError, StoreResult};
+use crate::store::{
+    CertificateVersion, Job, JobStatus, JobUpdate, NewCertificateVersion, StoreError, StoreResult,
+};
 
 /// Writes `outcomes` (each with its position in the group) on the open
 /// write transaction `tx`, deferring their follow-up jobs and audit rows
@@ -82,28 +85,29 @@ pub(crate) async fn write_outcomes<'a>(
 
     // 2. The versions of the outcomes that hold, each only where its
     // certificate exists and takes a stored key.
-    let recording: Vec<usize> = (0..outcomes.len())
-        .filter(|i| jobs[*i].is_some() && outcomes[*i].1.outcome.version.is_some())
+    let recording: Vec<(usize, &NewCertificateVersion)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, p))| {
+            Some((i, p.outcome.version.as_ref().filter(|_| jobs[i].is_some())?))
+        })
         .collect();
     let mut versions: Vec<Option<CertificateVersion>> = vec![None; outcomes.len()];
     if !recording.is_empty() {
         let mut certificates = HashSet::with_capacity(recording.len());
         let mut rows = Vec::with_capacity(recording.len());
-        for i in &recording {
-            let p = outcomes[*i].1;
-            let Some(new) = p.outcome.version.as_ref() else {
-                continue;
-            };
+        for (i, new) in recording {
+            let p = outcomes[i].1;
             if !certificates.insert(new.certificate_id.as_str()) {
                 return Ok(Batched::Alone("two versions of one certificate"));
             }
             let Some(renew_before) = new.renew_before_secs else {
                 return Ok(Batched::Alone("the renewal window is not known"));
             };
-            rows.push((*i, new, crate::store::new_id(), p.now, renew_before));
+            rows.push((i, new, crate::store::new_id(), p.now, renew_before));
         }
         let inserted: Vec<CertificateVersion> = sqlx::query_as(INSERT_VERSIONS)
-            .bind(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+            .bind(column(&rows, |r| r.2.clone()))
             .bind(column(&rows, |r| r.1.certificate_id.clone()))
             .bind(column(&rows, |r| r.1.serial.clone()))
             .bind(column(&rows, |r| r.1.pem_chain.clone()))
@@ -139,7 +143,7 @@ pub(crate) async fn write_outcomes<'a>(
             .collect();
         let updated: Vec<String> = sqlx::query_scalar(UPDATE_CERTIFICATES)
             .bind(column(&rows, |r| r.1.certificate_id.clone()))
-            .bind(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+            .bind(column(&rows, |r| r.2.clone()))
             .bind(column(&rows, |r| r.1.not_after))
             .bind(renew_at)
             .bind(column(&rows, |r| r.3))
@@ -165,11 +169,6 @@ pub(crate) async fn write_outcomes<'a>(
         CLEAR_ALERTS_POSTGRES
     );
     Ok(Batched::Written(written))
-}
-
-/// One array argument: `f` of each row.
-fn column<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
-    rows.iter().map(f).collect()
 }
 
 /// The job an outcome changes.
@@ -251,34 +250,24 @@ fn push_moves(qb: &mut QueryBuilder<'_, Postgres>, group: &[&Prepared]) -> Store
         let text = |f: &dyn Fn(&JobUpdate) -> Option<String>| -> Vec<Option<String>> {
             group.iter().map(|p| f(&p.outcome.update)).collect()
         };
+        // As `push_job_update!` binds them: text without NULs.
+        let stored = |v: &Option<String>| v.as_deref().map(|v| storable(v).into_owned());
         let json = |v: &Option<serde_json::Value>| {
             v.clone()
                 .map(|v| crate::store::codec::storable_json(v).to_string())
         };
         let u = &first.outcome.update;
         if u.last_error.is_some() {
-            sets.push((
-                "last_error",
-                "text",
-                text(&|u| u.last_error.as_deref().map(|v| storable(v).into_owned())),
-            ));
+            sets.push(("last_error", "text", text(&|u| stored(&u.last_error))));
         }
         if u.csr_pem.is_some() {
             sets.push(("csr_pem", "text", text(&|u| u.csr_pem.clone())));
         }
         if u.order_id.is_some() {
-            sets.push((
-                "order_id",
-                "text",
-                text(&|u| u.order_id.as_deref().map(|v| storable(v).into_owned())),
-            ));
+            sets.push(("order_id", "text", text(&|u| stored(&u.order_id))));
         }
         if u.order_state.is_some() {
-            sets.push((
-                "order_state",
-                "text",
-                text(&|u| u.order_state.as_deref().map(|v| storable(v).into_owned())),
-            ));
+            sets.push(("order_state", "text", text(&|u| stored(&u.order_state))));
         }
         if u.verification_result.is_some() {
             sets.push((

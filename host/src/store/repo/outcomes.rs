@@ -705,17 +705,15 @@ pub(crate) use write_outcome_job;
 /// open write transaction `$tx`, whose job UPDATE held (`$job`, the job
 /// after it): the version, the follow-up jobs and audit rows (deferred to
 /// `$deferred`, `&mut Deferred`, for [`flush_deferred!`]) and the
-/// notifications. `$cleared`: the alert conditions the transaction cleared
-/// already for several outcomes (`Option<&[String]>`; `None`: each outcome
-/// clears its own). Evaluates to `StoreResult<Committed>`.
+/// notifications, with the alert conditions they clear. Evaluates to
+/// `StoreResult<Committed>`.
 macro_rules! write_outcome_rest {
-    ($tx:expr, $prepared:expr, $job:expr, $deferred:expr, $index:expr, $cleared:expr) => {{
+    ($tx:expr, $prepared:expr, $job:expr, $deferred:expr, $index:expr) => {{
         let tx = $tx;
         let p: &$crate::store::repo::outcomes::Prepared = $prepared;
         let job: $crate::store::Job = $job;
         let deferred: &mut $crate::store::repo::outcomes::Deferred<'_> = $deferred;
         let index: usize = $index;
-        let cleared: Option<&[String]> = $cleared;
         async {
             let o = &p.outcome;
             let (kind, now) = (o.kind, p.now);
@@ -743,8 +741,7 @@ macro_rules! write_outcome_rest {
                 &mut *tx,
                 now,
                 &o.notices,
-                &mut deferred.notifiers,
-                cleared
+                &mut deferred.notifiers
             )?;
             if !o.notices.is_empty() {
                 $crate::faults::point(kind, "notifications");
@@ -774,10 +771,10 @@ macro_rules! write_outcome {
         let tx = $tx;
         let p: &$crate::store::repo::outcomes::Prepared = $prepared;
         match $crate::store::repo::outcomes::write_outcome_job!(&mut *tx, p, $fail_sql) {
-            Ok(Some(job)) => $crate::store::repo::outcomes::write_outcome_rest!(
-                tx, p, job, $deferred, $index, None
-            )
-            .map(Some),
+            Ok(Some(job)) => {
+                $crate::store::repo::outcomes::write_outcome_rest!(tx, p, job, $deferred, $index)
+                    .map(Some)
+            }
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         }
