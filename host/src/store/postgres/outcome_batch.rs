@@ -321,7 +321,7 @@ fn push_moves(qb: &mut QueryBuilder<'_, Postgres>, group: &[&Prepared]) -> Store
         qb.push(format!(", {name} = v.{name}"));
     }
     qb.push(" FROM UNNEST(");
-    let mut names = vec!["id", "now"];
+    let mut names = vec!["id", "now", "status"];
     let mut args = qb.separated(", ");
     args.push_bind(
         group
@@ -332,6 +332,14 @@ fn push_moves(qb: &mut QueryBuilder<'_, Postgres>, group: &[&Prepared]) -> Store
     .push_unseparated("::text[]");
     args.push_bind(group.iter().map(|p| p.now).collect::<Vec<_>>())
         .push_unseparated("::timestamptz[]");
+    // The status each job must still have, bound per row rather than
+    // written in: `jobs.status = 'running'` would let the planner read
+    // every running job through `jobs_running_lease` and hash-join them
+    // with the group (it cannot know how many run; at a thousand running
+    // jobs that cost more than the rest of the statement), where a join
+    // condition leaves one primary-key probe per row.
+    args.push_bind(vec![first.from.as_str(); group.len()])
+        .push_unseparated("::text[]");
     if lease {
         let mut owners = Vec::with_capacity(group.len());
         let mut attempts = Vec::with_capacity(group.len());
@@ -358,9 +366,7 @@ fn push_moves(qb: &mut QueryBuilder<'_, Postgres>, group: &[&Prepared]) -> Store
         names.push(name);
     }
     qb.push(") AS v(").push(names.join(", ")).push(")");
-    qb.push(" WHERE jobs.id = v.id AND jobs.status = '")
-        .push(first.from.as_str())
-        .push("'");
+    qb.push(" WHERE jobs.id = v.id AND jobs.status = v.status");
     if lease {
         qb.push(" AND jobs.lease_owner = v.owner AND jobs.attempts = v.attempt");
     }
