@@ -244,8 +244,10 @@ pub struct JobSettings {
     /// Jobs this host runs at once (each in its own task); a slow connector
     /// call holds one of these slots and no more. A slot is held from the
     /// claim until the job's outcome is committed, so most slots of a busy
-    /// host wait on the database, not on a core: 64 gave 7-15 % more
-    /// certificates a second than 32 in the issuance bench (BENCHMARKS.md).
+    /// host wait on the database, not on a core: in the issuance bench
+    /// (BENCHMARKS.md) 64 gave 7-15 % more certificates a second than 32,
+    /// and 128 another 8 % (SQLite) to 20 % (PostgreSQL) with less CPU per
+    /// certificate (bigger groups and claims); 256 was slower.
     /// Connector calls are bounded apart, per instance.
     pub max_concurrent: usize,
     /// How long a cancelled issuance or renewal holds its certificate back
@@ -261,7 +263,7 @@ impl Default for JobSettings {
             retry_base_ms: 30_000,
             retry_cap_secs: 3600,
             approval_ttl_secs: 7 * 24 * 3600,
-            max_concurrent: 64,
+            max_concurrent: 128,
             cancel_hold_secs: 24 * 3600,
         }
     }
