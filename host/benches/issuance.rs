@@ -57,6 +57,11 @@
 //! measures the code before and after internal refactors (it does not use
 //! `demo::stack::LocalHost` itself, which moves with the demo).
 
+/// The `certplane` binary's allocator, so the host measured here is the one
+/// operators run.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@
 //! [limits]                     # optional defaults, overridable per instance
 //! cpu_deadline_ms = 5000
 //! memory_mib = 64
+//! concurrency = 8              # calls of one instance at once
 //!
 //! [capabilities]               # what the connector asks for
 //! hosts = ["https://www.digicert.com"]
@@ -162,6 +163,11 @@ pub struct ManifestLimits {
     pub cpu_deadline_ms: Option<u64>,
     /// Linear memory cap of one instance in MiB.
     pub memory_mib: Option<u64>,
+    /// Calls of one instance that may run at once. A connector whose calls
+    /// only wait on local work (a CA key held in its settings, files in a
+    /// granted directory) may ask for more than the host's default, which
+    /// is sized for remote services and their rate limits.
+    pub concurrency: Option<u32>,
 }
 
 /// Capabilities a manifest requests. Operators grant a subset.
@@ -264,7 +270,10 @@ impl Manifest {
                 raw.component
             ));
         }
-        if raw.limits.cpu_deadline_ms == Some(0) || raw.limits.memory_mib == Some(0) {
+        if raw.limits.cpu_deadline_ms == Some(0)
+            || raw.limits.memory_mib == Some(0)
+            || raw.limits.concurrency == Some(0)
+        {
             return Err("limits must be greater than zero".to_string());
         }
         Ok(Manifest {
@@ -356,6 +365,10 @@ hosts = ["https://example.com"]
             (format!("{GOOD}\nextra = 1\n"), "unknown field"),
             (
                 GOOD.replace("memory_mib = 32", "memory_mib = 0"),
+                "greater than zero",
+            ),
+            (
+                GOOD.replace("memory_mib = 32", "memory_mib = 32\nconcurrency = 0"),
                 "greater than zero",
             ),
         ];

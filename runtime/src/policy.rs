@@ -49,7 +49,7 @@ pub struct LimitPolicy {
     pub default_deadline_secs: u64,
     /// Memory cap when neither operator nor manifest sets one, in MiB.
     pub default_memory_mib: u64,
-    /// Concurrency when the operator sets none.
+    /// Concurrency when neither operator nor manifest sets one.
     pub default_concurrency: u32,
     /// The memory caps of all calls running at once add up to at most
     /// this, in MiB; further calls wait (the runtime's global budget).
@@ -186,7 +186,11 @@ impl LimitPolicy {
                 u64::from(self.max_concurrency),
                 "",
             )? as u32,
-            None => self.default_concurrency,
+            None => manifest
+                .limits
+                .concurrency
+                .unwrap_or(self.default_concurrency)
+                .clamp(1, self.max_concurrency),
         };
         Ok(Resolved {
             limits: Limits {
@@ -202,7 +206,11 @@ impl LimitPolicy {
 mod tests {
     use super::*;
 
-    fn manifest(deadline_ms: Option<u64>, memory_mib: Option<u64>) -> Manifest {
+    fn manifest(
+        deadline_ms: Option<u64>,
+        memory_mib: Option<u64>,
+        concurrency: Option<u32>,
+    ) -> Manifest {
         let mut text = String::from(
             "name = \"p\"\nversion = \"0.1.0\"\nkind = \"issuer\"\nworld = \"1.0.0\"\n\
              component = \"p.wasm\"\nsha256 = \"",
@@ -215,6 +223,9 @@ mod tests {
         if let Some(m) = memory_mib {
             text.push_str(&format!("memory_mib = {m}\n"));
         }
+        if let Some(c) = concurrency {
+            text.push_str(&format!("concurrency = {c}\n"));
+        }
         Manifest::parse(&text, std::path::Path::new("/plugins")).expect("manifest")
     }
 
@@ -223,13 +234,17 @@ mod tests {
         let policy = LimitPolicy::default();
         let r = policy
             .resolve(
-                &manifest(Some(600_000), Some(256)),
+                &manifest(Some(600_000), Some(256), Some(64)),
                 &InstanceLimits::default(),
             )
             .unwrap();
         assert_eq!(r.limits.deadline, Duration::from_secs(60));
         assert_eq!(r.limits.memory_bytes, 128 * 1024 * 1024);
-        assert_eq!(r.concurrency, 4);
+        assert_eq!(r.concurrency, 16);
+        let asked = policy
+            .resolve(&manifest(None, None, Some(8)), &InstanceLimits::default())
+            .unwrap();
+        assert_eq!(asked.concurrency, 8);
     }
 
     #[test]
@@ -241,7 +256,7 @@ mod tests {
             concurrency: Some(1),
         };
         let r = policy
-            .resolve(&manifest(Some(600_000), Some(256)), &op)
+            .resolve(&manifest(Some(600_000), Some(256), Some(8)), &op)
             .unwrap();
         assert_eq!(r.limits.deadline, Duration::from_secs(2));
         assert_eq!(r.limits.memory_bytes, 16 * 1024 * 1024);
@@ -269,7 +284,9 @@ mod tests {
                 "concurrency",
             ),
         ] {
-            let err = policy.resolve(&manifest(None, None), &op).unwrap_err();
+            let err = policy
+                .resolve(&manifest(None, None, None), &op)
+                .unwrap_err();
             assert!(err.to_string().contains(field), "{err}");
         }
     }
@@ -278,10 +295,11 @@ mod tests {
     fn defaults_fill_what_nobody_set() {
         let policy = LimitPolicy::default();
         let r = policy
-            .resolve(&manifest(None, None), &InstanceLimits::default())
+            .resolve(&manifest(None, None, None), &InstanceLimits::default())
             .unwrap();
         assert_eq!(r.limits.deadline, Duration::from_secs(10));
         assert_eq!(r.limits.memory_bytes, 64 * 1024 * 1024);
+        assert_eq!(r.concurrency, 4);
         assert!(policy.validate().is_ok());
         let broken = LimitPolicy {
             default_memory_mib: 512,

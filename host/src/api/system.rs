@@ -104,6 +104,8 @@ pub struct PluginLimits {
     pub cpu_deadline_ms: Option<u64>,
     /// Linear memory cap of one instance, MiB (host default if absent).
     pub memory_mib: Option<u64>,
+    /// Calls of one instance at once (host default if absent).
+    pub concurrency: Option<u32>,
 }
 
 /// The plugin list with load failures.
@@ -141,6 +143,7 @@ async fn list_plugins(
             limits: PluginLimits {
                 cpu_deadline_ms: p.manifest().limits.cpu_deadline_ms,
                 memory_mib: p.manifest().limits.memory_mib,
+                concurrency: p.manifest().limits.concurrency,
             },
         })
         .collect();

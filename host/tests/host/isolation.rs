@@ -373,6 +373,64 @@ async fn operator_limits_are_checked_against_the_host_ceiling() {
     );
 }
 
+/// A manifest's `concurrency` is a request like its other limits: it sets
+/// the call slots of an instance whose operator set none (pem-files asks
+/// for 8, the hostile fixture for nothing and gets the host's default),
+/// cut to the host's ceiling; an operator's own value wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_asks_for_call_slots_within_the_ceiling() {
+    use certplane_runtime::PluginKind;
+    for (ceiling, limits, pem_files, hostile) in [
+        (16, json!({}), 8, 4),
+        (2, json!({}), 2, 2),
+        (16, json!({ "concurrency": 3 }), 3, 3),
+    ] {
+        let (app, _plugins) = app_with_fixtures(&["hostile"], |c| {
+            c.limits.max_concurrency = ceiling;
+            c.limits.default_concurrency = c.limits.default_concurrency.min(ceiling);
+        })
+        .await;
+        let listed = app.get("/api/v1/plugins", &app.reader).await;
+        let asked = listed.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "pem-files")
+            .map(|p| p["limits"]["concurrency"].clone());
+        assert_eq!(asked, Some(json!(8)), "{}", listed.text);
+        let certs = tempfile::tempdir().unwrap();
+        for (plugin, settings, dirs, want) in [
+            (
+                "pem-files",
+                json!({ "directory": "/certs" }),
+                json!([{ "path": certs.path().display().to_string(), "guest_path": "/certs", "writable": true }]),
+                pem_files,
+            ),
+            ("hostile", json!({}), json!([]), hostile),
+        ] {
+            let grants = json!({ "directories": dirs, "limits": limits });
+            let id = target(&app, plugin, plugin, settings.clone(), grants.clone()).await;
+            let owner = format!("target/{id}");
+            let stored = app.get(&format!("/api/v1/targets/{id}"), &app.reader).await;
+            engine::connectors::build_instance(
+                &app.state.engine,
+                PluginKind::Target,
+                &owner,
+                plugin,
+                &settings,
+                None,
+                &stored.json["grants"],
+            )
+            .unwrap();
+            assert_eq!(
+                app.state.runner.instance_concurrency(&owner),
+                Some(want),
+                "{plugin} under a ceiling of {ceiling} with {limits}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_stops_a_running_call_here_and_from_another_replica() {
     let (app, _plugins) = app_with_fixtures(&["hostile"], |_| {}).await;

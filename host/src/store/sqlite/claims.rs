@@ -190,7 +190,8 @@ WHERE id IN (SELECT id FROM jobs
 /// time in the first 48 bits, random bits after). The partial unique
 /// index `jobs_one_open_issuance` makes concurrent callers harmless. Reads
 /// only `certificates_renewal_ready` (due, no open job: the trigger-kept
-/// `open_issuance`), so a pass costs what it creates, not the backlog.
+/// `open_issuance`, with no second probe of `jobs`, as on PostgreSQL), so a
+/// pass costs what it creates, not the backlog.
 pub(crate) const ENQUEUE_RENEWALS: &str = "
 INSERT INTO jobs (id, job_type, status, certificate_id, agent_id, attempts, max_attempts,
                   run_at, created_at, updated_at)
@@ -202,9 +203,6 @@ SELECT lower(printf('%08x', $4 >> 16) || '-' || printf('%04x', $4 & 65535) || '-
        c.id, 'host', 0, $2, $1, $1, $1
 FROM certificates c INDEXED BY certificates_renewal_ready
 WHERE c.status = 'active' AND c.open_issuance = 0 AND c.renew_at <= $1
-  AND NOT EXISTS (SELECT 1 FROM jobs j
-                  WHERE j.certificate_id = c.id AND j.job_type IN ('issuance', 'renewal')
-                    AND j.status NOT IN ('completed', 'cancelled'))
 ORDER BY c.renew_at
 LIMIT $3
 ON CONFLICT DO NOTHING";
