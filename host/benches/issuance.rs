@@ -57,10 +57,10 @@
 //! measures the code before and after internal refactors (it does not use
 //! `demo::stack::LocalHost` itself, which moves with the demo).
 
-/// The `certplane` binary's allocator, so the host measured here is the one
-/// operators run.
+/// The `certplane` binary's allocator, so the host measured here allocates
+/// as the one operators run.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::cell::Cell;
 use std::collections::HashMap;
