@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 
 /// jemalloc rather than glibc's malloc: in the issuance bench glibc's malloc
-/// and free were ~10 % of the host's CPU samples, and jemalloc gave +4 %
-/// (PostgreSQL) to +8 % (SQLite) certificates a second; mimalloc did as
+/// and free were ~10 % of the host's CPU samples, and jemalloc gave +2–4 %
+/// (PostgreSQL) and +5–8 % (SQLite) certificates a second; mimalloc did as
 /// well there but took the 10,000-agent fleet to 598 MiB against jemalloc's
 /// 471 MiB (the target is 512; BENCHMARKS.md).
 #[global_allocator]
