@@ -86,7 +86,7 @@ fn limits(value: &Value) -> Markup {
     html! {
         div { span.muted { "deadline: " } (shown(&value["cpu_deadline_ms"], "ms")) }
         div { span.muted { "memory: " } (shown(&value["memory_mib"], "MiB")) }
-        div { span.muted { "calls at once: " } (shown(&value["concurrency"], "")) }
+        div { span.muted { "concurrency: " } (shown(&value["concurrency"], "calls at once")) }
     }
 }
 

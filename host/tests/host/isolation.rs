@@ -409,7 +409,7 @@ async fn a_manifest_asks_for_call_slots_within_the_ceiling() {
             ("hostile", json!({}), json!([]), hostile),
         ] {
             let grants = json!({ "directories": dirs, "limits": limits });
-            let id = target(&app, plugin, plugin, settings.clone(), grants.clone()).await;
+            let id = target(&app, plugin, plugin, settings.clone(), grants).await;
             let owner = format!("target/{id}");
             let stored = app.get(&format!("/api/v1/targets/{id}"), &app.reader).await;
             engine::connectors::build_instance(
