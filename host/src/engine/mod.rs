@@ -155,14 +155,15 @@ async fn wake_agents_with_work(
 /// claim and the claimed batch is started in a task of its own, so a tick
 /// cancelled (timed out, shut down) after its claim committed cannot leave
 /// claimed jobs leased and not running.
-async fn claim_and_run<F, Fut>(
+async fn claim_and_run<F, Fut, C>(
     engine: &Engine,
     what: &'static str,
     claim: F,
 ) -> crate::scheduler::ticker::TickResult
 where
     F: FnOnce(u32) -> Fut,
-    Fut: Future<Output = Result<Vec<crate::store::Job>, crate::store::StoreError>>,
+    Fut: Future<Output = Result<C, crate::store::StoreError>>,
+    C: Into<crate::store::HostClaimed>,
 {
     let free = engine.runner.free_slots();
     if free == 0 {
@@ -180,18 +181,18 @@ where
     };
     let want = u32::try_from(slots.num_permits()).unwrap_or(BATCH);
     let started = std::time::Instant::now();
-    let jobs = match claim(want).await {
-        Ok(jobs) => jobs,
+    let claimed = match claim(want).await {
+        Ok(claimed) => claimed.into(),
         Err(e) => {
             engine.runner.release(&engine.wake, slots);
             return Err(e.into());
         }
     };
     engine.metrics.observe_claim(what, started.elapsed());
-    let n = jobs.len();
+    let n = claimed.jobs.len();
     if n > 0 {
         let runner = engine.runner.clone();
-        runner.track(start_batch(engine.clone(), jobs, slots));
+        runner.track(start_batch(engine.clone(), claimed, slots));
     } else {
         engine.runner.release(&engine.wake, slots);
     }
@@ -201,14 +202,19 @@ where
 /// Starts each job of a claimed batch in one of `slots` (one per job).
 async fn start_batch(
     engine: Engine,
-    jobs: Vec<crate::store::Job>,
+    claimed: crate::store::HostClaimed,
     mut slots: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let jobs = claimed.jobs;
     let n = jobs.len();
-    // The batch's rows in one read; if that read fails, each job reads
-    // its own (and meets the same database error there, where its own
-    // failure handling applies).
-    let mut inputs = match engine.store.job_inputs(&jobs).await {
+    // The batch's rows came with the claim, or are read in one read; if
+    // that read fails, each job reads its own (and meets the same database
+    // error there, where its own failure handling applies).
+    let read = match claimed.inputs {
+        Some(inputs) => Ok(inputs),
+        None => engine.store.job_inputs(&jobs).await,
+    };
+    let mut inputs = match read {
         Ok(inputs) => inputs,
         Err(e) => {
             tracing::warn!(error = %e, jobs = n, "cannot read the claimed jobs' rows together; each job reads its own");
@@ -242,17 +248,19 @@ async fn start_batch(
 async fn claim_deployments_first(
     engine: &Engine,
     limit: u32,
-) -> Result<Vec<crate::store::Job>, crate::store::StoreError> {
+) -> Result<crate::store::HostClaimed, crate::store::StoreError> {
     let busy = engine.runner.busy_targets();
     let deployments_first = !engine.runner.deployment_claim_futile(&busy);
-    let (jobs, deployments) = engine
+    let claimed = engine
         .store
         .claim_host_jobs_deployments_first(limit, &busy, deployments_first)
         .await?;
     if deployments_first {
-        engine.runner.deployment_claim_found(&busy, deployments);
+        engine
+            .runner
+            .deployment_claim_found(&busy, claimed.deployments);
     }
-    Ok(jobs)
+    Ok(claimed)
 }
 
 /// Starts every loop; cancel `token` (or call `shutdown`) to stop them.

@@ -49,15 +49,18 @@ use sqlx::{PgPool, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::faults;
+use crate::store::Certificate;
 use crate::store::postgres::claims as pg;
 use crate::store::postgres::outcome_batch as pg_batch;
 use crate::store::repo::certificates::{NewCertificateRow, create_one, insert_certificate};
-use crate::store::repo::claims::{HostClaim, claim_host_jobs, postgres_sql, sqlite_sql};
+use crate::store::repo::claims::{
+    HostClaim, HostClaimed, claim_host_jobs, postgres_sql, sqlite_sql,
+};
+use crate::store::repo::job_inputs::{BatchSql, SQLITE_BATCH, Wanted, read_inputs};
 use crate::store::repo::outcomes::{Committed, Deferred, Prepared, commit_one, flush_deferred};
 use crate::store::sqlite::claims as lite;
 use crate::store::sqlite::outcome_batch as lite_batch;
 use crate::store::{BeginWrite, StoreError, StoreResult};
-use crate::store::{Certificate, Job};
 
 /// Outcomes written in one transaction at most.
 const GROUP_MAX: usize = 64;
@@ -114,18 +117,30 @@ struct BackendSql {
     share: &'static str,
     /// The claim SQL picker.
     claims: fn(&HostClaim) -> &'static str,
+    /// The batch reads a claim reads its jobs' rows with in the group's
+    /// transaction; `None` where claims do not read them there.
+    inputs: Option<&'static BatchSql>,
 }
 
 const SQLITE_SQL: BackendSql = BackendSql {
     fail: lite::FAIL_JOB,
     share: "",
     claims: sqlite_sql,
+    // The committer's connection wrote the claimed jobs' rows moments
+    // before, so they are in its page cache; a reader connection drops its
+    // cache whenever another connection has committed (WAL), and read the
+    // same rows again from the file at a hundred `pread`s per certificate
+    // (BENCHMARKS.md, issue 13).
+    inputs: Some(&SQLITE_BATCH),
 };
 
 const POSTGRES_SQL: BackendSql = BackendSql {
     fail: pg::FAIL_JOB,
     share: " FOR SHARE",
     claims: postgres_sql,
+    // PostgreSQL's claims do not join the group (and a failed read would
+    // abort its transaction).
+    inputs: None,
 };
 
 /// Runs `$body` with `$pool` the writer's pool and `$sql` its backend's
@@ -156,7 +171,7 @@ enum Write {
     Outcome(Prepared, Reply<Option<Committed>>),
     Certificate(NewCertificateRow, Reply<Certificate>),
     /// Run after the group's other writes, so it sees their follow-up jobs.
-    Claim(HostClaim, Reply<(Vec<Job>, usize)>),
+    Claim(HostClaim, Reply<HostClaimed>),
 }
 
 /// What a write of a group came to, told to its caller after the commit.
@@ -165,7 +180,7 @@ enum Done {
     Outcome(Option<Committed>),
     /// `Err` only for a missing or retired issuer: nothing was written.
     Certificate(StoreResult<Certificate>),
-    Claim((Vec<Job>, usize)),
+    Claim(HostClaimed),
 }
 
 /// The handle callers send writes through. The committers stop when the
@@ -286,7 +301,7 @@ impl GroupCommit {
     pub(crate) async fn claim(
         &self,
         claim: HostClaim,
-    ) -> Result<StoreResult<(Vec<Job>, usize)>, Box<HostClaim>> {
+    ) -> Result<StoreResult<HostClaimed>, Box<HostClaim>> {
         let (reply, answer) = oneshot::channel();
         self.send(Write::Claim(claim, reply), answer, |w| match w {
             Write::Claim(claim, _) => Some(claim),
@@ -376,10 +391,39 @@ async fn write_alone(writer: &Writer, write: Write) {
         }
         Write::Claim(claim, reply) => {
             if !reply.is_closed() {
-                let _ = reply.send(claim_host_jobs!(pool, &claim, sql.claims));
+                let claimed =
+                    claim_host_jobs!(pool, &claim, sql.claims).map(|(jobs, deployments)| {
+                        HostClaimed {
+                            jobs,
+                            deployments,
+                            inputs: None,
+                        }
+                    });
+                let _ = reply.send(claimed);
             }
         }
     })
+}
+
+/// The rows the claimed `$jobs` read, read through the group's transaction
+/// `$tx` with `$batch`; `None` (the job loop then reads them itself) if a
+/// statement fails. A failed read does not end a SQLite transaction, so
+/// the group's writes still commit.
+macro_rules! claimed_inputs {
+    ($tx:ident, $batch:expr, $jobs:expr) => {{
+        let wanted = Wanted::of($jobs);
+        if wanted.is_empty() {
+            Some(std::collections::HashMap::new())
+        } else {
+            match read_inputs!($tx, $batch, &wanted) {
+                Ok(inputs) => Some(inputs),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the claimed jobs' rows in the group; the job loop reads them");
+                    None
+                }
+            }
+        }
+    }};
 }
 
 /// The rest of [`write_group`] once the outcomes are `$written` on `$tx`:
@@ -398,7 +442,7 @@ macro_rules! finish_group {
                     insert_certificate!(&mut $tx, create, sql.share, &mut $deferred)?
                         .ok_or_else(|| create.no_issuer()),
                 ),
-                Write::Claim(..) => Done::Claim((Vec::new(), 0)),
+                Write::Claim(..) => Done::Claim(HostClaimed::default()),
             });
         }
         for (index, job) in flush_deferred!(&mut $tx, $deferred)? {
@@ -411,10 +455,19 @@ macro_rules! finish_group {
         // busy) is not run: nobody would start the jobs it leased, and each
         // would lose an attempt when its lease lapsed.
         for (write, result) in items.iter().zip(done.iter_mut()) {
-            if let (Write::Claim(claim, reply), Done::Claim(jobs)) = (write, result)
+            if let (Write::Claim(claim, reply), Done::Claim(claimed)) = (write, result)
                 && !reply.is_closed()
             {
-                *jobs = claim_host_jobs!(&mut *$tx, claim, sql.claims)?;
+                let (jobs, deployments) = claim_host_jobs!(&mut *$tx, claim, sql.claims)?;
+                let inputs = match sql.inputs {
+                    Some(batch) => claimed_inputs!($tx, batch, &jobs),
+                    None => None,
+                };
+                *claimed = HostClaimed {
+                    jobs,
+                    deployments,
+                    inputs,
+                };
             }
         }
         $tx.commit().await?;

@@ -47,6 +47,7 @@ pub use migrate::{MigrationEntry, MigrationReport, MigrationState, MigrationStat
 pub use models::*;
 pub use repo::certificates::CertificateCreate;
 pub use repo::challenges::{ChallengeProgress, ChallengeRow, NewChallenge};
+pub use repo::claims::HostClaimed;
 pub use repo::host_meta::BOOTSTRAP_ADMIN_META;
 pub use repo::inventory::InventoryFilter;
 pub use repo::job_inputs::{DeploymentInputs, IssuanceInputs, JobInputs};

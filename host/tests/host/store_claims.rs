@@ -783,7 +783,11 @@ async fn a_claim_takes_deployments_first_then_the_rest(b: Backend) {
     store.create_jobs(&jobs).await.unwrap();
     let except = [busy.id.clone()];
 
-    let (first, deployments) = store
+    let HostClaimed {
+        jobs: first,
+        deployments,
+        ..
+    } = store
         .claim_host_jobs_deployments_first(3, &except, true)
         .await
         .unwrap();
@@ -803,14 +807,22 @@ async fn a_claim_takes_deployments_first_then_the_rest(b: Backend) {
 
     // Oldest first: the two renewals left, then the busy target's
     // deployment is left alone.
-    let (next, deployments) = store
+    let HostClaimed {
+        jobs: next,
+        deployments,
+        ..
+    } = store
         .claim_host_jobs_deployments_first(5, &except, false)
         .await
         .unwrap();
     assert_eq!(deployments, 0);
     let types: Vec<JobType> = next.iter().map(|j| j.job_type).collect();
     assert_eq!(types, [JobType::Renewal, JobType::Renewal]);
-    let (last, deployments) = store
+    let HostClaimed {
+        jobs: last,
+        deployments,
+        ..
+    } = store
         .claim_host_jobs_deployments_first(5, &[], true)
         .await
         .unwrap();
@@ -1130,8 +1142,97 @@ async fn claimed_batch_reads_each_jobs_rows(b: Backend) {
     assert_eq!(store.operation_counts().0, reads_before);
 }
 
+/// On SQLite a claim reads its jobs' rows in its own transaction, on the
+/// connection that just wrote them (a reader connection would read every
+/// page again after each commit), and each job gets exactly what
+/// [`Store::job_inputs`] reads for it; no read transaction is spent. On
+/// PostgreSQL the claim leaves the reading to the caller.
+async fn a_claim_reads_its_jobs_rows_where_it_writes(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let issuer = fixtures::issuer(&store).await;
+    let target = fixtures::target(&store, "host", "edge").await;
+    let retired = fixtures::target(&store, "host", "old-edge").await;
+    let name = format!("claimed-{}", new_id());
+    let linked = store
+        .create_certificate_with_targets(
+            NewCertificate {
+                name: name.clone(),
+                common_name: format!("{name}.example.test"),
+                sans: vec![],
+                key_type: "ecdsa-p256".into(),
+                key_source: KeySource::Host,
+                issuer_id: issuer.id.clone(),
+                target_id: Some(target.id.clone()),
+                renew_before_secs: 86_400,
+                owner: None,
+            },
+            std::slice::from_ref(&retired.id),
+            &CertificateOptions::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(store.retire_target(&retired.id, "test").await.unwrap());
+    let plain = fixtures::certificate(&store, &issuer.id, None, KeySource::Host).await;
+    let version = fixtures::version_ending_in(&store, &linked.id, "03", 60).await;
+    let mut deployment = NewJob::new(JobType::Deployment)
+        .target(&target.id)
+        .certificate(&linked.id);
+    deployment.certificate_version_id = Some(version.id.clone());
+    store
+        .create_jobs(&[
+            NewJob::new(JobType::Renewal).certificate(&linked.id),
+            NewJob::new(JobType::Issuance).certificate(&plain.id),
+            deployment,
+            NewJob::new(JobType::Verification).certificate(&plain.id),
+        ])
+        .await
+        .unwrap();
+
+    let (reads_before, _) = store.operation_counts();
+    let claimed = store
+        .claim_host_jobs_deployments_first(10, &[], true)
+        .await
+        .unwrap();
+    let (reads_after, _) = store.operation_counts();
+    assert_eq!(claimed.jobs.len(), 4, "{:?}", claimed.jobs);
+    assert_eq!(claimed.deployments, 1);
+    match b {
+        Backend::Sqlite => {
+            let inputs = claimed.inputs.expect("read with the claim");
+            assert_eq!(reads_after, reads_before, "no read transaction");
+            let alone = store.job_inputs(&claimed.jobs).await.unwrap();
+            assert_eq!(inputs.len(), 3, "all but the verification: {inputs:?}");
+            assert_eq!(
+                inputs.keys().collect::<HashSet<_>>(),
+                alone.keys().collect::<HashSet<_>>()
+            );
+            for (id, read) in &inputs {
+                assert_eq!(format!("{read:?}"), format!("{:?}", alone[id]));
+            }
+            let renewal = claimed
+                .jobs
+                .iter()
+                .find(|j| j.job_type == JobType::Renewal)
+                .unwrap();
+            match &inputs[&renewal.id] {
+                JobInputs::Issuance(Some(found)) => {
+                    assert_eq!(found.certificate.id, linked.id);
+                    assert_eq!(found.issuer.as_ref(), Some(&issuer));
+                    let targets: Vec<&str> = found.targets.iter().map(|t| t.id.as_str()).collect();
+                    assert_eq!(targets, [target.id.as_str()], "the retired one left out");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        Backend::Postgres => assert!(claimed.inputs.is_none()),
+    }
+}
+
 both_backends!(
     batch_reads_find_rows_by_key,
+    a_claim_reads_its_jobs_rows_where_it_writes,
     claimed_batch_reads_each_jobs_rows,
     job_listing_pages_read_an_index_not_the_table,
     expiring_waits_reads_only_the_waiting_jobs,

@@ -5,7 +5,32 @@ use crate::store::codec::{now, ts};
 use crate::store::postgres::claims as pg;
 use crate::store::repo::sql_limit;
 use crate::store::sqlite::claims as lite;
-use crate::store::{Job, JobType, Store, StoreResult, on_read, on_write};
+use crate::store::{Job, JobInputs, JobType, Store, StoreResult, on_read, on_write};
+
+/// What a claim of host jobs took.
+#[derive(Debug, Default)]
+pub struct HostClaimed {
+    /// The jobs, oldest `run_at` first.
+    pub jobs: Vec<Job>,
+    /// How many of them the deployments' claim took.
+    pub deployments: usize,
+    /// The rows the jobs work with, by job id, when the claim read them in
+    /// its own transaction (SQLite's group committer, whose connection has
+    /// every page it just wrote in its cache, where a reader connection
+    /// would read them again from the file); `None` when the caller reads
+    /// them with [`Store::job_inputs`].
+    pub inputs: Option<std::collections::HashMap<String, JobInputs>>,
+}
+
+impl From<Vec<Job>> for HostClaimed {
+    /// Jobs claimed without their rows (the caller reads them).
+    fn from(jobs: Vec<Job>) -> Self {
+        HostClaimed {
+            jobs,
+            ..HostClaimed::default()
+        }
+    }
+}
 
 /// A claim of host jobs (see [`Store::claim_pending_jobs`]), its times
 /// fixed when it was asked for.
@@ -201,20 +226,19 @@ impl Store {
         Ok(self
             .claim_host(job_type, limit, except_targets, false)
             .await?
-            .0)
+            .jobs)
     }
 
     /// Claims up to `limit` host jobs as [`Store::claim_pending_jobs_except`]
     /// does, deployments first when `deployments_first` (a deployment
     /// finishes what an issuance started), then any type for what is left,
-    /// in one write. Returns the jobs, oldest `run_at` first, and how many
-    /// the deployments' claim took.
+    /// in one write.
     pub async fn claim_host_jobs_deployments_first(
         &self,
         limit: u32,
         except_targets: &[String],
         deployments_first: bool,
-    ) -> StoreResult<(Vec<Job>, usize)> {
+    ) -> StoreResult<HostClaimed> {
         self.claim_host(None, limit, except_targets, deployments_first)
             .await
     }
@@ -225,7 +249,7 @@ impl Store {
         limit: u32,
         except_targets: &[String],
         deployments_first: bool,
-    ) -> StoreResult<(Vec<Job>, usize)> {
+    ) -> StoreResult<HostClaimed> {
         let now = now();
         let except_targets = (!except_targets.is_empty())
             .then(|| crate::store::repo::id_list(except_targets.iter().map(String::as_str)));
@@ -253,23 +277,28 @@ impl Store {
         } else {
             self.claim_alone(&claim).await
         };
-        let (mut jobs, found) = result?;
-        sort_jobs(&mut jobs);
-        Ok((jobs, found))
+        let mut claimed = result?;
+        sort_jobs(&mut claimed.jobs);
+        Ok(claimed)
     }
 
     /// Runs one host claim on its own (its statements in autocommit).
-    async fn claim_alone(&self, claim: &HostClaim) -> StoreResult<(Vec<Job>, usize)> {
+    async fn claim_alone(&self, claim: &HostClaim) -> StoreResult<HostClaimed> {
         let pick: fn(&HostClaim) -> &'static str = match self.backend {
             crate::store::Backend::Sqlite(_) => sqlite_sql,
             crate::store::Backend::Postgres(_) => postgres_sql,
         };
         // Both of its steps on one connection: one checkout, and one of the
         // pings sqlx sends each connection returned to the pool, per claim.
-        Ok(on_write!(self, |pool| {
+        let (jobs, deployments) = on_write!(self, |pool| {
             let mut conn = pool.acquire().await?;
             claim_host_jobs!(&mut *conn, claim, pick)?
-        }))
+        });
+        Ok(HostClaimed {
+            jobs,
+            deployments,
+            inputs: None,
+        })
     }
 
     /// The agent routing. Returns, for agent `agent_id`, at most `limit`

@@ -104,15 +104,15 @@ pub(crate) const POSTGRES_BATCH: BatchSql =
 /// Ids as the JSON array the batch statements take.
 /// What the batch statements returned.
 #[derive(Default)]
-struct Rows {
-    certificates: Vec<Certificate>,
-    links: Vec<(String, String)>,
-    issuers: Vec<PluginInstance>,
+pub(crate) struct Rows {
+    pub(crate) certificates: Vec<Certificate>,
+    pub(crate) links: Vec<(String, String)>,
+    pub(crate) issuers: Vec<PluginInstance>,
     /// Ordered by name, then id.
-    targets: Vec<Target>,
-    versions: Vec<CertificateVersion>,
+    pub(crate) targets: Vec<Target>,
+    pub(crate) versions: Vec<CertificateVersion>,
     /// The open conditions of the deployments.
-    alerts: Vec<String>,
+    pub(crate) alerts: Vec<String>,
 }
 
 fn is_issuance(job: &Job) -> bool {
@@ -132,97 +132,152 @@ fn deployment_ids(job: &Job) -> Option<(&str, &str, &str)> {
     ))
 }
 
-impl Store {
-    /// The rows each issuance, renewal and deployment job of `jobs` works
-    /// with, by job id: at most one statement per table for all of them,
-    /// on one connection. Other jobs (and deployments that name no target,
-    /// certificate or version) are left out.
-    pub async fn job_inputs(&self, jobs: &[Job]) -> StoreResult<HashMap<String, JobInputs>> {
-        let issuance: Vec<(&Job, &str)> = jobs
-            .iter()
-            .filter(|j| is_issuance(j))
-            .filter_map(|j| Some((j, j.certificate_id.as_deref()?)))
-            .collect();
-        let deployments: Vec<(&Job, (&str, &str, &str))> = jobs
-            .iter()
-            .filter_map(|j| Some((j, deployment_ids(j)?)))
-            .collect();
-        if issuance.is_empty() && deployments.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = match &self.backend {
-            Backend::Sqlite(_) => &SQLITE_BATCH,
-            Backend::Postgres(_) => &POSTGRES_BATCH,
-        };
-        let certificate_ids = id_list(
-            issuance
+/// The jobs of a batch that read rows: issuance and renewal jobs with
+/// their certificate id, deployments with their (target, certificate,
+/// version) ids.
+pub(crate) struct Wanted<'a> {
+    pub(crate) issuance: Vec<(&'a Job, &'a str)>,
+    pub(crate) deployments: Vec<(&'a Job, (&'a str, &'a str, &'a str))>,
+}
+
+impl<'a> Wanted<'a> {
+    pub(crate) fn of(jobs: &'a [Job]) -> Self {
+        Wanted {
+            issuance: jobs
                 .iter()
-                .map(|(_, c)| *c)
-                .chain(deployments.iter().map(|(_, (_, c, _))| *c)),
-        );
-        let issuance_ids = id_list(issuance.iter().map(|(_, c)| *c));
-        // Only issuance jobs need a certificate's issuer and its targets; a
-        // deployment's certificate is read for itself alone.
-        let for_issuance = |c: &Certificate| issuance.iter().any(|(_, id)| *id == c.id);
-        let rows = on_read!(self, |pool| {
-            let mut conn = pool.acquire().await?;
-            let mut rows = Rows {
+                .filter(|j| is_issuance(j))
+                .filter_map(|j| Some((j, j.certificate_id.as_deref()?)))
+                .collect(),
+            deployments: jobs
+                .iter()
+                .filter_map(|j| Some((j, deployment_ids(j)?)))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.issuance.is_empty() && self.deployments.is_empty()
+    }
+
+    /// Whether `certificate` is an issuance job's: only those need their
+    /// issuer and targets; a deployment's certificate is read for itself.
+    pub(crate) fn for_issuance(&self, certificate: &Certificate) -> bool {
+        self.issuance.iter().any(|(_, id)| *id == certificate.id)
+    }
+
+    /// The deployments' alert condition keys.
+    pub(crate) fn alert_keys(&self) -> Vec<String> {
+        self.deployments
+            .iter()
+            .flat_map(|(_, (t, c, _))| [deployment_key(c, t), verification_key(c, t)])
+            .collect()
+    }
+
+    /// Each job's inputs from the rows read for the batch.
+    pub(crate) fn assemble(&self, rows: Rows) -> HashMap<String, JobInputs> {
+        assemble(rows, &self.issuance, &self.deployments)
+    }
+}
+
+/// Reads the rows `$wanted` (a [`Wanted`]) needs through `$conn` (a
+/// connection or a transaction) with the backend's [`BatchSql`] `$sql`, at
+/// most one statement per table, and hands each job its own: a map by job
+/// id, or the `sqlx::Error` of the first statement that failed. A macro,
+/// as the statements run on either backend's connection type.
+macro_rules! read_inputs {
+    ($conn:expr, $sql:expr, $wanted:expr) => {
+        async {
+            let sql: &$crate::store::repo::job_inputs::BatchSql = $sql;
+            let wanted: &$crate::store::repo::job_inputs::Wanted<'_> = $wanted;
+            let certificate_ids = $crate::store::repo::id_list(
+                wanted
+                    .issuance
+                    .iter()
+                    .map(|(_, c)| *c)
+                    .chain(wanted.deployments.iter().map(|(_, (_, c, _))| *c)),
+            );
+            let issuance_ids =
+                $crate::store::repo::id_list(wanted.issuance.iter().map(|(_, c)| *c));
+            let mut rows = $crate::store::repo::job_inputs::Rows {
                 certificates: sqlx::query_as(sql.certificates)
                     .bind(&certificate_ids)
-                    .fetch_all(&mut *conn)
+                    .fetch_all(&mut *$conn)
                     .await?,
-                ..Rows::default()
+                ..Default::default()
             };
-            if !issuance.is_empty() {
+            if !wanted.issuance.is_empty() {
                 rows.links = sqlx::query_as(sql.links)
                     .bind(&issuance_ids)
-                    .fetch_all(&mut *conn)
+                    .fetch_all(&mut *$conn)
                     .await?;
-                let issuers = id_list(
+                let issuers = $crate::store::repo::id_list(
                     rows.certificates
                         .iter()
-                        .filter(|c| for_issuance(c))
+                        .filter(|c| wanted.for_issuance(c))
                         .map(|c| c.issuer_id.as_str()),
                 );
                 rows.issuers = sqlx::query_as(sql.issuers)
                     .bind(&issuers)
-                    .fetch_all(&mut *conn)
+                    .fetch_all(&mut *$conn)
                     .await?;
             }
-            let target_ids = id_list(
+            let target_ids = $crate::store::repo::id_list(
                 rows.links
                     .iter()
                     .map(|(_, t)| t.as_str())
                     .chain(
                         rows.certificates
                             .iter()
-                            .filter(|c| for_issuance(c))
+                            .filter(|c| wanted.for_issuance(c))
                             .filter_map(|c| c.target_id.as_deref()),
                     )
-                    .chain(deployments.iter().map(|(_, (t, _, _))| *t)),
+                    .chain(wanted.deployments.iter().map(|(_, (t, _, _))| *t)),
             );
             rows.targets = sqlx::query_as(sql.targets)
                 .bind(&target_ids)
-                .fetch_all(&mut *conn)
+                .fetch_all(&mut *$conn)
                 .await?;
-            if !deployments.is_empty() {
-                let versions = id_list(deployments.iter().map(|(_, (_, _, v))| *v));
+            if !wanted.deployments.is_empty() {
+                let versions = $crate::store::repo::id_list(
+                    wanted.deployments.iter().map(|(_, (_, _, v))| *v),
+                );
                 rows.versions = sqlx::query_as(sql.versions)
                     .bind(&versions)
-                    .fetch_all(&mut *conn)
+                    .fetch_all(&mut *$conn)
                     .await?;
-                let keys: Vec<String> = deployments
-                    .iter()
-                    .flat_map(|(_, (t, c, _))| [deployment_key(c, t), verification_key(c, t)])
-                    .collect();
+                let keys = wanted.alert_keys();
                 rows.alerts = sqlx::query_scalar(sql.alerts)
-                    .bind(id_list(keys.iter().map(String::as_str)))
-                    .fetch_all(&mut *conn)
+                    .bind($crate::store::repo::id_list(
+                        keys.iter().map(String::as_str),
+                    ))
+                    .fetch_all(&mut *$conn)
                     .await?;
             }
-            rows
-        });
-        Ok(assemble(rows, &issuance, &deployments))
+            Ok::<_, sqlx::Error>(wanted.assemble(rows))
+        }
+        .await
+    };
+}
+pub(crate) use read_inputs;
+
+impl Store {
+    /// The rows each issuance, renewal and deployment job of `jobs` works
+    /// with, by job id: at most one statement per table for all of them,
+    /// on one connection. Other jobs (and deployments that name no target,
+    /// certificate or version) are left out.
+    pub async fn job_inputs(&self, jobs: &[Job]) -> StoreResult<HashMap<String, JobInputs>> {
+        let wanted = Wanted::of(jobs);
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = match &self.backend {
+            Backend::Sqlite(_) => &SQLITE_BATCH,
+            Backend::Postgres(_) => &POSTGRES_BATCH,
+        };
+        Ok(on_read!(self, |pool| {
+            let mut conn = pool.acquire().await?;
+            read_inputs!(&mut *conn, sql, &wanted)?
+        }))
     }
 
     /// The issuers and the targets new certificates name, read on one

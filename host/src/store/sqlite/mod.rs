@@ -35,6 +35,12 @@ impl SqliteBackend {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Statement journals and the temporary b-trees of sorts and
+            // `IN` lists in memory: on disk, every multi-row UPDATE of
+            // `jobs` (a dozen indexes) spilled its statement journal to a
+            // temporary file, so the single writer created, wrote, unlinked
+            // and closed a file per statement (BENCHMARKS.md, issue 13).
+            .pragma("temp_store", "memory")
             .busy_timeout(options.busy_timeout);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let connect_err = |source| StoreError::Connect {
