@@ -2,9 +2,12 @@
 //!
 //! One writer connection (a pool of size 1, so in-process writers queue on
 //! the pool instead of spinning on SQLITE_BUSY) and a pool of readers. WAL
-//! journal, `synchronous = NORMAL`, foreign keys on, a busy timeout for
-//! writers in other processes (e.g. `certplane migrate`).
+//! journal, `synchronous = NORMAL`, foreign keys on, temporary files in
+//! memory, a busy timeout for writers in other processes (e.g. `certplane
+//! migrate`). SQLite allocates through the process's allocator
+//! (`alloc.rs`).
 
+mod alloc;
 pub(crate) mod claims;
 pub(crate) mod outcome_batch;
 
@@ -27,6 +30,7 @@ pub(crate) struct SqliteBackend {
 
 impl SqliteBackend {
     pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        alloc::configure();
         let connect_options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl {
                 url: redact_url(url),
