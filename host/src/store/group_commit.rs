@@ -208,8 +208,13 @@ impl GroupCommit {
     pub(crate) fn start_sqlite(writer: SqlitePool) -> Option<GroupCommit> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(GroupCounts::default());
+        // Timers only (the pool's acquire timeout): no I/O driver, so the
+        // thread parks on a condition variable, and the writer's worker
+        // thread wakes it with a futex instead of a write to an eventfd
+        // that epoll then reports. That write was 8 % of the writer
+        // thread's time in a profile (BENCHMARKS.md, issue 13).
         let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_time()
             .build()
         {
             Ok(rt) => rt,
