@@ -989,6 +989,36 @@ async fn batch_reads_find_rows_by_key(b: Backend) {
     }
 }
 
+/// A host-key certificate of `issuer` whose key is held by `key_target`,
+/// deployed to `extra` targets as well.
+async fn certificate_with_targets(
+    store: &Store,
+    issuer: &PluginInstance,
+    key_target: &Target,
+    extra: &[String],
+) -> Certificate {
+    let name = format!("batch-{}", new_id());
+    store
+        .create_certificate_with_targets(
+            NewCertificate {
+                name: name.clone(),
+                common_name: format!("{name}.example.test"),
+                sans: vec![],
+                key_type: "ecdsa-p256".into(),
+                key_source: KeySource::Host,
+                issuer_id: issuer.id.clone(),
+                target_id: Some(key_target.id.clone()),
+                renew_before_secs: 86_400,
+                owner: None,
+            },
+            extra,
+            &CertificateOptions::default(),
+            None,
+        )
+        .await
+        .unwrap()
+}
+
 /// The rows of a claimed batch are read together, one read for all of it,
 /// and each job gets exactly the rows it would read on its own: an
 /// issuance its certificate, issuer and live targets by name; a deployment
@@ -1002,26 +1032,13 @@ async fn claimed_batch_reads_each_jobs_rows(b: Backend) {
     let key_target = fixtures::target(&store, "host", "b-edge").await;
     let extra = fixtures::target(&store, "host", "a-edge").await;
     let retired = fixtures::target(&store, "host", "c-edge").await;
-    let name = format!("batch-{}", new_id());
-    let spread = store
-        .create_certificate_with_targets(
-            NewCertificate {
-                name: name.clone(),
-                common_name: format!("{name}.example.test"),
-                sans: vec![],
-                key_type: "ecdsa-p256".into(),
-                key_source: KeySource::Host,
-                issuer_id: issuer.id.clone(),
-                target_id: Some(key_target.id.clone()),
-                renew_before_secs: 86_400,
-                owner: None,
-            },
-            &[extra.id.clone(), retired.id.clone()],
-            &CertificateOptions::default(),
-            None,
-        )
-        .await
-        .unwrap();
+    let spread = certificate_with_targets(
+        &store,
+        &issuer,
+        &key_target,
+        &[extra.id.clone(), retired.id.clone()],
+    )
+    .await;
     assert!(store.retire_target(&retired.id, "test").await.unwrap());
     let alone = fixtures::certificate(&store, &issuer.id, None, KeySource::Host).await;
     let spread_v = fixtures::version_ending_in(&store, &spread.id, "01", 60).await;
@@ -1153,26 +1170,8 @@ async fn a_claim_reads_its_jobs_rows_where_it_writes(b: Backend) {
     let issuer = fixtures::issuer(&store).await;
     let target = fixtures::target(&store, "host", "edge").await;
     let retired = fixtures::target(&store, "host", "old-edge").await;
-    let name = format!("claimed-{}", new_id());
-    let linked = store
-        .create_certificate_with_targets(
-            NewCertificate {
-                name: name.clone(),
-                common_name: format!("{name}.example.test"),
-                sans: vec![],
-                key_type: "ecdsa-p256".into(),
-                key_source: KeySource::Host,
-                issuer_id: issuer.id.clone(),
-                target_id: Some(target.id.clone()),
-                renew_before_secs: 86_400,
-                owner: None,
-            },
-            std::slice::from_ref(&retired.id),
-            &CertificateOptions::default(),
-            None,
-        )
-        .await
-        .unwrap();
+    let linked =
+        certificate_with_targets(&store, &issuer, &target, std::slice::from_ref(&retired.id)).await;
     assert!(store.retire_target(&retired.id, "test").await.unwrap());
     let plain = fixtures::certificate(&store, &issuer.id, None, KeySource::Host).await;
     let version = fixtures::version_ending_in(&store, &linked.id, "03", 60).await;
