@@ -412,8 +412,9 @@ async fn write_alone(writer: &Writer, write: Write) {
 
 /// The rows the claimed `$jobs` read, read through the group's transaction
 /// `$tx` with `$batch`; `None` (the job loop then reads them itself) if a
-/// statement fails. A failed read does not end a SQLite transaction, so
-/// the group's writes still commit.
+/// statement fails. A failed statement does not end a SQLite transaction,
+/// so the group's writes still commit; an error that does end it (a full
+/// disk) fails the commit, and the group is written one write at a time.
 macro_rules! claimed_inputs {
     ($tx:ident, $batch:expr, $jobs:expr) => {{
         let wanted = Wanted::of($jobs);
@@ -465,8 +466,8 @@ macro_rules! finish_group {
             {
                 let (jobs, deployments) = claim_host_jobs!(&mut *$tx, claim, sql.claims)?;
                 let inputs = match sql.inputs {
-                    Some(batch) => claimed_inputs!($tx, batch, &jobs),
-                    None => None,
+                    Some(batch) if claim.with_inputs => claimed_inputs!($tx, batch, &jobs),
+                    _ => None,
                 };
                 *claimed = HostClaimed {
                     jobs,

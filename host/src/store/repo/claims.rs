@@ -48,6 +48,9 @@ pub(crate) struct HostClaim {
     /// what is left of `limit`, both in the same write (one trip through
     /// SQLite's group committer instead of two).
     pub(crate) deployments_first: bool,
+    /// Read the claimed jobs' rows where the claim runs, if it runs in
+    /// SQLite's group committer ([`HostClaimed::inputs`]).
+    pub(crate) with_inputs: bool,
 }
 
 impl HostClaim {
@@ -224,7 +227,7 @@ impl Store {
         except_targets: &[String],
     ) -> StoreResult<Vec<Job>> {
         Ok(self
-            .claim_host(job_type, limit, except_targets, false)
+            .claim_host(job_type, limit, except_targets, false, false)
             .await?
             .jobs)
     }
@@ -239,7 +242,7 @@ impl Store {
         except_targets: &[String],
         deployments_first: bool,
     ) -> StoreResult<HostClaimed> {
-        self.claim_host(None, limit, except_targets, deployments_first)
+        self.claim_host(None, limit, except_targets, deployments_first, true)
             .await
     }
 
@@ -249,6 +252,7 @@ impl Store {
         limit: u32,
         except_targets: &[String],
         deployments_first: bool,
+        with_inputs: bool,
     ) -> StoreResult<HostClaimed> {
         let now = now();
         let except_targets = (!except_targets.is_empty())
@@ -261,6 +265,7 @@ impl Store {
             job_type,
             except_targets,
             deployments_first,
+            with_inputs,
         };
         // On SQLite the claim joins the group committer's transaction, so
         // the job loops do not take turns with it for the single writer.

@@ -29,6 +29,7 @@ impl Store {
             job_type,
             except_targets: except_targets.then(|| "[\"explain\"]".to_owned()),
             deployments_first: false,
+            with_inputs: false,
         };
         let (lite_sql, pg_sql) = claim.sql();
         let mut args = vec!["'explain'", "now()", "now()", "16"];
