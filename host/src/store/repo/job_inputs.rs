@@ -101,7 +101,6 @@ pub(crate) const SQLITE_BATCH: BatchSql = batch_sql!(" IN (SELECT value FROM jso
 pub(crate) const POSTGRES_BATCH: BatchSql =
     batch_sql!(" = ANY(ARRAY(SELECT json_array_elements_text($1::json)))");
 
-/// Ids as the JSON array the batch statements take.
 /// What the batch statements returned.
 #[derive(Default)]
 pub(crate) struct Rows {
@@ -141,6 +140,7 @@ pub(crate) struct Wanted<'a> {
 }
 
 impl<'a> Wanted<'a> {
+    /// The jobs of `jobs` that read rows; the others are left out.
     pub(crate) fn of(jobs: &'a [Job]) -> Self {
         Wanted {
             issuance: jobs
@@ -155,6 +155,7 @@ impl<'a> Wanted<'a> {
         }
     }
 
+    /// Whether no job reads anything (then nothing is read).
     pub(crate) fn is_empty(&self) -> bool {
         self.issuance.is_empty() && self.deployments.is_empty()
     }
