@@ -40,10 +40,11 @@ impl SqliteBackend {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             // Statement journals and the temporary b-trees of sorts and
-            // `IN` lists in memory: on disk, every multi-row UPDATE of
-            // `jobs` (a dozen indexes) spilled its statement journal to a
-            // temporary file, so the single writer created, wrote, unlinked
-            // and closed a file per statement (BENCHMARKS.md, issue 13).
+            // `IN` lists in memory: on disk, a multi-row UPDATE of `jobs`
+            // (a dozen indexes) whose statement journal passed 64 KiB
+            // spilled it to a temporary file, which the single writer
+            // created, wrote, unlinked and closed (about a thousand in a
+            // run of 10,000 certificates; BENCHMARKS.md, issue 13).
             .pragma("temp_store", "memory")
             .busy_timeout(options.busy_timeout);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
