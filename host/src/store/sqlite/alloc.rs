@@ -93,21 +93,18 @@ unsafe extern "C" fn x_realloc(p: *mut c_void, n: c_int) -> *mut c_void {
     let Ok(n) = usize::try_from(n) else {
         return std::ptr::null_mut();
     };
-    let Some(new_size) = n.checked_add(HEADER) else {
+    let Some(new_layout) = layout(n) else {
         return std::ptr::null_mut();
     };
-    if layout(n).is_none() {
-        return std::ptr::null_mut();
-    }
     // SAFETY: `p` is live (SQLite's contract) and was allocated with
     // `layout(old)`; the new size is non-zero and makes a valid layout of
-    // the same alignment (checked above).
+    // the same alignment (`new_layout`).
     unsafe {
         let (base, old) = header(p);
         let Some(old_layout) = layout(old) else {
             return std::ptr::null_mut();
         };
-        hand_out(std::alloc::realloc(base, old_layout, new_size), n)
+        hand_out(std::alloc::realloc(base, old_layout, new_layout.size()), n)
     }
 }
 
