@@ -267,6 +267,9 @@ impl Store {
             Backend::Sqlite(b) => {
                 b.writer.close().await;
                 b.reader.close().await;
+                if let Some(checkpointer) = &b.checkpointer {
+                    checkpointer.stop();
+                }
             }
             Backend::Postgres(b) => b.pool.close().await,
         }

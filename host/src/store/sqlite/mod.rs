@@ -8,14 +8,17 @@
 //! (`alloc.rs`).
 
 mod alloc;
+mod checkpoint;
 pub(crate) mod claims;
 pub(crate) mod outcome_batch;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use self::checkpoint::Checkpointer;
 use crate::store::error::{BackendKind, connect_hint, redact_url};
 use crate::store::{StoreError, StoreOptions};
 
@@ -26,6 +29,9 @@ pub(crate) struct SqliteBackend {
     /// The job outcomes' group committer (`None` if its thread could not
     /// start: outcomes then commit one by one).
     pub(crate) group: Option<crate::store::group_commit::GroupCommit>,
+    /// Checkpoints the write-ahead log beside the writer (`None` for an
+    /// in-memory database, which has no log).
+    pub(crate) checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl SqliteBackend {
@@ -73,8 +79,21 @@ impl SqliteBackend {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
+        // Checkpoints run on a connection of their own, not inside the
+        // writer's commits (`checkpoint.rs`).
+        let (checkpointer, writer_connect) = if in_memory {
+            (None, connect_options.clone())
+        } else {
+            let checkpointer = Checkpointer::start(&connect_options)
+                .await
+                .map_err(connect_err)?;
+            (
+                Some(Arc::new(checkpointer)),
+                connect_options.clone().pragma("wal_autocheckpoint", "0"),
+            )
+        };
         let writer = writer_options
-            .connect_with(connect_options.clone())
+            .connect_with(writer_connect)
             .await
             .map_err(connect_err)?;
         let reader = if in_memory {
@@ -94,6 +113,7 @@ impl SqliteBackend {
             writer,
             reader,
             group,
+            checkpointer,
         })
     }
 }
