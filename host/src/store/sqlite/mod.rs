@@ -5,7 +5,8 @@
 //! journal, `synchronous = NORMAL`, foreign keys on, temporary files in
 //! memory, a busy timeout for writers in other processes (e.g. `certplane
 //! migrate`). SQLite allocates through the process's allocator
-//! (`alloc.rs`).
+//! (`alloc.rs`); the log is checkpointed beside the writer
+//! (`checkpoint.rs`).
 
 mod alloc;
 mod checkpoint;
