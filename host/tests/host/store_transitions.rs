@@ -720,6 +720,120 @@ async fn grouped_versions_write_what_each_would_alone(b: Backend) {
         store.alert_conditions_open(&keys).await.unwrap(),
         vec![condition(lost)]
     );
+    // Every issuance closed in a group or alone took its certificate's
+    // open count with it; the lost job is still open.
+    for (i, cert) in certs.iter().enumerate() {
+        let open = store
+            .get_certificate(&cert.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .open_issuance;
+        assert_eq!(open, i64::from(i == lost), "certificate {i}");
+    }
+}
+
+/// Issuances closed in groups every way an outcome closes one (completed
+/// with a version, completed without, cancelled) and failed (still open),
+/// outcomes of lost leases among them: each certificate's `open_issuance`
+/// ends equal to its open issuance jobs, however the group was written
+/// (on PostgreSQL the group keeps the count itself for the jobs it closes).
+async fn grouped_closings_keep_the_open_count(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.migrated().await;
+    let issuer = fixtures::issuer(&store).await;
+    let mut certs = Vec::new();
+    for _ in 0..40 {
+        let cert = fixtures::certificate(&store, &issuer.id, None, KeySource::Host).await;
+        store
+            .create_job(NewJob::new(JobType::Issuance).certificate(&cert.id))
+            .await
+            .unwrap();
+        certs.push(cert.id);
+    }
+    let claimed = store
+        .claim_pending_jobs(Some(JobType::Issuance), 40)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 40);
+    let index: HashMap<String, usize> = certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.clone(), i))
+        .collect();
+    let now = now();
+    let (groups_before, _) = store.grouped_commits().expect("grouped");
+    let tasks: Vec<_> = claimed
+        .into_iter()
+        .map(|job| {
+            let cert_id = job.certificate_id.clone().unwrap();
+            let i = index[&cert_id];
+            let mut lease = job.lease().unwrap();
+            if i % 10 == 9 {
+                lease.attempt += 1;
+            }
+            let guard = Guard::Lease(lease);
+            let outcome = match i % 4 {
+                0 => {
+                    let mut o = Outcome::new("issued", guard, JobEnd::Complete);
+                    o.version = Some(NewCertificateVersion {
+                        certificate_id: cert_id.clone(),
+                        serial: format!("{i:02x}"),
+                        pem_chain: "pem".into(),
+                        not_before: now - chrono::Duration::hours(1),
+                        not_after: now + chrono::Duration::days(90),
+                        fingerprint_sha256: format!("{i:064x}"),
+                        encrypted_private_key: None,
+                        job_id: Some(job.id.clone()),
+                        ca_certificate_id: None,
+                        ca_order_id: None,
+                        renew_before_secs: Some(30 * 86_400),
+                    });
+                    o
+                }
+                1 => Outcome::new("issued", guard, JobEnd::Complete),
+                2 => Outcome::new("superseded", guard, JobEnd::Move(JobStatus::Cancelled)),
+                _ => Outcome::new(
+                    "failed",
+                    guard,
+                    JobEnd::Fail(JobFailure::permanent("refused")),
+                ),
+            };
+            let store = store.clone();
+            tokio::spawn(async move { (i, store.commit_outcome(outcome).await) })
+        })
+        .collect();
+    for task in futures::future::join_all(tasks).await {
+        let (i, result) = task.unwrap();
+        assert_eq!(
+            result.unwrap().is_some(),
+            i % 10 != 9,
+            "certificate {i}: only a lost lease writes nothing"
+        );
+    }
+    let (groups_after, _) = store.grouped_commits().expect("grouped");
+    assert!(groups_after > groups_before, "nothing was grouped");
+    for (i, id) in certs.iter().enumerate() {
+        let open_jobs = store
+            .list_jobs(&JobFilter {
+                certificate_id: Some(id.clone()),
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|j| !j.status.is_terminal())
+            .count() as i64;
+        let still_open = i % 10 == 9 || i % 4 == 3;
+        assert_eq!(open_jobs, i64::from(still_open), "certificate {i}");
+        let counted = store
+            .get_certificate(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .open_issuance;
+        assert_eq!(counted, open_jobs, "certificate {i}");
+    }
 }
 
 /// Outcomes of every shape of job change, committed at once (on
@@ -1070,5 +1184,6 @@ both_backends!(
     concurrent_outcomes_commit_each_alone,
     grouped_versions_write_what_each_would_alone,
     grouped_job_changes_of_every_shape,
+    grouped_closings_keep_the_open_count,
     api_keys,
 );

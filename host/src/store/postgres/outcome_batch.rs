@@ -33,7 +33,8 @@ use crate::store::repo::outcomes::{
     CLEAR_ALERTS_POSTGRES, Deferred, Guard, Prepared, finish_outcomes, push_move,
 };
 use crate::store::{
-    CertificateVersion, Job, JobStatus, JobUpdate, NewCertificateVersion, StoreError, StoreResult,
+    CertificateVersion, Job, JobStatus, JobType, JobUpdate, NewCertificateVersion, StoreError,
+    StoreResult,
 };
 
 /// Writes `outcomes` (each with its position in the group) on the open
@@ -54,7 +55,16 @@ pub(crate) async fn write_outcomes<'a>(
         return Ok(Batched::Alone("two outcomes of one job"));
     }
 
-    // 1. The jobs, each guarded, one statement per shape of change.
+    // 1. The jobs, each guarded, one statement per shape of change. Where
+    // some may close an issuance, the group keeps `open_issuance` for them
+    // itself (migration 0019): the trigger stands aside for these UPDATEs
+    // alone, and step 3 takes the count off.
+    let keeps_count = outcomes.iter().any(|(_, p)| p.to.is_terminal());
+    if keeps_count {
+        sqlx::query(GROUP_KEEPS_OPEN_ISSUANCE)
+            .execute(&mut **tx)
+            .await?;
+    }
     let mut jobs: Vec<Option<Job>> = vec![None; outcomes.len()];
     for members in shapes(outcomes) {
         let changed: Vec<Job> = if let [only] = members.as_slice() {
@@ -79,6 +89,21 @@ pub(crate) async fn write_outcomes<'a>(
             jobs[i] = by_id.remove(job_id(p));
             if jobs[i].is_some() {
                 faults::point(p.outcome.kind, "job");
+            }
+        }
+    }
+
+    // The issuances these UPDATEs closed, by certificate.
+    let mut closed: HashMap<&str, i64> = HashMap::new();
+    if keeps_count {
+        sqlx::query(TRIGGER_KEEPS_OPEN_ISSUANCE)
+            .execute(&mut **tx)
+            .await?;
+        for job in jobs.iter().flatten() {
+            if let Some(certificate) = job.certificate_id.as_deref()
+                && closes_issuance(job)
+            {
+                *closed.entry(certificate).or_default() += 1;
             }
         }
     }
@@ -141,6 +166,11 @@ pub(crate) async fn write_outcomes<'a>(
             .iter()
             .map(|r| crate::store::renewal_due_at(r.1.not_before, r.1.not_after, r.4).0)
             .collect();
+        // Each certificate's closed issuance comes off in this UPDATE.
+        let closes: Vec<i64> = rows
+            .iter()
+            .map(|r| closed.remove(r.1.certificate_id.as_str()).unwrap_or(0))
+            .collect();
         let updated: Vec<String> = sqlx::query_scalar(UPDATE_CERTIFICATES)
             .bind(column(&rows, |r| r.1.certificate_id.clone()))
             .bind(column(&rows, |r| r.2.clone()))
@@ -149,6 +179,7 @@ pub(crate) async fn write_outcomes<'a>(
             .bind(column(&rows, |r| r.3))
             .bind(column(&rows, |r| r.4))
             .bind(column(&rows, |r| r.1.encrypted_private_key.is_none()))
+            .bind(closes)
             .fetch_all(&mut **tx)
             .await?;
         if updated.len() != rows.len() {
@@ -157,6 +188,17 @@ pub(crate) async fn write_outcomes<'a>(
         for (i, ..) in &rows {
             faults::point(outcomes[*i].1.outcome.kind, "version");
         }
+    }
+
+    // Issuances closed without a version here (cancelled, or completed
+    // without one): their certificates' counts come off on their own.
+    if !closed.is_empty() {
+        let (ids, counts): (Vec<&str>, Vec<i64>) = closed.into_iter().unzip();
+        sqlx::query(CLOSE_OPEN_ISSUANCE)
+            .bind(ids)
+            .bind(counts)
+            .execute(&mut **tx)
+            .await?;
     }
 
     // 4. and 5.
@@ -169,6 +211,14 @@ pub(crate) async fn write_outcomes<'a>(
         CLEAR_ALERTS_POSTGRES
     );
     Ok(Batched::Written(written))
+}
+
+/// Whether `job`, as an outcome's UPDATE left it, closed an issuance: an
+/// issuance or renewal now completed or cancelled. The guard held, so it
+/// was in the outcome's `from` status, and no status an outcome moves a
+/// job from is final (`job_state::can_transition`): it was open.
+fn closes_issuance(job: &Job) -> bool {
+    matches!(job.job_type, JobType::Issuance | JobType::Renewal) && job.status.is_terminal()
 }
 
 /// The job an outcome changes.
@@ -398,10 +448,26 @@ const INSERT_VERSIONS: &str = concat!(
 /// takes the version, as `record_version!` updates one; the ids updated.
 const UPDATE_CERTIFICATES: &str = "
 UPDATE certificates SET current_version_id = v.version_id, not_after = v.not_after,
-       renew_at = v.renew_at, updated_at = v.now
+       renew_at = v.renew_at, updated_at = v.now,
+       open_issuance = certificates.open_issuance - v.closes
 FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-            $6::int8[], $7::bool[])
-     AS v(id, version_id, not_after, renew_at, now, renew_before, no_key)
+            $6::int8[], $7::bool[], $8::int8[])
+     AS v(id, version_id, not_after, renew_at, now, renew_before, no_key, closes)
 WHERE certificates.id = v.id AND certificates.renew_before_secs = v.renew_before
   AND (certificates.key_source <> 'agent' OR v.no_key)
 RETURNING certificates.id";
+
+/// From here to [`TRIGGER_KEEPS_OPEN_ISSUANCE`] the group keeps
+/// `open_issuance` for the jobs it closes (the trigger's condition,
+/// migration 0019); local to the transaction, so a rollback ends it too.
+const GROUP_KEEPS_OPEN_ISSUANCE: &str =
+    "SELECT set_config('certplane.open_issuance', 'kept', true)";
+
+/// The trigger keeps `open_issuance` again.
+const TRIGGER_KEEPS_OPEN_ISSUANCE: &str = "SELECT set_config('certplane.open_issuance', '', true)";
+
+/// Takes `$2` closed issuances off each certificate `$1`.
+const CLOSE_OPEN_ISSUANCE: &str = "
+UPDATE certificates SET open_issuance = certificates.open_issuance - v.closes
+FROM UNNEST($1::text[], $2::int8[]) AS v(id, closes)
+WHERE certificates.id = v.id";
