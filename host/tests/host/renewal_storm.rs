@@ -367,7 +367,7 @@ async fn store_open_issuance(store: &Store, id: &str) -> i64 {
 }
 
 /// `open_issuance` of each certificate equals its open issuance/renewal jobs.
-async fn assert_open_matches_jobs(store: &Store, ids: &[String]) {
+pub(crate) async fn assert_open_matches_jobs(store: &Store, ids: &[String]) {
     for id in ids {
         let open = store
             .list_jobs(&JobFilter {
