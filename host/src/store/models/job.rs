@@ -54,6 +54,14 @@ text_enum! {
     }
 }
 
+impl JobType {
+    /// `Issuance` and `Renewal`: the jobs that issue a version, at most one
+    /// open per certificate, counted by its `open_issuance`.
+    pub fn issues(self) -> bool {
+        matches!(self, JobType::Issuance | JobType::Renewal)
+    }
+}
+
 /// A job row.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Job {

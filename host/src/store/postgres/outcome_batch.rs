@@ -33,8 +33,7 @@ use crate::store::repo::outcomes::{
     CLEAR_ALERTS_POSTGRES, Deferred, Guard, Prepared, finish_outcomes, push_move,
 };
 use crate::store::{
-    CertificateVersion, Job, JobStatus, JobType, JobUpdate, NewCertificateVersion, StoreError,
-    StoreResult,
+    CertificateVersion, Job, JobStatus, JobUpdate, NewCertificateVersion, StoreError, StoreResult,
 };
 
 /// Writes `outcomes` (each with its position in the group) on the open
@@ -218,7 +217,7 @@ pub(crate) async fn write_outcomes<'a>(
 /// was in the outcome's `from` status, and no status an outcome moves a
 /// job from is final (`job_state::can_transition`): it was open.
 fn closes_issuance(job: &Job) -> bool {
-    matches!(job.job_type, JobType::Issuance | JobType::Renewal) && job.status.is_terminal()
+    job.job_type.issues() && job.status.is_terminal()
 }
 
 /// The job an outcome changes.

@@ -114,10 +114,6 @@ pub(crate) struct Rows {
     pub(crate) alerts: Vec<String>,
 }
 
-fn is_issuance(job: &Job) -> bool {
-    matches!(job.job_type, JobType::Issuance | JobType::Renewal)
-}
-
 /// A deployment job's (target, certificate, version) ids, if it names all
 /// three.
 fn deployment_ids(job: &Job) -> Option<(&str, &str, &str)> {
@@ -145,7 +141,7 @@ impl<'a> Wanted<'a> {
         Wanted {
             issuance: jobs
                 .iter()
-                .filter(|j| is_issuance(j))
+                .filter(|j| j.job_type.issues())
                 .filter_map(|j| Some((j, j.certificate_id.as_deref()?)))
                 .collect(),
             deployments: jobs

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, SqliteConnection};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 /// How often the log is checkpointed while it grows.
 const BUSY_INTERVAL: Duration = Duration::from_millis(100);
@@ -26,7 +26,12 @@ const IDLE_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Checkpointer {
     stop: CancellationToken,
-    _guard: DropGuard,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Checkpointer {
@@ -37,10 +42,7 @@ impl Checkpointer {
         let conn = options.connect().await?;
         let stop = CancellationToken::new();
         tokio::spawn(run(conn, stop.clone()));
-        Ok(Checkpointer {
-            _guard: stop.clone().drop_guard(),
-            stop,
-        })
+        Ok(Checkpointer { stop })
     }
 
     /// Stops the task; its connection closes, which checkpoints what is left
